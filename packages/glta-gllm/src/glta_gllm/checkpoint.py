@@ -1,0 +1,214 @@
+"""The checkpoint contract shared by every GLTA package.
+
+An *artifact* is one folder holding ``config.json`` + ``model.safetensors`` (+ a short
+``README.md`` model card). The safetensors header carries
+``{"format": "pt", "glta_format": "1", "dataset_fingerprint": ...}`` so that an artifact made
+for one dataset cannot silently be loaded against another. Every file is written atomically
+(temporary file in the same folder, then ``os.replace``), and a whole artifact folder is
+first assembled under a temporary name and then renamed into place, so a killed process never
+leaves a half-written artifact behind.
+
+This module depends on torch and safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+__all__ = [
+    "CONFIG_NAME",
+    "GLTA_FORMAT",
+    "MODEL_CARD_NAME",
+    "WEIGHTS_NAME",
+    "CheckpointError",
+    "FingerprintMismatchError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "check_fingerprint",
+    "load_artifact",
+    "read_metadata",
+    "save_artifact",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_CARD_NAME = "README.md"
+GLTA_FORMAT = "1"
+
+
+class CheckpointError(ValueError):
+    """An artifact folder is missing, incomplete or malformed (the message names the path)."""
+
+
+class FingerprintMismatchError(CheckpointError):
+    """An artifact was made for another dataset than the one it is being used with."""
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, rename.
+
+    Args:
+        path: destination file; its parent folder is created if needed.
+        data: the bytes to write.
+
+    Returns:
+        The destination as a ``Path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def save_artifact(
+    directory: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    *,
+    dataset_fingerprint: str | None = None,
+    card: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Save one artifact folder (``config.json``, ``model.safetensors``, ``README.md``).
+
+    The folder is built under a temporary sibling name and renamed into place, replacing any
+    previous version only once the new one is complete.
+
+    Args:
+        directory: the artifact folder, e.g. ``run/graph``.
+        tensors: name -> tensor (any shape); stored contiguous, on the CPU.
+        config: JSON-serialisable settings needed to rebuild the module.
+        dataset_fingerprint: fingerprint of the dataset the tensors were trained on, stored in
+            the safetensors metadata and checked by :func:`load_artifact`.
+        card: text of the model card; a one-line default is written when omitted.
+        metadata: extra string metadata for the safetensors header.
+
+    Returns:
+        The artifact folder as a ``Path``.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    header = {"format": "pt", "glta_format": GLTA_FORMAT}
+    if dataset_fingerprint is not None:
+        header["dataset_fingerprint"] = str(dataset_fingerprint)
+    for key, value in (metadata or {}).items():
+        header[str(key)] = str(value)
+    staged = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        save_file(clean, str(staged / WEIGHTS_NAME), metadata=header)
+        (staged / CONFIG_NAME).write_text(
+            json.dumps(dict(config), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+        text = card if card is not None else f"# {directory.name}\n\nA GLTA artifact.\n"
+        (staged / MODEL_CARD_NAME).write_text(text, encoding="utf-8")
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(directory, old)
+            os.replace(staged, directory)
+            shutil.rmtree(old)
+        else:
+            os.replace(staged, directory)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_metadata(directory: str | os.PathLike[str]) -> dict[str, str]:
+    """Return the safetensors header metadata of an artifact folder without loading tensors."""
+    weights = _require(Path(directory), WEIGHTS_NAME)
+    with safe_open(str(weights), framework="pt") as fh:
+        return dict(fh.metadata() or {})
+
+
+def check_fingerprint(
+    directory: str | os.PathLike[str], found: str | None, expected: str | None
+) -> None:
+    """Raise :class:`FingerprintMismatchError` naming both fingerprints when they differ.
+
+    Either side being ``None`` means "unknown" and passes.
+    """
+    if expected is not None and found is not None and found != expected:
+        raise FingerprintMismatchError(
+            f"{directory}: artifact was made for dataset fingerprint {found}, "
+            f"but the dataset in use has fingerprint {expected}"
+        )
+
+
+def load_artifact(
+    directory: str | os.PathLike[str],
+    *,
+    expected_fingerprint: str | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, str]]:
+    """Load an artifact folder written by :func:`save_artifact`.
+
+    Args:
+        directory: the artifact folder.
+        expected_fingerprint: when given, the stored dataset fingerprint must equal it.
+        device: where to put the tensors.
+
+    Returns:
+        ``(tensors, config, metadata)``.
+
+    Raises:
+        CheckpointError: the folder or one of its files is missing or unreadable.
+        FingerprintMismatchError: the artifact belongs to another dataset.
+    """
+    directory = Path(directory)
+    config_path = _require(directory, CONFIG_NAME)
+    weights = _require(directory, WEIGHTS_NAME)
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from exc
+    try:
+        with safe_open(str(weights), framework="pt", device=str(device)) as fh:
+            metadata = dict(fh.metadata() or {})
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{weights}: cannot read safetensors file ({exc})") from exc
+    check_fingerprint(directory, metadata.get("dataset_fingerprint"), expected_fingerprint)
+    return tensors, config, metadata
+
+
+def _require(directory: Path, name: str) -> Path:
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: artifact folder does not exist")
+    path = directory / name
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (incomplete or foreign artifact folder)")
+    return path

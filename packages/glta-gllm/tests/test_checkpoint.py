@@ -1,0 +1,66 @@
+import json
+
+import pytest
+import torch
+
+from glta_gllm.checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    FingerprintMismatchError,
+    atomic_write_json,
+    load_artifact,
+    read_metadata,
+    save_artifact,
+)
+
+
+def test_roundtrip_and_metadata(tmp_path):
+    w = torch.randn(4, 3).t()  # non-contiguous on purpose
+    save_artifact(tmp_path / "a", {"w": w}, {"dim": 3}, dataset_fingerprint="abc")
+    tensors, config, meta = load_artifact(tmp_path / "a", expected_fingerprint="abc")
+    torch.testing.assert_close(tensors["w"], w)
+    assert config == {"dim": 3}
+    assert meta["format"] == "pt" and meta["glta_format"] == "1"
+    assert read_metadata(tmp_path / "a")["dataset_fingerprint"] == "abc"
+    assert (tmp_path / "a" / "README.md").is_file()
+
+
+def test_fingerprint_mismatch_names_both(tmp_path):
+    save_artifact(tmp_path / "a", {"w": torch.zeros(1)}, {}, dataset_fingerprint="aaa")
+    with pytest.raises(FingerprintMismatchError, match=r"aaa.*bbb"):
+        load_artifact(tmp_path / "a", expected_fingerprint="bbb")
+
+
+def test_overwrite_keeps_no_leftovers(tmp_path):
+    save_artifact(tmp_path / "a", {"w": torch.zeros(1)}, {"v": 1})
+    save_artifact(tmp_path / "a", {"w": torch.ones(1)}, {"v": 2})
+    assert load_artifact(tmp_path / "a")[1] == {"v": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_failed_save_leaves_previous_version(tmp_path):
+    save_artifact(tmp_path / "a", {"w": torch.zeros(1)}, {"v": 1})
+    with pytest.raises(TypeError):
+        save_artifact(tmp_path / "a", {"w": torch.ones(1)}, {"v": object()})
+    assert load_artifact(tmp_path / "a")[1] == {"v": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+@pytest.mark.parametrize("missing", [CONFIG_NAME, WEIGHTS_NAME])
+def test_missing_file_is_named(tmp_path, missing):
+    save_artifact(tmp_path / "a", {"w": torch.zeros(1)}, {})
+    (tmp_path / "a" / missing).unlink()
+    with pytest.raises(CheckpointError, match=missing):
+        load_artifact(tmp_path / "a")
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_artifact(tmp_path / "nope")
+
+
+def test_atomic_write_json(tmp_path):
+    atomic_write_json(tmp_path / "m.json", {"b": 1, "a": 2})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 2, "b": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
