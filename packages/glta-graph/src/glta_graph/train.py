@@ -1,0 +1,510 @@
+"""LightGCN training: BPR loss, exact negative sampling, early stopping, resume, artifact.
+
+Trainer shape (no inheritance): :func:`train_lightgcn` runs ``_setup`` (graph, model,
+optimiser, sampler, resume state) -> epochs of BPR -> validation and early stopping ->
+``_save_state`` after every epoch -> the final ``RUN/graph`` artifact.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from glta_gllm.checkpoint import (
+    CheckpointError,
+    FingerprintMismatchError,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_artifact,
+    save_artifact,
+)
+
+from glta_graph.adjacency import BACKENDS, GraphPropagator, normalized_adjacency
+from glta_graph.data import Interactions
+from glta_graph.evaluate import evaluate_embeddings
+from glta_graph.lightgcn import LightGCN
+from glta_graph.progress import ProgressCallback, ProgressEvent, emit
+
+__all__ = [
+    "GRAPH_DIR",
+    "STATE_DIR",
+    "LightGCNConfig",
+    "NegativeSampler",
+    "TrainResult",
+    "load_graph_embeddings",
+    "train_lightgcn",
+]
+
+GRAPH_DIR = "graph"
+STATE_DIR = os.path.join("state", "graph")
+_STATE_FILE = "state.pt"
+_STATE_JSON = "state.json"
+_METRIC_NAMES = ("precision", "recall", "ndcg", "hit_rate")
+# Settings that may change between a killed run and its resumption.
+_RESUMABLE_CHANGES = {"epochs", "patience", "eval_every", "device", "num_threads"}
+
+
+@dataclass
+class LightGCNConfig:
+    """Settings of LightGCN pretraining (feeds the CLI and ``RUN/graph/config.json``).
+
+    Defaults follow the authors' reference code on Gowalla (d=64, L=3, lr=1e-3, batch 2048,
+    l2 1e-4); the epoch budget is smaller so that the default run finishes on a laptop.
+    """
+
+    dim: int = field(default=64, metadata={"help": "embedding size d"})
+    layers: int = field(
+        default=3, metadata={"help": "propagation layers L (0 = matrix factorisation)"}
+    )
+    epochs: int = field(default=200, metadata={"help": "maximum number of training epochs"})
+    batch_size: int = field(default=2048, metadata={"help": "BPR triples per optimiser step"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    l2: float = field(
+        default=1e-4,
+        metadata={"help": "L2 weight on the batch's layer-0 embeddings (reference-code style: "
+                          "l2 * 0.5 * (|e_u|^2+|e_i+|^2+|e_i-|^2) / batch)"},
+    )
+    eval_every: int = field(
+        default=5, metadata={"help": "validate every N epochs (0 = never; last epoch is kept)"}
+    )
+    patience: int = field(
+        default=10,
+        metadata={"help": "stop after this many validations without improvement (0 = never stop)"},
+    )
+    ks: tuple[int, ...] = field(default=(5, 10, 20), metadata={"help": "cut-offs K for metrics"})
+    select_metric: str = field(
+        default="recall@20", metadata={"help": "validation metric used for early stopping"}
+    )
+    seed: int = field(default=2020, metadata={"help": "random seed (init, shuffling, negatives)"})
+    backend: str = field(
+        default="auto", metadata={"help": "propagation backend: auto, csr, coo, torch-sparse"}
+    )
+    device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu or cuda"})
+    num_threads: int | None = field(
+        default=None, metadata={"help": "CPU threads for torch during training (None = keep)"}
+    )
+
+    def __post_init__(self) -> None:
+        self.ks = tuple(int(k) for k in self.ks)
+        for name, low in (("dim", 1), ("layers", 0), ("epochs", 1), ("batch_size", 1),
+                          ("eval_every", 0), ("patience", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or value < low:
+                raise ValueError(
+                    f"LightGCNConfig.{name} must be an integer >= {low}, got {value!r}"
+                )
+            setattr(self, name, int(value))
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"LightGCNConfig.lr must be a positive number, got {self.lr!r}")
+        if not (self.l2 >= 0 and math.isfinite(self.l2)):
+            raise ValueError(f"LightGCNConfig.l2 must be >= 0, got {self.l2!r}")
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ValueError(f"LightGCNConfig.ks must be positive integers, got {self.ks!r}")
+        metric, _, k = self.select_metric.partition("@")
+        if metric not in _METRIC_NAMES or not k.isdigit() or int(k) not in self.ks:
+            raise ValueError(
+                f"LightGCNConfig.select_metric {self.select_metric!r} must be one of "
+                f"{', '.join(_METRIC_NAMES)} at a K in ks={list(self.ks)}, e.g. 'recall@20'"
+            )
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"LightGCNConfig.backend {self.backend!r} is not one of {', '.join(BACKENDS)}"
+            )
+        try:
+            torch.device(self.device)
+        except RuntimeError as exc:
+            raise ValueError(f"LightGCNConfig.device {self.device!r} is not a device") from exc
+        if self.num_threads is not None and (int(self.num_threads) != self.num_threads
+                                             or self.num_threads < 1):
+            raise ValueError(
+                f"LightGCNConfig.num_threads must be None or >= 1, got {self.num_threads!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field (``ks`` as a list)."""
+        out = asdict(self)
+        out["ks"] = list(self.ks)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LightGCNConfig:
+        """Build from a dict, ignoring keys that are not fields (e.g. ``num_users``)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_lightgcn` returns.
+
+    Attributes:
+        best_epoch: epoch (0-based) whose embeddings were saved.
+        best_valid: validation metrics of that epoch (empty when never validated).
+        history: one dict per epoch: ``epoch``, ``loss`` (mean BPR+L2 per batch),
+            ``seconds``, and ``valid`` (metrics dict) on validation epochs.
+        seconds: training wall time summed over all epochs, including resumed ones.
+        stopped_early: whether patience ran out before ``epochs``.
+        run_dir: the run directory holding ``graph/``.
+    """
+
+    best_epoch: int
+    best_valid: dict[str, float]
+    history: list[dict[str, Any]]
+    seconds: float
+    stopped_early: bool = False
+    run_dir: Path | None = None
+
+
+class NegativeSampler:
+    """Uniform negative items that are never a training positive of their user.
+
+    Membership is checked against the sorted int64 keys ``user * I + item`` of the training
+    pairs with ``searchsorted``; colliding draws are re-drawn (vectorised) until none is
+    left. A user who interacted with every item cannot get a negative: rejected up front.
+
+    Args:
+        train: ``(U, I)`` binary sparse CSR training matrix.
+    """
+
+    def __init__(self, train: torch.Tensor) -> None:
+        self.num_users, self.num_items = (int(s) for s in train.shape)
+        crow = train.crow_indices().cpu()
+        cols = train.col_indices().cpu().to(torch.int64)
+        deg = crow[1:] - crow[:-1]
+        full = torch.nonzero(deg >= self.num_items).flatten()
+        if full.numel():
+            raise ValueError(
+                f"user index {int(full[0])} interacted with all {self.num_items} items: "
+                "no negative item exists for BPR"
+            )
+        users = torch.repeat_interleave(torch.arange(self.num_users), deg)
+        keys = users * self.num_items + cols
+        self.keys = torch.sort(keys).values
+        self.users = users
+        self.items = cols
+
+    def is_positive(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Bool mask, ``(n,)``: whether ``(users[j], items[j])`` is a training pair."""
+        if self.keys.numel() == 0:
+            return torch.zeros(users.shape, dtype=torch.bool)
+        q = users.to(torch.int64) * self.num_items + items.to(torch.int64)
+        pos = torch.searchsorted(self.keys, q).clamp_(max=self.keys.numel() - 1)
+        return self.keys[pos] == q
+
+    def sample(self, users: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw one negative item per user.
+
+        Args:
+            users: ``(n,)`` int64 user indices (CPU).
+            generator: the random source (for repeatable runs).
+
+        Returns:
+            ``(n,)`` int64 item indices, none of them a training positive of its user.
+        """
+        neg = torch.randint(self.num_items, users.shape, generator=generator)
+        bad = torch.nonzero(self.is_positive(users, neg)).flatten()
+        while bad.numel():
+            neg[bad] = torch.randint(self.num_items, bad.shape, generator=generator)
+            still = self.is_positive(users[bad], neg[bad])
+            bad = bad[still]
+        return neg
+
+
+def _bpr_loss(
+    model: LightGCN,
+    user_out: torch.Tensor,
+    item_out: torch.Tensor,
+    users: torch.Tensor,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    l2: float,
+) -> torch.Tensor:
+    """BPR ``-log sigmoid(s_ui+ - s_ui-)`` mean + reference-style L2 on layer-0 rows."""
+    u, p, n = user_out[users], item_out[pos], item_out[neg]
+    diff = (u * p).sum(-1) - (u * n).sum(-1)
+    loss = torch.nn.functional.softplus(-diff).mean()
+    if l2 > 0:
+        u0 = model.user_embedding.weight[users]
+        p0 = model.item_embedding.weight[pos]
+        n0 = model.item_embedding.weight[neg]
+        reg = 0.5 * (u0.pow(2).sum() + p0.pow(2).sum() + n0.pow(2).sum()) / users.numel()
+        loss = loss + l2 * reg
+    return loss
+
+
+def _torch_save_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _resume_key(config: LightGCNConfig) -> dict[str, Any]:
+    return {k: v for k, v in config.to_dict().items() if k not in _RESUMABLE_CHANGES}
+
+
+def _load_state(state_dir: Path, config: LightGCNConfig, fingerprint: str) -> dict | None:
+    path = state_dir / _STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt file: say which and how to recover
+        raise CheckpointError(
+            f"{path}: cannot read resume state ({exc}); delete it or pass resume=False"
+        ) from exc
+    if state.get("fingerprint") != fingerprint:
+        raise FingerprintMismatchError(
+            f"{state_dir}: resume state was made for dataset fingerprint "
+            f"{state.get('fingerprint')}, but the dataset in use has fingerprint {fingerprint}"
+        )
+    saved = json.loads(state["config"])
+    for key, value in _resume_key(config).items():
+        if saved.get(key) != value:
+            raise ValueError(
+                f"{path}: cannot resume, LightGCNConfig.{key} was {saved.get(key)!r} and is now "
+                f"{value!r}; use another run directory or resume=False"
+            )
+    return state
+
+
+def _save_state(state_dir: Path, payload: dict[str, Any]) -> None:
+    atomic_write_bytes(state_dir / _STATE_FILE, _torch_save_bytes(payload))
+    atomic_write_json(
+        state_dir / _STATE_JSON,
+        {"epoch": payload["epoch"], "best_epoch": payload["best_epoch"],
+         "history": json.loads(payload["history"])},
+    )
+
+
+def train_lightgcn(
+    data: Interactions,
+    config: LightGCNConfig | None = None,
+    run_dir: str | os.PathLike[str] = "run",
+    *,
+    progress: ProgressCallback | None = None,
+    resume: bool = True,
+) -> TrainResult:
+    """Train LightGCN with BPR on ``data.train``, select on ``data.valid``, save ``RUN/graph``.
+
+    Each epoch shuffles all training pairs (seeded), draws one exact negative per pair and
+    takes one Adam step per ``batch_size`` triples, re-propagating the whole graph per step
+    (as the reference code does). Every ``eval_every`` epochs the propagated embeddings are
+    ranked on the validation split; the best ``select_metric`` epoch is kept and training
+    stops after ``patience`` validations without improvement. The test split is never
+    looked at. When the validation split is empty or ``eval_every == 0``, the last epoch is
+    kept.
+
+    After every epoch the full state (model, optimiser, epoch, RNG, history, best
+    embeddings) is written atomically to ``RUN/state/graph/``; with ``resume=True`` a rerun
+    continues from it, producing the same result as an uninterrupted run.
+
+    Args:
+        data: the prepared dataset.
+        config: hyper-parameters (defaults: :class:`LightGCNConfig`).
+        run_dir: run directory; ``RUN/graph`` and ``RUN/state/graph`` are written there.
+        progress: receives ``ProgressEvent(stage="graph")`` events: ``start``, ``step`` per
+            batch (with ``loss``), ``epoch`` (with loss and validation metrics), ``end``.
+        resume: continue from ``RUN/state/graph`` when present.
+
+    Returns:
+        A :class:`TrainResult`. ``RUN/graph`` holds ``user_embedding`` ``(U, d)`` and
+        ``item_embedding`` ``(I, d)`` (propagated, best epoch) with the dataset fingerprint.
+    """
+    config = config or LightGCNConfig()
+    run_dir = Path(run_dir)
+    for k in config.ks:
+        if k > data.num_items:
+            raise ValueError(
+                f"LightGCNConfig.ks: K={k} is larger than the catalogue of {data.num_items} items"
+            )
+    if data.train._nnz() == 0:
+        raise ValueError(f"dataset {data.name!r}: the train split is empty")
+    old_threads = torch.get_num_threads()
+    if config.num_threads is not None:
+        torch.set_num_threads(config.num_threads)
+    try:
+        return _train(data, config, run_dir, progress, resume)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train(
+    data: Interactions,
+    config: LightGCNConfig,
+    run_dir: Path,
+    progress: ProgressCallback | None,
+    resume: bool,
+) -> TrainResult:
+    device = torch.device(config.device)
+    fingerprint = data.fingerprint
+    state_dir = run_dir / STATE_DIR
+    gen = torch.Generator().manual_seed(config.seed)
+
+    model = LightGCN(data.num_users, data.num_items, config.dim, config.layers)
+    model.reset_parameters(generator=gen)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    propagate = GraphPropagator(normalized_adjacency(data.train), config.backend, device)
+    sampler = NegativeSampler(data.train)
+    validate = config.eval_every > 0 and data.valid._nnz() > 0
+
+    start_epoch, history, bad_evals = 0, [], 0
+    best_epoch, best_valid, best_score = -1, {}, -math.inf
+    best_emb: tuple[torch.Tensor, torch.Tensor] | None = None
+    stopped_early = False
+    state = _load_state(state_dir, config, fingerprint) if resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["rng"])
+        start_epoch = int(state["epoch"]) + 1
+        history = json.loads(state["history"])
+        best_epoch, best_score = int(state["best_epoch"]), float(state["best_score"])
+        best_valid = json.loads(state["best_valid"])
+        bad_evals = int(state["bad_evals"])
+        stopped_early = bool(state["stopped_early"])
+        if state.get("best_user") is not None:
+            best_emb = (state["best_user"], state["best_item"])
+
+    n_pairs = sampler.users.numel()
+    steps = max(1, math.ceil(n_pairs / config.batch_size))
+    emit(progress, ProgressEvent(
+        "graph", "start", step=start_epoch * steps, total=config.epochs * steps,
+        epoch=start_epoch, message=f"LightGCN {model!r} on {propagate.backend}",
+    ))
+    epoch = start_epoch
+    for epoch in range(start_epoch, config.epochs):
+        if stopped_early:
+            break
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n_pairs, generator=gen)
+        all_users, all_pos = sampler.users[perm], sampler.items[perm]
+        all_neg = sampler.sample(all_users, generator=gen)
+        total_loss = 0.0
+        for b in range(steps):
+            sl = slice(b * config.batch_size, (b + 1) * config.batch_size)
+            users = all_users[sl].to(device)
+            pos, neg = all_pos[sl].to(device), all_neg[sl].to(device)
+            user_out, item_out = model(propagate)
+            loss = _bpr_loss(model, user_out, item_out, users, pos, neg, config.l2)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"LightGCN loss became {value} at epoch {epoch}, batch {b}; lower "
+                    f"LightGCNConfig.lr (now {config.lr})"
+                )
+            total_loss += value
+            emit(progress, ProgressEvent(
+                "graph", "step", step=epoch * steps + b + 1, total=config.epochs * steps,
+                epoch=epoch, metrics={"loss": value},
+            ))
+        record: dict[str, Any] = {"epoch": epoch, "loss": total_loss / steps}
+        is_last = epoch == config.epochs - 1
+        if validate and ((epoch + 1) % config.eval_every == 0 or is_last):
+            model.eval()
+            with torch.no_grad():
+                user_out, item_out = model(propagate)
+            metrics = evaluate_embeddings(user_out, item_out, data, "valid", config.ks)
+            record["valid"] = metrics
+            score = metrics[config.select_metric]
+            if score > best_score:
+                best_score, best_epoch, best_valid, bad_evals = score, epoch, metrics, 0
+                best_emb = (user_out.detach().cpu().clone(), item_out.detach().cpu().clone())
+            else:
+                bad_evals += 1
+                if config.patience and bad_evals >= config.patience:
+                    stopped_early = True
+        record["seconds"] = time.perf_counter() - t0
+        history.append(record)
+        _save_state(state_dir, {
+            "fingerprint": fingerprint,
+            "config": json.dumps(config.to_dict()),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": gen.get_state(),
+            "epoch": epoch,
+            "history": json.dumps(history),
+            "best_epoch": best_epoch,
+            "best_score": best_score,
+            "best_valid": json.dumps(best_valid),
+            "bad_evals": bad_evals,
+            "stopped_early": stopped_early,
+            "best_user": best_emb[0] if best_emb else None,
+            "best_item": best_emb[1] if best_emb else None,
+        })
+        shown = {"loss": record["loss"]}
+        if "valid" in record:
+            shown[config.select_metric] = record["valid"][config.select_metric]
+        emit(progress, ProgressEvent(
+            "graph", "epoch", step=(epoch + 1) * steps, total=config.epochs * steps,
+            epoch=epoch, metrics=shown,
+        ))
+
+    if best_emb is None:  # never validated: keep the last epoch
+        model.eval()
+        with torch.no_grad():
+            user_out, item_out = model(propagate)
+        best_emb = (user_out.cpu(), item_out.cpu())
+        best_epoch = len(history) - 1
+    seconds = float(sum(r["seconds"] for r in history))
+    save_artifact(
+        run_dir / GRAPH_DIR,
+        {"user_embedding": best_emb[0], "item_embedding": best_emb[1]},
+        {**config.to_dict(), "num_users": data.num_users, "num_items": data.num_items,
+         "best_epoch": best_epoch, "epochs_run": len(history)},
+        dataset_fingerprint=fingerprint,
+        card=_card(data, config, best_epoch, best_valid),
+    )
+    emit(progress, ProgressEvent(
+        "graph", "end", step=len(history) * steps, total=config.epochs * steps,
+        epoch=best_epoch, metrics={k: v for k, v in best_valid.items() if k != "users"},
+        message=f"best epoch {best_epoch}",
+    ))
+    return TrainResult(best_epoch, best_valid, history, seconds, stopped_early, run_dir)
+
+
+def _card(data: Interactions, config: LightGCNConfig, best_epoch: int,
+          best_valid: dict[str, float]) -> str:
+    score = best_valid.get(config.select_metric)
+    line = f"valid {config.select_metric} = {score:.4f}" if score is not None else "not validated"
+    return (
+        "# graph\n\nLightGCN user/item embeddings (propagated, mean of layers 0..L).\n\n"
+        f"- dataset: {data.name} ({data.num_users} users, {data.num_items} items, "
+        f"fingerprint {data.fingerprint})\n"
+        f"- dim {config.dim}, layers {config.layers}, best epoch {best_epoch}, {line}\n"
+        "- tensors: user_embedding (U, d), item_embedding (I, d)\n"
+    )
+
+
+def load_graph_embeddings(
+    run_dir: str | os.PathLike[str],
+    expected_fingerprint: str | None = None,
+    *,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load ``RUN/graph``: ``(user_embedding (U, d), item_embedding (I, d))``.
+
+    Raises:
+        CheckpointError: ``RUN/graph`` is missing or incomplete.
+        FingerprintMismatchError: it was trained on another dataset (both fingerprints named).
+    """
+    directory = Path(run_dir) / GRAPH_DIR
+    tensors, _, _ = load_artifact(
+        directory, expected_fingerprint=expected_fingerprint, device=device
+    )
+    missing = [n for n in ("user_embedding", "item_embedding") if n not in tensors]
+    if missing:
+        raise CheckpointError(f"{directory}: missing tensor(s) {', '.join(missing)}")
+    return tensors["user_embedding"], tensors["item_embedding"]
+
