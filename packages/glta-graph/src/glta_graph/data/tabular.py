@@ -1,0 +1,203 @@
+"""Generic tables: CSV (any delimiter, gzip too), Parquet, and Hugging Face ``datasets``.
+
+Columns are named by the user (``user_col``, ``item_col``, optional ``rating_col``,
+``timestamp_col``, ``text_col``). When ``user_col``/``item_col`` are not given, common names
+are tried (``user_id``, ``userId``, ``user``, ``reviewerID``...; ``item_id``, ``movieId``,
+``item``, ``asin``...). Timestamps may be numbers (seconds) or ISO date strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from glta_graph.data.interactions import DatasetError
+from glta_graph.data.raw import (
+    RawInteractions,
+    factorize_ids,
+    line_mapper,
+    read_delimited,
+    require_columns,
+    to_float,
+)
+
+__all__ = ["read_csv", "read_hf", "read_parquet", "read_table"]
+
+_USER_GUESSES = ("user_id", "userId", "user", "userID", "reviewerID", "uid")
+_ITEM_GUESSES = ("item_id", "itemId", "item", "itemID", "movieId", "asin", "parent_asin",
+                 "book_id", "iid")
+
+
+def _guess(header: Sequence[str], given: str | None, guesses: Sequence[str], role: str,
+           source: str) -> str:
+    if given is not None:
+        return given
+    for g in guesses:
+        if g in header:
+            return g
+    raise DatasetError(
+        f"{source}: no {role} column given and none of {', '.join(guesses)} found; "
+        f"columns found: {', '.join(header)} (pass {role}_col=NAME)"
+    )
+
+
+def _timestamps(col: pa.ChunkedArray | pa.Array, what: str, source: str,
+                line_of: Callable[[int], int] | None) -> np.ndarray:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_timestamp(arr.type) or pa.types.is_date(arr.type):
+        secs = pc.cast(pc.cast(arr, pa.timestamp("s")), pa.int64())
+        return secs.to_numpy(zero_copy_only=False).astype(np.float64)
+    try:
+        return to_float(arr, what=what, source=source, line_of=line_of)
+    except DatasetError:
+        pass
+    values = arr.to_pylist()
+    out = np.empty(len(values), dtype=np.float64)
+    for row, value in enumerate(values):
+        try:
+            out[row] = np.datetime64(str(value).strip().replace(" ", "T"), "s").astype(np.int64)
+        except ValueError:
+            where = f"line {line_of(row)}" if line_of else f"row {row + 1}"
+            raise DatasetError(
+                f"{source}: {where}: field {what!r} has value {value!r}, which is neither a "
+                f"number nor an ISO date"
+            ) from None
+    return out
+
+
+def read_table(
+    columns: dict[str, pa.ChunkedArray | pa.Array],
+    *,
+    source: str,
+    name: str,
+    user_col: str | None = None,
+    item_col: str | None = None,
+    rating_col: str | None = None,
+    timestamp_col: str | None = None,
+    text_col: str | None = None,
+    line_of: Callable[[int], int] | None = None,
+) -> RawInteractions:
+    """Build :class:`RawInteractions` from named columns (shared by CSV/Parquet/HF).
+
+    Args:
+        columns: column name -> (n,) column.
+        source / name: for messages and the dataset name.
+        user_col / item_col: id columns (guessed when ``None``).
+        rating_col / timestamp_col / text_col: optional columns; the item text is the first
+            non-empty ``text_col`` value seen for each item.
+        line_of: row index -> line number for messages.
+    """
+    header = list(columns)
+    user_col = _guess(header, user_col, _USER_GUESSES, "user", source)
+    item_col = _guess(header, item_col, _ITEM_GUESSES, "item", source)
+    require_columns(header, {"user": user_col, "item": item_col, "rating": rating_col,
+                             "timestamp": timestamp_col, "text": text_col}, source)
+    user_ids, users = factorize_ids(columns[user_col], what=user_col, source=source,
+                                    line_of=line_of)
+    item_ids, items = factorize_ids(columns[item_col], what=item_col, source=source,
+                                    line_of=line_of)
+    ratings = stamps = None
+    if rating_col is not None:
+        ratings = to_float(columns[rating_col], what=rating_col, source=source, line_of=line_of)
+    if timestamp_col is not None:
+        stamps = _timestamps(columns[timestamp_col], timestamp_col, source, line_of)
+    text: dict[str, str] = {}
+    if text_col is not None:
+        texts = columns[text_col].to_pylist()
+        for code, value in zip(items.tolist(), texts, strict=True):
+            iid = item_ids[code]
+            if value is not None and str(value).strip() and iid not in text:
+                text[iid] = " ".join(str(value).split())
+    return RawInteractions(user_ids, item_ids, users, items, ratings=ratings, timestamps=stamps,
+                           item_text=text, name=name, source=source)
+
+
+def read_csv(path: Path, *, sep: str = ",", encoding: str = "utf-8", user_col: str | None = None,
+             item_col: str | None = None, rating_col: str | None = None,
+             timestamp_col: str | None = None, text_col: str | None = None) -> RawInteractions:
+    """Read a CSV (or TSV with ``sep="\\t"``; ``.gz`` too) with a header line.
+
+    Args:
+        path: the file.
+        sep: one-character delimiter.
+        encoding: text encoding.
+        user_col / item_col / rating_col / timestamp_col / text_col: see :func:`read_table`.
+    """
+    path = Path(path)
+    if len(sep) != 1:
+        raise DatasetError(f"csv option sep={sep!r}: the delimiter must be one character")
+    _, cols = read_delimited(path, delimiter=sep, encoding=encoding)
+    return read_table(cols, source=str(path), name=path.name.split(".")[0], user_col=user_col,
+                      item_col=item_col, rating_col=rating_col, timestamp_col=timestamp_col,
+                      text_col=text_col, line_of=line_mapper(path, 1, encoding))
+
+
+def read_parquet(path: Path, *, user_col: str | None = None, item_col: str | None = None,
+                 rating_col: str | None = None, timestamp_col: str | None = None,
+                 text_col: str | None = None) -> RawInteractions:
+    """Read a Parquet file (or a folder of Parquet files, read as one table).
+
+    Args:
+        path: the file or folder.
+        user_col / item_col / rating_col / timestamp_col / text_col: see :func:`read_table`.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: missing Parquet file (no such file or directory)")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DatasetError(f"{path}: cannot read as Parquet: {exc}") from exc
+    cols = {n: table.column(n) for n in table.column_names}
+    return read_table(cols, source=str(path), name=path.name.split(".")[0], user_col=user_col,
+                      item_col=item_col, rating_col=rating_col, timestamp_col=timestamp_col,
+                      text_col=text_col)
+
+
+def read_hf(source: str | Path, *, split: str = "train", config_name: str | None = None,
+            user_col: str | None = None, item_col: str | None = None,
+            rating_col: str | None = None, timestamp_col: str | None = None,
+            text_col: str | None = None) -> RawInteractions:
+    """Read a Hugging Face ``datasets`` source with the ``datasets`` library.
+
+    Args:
+        source: a hub name, a local dataset folder/file usable by ``datasets.load_dataset``
+            (works offline for local paths), or a folder written by ``save_to_disk``.
+        split: which split of the source to read.
+        config_name: the dataset configuration (``name=`` of ``datasets.load_dataset``).
+        user_col / item_col / rating_col / timestamp_col / text_col: see :func:`read_table`.
+    """
+    import datasets
+
+    from glta_graph.data.interactions import _quiet_datasets
+
+    src = str(source)
+    local = Path(src)
+    try:
+        with _quiet_datasets():
+            if local.is_dir() and (local / "dataset_info.json").is_file():
+                ds = datasets.load_from_disk(src)
+            else:
+                ds = datasets.load_dataset(src, config_name, split=split)
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise DatasetError(
+                        f"{src}: no split {split!r}; splits found: {', '.join(ds)}"
+                    )
+                ds = ds[split]
+    except DatasetError:
+        raise
+    except Exception as exc:  # datasets raises many types (FileNotFoundError, hub errors...)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DatasetError(f"{src}: cannot load as a Hugging Face dataset: {first}") from exc
+    table = ds.with_format("arrow")[:]
+    cols = {n: table.column(n) for n in table.column_names}
+    return read_table(cols, source=src, name=local.name or src, user_col=user_col,
+                      item_col=item_col, rating_col=rating_col, timestamp_col=timestamp_col,
+                      text_col=text_col)
