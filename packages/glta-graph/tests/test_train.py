@@ -1,0 +1,193 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from glta_gllm.checkpoint import CheckpointError, FingerprintMismatchError, read_metadata
+
+from glta_graph.data import Interactions, csr_from_pairs
+from glta_graph.train import (
+    LightGCNConfig,
+    NegativeSampler,
+    load_graph_embeddings,
+    train_lightgcn,
+)
+
+
+def clustered_dataset(users=80, items=60, clusters=4, per_user=10, seed=0) -> Interactions:
+    """Users and items in clusters; each user interacts mostly inside its own cluster."""
+    rng = np.random.default_rng(seed)
+    u_cl = np.arange(users) % clusters
+    i_cl = np.arange(items) % clusters
+    split = {"train": ([], []), "valid": ([], []), "test": ([], [])}
+    for u in range(users):
+        own = np.flatnonzero(i_cl == u_cl[u])
+        other = np.flatnonzero(i_cl != u_cl[u])
+        chosen = np.concatenate([rng.choice(own, per_user - 1, replace=False),
+                                 rng.choice(other, 1)])
+        rng.shuffle(chosen)
+        for name, part in (("train", chosen[:6]), ("valid", chosen[6:8]), ("test", chosen[8:])):
+            split[name][0].extend([u] * len(part))
+            split[name][1].extend(part.tolist())
+    mats = {k: csr_from_pairs(v[0], v[1], users, items) for k, v in split.items()}
+    return Interactions([f"u{i}" for i in range(users)], [f"i{i}" for i in range(items)],
+                        name="clusters", **mats)
+
+
+FAST = dict(dim=16, layers=2, batch_size=64, lr=0.01, eval_every=0, seed=3, ks=(5, 10, 20))
+
+
+def test_config_defaults_and_checks():
+    cfg = LightGCNConfig()
+    assert (cfg.dim, cfg.layers, cfg.lr, cfg.batch_size, cfg.l2) == (64, 3, 1e-3, 2048, 1e-4)
+    assert cfg.select_metric == "recall@20"
+    assert LightGCNConfig.from_dict({**cfg.to_dict(), "num_users": 3}) == cfg
+    for bad, match in [({"dim": 0}, "dim"), ({"lr": -1.0}, "lr"), ({"l2": float("nan")}, "l2"),
+                       ({"select_metric": "recall@50"}, "select_metric"),
+                       ({"select_metric": "auc@20"}, "select_metric"),
+                       ({"backend": "dense"}, "backend"), ({"num_threads": 0}, "num_threads"),
+                       ({"epochs": 1.5}, "epochs"), ({"device": "nonsense"}, "device")]:
+        with pytest.raises(ValueError, match=match):
+            LightGCNConfig(**bad)
+
+
+def test_sampler_never_returns_a_training_positive():
+    data = clustered_dataset(users=50, items=40, per_user=10)
+    dense = data.train.to_dense().bool()
+    sampler = NegativeSampler(data.train)
+    gen = torch.Generator().manual_seed(0)
+    users = sampler.users.repeat(40)  # many draws per (user, positive)
+    for _ in range(5):
+        neg = sampler.sample(users, generator=gen)
+        assert neg.dtype == torch.int64 and neg.min() >= 0 and neg.max() < data.num_items
+        assert not dense[users, neg].any()
+    # is_positive agrees with the dense matrix on every cell
+    uu, ii = torch.meshgrid(torch.arange(50), torch.arange(40), indexing="ij")
+    assert torch.equal(sampler.is_positive(uu.flatten(), ii.flatten()).view(50, 40), dense)
+
+
+def test_sampler_with_a_single_free_item_and_full_user_rejected():
+    # user 0 has every item but one: the only legal negative is item 2
+    train = csr_from_pairs([0, 0, 0, 1], [0, 1, 3, 0], 2, 4)
+    neg = NegativeSampler(train).sample(torch.zeros(500, dtype=torch.int64),
+                                        torch.Generator().manual_seed(1))
+    assert torch.all(neg == 2)
+    with pytest.raises(ValueError, match="user index 0 interacted with all 2 items"):
+        NegativeSampler(csr_from_pairs([0, 0], [0, 1], 1, 2))
+
+
+def test_training_writes_artifact_and_is_repeatable(tmp_path):
+    data = clustered_dataset()
+    cfg = LightGCNConfig(epochs=3, **FAST)
+    events = []
+    r1 = train_lightgcn(data, cfg, tmp_path / "a", progress=events.append)
+    r2 = train_lightgcn(data, cfg, tmp_path / "b")
+    u1, i1 = load_graph_embeddings(tmp_path / "a", expected_fingerprint=data.fingerprint)
+    u2, i2 = load_graph_embeddings(tmp_path / "b")
+    assert u1.shape == (80, 16) and i1.shape == (60, 16)
+    assert torch.equal(u1, u2) and torch.equal(i1, i2)
+    assert [h["loss"] for h in r1.history] == [h["loss"] for h in r2.history]
+    assert r1.best_epoch == 2 and len(r1.history) == 3 and r1.seconds > 0
+    assert r1.history[-1]["loss"] < r1.history[0]["loss"]
+    meta = read_metadata(tmp_path / "a" / "graph")
+    assert meta["dataset_fingerprint"] == data.fingerprint
+    config = json.loads((tmp_path / "a" / "graph" / "config.json").read_text())
+    assert config["num_users"] == 80 and config["num_items"] == 60 and config["dim"] == 16
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("epoch") == 3
+    steps = [e for e in events if e.kind == "step"]
+    assert len(steps) == 3 * 8 and all("loss" in e.metrics for e in steps)
+    assert all(e.stage == "graph" for e in events)
+    # another seed gives other embeddings
+    train_lightgcn(data, LightGCNConfig(epochs=3, **{**FAST, "seed": 4}), tmp_path / "c")
+    assert not torch.equal(load_graph_embeddings(tmp_path / "c")[0], u1)
+
+
+def test_load_graph_embeddings_errors(tmp_path):
+    data = clustered_dataset()
+    train_lightgcn(data, LightGCNConfig(epochs=1, **FAST), tmp_path / "run")
+    with pytest.raises(FingerprintMismatchError) as err:
+        load_graph_embeddings(tmp_path / "run", expected_fingerprint="0123456789abcdef")
+    assert data.fingerprint in str(err.value) and "0123456789abcdef" in str(err.value)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_graph_embeddings(tmp_path / "nothing")
+
+
+def test_training_input_errors(tmp_path):
+    data = clustered_dataset()
+    with pytest.raises(ValueError, match="K=100 is larger than the catalogue of 60 items"):
+        train_lightgcn(data, LightGCNConfig(epochs=1, **{**FAST, "ks": (5, 100)},
+                                            select_metric="recall@5"), tmp_path)
+    empty = Interactions(["a"], ["x", "y"], *(csr_from_pairs([], [], 1, 2) for _ in range(3)))
+    with pytest.raises(ValueError, match="train split is empty"):
+        train_lightgcn(empty, LightGCNConfig(epochs=1, **{**FAST, "ks": (1,)},
+                                             select_metric="recall@1"), tmp_path)
+
+
+def test_resume_refuses_other_dataset_or_shape(tmp_path):
+    data = clustered_dataset()
+    train_lightgcn(data, LightGCNConfig(epochs=1, **FAST), tmp_path)
+    with pytest.raises(ValueError, match="LightGCNConfig.dim was 16 and is now 8"):
+        train_lightgcn(data, LightGCNConfig(epochs=2, **{**FAST, "dim": 8}), tmp_path)
+    other = clustered_dataset(seed=1)
+    with pytest.raises(FingerprintMismatchError, match=other.fingerprint):
+        train_lightgcn(other, LightGCNConfig(epochs=2, **FAST), tmp_path)
+    # resume=False starts over
+    res = train_lightgcn(other, LightGCNConfig(epochs=1, **FAST), tmp_path, resume=False)
+    assert len(res.history) == 1
+
+
+def test_more_epochs_continue_from_state(tmp_path):
+    data = clustered_dataset()
+    train_lightgcn(data, LightGCNConfig(epochs=2, **FAST), tmp_path / "r")
+    res = train_lightgcn(data, LightGCNConfig(epochs=4, **FAST), tmp_path / "r")
+    straight = train_lightgcn(data, LightGCNConfig(epochs=4, **FAST), tmp_path / "s")
+    assert [h["epoch"] for h in res.history] == [0, 1, 2, 3]
+    torch.testing.assert_close(load_graph_embeddings(tmp_path / "r")[0],
+                               load_graph_embeddings(tmp_path / "s")[0])
+    assert [h["loss"] for h in res.history] == pytest.approx([h["loss"] for h in straight.history])
+
+
+_CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from glta_graph.data import Interactions
+    from glta_graph.train import LightGCNConfig, train_lightgcn
+
+    data = Interactions.load(sys.argv[1])
+    cfg = LightGCNConfig(epochs=4, dim=16, layers=2, batch_size=64, lr=0.01, eval_every=0,
+                         seed=3, num_threads=1)
+
+    def die_mid_epoch(event):
+        # a real SIGKILL in the middle of epoch 2 (epochs 0 and 1 are checkpointed)
+        if event.kind == "step" and event.epoch == 2 and event.step % 8 == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train_lightgcn(data, cfg, sys.argv[2], progress=die_mid_epoch)
+    """
+)
+
+
+def test_resume_after_sigkill_finishes_the_run(tmp_path):
+    data = clustered_dataset()
+    data.save(tmp_path / "ds")
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "ds"), str(run)],
+                          capture_output=True, text=True, env={**os.environ})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not (run / "graph").exists()
+    state = json.loads((run / "state" / "graph" / "state.json").read_text())
+    assert state["epoch"] == 1
+    cfg = LightGCNConfig(epochs=4, **FAST, num_threads=1)
+    resumed = train_lightgcn(data, cfg, run)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
+    straight = train_lightgcn(data, cfg, tmp_path / "straight")
+    torch.testing.assert_close(load_graph_embeddings(run)[1],
+                               load_graph_embeddings(tmp_path / "straight")[1])
