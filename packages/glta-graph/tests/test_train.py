@@ -132,7 +132,7 @@ def test_training_input_errors(tmp_path):
 def test_resume_refuses_other_dataset_or_shape(tmp_path):
     data = clustered_dataset()
     train_lightgcn(data, LightGCNConfig(epochs=1, **FAST), tmp_path)
-    with pytest.raises(ValueError, match="LightGCNConfig.dim was 16 and is now 8"):
+    with pytest.raises(ValueError, match=r"LightGCNConfig\.dim was 16 and is now 8"):
         train_lightgcn(data, LightGCNConfig(epochs=2, **{**FAST, "dim": 8}), tmp_path)
     other = clustered_dataset(seed=1)
     with pytest.raises(FingerprintMismatchError, match=other.fingerprint):
@@ -188,6 +188,24 @@ def test_resume_after_sigkill_finishes_the_run(tmp_path):
     cfg = LightGCNConfig(epochs=4, **FAST, num_threads=1)
     resumed = train_lightgcn(data, cfg, run)
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
-    straight = train_lightgcn(data, cfg, tmp_path / "straight")
+    train_lightgcn(data, cfg, tmp_path / "straight")
     torch.testing.assert_close(load_graph_embeddings(run)[1],
                                load_graph_embeddings(tmp_path / "straight")[1])
+
+
+@pytest.mark.parametrize("mode", ["user", "pair"])
+def test_positives_are_training_pairs(mode):
+    data = clustered_dataset()
+    sampler = NegativeSampler(data.train)
+    n = sampler.users.numel()
+    users, items = sampler.positives(n, mode, torch.Generator().manual_seed(0))
+    assert users.shape == items.shape == (n,)
+    assert sampler.is_positive(users, items).all()
+    if mode == "pair":  # a permutation of all pairs
+        keys = torch.sort(users * data.num_items + items).values
+        assert torch.equal(keys, sampler.keys)
+    else:  # users roughly uniform: every user drawn, none hugely over-represented
+        counts = torch.bincount(users, minlength=data.num_users)
+        assert counts.min() > 0 and counts.max() < 4 * n / data.num_users
+    with pytest.raises(ValueError, match="sampling mode"):
+        sampler.positives(3, "items")

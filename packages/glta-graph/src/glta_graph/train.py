@@ -46,6 +46,7 @@ GRAPH_DIR = "graph"
 STATE_DIR = os.path.join("state", "graph")
 _STATE_FILE = "state.pt"
 _STATE_JSON = "state.json"
+_SAMPLINGS = ("user", "pair")
 _METRIC_NAMES = ("precision", "recall", "ndcg", "hit_rate")
 # Settings that may change between a killed run and its resumption.
 _RESUMABLE_CHANGES = {"epochs", "patience", "eval_every", "device", "num_threads"}
@@ -82,6 +83,11 @@ class LightGCNConfig:
     select_metric: str = field(
         default="recall@20", metadata={"help": "validation metric used for early stopping"}
     )
+    sampling: str = field(
+        default="user",
+        metadata={"help": "BPR positives per epoch: 'user' (uniform user, then one of its items, "
+                          "as the reference code) or 'pair' (a shuffle of all training pairs)"},
+    )
     seed: int = field(default=2020, metadata={"help": "random seed (init, shuffling, negatives)"})
     backend: str = field(
         default="auto", metadata={"help": "propagation backend: auto, csr, coo, torch-sparse"}
@@ -112,6 +118,10 @@ class LightGCNConfig:
             raise ValueError(
                 f"LightGCNConfig.select_metric {self.select_metric!r} must be one of "
                 f"{', '.join(_METRIC_NAMES)} at a K in ks={list(self.ks)}, e.g. 'recall@20'"
+            )
+        if self.sampling not in _SAMPLINGS:
+            raise ValueError(
+                f"LightGCNConfig.sampling {self.sampling!r} is not one of {', '.join(_SAMPLINGS)}"
             )
         if self.backend not in BACKENDS:
             raise ValueError(
@@ -189,6 +199,37 @@ class NegativeSampler:
         self.keys = torch.sort(keys).values
         self.users = users
         self.items = cols
+        self._crow = crow.to(torch.int64)
+        self._deg = deg.to(torch.int64)
+        self._active = torch.nonzero(deg > 0).flatten()
+
+    def positives(
+        self, n: int, mode: str = "user", generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``n`` (user, positive item) training pairs for one epoch.
+
+        Args:
+            n: number of pairs.
+            mode: ``"user"``: a uniform user among those with training items, then a uniform
+                item of theirs (the reference code's ``UniformSample_original``); ``"pair"``:
+                a random permutation of the training pairs (``n`` must equal their count).
+            generator: the random source.
+
+        Returns:
+            ``(users (n,), items (n,))`` int64.
+        """
+        if mode == "pair":
+            if n != self.users.numel():
+                raise ValueError(f"mode 'pair' draws all {self.users.numel()} pairs, not {n}")
+            perm = torch.randperm(n, generator=generator)
+            return self.users[perm], self.items[perm]
+        if mode != "user":
+            raise ValueError(f"sampling mode {mode!r} is not one of {', '.join(_SAMPLINGS)}")
+        users = self._active[torch.randint(self._active.numel(), (n,), generator=generator)]
+        deg = self._deg[users]
+        offset = (torch.rand(n, generator=generator, dtype=torch.float64) * deg).long()
+        offset = torch.minimum(offset, deg - 1)
+        return users, self.items[self._crow[users] + offset]
 
     def is_positive(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Bool mask, ``(n,)``: whether ``(users[j], items[j])`` is a training pair."""
@@ -385,8 +426,7 @@ def _train(
             break
         t0 = time.perf_counter()
         model.train()
-        perm = torch.randperm(n_pairs, generator=gen)
-        all_users, all_pos = sampler.users[perm], sampler.items[perm]
+        all_users, all_pos = sampler.positives(n_pairs, config.sampling, generator=gen)
         all_neg = sampler.sample(all_users, generator=gen)
         total_loss = 0.0
         for b in range(steps):
