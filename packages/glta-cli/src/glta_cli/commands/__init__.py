@@ -1,0 +1,1 @@
+"""The ``glta`` commands: thin parsers over the library functions."""

@@ -1,0 +1,65 @@
+"""``glta graph train``: LightGCN pretraining on a prepared dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from glta_cli.commands._common import Quiet, handle_errors, out_console
+
+app = typer.Typer(no_args_is_help=True, help="Stage 1: LightGCN graph pretraining.")
+
+
+@app.command(
+    "train",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+@handle_errors
+def train(
+    ctx: typer.Context,
+    dataset_dir: Annotated[
+        Path, typer.Argument(help="A prepared dataset folder (from `glta data prepare`).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")],
+    dim: Annotated[int | None, typer.Option(help="Embedding size d.")] = None,
+    layers: Annotated[int | None, typer.Option(help="Propagation layers L.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="BPR triples per step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    l2: Annotated[float | None, typer.Option(help="L2 on layer-0 embeddings.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Validations without gain.")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Validate every N epochs.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Ignore saved state and train from scratch.")
+    ] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train LightGCN (BPR, early stopping on valid) and save RUN/graph.
+
+    The dataset is copied into RUN/dataset so the run directory is self-contained. A
+    killed run resumes from RUN/state/graph when rerun. Any other LightGCNConfig key can be
+    set with --graph.key value.
+
+    Example: glta graph train data/ml100k --out runs/lgcn --epochs 50 --lr 0.005
+    """
+    from glta_cli.pipeline import train_graph_run
+
+    options = {
+        "dim": dim, "layers": layers, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+        "l2": l2, "patience": patience, "eval_every": eval_every, "seed": seed, "device": device,
+    }
+    result, valid = train_graph_run(
+        dataset_dir, out, {k: v for k, v in options.items() if v is not None}, ctx.args,
+        restart=restart, quiet=quiet,
+    )
+    console = out_console()
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in valid.items() if k != "users")
+    console.print(
+        f"LightGCN: best epoch {result.best_epoch + 1} of {len(result.history)} "
+        f"({result.seconds:.1f} s); valid {shown or '(not validated)'}"
+    )
+    console.print(f"saved {out / 'graph'}; next: glta evaluate {out}")

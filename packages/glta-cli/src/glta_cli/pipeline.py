@@ -1,0 +1,510 @@
+"""The pipeline as plain functions: prepare -> LightGCN -> stage 2 -> stage 3 -> evaluation.
+
+``run_pipeline(config, ...)`` is what ``glta pipeline`` calls after parsing. Each stage
+writes its artifact into the run directory (DESIGN.md's layout) and is skipped on a rerun
+when its artifact is there and complete; a stage killed half-way resumes from the library's
+own ``RUN/state/<stage>/``. The pipeline's bookkeeping (which stages finished, seconds spent,
+training curves) lives in ``RUN/state/pipeline/stages.json``, written atomically.
+
+``--restart`` semantics: the existing run directory is renamed to ``RUN.previous`` (one
+atomic rename; nothing is deleted yet) and a fresh run starts in ``RUN``. When the new run
+completes, ``RUN.previous`` is removed. If the restarted run is killed, rerunning without
+``--restart`` resumes it and the old run is still in ``RUN.previous``; restarting again while
+``RUN.previous`` exists discards only the unfinished ``RUN`` and keeps ``RUN.previous``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from glta_gllm.checkpoint import FingerprintMismatchError, atomic_write_json
+
+from glta_cli.config import ConfigError, GLTAConfig, load_config, write_config
+from glta_cli.runs import (
+    DATASET_DIR,
+    GLTA_ARTIFACTS,
+    RESOLVED_CONFIG_NAME,
+    load_dataset_dir,
+    read_metrics,
+)
+
+__all__ = [
+    "STAGES",
+    "PipelineResult",
+    "config_differences",
+    "prepare_dataset",
+    "previous_dir",
+    "resolve_pipeline_config",
+    "run_pipeline",
+    "subsample_users",
+    "train_graph_run",
+]
+
+STAGES = ("dataset", "graph", "item_text", "user_item", "evaluate")
+STATE_FILE = Path("state") / "pipeline" / "stages.json"
+
+
+@dataclass
+class PipelineResult:
+    """What :func:`run_pipeline` did.
+
+    Attributes:
+        run_dir: the run directory.
+        metrics: ``metrics.json`` content ``{model: {split: {metric: value}}}``.
+        split: the evaluation split.
+        stage_seconds: stage -> seconds (accumulated over resumed attempts where known).
+        train_seconds: model -> training seconds (GLTA includes its LightGCN pretraining).
+        skipped: stages found complete and not rerun.
+        files: report/chart name -> path.
+    """
+
+    run_dir: Path
+    metrics: dict[str, Any]
+    split: str
+    stage_seconds: dict[str, float]
+    train_seconds: dict[str, float]
+    skipped: list[str] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def previous_dir(run_dir: Path) -> Path:
+    """Where ``--restart`` parks the old run until the new one completes."""
+    return run_dir.with_name(run_dir.name + ".previous")
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+def resolve_pipeline_config(
+    preset: str | None,
+    config_file: str | os.PathLike[str] | None,
+    overrides: Sequence[str],
+    out: str | os.PathLike[str] | None,
+) -> GLTAConfig:
+    """Resolve the configuration of ``glta pipeline``.
+
+    With no preset, file or override, a run directory that already has a
+    ``resolved-config.toml`` is resumed with that configuration. ``--out`` overrides
+    ``[run] out``.
+    """
+    out_override = ["--run.out", str(out)] if out is not None else []
+    if preset is None and config_file is None and not overrides:
+        default_out = Path(str(out)) if out is not None else None
+        if default_out is None:
+            default_out = Path(load_config("default").run.out)
+        saved = default_out / RESOLVED_CONFIG_NAME
+        if saved.is_file():
+            return load_config("default", saved, ["--run.out", str(default_out)])
+    return load_config(preset or "default", config_file, [*overrides, *out_override])
+
+
+def config_differences(old: GLTAConfig, new: GLTAConfig, limit: int = 4) -> list[str]:
+    """Keys whose values differ (``[section] key: old -> new``), ignoring ``[run] out``."""
+    a, b = old.to_dict(), new.to_dict()
+    diffs = []
+    for section in b:
+        for key, value in b[section].items():
+            if (section, key) == ("run", "out"):
+                continue
+            before = a.get(section, {}).get(key)
+            if before != value:
+                diffs.append(f"[{section}] {key}: {before!r} -> {value!r}")
+    return diffs[:limit]
+
+
+# -- data ----------------------------------------------------------------------------------
+
+
+def subsample_users(data: Any, max_users: int, seed: int) -> Any:
+    """Keep a seeded random sample of ``max_users`` users (all splits), drop empty items.
+
+    Args:
+        data: an ``Interactions``.
+        max_users: users to keep; the dataset is returned unchanged when it has no more.
+        seed: seed of the sample.
+
+    Returns:
+        A new ``Interactions`` (users and items keep their relative order).
+    """
+    import numpy as np
+    from glta_graph.data import SPLITS, Interactions, csr_from_pairs
+
+    if data.num_users <= max_users:
+        return data
+    rng = np.random.default_rng(seed)
+    keep_users = np.sort(rng.choice(data.num_users, size=max_users, replace=False))
+    user_map = np.full(data.num_users, -1, dtype=np.int64)
+    user_map[keep_users] = np.arange(len(keep_users))
+    pairs = {}
+    for split in SPLITS:
+        u, i = data.pairs(split)
+        sel = user_map[u] >= 0
+        pairs[split] = (user_map[u[sel]], i[sel])
+    used = np.zeros(data.num_items, dtype=bool)
+    for _, i in pairs.values():
+        used[i] = True
+    keep_items = np.flatnonzero(used)
+    item_map = np.full(data.num_items, -1, dtype=np.int64)
+    item_map[keep_items] = np.arange(len(keep_items))
+    mats = {
+        split: csr_from_pairs(u, item_map[i], len(keep_users), len(keep_items))
+        for split, (u, i) in pairs.items()
+    }
+    return Interactions(
+        [data.user_ids[j] for j in keep_users],
+        [data.item_ids[j] for j in keep_items],
+        item_text=[data.item_text[j] for j in keep_items],
+        name=f"{data.name}[{max_users} users]",
+        **mats,
+    )
+
+
+def prepare_dataset(config: GLTAConfig) -> Any:
+    """Load and preprocess ``[data]`` with ``[prepare]``; a prepared folder loads as is."""
+    from glta_graph.data import load_dataset
+
+    source = config.data.source
+    path = Path(source)
+    if path.is_dir() and (path / "dataset.json").is_file():
+        data = load_dataset_dir(path)
+    else:
+        data = load_dataset(
+            source, format=config.data.format, config=config.prepare, **config.data.options
+        )
+    if config.data.max_users is not None:
+        data = subsample_users(data, config.data.max_users, config.run.seed)
+    return data
+
+
+# -- bookkeeping ---------------------------------------------------------------------------
+
+
+def _read_state(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / STATE_FILE
+    if path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            pass  # a torn file cannot happen (atomic writes); treat garbage as no state
+    return {"stages": {}, "histories": {}}
+
+
+def _write_state(run_dir: Path, state: Mapping[str, Any]) -> None:
+    atomic_write_json(run_dir / STATE_FILE, state)
+
+
+def _kwargs_for(func: Callable[..., Any], **candidates: Any) -> dict[str, Any]:
+    params = inspect.signature(func).parameters
+    return {k: v for k, v in candidates.items() if k in params}
+
+
+def _graph_history(result: Any) -> list[dict[str, float]]:
+    out = []
+    for rec in getattr(result, "history", None) or []:
+        row: dict[str, float] = {}
+        for key, value in rec.items():
+            if isinstance(value, Mapping):
+                row.update({k: float(v) for k, v in value.items() if k != "users"})
+            elif isinstance(value, int | float):
+                row[key] = float(value)
+        out.append(row)
+    return out
+
+
+def _stage_history(result: Any, recorded: Any) -> dict[str, Any]:
+    """Prefer the library's own per-epoch history (it survives resumes) over what we saw."""
+    epochs = _graph_history(result)
+    steps = [list(p) for p in recorded.steps] if recorded is not None else []
+    if not epochs and recorded is not None:
+        epochs = list(recorded.epochs)
+    return {"epochs": epochs, "steps": steps}
+
+
+def _seconds(result: Any, measured: float) -> float:
+    value = getattr(result, "seconds", None)
+    return float(value) if isinstance(value, int | float) and value > 0 else measured
+
+
+def _ensure_run_dataset(run_dir: Path, data: Any) -> Any:
+    """Save ``data`` as ``RUN/dataset`` or check the one there is the same dataset."""
+    target = run_dir / DATASET_DIR
+    if (target / "dataset.json").is_file():
+        existing = load_dataset_dir(target)
+        if existing.fingerprint != data.fingerprint:
+            raise FingerprintMismatchError(
+                f"{target}: the run holds dataset fingerprint {existing.fingerprint}, but the "
+                f"dataset given has fingerprint {data.fingerprint}; use another --out or --restart"
+            )
+        return existing
+    data.save(target)
+    return data
+
+
+# -- graph train (glta graph train) ----------------------------------------------------------
+
+
+def train_graph_run(
+    dataset_dir: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str],
+    options: Mapping[str, Any],
+    extra_args: Sequence[str] = (),
+    *,
+    restart: bool = False,
+    quiet: bool = False,
+    progress: Any | None = None,
+) -> tuple[Any, dict[str, float]]:
+    """Train LightGCN on a prepared dataset folder into ``run_dir`` (``glta graph train``).
+
+    Copies the dataset into ``RUN/dataset`` (or checks the one there matches), writes
+    ``RUN/resolved-config.toml``, trains (resuming from ``RUN/state/graph`` unless
+    ``restart``) and merges the best validation metrics into ``metrics.json``.
+
+    Returns:
+        ``(TrainResult, best validation metrics)``.
+    """
+    from glta_graph import train_lightgcn, update_metrics
+
+    from glta_cli.config import parse_overrides
+    from glta_cli.progress import RichProgress
+
+    run_dir = Path(run_dir)
+    layers: dict[str, dict[str, Any]] = {
+        "run": {"out": str(run_dir)},
+        "data": {"source": str(dataset_dir)},
+        "graph": dict(options),
+    }
+    for section, values in parse_overrides(extra_args).items():
+        layers.setdefault(section, {}).update(values)
+    config = load_config("default", None, layers, sections=("run", "data", "prepare", "graph"))
+    data = load_dataset_dir(dataset_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    data = _ensure_run_dataset(run_dir, data)
+    write_config(config, run_dir / RESOLVED_CONFIG_NAME)
+    if progress is None:
+        with RichProgress(disable=quiet) as bar:
+            result = train_lightgcn(data, config.graph, run_dir, progress=bar, resume=not restart)
+    else:
+        result = train_lightgcn(data, config.graph, run_dir, progress=progress, resume=not restart)
+    valid = {k: float(v) for k, v in (result.best_valid or {}).items()}
+    if valid:
+        update_metrics(run_dir, "lightgcn", "valid", valid)
+    return result, valid
+
+
+# -- the pipeline --------------------------------------------------------------------------
+
+
+def _start_run_dir(run_dir: Path, restart: bool) -> str | None:
+    """Apply ``--restart`` semantics; return a note for the user, if any."""
+    previous = previous_dir(run_dir)
+    if not restart:
+        return None
+    if not run_dir.exists():
+        return None
+    if previous.exists():
+        # RUN is an unfinished restart; RUN.previous is the last complete run: keep it.
+        shutil.rmtree(run_dir)
+        return f"discarded the unfinished restart in {run_dir}; {previous} is kept until done"
+    os.replace(run_dir, previous)
+    return f"moved the old run to {previous}; it is removed when this run completes"
+
+
+def _check_same_config(run_dir: Path, config: GLTAConfig) -> None:
+    saved = run_dir / RESOLVED_CONFIG_NAME
+    if not saved.is_file():
+        return
+    try:
+        old = load_config("default", saved)
+    except ConfigError as exc:
+        raise ConfigError(f"{saved}: cannot be read ({exc}); pass --restart") from exc
+    diffs = config_differences(old, config)
+    if diffs:
+        raise ConfigError(
+            f"{run_dir} was made with another configuration ({'; '.join(diffs)}); rerun with "
+            "the same settings to resume, pass --restart to start over, or choose another --out"
+        )
+
+
+def run_pipeline(
+    config: GLTAConfig,
+    *,
+    restart: bool = False,
+    progress: Any | None = None,
+    log: Callable[[str], None] = lambda msg: None,
+    command: str | None = None,
+) -> PipelineResult:
+    """Run (or resume) the whole GLTA pipeline into ``config.run.out``.
+
+    Stages: ``dataset`` (prepare and save ``RUN/dataset``), ``graph`` (LightGCN,
+    ``RUN/graph``), ``item_text`` (stage 2: ``RUN/item_projector`` + ``RUN/gllm_head``),
+    ``user_item`` (stage 3: ``RUN/user_projector`` + ``RUN/gllm_head``) and ``evaluate``
+    (both models on ``[eval] split`` into ``RUN/metrics.json``); then ``report.md`` and
+    the charts. Finished stages are skipped; a killed one resumes from its saved state.
+
+    Args:
+        config: the resolved configuration.
+        restart: start over (see the module docstring for how the old run is kept).
+        progress: a ``ProgressCallback`` (e.g. :class:`glta_cli.progress.RichProgress`);
+            its ``history`` attribute, when present, feeds the training curves.
+        log: receives one-line notes (stage skipped, restart moves, ...).
+        command: the command line, recorded in ``report.md``.
+
+    Returns:
+        A :class:`PipelineResult`.
+    """
+    from glta_graph import evaluate_embeddings, load_graph_embeddings, train_lightgcn
+    from glta_graph import update_metrics as update
+
+    from glta_cli.report import write_report
+
+    run_dir = Path(config.run.out)
+    note = _start_run_dir(run_dir, restart)
+    if note:
+        log(note)
+    if not restart:
+        _check_same_config(run_dir, config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(config, run_dir / RESOLVED_CONFIG_NAME)
+    state = _read_state(run_dir)
+    stages: dict[str, Any] = state.setdefault("stages", {})
+    histories: dict[str, Any] = state.setdefault("histories", {})
+    skipped: list[str] = []
+    recorded = getattr(progress, "history", {}) if progress is not None else {}
+
+    def done(name: str, seconds: float) -> None:
+        stages[name] = {"done": True, "seconds": round(float(seconds), 3)}
+        _write_state(run_dir, state)
+
+    # 1. dataset
+    t0 = time.perf_counter()
+    if (run_dir / DATASET_DIR / "dataset.json").is_file() and stages.get("dataset", {}).get("done"):
+        data = load_dataset_dir(run_dir / DATASET_DIR)
+        skipped.append("dataset")
+    else:
+        data = _ensure_run_dataset(run_dir, prepare_dataset(config))
+        done("dataset", time.perf_counter() - t0)
+    log(
+        f"dataset {data.name}: {data.num_users} users, {data.num_items} items, "
+        f"fingerprint {data.fingerprint}"
+    )
+
+    # 2. LightGCN
+    graph_done = stages.get("graph", {}).get("done") and (run_dir / "graph").is_dir()
+    if graph_done:
+        load_graph_embeddings(run_dir, expected_fingerprint=data.fingerprint)
+        skipped.append("graph")
+    else:
+        t0 = time.perf_counter()
+        result = train_lightgcn(data, config.graph, run_dir, progress=progress, resume=True)
+        histories["graph"] = _stage_history(result, recorded.get("graph"))
+        done("graph", _seconds(result, time.perf_counter() - t0))
+
+    # 3./4. the two alignment stages (the LLM is loaded only when one of them must run)
+    llm = None
+    split, ks = config.eval.split, tuple(config.eval.ks)
+    metrics = read_metrics(run_dir)
+    need_eval = not (
+        stages.get("evaluate", {}).get("done")
+        and all(split in metrics.get(m, {}) for m in ("lightgcn", "glta"))
+    )
+
+    def get_llm() -> Any:
+        nonlocal llm
+        if llm is None:
+            from glta_align import load_llm
+
+            t = time.perf_counter()
+            cfg = config.llm
+            llm = load_llm(
+                **{
+                    "name_or_path": cfg.model_name_or_path,
+                    **_kwargs_for(
+                        load_llm, dtype=cfg.dtype, device=cfg.device, cache_dir=cfg.cache_dir
+                    ),
+                }
+            )
+            log(f"loaded LLM {cfg.model} in {time.perf_counter() - t:.1f} s")
+        return llm
+
+    from glta_align import train_item_text, train_user_item
+
+    for name, func, section, artifact in (
+        ("item_text", train_item_text, config.item_text, "item_projector"),
+        ("user_item", train_user_item, config.user_item, "user_projector"),
+    ):
+        if stages.get(name, {}).get("done") and (run_dir / artifact).is_dir():
+            skipped.append(name)
+            continue
+        t0 = time.perf_counter()
+        result = func(
+            data,
+            run_dir,
+            section,
+            **_kwargs_for(func, llm=get_llm(), progress=progress, resume=True),
+        )
+        histories[name] = _stage_history(result, recorded.get(name))
+        done(name, _seconds(result, time.perf_counter() - t0))
+    missing = [a for a in GLTA_ARTIFACTS if not (run_dir / a).is_dir()]
+    if missing:
+        raise ConfigError(
+            f"{run_dir}: the alignment stages finished but {', '.join(missing)} are missing"
+        )
+
+    # 5. evaluation of both models on the same split
+    if need_eval:
+        t0 = time.perf_counter()
+        user_emb, item_emb = load_graph_embeddings(run_dir, expected_fingerprint=data.fingerprint)
+        lgcn = evaluate_embeddings(user_emb, item_emb, data, split, ks)
+        update(run_dir, "lightgcn", split, lgcn)
+        from glta_align import GLTARecommender
+
+        from_run = GLTARecommender.from_run
+        rec = from_run(run_dir, **_kwargs_for(from_run, llm=get_llm()))
+        glta = rec.evaluate(**_kwargs_for(rec.evaluate, split=split, ks=ks, progress=progress))
+        update(run_dir, "glta", split, {k: float(v) for k, v in glta.items()})
+        done("evaluate", time.perf_counter() - t0)
+    else:
+        skipped.append("evaluate")
+
+    stage_seconds = {
+        s: float(stages[s]["seconds"]) for s in STAGES if s in stages and "seconds" in stages[s]
+    }
+    graph_s = stage_seconds.get("graph", 0.0)
+    train_seconds = {
+        "lightgcn": graph_s,
+        "glta": graph_s + stage_seconds.get("item_text", 0.0) + stage_seconds.get("user_item", 0.0),
+    }
+    metrics = read_metrics(run_dir)
+    files = write_report(
+        run_dir,
+        metrics,
+        split=split,
+        stage_seconds=stage_seconds,
+        train_seconds=train_seconds,
+        histories=histories,
+        dataset=data.stats(),
+        command=command,
+    )
+    _write_state(run_dir, state)
+    previous = previous_dir(run_dir)
+    if previous.exists():
+        shutil.rmtree(previous)
+        log(f"removed the old run {previous}")
+    return PipelineResult(
+        run_dir=run_dir,
+        metrics=metrics,
+        split=split,
+        stage_seconds=stage_seconds,
+        train_seconds=train_seconds,
+        skipped=skipped,
+        files=files,
+    )
+

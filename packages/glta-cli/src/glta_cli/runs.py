@@ -1,0 +1,325 @@
+"""Pure helpers over a run directory: load its dataset, evaluate, recommend, inspect.
+
+The commands in :mod:`glta_cli.commands` only parse options and call these.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from glta_gllm.checkpoint import CheckpointError, atomic_write_text
+
+__all__ = [
+    "DATASET_DIR",
+    "GLTA_ARTIFACTS",
+    "METRICS_NAME",
+    "RESOLVED_CONFIG_NAME",
+    "RunError",
+    "available_models",
+    "evaluate_run",
+    "inspect_run",
+    "load_dataset_dir",
+    "load_run_config",
+    "load_run_dataset",
+    "read_metrics",
+    "recommend_run",
+    "resolve_users",
+    "write_recommendations",
+]
+
+DATASET_DIR = "dataset"
+METRICS_NAME = "metrics.json"
+RESOLVED_CONFIG_NAME = "resolved-config.toml"
+GRAPH_DIR = "graph"
+# Artifacts that must all be present for the run to hold a trained GLTA model.
+GLTA_ARTIFACTS = ("item_projector", "user_projector", "gllm_head")
+ARTIFACTS = ("graph", "item_projector", "user_projector", "gllm_head", "lora")
+MODELS = ("lightgcn", "glta")
+
+
+class RunError(ValueError):
+    """A run directory lacks what a command needs (the message names the path)."""
+
+
+def load_dataset_dir(path: str | os.PathLike[str]) -> Any:
+    """Load a prepared dataset folder (``Interactions.save`` layout) as ``Interactions``."""
+    from glta_graph.data import Interactions
+
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"{path}: dataset folder does not exist (make one with `glta data prepare`)")
+    return Interactions.load(path)
+
+
+def load_run_dataset(run_dir: str | os.PathLike[str]) -> Any:
+    """Load ``RUN/dataset`` as ``Interactions``; errors name the run directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: run directory does not exist")
+    if not (run_dir / DATASET_DIR).is_dir():
+        raise RunError(
+            f"{run_dir}: not a GLTA run directory (no {DATASET_DIR}/; make one with "
+            "`glta graph train` or `glta pipeline`)"
+        )
+    return load_dataset_dir(run_dir / DATASET_DIR)
+
+
+def load_run_config(run_dir: str | os.PathLike[str]) -> Any | None:
+    """The run's ``resolved-config.toml`` as a ``GLTAConfig``, or ``None`` when absent."""
+    from glta_cli.config import load_config
+
+    path = Path(run_dir) / RESOLVED_CONFIG_NAME
+    if not path.is_file():
+        return None
+    return load_config("default", path)
+
+
+def available_models(run_dir: str | os.PathLike[str]) -> list[str]:
+    """Models a run can rank with: ``lightgcn`` when ``graph/`` exists, ``glta`` when the
+    item projector, user projector and GLLM head all exist."""
+    run_dir = Path(run_dir)
+    models = []
+    if (run_dir / GRAPH_DIR).is_dir():
+        models.append("lightgcn")
+    if all((run_dir / a).is_dir() for a in GLTA_ARTIFACTS):
+        models.append("glta")
+    return models
+
+
+def _check_model(run_dir: Path, model: str) -> str:
+    have = available_models(run_dir)
+    if model == "auto":
+        if not have:
+            raise RunError(f"{run_dir}: no trained model (no graph/ artifact); train one first")
+        return "glta" if "glta" in have else "lightgcn"
+    if model not in MODELS:
+        raise RunError(f"unknown model {model!r}; choose lightgcn, glta or auto")
+    if model not in have:
+        missing = [GRAPH_DIR] if model == "lightgcn" else [
+            a for a in GLTA_ARTIFACTS if not (run_dir / a).is_dir()
+        ]
+        raise RunError(
+            f"{run_dir}: model {model!r} is not trained in this run "
+            f"(missing {', '.join(m + '/' for m in missing)})"
+        )
+    return model
+
+
+def _load_llm_for(run_dir: Path) -> Any:
+    """Load the LLM named in the run's resolved config (the offline default otherwise)."""
+    from glta_align import load_llm
+
+    config = load_run_config(run_dir)
+    if config is None:
+        return load_llm()
+    llm = config.llm
+    return load_llm(
+        llm.model_name_or_path, dtype=llm.dtype, device=llm.device, cache_dir=llm.cache_dir
+    )
+
+
+def _glta_recommender(run_dir: Path, llm: Any | None) -> Any:
+    from glta_align import GLTARecommender
+
+    return GLTARecommender.from_run(run_dir, llm=llm if llm is not None else _load_llm_for(run_dir))
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike[str],
+    model: str,
+    split: str = "test",
+    ks: Sequence[int] = (5, 10, 20),
+    *,
+    llm: Any | None = None,
+    progress: Callable[[Any], None] | None = None,
+    save: bool = True,
+) -> dict[str, float]:
+    """Full-ranking metrics of ``model`` (``lightgcn`` or ``glta``) on ``split`` of the run.
+
+    Test ranks every item not in the user's train or valid items; valid excludes train.
+    With ``save`` the numbers are merged into ``RUN/metrics.json`` (atomic).
+
+    Returns:
+        ``{"precision@K", "recall@K", "ndcg@K", "hit_rate@K", "users"}``.
+    """
+    from glta_graph import evaluate_embeddings, load_graph_embeddings, update_metrics
+
+    run_dir = Path(run_dir)
+    model = _check_model(run_dir, model)
+    data = load_run_dataset(run_dir)
+    if split not in ("valid", "test"):
+        raise RunError(f"--split: {split!r} is not valid or test")
+    if model == "lightgcn":
+        user_emb, item_emb = load_graph_embeddings(run_dir, expected_fingerprint=data.fingerprint)
+        metrics = evaluate_embeddings(user_emb, item_emb, data, split, tuple(ks))
+    else:
+        rec = _glta_recommender(run_dir, llm)
+        metrics = _call_with_progress(rec.evaluate, progress, split=split, ks=tuple(ks))
+    metrics = {k: float(v) for k, v in metrics.items()}
+    if save:
+        update_metrics(run_dir, model, split, metrics)
+    return metrics
+
+
+def _call_with_progress(func: Callable[..., Any], progress: Any, **kwargs: Any) -> Any:
+    import inspect
+
+    if progress is not None and "progress" in inspect.signature(func).parameters:
+        kwargs["progress"] = progress
+    return func(**kwargs)
+
+
+def resolve_users(data: Any, spec: str) -> list[int]:
+    """Internal indices of ``spec``: ``all`` or comma-separated ORIGINAL user ids.
+
+    Raises:
+        RunError: an id is not in the dataset (the message names it).
+    """
+    spec = spec.strip()
+    if spec.lower() == "all":
+        return list(range(data.num_users))
+    index = {uid: i for i, uid in enumerate(data.user_ids)}
+    out = []
+    for raw in spec.split(","):
+        uid = raw.strip()
+        if not uid:
+            continue
+        if uid not in index:
+            raise RunError(
+                f"--users: user id {uid!r} is not in dataset {data.name!r} "
+                f"({data.num_users} users, e.g. {', '.join(data.user_ids[:3])})"
+            )
+        out.append(index[uid])
+    if not out:
+        raise RunError("--users: give `all` or a comma-separated list of user ids")
+    return out
+
+
+def recommend_run(
+    run_dir: str | os.PathLike[str],
+    users: str | Sequence[int],
+    k: int,
+    *,
+    model: str = "auto",
+    llm: Any | None = None,
+) -> tuple[str, list[tuple[str, str, int, float]]]:
+    """Top-``k`` recommendations with ORIGINAL ids, excluding each user's train+valid items.
+
+    Args:
+        run_dir: the run directory.
+        users: ``"all"`` / ``"ID,ID"`` (original ids) or internal indices.
+        k: list length (at most the number of items).
+        model: ``auto`` (GLTA when the run has its artifacts, else LightGCN), ``lightgcn``
+            or ``glta``.
+        llm: an already loaded LLM for GLTA (else loaded from the run's config).
+
+    Returns:
+        ``(model used, rows)`` with rows ``(user id, item id, rank 1..k, score)``.
+    """
+    import torch
+    from glta_graph import load_graph_embeddings, recommend_embeddings
+
+    run_dir = Path(run_dir)
+    model = _check_model(run_dir, model)
+    data = load_run_dataset(run_dir)
+    idx = resolve_users(data, users) if isinstance(users, str) else [int(u) for u in users]
+    if int(k) < 1:
+        raise RunError(f"--k: must be >= 1, got {k}")
+    if int(k) > data.num_items:
+        raise RunError(f"--k: K={k} is larger than the catalogue of {data.num_items} items")
+    if model == "lightgcn":
+        user_emb, item_emb = load_graph_embeddings(run_dir, expected_fingerprint=data.fingerprint)
+        scores, items = recommend_embeddings(user_emb, item_emb, data, idx, int(k))
+    else:
+        rec = _glta_recommender(run_dir, llm)
+        scores, items = rec.recommend(torch.as_tensor(idx, dtype=torch.int64), int(k))
+    scores, items = scores.float().cpu().tolist(), items.cpu().tolist()
+    rows = []
+    for row, user in enumerate(idx):
+        for rank, (item, score) in enumerate(zip(items[row], scores[row], strict=True), start=1):
+            rows.append((data.user_ids[user], data.item_ids[item], rank, float(score)))
+    return model, rows
+
+
+def write_recommendations(
+    rows: Sequence[tuple[str, str, int, float]], path: str | os.PathLike[str]
+) -> Path:
+    """Write ``rows`` as CSV (``user,item,rank,score``) atomically."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["user", "item", "rank", "score"])
+    for user, item, rank, score in rows:
+        writer.writerow([user, item, rank, f"{score:.6g}"])
+    return atomic_write_text(path, buf.getvalue())
+
+
+def read_metrics(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``RUN/metrics.json`` as a dict (empty when absent)."""
+    path = Path(run_dir) / METRICS_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def inspect_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Summarise a run: dataset stats, each artifact's fingerprint and config, metrics, config.
+
+    Returns:
+        ``{"run_dir", "dataset": stats or None, "artifacts": {name: {"fingerprint",
+        "matches_dataset", "config", "files"}}, "metrics", "config": TOML text or None,
+        "models": [...]}``.
+    """
+    from glta_gllm.checkpoint import read_metadata
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: run directory does not exist")
+    dataset = None
+    fingerprint = None
+    meta_path = run_dir / DATASET_DIR / "dataset.json"
+    if meta_path.is_file():
+        dataset = json.loads(meta_path.read_text(encoding="utf-8"))
+        fingerprint = dataset.get("fingerprint")
+    artifacts: dict[str, Any] = {}
+    for name in ARTIFACTS:
+        folder = run_dir / name
+        if not folder.is_dir():
+            continue
+        entry: dict[str, Any] = {"files": sorted(p.name for p in folder.iterdir())}
+        try:
+            meta = read_metadata(folder)
+            entry["fingerprint"] = meta.get("dataset_fingerprint")
+            entry["matches_dataset"] = (
+                None if fingerprint is None or entry["fingerprint"] is None
+                else entry["fingerprint"] == fingerprint
+            )
+        except CheckpointError as exc:
+            entry["error"] = str(exc)
+        cfg = folder / "config.json"
+        if cfg.is_file():
+            try:
+                entry["config"] = json.loads(cfg.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                entry["config"] = None
+        artifacts[name] = entry
+    config_path = run_dir / RESOLVED_CONFIG_NAME
+    state = run_dir / "state"
+    return {
+        "run_dir": str(run_dir),
+        "dataset": dataset,
+        "artifacts": artifacts,
+        "models": available_models(run_dir),
+        "metrics": read_metrics(run_dir),
+        "config": config_path.read_text(encoding="utf-8") if config_path.is_file() else None,
+        "state": sorted(p.name for p in state.iterdir()) if state.is_dir() else [],
+        "files": sorted(p.name for p in run_dir.iterdir() if p.is_file()),
+    }
