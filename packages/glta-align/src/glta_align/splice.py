@@ -1,0 +1,218 @@
+"""Soft-token splicing: projected vectors replace placeholder positions in ``inputs_embeds``.
+
+A sample is a :class:`SoftSequence`: token ids, and for each position either ``-1`` (use the
+token's embedding) or a row of a per-batch *soft table* (S, H) whose vector replaces it. The
+table holds the projected user/item vectors and the fixed slot placeholder; it carries the
+gradient, so training flows through the frozen LLM into the projectors.
+
+:class:`SoftPromptRunner` runs a batch behind a shared, fixed prefix (the instruction text up
+to the first placeholder). With ``reuse_prefix`` the prefix's key/value cache is computed once
+(batch 1, no grad when the LLM is frozen; recomputed with grad per call when a LoRA adapter
+trains) and expanded to the batch; the samples are then padded (right or left), with a 2-D
+attention mask covering prefix + body and explicit position ids (prefix length + number of
+real tokens before each position), so that the output equals the unpadded forward of
+``prefix + sample`` alone. The hidden states at each sample's ``read`` positions (its output
+slots) are returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from glta_align.llm import FrozenLLM
+
+__all__ = ["SoftPromptRunner", "SoftSequence", "bucket_batches", "soft_fill", "text_fill"]
+
+
+@dataclass
+class SoftSequence:
+    """One sample after the shared prefix.
+
+    Attributes:
+        ids: (L,) token ids; at soft positions the id is ignored.
+        soft: (L,) ``-1`` for a text token, else the row of the soft table to splice in.
+        read: positions (indices into ``ids``) whose last hidden state is returned.
+    """
+
+    ids: list[int] = field(default_factory=list)
+    soft: list[int] = field(default_factory=list)
+    read: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add_text(self, ids: Sequence[int]) -> SoftSequence:
+        """Append text token ids; returns self."""
+        self.ids.extend(int(i) for i in ids)
+        self.soft.extend([-1] * len(ids))
+        return self
+
+    def add_soft(self, rows: Sequence[int], *, read: bool = False) -> SoftSequence:
+        """Append soft tokens (rows of the soft table); ``read`` marks them as output slots."""
+        start = len(self.ids)
+        self.ids.extend([0] * len(rows))
+        self.soft.extend(int(r) for r in rows)
+        if read:
+            self.read.extend(range(start, start + len(rows)))
+        return self
+
+
+def text_fill(ids: Sequence[int]) -> tuple[list[int], list[int]]:
+    """A placeholder filling of plain text: ``(ids, [-1] * len(ids))``."""
+    return list(ids), [-1] * len(ids)
+
+
+def soft_fill(rows: Sequence[int]) -> tuple[list[int], list[int]]:
+    """A placeholder filling of soft tokens (rows of the soft table)."""
+    return [0] * len(rows), list(rows)
+
+
+def bucket_batches(
+    lengths: Sequence[int], batch_size: int, rng: np.random.Generator, *, window: int = 32
+) -> list[list[int]]:
+    """Length-bucketed batches: shuffle, sort within windows of ``window`` batches, split.
+
+    Args:
+        lengths: (N,) sequence lengths.
+        batch_size: samples per batch (the last batch may be smaller).
+        rng: the source of randomness (seeded by the caller for repeatable runs).
+        window: how many batches' worth of samples are sorted together.
+
+    Returns:
+        Batches of sample indices, in shuffled order; every index appears exactly once.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = rng.permutation(len(lengths))
+    lens = np.asarray(lengths)
+    batches: list[list[int]] = []
+    span = batch_size * max(1, window)
+    for start in range(0, len(order), span):
+        chunk = order[start : start + span]
+        chunk = chunk[np.argsort(lens[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size].tolist() for i in range(0, len(chunk), batch_size))
+    perm = rng.permutation(len(batches))
+    return [batches[i] for i in perm]
+
+
+class SoftPromptRunner:
+    """Run batches of :class:`SoftSequence` behind a fixed prefix through a frozen LLM.
+
+    Args:
+        llm: the loaded LLM.
+        prefix_ids: the shared instruction prefix (token ids).
+        reuse_prefix: compute the prefix's KV cache once and reuse it (else prepend the
+            prefix to every sample: the plain path).
+        padding_side: ``"right"`` or ``"left"``; results are identical either way.
+    """
+
+    def __init__(
+        self,
+        llm: FrozenLLM,
+        prefix_ids: Sequence[int],
+        *,
+        reuse_prefix: bool = True,
+        padding_side: str = "right",
+    ) -> None:
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        self.llm = llm
+        self.prefix_ids = [int(i) for i in prefix_ids]
+        self.reuse_prefix = reuse_prefix
+        self.padding_side = padding_side
+        self._frozen_prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _prefix_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        trainable = bool(self.llm.trainable_parameters()) and torch.is_grad_enabled()
+        if self._frozen_prefix is not None and not trainable:
+            return self._frozen_prefix
+        ids = torch.tensor([self.prefix_ids], device=self.llm.device)
+        with torch.set_grad_enabled(trainable):
+            out = self.llm.backbone(input_ids=ids, use_cache=True)
+        kv = [(layer.keys, layer.values) for layer in out.cache.layers]
+        if not trainable:
+            self._frozen_prefix = [(k.detach(), v.detach()) for k, v in kv]
+        return kv
+
+    def reset(self) -> None:
+        """Forget the cached prefix (call after the LLM's weights change, e.g. LoRA steps)."""
+        self._frozen_prefix = None
+
+    def hidden_states(
+        self, seqs: Sequence[SoftSequence], soft_table: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Last-layer hidden states at each sample's ``read`` positions.
+
+        Args:
+            seqs: B samples; each must read the same number R of positions.
+            soft_table: (S, H) vectors referenced by the samples' ``soft`` rows (any float
+                dtype; cast to the LLM's dtype); gradients flow back into it.
+
+        Returns:
+            (B, R, H) float32 hidden states.
+        """
+        from transformers import DynamicCache
+
+        if not seqs:
+            raise ValueError("hidden_states needs at least one sequence")
+        reads = {len(s.read) for s in seqs}
+        if len(reads) != 1:
+            raise ValueError(f"all sequences must read the same number of positions, got {reads}")
+        dev, dt = self.llm.device, self.llm.dtype
+        prefix = [] if self.reuse_prefix else self.prefix_ids
+        plen = len(prefix)
+        lengths = [plen + len(s) for s in seqs]
+        B, L = len(seqs), max(lengths)
+        pad = self.llm.tokenizer.pad_token_id or 0
+        ids = np.full((B, L), pad, dtype=np.int64)
+        soft = np.full((B, L), -1, dtype=np.int64)
+        mask = np.zeros((B, L), dtype=np.int64)
+        read = np.zeros((B, len(seqs[0].read)), dtype=np.int64)
+        for b, s in enumerate(seqs):
+            off = 0 if self.padding_side == "right" else L - lengths[b]
+            n = lengths[b]
+            ids[b, off : off + n] = prefix + s.ids
+            soft[b, off + plen : off + n] = s.soft
+            mask[b, off : off + n] = 1
+            read[b] = np.asarray(s.read, dtype=np.int64) + off + plen
+        ids_t = torch.from_numpy(ids).to(dev)
+        with torch.no_grad():  # token embeddings are frozen
+            emb = self.llm.embed(ids_t)
+        soft_t = torch.from_numpy(soft).to(dev)
+        sel = soft_t >= 0
+        if bool(sel.any()):
+            if soft_table is None:
+                raise ValueError("sequences reference soft rows but soft_table is None")
+            bi, pi = sel.nonzero(as_tuple=True)
+            rows = soft_t[bi, pi]
+            if int(rows.max()) >= soft_table.shape[0]:
+                raise ValueError(
+                    f"soft row {int(rows.max())} out of range for a table of {soft_table.shape[0]}"
+                )
+            emb = emb.index_put((bi, pi), soft_table.to(device=dev, dtype=dt)[rows])
+        mask_t = torch.from_numpy(mask).to(dev)
+        pos = (mask_t.cumsum(-1) - 1).clamp(min=0)
+        cache = None
+        if self.reuse_prefix and self.prefix_ids:
+            kv = self._prefix_kv()
+            P = kv[0][0].shape[-2]
+            cache = DynamicCache(
+                ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in kv]
+            )
+            mask_t = torch.cat([torch.ones(B, P, dtype=mask_t.dtype, device=dev), mask_t], 1)
+            pos = pos + P
+        out = self.llm.backbone(
+            inputs_embeds=emb,
+            attention_mask=mask_t,
+            position_ids=pos,
+            cache=cache,
+            use_cache=cache is not None,
+        )
+        hidden = out.last_hidden_state
+        idx = torch.from_numpy(read).to(dev)
+        picked = hidden.gather(1, idx.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        return picked.float()
