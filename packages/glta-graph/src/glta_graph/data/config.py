@@ -46,7 +46,8 @@ class PrepareConfig:
         "interactions go to valid/test.")})
     presplit_valid_ratio: float = field(default=0.1, metadata={"help": (
         "For sources with a fixed train/test split: fraction of each user's train items "
-        "moved to valid (seeded; every user keeps >= 1 train item). 0 = no valid split.")})
+        "moved to valid (seeded, rounded; >= 1 for users with >= 3 train items; every user "
+        "keeps >= 1 train item). 0 = no valid split.")})
     seed: int = field(default=0, metadata={"help": "Seed of the numpy Generator for splits."})
     with_title: bool = field(default=True, metadata={"help": (
         "Put item titles into item text (MovieLens: 'Title (year). Genres: A, B' vs "

@@ -112,7 +112,9 @@ def split_codes(
         train_rows = np.flatnonzero(codes == TRAIN)
         if ratio > 0 and train_rows.size:
             rank, n = _rank_within_user(users[train_rows], (noise[train_rows],), num_users)
-            n_valid = np.minimum(np.floor(n * ratio + 0.5).astype(np.int64), n - 1)
+            n_valid = np.floor(n * ratio + 0.5).astype(np.int64)
+            n_valid = np.where(n >= 3, np.maximum(n_valid, 1), n_valid)
+            n_valid = np.minimum(n_valid, n - 1)
             codes[train_rows[rank < n_valid]] = VALID
         return codes
     method = config.split

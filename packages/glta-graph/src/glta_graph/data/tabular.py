@@ -30,6 +30,8 @@ __all__ = ["read_csv", "read_hf", "read_parquet", "read_table"]
 _USER_GUESSES = ("user_id", "userId", "user", "userID", "reviewerID", "uid")
 _ITEM_GUESSES = ("item_id", "itemId", "item", "itemID", "movieId", "asin", "parent_asin",
                  "book_id", "iid")
+_HF_BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json",
+                "parquet": "parquet", "arrow": "arrow"}
 
 
 def _guess(header: Sequence[str], given: str | None, guesses: Sequence[str], role: str,
@@ -167,8 +169,9 @@ def read_hf(source: str | Path, *, split: str = "train", config_name: str | None
     """Read a Hugging Face ``datasets`` source with the ``datasets`` library.
 
     Args:
-        source: a hub name, a local dataset folder/file usable by ``datasets.load_dataset``
-            (works offline for local paths), or a folder written by ``save_to_disk``.
+        source: a hub name, a local dataset folder usable by ``datasets.load_dataset``
+            (works offline for local paths), a single local ``.csv``/``.json[l]``/
+            ``.parquet``/``.arrow`` file, or a folder written by ``save_to_disk``.
         split: which split of the source to read.
         config_name: the dataset configuration (``name=`` of ``datasets.load_dataset``).
         user_col / item_col / rating_col / timestamp_col / text_col: see :func:`read_table`.
@@ -183,6 +186,14 @@ def read_hf(source: str | Path, *, split: str = "train", config_name: str | None
         with _quiet_datasets():
             if local.is_dir() and (local / "dataset_info.json").is_file():
                 ds = datasets.load_from_disk(src)
+            elif local.is_file():
+                builder = _HF_BUILDERS.get(local.name.removesuffix(".gz").rsplit(".", 1)[-1])
+                if builder is None:
+                    raise DatasetError(
+                        f"{src}: a single file must end in "
+                        f"{', '.join('.' + k for k in _HF_BUILDERS)} for format 'hf'"
+                    )
+                ds = datasets.load_dataset(builder, data_files=src, split=split)
             else:
                 ds = datasets.load_dataset(src, config_name, split=split)
             if isinstance(ds, datasets.DatasetDict):
