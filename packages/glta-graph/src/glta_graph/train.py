@@ -428,11 +428,12 @@ def _train(
         model.train()
         all_users, all_pos = sampler.positives(n_pairs, config.sampling, generator=gen)
         all_neg = sampler.sample(all_users, generator=gen)
+        # one host-to-device copy per epoch, not three per batch
+        all_users, all_pos, all_neg = (t.to(device) for t in (all_users, all_pos, all_neg))
         total_loss = 0.0
         for b in range(steps):
             sl = slice(b * config.batch_size, (b + 1) * config.batch_size)
-            users = all_users[sl].to(device)
-            pos, neg = all_pos[sl].to(device), all_neg[sl].to(device)
+            users, pos, neg = all_users[sl], all_pos[sl], all_neg[sl]
             user_out, item_out = model(propagate)
             loss = _bpr_loss(model, user_out, item_out, users, pos, neg, config.l2)
             optimizer.zero_grad(set_to_none=True)
