@@ -699,9 +699,14 @@ def load_config(
         if not isinstance(overrides, Mapping):
             overrides = parse_overrides(overrides)
         _merge_layer(raw, overrides, types_, "command line", True, explicit)
-    run_seed = raw.get("run", {}).get("seed")
     sections: dict[str, Any] = {}
+    run_seed = None
+    if "run" in types_:
+        sections["run"] = _build_section("run", types_["run"], raw.get("run", {}), "config")
+        run_seed = getattr(sections["run"], "seed", None)
     for name, cls in types_.items():
+        if name == "run":
+            continue
         values = dict(raw.get(name, {}))
         has_seed = any(f.name == "seed" for f in dataclasses.fields(cls))
         if name != "run" and has_seed and (name, "seed") not in explicit and run_seed is not None:

@@ -1,0 +1,72 @@
+"""Tests of the end-of-run report: table rows, report.md, PNG charts."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from glta_cli.report import (
+    metrics_chart,
+    metrics_table,
+    render_report,
+    summary_rows,
+    training_curves_chart,
+    write_report,
+)
+
+METRICS = {
+    "glta": {"test": {"precision@5": 0.2, "precision@10": 0.15, "ndcg@5": 0.25,
+                      "ndcg@10": 0.22, "recall@20": 0.3, "users": 10.0}},
+    "lightgcn": {"test": {"precision@5": 0.1, "precision@10": 0.08, "ndcg@5": 0.12,
+                          "ndcg@10": 0.11, "recall@20": 0.2, "users": 10.0},
+                 "valid": {"recall@20": 0.19}},
+}
+HIST = {
+    "graph": {"epochs": [{"epoch": 0, "loss": 0.6, "recall@20": 0.1},
+                         {"epoch": 1, "loss": 0.4, "recall@20": 0.15}], "steps": []},
+    "item_text": {"epochs": [], "steps": [[1, 5.0], [2, 4.0], [3, 3.5]]},
+    "user_item": {"epochs": [], "steps": []},
+}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_rows_order_and_format():
+    rows = summary_rows(METRICS, "test", {"lightgcn": 12.3, "glta": 99.6})
+    assert rows[0] == ["LightGCN", "0.1000", "0.0800", "0.1200", "0.1100", "0.2000", "12 s"]
+    assert rows[1][0] == "GLTA" and rows[1][-1] == "100 s"
+    assert summary_rows(METRICS, "valid")[0][1] == "-"
+
+
+def test_metrics_table_renders_both_models():
+    buf = io.StringIO()
+    Console(file=buf, width=150).print(metrics_table(METRICS, "test", {"lightgcn": 1.0}))
+    text = buf.getvalue()
+    assert "LightGCN" in text and "GLTA" in text and "P@10" in text and "R@20" in text
+
+
+def test_charts_are_pngs_or_none():
+    assert training_curves_chart(HIST).startswith(PNG)
+    assert training_curves_chart({"x": {"epochs": [], "steps": []}}) is None
+    assert metrics_chart(METRICS, "test").startswith(PNG)
+    assert metrics_chart(METRICS, "nope") is None
+
+
+def test_render_report_has_table_and_stages():
+    text = render_report(METRICS, split="test", stage_seconds={"graph": 3.25},
+                         train_seconds={"lightgcn": 3.0}, dataset={"name": "d", "users": 5,
+                         "items": 7, "interactions": {"train": 10}}, command="glta pipeline",
+                         charts=["a.png"])
+    assert "| LightGCN | 0.1000 |" in text and "| GLTA | 0.2000 |" in text
+    assert "| graph | 3.2 |" in text or "| graph | 3.3 |" in text
+    assert "glta pipeline" in text and "![a](a.png)" in text and "5 users" in text
+
+
+def test_write_report_writes_files(tmp_path):
+    files = write_report(tmp_path, METRICS, split="test", stage_seconds={"graph": 1.0},
+                         train_seconds={"lightgcn": 1.0, "glta": 2.0}, histories=HIST)
+    assert set(files) == {"report", "training_curves", "metrics_chart"}
+    assert (tmp_path / "training_curves.png").read_bytes().startswith(PNG)
+    assert (tmp_path / "metrics_comparison.png").read_bytes().startswith(PNG)
+    assert "training_curves.png" in (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
