@@ -198,16 +198,17 @@ def prepare(raw: RawInteractions, config: PrepareConfig | None = None) -> Intera
     codes = split_codes(u, stamps, config, rng, presplit)
     user_ids = [raw.user_ids[k] for k in uniq_u.tolist()]
     item_ids = [raw.item_ids[k] for k in uniq_i.tolist()]
-    mats = {}
-    for code, split in ((TRAIN, "train"), (VALID, "valid"), (TEST, "test")):
-        sel = codes == code
-        wanted = (split != "valid" or (presplit is not None and config.presplit_valid_ratio > 0)
-                  or (presplit is None and config.ratios[1] > 0))
-        if wanted and not sel.any():
+    valid_wanted = (config.presplit_valid_ratio if presplit is not None else config.ratios[1]) > 0
+    present = np.bincount(codes, minlength=3) > 0
+    for code, split in ((TRAIN, "train"), (TEST, "test"), (VALID, "valid")):
+        if not present[code] and (code != VALID or valid_wanted):
             raise DatasetError(
                 f"{src}: the {split} split is empty after filtering ({rows.size} interactions, "
                 f"{len(user_ids)} users left); loosen the threshold/k-core or change the split"
             )
+    mats = {}
+    for code, split in ((TRAIN, "train"), (VALID, "valid"), (TEST, "test")):
+        sel = codes == code
         mats[split] = csr_from_pairs(u[sel], i[sel], len(user_ids), len(item_ids))
     text = [raw.item_text.get(iid, "") for iid in item_ids]
     return Interactions(user_ids, item_ids, item_text=text, name=config.name or raw.name, **mats)
