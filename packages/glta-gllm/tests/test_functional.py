@@ -1,0 +1,279 @@
+"""Tests for glta_gllm.functional: fused linear cross-entropy and streaming top-k."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glta_gllm import linear_cross_entropy, topk_excluding
+
+
+def _inputs(rows, hid, items, dtype, bias, seed=0, ignore=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(rows, hid, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    w = (torch.randn(items, hid, generator=g, dtype=torch.float64) * 0.5).to(dtype)
+    w.requires_grad_()
+    b = None
+    if bias:
+        b = torch.randn(items, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    t = torch.randint(0, items, (rows,), generator=g)
+    if ignore:
+        t[torch.randperm(rows, generator=g)[: min(ignore, rows)]] = -100
+    return h, w, b, t
+
+
+def _params(h, w, b):
+    return [h, w] + ([b] if b is not None else [])
+
+
+# ---------------------------------------------------------------- linear_cross_entropy
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize(
+    ("rows", "items", "chunk", "block"),
+    [(5, 7, 3, 2), (6, 1, None, None), (4, 9, 4, 4), (3, 10, 10, 1)],
+)
+def test_gradcheck_float64(rows, items, chunk, block, bias, reduction) -> None:
+    h, w, b, t = _inputs(rows, 3, items, torch.float64, bias, ignore=1)
+
+    def fn(*params):
+        bb = params[2] if bias else None
+        return linear_cross_entropy(
+            params[0], params[1], t, bb, reduction=reduction, chunk_size=chunk, row_block=block
+        )
+
+    # The first backward hands over the gradients computed in the forward, a second one
+    # (gradcheck re-runs backward to test reentrancy) recomputes them: equal up to rounding.
+    assert torch.autograd.gradcheck(fn, tuple(_params(h, w, b)), nondet_tol=1e-12)
+
+
+SHAPES = [
+    # rows, hidden, items, chunk, row_block
+    (1, 4, 1, None, None),
+    (7, 8, 1, None, None),
+    (13, 16, 100, 32, None),
+    (13, 16, 100, 32, 5),
+    (64, 32, 1000, None, None),
+    (65, 32, 999, 128, 16),
+    (200, 24, 3001, 256, 64),
+    (3, 64, 50, 7, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize(("rows", "hid", "items", "chunk", "block"), SHAPES)
+def test_matches_naive(rows, hid, items, chunk, block, reduction, bias, dtype) -> None:
+    h, w, b, t = _inputs(rows, hid, items, dtype, bias, seed=rows + items, ignore=rows // 4)
+    params = _params(h, w, b)
+    got = linear_cross_entropy(h, w, t, b, reduction=reduction, chunk_size=chunk, row_block=block)
+    assert got.dtype == dtype
+    g_out = torch.randn_like(got, dtype=torch.float32).to(dtype)
+    got_grads = torch.autograd.grad(got, params, g_out)
+    # Reference: the naive computation in float64 from the same (possibly bf16) inputs.
+    ref_params = [p.detach().double().requires_grad_() for p in params]
+    rb = ref_params[2] if bias else None
+    ref = F.cross_entropy(F.linear(ref_params[0], ref_params[1], rb), t, reduction=reduction)
+    if reduction == "mean" and bool((t == -100).all()):
+        ref = ref.nan_to_num(0.0)
+    ref_grads = torch.autograd.grad(ref, ref_params, g_out.double())
+    tol = {"atol": 2e-5, "rtol": 2e-5} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 2e-2}
+    torch.testing.assert_close(got.double(), ref, **tol)
+    for gg, rg in zip(got_grads, ref_grads, strict=True):
+        assert gg.dtype == dtype
+        torch.testing.assert_close(gg.double(), rg, **tol)
+
+
+def test_bf16_close_to_naive_bf16() -> None:
+    h, w, b, t = _inputs(32, 16, 500, torch.bfloat16, True)
+    got = linear_cross_entropy(h, w, t, b)
+    ref = F.cross_entropy(F.linear(h, w, b), t)
+    assert abs(float(got.detach()) - float(ref.detach())) < 0.05
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_all_rows_ignored_gives_zero_and_no_nan(reduction) -> None:
+    h, w, b, t = _inputs(6, 4, 9, torch.float32, True)
+    t = torch.full_like(t, -100)
+    loss = linear_cross_entropy(h, w, t, b, reduction=reduction)
+    assert torch.all(loss == 0)
+    loss.sum().backward()
+    for p in (h, w, b):
+        assert p.grad is None or (torch.isfinite(p.grad).all() and torch.all(p.grad == 0))
+
+
+def test_custom_ignore_index() -> None:
+    h, w, _, t = _inputs(8, 4, 6, torch.float64, False)
+    t[2] = 5
+    got = linear_cross_entropy(h, w, t, ignore_index=5)
+    ref = F.cross_entropy(F.linear(h, w), t, ignore_index=5)
+    torch.testing.assert_close(got, ref)
+
+
+def test_forward_only_paths_agree() -> None:
+    h, w, b, t = _inputs(20, 8, 300, torch.float32, True)
+    with torch.no_grad():
+        no_grad = linear_cross_entropy(h, w, t, b, chunk_size=64)
+    with_grad = linear_cross_entropy(h, w, t, b, chunk_size=64, row_block=3)
+    torch.testing.assert_close(no_grad, with_grad.detach())
+
+
+def test_frozen_weight_only_hidden_grad() -> None:
+    h, w, _, t = _inputs(10, 8, 50, torch.float32, False)
+    w = w.detach()
+    loss = linear_cross_entropy(h, w, t)
+    loss.backward()
+    ref_h = h.detach().clone().requires_grad_()
+    F.cross_entropy(F.linear(ref_h, w), t).backward()
+    torch.testing.assert_close(h.grad, ref_h.grad)
+
+
+def test_backward_scales_by_incoming_gradient_and_accumulates() -> None:
+    h, w, b, t = _inputs(9, 4, 20, torch.float32, True)
+    (3.0 * linear_cross_entropy(h, w, t, b)).backward()
+    (linear_cross_entropy(h, w, t, b)).backward()
+    ref = [p.detach().clone().requires_grad_() for p in (h, w, b)]
+    (4.0 * F.cross_entropy(F.linear(ref[0], ref[1], ref[2]), t)).backward()
+    for p, r in zip((h, w, b), ref, strict=True):
+        torch.testing.assert_close(p.grad, r.grad)
+
+
+def test_int32_targets_accepted() -> None:
+    h, w, _, t = _inputs(5, 4, 6, torch.float64, False)
+    torch.testing.assert_close(
+        linear_cross_entropy(h, w, t.int()), F.cross_entropy(F.linear(h, w), t)
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"targets": torch.tensor([0, 9])}, r"targets\[1\] = 9 is outside \[0, 6\)"),
+        ({"targets": torch.tensor([0, -3])}, r"targets\[1\] = -3"),
+        ({"weight": torch.randn(6, 5)}, r"hidden has shape \(2, 4\).*weight has shape \(6, 5\)"),
+        ({"targets": torch.tensor([0, 1, 2])}, r"shape \(2,\).*got \(3,\)"),
+        ({"targets": torch.tensor([0.0, 1.0])}, "integer"),
+        ({"bias": torch.randn(5)}, r"bias must have shape \(6,\)"),
+        ({"weight": torch.randn(6)}, "2-D"),
+        ({"weight": torch.randn(6, 4, dtype=torch.float64)}, "dtype"),
+        ({"reduction": "avg"}, "reduction"),
+    ],
+)
+def test_lce_bad_input(kwargs, match) -> None:
+    args = {
+        "hidden": torch.randn(2, 4),
+        "weight": torch.randn(6, 4),
+        "targets": torch.tensor([0, 1]),
+    }
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        linear_cross_entropy(**args)
+
+
+# ---------------------------------------------------------------------- topk_excluding
+
+
+def _naive_topk(q, w, k, bias=None, exclude=None):
+    scores = q.double() @ w.double().T
+    if bias is not None:
+        scores = scores + bias.double()
+    if exclude is not None:
+        scores = scores.masked_fill(exclude.to_dense().bool(), -math.inf)
+    # Deterministic ties: score descending, then index ascending (stable sort).
+    v, i = torch.sort(scores, dim=1, descending=True, stable=True)
+    return v[:, :k], i[:, :k]
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize(
+    ("users", "items", "k", "chunk", "density"),
+    [
+        (1, 1, 1, None, 0.0),
+        (17, 100, 5, 7, 0.2),
+        (33, 1000, 20, 128, 0.05),
+        (8, 50, 10, 3, 0.5),
+        (40, 257, 1, 64, 0.0),
+        (5, 30, 30, None, 0.0),
+    ],
+)
+def test_topk_matches_naive(users, items, k, chunk, density, bias) -> None:
+    g = torch.Generator().manual_seed(users * items)
+    q, w = torch.randn(users, 8, generator=g), torch.randn(items, 8, generator=g)
+    b = torch.randn(items, generator=g) if bias else None
+    exclude = None
+    if density:
+        mask = torch.rand(users, items, generator=g) < density
+        keep = items - k  # leave at least k items per user
+        for u in range(users):
+            on = mask[u].nonzero().squeeze(1)
+            mask[u, on[keep:]] = False
+        exclude = mask.float().to_sparse_csr()
+    v, i = topk_excluding(q, w, k, bias=b, exclude=exclude, chunk_size=chunk)
+    rv, ri = _naive_topk(q, w, k, b, exclude)
+    assert i.dtype == torch.int64 and v.shape == (users, k)
+    torch.testing.assert_close(v.double(), rv, atol=1e-5, rtol=1e-5)
+    assert torch.equal(i, ri)
+    if exclude is not None:
+        dense = exclude.to_dense().bool()
+        assert not dense.gather(1, i).any()
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3, 4, 16])
+def test_topk_ties_prefer_lower_index(chunk) -> None:
+    # Integer-valued scores with many ties, across chunk boundaries.
+    g = torch.Generator().manual_seed(1)
+    q = torch.randint(-2, 3, (25, 3), generator=g).float()
+    w = torch.randint(-2, 3, (40, 3), generator=g).float()
+    v, i = topk_excluding(q, w, 7, chunk_size=chunk)
+    rv, ri = _naive_topk(q, w, 7)
+    assert torch.equal(i, ri)
+    torch.testing.assert_close(v.double(), rv)
+
+
+def test_topk_bf16_and_user_blocks(monkeypatch) -> None:
+    import glta_gllm.functional as fn
+
+    monkeypatch.setattr(fn, "_TOPK_BUFFER_BYTES", 4 * 64 * 5)  # forces 5-user blocks
+    q, w = torch.randn(23, 8), torch.randn(200, 8)
+    _v, i = topk_excluding(q, w, 4, chunk_size=64)
+    _, ri = _naive_topk(q, w, 4)
+    assert torch.equal(i, ri)
+    vb, _ = topk_excluding(q.bfloat16(), w.bfloat16(), 4)
+    assert vb.dtype == torch.bfloat16 and vb.shape == (23, 4)
+
+
+def test_topk_zero_users() -> None:
+    v, i = topk_excluding(torch.randn(0, 4), torch.randn(10, 4), 3)
+    assert v.shape == (0, 3) and i.shape == (0, 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"k": 11}, "k=11 exceeds the number of items 10"),
+        ({"k": 0}, "positive"),
+        ({"weight": torch.randn(10, 5)}, r"queries has shape \(3, 4\) but weight has shape"),
+        ({"exclude": torch.zeros(3, 10)}, "sparse CSR"),
+        ({"exclude": torch.zeros(3, 10).to_sparse()}, "sparse CSR"),
+        ({"exclude": torch.zeros(3, 9).to_sparse_csr()}, r"exclude has shape \(3, 9\)"),
+        ({"bias": torch.randn(9)}, r"bias must have shape \(10,\)"),
+    ],
+)
+def test_topk_bad_input(kwargs, match) -> None:
+    args = {"queries": torch.randn(3, 4), "weight": torch.randn(10, 4), "k": 2}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        topk_excluding(**args)
+
+
+def test_topk_k_larger_than_items_left_names_user() -> None:
+    dense = torch.zeros(3, 10)
+    dense[1, :8] = 1.0
+    with pytest.raises(ValueError, match=r"user 1: 10 items - 8 excluded = 2"):
+        topk_excluding(torch.randn(3, 4), torch.randn(10, 4), 3, exclude=dense.to_sparse_csr())
