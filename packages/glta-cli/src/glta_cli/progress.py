@@ -27,14 +27,17 @@ from rich.progress import (
 __all__ = ["RichProgress", "StageHistory", "format_metrics"]
 
 _MAX_STEP_POINTS = 2000
+_PRIORITY = ["loss", "recall@20", "ndcg@20", "precision@10", "ndcg@10", "recall@10", "accuracy"]
 
 
 def format_metrics(metrics: dict[str, Any], limit: int = 4) -> str:
     """Format up to ``limit`` metrics as ``"loss 0.4123  recall@20 0.1021"``.
 
-    ``loss`` is shown first; floats with 4 significant decimals, integers as they are.
+    ``loss`` first, then the headline ranking metrics; floats with 4 decimals, integers
+    as they are.
     """
-    keys = sorted(metrics, key=lambda k: (k != "loss", k))[:limit]
+    keys = sorted(metrics, key=lambda k: (_PRIORITY.index(k) if k in _PRIORITY else 99, k))
+    keys = keys[:limit]
     parts = []
     for key in keys:
         value = metrics[key]

@@ -57,7 +57,8 @@ def train(
         restart=restart, quiet=quiet,
     )
     console = out_console()
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in valid.items() if k != "users")
+    headline = ("recall@20", "ndcg@20", "precision@10", "ndcg@10")
+    shown = ", ".join(f"{k} {valid[k]:.4f}" for k in headline if k in valid)
     console.print(
         f"LightGCN: best epoch {result.best_epoch + 1} of {len(result.history)} "
         f"({result.seconds:.1f} s); valid {shown or '(not validated)'}"
