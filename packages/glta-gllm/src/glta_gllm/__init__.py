@@ -6,8 +6,15 @@ safetensors only.
 """
 
 from glta_gllm.functional import linear_cross_entropy, topk_excluding
+from glta_gllm.head import GLLMHead, ProjectedItemHead
 from glta_gllm.metrics import ranking_metrics
 
-__all__ = ["linear_cross_entropy", "ranking_metrics", "topk_excluding"]
+__all__ = [
+    "GLLMHead",
+    "ProjectedItemHead",
+    "linear_cross_entropy",
+    "ranking_metrics",
+    "topk_excluding",
+]
 
 __version__ = "0.1.0"
