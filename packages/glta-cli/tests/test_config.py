@@ -213,3 +213,14 @@ def test_section_subset_avoids_other_sections():
     assert list(cfg.sections) == ["run", "data"]
     with pytest.raises(ConfigError, match="unknown section"):
         section_types(["bogus"])
+
+
+def test_stage_sections_follow_llm_section():
+    cfg = load_config(overrides=["--llm.model", "org/model", "--llm.dtype", "float32"])
+    for section in (cfg.item_text, cfg.user_item):
+        assert (section.llm, section.dtype) == ("org/model", "float32")
+    assert load_config().item_text.llm is None  # `default` = the offline SmolLM2
+    with pytest.raises(ConfigError, match=r"\[user_item\] llm .* differs from \[llm\] model"):
+        load_config(overrides=["--user_item.llm", "other/model"])
+    same = load_config(overrides=["--llm.device", "cpu", "--item_text.device", "cpu"])
+    assert same.item_text.device == "cpu"

@@ -8,7 +8,8 @@ comes from the dataclass field's ``metadata["help"]``.
 
 Resolution order (later wins): dataclass defaults < preset < ``--config FILE`` <
 ``--section.key value`` overrides. A section's ``seed`` that no layer sets explicitly
-follows ``[run] seed``.
+follows ``[run] seed``; the stage sections' own ``llm`` / ``dtype`` / ``device`` keys always
+follow ``[llm]`` (an explicit different value is an error), so the model is named once.
 
 TOML has no null: an unset optional value is written ``"none"`` and read back as ``None``.
 """
@@ -191,13 +192,9 @@ def _library_section(name: str) -> type:
         from glta_graph import LightGCNConfig
 
         return LightGCNConfig
-    if name == "item_text":
-        from glta_align import ItemTextConfig
+    from glta_align import config as align_config  # the dataclasses only, no transformers
 
-        return ItemTextConfig
-    from glta_align import UserItemConfig
-
-    return UserItemConfig
+    return align_config.ItemTextConfig if name == "item_text" else align_config.UserItemConfig
 
 
 def section_types(names: Sequence[str] | None = None) -> dict[str, type]:
@@ -663,6 +660,31 @@ def _build_section(name: str, cls: type, values: Mapping[str, Any], origin: str)
         raise ConfigError(f"{origin}: [{name}] {exc}") from exc
 
 
+# Stage sections that repeat the [llm] settings (glta_align's stage configs): they always
+# follow [llm], so the model is named in one place.
+_LLM_FOLLOWERS = {"llm": "model_name_or_path", "dtype": "dtype", "device": "device"}
+_LLM_SECTIONS = ("item_text", "user_item")
+
+
+def _follow_llm(
+    name: str, cls: type, values: dict[str, Any], llm: LLMConfig, explicit: set[tuple[str, str]]
+) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key, attr in _LLM_FOLLOWERS.items():
+        if key not in names:
+            continue
+        wanted = getattr(llm, attr)
+        if (name, key) in explicit:
+            given = values.get(key)
+            given = None if isinstance(given, str) and given.lower() == NONE_TOKEN else given
+            if given != wanted:
+                raise ConfigError(
+                    f"[{name}] {key} = {given!r} differs from [llm] "
+                    f"{'model' if key == 'llm' else key} ({wanted!r}); set it once in [llm]"
+                )
+        values[key] = wanted
+
+
 def load_config(
     preset: str = "default",
     config_file: str | os.PathLike[str] | None = None,
@@ -704,15 +726,20 @@ def load_config(
     if "run" in types_:
         sections["run"] = _build_section("run", types_["run"], raw.get("run", {}), "config")
         run_seed = getattr(sections["run"], "seed", None)
+    if "llm" in types_:
+        sections["llm"] = _build_section("llm", types_["llm"], raw.get("llm", {}), "config")
     for name, cls in types_.items():
-        if name == "run":
+        if name in sections:
             continue
         values = dict(raw.get(name, {}))
         has_seed = any(f.name == "seed" for f in dataclasses.fields(cls))
         if name != "run" and has_seed and (name, "seed") not in explicit and run_seed is not None:
             values["seed"] = run_seed
+        if "llm" in sections and name in _LLM_SECTIONS:
+            _follow_llm(name, cls, values, sections["llm"], explicit)
         sections[name] = _build_section(name, cls, values, "config")
-    return GLTAConfig(sections=sections, preset=preset)
+    ordered = {name: sections[name] for name in types_}
+    return GLTAConfig(sections=ordered, preset=preset)
 
 
 def write_config(config: GLTAConfig, path: str | os.PathLike[str]) -> Path:
