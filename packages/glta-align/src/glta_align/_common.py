@@ -1,0 +1,221 @@
+"""Shared machinery of the stage trainers: seeding, torchrun/DDP, resumable state, loop."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from glta_gllm.checkpoint import (
+    CheckpointError,
+    FingerprintMismatchError,
+    atomic_write_bytes,
+    atomic_write_json,
+)
+from glta_graph.progress import ProgressCallback, ProgressEvent, emit
+from torch import nn
+
+STATE_FILE = "state.pt"
+STATE_JSON = "state.json"
+# config fields that may change between a killed run and its resumption
+RESUMABLE_CHANGES = frozenset({"epochs", "save_every", "device", "eval_batch_size"})
+
+
+def rng_for(seed: int, *keys: int) -> np.random.Generator:
+    """A numpy Generator determined by ``seed`` and integer keys (epoch, user, ...)."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), *map(int, keys)]))
+
+
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)``; initialises the process group under torchrun when needed.
+
+    Backend: nccl when CUDA is available, gloo otherwise.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def barrier(world: int) -> None:
+    """Synchronise all ranks (no-op in one process)."""
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def average_gradients(params: Sequence[nn.Parameter], world: int) -> None:
+    """All-reduce and average the gradients of ``params`` over ranks (data-parallel step)."""
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        p.grad.div_(world)
+
+
+def average_scalar(value: float, world: int) -> float:
+    """Mean of a float over ranks."""
+    if world <= 1:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return float(t.item()) / world
+
+
+def embedding_rms(llm_embed_weight: torch.Tensor) -> float:
+    """Root-mean-square of the LLM's token-embedding entries (the scale of a real token)."""
+    return float(llm_embed_weight.float().pow(2).mean().sqrt())
+
+
+@dataclass
+class LoopResult:
+    """What a stage loop did: steps taken, per-epoch mean losses, whether it resumed."""
+
+    steps: int = 0
+    epoch_losses: list[float] = field(default_factory=list)
+    resumed_from: tuple[int, int] | None = None
+
+
+def _load_state(state_dir: Path, stage: str, key: dict[str, Any], fingerprint: str) -> dict | None:
+    path = state_dir / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path}: cannot read resume state ({exc}); delete it or pass resume=False"
+        ) from exc
+    if state.get("fingerprint") != fingerprint:
+        raise FingerprintMismatchError(
+            f"{state_dir}: resume state was made for dataset fingerprint "
+            f"{state.get('fingerprint')}, but the dataset in use has fingerprint {fingerprint}"
+        )
+    saved = json.loads(state["config"])
+    for name, value in key.items():
+        if saved.get(name) != value:
+            raise ValueError(
+                f"{path}: cannot resume {stage}: {name} was {saved.get(name)!r} and is now "
+                f"{value!r}; use another run directory or resume=False"
+            )
+    return state
+
+
+def run_loop(
+    *,
+    stage: str,
+    run_dir: Path,
+    fingerprint: str,
+    config: Any,
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    make_batches: Callable[[int], list[Any]],
+    loss_fn: Callable[[Any], torch.Tensor],
+    progress: ProgressCallback | None,
+    resume: bool,
+    on_step: Callable[[], None] | None = None,
+) -> LoopResult:
+    """Seeded, resumable, data-parallel training loop shared by both stages.
+
+    Each epoch's batches come from ``make_batches(epoch)`` (deterministic in the seed and the
+    epoch), so a resumed run replays exactly the batches an uninterrupted run would see.
+    Under torchrun each rank takes every ``world``-th batch and gradients are averaged.
+    Every ``config.save_every`` steps and at each epoch end the module and optimiser states
+    are written atomically to ``RUN/state/<stage>/state.pt`` (rank 0).
+
+    Args:
+        stage: progress / state name (``"item_text"`` or ``"user_item"``).
+        run_dir: the run directory.
+        fingerprint: the dataset fingerprint (checked on resume).
+        config: the stage config (``to_dict``, ``epochs``, ``save_every``).
+        modules: trainable modules by name (their state is saved and restored).
+        optimizer: over the modules' trainable parameters.
+        make_batches: epoch -> list of batches (opaque to the loop).
+        loss_fn: batch -> scalar loss (this rank's part).
+        progress: ProgressEvent receiver.
+        resume: continue from the saved state when present.
+        on_step: called after each optimiser step (e.g. to drop a cached LoRA prefix).
+
+    Returns:
+        A :class:`LoopResult`.
+    """
+    rank, world = dist_info()
+    state_dir = run_dir / "state" / stage
+    key = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
+    start_epoch, start_batch, result = 0, 0, LoopResult()
+    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+    if resume:
+        state = _load_state(state_dir, stage, key, fingerprint)
+        if state is not None:
+            for name, module in modules.items():
+                module.load_state_dict(state["modules"][name])
+            optimizer.load_state_dict(state["optimizer"])
+            start_epoch, start_batch = int(state["epoch"]), int(state["batch"])
+            result.steps = int(state["steps"])
+            result.epoch_losses = list(json.loads(state["history"]))
+            result.resumed_from = (start_epoch, start_batch)
+
+    def save(epoch: int, batch: int) -> None:
+        if rank != 0:
+            return
+        payload = {
+            "modules": {n: m.state_dict() for n, m in modules.items()},
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch, "batch": batch, "steps": result.steps,
+            "history": json.dumps(result.epoch_losses), "config": json.dumps(config.to_dict()),
+            "fingerprint": fingerprint,
+        }
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        atomic_write_bytes(state_dir / STATE_FILE, buf.getvalue())
+        atomic_write_json(state_dir / STATE_JSON, {"epoch": epoch, "batch": batch,
+                                                   "steps": result.steps,
+                                                   "epoch_losses": result.epoch_losses})
+
+    for epoch in range(start_epoch, config.epochs):
+        batches = make_batches(epoch)
+        usable = len(batches) // world * world if world > 1 else len(batches)
+        mine = list(range(rank, usable, world))
+        first = start_batch if epoch == start_epoch else 0
+        emit(progress, ProgressEvent(stage, "start", step=first, total=len(mine), epoch=epoch,
+                                     message=f"{stage} epoch {epoch + 1}/{config.epochs}"))
+        losses: list[float] = []
+        for j in range(first, len(mine)):
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(batches[mine[j]])
+            loss.backward()
+            average_gradients(params, world)
+            optimizer.step()
+            result.steps += 1
+            if on_step is not None:
+                on_step()
+            value = average_scalar(float(loss.detach()), world)
+            losses.append(value)
+            emit(progress, ProgressEvent(stage, "step", step=j + 1, total=len(mine),
+                                         epoch=epoch, metrics={"loss": value}))
+            if result.steps % config.save_every == 0 and j + 1 < len(mine):
+                save(epoch, j + 1)
+        mean = float(np.mean(losses)) if losses else float("nan")
+        result.epoch_losses.append(mean)
+        save(epoch + 1, 0)
+        emit(progress, ProgressEvent(stage, "epoch", step=len(mine), total=len(mine),
+                                     epoch=epoch, metrics={"loss": mean}))
+    barrier(world)
+    return result

@@ -1,0 +1,164 @@
+"""Configuration dataclasses of the two alignment stages (help on each field, checks).
+
+The same dataclasses feed the CLI (``--item_text.epochs 2``) and the ``config.json`` of the
+artifacts: :meth:`to_dict` / :meth:`from_dict` round-trip them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["HEADS", "RANKINGS", "AlignConfigError", "ItemTextConfig", "UserItemConfig"]
+
+HEADS = ("plain", "projected")
+RANKINGS = ("first_k", "first", "ar")
+_HEAD_INITS = ("random", "item_tokens")
+_TARGETS = ("unseen", "any")
+
+
+class AlignConfigError(ValueError):
+    """A configuration field has a bad value (the message names the field and the value)."""
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
+    if "default_factory" in kw:
+        return field(metadata={"help": text}, **kw)
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class _StageConfig:
+    llm: str | None = _help("LLM: None = SmolLM2-135M-Instruct (offline), a .gguf, a folder "
+                            "or a hub id", None)
+    dtype: str = _help("LLM dtype: auto (bf16 only where measured faster), float32, bfloat16",
+                       "auto")
+    device: str | None = _help("device: None = cuda when present, else cpu", None)
+    prompt_style: str = _help("prompt: auto (chat template if the model has one), chat, paper",
+                              "auto")
+    padding_side: str = _help("padding of the per-sample part of the prompt: right or left",
+                              "right")
+    reuse_prefix: bool = _help("compute the fixed instruction prefix's KV cache once", True)
+    projector: str = _help("node projector: linear (paper) or mlp", "linear")
+    head: str = _help("GLLM head: plain (free item x H matrix) or projected (matching head "
+                      "over projected item tokens)", "plain")
+    head_init: str = _help("plain head init: random, or item_tokens (rows = projected V_i; "
+                           "an extension)", "random")
+    head_bias: bool = _help("give the plain head a per-item bias", False)
+    description_tokens: int = _help("token budget of one item description", 24)
+    epochs: int = _help("passes over the training instances", 1)
+    batch_size: int = _help("instances per optimiser step (per process under torchrun)", 8)
+    lr: float = _help("Adam learning rate", 1e-3)
+    weight_decay: float = _help("Adam weight decay", 0.0)
+    seed: int = _help("seed of every random choice (repeatable runs)", 0)
+    save_every: int = _help("optimiser steps between resumable state saves", 20)
+    bucket: bool = _help("length-bucketed batches (less padding)", True)
+    lora: dict[str, Any] | None = field(
+        default=None, metadata={"help": "LoRA settings (r, alpha, dropout, target_modules); "
+                                        "None = frozen LLM as in the paper"})
+
+    def _check(self) -> None:
+        def bad(name: str, why: str) -> AlignConfigError:
+            return AlignConfigError(
+                f"{type(self).__name__}.{name} = {getattr(self, name)!r}: {why}")
+
+        choices = {"prompt_style": ("auto", "chat", "paper"), "padding_side": ("left", "right"),
+                   "projector": ("linear", "mlp"), "head": HEADS, "head_init": _HEAD_INITS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise bad(name, f"expected one of {allowed}")
+        for name in ("epochs", "batch_size", "save_every"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be >= 1")
+        if self.description_tokens < 1:
+            raise bad("description_tokens", "must be >= 1")
+        if self.lr <= 0:
+            raise bad("lr", "must be > 0")
+        if self.weight_decay < 0:
+            raise bad("weight_decay", "must be >= 0")
+        if self.head == "projected" and self.head_init != "random":
+            raise bad("head_init", "only the plain head has an init choice")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """Build from a dict; unknown keys raise :class:`AlignConfigError` naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise AlignConfigError(f"{cls.__name__}: unknown field(s) {unknown}")
+        return cls(**data)
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """Field name -> help text (for the CLI)."""
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+@dataclass
+class ItemTextConfig(_StageConfig):
+    """Stage 2 (item-text alignment): trains the item projector and the GLLM head."""
+
+    items_per_instance: int = _help("n: items (soft tokens + shuffled descriptions) per "
+                                    "instance; also the number of output slots", 5)
+    max_instances: int | None = _help("cap on instances per epoch (None = every item once "
+                                      "per epoch)", None)
+    description_separator: str = _help("text between shuffled descriptions", "; ")
+
+    def __post_init__(self) -> None:
+        self._check()
+        if self.items_per_instance < 1:
+            raise AlignConfigError(
+                f"ItemTextConfig.items_per_instance = {self.items_per_instance!r}: must be >= 1")
+        if self.max_instances is not None and self.max_instances < 1:
+            raise AlignConfigError(
+                f"ItemTextConfig.max_instances = {self.max_instances!r}: must be >= 1 or None")
+
+
+@dataclass
+class UserItemConfig(_StageConfig):
+    """Stage 3 (user-item alignment): trains the user projector and the GLLM head."""
+
+    num_slots: int = _help("k: output slots after the prompt (top-k list length)", 10)
+    history_items: int = _help("cap on the user's train items shown as soft tokens "
+                               "(random sample in training, fixed sample at test time)", 10)
+    targets_from: str = _help("slot targets: unseen (train items not shown in the prompt when "
+                              "the user has enough) or any train item", "unseen")
+    user_token: bool = _help("user soft token (False = 'w/o UA': the user id as text)", True)
+    use_profile: bool = _help("include the generated profile tags (PROFILE_TOKEN)", True)
+    use_predict: bool = _help("include the generated interest words (PREDICT_TOKEN)", True)
+    train_item_projector: bool = _help("also train the item projector here ('w/o IA' when "
+                                       "stage 2 was skipped)", False)
+    ranking: str = _help("prediction: first_k (slot t gives rank t), first (FL: top-k of "
+                         "slot 1), ar (feed predicted items back)", "first_k")
+    profile_tags: int = _help("k in the profile prompt ('Use k tags ...')", 5)
+    predict_words: int = _help("k in the prediction prompt ('Use k words ...')", 5)
+    profile_items: int = _help("item descriptions given to the profile/prediction prompts", 10)
+    profile_new_tokens: int = _help("max new tokens generated per profile/prediction", 24)
+    profile_batch_size: int = _help("users per generation batch", 16)
+    profile_text_tokens: int = _help("token budget of profile / prediction text in the prompt",
+                                     32)
+    max_users: int | None = _help("cap on training users per epoch (None = all)", None)
+    eval_batch_size: int = _help("users per inference batch", 32)
+
+    def __post_init__(self) -> None:
+        self._check()
+        for name in ("num_slots", "history_items", "profile_tags", "predict_words",
+                     "profile_items", "profile_new_tokens", "profile_batch_size",
+                     "profile_text_tokens", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise AlignConfigError(
+                    f"UserItemConfig.{name} = {getattr(self, name)!r}: must be >= 1")
+        if self.targets_from not in _TARGETS:
+            raise AlignConfigError(
+                f"UserItemConfig.targets_from = {self.targets_from!r}: expected one of {_TARGETS}")
+        if self.ranking not in RANKINGS:
+            raise AlignConfigError(
+                f"UserItemConfig.ranking = {self.ranking!r}: expected one of {RANKINGS}")
+        if self.max_users is not None and self.max_users < 1:
+            raise AlignConfigError(
+                f"UserItemConfig.max_users = {self.max_users!r}: must be >= 1 or None")

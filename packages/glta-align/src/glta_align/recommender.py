@@ -1,0 +1,261 @@
+"""``GLTARecommender``: load a finished run directory and rank the whole catalogue.
+
+Prediction modes (``UserItemConfig.ranking``, overridable per call):
+
+- ``first_k`` (paper): slot ``t`` gives rank ``t``: it takes its best item not already
+  picked and not excluded. Ranks beyond the trained number of slots continue down the last
+  slot's list [choice].
+- ``first`` (FL): the top-k of the first slot.
+- ``ar``: slot ``t > 0`` is fed the soft token of the item picked at ``t - 1`` (one forward
+  per rank: slow, an ablation).
+
+Evaluation uses ``glta_gllm.ranking_metrics`` on the same split and exclusions as LightGCN
+(``valid``: train excluded; ``test``: train and valid excluded), over users that have at least
+one relevant item.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from glta_gllm import ranking_metrics
+from glta_gllm.checkpoint import CheckpointError, load_artifact
+from glta_graph import load_graph_embeddings
+from glta_graph.data import Interactions
+from glta_graph.evaluate import exclusion_matrix, select_rows
+from glta_graph.progress import ProgressCallback, ProgressEvent, emit
+
+from glta_align.config import RANKINGS, UserItemConfig
+from glta_align.heads import head_topk, load_head
+from glta_align.item_text import GLLM_HEAD_DIR, ITEM_PROJECTOR_DIR, LORA_DIR, slot_vector
+from glta_align.llm import FrozenLLM, load_llm
+from glta_align.profiles import PROFILES_NAME, read_profiles
+from glta_align.projector import NodeProjector
+from glta_align.prompts import USER_ITEM_SYSTEM, USER_ITEM_TEMPLATE, USER_ITEM_USER, build_layout
+from glta_align.splice import SoftPromptRunner
+from glta_align.user_item import USER_PROJECTOR_DIR, UserPrompter, eval_sample
+
+__all__ = ["GLTARecommender", "pick_first_k"]
+
+
+def pick_first_k(cands: torch.Tensor, scores: torch.Tensor, k: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy first-k assembly: rank ``t`` = best candidate of slot ``min(t, S-1)`` not taken.
+
+    Args:
+        cands: (B, S, C) candidate items per slot, best first (already without exclusions).
+        scores: (B, S, C) their scores.
+        k: ranks to fill (each slot's list must hold >= k candidates, C >= k).
+
+    Returns:
+        ``(scores (B, k), items (B, k))``.
+    """
+    B, S, _ = cands.shape
+    items = torch.empty(B, k, dtype=torch.int64)
+    out = torch.empty(B, k, dtype=scores.dtype)
+    c_np, s_np = cands.cpu().numpy(), scores.cpu().numpy()
+    for b in range(B):
+        taken: set[int] = set()
+        pos = [0] * S
+        for t in range(k):
+            s = min(t, S - 1)
+            while int(c_np[b, s, pos[s]]) in taken:
+                pos[s] += 1
+            it = int(c_np[b, s, pos[s]])
+            taken.add(it)
+            items[b, t] = it
+            out[b, t] = float(s_np[b, s, pos[s]])
+    return out, items
+
+
+class GLTARecommender:
+    """A trained GLTA model: frozen LLM + projectors + GLLM head over one dataset.
+
+    Build it with :meth:`from_run`. Attributes: ``data`` (the run's dataset), ``config``
+    (the stage-3 :class:`UserItemConfig`), ``llm``.
+    """
+
+    def __init__(self, *, data: Interactions, llm: FrozenLLM, config: UserItemConfig,
+                 user_emb: torch.Tensor, item_emb: torch.Tensor, user_projector: NodeProjector,
+                 item_projector: NodeProjector, head: torch.nn.Module,
+                 profiles: dict[int, dict[str, str]]) -> None:
+        self.data, self.llm, self.config = data, llm, config
+        dev = llm.device
+        self.user_emb, self.item_emb = user_emb.float().to(dev), item_emb.float().to(dev)
+        self.user_projector = user_projector.to(dev).eval()
+        self.item_projector = item_projector.to(dev).eval()
+        self.head = head.to(dev).eval()
+        layout = build_layout(llm.tokenizer, USER_ITEM_SYSTEM, USER_ITEM_USER,
+                              USER_ITEM_TEMPLATE, style=config.prompt_style)
+        self.prompter = UserPrompter(layout, data, llm.tokenizer, config, profiles)
+        self.runner = SoftPromptRunner(llm, layout.prefix_ids, reuse_prefix=config.reuse_prefix,
+                                       padding_side=config.padding_side)
+        self.slot = slot_vector(llm).to(dev)
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike[str], llm: FrozenLLM | None = None, *,
+                 device: str | None = None) -> GLTARecommender:
+        """Load ``RUN/dataset``, ``RUN/graph``, both projectors, ``RUN/gllm_head``,
+        ``RUN/profiles.jsonl`` and (unless ``llm`` is given) the LLM named in the run.
+
+        Raises:
+            CheckpointError: an artifact is missing or its shapes do not fit (named).
+            FingerprintMismatchError: an artifact belongs to another dataset (both named).
+        """
+        run_dir = Path(run_dir)
+        data = Interactions.load(run_dir / "dataset")
+        fp = data.fingerprint
+        _, ucfg, _ = load_artifact(run_dir / USER_PROJECTOR_DIR, expected_fingerprint=fp)
+        if "stage_config" not in ucfg:
+            raise CheckpointError(f"{run_dir / USER_PROJECTOR_DIR}: no stage_config in config.json")
+        config = UserItemConfig.from_dict(ucfg["stage_config"])
+        if llm is None:
+            lora = run_dir / LORA_DIR if (run_dir / LORA_DIR).is_dir() else None
+            if ucfg.get("llm") == "tiny-llama":
+                raise CheckpointError(f"{run_dir}: trained with a tiny in-memory test model; "
+                                      "pass it as llm=")
+            llm = load_llm(config.llm, dtype=config.dtype, device=device or config.device,
+                           lora=lora)
+        user_emb, item_emb = load_graph_embeddings(run_dir, fp)
+        uproj = NodeProjector.from_pretrained(run_dir / USER_PROJECTOR_DIR,
+                                              expected_fingerprint=fp, in_dim=user_emb.shape[1],
+                                              out_dim=llm.hidden_size)
+        iproj = NodeProjector.from_pretrained(run_dir / ITEM_PROJECTOR_DIR,
+                                              expected_fingerprint=fp, in_dim=item_emb.shape[1],
+                                              out_dim=llm.hidden_size)
+        head = load_head(run_dir / GLLM_HEAD_DIR, expected_fingerprint=fp,
+                         hidden_size=llm.hidden_size, num_items=data.num_items)
+        profiles: dict[int, dict[str, str]] = {}
+        if config.use_profile or config.use_predict:
+            meta, profiles = read_profiles(run_dir / PROFILES_NAME)
+            if meta is not None and meta.get("fingerprint") not in (None, fp):
+                from glta_gllm.checkpoint import FingerprintMismatchError
+
+                raise FingerprintMismatchError(
+                    f"{run_dir / PROFILES_NAME}: made for dataset fingerprint "
+                    f"{meta.get('fingerprint')}, but the run's dataset has fingerprint {fp}")
+        return cls(data=data, llm=llm, config=config, user_emb=user_emb, item_emb=item_emb,
+                   user_projector=uproj, item_projector=iproj, head=head, profiles=profiles)
+
+    def _check_users(self, users: Sequence[int] | torch.Tensor | np.ndarray) -> np.ndarray:
+        arr = np.asarray(users, dtype=np.int64).reshape(-1)
+        bad = arr[(arr < 0) | (arr >= self.data.num_users)]
+        if bad.size:
+            raise ValueError(f"user index {int(bad[0])} is not in the dataset "
+                             f"({self.data.num_users} users, internal indices 0..)")
+        return arr
+
+    @torch.no_grad()
+    def _slot_hidden(self, users: list[int], slot_items: list[list[int]] | None = None,
+                     num_slots: int | None = None) -> torch.Tensor:
+        samples = [eval_sample(self.data, self.config, u) for u in users]
+        if slot_items is not None:
+            for s, extra in zip(samples, slot_items, strict=True):
+                s.slot_items = extra
+        seqs, us, items = self.prompter.build(samples, num_slots)
+        dev = self.llm.device
+        parts = [self.slot[None], self.user_projector(self.user_emb[torch.tensor(us, device=dev)])]
+        if items:
+            parts.append(self.item_projector(self.item_emb[torch.tensor(items, device=dev)]))
+        return self.runner.hidden_states(seqs, torch.cat(parts))
+
+    @torch.no_grad()
+    def recommend(self, users: Sequence[int] | torch.Tensor | np.ndarray, k: int = 10, *,
+                  exclude: torch.Tensor | None = None, ranking: str | None = None,
+                  progress: ProgressCallback | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` items for internal user indices, never returning excluded items.
+
+        Args:
+            users: (U,) internal user indices.
+            k: list length (<= catalogue size minus the most items excluded for a user).
+            exclude: (num_users x I) CSR of items never to return (default: train split).
+            ranking: override of the configured ``first_k | first | ar``.
+            progress: receives ``ProgressEvent(stage="evaluate")`` per batch.
+
+        Returns:
+            ``(scores (U, k) float32, items (U, k) int64)``, best first.
+        """
+        mode = ranking or self.config.ranking
+        if mode not in RANKINGS:
+            raise ValueError(f"ranking must be one of {RANKINGS}, got {mode!r}")
+        arr = self._check_users(users)
+        ex_all = self.data.train if exclude is None else exclude
+        counts = np.diff(ex_all.crow_indices().numpy())
+        worst = int(counts[arr].max()) if arr.size else 0
+        if k < 1 or k > self.data.num_items - worst:
+            raise ValueError(f"k = {k} is larger than the catalogue of {self.data.num_items} items "
+                             f"minus the {worst} excluded for some user")
+        order = np.argsort([self.prompter.length(eval_sample(self.data, self.config, int(u)))
+                            for u in arr], kind="stable")
+        scores = torch.empty(len(arr), k)
+        items = torch.empty(len(arr), k, dtype=torch.int64)
+        bs = self.config.eval_batch_size
+        emit(progress, ProgressEvent("evaluate", "start", total=len(arr),
+                                     message=f"ranking {len(arr)} users"))
+        for start in range(0, len(arr), bs):
+            pos = order[start:start + bs]
+            batch = [int(u) for u in arr[pos]]
+            ex = select_rows(ex_all, torch.as_tensor(batch))
+            s, i = self._rank_batch(batch, k, ex, mode)
+            scores[torch.as_tensor(pos)] = s.float().cpu()
+            items[torch.as_tensor(pos)] = i.cpu()
+            emit(progress, ProgressEvent("evaluate", "step", step=min(start + bs, len(arr)),
+                                         total=len(arr)))
+        return scores, items
+
+    def _rank_batch(self, batch: list[int], k: int, ex: torch.Tensor, mode: str
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        B = len(batch)
+        if mode == "first":
+            hidden = self._slot_hidden(batch)[:, 0]
+            return head_topk(self.head, hidden, k, ex)
+        if mode == "first_k":
+            hidden = self._slot_hidden(batch)
+            S = hidden.shape[1]
+            rows = torch.arange(B).repeat_interleave(S)
+            s, i = head_topk(self.head, hidden.reshape(B * S, -1), k, select_rows(ex, rows))
+            return pick_first_k(i.reshape(B, S, k), s.reshape(B, S, k), k)
+        # autoregressive: one forward per rank, feeding back the picked items' tokens
+        picked: list[list[int]] = [[] for _ in range(B)]
+        out_s = torch.empty(B, k)
+        for t in range(k):
+            hidden = self._slot_hidden(batch, picked, num_slots=t + 1)[:, t]
+            s, i = head_topk(self.head, hidden, t + 1, ex)
+            for b in range(B):
+                for j in range(t + 1):
+                    if int(i[b, j]) not in picked[b]:
+                        picked[b].append(int(i[b, j]))
+                        out_s[b, t] = s[b, j]
+                        break
+        return out_s, torch.tensor(picked, dtype=torch.int64)
+
+    def evaluate(self, split: str = "test", ks: Sequence[int] = (5, 10, 20), *,
+                 ranking: str | None = None, users: Sequence[int] | None = None,
+                 progress: ProgressCallback | None = None) -> dict[str, Any]:
+        """Full-ranking metrics on ``split`` (``valid``: train excluded; ``test``: train and
+        valid excluded), over users with at least one relevant item.
+
+        Returns:
+            ``glta_gllm.ranking_metrics`` keys (``precision@K``, ``recall@K``, ``ndcg@K``,
+            ``hit_rate@K``, ``users``).
+        """
+        if split not in ("valid", "test"):
+            raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+        relevant = self.data.split(split)
+        has = np.flatnonzero(np.diff(relevant.crow_indices().numpy()) > 0)
+        if users is not None:
+            has = np.intersect1d(has, self._check_users(users))
+        if has.size == 0:
+            raise ValueError(f"split {split!r} has no user with a relevant item")
+        ex = exclusion_matrix(self.data, ("train",) if split == "valid" else ("train", "valid"))
+        _, ranked = self.recommend(has, max(ks), exclude=ex, ranking=ranking, progress=progress)
+        metrics = ranking_metrics(ranked, select_rows(relevant, torch.as_tensor(has)), ks=ks)
+        emit(progress, ProgressEvent("evaluate", "end", step=int(has.size), total=int(has.size),
+                                     metrics={k: float(v) for k, v in metrics.items()}))
+        return metrics

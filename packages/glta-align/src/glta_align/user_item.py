@@ -1,0 +1,331 @@
+"""Stage 3, user-item alignment: train the user projector and the GLLM head.
+
+Per user: the user soft token ``V_u`` (or, for the "w/o UA" ablation, the user id as text),
+soft tokens of a capped random sample of the user's training items, the generated profile and
+prediction texts, and ``k`` output slots after the prompt. Slot ``t`` is trained with the
+head's cross-entropy against the ``t``-th of ``k`` training items drawn in random order
+(``targets_from="unseen"``: items not shown in the prompt when the user has enough [choice]).
+The item projector is frozen unless ``train_item_projector`` (the "w/o IA" ablation, when
+stage 2 was skipped). For ``ranking="ar"`` slot ``t > 0`` gets the previous target's soft
+token as input (teacher forcing).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from glta_graph import load_graph_embeddings
+from glta_graph.data import Interactions
+from glta_graph.progress import ProgressCallback, ProgressEvent, emit
+
+from glta_align._common import LoopResult, dist_info, embedding_rms, rng_for, run_loop
+from glta_align.config import UserItemConfig
+from glta_align.heads import build_head, load_head, save_head
+from glta_align.item_text import GLLM_HEAD_DIR, ITEM_PROJECTOR_DIR, LORA_DIR, slot_vector
+from glta_align.llm import FrozenLLM, load_llm, save_lora
+from glta_align.profiles import generate_profiles
+from glta_align.projector import NodeProjector
+from glta_align.prompts import (
+    USER_ITEM_SYSTEM,
+    USER_ITEM_TEMPLATE,
+    USER_ITEM_USER,
+    PromptLayout,
+    build_layout,
+)
+from glta_align.splice import SoftPromptRunner, SoftSequence, bucket_batches
+
+__all__ = ["USER_PROJECTOR_DIR", "UserItemResult", "UserPrompter", "UserSample",
+           "train_user_item"]
+
+USER_PROJECTOR_DIR = "user_projector"
+IGNORE = -100
+
+
+@dataclass
+class UserSample:
+    """What one user's prompt is made of (before soft-table rows are assigned).
+
+    Attributes:
+        user: internal user index.
+        history: catalogue indices shown as item soft tokens.
+        targets: slot targets (``-100`` = ignored slot).
+        slot_items: for AR, the items whose soft tokens feed slots 1..k-1 (else empty).
+    """
+
+    user: int
+    history: list[int]
+    targets: list[int] = field(default_factory=list)
+    slot_items: list[int] = field(default_factory=list)
+
+
+class UserPrompter:
+    """Turns :class:`UserSample` objects into spliced sequences and their soft tables.
+
+    Args:
+        layout: the rendered stage-3 template.
+        data: the dataset (user ids for the "w/o UA" text).
+        tokenizer: the LLM's tokenizer.
+        config: the stage-3 config.
+        profiles: ``{user: {"profile", "predict"}}`` texts (may be empty).
+    """
+
+    def __init__(self, layout: PromptLayout, data: Interactions, tokenizer, config: UserItemConfig,
+                 profiles: dict[int, dict[str, str]]) -> None:
+        self.layout, self.data, self.tok, self.cfg = layout, data, tokenizer, config
+        self.profiles = profiles
+        self._text_cache: dict[tuple[str, int], list[int]] = {}
+
+    def _text(self, kind: str, user: int) -> list[int]:
+        key = (kind, user)
+        if key not in self._text_cache:
+            if kind == "user":
+                text = f"user {self.data.user_ids[user]}"
+            else:
+                text = self.profiles.get(user, {}).get(kind, "")
+                text = (" " + text) if kind == "predict" and text else text
+            ids = self.tok(text, add_special_tokens=False)["input_ids"] if text else []
+            budget = self.cfg.profile_text_tokens if kind != "user" else 16
+            self._text_cache[key] = list(ids[:budget])
+        return self._text_cache[key]
+
+    def length(self, s: UserSample) -> int:
+        """Token count of the sample after the prefix (for bucketing)."""
+        n = sum(len(p) for p in self.layout.pieces if isinstance(p, tuple))
+        n += len(s.history) + self.cfg.num_slots
+        n += 1 if self.cfg.user_token else len(self._text("user", s.user))
+        if self.cfg.use_profile:
+            n += len(self._text("profile", s.user))
+        if self.cfg.use_predict:
+            n += len(self._text("predict", s.user))
+        return n
+
+    def build(self, samples: list[UserSample], num_slots: int | None = None
+              ) -> tuple[list[SoftSequence], list[int], list[int]]:
+        """Sequences plus the user and item indices whose projections fill the soft table.
+
+        Soft table layout: row 0 slot placeholder, rows ``1..B`` the users' tokens, then the
+        items in the returned order.
+
+        Returns:
+            ``(sequences, users (B,), items)``.
+        """
+        k = num_slots or self.cfg.num_slots
+        B = len(samples)
+        users = [s.user for s in samples]
+        items: list[int] = []
+        seqs = []
+        for b, s in enumerate(samples):
+            seq = SoftSequence()
+            for piece in self.layout.pieces:
+                if isinstance(piece, tuple):
+                    seq.add_text(piece)
+                elif piece == "USER_TOKEN":
+                    if self.cfg.user_token:
+                        seq.add_soft([1 + b])
+                    else:
+                        seq.add_text(self._text("user", s.user))
+                elif piece == "ITEM_TOKEN":
+                    start = 1 + B + len(items)
+                    items.extend(s.history)
+                    seq.add_soft(range(start, start + len(s.history)))
+                elif piece == "PROFILE_TOKEN":
+                    if self.cfg.use_profile:
+                        seq.add_text(self._text("profile", s.user))
+                elif piece == "PREDICT_TOKEN":
+                    if self.cfg.use_predict:
+                        seq.add_text(self._text("predict", s.user))
+                else:
+                    raise ValueError(f"stage-3 template has an unexpected placeholder {piece!r}")
+            rows = [0]
+            for it in s.slot_items[: k - 1]:
+                rows.append(1 + B + len(items))
+                items.append(it)
+            rows += [0] * (k - len(rows))
+            seq.add_soft(rows, read=True)
+            seqs.append(seq)
+        return seqs, users, items
+
+
+def train_sample(data: Interactions, cfg: UserItemConfig, user: int, epoch: int) -> UserSample:
+    """The training sample of ``user`` in ``epoch`` (seeded by config seed, epoch, user)."""
+    rng = rng_for(cfg.seed, 3, epoch, user)
+    train = data.user_items("train", user)
+    perm = rng.permutation(len(train))
+    n, k = len(train), cfg.num_slots
+    if cfg.targets_from == "unseen":  # keep k unseen targets when the user has enough
+        n_hist = min(cfg.history_items, max(n - k, min(1, n)))
+    else:
+        n_hist = min(cfg.history_items, n)
+    history = [int(train[j]) for j in perm[:n_hist]]
+    if cfg.targets_from == "unseen":
+        pool = [int(train[j]) for j in perm[n_hist:]] or history
+    else:
+        pool = [int(train[j]) for j in rng.permutation(n)]
+    targets = pool[: cfg.num_slots]
+    targets += [IGNORE] * (cfg.num_slots - len(targets))
+    slot_items = [t for t in targets[:-1] if t != IGNORE] if cfg.ranking == "ar" else []
+    return UserSample(user, history, targets, slot_items)
+
+
+def eval_sample(data: Interactions, cfg: UserItemConfig, user: int) -> UserSample:
+    """The fixed test-time sample of ``user``: a seeded sample of its train items."""
+    train = data.user_items("train", user)
+    rng = rng_for(cfg.seed, 5, user)
+    pick = rng.permutation(len(train))[: cfg.history_items]
+    return UserSample(user, [int(train[j]) for j in sorted(pick)])
+
+
+@dataclass
+class UserItemResult:
+    """Outcome of stage 3: steps, mean loss per epoch, the resume point (or None)."""
+
+    steps: int
+    epoch_losses: list[float]
+    resumed_from: tuple[int, int] | None
+
+
+def needs_profiles(cfg: UserItemConfig) -> bool:
+    """Whether the prompt uses generated text."""
+    return cfg.use_profile or cfg.use_predict
+
+
+def train_user_item(
+    data: Interactions,
+    run_dir: str | os.PathLike[str],
+    config: UserItemConfig | None = None,
+    *,
+    llm: FrozenLLM | None = None,
+    progress: ProgressCallback | None = None,
+    resume: bool = True,
+) -> UserItemResult:
+    """Run stage 3 and save ``RUN/user_projector`` and ``RUN/gllm_head`` (+ ``item_projector``
+    when trained here, ``RUN/lora`` with LoRA).
+
+    Needs ``RUN/graph``; uses ``RUN/item_projector`` and ``RUN/gllm_head`` from stage 2 when
+    present (required unless ``train_item_projector``). Generates ``RUN/profiles.jsonl``
+    first when the prompt uses profile or prediction text.
+
+    Args:
+        data: the prepared dataset.
+        run_dir: the run directory.
+        config: stage settings (defaults: :class:`UserItemConfig`).
+        llm: an already loaded LLM (default: ``load_llm(config.llm, ...)``).
+        progress: receives ``"profiles"`` and ``"user_item"`` ProgressEvents.
+        resume: continue from ``RUN/state/user_item`` (and a partial profiles file).
+
+    Returns:
+        A :class:`UserItemResult`.
+    """
+    from glta_gllm.checkpoint import CheckpointError
+
+    cfg = config or UserItemConfig()
+    run_dir = Path(run_dir)
+    torch.manual_seed(cfg.seed)
+    if llm is None:
+        llm = load_llm(cfg.llm, dtype=cfg.dtype, device=cfg.device, lora=cfg.lora)
+    dev = llm.device
+    user_emb, item_emb = load_graph_embeddings(run_dir, data.fingerprint)
+    user_emb, item_emb = user_emb.float().to(dev), item_emb.float().to(dev)
+    tok_rms = embedding_rms(llm.causal_lm.get_input_embeddings().weight)
+    ip_dir = run_dir / ITEM_PROJECTOR_DIR
+    if ip_dir.is_dir():
+        item_proj = NodeProjector.from_pretrained(
+            ip_dir, expected_fingerprint=data.fingerprint, in_dim=item_emb.shape[1],
+            out_dim=llm.hidden_size)
+    elif cfg.train_item_projector:
+        rms = float(item_emb.pow(2).mean().sqrt()) or 1.0
+        item_proj = NodeProjector(item_emb.shape[1], llm.hidden_size, cfg.projector,
+                                  init_scale=tok_rms / rms)
+    else:
+        raise CheckpointError(f"{ip_dir}: missing; run stage 2 (item_text) first or set "
+                              "UserItemConfig.train_item_projector = True")
+    item_proj = item_proj.to(dev).requires_grad_(cfg.train_item_projector)
+    head_dir = run_dir / GLLM_HEAD_DIR
+    if head_dir.is_dir():
+        head = load_head(head_dir, expected_fingerprint=data.fingerprint,
+                         hidden_size=llm.hidden_size, num_items=data.num_items)
+    else:
+        head = build_head(cfg, llm.hidden_size, item_emb, item_proj)
+    head = head.to(dev)
+    rms_u = float(user_emb.pow(2).mean().sqrt()) or 1.0
+    user_proj = NodeProjector(user_emb.shape[1], llm.hidden_size, cfg.projector,
+                              init_scale=tok_rms / rms_u).to(dev)
+    profiles = (generate_profiles(data, run_dir, llm, cfg, progress=progress, resume=resume)
+                if needs_profiles(cfg) else {})
+    layout = build_layout(llm.tokenizer, USER_ITEM_SYSTEM, USER_ITEM_USER, USER_ITEM_TEMPLATE,
+                          style=cfg.prompt_style)
+    prompter = UserPrompter(layout, data, llm.tokenizer, cfg, profiles)
+    runner = SoftPromptRunner(llm, layout.prefix_ids, reuse_prefix=cfg.reuse_prefix,
+                              padding_side=cfg.padding_side)
+    slot = slot_vector(llm).to(dev)
+    modules: dict[str, torch.nn.Module] = {"head": head}
+    if cfg.user_token:
+        modules["user_projector"] = user_proj
+    if cfg.train_item_projector:
+        modules["item_projector"] = item_proj
+    if llm.lora is not None:
+        modules["llm"] = llm.model
+    params = list({id(p): p for m in modules.values() for p in m.parameters()
+                   if p.requires_grad}.values())
+    if not params:
+        raise ValueError("stage 3 has nothing to train (projected head with a frozen item "
+                         "projector and no user token)")
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    counts = np.diff(data.train.crow_indices().numpy())
+    eligible = np.flatnonzero(counts > 0)
+
+    def make_batches(epoch: int) -> list[list[UserSample]]:
+        rng = rng_for(cfg.seed, 4, epoch)
+        users = eligible
+        if cfg.max_users is not None and len(users) > cfg.max_users:
+            users = np.sort(rng.choice(users, size=cfg.max_users, replace=False))
+        samples = [train_sample(data, cfg, int(u), epoch) for u in users]
+        if cfg.bucket:
+            idx = bucket_batches([prompter.length(s) for s in samples], cfg.batch_size, rng)
+        else:
+            p = rng.permutation(len(samples))
+            idx = [p[i:i + cfg.batch_size].tolist() for i in range(0, len(p), cfg.batch_size)]
+        return [[samples[i] for i in b] for b in idx]
+
+    def loss_fn(batch: list[UserSample]) -> torch.Tensor:
+        seqs, users, items = prompter.build(batch)
+        parts = [slot[None], user_proj(user_emb[torch.tensor(users, device=dev)])]
+        if items:
+            parts.append(item_proj(item_emb[torch.tensor(items, device=dev)]))
+        hidden = runner.hidden_states(seqs, torch.cat(parts))
+        targets = torch.tensor([t for s in batch for t in s.targets], device=dev)
+        return head.loss(hidden.reshape(-1, hidden.shape[-1]), targets)
+
+    loop: LoopResult = run_loop(
+        stage="user_item", run_dir=run_dir, fingerprint=data.fingerprint, config=cfg,
+        modules=modules, optimizer=optimizer, make_batches=make_batches, loss_fn=loss_fn,
+        progress=progress, resume=resume, on_step=runner.reset if llm.lora else None,
+    )
+    rank, _ = dist_info()
+    if rank == 0:
+        save_head(head, head_dir, data.fingerprint)
+        if cfg.train_item_projector:
+            item_proj.save_pretrained(ip_dir, dataset_fingerprint=data.fingerprint, role="item")
+        _save_user_projector(user_proj, run_dir / USER_PROJECTOR_DIR, data.fingerprint, cfg,
+                             llm)
+        save_lora(llm, run_dir / LORA_DIR)
+    emit(progress, ProgressEvent("user_item", "end", step=loop.steps, total=loop.steps,
+                                 metrics={"loss": loop.epoch_losses[-1]}
+                                 if loop.epoch_losses else {}))
+    return UserItemResult(loop.steps, loop.epoch_losses, loop.resumed_from)
+
+
+def _save_user_projector(proj: NodeProjector, directory: Path, fingerprint: str,
+                         cfg: UserItemConfig, llm: FrozenLLM) -> None:
+    from glta_gllm.checkpoint import save_artifact
+
+    card = ("# user_projector\n\nGLTA user node projector and the stage-3 settings "
+            "(`stage_config`) the recommender replays at inference.\n")
+    save_artifact(directory, proj.state_dict(),
+                  {**proj.config(), "role": "user", "llm": llm.source,
+                   "stage_config": cfg.to_dict()},
+                  dataset_fingerprint=fingerprint, card=card)
