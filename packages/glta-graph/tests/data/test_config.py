@@ -53,3 +53,9 @@ def test_dict_round_trip_and_unknown_key():
     assert PrepareConfig.from_dict(c.to_dict()) == c
     with pytest.raises(DatasetError, match=r"unknown field.*treshold"):
         PrepareConfig.from_dict({"treshold": 4})
+
+
+def test_ratios_from_string():
+    assert PrepareConfig(ratios="0.8, 0.1,0.1").ratios == (0.8, 0.1, 0.1)
+    with pytest.raises(DatasetError, match="ratios='a,b,c': not numbers"):
+        PrepareConfig(ratios="a,b,c")

@@ -39,7 +39,8 @@ class PrepareConfig:
         "'temporal' (by time, see temporal_scope). Sources with a fixed split (LightGCN "
         "format) keep their test split.")})
     ratios: tuple[float, float, float] = field(default=(0.7, 0.1, 0.2), metadata={"help": (
-        "train/valid/test fractions (sum 1) for 'random' and 'temporal'; for 'loo' a "
+        "train/valid/test fractions (sum 1; a '0.8,0.1,0.1' string works too) for 'random' "
+        "and 'temporal'; for 'loo' a "
         "valid item is held out only when the valid fraction is > 0.")})
     temporal_scope: str = field(default="global", metadata={"help": (
         "'global': one time cut over all interactions; 'user': each user's latest "
@@ -79,8 +80,11 @@ class PrepareConfig:
                 f"PrepareConfig.temporal_scope={self.temporal_scope!r}: expected one of "
                 f"{', '.join(TEMPORAL_SCOPES)}"
             )
+        raw_ratios = self.ratios
+        if isinstance(raw_ratios, str):  # "0.8,0.1,0.1" from a command line
+            raw_ratios = [r for r in raw_ratios.replace(" ", "").split(",") if r]
         try:
-            ratios = tuple(float(r) for r in self.ratios)
+            ratios = tuple(float(r) for r in raw_ratios)
         except (TypeError, ValueError):
             raise DatasetError(f"PrepareConfig.ratios={self.ratios!r}: not numbers") from None
         if len(ratios) != 3 or any(not math.isfinite(r) or r < 0 for r in ratios):

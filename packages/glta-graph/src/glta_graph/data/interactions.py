@@ -51,7 +51,11 @@ def csr_from_pairs(
     if u.shape != i.shape:
         raise ValueError(f"users {u.shape} and items {i.shape} must have the same shape")
     if u.size:
-        key = np.unique(u * num_items + i)
+        # sort + adjacent-difference dedup: several times faster than np.unique (hash-based
+        # since numpy 2.3) on Gowalla-sized inputs
+        key = np.sort(u * num_items + i)
+        if key.size > 1:
+            key = key[np.concatenate(([True], key[1:] != key[:-1]))]
         u, i = key // num_items, key % num_items
     crow = np.zeros(num_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(u, minlength=num_users), out=crow[1:])

@@ -83,6 +83,17 @@ def _ratio_counts(n: np.ndarray, ratios: tuple[float, float, float]) -> tuple[np
     return n_valid, n_test
 
 
+def _compact(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (sorted used codes, (n,) new codes 0..k-1) without np.unique's hash pass."""
+    if codes.size == 0:
+        return codes.copy(), codes.copy()
+    used = np.zeros(int(codes.max()) + 1, dtype=bool)
+    used[codes] = True
+    kept = np.flatnonzero(used)
+    remap = np.cumsum(used) - 1
+    return kept, remap[codes].astype(np.int64)
+
+
 def split_codes(
     users: np.ndarray,
     timestamps: np.ndarray | None,
@@ -189,9 +200,8 @@ def prepare(raw: RawInteractions, config: PrepareConfig | None = None) -> Intera
             f"({rows.size} before it)"
         )
     rows = rows[core]
-    uniq_u, u = np.unique(users[rows], return_inverse=True)
-    uniq_i, i = np.unique(items[rows], return_inverse=True)
-    u, i = u.reshape(-1).astype(np.int64), i.reshape(-1).astype(np.int64)
+    uniq_u, u = _compact(users[rows])
+    uniq_i, i = _compact(items[rows])
     rng = np.random.default_rng(config.seed)
     stamps = raw.timestamps[rows] if raw.timestamps is not None else None
     presplit = raw.presplit[rows] if raw.presplit is not None else None
