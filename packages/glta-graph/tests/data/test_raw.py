@@ -27,6 +27,7 @@ from glta_graph.data.raw import (
         (["10", "2", "1", "2"], ["1", "2", "10"], [2, 1, 0, 1]),  # numeric order
         (["b", "a", "c", "a"], ["a", "b", "c"], [1, 0, 2, 0]),
         (["01", "1", "2"], ["01", "1", "2"], [0, 1, 2]),  # leading zero: kept as strings
+        ([" 3", "3 ", "4"], ["3", "4"], [0, 0, 1]),  # padding is not part of an id
         (np.array([5, 3, 5]), ["3", "5"], [1, 0, 1]),
         (pa.array([7, -1, 7]), ["-1", "7"], [1, 0, 1]),
     ],
@@ -48,6 +49,7 @@ def test_to_float():
     np.testing.assert_array_equal(to_float(pa.array(["1", "2.5"]), what="r", source="s"),
                                   [1.0, 2.5])
     np.testing.assert_array_equal(to_float([3, 4], what="r", source="s"), [3.0, 4.0])
+    np.testing.assert_array_equal(to_float([" 3", "4.5 "], what="r", source="s"), [3.0, 4.5])
     np.testing.assert_array_equal(to_float(pa.array([True, False]), what="r", source="s"),
                                   [1.0, 0.0])
     with pytest.raises(DatasetError, match="s: row 2: field 'r' has value 'x', which is not"):
@@ -64,6 +66,9 @@ def test_read_delimited_and_line_mapper(tmp_path):
     assert header == ["x", "y"]
     assert cols["x"].to_pylist() == ["1", "2"] and cols["y"].to_pylist() == ["a,b", "c"]
     assert line_mapper(path, 1)(1) == 4  # the blank line is skipped
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufeffuser,item\na,b\n".encode())
+    assert read_delimited(bom, delimiter=",")[0] == ["user", "item"]
     bad = tmp_path / "b.csv"
     bad.write_text("x,y\n1,2,3\n")
     with pytest.raises(DatasetError, match=r"b\.csv: cannot parse as ','-separated text"):

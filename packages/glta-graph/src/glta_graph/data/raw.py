@@ -122,7 +122,8 @@ def factorize_ids(
         return factorize_ids(arr.to_numpy(zero_copy_only=False).astype(np.int64))
     if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
         arr = pc.cast(arr, pa.string())
-    bad = pc.or_(pc.is_null(arr), pc.equal(pc.utf8_trim_whitespace(arr), ""))
+    arr = pc.utf8_trim_whitespace(arr)
+    bad = pc.or_(pc.is_null(arr), pc.equal(arr, ""))
     bad = pc.fill_null(bad, True)
     if pc.any(bad).as_py():
         row = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
@@ -172,17 +173,19 @@ def to_float(
             return out.to_numpy(zero_copy_only=False).astype(np.float64)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
-    for row, value in enumerate(arr.to_pylist()):
+    values = arr.to_pylist()
+    out = np.empty(len(values), dtype=np.float64)
+    for row, value in enumerate(values):  # slow path: padded numbers, or find the bad one
         try:
             if value is None:
                 raise ValueError
-            float(value)
+            out[row] = float(value)
         except (TypeError, ValueError):
             where = f"line {line_of(row)}" if line_of else f"row {row + 1}"
             raise DatasetError(
                 f"{source}: {where}: field {what!r} has value {value!r}, which is not a number"
             ) from None
-    raise DatasetError(f"{source}: field {what!r} could not be read as numbers")  # pragma: no cover
+    return out
 
 
 # -- files --------------------------------------------------------------------------------
@@ -256,7 +259,7 @@ def read_delimited(
         raw = raw.replace(*replace)
     if column_names is None:
         first = raw.split(b"\n", 1)[0].decode(encoding).rstrip("\r")
-        header = [h.strip().strip('"') for h in first.split(delimiter)]
+        header = [h.strip().strip('"') for h in first.lstrip("\ufeff").split(delimiter)]
     else:
         header = list(column_names)
     read_opts = pacsv.ReadOptions(
