@@ -12,6 +12,7 @@ from glta_graph.data import DatasetError, RawInteractions, default_cache_dir
 from glta_graph.data.formats import FORMATS
 from glta_graph.data.raw import (
     factorize_ids,
+    iter_json_lines,
     join_text,
     line_mapper,
     movielens_text,
@@ -119,3 +120,23 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path
     monkeypatch.delenv("GLTA_CACHE_DIR")
     assert default_cache_dir().parts[-3:] == (".cache", "glta", "datasets")
+
+
+def test_iter_json_lines_accepts_python_dicts(tmp_path):
+    path = tmp_path / "meta_Old.json"
+    path.write_text('{"asin": "B1", "title": "x"}\n\n' + "{'asin': 'B2', 'title': \"it's\"}\n")
+    assert list(iter_json_lines(path)) == [(1, {"asin": "B1", "title": "x"}),
+                                           (3, {"asin": "B2", "title": "it's"})]
+    path.write_text("[1, 2]\n")
+    with pytest.raises(DatasetError, match="line 1: expected a JSON object"):
+        list(iter_json_lines(path))
+    path.write_text("{'a': __import__('os')}\n")
+    with pytest.raises(DatasetError, match="line 1: not valid JSON"):
+        list(iter_json_lines(path))
+
+
+def test_read_delimited_not_utf8(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_bytes("user,tïtle\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match="line 1: not utf-8 text"):
+        read_delimited(path, delimiter=",")

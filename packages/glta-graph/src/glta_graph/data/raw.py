@@ -252,13 +252,18 @@ def read_delimited(
         DatasetError: unreadable file or a line with the wrong number of fields.
     """
     require_file(path, "data file")
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
+    source: pa.BufferReader | str = str(path)  # pyarrow streams files, gunzips ``.gz``
     if replace is not None:
-        raw = raw.replace(*replace)
+        raw = path.read_bytes()
+        if path.suffix == ".gz":
+            raw = gzip.decompress(raw)
+        source = pa.BufferReader(raw.replace(*replace))
     if column_names is None:
-        first = raw.split(b"\n", 1)[0].decode(encoding).rstrip("\r")
+        try:
+            with open_text(path, encoding) as fh:
+                first = fh.readline().rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{path}: line 1: not {encoding} text ({exc.reason})") from None
         header = [h.strip().strip('"') for h in first.lstrip("\ufeff").split(delimiter)]
     else:
         header = list(column_names)
@@ -276,7 +281,7 @@ def read_delimited(
     )
     try:
         table = pacsv.read_csv(
-            pa.BufferReader(raw), read_options=read_opts, parse_options=parse_opts,
+            source, read_options=read_opts, parse_options=parse_opts,
             convert_options=convert,
         )
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
@@ -303,8 +308,22 @@ def require_columns(
         )
 
 
+def _python_literal(line: str) -> object | None:
+    """Parse a Python dict literal (safely, no code runs), or ``None``."""
+    import ast
+
+    if not line.lstrip().startswith("{"):
+        return None
+    try:
+        return ast.literal_eval(line.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
 def iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
     """Yield ``(line_number, record)`` for a JSON-lines file (``.gz`` too).
+
+    Lines holding a Python dict literal (the 2014 Amazon metadata files) are accepted too.
 
     Raises:
         DatasetError: a line that is not a JSON object, naming file and line.
@@ -319,7 +338,11 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}: line {lineno}: not valid JSON ({exc.msg})") from None
+                rec = _python_literal(line)  # Amazon 2014 metadata: one Python dict per line
+                if rec is None:
+                    raise DatasetError(
+                        f"{path}: line {lineno}: not valid JSON ({exc.msg})"
+                    ) from None
             if not isinstance(rec, dict):
                 raise DatasetError(f"{path}: line {lineno}: expected a JSON object")
             yield lineno, rec
