@@ -51,3 +51,18 @@ def test_shape_mismatch_is_rejected():
 def test_load_non_dataset(tmp_path):
     with pytest.raises(DatasetError, match="not a prepared GLTA dataset"):
         Interactions.load(tmp_path)
+
+
+def test_csr_from_pairs_matches_dense_reference():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    u = rng.integers(0, 50, 2000)
+    i = rng.integers(0, 70, 2000)
+    dense = np.zeros((50, 70), dtype=np.float32)
+    dense[u, i] = 1.0
+    m = csr_from_pairs(u, i, 50, 70)
+    assert np.array_equal(m.to_dense().numpy(), dense)
+    assert m._nnz() == int(dense.sum())
+    empty = csr_from_pairs([], [], 3, 4)
+    assert empty._nnz() == 0 and empty.crow_indices().tolist() == [0, 0, 0, 0]
