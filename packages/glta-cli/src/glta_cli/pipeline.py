@@ -222,6 +222,9 @@ def _graph_history(result: Any) -> list[dict[str, float]]:
 def _stage_history(result: Any, recorded: Any) -> dict[str, Any]:
     """Prefer the library's own per-epoch history (it survives resumes) over what we saw."""
     epochs = _graph_history(result)
+    losses = getattr(result, "epoch_losses", None)
+    if not epochs and losses:
+        epochs = [{"epoch": float(i), "loss": float(v)} for i, v in enumerate(losses)]
     steps = [list(p) for p in recorded.steps] if recorded is not None else []
     if not epochs and recorded is not None:
         epochs = list(recorded.epochs)
@@ -231,6 +234,12 @@ def _stage_history(result: Any, recorded: Any) -> dict[str, Any]:
 def _seconds(result: Any, measured: float) -> float:
     value = getattr(result, "seconds", None)
     return float(value) if isinstance(value, int | float) and value > 0 else measured
+
+
+def _note_resume(run_dir: Path, stage: str, log: Callable[[str], None]) -> None:
+    state = run_dir / "state" / stage
+    if state.is_dir() and any(state.iterdir()):
+        log(f"{stage}: resuming from the saved state in {state}")
 
 
 def _ensure_run_dataset(run_dir: Path, data: Any) -> Any:
@@ -402,6 +411,7 @@ def run_pipeline(
         load_graph_embeddings(run_dir, expected_fingerprint=data.fingerprint)
         skipped.append("graph")
     else:
+        _note_resume(run_dir, "graph", log)
         t0 = time.perf_counter()
         result = train_lightgcn(data, config.graph, run_dir, progress=progress, resume=True)
         histories["graph"] = _stage_history(result, recorded.get("graph"))
@@ -424,12 +434,7 @@ def run_pipeline(
             t = time.perf_counter()
             cfg = config.llm
             llm = load_llm(
-                **{
-                    "name_or_path": cfg.model_name_or_path,
-                    **_kwargs_for(
-                        load_llm, dtype=cfg.dtype, device=cfg.device, cache_dir=cfg.cache_dir
-                    ),
-                }
+                cfg.model_name_or_path, dtype=cfg.dtype, device=cfg.device, cache_dir=cfg.cache_dir
             )
             log(f"loaded LLM {cfg.model} in {time.perf_counter() - t:.1f} s")
         return llm
@@ -444,11 +449,11 @@ def run_pipeline(
             skipped.append(name)
             continue
         t0 = time.perf_counter()
+        _note_resume(run_dir, name, log)
+        # With LoRA the stage loads its own LLM (the adapter is trained and saved by it).
+        shared = None if getattr(section, "lora", None) else get_llm()
         result = func(
-            data,
-            run_dir,
-            section,
-            **_kwargs_for(func, llm=get_llm(), progress=progress, resume=True),
+            data, run_dir, section, **_kwargs_for(func, llm=shared, progress=progress, resume=True)
         )
         histories[name] = _stage_history(result, recorded.get(name))
         done(name, _seconds(result, time.perf_counter() - t0))
@@ -466,8 +471,8 @@ def run_pipeline(
         update(run_dir, "lightgcn", split, lgcn)
         from glta_align import GLTARecommender
 
-        from_run = GLTARecommender.from_run
-        rec = from_run(run_dir, **_kwargs_for(from_run, llm=get_llm()))
+        lora = (run_dir / "lora").is_dir()
+        rec = GLTARecommender.from_run(run_dir, llm=None if lora else get_llm())
         glta = rec.evaluate(**_kwargs_for(rec.evaluate, split=split, ks=ks, progress=progress))
         update(run_dir, "glta", split, {k: float(v) for k, v in glta.items()})
         done("evaluate", time.perf_counter() - t0)

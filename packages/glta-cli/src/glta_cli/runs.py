@@ -111,23 +111,11 @@ def _check_model(run_dir: Path, model: str) -> str:
     return model
 
 
-def _load_llm_for(run_dir: Path) -> Any:
-    """Load the LLM named in the run's resolved config (the offline default otherwise)."""
-    from glta_align import load_llm
-
-    config = load_run_config(run_dir)
-    if config is None:
-        return load_llm()
-    llm = config.llm
-    return load_llm(
-        llm.model_name_or_path, dtype=llm.dtype, device=llm.device, cache_dir=llm.cache_dir
-    )
-
-
 def _glta_recommender(run_dir: Path, llm: Any | None) -> Any:
+    """``GLTARecommender.from_run``; without ``llm`` it loads the LLM the run was trained with."""
     from glta_align import GLTARecommender
 
-    return GLTARecommender.from_run(run_dir, llm=llm if llm is not None else _load_llm_for(run_dir))
+    return GLTARecommender.from_run(run_dir, llm=llm)
 
 
 def evaluate_run(
@@ -237,8 +225,14 @@ def recommend_run(
         user_emb, item_emb = load_graph_embeddings(run_dir, expected_fingerprint=data.fingerprint)
         scores, items = recommend_embeddings(user_emb, item_emb, data, idx, int(k))
     else:
+        from glta_graph import exclusion_matrix
+
         rec = _glta_recommender(run_dir, llm)
-        scores, items = rec.recommend(torch.as_tensor(idx, dtype=torch.int64), int(k))
+        scores, items = rec.recommend(
+            torch.as_tensor(idx, dtype=torch.int64),
+            int(k),
+            exclude=exclusion_matrix(data, ("train", "valid")),
+        )
     scores, items = scores.float().cpu().tolist(), items.cpu().tolist()
     rows = []
     for row, user in enumerate(idx):

@@ -1,0 +1,166 @@
+"""`glta pipeline` and its pure helpers: resume, restart, config checks, end to end (tiny LLM)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from glta_graph.data import Interactions, csr_from_pairs
+
+from glta_cli.app import app
+from glta_cli.config import ConfigError, load_config, write_config
+from glta_cli.pipeline import (
+    _start_run_dir,
+    config_differences,
+    previous_dir,
+    resolve_pipeline_config,
+    subsample_users,
+)
+
+
+def _toy_interactions() -> Interactions:
+    mats = {
+        "train": csr_from_pairs([0, 0, 1, 2, 3], [0, 1, 1, 2, 3], 4, 5),
+        "valid": csr_from_pairs([1], [4], 4, 5),
+        "test": csr_from_pairs([0, 2], [2, 3], 4, 5),
+    }
+    return Interactions(["a", "b", "c", "d"], ["i0", "i1", "i2", "i3", "i4"],
+                        item_text=[f"t{i}" for i in range(5)], name="toy", **mats)
+
+
+def test_subsample_users_keeps_rows_and_drops_empty_items():
+    data = _toy_interactions()
+    small = subsample_users(data, 2, seed=0)
+    assert small.num_users == 2
+    kept = set(small.user_ids)
+    pairs = set()
+    for split in ("train", "valid", "test"):
+        u, i = small.pairs(split)
+        pairs |= {(split, small.user_ids[a], small.item_ids[b]) for a, b in zip(u, i, strict=True)}
+    expected = set()
+    for split in ("train", "valid", "test"):
+        u, i = data.pairs(split)
+        expected |= {(split, data.user_ids[a], data.item_ids[b])
+                     for a, b in zip(u, i, strict=True) if data.user_ids[a] in kept}
+    assert pairs == expected
+    used = {item for _, _, item in pairs}
+    assert set(small.item_ids) == used
+    assert small.item_text == [f"t{small.item_ids[j][1:]}" for j in range(small.num_items)]
+    assert subsample_users(data, 2, seed=0).fingerprint == small.fingerprint  # seeded
+    assert subsample_users(data, 10, seed=0) is data
+    assert isinstance(small.train, torch.Tensor) and np.all(np.diff(small.pairs("train")[0]) >= 0)
+
+
+def test_config_differences_and_saved_config_resume(tmp_path):
+    base = load_config("default")
+    other = load_config("default", overrides=["--graph.epochs", "7", "--run.out", "x"])
+    diffs = config_differences(base, other)
+    assert diffs == [f"[graph] epochs: {base.graph.epochs!r} -> 7"]
+    run = tmp_path / "run"
+    saved = load_config("smoke", overrides=["--run.out", str(run)])
+    run.mkdir()
+    write_config(saved, run / "resolved-config.toml")
+    resumed = resolve_pipeline_config(None, None, [], run)
+    assert resumed.to_dict() == saved.to_dict()
+    fresh = resolve_pipeline_config("default", None, [], run)
+    assert fresh.data.max_users is None and fresh.run.out == str(run)
+
+
+def test_restart_moves_old_run_aside_and_keeps_last_complete(tmp_path):
+    run = tmp_path / "run"
+    assert _start_run_dir(run, restart=True) is None
+    run.mkdir()
+    (run / "marker").write_text("old complete run")
+    assert _start_run_dir(run, restart=False) is None and (run / "marker").exists()
+    note = _start_run_dir(run, restart=True)
+    assert "moved" in note and not run.exists()
+    assert (previous_dir(run) / "marker").read_text() == "old complete run"
+    run.mkdir()
+    (run / "partial").write_text("unfinished restart")
+    note = _start_run_dir(run, restart=True)
+    assert "discarded" in note and not run.exists()
+    assert (previous_dir(run) / "marker").is_file()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama (hidden 64, 2 layers) + SmolLM2's tokenizer saved as a folder."""
+    from glta_align.llm import load_tokenizer, tiny_llm
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    llm = tiny_llm(load_tokenizer(), hidden_size=64, num_layers=2, seed=0)
+    llm.model.save_pretrained(str(folder))
+    llm.tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def tiny_pipeline_args(csv_path: Path, model_dir: Path, out: Path) -> list[str]:
+    """Overrides that make the whole pipeline run in seconds on the synthetic CSV."""
+    return [
+        "--out", str(out), "--quiet",
+        "--data.source", str(csv_path), "--data.format", "csv",
+        "--data.options", '{text_col = "text"}',
+        "--llm.model", str(model_dir), "--llm.dtype", "float32",
+        "--graph.epochs", "4", "--graph.eval_every", "2", "--graph.dim", "16",
+        "--graph.batch_size", "128", "--graph.lr", "0.01",
+        "--item_text.epochs", "1", "--item_text.batch_size", "8",
+        "--user_item.epochs", "1", "--user_item.batch_size", "8",
+        "--user_item.profile_new_tokens", "4", "--user_item.eval_batch_size", "16",
+        "--eval.ks", "5,10",
+    ]
+
+
+def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_path):
+    run = tmp_path / "run"
+    args = tiny_pipeline_args(ratings_csv, tiny_model_dir, run)
+    result = runner.invoke(app, ["pipeline", *args])
+    assert result.exit_code == 0, result.output
+    assert "LightGCN" in result.stdout and "GLTA" in result.stdout and "P@10" in result.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    for model in ("lightgcn", "glta"):
+        assert metrics[model]["test"]["users"] > 0
+        assert 0.0 <= metrics[model]["test"]["precision@10"] <= 1.0
+    for name in ("dataset", "graph", "item_projector", "user_projector", "gllm_head"):
+        assert (run / name).is_dir(), name
+    for name in ("report.md", "training_curves.png", "metrics_comparison.png",
+                 "resolved-config.toml"):
+        assert (run / name).is_file(), name
+    report = (run / "report.md").read_text()
+    assert "| LightGCN |" in report and "| GLTA |" in report
+    assert load_config("default", run / "resolved-config.toml").graph.epochs == 4
+
+    again = runner.invoke(app, ["pipeline", *args])
+    assert again.exit_code == 0, again.output
+    assert "skipped: dataset, graph, item_text, user_item, evaluate" in again.stdout
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+
+    changed = runner.invoke(app, ["pipeline", *args, "--graph.epochs", "5"])
+    assert changed.exit_code == 2
+    assert "[graph] epochs: 4 -> 5" in changed.stderr and "--restart" in changed.stderr
+
+    recs = runner.invoke(app, ["recommend", str(run), "--users", "u0,u7", "--k", "5",
+                               "--out", str(tmp_path / "recs.csv")])
+    assert recs.exit_code == 0, recs.output
+    assert "(glta)" in recs.stderr
+    lines = (tmp_path / "recs.csv").read_text().strip().splitlines()
+    assert len(lines) == 11
+    info = runner.invoke(app, ["inspect", str(run), "--json"])
+    assert json.loads(info.stdout)["models"] == ["lightgcn", "glta"]
+
+    restarted = runner.invoke(app, ["pipeline", *args, "--graph.epochs", "2", "--restart"])
+    assert restarted.exit_code == 0, restarted.output
+    assert not previous_dir(run).exists()
+    assert load_config("default", run / "resolved-config.toml").graph.epochs == 2
+
+
+def test_pipeline_bad_override_exit_2_nothing_written(runner, tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["pipeline", "--out", str(run), "--graph.epochz", "3"])
+    assert result.exit_code == 2
+    assert "--graph.epochz" in result.stderr and "valid keys of [graph]" in result.stderr
+    assert not run.exists()
+    with pytest.raises(ConfigError):
+        resolve_pipeline_config("nope", None, [], run)
