@@ -1,0 +1,105 @@
+"""`glta pipeline` end to end in real subprocesses: SIGKILL mid-stage then resume; smoke preset.
+
+The fast test uses a tiny random Llama saved as a model folder (built here) and a synthetic
+CSV; the smoke preset (ML-100K slice + SmolLM2-135M) is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def _write_csv(path: Path, users: int = 60, items: int = 40, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    lines = ["user_id,item_id,text"]
+    half = items // 2
+    for u in range(users):
+        own = np.arange(half) + (half if u % 2 else 0)
+        for i in sorted(set(rng.choice(own, size=10, replace=False).tolist())):
+            lines.append(f"u{u},i{i},item {i} of group {i // half}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from glta_align.llm import load_tokenizer, tiny_llm
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    llm = tiny_llm(load_tokenizer(), hidden_size=64, num_layers=2, seed=0)
+    llm.model.save_pretrained(str(folder))
+    llm.tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def _glta(*args: str) -> list[str]:
+    return [sys.executable, "-m", "glta_cli.app", *args]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["COLUMNS"] = "120"
+    return env
+
+
+def test_pipeline_resumes_after_sigkill_mid_stage(tmp_path, tiny_model_dir):
+    csv_path = _write_csv(tmp_path / "ratings.csv")
+    run = tmp_path / "run"
+    args = _glta(
+        "pipeline", "--out", str(run),
+        "--data.source", str(csv_path), "--data.format", "csv",
+        "--data.options", '{text_col = "text"}',
+        "--llm.model", str(tiny_model_dir), "--llm.dtype", "float32",
+        "--graph.epochs", "400", "--graph.eval_every", "0", "--graph.dim", "16",
+        "--graph.batch_size", "64", "--graph.lr", "0.01",
+        "--item_text.epochs", "1", "--user_item.epochs", "1",
+        "--user_item.profile_new_tokens", "4", "--eval.ks", "5,10",
+    )
+    state = run / "state" / "graph" / "state.json"
+    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    while proc.poll() is None and not state.is_file():
+        time.sleep(0.02)
+    assert proc.poll() is None, "the pipeline ended before LightGCN saved its first state"
+    time.sleep(0.3)  # let it train a few more epochs, mid-stage
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    done_epochs = json.loads(state.read_text())["epoch"]
+    assert done_epochs < 399, "the kill did not land mid-stage"
+    assert not (run / "graph").exists() and not (run / "metrics.json").exists()
+
+    rerun = subprocess.run(args, env=_env(), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "graph: resuming from the saved state" in rerun.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["lightgcn"]["test"]["users"] > 0 and metrics["glta"]["test"]["users"] > 0
+    graph_cfg = json.loads((run / "graph" / "config.json").read_text())
+    assert graph_cfg["epochs_run"] == 400
+    assert (run / "report.md").is_file() and (run / "training_curves.png").is_file()
+    stages = json.loads((run / "state" / "pipeline" / "stages.json").read_text())["stages"]
+    assert all(stages[s]["done"] for s in ("dataset", "graph", "item_text", "user_item"))
+
+
+@pytest.mark.slow
+def test_smoke_preset_end_to_end(tmp_path):
+    run = tmp_path / "smoke"
+    t0 = time.perf_counter()
+    result = subprocess.run(_glta("pipeline", "--preset", "smoke", "--out", str(run)),
+                            env=_env(), capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    for model in ("lightgcn", "glta"):
+        assert metrics[model]["test"]["users"] > 0
+    assert "GLTA" in result.stdout and (run / "report.md").is_file()
+    print(f"smoke preset: {seconds:.1f} s")
