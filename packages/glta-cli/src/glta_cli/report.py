@@ -37,6 +37,7 @@ SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("N@10", "ndcg@10"),
     ("R@20", "recall@20"),
 )
+_CURVE_METRICS = ("recall@20", "ndcg@20", "precision@10", "ndcg@10", "recall@10")
 _STAGE_LABELS = {
     "graph": "Stage 1: LightGCN (BPR)",
     "item_text": "Stage 2: item-text alignment",
@@ -44,9 +45,11 @@ _STAGE_LABELS = {
 }
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, key: str = "") -> str:
     if value is None:
         return "-"
+    if key == "users" and isinstance(value, int | float):
+        return f"{value:.0f}"
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
@@ -137,12 +140,12 @@ def training_curves_chart(histories: Mapping[str, Mapping[str, Any]]) -> bytes |
             ax.plot(xs, [e["loss"] for e in epochs if "loss" in e], "o-", color="C0", ms=3)
             ax.set_xlabel("epoch")
         else:
-            ax.plot([s[0] for s in steps], [s[1] for s in steps], color="C0", lw=1)
+            style = "o-" if len(steps) <= 50 else "-"
+            ax.plot([s[0] for s in steps], [s[1] for s in steps], style, color="C0", lw=1, ms=3)
             ax.set_xlabel("step")
         ax.set_ylabel("training loss", color="C0")
-        valid_keys = sorted(
-            {k for e in epochs for k in e if k not in ("epoch", "loss", "seconds", "lr")}
-        )
+        found = {k for e in epochs for k in e if k not in ("epoch", "loss", "seconds", "lr")}
+        valid_keys = [k for k in _CURVE_METRICS if k in found] or sorted(found)
         if len(epochs) >= 2 and valid_keys:
             twin = ax.twinx()
             for j, key in enumerate(valid_keys[:3]):
@@ -247,7 +250,7 @@ def render_report(
         for model, per_split in metrics.items():
             for split_name, values in per_split.items():
                 cells = [MODEL_LABELS.get(model, model), split_name]
-                cells += [_fmt(values.get(k)) for k in all_keys]
+                cells += [_fmt(values.get(k), k) for k in all_keys]
                 lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     for chart in charts:
