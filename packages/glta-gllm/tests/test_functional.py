@@ -35,16 +35,16 @@ def _params(h, w, b):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize(
-    ("rows", "items", "chunk", "block"),
-    [(5, 7, 3, 2), (6, 1, None, None), (4, 9, 4, 4), (3, 10, 10, 1)],
+    ("rows", "items", "chunk", "store"),
+    [(5, 7, 3, False), (6, 1, None, None), (4, 9, 4, True), (3, 10, 10, False)],
 )
-def test_gradcheck_float64(rows, items, chunk, block, bias, reduction) -> None:
+def test_gradcheck_float64(rows, items, chunk, store, bias, reduction) -> None:
     h, w, b, t = _inputs(rows, 3, items, torch.float64, bias, ignore=1)
 
     def fn(*params):
         bb = params[2] if bias else None
         return linear_cross_entropy(
-            params[0], params[1], t, bb, reduction=reduction, chunk_size=chunk, row_block=block
+            params[0], params[1], t, bb, reduction=reduction, chunk_size=chunk, store_logits=store
         )
 
     # The first backward hands over the gradients computed in the forward, a second one
@@ -53,26 +53,28 @@ def test_gradcheck_float64(rows, items, chunk, block, bias, reduction) -> None:
 
 
 SHAPES = [
-    # rows, hidden, items, chunk, row_block
+    # rows, hidden, items, chunk, store_logits
     (1, 4, 1, None, None),
-    (7, 8, 1, None, None),
+    (7, 8, 1, None, False),
     (13, 16, 100, 32, None),
-    (13, 16, 100, 32, 5),
-    (64, 32, 1000, None, None),
-    (65, 32, 999, 128, 16),
-    (200, 24, 3001, 256, 64),
-    (3, 64, 50, 7, 1),
+    (13, 16, 100, 32, False),
+    (64, 32, 1000, None, False),
+    (65, 32, 999, 128, True),
+    (200, 24, 3001, 256, False),
+    (3, 64, 50, 7, True),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-@pytest.mark.parametrize(("rows", "hid", "items", "chunk", "block"), SHAPES)
-def test_matches_naive(rows, hid, items, chunk, block, reduction, bias, dtype) -> None:
+@pytest.mark.parametrize(("rows", "hid", "items", "chunk", "store"), SHAPES)
+def test_matches_naive(rows, hid, items, chunk, store, reduction, bias, dtype) -> None:
     h, w, b, t = _inputs(rows, hid, items, dtype, bias, seed=rows + items, ignore=rows // 4)
     params = _params(h, w, b)
-    got = linear_cross_entropy(h, w, t, b, reduction=reduction, chunk_size=chunk, row_block=block)
+    got = linear_cross_entropy(
+        h, w, t, b, reduction=reduction, chunk_size=chunk, store_logits=store
+    )
     assert got.dtype == dtype
     g_out = torch.randn_like(got, dtype=torch.float32).to(dtype)
     got_grads = torch.autograd.grad(got, params, g_out)
@@ -120,7 +122,7 @@ def test_forward_only_paths_agree() -> None:
     h, w, b, t = _inputs(20, 8, 300, torch.float32, True)
     with torch.no_grad():
         no_grad = linear_cross_entropy(h, w, t, b, chunk_size=64)
-    with_grad = linear_cross_entropy(h, w, t, b, chunk_size=64, row_block=3)
+    with_grad = linear_cross_entropy(h, w, t, b, chunk_size=64, store_logits=False)
     torch.testing.assert_close(no_grad, with_grad.detach())
 
 

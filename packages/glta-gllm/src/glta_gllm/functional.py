@@ -1,25 +1,29 @@
 """Memory-efficient item-scoring kernels: fused linear cross-entropy and streaming top-k.
 
 Both kernels score ``rows`` hidden states against ``items`` weight rows without ever holding
-the full ``(rows x items)`` score matrix (or its gradient). They are written with plain
-device-agnostic torch operations (matmuls into preallocated buffers, in-place element-wise
-ops), so they run unchanged on CPU and CUDA.
+the full ``(rows x items)`` score matrix (or its gradient). They are plain device-agnostic
+torch operations (matmuls into preallocated buffers, in-place softmax and element-wise ops),
+so they run unchanged on CPU and CUDA.
 
-``linear_cross_entropy`` computes ``F.cross_entropy(F.linear(hidden, weight, bias), targets)``:
+``linear_cross_entropy`` computes ``F.cross_entropy(F.linear(hidden, weight, bias), targets)``
+over item chunks ``c`` of ``chunk`` items each:
 
-* forward only (no gradient needed, or ``reduction="none"``): one pass over item chunks with an
-  online log-sum-exp; extra memory ``O(rows x chunk)``. With ``reduction="none"`` the
-  backward recomputes each chunk's logits (one more matmul per chunk) from the saved
-  log-sum-exp, so it too never holds more than one chunk.
-* training (``reduction`` ``"mean"``/``"sum"``): the gradients are computed inside the
-  forward, row block by row block. For a block of ``R`` rows the logits of all items are
-  kept (``R x items``, the only large buffer; ``R`` is chosen from the shapes so that this is
-  a small fraction of the naive ``rows x items``), exponentiated chunk by chunk against the
-  chunk's own maximum, and once the block's log-sum-exp is known each chunk is rescaled into
-  its softmax gradient and fed to two matmuls: ``grad_hidden += G_c W_c`` and
-  ``grad_weight[c] (+)= G_c^T hidden``. This costs the same three matmuls as the naive path,
-  whereas the pure item-chunked scheme would need a fourth (the logits recomputed).
-  The backward then only scales the stored gradients by the incoming scalar gradient.
+* pass 1, per chunk: ``X_c = h W_c^T + b_c`` into a ``(rows x chunk)`` tile, its row
+  log-sum-exp ``lse_c`` (row max, then one in-place softmax whose value at the arg-max is
+  ``1 / sum exp(X_c - max)``); ``lse = logsumexp_c(lse_c)``. The loss is
+  ``lse - h . W[t] - b[t]``.
+* pass 2 (gradients), per chunk: the logits are recomputed into the tile, turned in place
+  into ``G_c = scale * softmax(X_c) * exp(lse_c - lse) - scale * onehot(t)`` and consumed by
+  two matmuls while the tile is hot: ``grad_h += G_c W_c`` and ``grad_W[c] = G_c^T h``
+  (``grad_b[c] = sum_rows G_c``).
+
+The recompute costs a fourth matmul (the naive path has three), but every matmul works on a
+cache-sized tile instead of writing and re-reading a ``rows x items`` matrix, which on a CPU
+is what limits the naive path. Extra memory: ``O(rows x chunk)``. When gradients are needed
+and the reduction is ``"mean"``/``"sum"`` both passes run in the forward (the backward only
+scales the result by the incoming scalar), so nothing but the inputs is kept between them.
+For small problems (the whole logits fit in ``_STORE_MAX_BYTES``) pass 1 keeps every tile
+and pass 2 reuses it instead of recomputing.
 
 Low-precision inputs (bf16/fp16) are computed and accumulated in float32 chunk by chunk.
 """
@@ -35,12 +39,12 @@ __all__ = ["linear_cross_entropy", "topk_excluding"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 # Target size of one (rows x chunk) working tile, in elements: big enough for efficient
-# matmuls, small enough to stay in the CPU's last-level cache.
+# matmuls and few kernel launches, small enough to stay in the CPU's cache.
 _TILE_ELEMENTS = 1 << 20
-# Bound on the stored (row block x items) logits of the training path, as a fraction of the
-# naive rows x items matrix, and in absolute bytes (whichever allows more rows).
-_BLOCK_FRACTION = 0.2
-_BLOCK_MIN_BYTES = 8 << 20
+_MIN_CHUNK = 256
+_MAX_CHUNK = 32768
+# The training path keeps all the logits (no recompute) only below this size.
+_STORE_MAX_BYTES = 16 << 20
 _TOPK_BUFFER_BYTES = 32 << 20
 
 
@@ -54,18 +58,8 @@ def _item_chunk(rows: int, items: int, chunk_size: int | None) -> int:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         return min(chunk_size, items)
     chunk = _TILE_ELEMENTS // max(rows, 1)
-    chunk = max(512, min(chunk, 16384))
+    chunk = max(_MIN_CHUNK, min(chunk, _MAX_CHUNK))
     return min(items, chunk)
-
-
-def _row_block(rows: int, items: int, elem_bytes: int, row_block: int | None) -> int:
-    if row_block is not None:
-        if row_block < 1:
-            raise ValueError(f"row_block must be >= 1, got {row_block}")
-        return min(row_block, max(rows, 1))
-    budget = max(_BLOCK_FRACTION * rows * items * elem_bytes, _BLOCK_MIN_BYTES)
-    block = int(budget // max(items * elem_bytes, 1))
-    return max(1, min(rows, block))
 
 
 def _check_lce_inputs(
@@ -152,27 +146,12 @@ def _mm_chunk(
     return w
 
 
-def _lse_forward(
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    chunk: int,
-    acc: torch.dtype,
-) -> torch.Tensor:
-    """Row-wise log-sum-exp of ``h @ weight^T + bias`` over item chunks (online)."""
-    rows, items = h.shape[0], weight.shape[0]
-    m = torch.full((rows,), -math.inf, dtype=acc, device=h.device)
-    s = torch.zeros(rows, dtype=acc, device=h.device)
-    buf = torch.empty(rows * min(chunk, items), dtype=acc, device=h.device)
-    for a in range(0, items, chunk):
-        e = min(a + chunk, items)
-        logits = buf[: rows * (e - a)].view(rows, e - a)
-        _mm_chunk(logits, h, weight, bias, a, e, acc)
-        new_m = torch.maximum(m, logits.amax(dim=1))
-        logits.sub_(new_m.unsqueeze(1)).exp_()
-        s.mul_(torch.exp(m - new_m)).add_(logits.sum(dim=1))
-        m = new_m
-    return m + s.log()
+def _chunk_lse_(tile: torch.Tensor) -> torch.Tensor:
+    """Row log-sum-exp of ``tile`` (R, C); overwrites ``tile`` with its row softmax."""
+    top, arg = tile.max(dim=1)
+    torch._softmax(tile, 1, False, out=tile)  # in place: each element is read before written
+    # softmax at the arg-max is exp(0) / sum exp(x - max), hence lse = max - log(that).
+    return top - tile.gather(1, arg.unsqueeze(1)).squeeze(1).log()
 
 
 def _target_logits(
@@ -189,103 +168,79 @@ def _target_logits(
     return out
 
 
-def _subtract_onehot(
-    probs: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor, a: int, e: int
-) -> None:
-    """probs[r, targets[r] - a] -= scale[r] for the rows whose target lies in [a, e)."""
-    hit = ((targets >= a) & (targets < e)).nonzero().squeeze(1)
-    if hit.numel():
-        probs.index_put_((hit, targets[hit] - a), -scale[hit], accumulate=True)
+class _OneHot:
+    """Per-chunk (row, column) positions of the targets, found once by sorting."""
+
+    def __init__(self, targets: torch.Tensor, bounds: list[tuple[int, int]]) -> None:
+        self.sorted, self.order = torch.sort(targets)
+        edges = torch.tensor([a for a, _ in bounds] + [bounds[-1][1]], device=targets.device)
+        self.starts = torch.searchsorted(self.sorted, edges).tolist()
+
+    def subtract_(self, tile: torch.Tensor, j: int, a: int, scale: torch.Tensor) -> None:
+        """tile[r, t_r - a] -= scale[r] for the rows whose target falls in chunk ``j``."""
+        lo, hi = self.starts[j], self.starts[j + 1]
+        if hi > lo:
+            rows = self.order[lo:hi]
+            tile.index_put_((rows, self.sorted[lo:hi] - a), -scale[rows], accumulate=True)
 
 
-def _fused_forward_backward(
+def _bounds(items: int, chunk: int) -> list[tuple[int, int]]:
+    return [(a, min(a + chunk, items)) for a in range(0, items, chunk)]
+
+
+def _lse_pass(
     h: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    row_scale: torch.Tensor,
-    needs: tuple[bool, bool, bool],
-    chunk: int,
-    block: int,
+    bounds: list[tuple[int, int]],
     acc: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Row log-sum-exp and the gradients of ``sum_r row_scale[r] * loss[r]``.
+    store: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass 1: per-chunk and total row log-sum-exp, ``((rows,), (chunks, rows))``.
 
-    Args:
-        h: (R, H) hidden rows in dtype ``acc`` (only the rows that count).
-        weight: (I, H); bias: (I,) or None; targets: (R,) int64 in [0, I).
-        row_scale: (R,) weight of each row's loss in the reduced loss.
-        needs: whether grad of (hidden, weight, bias) is wanted.
-
-    Returns:
-        (lse (R,), grad_h (R, H) in acc or None, grad_w (I, H) or None, grad_b (I,) or None).
+    With ``store`` (``rows * items`` elements) every chunk's softmax tile is kept there,
+    chunk ``j`` at ``store[a * rows : e * rows]``; otherwise one tile buffer is reused.
     """
-    rows, hid = h.shape
-    items = weight.shape[0]
-    device = h.device
-    need_h, need_w, need_b = needs
-    grad_h = torch.zeros(rows, hid, dtype=acc, device=device) if need_h else None
-    multi_block = block < rows
-    w_dtype = acc if (multi_block and weight.dtype != acc) else weight.dtype
-    grad_w = torch.empty(items, hid, dtype=w_dtype, device=device) if need_w else None
-    grad_b = torch.zeros(items, dtype=acc, device=device) if need_b else None
-    lse_all = torch.empty(rows, dtype=acc, device=device)
-    store = torch.empty(min(block, rows) * items, dtype=acc, device=device)
-    bounds = [(a, min(a + chunk, items)) for a in range(0, items, chunk)]
-    for r0 in range(0, rows, block):
-        r1 = min(r0 + block, rows)
-        nr = r1 - r0
-        hr = h[r0:r1]
-        tr = targets[r0:r1]
-        # Pass 1: logits chunk by chunk, exponentiated against each chunk's own row max.
-        maxes = torch.empty(len(bounds), nr, dtype=acc, device=device)
-        sums = torch.empty(len(bounds), nr, dtype=acc, device=device)
-        tiles = []
-        for j, (a, e) in enumerate(bounds):
-            tile = store[a * nr : e * nr].view(nr, e - a)
-            _mm_chunk(tile, hr, weight, bias, a, e, acc)
-            torch.amax(tile, dim=1, out=maxes[j])
-            tile.sub_(maxes[j].unsqueeze(1)).exp_()
-            torch.sum(tile, dim=1, out=sums[j])
-            tiles.append(tile)
-        top = maxes.amax(dim=0)
-        lse = top + (sums * torch.exp(maxes - top)).sum(dim=0).log()
-        lse_all[r0:r1] = lse
-        # factor[j, r] turns tile j's stored exp(logit - max_j) into scale_r * softmax.
-        factor = torch.exp(maxes - lse).mul_(row_scale[r0:r1])
-        sr = row_scale[r0:r1]
-        # Pass 2: softmax gradient per chunk, two matmuls while the tile is hot.
-        for j, (a, e) in enumerate(bounds):
-            tile = tiles[j]
-            tile.mul_(factor[j].unsqueeze(1))
-            _subtract_onehot(tile, tr, sr, a, e)
-            w = weight[a:e]
-            if need_h:
-                grad_h[r0:r1].addmm_(tile, w if w.dtype == acc else w.to(acc))
-            if need_w:
-                if r0 > 0:
-                    grad_w[a:e].addmm_(tile.t(), hr)
-                elif w_dtype == acc:
-                    torch.mm(tile.t(), hr, out=grad_w[a:e])
-                else:
-                    grad_w[a:e].copy_(tile.t() @ hr)
-            if need_b:
-                grad_b[a:e] += tile.sum(dim=0)
-    return lse_all, grad_h, grad_w, grad_b
+    rows = h.shape[0]
+    lse_chunks = torch.empty(len(bounds), rows, dtype=acc, device=h.device)
+    if store is None:
+        width = max(e - a for a, e in bounds)
+        buf = torch.empty(rows * width, dtype=acc, device=h.device)
+    for j, (a, e) in enumerate(bounds):
+        if store is None:
+            tile = buf[: rows * (e - a)].view(rows, e - a)
+        else:
+            tile = store[a * rows : e * rows].view(rows, e - a)
+        _mm_chunk(tile, h, weight, bias, a, e, acc)
+        lse_chunks[j] = _chunk_lse_(tile)
+    return torch.logsumexp(lse_chunks, dim=0), lse_chunks
 
 
-def _recompute_backward(
+def _grad_pass(
     h: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     targets: torch.Tensor,
     lse: torch.Tensor,
+    lse_chunks: torch.Tensor,
     row_scale: torch.Tensor,
     needs: tuple[bool, bool, bool],
-    chunk: int,
+    bounds: list[tuple[int, int]],
     acc: torch.dtype,
+    store: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Gradients of ``sum_r row_scale[r] * loss[r]`` recomputing each chunk's logits."""
+    """Pass 2: gradients of ``sum_r row_scale[r] * loss[r]`` chunk by chunk.
+
+    Args:
+        h: (R, H) rows in dtype ``acc``; weight (I, H); bias (I,) or None;
+        targets: (R,) in [0, I); lse / lse_chunks: from :func:`_lse_pass`;
+        row_scale: (R,); needs: whether grads of (h, weight, bias) are wanted;
+        store: the tiles kept by pass 1 (then nothing is recomputed).
+
+    Returns:
+        (grad_h (R, H) in acc, grad_w (I, H) in weight's dtype, grad_b (I,) in acc), each
+        None when not needed.
+    """
     rows, hid = h.shape
     items = weight.shape[0]
     device = h.device
@@ -293,15 +248,22 @@ def _recompute_backward(
     grad_h = torch.zeros(rows, hid, dtype=acc, device=device) if need_h else None
     grad_w = torch.empty(items, hid, dtype=weight.dtype, device=device) if need_w else None
     grad_b = torch.zeros(items, dtype=acc, device=device) if need_b else None
-    buf = torch.empty(rows * min(chunk, items), dtype=acc, device=device)
-    neg_lse = (-lse).unsqueeze(1)
-    scale = row_scale.unsqueeze(1)
-    for a in range(0, items, chunk):
-        e = min(a + chunk, items)
-        tile = buf[: rows * (e - a)].view(rows, e - a)
-        w = _mm_chunk(tile, h, weight, bias, a, e, acc)
-        tile.add_(neg_lse).exp_().mul_(scale)
-        _subtract_onehot(tile, targets, row_scale, a, e)
+    onehot = _OneHot(targets, bounds)
+    # factors[j, r] maps chunk j's local softmax to row_scale[r] * global softmax.
+    factors = torch.exp(lse_chunks - lse).mul_(row_scale)
+    if store is None:
+        width = max(e - a for a, e in bounds)
+        buf = torch.empty(rows * width, dtype=acc, device=device)
+    for j, (a, e) in enumerate(bounds):
+        if store is None:
+            tile = buf[: rows * (e - a)].view(rows, e - a)
+            w = _mm_chunk(tile, h, weight, bias, a, e, acc)
+            torch._softmax(tile, 1, False, out=tile)
+        else:
+            tile = store[a * rows : e * rows].view(rows, e - a)
+            w = weight[a:e] if weight.dtype == acc else weight[a:e].to(acc)
+        tile.mul_(factors[j].unsqueeze(1))
+        onehot.subtract_(tile, j, a, row_scale)
         if need_h:
             grad_h.addmm_(tile, w)
         if need_w:
@@ -310,13 +272,13 @@ def _recompute_backward(
             else:
                 grad_w[a:e].copy_(tile.t() @ h)
         if need_b:
-            grad_b[a:e] += tile.sum(dim=0)
+            torch.sum(tile, dim=0, out=grad_b[a:e])
     return grad_h, grad_w, grad_b
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, ignore_index, reduction, chunk_size, row_block):
+    def forward(ctx, hidden, weight, bias, targets, ignore_index, reduction, chunk_size, store):
         rows, items = hidden.shape[0], weight.shape[0]
         acc = _acc_dtype(hidden.dtype)
         device = hidden.device
@@ -328,44 +290,49 @@ class _LinearCrossEntropy(torch.autograd.Function):
         t = targets if all_valid else targets.index_select(0, idx)
         h = h.to(acc) if h.dtype != acc else h
         chunk = _item_chunk(max(n_valid, 1), items, chunk_size)
+        bounds = _bounds(items, chunk)
         needs = tuple(bool(x) for x in ctx.needs_input_grad[:3])
         if bias is None:
             needs = (needs[0], needs[1], False)
-        ctx.rows, ctx.items, ctx.reduction = rows, items, reduction
-        ctx.has_bias = bias is not None
+        ctx.rows, ctx.reduction, ctx.idx, ctx.chunk = rows, reduction, idx, chunk
         ctx.mode = "none"
+        ctx.grads = None
         scale_value = (1.0 / n_valid if n_valid else 0.0) if reduction == "mean" else 1.0
 
         if n_valid == 0:
             lse = torch.zeros(0, dtype=acc, device=device)
+            lse_chunks = torch.zeros(len(bounds), 0, dtype=acc, device=device)
             ctx.mode = "empty"
-        elif any(needs) and reduction != "none":
-            row_scale = torch.full((n_valid,), scale_value, dtype=acc, device=device)
-            block = _row_block(n_valid, items, torch.finfo(acc).bits // 8, row_block)
-            lse, gh, gw, gb = _fused_forward_backward(
-                h, weight, bias, t, row_scale, needs, chunk, block, acc
-            )
-            ctx.mode = "fused"
-            ctx.grads = (gh, gw, gb)
         else:
-            lse = _lse_forward(h, weight, bias, chunk, acc)
-            if any(needs):
+            elem = torch.finfo(acc).bits // 8
+            fused = any(needs) and reduction != "none"
+            if store is None:
+                store = fused and n_valid * items * elem <= _STORE_MAX_BYTES
+            tiles = None
+            if fused and store:
+                tiles = torch.empty(n_valid * items, dtype=acc, device=device)
+            lse, lse_chunks = _lse_pass(h, weight, bias, bounds, acc, tiles)
+            if fused:
+                row_scale = torch.full((n_valid,), scale_value, dtype=acc, device=device)
+                ctx.grads = _grad_pass(
+                    h, weight, bias, t, lse, lse_chunks, row_scale, needs, bounds, acc, tiles
+                )
+                ctx.mode = "fused"
+            elif any(needs):
                 ctx.mode = "recompute"
         loss_rows = lse - _target_logits(h, weight, bias, t, acc) if n_valid else lse
         if ctx.mode in ("fused", "recompute"):
-            # Inputs cost nothing to save; lse lets a second backward (retain_graph) recompute.
-            ctx.save_for_backward(hidden, weight, bias, targets, lse)
-            ctx.idx = idx
-            ctx.chunk = chunk
+            # Inputs cost nothing to save; the lse lets a backward recompute (reduction
+            # "none", or a second backward through a retained graph).
+            ctx.save_for_backward(hidden, weight, bias, targets, lse, lse_chunks)
         if reduction == "none":
-            out = torch.zeros(rows, dtype=acc, device=device)
             if all_valid:
-                out = loss_rows
-            elif n_valid:
+                return loss_rows.to(hidden.dtype)
+            out = torch.zeros(rows, dtype=acc, device=device)
+            if n_valid:
                 out.index_copy_(0, idx, loss_rows)
             return out.to(hidden.dtype)
-        total = loss_rows.sum() * scale_value
-        return total.to(hidden.dtype)
+        return (loss_rows.sum() * scale_value).to(hidden.dtype)
 
     @staticmethod
     @once_differentiable
@@ -373,20 +340,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         if ctx.mode == "empty":
             return None, None, None, None, None, None, None, None
-        gh = gw = gb = None
-        if ctx.mode == "fused" and ctx.grads is not None:
-            # Hand the precomputed gradients over (and drop our reference, so autograd can
-            # steal them instead of copying). A second backward through a retained graph
-            # falls through to the recompute path below.
+        if ctx.grads is not None:
+            # Hand over the gradients computed in the forward and drop our reference, so
+            # autograd can take them without a copy. A second backward through a retained
+            # graph falls through to the recompute below.
             gh, gw, gb = ctx.grads
             ctx.grads = None
-            g = grad_out.to(gh.dtype if gh is not None else torch.float32)
             if not (grad_out.device.type == "cpu" and float(grad_out) == 1.0):
+                g = grad_out.to(torch.float32 if gh is None else gh.dtype)
                 gh = gh.mul_(g) if gh is not None else None
                 gw = gw.mul_(g.to(gw.dtype)) if gw is not None else None
                 gb = gb.mul_(g) if gb is not None else None
         else:
-            hidden, weight, bias, targets, lse = ctx.saved_tensors
+            hidden, weight, bias, targets, lse, lse_chunks = ctx.saved_tensors
             acc = _acc_dtype(hidden.dtype)
             idx = ctx.idx
             h = hidden if idx is None else hidden.index_select(0, idx)
@@ -399,9 +365,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 n = h.shape[0]
                 scale = 1.0 / n if ctx.reduction == "mean" else 1.0
                 row_scale = (g * scale).expand(n).contiguous()
-            needs = (need_h, need_w, need_b and ctx.has_bias)
-            gh, gw, gb = _recompute_backward(
-                h, weight, bias, t, lse, row_scale, needs, ctx.chunk, acc
+            needs = (need_h, need_w, need_b and bias is not None)
+            bounds = _bounds(weight.shape[0], ctx.chunk)
+            gh, gw, gb = _grad_pass(
+                h, weight, bias, t, lse, lse_chunks, row_scale, needs, bounds, acc
             )
         if gh is not None and ctx.idx is not None:
             full = torch.zeros(ctx.rows, gh.shape[1], dtype=gh.dtype, device=gh.device)
@@ -423,13 +390,14 @@ def linear_cross_entropy(
     ignore_index: int = -100,
     reduction: str = "mean",
     chunk_size: int | None = None,
-    row_block: int | None = None,
+    store_logits: bool | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of a linear layer's logits without materialising the logits.
 
     Equals ``F.cross_entropy(F.linear(hidden, weight, bias), targets, ignore_index=...,
     reduction=...)`` in value and gradient, except that when every row is ignored the
-    ``"mean"`` loss is ``0`` (not NaN) and its gradients are zero.
+    ``"mean"`` loss is ``0`` (not NaN) and its gradients are zero. Ignored rows are dropped
+    before any matmul.
 
     Args:
         hidden: ``(N, H)`` floating-point rows (e.g. LLM hidden states at output slots).
@@ -439,18 +407,17 @@ def linear_cross_entropy(
         ignore_index: target value whose rows contribute nothing (loss 0, gradient 0).
         reduction: ``"mean"`` (over non-ignored rows), ``"sum"`` or ``"none"`` (``(N,)``).
         chunk_size: items per chunk (default: chosen from the shapes so that a
-            ``rows x chunk`` tile is about 4 MiB in float32).
-        row_block: rows whose full logits the training path keeps at once (default: chosen
-            so that the block is at most a fifth of the ``N x I`` logits, or 8 MiB).
+            ``rows x chunk`` float32 tile is about 4 MiB, between 256 and 32768 items).
+        store_logits: keep all ``N x I`` logits between the two passes instead of
+            recomputing them (default: only when they take at most 16 MiB).
 
     Returns:
         The scalar loss (``"mean"``/``"sum"``) or the ``(N,)`` per-row losses, in
         ``hidden``'s dtype. bf16/fp16 inputs are computed in float32 internally.
 
     Memory:
-        Beyond the inputs and their gradients: ``O(N x chunk)`` for the forward-only and
-        ``reduction="none"`` paths, ``O(row_block x I)`` for the training path (which in
-        exchange needs no recomputation: 3 matmuls in all, like the naive path).
+        Beyond the inputs and their gradients, ``O(N x chunk)`` (one tile) plus ``O(N)``
+        per chunk for the log-sum-exps; never ``O(N x I)`` unless ``store_logits``.
 
     Raises:
         ValueError: bad shapes, dtypes, devices, reduction, or a target outside ``[0, I)``;
@@ -458,7 +425,7 @@ def linear_cross_entropy(
     """
     targets = _check_lce_inputs(hidden, weight, targets, bias, ignore_index, reduction)
     return _LinearCrossEntropy.apply(
-        hidden, weight, bias, targets, ignore_index, reduction, chunk_size, row_block
+        hidden, weight, bias, targets, ignore_index, reduction, chunk_size, store_logits
     )
 
 
