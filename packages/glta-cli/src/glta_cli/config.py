@@ -241,7 +241,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "smoke": {
         "run": {"out": "runs/smoke"},
-        "data": {"source": "ml-100k", "format": "auto", "max_users": 120},
+        "data": {"source": "ml-100k", "format": "auto", "max_users": 40},
     },
     "paper": {
         "run": {"out": "runs/paper"},
@@ -253,9 +253,25 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 # Library-section budgets of the presets, applied only for keys the dataclass has.
 _PRESET_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
-    "default": {},
-    "smoke": {},
-    "paper": {},
+    "default": {
+        "graph": {"epochs": 60, "batch_size": 8192, "lr": 0.01, "eval_every": 5, "patience": 3},
+        "item_text": {"epochs": 1, "batch_size": 8},
+        "user_item": {"epochs": 1, "batch_size": 8, "profile_new_tokens": 12},
+    },
+    "smoke": {
+        "graph": {"epochs": 15, "batch_size": 4096, "lr": 0.01, "eval_every": 5, "patience": 2},
+        "item_text": {"epochs": 1, "batch_size": 8, "max_instances": 16,
+                      "description_tokens": 16},
+        "user_item": {"epochs": 1, "batch_size": 8, "max_users": 16, "history_items": 5,
+                      "description_tokens": 16, "profile_items": 5, "profile_new_tokens": 4,
+                      "profile_batch_size": 20, "eval_batch_size": 20},
+    },
+    "paper": {
+        "graph": {"epochs": 1000, "batch_size": 2048, "lr": 0.001, "eval_every": 10,
+                  "patience": 10, "device": "cuda"},
+        "item_text": {"epochs": 3, "batch_size": 16},
+        "user_item": {"epochs": 3, "batch_size": 16},
+    },
 }
 
 
