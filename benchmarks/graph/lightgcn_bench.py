@@ -90,7 +90,8 @@ def sync(device: torch.device) -> None:
 def environment(device: torch.device) -> dict[str, object]:
     env = {"torch": torch.__version__, "python": platform.python_version(),
            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-           "device": str(device)}
+           "device": str(device), "loadavg_1m": os.getloadavg()[0],
+           "cpu_count": os.cpu_count()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env

@@ -242,3 +242,29 @@ def test_early_stopping_stops_when_valid_stalls(tmp_path):
     cfg = LightGCNConfig(epochs=20, **{**FAST, "eval_every": 1, "lr": 1e-12}, patience=2)
     res = train_lightgcn(data, cfg, tmp_path)
     assert res.stopped_early and len(res.history) == 3 and res.best_epoch == 0
+
+
+# RUN/graph/model.safetensors as written by glta-graph 0.1.0 (glta_format "1"): a regression
+# fixture that later versions must keep loading.
+_GRAPH_V1 = (
+    "6AAAAAAAAAB7Il9fbWV0YWRhdGFfXyI6eyJnbHRhX2Zvcm1hdCI6IjEiLCJkYXRhc2V0X2ZpbmdlcnByaW50Ijoi"
+    "MDAwMDAwMDBkZWFkYmVlZiIsImZvcm1hdCI6InB0In0sIml0ZW1fZW1iZWRkaW5nIjp7ImR0eXBlIjoiRjMyIiwi"
+    "c2hhcGUiOlszLDNdLCJkYXRhX29mZnNldHMiOlswLDM2XX0sInVzZXJfZW1iZWRkaW5nIjp7ImR0eXBlIjoiRjMy"
+    "Iiwic2hhcGUiOlsyLDNdLCJkYXRhX29mZnNldHMiOlszNiw2MF19fSAgAAAAgAAAAL4AAIC+AADAvgAAAL8AACC/"
+    "AABAvwAAYL8AAIC/AAAAAAAAAD4AAIA+AADAPgAAAD8AACA/"
+)
+
+
+def test_loads_graph_artifact_written_by_version_1(tmp_path):
+    import base64
+
+    graph = tmp_path / "graph"
+    graph.mkdir()
+    (graph / "model.safetensors").write_bytes(base64.b64decode(_GRAPH_V1))
+    (graph / "config.json").write_text(
+        json.dumps({"dim": 3, "layers": 1, "num_items": 3, "num_users": 2}))
+    ue, ie = load_graph_embeddings(tmp_path, expected_fingerprint="00000000deadbeef")
+    assert torch.equal(ue, torch.arange(6, dtype=torch.float32).view(2, 3) / 8)
+    assert torch.equal(ie, -torch.arange(9, dtype=torch.float32).view(3, 3) / 8)
+    with pytest.raises(FingerprintMismatchError, match="00000000deadbeef"):
+        load_graph_embeddings(tmp_path, expected_fingerprint="ffffffffffffffff")
