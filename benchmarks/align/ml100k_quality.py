@@ -19,10 +19,13 @@ import torch
 from glta_align import GLTARecommender, ItemTextConfig, UserItemConfig, load_llm
 from glta_align.item_text import train_item_text
 from glta_align.user_item import train_user_item
+from glta_gllm import ranking_metrics, topk_excluding
 from glta_graph import (
     LightGCNConfig,
     evaluate_embeddings,
+    exclusion_matrix,
     load_graph_embeddings,
+    select_rows,
     train_lightgcn,
     update_metrics,
 )
@@ -50,7 +53,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--num-slots", type=int, default=10)
-    ap.add_argument("--head-init", default="item_tokens")
+    ap.add_argument("--head-init", default="zeros")
+    ap.add_argument("--eval-users", type=int, default=None,
+                    help="evaluate only the first N test users (both models)")
     args = ap.parse_args()
     run = Path(args.run)
     times: dict[str, float] = {}
@@ -64,7 +69,17 @@ def main() -> None:
     t = time.perf_counter()
     train_lightgcn(data, LightGCNConfig(epochs=args.graph_epochs), run, progress=log)
     eu, ei = load_graph_embeddings(run, data.fingerprint)
-    lg = evaluate_embeddings(eu, ei, data, split="test", ks=(5, 10, 20))
+    users = None
+    if args.eval_users is not None:
+        has = torch.diff(data.test.crow_indices()) > 0
+        users = torch.nonzero(has).flatten()[: args.eval_users].tolist()
+    if users is None:
+        lg = evaluate_embeddings(eu, ei, data, split="test", ks=(5, 10, 20))
+    else:  # the same users as GLTA below, same exclusions (train + valid)
+        rows = torch.tensor(users)
+        ex = select_rows(exclusion_matrix(data, ("train", "valid")), rows)
+        _, ranked = topk_excluding(eu[rows], ei, 20, exclude=ex)
+        lg = ranking_metrics(ranked, select_rows(data.test, rows), ks=(5, 10, 20))
     update_metrics(run, "lightgcn", "test", lg)
     times["lightgcn"] = time.perf_counter() - t
     llm = load_llm()
@@ -80,7 +95,7 @@ def main() -> None:
     times["profiles+user_item"] = time.perf_counter() - t
     t = time.perf_counter()
     rec = GLTARecommender.from_run(run, llm=llm)
-    gl = rec.evaluate("test", (5, 10, 20), progress=log)
+    gl = rec.evaluate("test", (5, 10, 20), users=users, progress=log)
     update_metrics(run, "glta", "test", gl)
     times["evaluate"] = time.perf_counter() - t
     out = {"lightgcn": {k: lg[k] for k in KEYS}, "glta": {k: gl[k] for k in KEYS},

@@ -1,19 +1,17 @@
-"""Shared fixtures: SmolLM2's tokenizer (extracted once) and a tiny random Llama."""
+"""Shared fixtures: SmolLM2's tokenizer (extracted once), a tiny random Llama, a toy run."""
 
 from __future__ import annotations
 
-import os
+import sys
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from align_testutil import make_run, toy_data
+
 from glta_align.llm import load_tokenizer, tiny_llm
-
-
-def shared_data_dir() -> Path:
-    """The reference data folder beside the checkout (env GLTA_SHARED_DATA overrides)."""
-    env = os.environ.get("GLTA_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -25,5 +23,17 @@ def tokenizer():
 @pytest.fixture
 def tiny(tokenizer):
     """A frozen random Llama (hidden 64, 2 layers) with SmolLM2's tokenizer, fp32."""
-    tokenizer.padding_side = "right"
     return tiny_llm(tokenizer, hidden_size=64, num_layers=2, seed=0)
+
+
+@pytest.fixture
+def toy():
+    """The toy dataset."""
+    return toy_data()
+
+
+@pytest.fixture
+def toy_run(tmp_path, toy):
+    """A run directory holding the toy dataset and random graph embeddings."""
+    return make_run(tmp_path / "run", toy)
+

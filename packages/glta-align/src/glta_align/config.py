@@ -14,7 +14,7 @@ __all__ = ["HEADS", "RANKINGS", "AlignConfigError", "ItemTextConfig", "UserItemC
 
 HEADS = ("plain", "projected")
 RANKINGS = ("first_k", "first", "ar")
-_HEAD_INITS = ("random", "item_tokens")
+_HEAD_INITS = ("zeros", "random", "item_tokens")
 _TARGETS = ("unseen", "any")
 
 
@@ -43,8 +43,9 @@ class _StageConfig:
     projector: str = _help("node projector: linear (paper) or mlp", "linear")
     head: str = _help("GLLM head: plain (free item x H matrix) or projected (matching head "
                       "over projected item tokens)", "plain")
-    head_init: str = _help("plain head init: random, or item_tokens (rows = projected V_i; "
-                           "an extension)", "random")
+    head_init: str = _help("plain head init: zeros (uniform first softmax), random "
+                           "(N(0, 1/H)), or item_tokens (row directions = projected V_i, "
+                           "norm 1/sqrt(H); an extension)", "zeros")
     head_bias: bool = _help("give the plain head a per-item bias", False)
     description_tokens: int = _help("token budget of one item description", 24)
     epochs: int = _help("passes over the training instances", 1)
@@ -77,7 +78,7 @@ class _StageConfig:
             raise bad("lr", "must be > 0")
         if self.weight_decay < 0:
             raise bad("weight_decay", "must be >= 0")
-        if self.head == "projected" and self.head_init != "random":
+        if self.head == "projected" and self.head_init != "zeros":
             raise bad("head_init", "only the plain head has an init choice")
 
     def to_dict(self) -> dict[str, Any]:

@@ -44,9 +44,14 @@ def build_head(cfg: Any, hidden_size: int, item_emb: torch.Tensor,
         if cfg.head_init == "item_tokens":
             with torch.no_grad():
                 tokens = projector(item_emb).float()
+                tokens = tokens / tokens.norm(dim=1, keepdim=True).clamp_min(1e-8)
+                tokens = tokens / hidden_size**0.5
             bias = torch.zeros(num_items, device=tokens.device) if cfg.head_bias else None
             return GLLMHead.from_item_tokens(tokens, bias)
-        return GLLMHead(hidden_size, num_items, bias=cfg.head_bias)
+        head = GLLMHead(hidden_size, num_items, bias=cfg.head_bias)
+        if cfg.head_init == "zeros":
+            torch.nn.init.zeros_(head.weight)
+        return head
     if projector.kind != "linear":
         raise ValueError("head='projected' needs projector='linear' (one linear layer)")
     return ProjectedItemHead(item_emb.float(), projector.linear)

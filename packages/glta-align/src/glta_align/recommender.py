@@ -34,7 +34,7 @@ from glta_align.config import RANKINGS, UserItemConfig
 from glta_align.heads import head_topk, load_head
 from glta_align.item_text import GLLM_HEAD_DIR, ITEM_PROJECTOR_DIR, LORA_DIR, slot_vector
 from glta_align.llm import FrozenLLM, load_llm
-from glta_align.profiles import PROFILES_NAME, read_profiles
+from glta_align.profiles import PROFILES_NAME, generate_profiles, read_profiles
 from glta_align.projector import NodeProjector
 from glta_align.prompts import USER_ITEM_SYSTEM, USER_ITEM_TEMPLATE, USER_ITEM_USER, build_layout
 from glta_align.splice import SoftPromptRunner
@@ -96,6 +96,21 @@ class GLTARecommender:
         self.runner = SoftPromptRunner(llm, layout.prefix_ids, reuse_prefix=config.reuse_prefix,
                                        padding_side=config.padding_side)
         self.slot = slot_vector(llm).to(dev)
+        self.run_dir: Path | None = None
+
+    def _ensure_profiles(self, users: np.ndarray, progress: ProgressCallback | None) -> None:
+        """Generate the profile texts of users the run has none for (written to the run)."""
+        cfg = self.config
+        if not (cfg.use_profile or cfg.use_predict):
+            return
+        missing = [int(u) for u in users if int(u) not in self.prompter.profiles]
+        if not missing:
+            return
+        if self.run_dir is None:
+            raise ValueError(f"no profile text for users {missing[:5]}... and no run directory")
+        self.prompter.profiles = generate_profiles(self.data, self.run_dir, self.llm, cfg,
+                                                   users=missing, progress=progress)
+        self.prompter._text_cache.clear()
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike[str], llm: FrozenLLM | None = None, *,
@@ -139,8 +154,10 @@ class GLTARecommender:
                 raise FingerprintMismatchError(
                     f"{run_dir / PROFILES_NAME}: made for dataset fingerprint "
                     f"{meta.get('fingerprint')}, but the run's dataset has fingerprint {fp}")
-        return cls(data=data, llm=llm, config=config, user_emb=user_emb, item_emb=item_emb,
-                   user_projector=uproj, item_projector=iproj, head=head, profiles=profiles)
+        rec = cls(data=data, llm=llm, config=config, user_emb=user_emb, item_emb=item_emb,
+                  user_projector=uproj, item_projector=iproj, head=head, profiles=profiles)
+        rec.run_dir = run_dir
+        return rec
 
     def _check_users(self, users: Sequence[int] | torch.Tensor | np.ndarray) -> np.ndarray:
         arr = np.asarray(users, dtype=np.int64).reshape(-1)
@@ -191,6 +208,7 @@ class GLTARecommender:
         if k < 1 or k > self.data.num_items - worst:
             raise ValueError(f"k = {k} is larger than the catalogue of {self.data.num_items} items "
                              f"minus the {worst} excluded for some user")
+        self._ensure_profiles(arr, progress)
         order = np.argsort([self.prompter.length(eval_sample(self.data, self.config, int(u)))
                             for u in arr], kind="stable")
         scores = torch.empty(len(arr), k)

@@ -254,13 +254,6 @@ def train_user_item(
     rms_u = float(user_emb.pow(2).mean().sqrt()) or 1.0
     user_proj = NodeProjector(user_emb.shape[1], llm.hidden_size, cfg.projector,
                               init_scale=tok_rms / rms_u).to(dev)
-    profiles = (generate_profiles(data, run_dir, llm, cfg, progress=progress, resume=resume)
-                if needs_profiles(cfg) else {})
-    layout = build_layout(llm.tokenizer, USER_ITEM_SYSTEM, USER_ITEM_USER, USER_ITEM_TEMPLATE,
-                          style=cfg.prompt_style)
-    prompter = UserPrompter(layout, data, llm.tokenizer, cfg, profiles)
-    runner = SoftPromptRunner(llm, layout.prefix_ids, reuse_prefix=cfg.reuse_prefix,
-                              padding_side=cfg.padding_side)
     slot = slot_vector(llm).to(dev)
     modules: dict[str, torch.nn.Module] = {"head": head}
     if cfg.user_token:
@@ -277,12 +270,29 @@ def train_user_item(
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     counts = np.diff(data.train.crow_indices().numpy())
     eligible = np.flatnonzero(counts > 0)
+    if not eligible.size:
+        raise ValueError(f"dataset {data.name!r}: no user has a training item")
+
+    def epoch_users(epoch: int) -> np.ndarray:
+        if cfg.max_users is None or len(eligible) <= cfg.max_users:
+            return eligible
+        rng = rng_for(cfg.seed, 6, epoch)
+        return np.sort(rng.choice(eligible, size=cfg.max_users, replace=False))
+
+    profiles: dict[int, dict[str, str]] = {}
+    if needs_profiles(cfg):
+        wanted = np.unique(np.concatenate([epoch_users(e) for e in range(cfg.epochs)]))
+        profiles = generate_profiles(data, run_dir, llm, cfg, users=wanted.tolist(),
+                                     progress=progress, resume=resume)
+    layout = build_layout(llm.tokenizer, USER_ITEM_SYSTEM, USER_ITEM_USER, USER_ITEM_TEMPLATE,
+                          style=cfg.prompt_style)
+    prompter = UserPrompter(layout, data, llm.tokenizer, cfg, profiles)
+    runner = SoftPromptRunner(llm, layout.prefix_ids, reuse_prefix=cfg.reuse_prefix,
+                              padding_side=cfg.padding_side)
 
     def make_batches(epoch: int) -> list[list[UserSample]]:
         rng = rng_for(cfg.seed, 4, epoch)
-        users = eligible
-        if cfg.max_users is not None and len(users) > cfg.max_users:
-            users = np.sort(rng.choice(users, size=cfg.max_users, replace=False))
+        users = epoch_users(epoch)
         samples = [train_sample(data, cfg, int(u), epoch) for u in users]
         if cfg.bucket:
             idx = bucket_batches([prompter.length(s) for s in samples], cfg.batch_size, rng)

@@ -1,0 +1,66 @@
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from align_testutil import PY, TESTS, subprocess_env
+from glta_gllm.checkpoint import FingerprintMismatchError, read_metadata
+from safetensors.torch import load_file
+
+from glta_align.config import ItemTextConfig
+from glta_align.item_text import build_instance, train_item_text
+from glta_align.projector import NodeProjector
+
+
+def test_instance_targets_follow_description_order():
+    descs = [[100 + i] for i in range(10)]
+    items = np.array([7, 2, 5])
+    order = np.array([2, 0, 1])  # descriptions shown: item 5, item 7, item 2
+    seq, targets = build_instance(((1, 2), "DESCRPTION_TOKEN", (3,), "ITEM_TOKEN", (4,)),
+                                  items, order, descs, [9], first_row=1)
+    assert targets == [5, 7, 2]
+    assert seq.ids[:7] == [1, 2, 105, 9, 107, 9, 102]
+    assert seq.soft[8:11] == [1, 2, 3]  # item soft tokens in item order
+    assert seq.read == [12, 13, 14] and seq.soft[12:] == [0, 0, 0]
+
+
+def test_stage2_trains_saves_and_checks_fingerprint(toy_run, toy, tiny):
+    events = []
+    cfg = ItemTextConfig(epochs=3, batch_size=2, items_per_instance=3, lr=1e-2)
+    res = train_item_text(toy, toy_run, cfg, llm=tiny, progress=events.append)
+    assert res.steps == 3 * 5 and len(res.epoch_losses) == 3
+    assert res.epoch_losses[-1] < res.epoch_losses[0]
+    assert {e.kind for e in events} >= {"start", "step", "epoch", "end"}
+    assert read_metadata(toy_run / "item_projector")["dataset_fingerprint"] == toy.fingerprint
+    assert read_metadata(toy_run / "gllm_head")["dataset_fingerprint"] == toy.fingerprint
+    NodeProjector.from_pretrained(toy_run / "item_projector", expected_fingerprint=toy.fingerprint)
+    # a dataset with another split is refused
+    other = toy.__class__(toy.user_ids, toy.item_ids, toy.test, toy.valid, toy.train,
+                          item_text=toy.item_text)
+    with pytest.raises(FingerprintMismatchError, match=toy.fingerprint):
+        train_item_text(other, toy_run, cfg, llm=tiny, resume=False)
+
+
+def test_stage2_projected_head(toy_run, toy, tiny):
+    cfg = ItemTextConfig(epochs=1, batch_size=4, items_per_instance=3, head="projected")
+    res = train_item_text(toy, toy_run, cfg, llm=tiny)
+    assert np.isfinite(res.epoch_losses[0])
+    head = load_file(str(toy_run / "gllm_head" / "model.safetensors"))
+    proj = load_file(str(toy_run / "item_projector" / "model.safetensors"))
+    torch.testing.assert_close(head["projector.weight"], proj["net.weight"])  # tied
+
+
+def test_stage2_resumes_after_sigkill_to_the_same_result(tmp_path):
+    env = subprocess_env()
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run([PY, str(TESTS / "_worker.py"), "item_text", str(full), "0"], env=env,
+                   check=True)
+    r = subprocess.run([PY, str(TESTS / "_worker.py"), "item_text", str(killed), "4"], env=env)
+    assert r.returncode == -9  # really killed
+    assert (killed / "state" / "item_text" / "state.pt").is_file()
+    assert not (killed / "item_projector").exists()
+    subprocess.run([PY, str(TESTS / "_worker.py"), "item_text", str(killed), "0"], env=env,
+                   check=True)
+    a = load_file(str(full / "gllm_head" / "model.safetensors"))
+    b = load_file(str(killed / "gllm_head" / "model.safetensors"))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)

