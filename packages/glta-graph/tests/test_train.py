@@ -39,7 +39,8 @@ def clustered_dataset(users=80, items=60, clusters=4, per_user=10, seed=0) -> In
                         name="clusters", **mats)
 
 
-FAST = dict(dim=16, layers=2, batch_size=64, lr=0.01, eval_every=0, seed=3, ks=(5, 10, 20))
+FAST = dict(dim=16, layers=2, batch_size=64, lr=0.01, eval_every=0, seed=3, ks=(5, 10, 20),
+            num_threads=1)
 
 
 def test_config_defaults_and_checks():
@@ -156,10 +157,15 @@ def test_more_epochs_continue_from_state(tmp_path):
 _CHILD = textwrap.dedent(
     """
     import os, signal, sys
-    from glta_graph.data import Interactions
+    import torch
+    from glta_graph.data import Interactions, csr_from_pairs
     from glta_graph.train import LightGCNConfig, train_lightgcn
 
-    data = Interactions.load(sys.argv[1])
+    saved = torch.load(sys.argv[1])
+    shape = (len(saved["user_ids"]), len(saved["item_ids"]))
+    data = Interactions(saved["user_ids"], saved["item_ids"], name=saved["name"],
+                        **{s: csr_from_pairs(*saved[s], *shape) for s in ("train", "valid",
+                                                                          "test")})
     cfg = LightGCNConfig(epochs=4, dim=16, layers=2, batch_size=64, lr=0.01, eval_every=0,
                          seed=3, num_threads=1)
 
@@ -175,17 +181,19 @@ _CHILD = textwrap.dedent(
 
 def test_resume_after_sigkill_finishes_the_run(tmp_path):
     data = clustered_dataset()
-    data.save(tmp_path / "ds")
+    pairs = {s: [torch.from_numpy(a) for a in data.pairs(s)] for s in ("train", "valid", "test")}
+    torch.save({"user_ids": data.user_ids, "item_ids": data.item_ids, "name": data.name, **pairs},
+               tmp_path / "ds.pt")
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "ds"), str(run)],
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "ds.pt"), str(run)],
                           capture_output=True, text=True, env={**os.environ})
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert not (run / "graph").exists()
     state = json.loads((run / "state" / "graph" / "state.json").read_text())
     assert state["epoch"] == 1
-    cfg = LightGCNConfig(epochs=4, **FAST, num_threads=1)
+    cfg = LightGCNConfig(epochs=4, **FAST)
     resumed = train_lightgcn(data, cfg, run)
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
     train_lightgcn(data, cfg, tmp_path / "straight")
