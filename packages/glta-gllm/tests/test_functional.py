@@ -279,3 +279,39 @@ def test_topk_k_larger_than_items_left_names_user() -> None:
     dense[1, :8] = 1.0
     with pytest.raises(ValueError, match=r"user 1: 10 items - 8 excluded = 2"):
         topk_excluding(torch.randn(3, 4), torch.randn(10, 4), 3, exclude=dense.to_sparse_csr())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_row_blocks_with_kept_logits(monkeypatch, dtype, bias) -> None:
+    import glta_gllm.functional as fn
+
+    # A tiny budget and free memory traffic force several row blocks, each keeping its logits.
+    monkeypatch.setattr(fn, "_STORE_MIN_BYTES", 0)
+    monkeypatch.setattr(fn, "_STORE_FRACTION", 0.3)
+    monkeypatch.setattr(fn, "_BYTE_COST", 0.0)
+    assert fn._plan(20, 50, 4, 8, True, None) == (6, True)
+    h, w, b, t = _inputs(20, 4, 50, dtype, bias, ignore=3)
+    params = _params(h, w, b)
+    got = linear_cross_entropy(h, w, t, b, chunk_size=16)
+    grads = torch.autograd.grad(got, params)
+    ref_params = [p.detach().double().requires_grad_() for p in params]
+    rb = ref_params[2] if bias else None
+    ref = F.cross_entropy(F.linear(ref_params[0], ref_params[1], rb), t)
+    ref_grads = torch.autograd.grad(ref, ref_params)
+    tol = {"atol": 1e-10, "rtol": 1e-10} if dtype == torch.float64 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(got.double(), ref, **tol)
+    for gg, rg in zip(grads, ref_grads, strict=True):
+        assert gg.dtype == dtype
+        torch.testing.assert_close(gg.double(), rg, **tol)
+
+
+def test_plan_prefers_recompute_when_blocks_would_restream_a_huge_weight(monkeypatch) -> None:
+    import glta_gllm.functional as fn
+
+    # 256 rows x 200k items x H=4096: six blocks would stream a 3.3 GB weight six times.
+    block, keep = fn._plan(256, 200_000, 4096, 4, True, None)
+    assert (block, keep) == (256, False)
+    # Small problems keep everything.
+    assert fn._plan(64, 1000, 32, 4, True, None) == (64, True)
+    assert fn._plan(64, 1000, 32, 4, True, False) == (64, False)

@@ -43,8 +43,12 @@ _REDUCTIONS = ("mean", "sum", "none")
 _TILE_ELEMENTS = 1 << 20
 _MIN_CHUNK = 256
 _MAX_CHUNK = 32768
-# The training path keeps all the logits (no recompute) only below this size.
-_STORE_MAX_BYTES = 16 << 20
+# The training path may keep a row block's logits between its two passes (no recompute)
+# within max(_STORE_MIN_BYTES, _STORE_FRACTION x the full rows x items logits).
+_STORE_MIN_BYTES = 16 << 20
+_STORE_FRACTION = 0.2
+# Cost of moving one byte through memory, in flops, for choosing block vs recompute.
+_BYTE_COST = 10.0
 _TOPK_BUFFER_BYTES = 32 << 20
 
 
@@ -224,36 +228,30 @@ def _grad_pass(
     lse: torch.Tensor,
     lse_chunks: torch.Tensor,
     row_scale: torch.Tensor,
-    needs: tuple[bool, bool, bool],
     bounds: list[tuple[int, int]],
     acc: torch.dtype,
+    grads: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
+    accumulate: bool,
     store: torch.Tensor | None = None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Pass 2: gradients of ``sum_r row_scale[r] * loss[r]`` chunk by chunk.
+) -> None:
+    """Pass 2: gradients of ``sum_r row_scale[r] * loss[r]`` chunk by chunk, into ``grads``.
 
     Args:
         h: (R, H) rows in dtype ``acc``; weight (I, H); bias (I,) or None;
-        targets: (R,) in [0, I); lse / lse_chunks: from :func:`_lse_pass`;
-        row_scale: (R,); needs: whether grads of (h, weight, bias) are wanted;
-        store: the tiles kept by pass 1 (then nothing is recomputed).
-
-    Returns:
-        (grad_h (R, H) in acc, grad_w (I, H) in weight's dtype, grad_b (I,) in acc), each
-        None when not needed.
+        targets: (R,) in [0, I); lse / lse_chunks: from :func:`_lse_pass`; row_scale: (R,).
+        grads: ``(grad_h (R, H) in acc, grad_w (I, H), grad_b (I,) in acc)``, each None when
+            not wanted. ``grad_h`` is added to; ``grad_w``/``grad_b`` are overwritten, or
+            added to when ``accumulate`` (then ``grad_w`` must be in ``acc``).
+        store: the softmax tiles kept by pass 1 (then nothing is recomputed).
     """
-    rows, hid = h.shape
-    items = weight.shape[0]
-    device = h.device
-    need_h, need_w, need_b = needs
-    grad_h = torch.zeros(rows, hid, dtype=acc, device=device) if need_h else None
-    grad_w = torch.empty(items, hid, dtype=weight.dtype, device=device) if need_w else None
-    grad_b = torch.zeros(items, dtype=acc, device=device) if need_b else None
+    rows = h.shape[0]
+    grad_h, grad_w, grad_b = grads
     onehot = _OneHot(targets, bounds)
     # factors[j, r] maps chunk j's local softmax to row_scale[r] * global softmax.
     factors = torch.exp(lse_chunks - lse).mul_(row_scale)
     if store is None:
         width = max(e - a for a, e in bounds)
-        buf = torch.empty(rows * width, dtype=acc, device=device)
+        buf = torch.empty(rows * width, dtype=acc, device=h.device)
     for j, (a, e) in enumerate(bounds):
         if store is None:
             tile = buf[: rows * (e - a)].view(rows, e - a)
@@ -264,16 +262,96 @@ def _grad_pass(
             w = weight[a:e] if weight.dtype == acc else weight[a:e].to(acc)
         tile.mul_(factors[j].unsqueeze(1))
         onehot.subtract_(tile, j, a, row_scale)
-        if need_h:
+        if grad_h is not None:
             grad_h.addmm_(tile, w)
-        if need_w:
-            if grad_w.dtype == acc:
+        if grad_w is not None:
+            if accumulate:
+                grad_w[a:e].addmm_(tile.t(), h)
+            elif grad_w.dtype == acc:
                 torch.mm(tile.t(), h, out=grad_w[a:e])
             else:
                 grad_w[a:e].copy_(tile.t() @ h)
-        if need_b:
-            torch.sum(tile, dim=0, out=grad_b[a:e])
-    return grad_h, grad_w, grad_b
+        if grad_b is not None:
+            if accumulate:
+                grad_b[a:e] += tile.sum(dim=0)
+            else:
+                torch.sum(tile, dim=0, out=grad_b[a:e])
+
+
+def _plan(
+    rows: int, items: int, hid: int, elem: int, need_w: bool, store_logits: bool | None
+) -> tuple[int, bool]:
+    """Row block and whether to keep its logits between the passes (instead of recomputing).
+
+    Keeping a block's ``block x I`` logits saves the recompute matmul (3 instead of 4) but
+    streams the weight (and its gradient) once per block; a simple cost model in
+    flop-equivalents, with ``_BYTE_COST`` flops per byte moved, picks the cheaper one.
+    """
+    if store_logits is not None:
+        return rows, bool(store_logits)
+    budget = max(_STORE_MIN_BYTES, _STORE_FRACTION * rows * items * elem)
+    block = int(min(rows, budget // (items * elem)))
+    if block >= rows:
+        return rows, True
+    if block < 1:
+        return rows, False
+    flops = 2.0 * rows * items * hid
+    w_bytes = items * hid * elem
+    blocks = math.ceil(rows / block)
+    recompute = 4 * flops + _BYTE_COST * (2 * w_bytes + (w_bytes if need_w else 0))
+    stored = 3 * flops + _BYTE_COST * blocks * (2 * w_bytes + (2 * w_bytes if need_w else 0))
+    return (block, True) if stored < recompute else (rows, False)
+
+
+def _fused(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    row_scale: torch.Tensor,
+    needs: tuple[bool, bool, bool],
+    bounds: list[tuple[int, int]],
+    acc: torch.dtype,
+    block: int,
+    store: bool,
+):
+    """Both passes, row block by row block: ``(lse, lse_chunks, (grad_h, grad_w, grad_b))``."""
+    rows, hid = h.shape
+    items = weight.shape[0]
+    device = h.device
+    blocks = math.ceil(rows / block)
+    need_h, need_w, need_b = needs
+    grad_h = torch.zeros(rows, hid, dtype=acc, device=device) if need_h else None
+    w_dtype = acc if blocks > 1 else weight.dtype
+    grad_w = torch.empty(items, hid, dtype=w_dtype, device=device) if need_w else None
+    grad_b = torch.empty(items, dtype=acc, device=device) if need_b else None
+    tiles = torch.empty(min(block, rows) * items, dtype=acc, device=device) if store else None
+    lse = torch.empty(rows, dtype=acc, device=device)
+    lse_chunks = torch.empty(len(bounds), rows, dtype=acc, device=device)
+    for r0 in range(0, rows, block):
+        r1 = min(r0 + block, rows)
+        hr = h[r0:r1]
+        lse_r, chunks_r = _lse_pass(hr, weight, bias, bounds, acc, tiles)
+        lse[r0:r1] = lse_r
+        lse_chunks[:, r0:r1] = chunks_r
+        grads = (None if grad_h is None else grad_h[r0:r1], grad_w, grad_b)
+        _grad_pass(
+            hr,
+            weight,
+            bias,
+            targets[r0:r1],
+            lse_r,
+            chunks_r,
+            row_scale[r0:r1],
+            bounds,
+            acc,
+            grads,
+            r0 > 0,
+            tiles,
+        )
+    if grad_w is not None and grad_w.dtype != weight.dtype:
+        grad_w = grad_w.to(weight.dtype)
+    return lse, lse_chunks, (grad_h, grad_w, grad_b)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -305,21 +383,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
             ctx.mode = "empty"
         else:
             elem = torch.finfo(acc).bits // 8
-            fused = any(needs) and reduction != "none"
-            if store is None:
-                store = fused and n_valid * items * elem <= _STORE_MAX_BYTES
-            tiles = None
-            if fused and store:
-                tiles = torch.empty(n_valid * items, dtype=acc, device=device)
-            lse, lse_chunks = _lse_pass(h, weight, bias, bounds, acc, tiles)
-            if fused:
+            if any(needs) and reduction != "none":
+                block, keep = _plan(n_valid, items, weight.shape[1], elem, needs[1], store)
+                if block < n_valid:  # tiles are block x chunk: size the chunk for the block
+                    bounds = _bounds(items, _item_chunk(block, items, chunk_size))
                 row_scale = torch.full((n_valid,), scale_value, dtype=acc, device=device)
-                ctx.grads = _grad_pass(
-                    h, weight, bias, t, lse, lse_chunks, row_scale, needs, bounds, acc, tiles
+                lse, lse_chunks, ctx.grads = _fused(
+                    h, weight, bias, t, row_scale, needs, bounds, acc, block, keep
                 )
                 ctx.mode = "fused"
-            elif any(needs):
-                ctx.mode = "recompute"
+            else:
+                lse, lse_chunks = _lse_pass(h, weight, bias, bounds, acc)
+                if any(needs):
+                    ctx.mode = "recompute"
         loss_rows = lse - _target_logits(h, weight, bias, t, acc) if n_valid else lse
         if ctx.mode in ("fused", "recompute"):
             # Inputs cost nothing to save; the lse lets a backward recompute (reduction
@@ -365,10 +441,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 n = h.shape[0]
                 scale = 1.0 / n if ctx.reduction == "mean" else 1.0
                 row_scale = (g * scale).expand(n).contiguous()
-            needs = (need_h, need_w, need_b and bias is not None)
+            gh = torch.zeros(h.shape, dtype=acc, device=h.device) if need_h else None
+            gw = torch.empty_like(weight) if need_w else None
+            gb = torch.empty_like(bias, dtype=acc) if need_b and bias is not None else None
             bounds = _bounds(weight.shape[0], ctx.chunk)
-            gh, gw, gb = _grad_pass(
-                h, weight, bias, t, lse, lse_chunks, row_scale, needs, bounds, acc
+            _grad_pass(
+                h, weight, bias, t, lse, lse_chunks, row_scale, bounds, acc, (gh, gw, gb), False
             )
         if gh is not None and ctx.idx is not None:
             full = torch.zeros(ctx.rows, gh.shape[1], dtype=gh.dtype, device=gh.device)

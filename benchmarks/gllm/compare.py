@@ -1,0 +1,156 @@
+"""Interleaved timing of the GLLM kernels against the naive path and torch's own kernel.
+
+    uv run python benchmarks/gllm/compare.py lce 512 576 100000
+    uv run python benchmarks/gllm/compare.py topk 4096 64 200000 --k 20
+    uv run python benchmarks/gllm/compare.py sgemm
+
+Each variant runs ``--repeats`` times, the variants interleaved (naive, ours, torch, naive,
+...) so that a noisy shared machine slows them alike; the minimum is reported with its ratio
+to the naive path and its GFLOP/s (fwd+bwd cross-entropy counts 3 matmuls of 2*N*H*I flops;
+a top-k counts one). Seeds are fixed. Prints one JSON object per variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import glta_gllm.functional as fn
+import torch
+import torch.nn.functional as F
+from glta_gllm import linear_cross_entropy, topk_excluding
+
+
+def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's float32 matmul rate on an n x n x n product (best of ``repeats``)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    torch.mm(a, b, out=out)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn_) -> float:
+    t0 = time.perf_counter()
+    fn_()
+    return time.perf_counter() - t0
+
+
+def lce_variants(rows: int, hid: int, items: int, torch_chunks: list[int]):
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(rows, hid, generator=g).requires_grad_()
+    w = (torch.randn(items, hid, generator=g) / math.sqrt(hid)).requires_grad_()
+    t = torch.randint(0, items, (rows,), generator=g)
+
+    def step(loss_fn):
+        def run():
+            h.grad = None
+            w.grad = None
+            loss_fn().backward()
+
+        return run
+
+    variants = {
+        "naive": step(lambda: F.cross_entropy(F.linear(h, w), t)),
+        "glta": step(lambda: linear_cross_entropy(h, w, t)),
+        "glta_recompute": step(lambda: linear_cross_entropy(h, w, t, store_logits=False)),
+    }
+    options = getattr(torch.nn, "LinearCrossEntropyOptions", None)
+    if options is not None and hasattr(F, "linear_cross_entropy"):
+        variants["torch_auto"] = step(lambda: F.linear_cross_entropy(h, w, t, options=options()))
+        for c in torch_chunks:
+            variants[f"torch_chunk{c}"] = step(
+                lambda c=c: F.linear_cross_entropy(h, w, t, options=options(batch_chunk_size=c))
+            )
+    return variants, 3 * 2.0 * rows * hid * items
+
+
+def topk_variants(users: int, dim: int, items: int, k: int, per_user: int):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(users, dim, generator=g)
+    w = torch.randn(items, dim, generator=g)
+    cols = torch.randint(0, items, (users, per_user), generator=g).sort(dim=1).values
+    dense_rows = torch.arange(users).repeat_interleave(per_user)
+    exclude = (
+        torch.sparse_coo_tensor(
+            torch.stack([dense_rows, cols.reshape(-1)]),
+            torch.ones(users * per_user),
+            (users, items),
+        )
+        .coalesce()
+        .to_sparse_csr()
+    )
+    mask_rows, mask_cols = dense_rows, cols.reshape(-1)
+
+    def naive():
+        scores = q @ w.T
+        scores[mask_rows, mask_cols] = -math.inf
+        return scores.topk(k, dim=1)
+
+    return {
+        "naive": naive,
+        "glta": lambda: topk_excluding(q, w, k, exclude=exclude),
+    }, 2.0 * users * dim * items
+
+
+def run(variants: dict, flops: float, repeats: int, only: list[str] | None) -> list[dict]:
+    names = [n for n in variants if not only or n in only or n == "naive"]
+    for n in names:  # warm-up
+        variants[n]()
+    best = {n: math.inf for n in names}
+    for _ in range(repeats):
+        for n in names:
+            best[n] = min(best[n], _timed(variants[n]))
+    rows = []
+    for n in names:
+        rows.append(
+            {
+                "variant": n,
+                "seconds": round(best[n], 4),
+                "vs_naive": round(best[n] / best["naive"], 3),
+                "gflops": round(flops / best[n] / 1e9, 1),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("kernel", choices=["lce", "topk", "sgemm"])
+    parser.add_argument("shape", nargs="*", type=int, help="rows H items (lce) / users d items")
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--exclude-per-user", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--torch-chunks", default="32,64,128,256")
+    parser.add_argument("--only", default="", help="comma list of variants (naive always)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    meta = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    if args.kernel == "sgemm":
+        print(json.dumps({"sgemm_gflops": round(sgemm_gflops(), 1), **meta}))
+        return
+    only = [x for x in args.only.split(",") if x] or None
+    if args.kernel == "lce":
+        rows, hid, items = args.shape
+        chunks = [int(c) for c in args.torch_chunks.split(",") if c]
+        variants, flops = lce_variants(rows, hid, items, chunks)
+        plan = fn._plan(rows, items, hid, 4, True, None)
+        meta.update(shape=[rows, hid, items], plan={"row_block": plan[0], "keep": plan[1]})
+    else:
+        users, dim, items = args.shape
+        variants, flops = topk_variants(users, dim, items, args.k, args.exclude_per_user)
+        meta.update(shape=[users, dim, items], k=args.k)
+    for row in run(variants, flops, args.repeats, only):
+        print(json.dumps({**row, **meta}))
+
+
+if __name__ == "__main__":
+    main()
