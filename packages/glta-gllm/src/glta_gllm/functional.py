@@ -12,18 +12,24 @@ over item chunks ``c`` of ``chunk`` items each:
   log-sum-exp ``lse_c`` (row max, then one in-place softmax whose value at the arg-max is
   ``1 / sum exp(X_c - max)``); ``lse = logsumexp_c(lse_c)``. The loss is
   ``lse - h . W[t] - b[t]``.
-* pass 2 (gradients), per chunk: the logits are recomputed into the tile, turned in place
+* pass 2 (gradients), per chunk: the tile (recomputed, or kept from pass 1) is turned in place
   into ``G_c = scale * softmax(X_c) * exp(lse_c - lse) - scale * onehot(t)`` and consumed by
   two matmuls while the tile is hot: ``grad_h += G_c W_c`` and ``grad_W[c] = G_c^T h``
   (``grad_b[c] = sum_rows G_c``).
 
-The recompute costs a fourth matmul (the naive path has three), but every matmul works on a
-cache-sized tile instead of writing and re-reading a ``rows x items`` matrix, which on a CPU
-is what limits the naive path. Extra memory: ``O(rows x chunk)``. When gradients are needed
-and the reduction is ``"mean"``/``"sum"`` both passes run in the forward (the backward only
-scales the result by the incoming scalar), so nothing but the inputs is kept between them.
-For small problems (the whole logits fit in ``_STORE_MAX_BYTES``) pass 1 keeps every tile
-and pass 2 reuses it instead of recomputing.
+Two schedules, picked per call by :func:`_plan` from the shapes:
+
+* **recompute**: pass 2 recomputes each chunk's logits (a fourth matmul; the naive path has
+  three), but every matmul works on a cache-sized tile instead of writing and re-reading a
+  ``rows x items`` matrix. Extra memory: one ``rows x chunk`` tile.
+* **row blocks**: rows are processed in blocks whose ``block x items`` softmax tiles are kept
+  between the passes (3 matmuls, nothing recomputed); the block is at most a fifth of the
+  naive logits (or 16 MiB), and the weight is streamed once per block, so a cost model
+  (matmul flops + ``_BYTE_COST`` x bytes moved) decides.
+
+When gradients are needed and the reduction is ``"mean"``/``"sum"`` both passes run inside
+the forward and the backward only scales the result by the incoming scalar (with
+``reduction="none"`` the backward runs pass 2 with the per-row incoming gradients).
 
 Low-precision inputs (bf16/fp16) are computed and accumulated in float32 chunk by chunk.
 """
@@ -486,16 +492,19 @@ def linear_cross_entropy(
         reduction: ``"mean"`` (over non-ignored rows), ``"sum"`` or ``"none"`` (``(N,)``).
         chunk_size: items per chunk (default: chosen from the shapes so that a
             ``rows x chunk`` float32 tile is about 4 MiB, between 256 and 32768 items).
-        store_logits: keep all ``N x I`` logits between the two passes instead of
-            recomputing them (default: only when they take at most 16 MiB).
+        store_logits: ``True`` keeps all ``N x I`` logits between the two passes (3
+            matmuls), ``False`` always recomputes them chunk by chunk (4 matmuls, one tile of
+            memory), ``None`` (default) lets a cost model choose between recomputing and
+            row blocks whose kept logits take at most a fifth of ``N x I`` (or 16 MiB).
 
     Returns:
         The scalar loss (``"mean"``/``"sum"``) or the ``(N,)`` per-row losses, in
         ``hidden``'s dtype. bf16/fp16 inputs are computed in float32 internally.
 
     Memory:
-        Beyond the inputs and their gradients, ``O(N x chunk)`` (one tile) plus ``O(N)``
-        per chunk for the log-sum-exps; never ``O(N x I)`` unless ``store_logits``.
+        Beyond the inputs and their gradients: one ``N x chunk`` tile plus ``O(N)`` per chunk
+        for the log-sum-exps, and with the row-block schedule ``block x I`` kept logits
+        (at most ``max(N x I / 5, 16 MiB)``); never ``N x I`` unless ``store_logits=True``.
 
     Raises:
         ValueError: bad shapes, dtypes, devices, reduction, or a target outside ``[0, I)``;
