@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import math
-from collections import defaultdict
 
 import pytest
 
 from glta_cli.app import app
+from glta_cli.testing import metrics_from_recs
 
 TRAIN = ["--epochs", "4", "--eval-every", "2", "--dim", "16", "--layers", "2",
          "--batch-size", "64", "--lr", "0.01", "--seed", "1", "--quiet"]
@@ -23,33 +22,6 @@ def run_dir(runner, prepared, tmp_path):
     assert result.exit_code == 0, result.output
     assert "best epoch" in result.stdout
     return run
-
-
-def _metrics_from_recs(recs_path, test_path, ks):
-    """Plain-Python P/R/NDCG/HR@K from recs.csv and the exported test split."""
-    ranked = defaultdict(list)
-    with open(recs_path, encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            ranked[row["user"]].append((int(row["rank"]), row["item"]))
-    relevant = defaultdict(set)
-    with open(test_path, encoding="utf-8") as fh:
-        for row in csv.DictReader(fh):
-            relevant[row["user"]].add(row["item"])
-    out = {}
-    for k in ks:
-        sums = defaultdict(float)
-        for user, items in relevant.items():
-            top = [item for _, item in sorted(ranked[user])][:k]
-            hits = [1.0 if item in items else 0.0 for item in top]
-            dcg = sum(h / math.log2(r + 2) for r, h in enumerate(hits))
-            idcg = sum(1.0 / math.log2(r + 2) for r in range(min(len(items), k)))
-            sums["precision"] += sum(hits) / k
-            sums["recall"] += sum(hits) / len(items)
-            sums["ndcg"] += dcg / idcg
-            sums["hit_rate"] += float(any(hits))
-        for name, total in sums.items():
-            out[f"{name}@{k}"] = total / len(relevant)
-    return out, len(relevant)
 
 
 def test_train_evaluate_recommend_recompute(runner, run_dir, tmp_path):
@@ -67,7 +39,7 @@ def test_train_evaluate_recommend_recompute(runner, run_dir, tmp_path):
     exported = tmp_path / "exported"
     export = runner.invoke(app, ["data", "export", str(run_dir), "--out", str(exported)])
     assert export.exit_code == 0, export.output
-    recomputed, users = _metrics_from_recs(recs, exported / "test.csv", (5, 10))
+    recomputed, users = metrics_from_recs(recs, exported / "test.csv", (5, 10))
     assert users == saved["users"]
     for name, value in recomputed.items():
         assert value == pytest.approx(saved[name], abs=1e-6), name

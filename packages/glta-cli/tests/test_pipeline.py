@@ -19,6 +19,7 @@ from glta_cli.pipeline import (
     resolve_pipeline_config,
     subsample_users,
 )
+from glta_cli.testing import metrics_from_recs
 
 
 def _toy_interactions() -> Interactions:
@@ -147,6 +148,23 @@ def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_p
     assert "(glta)" in recs.stderr
     lines = (tmp_path / "recs.csv").read_text().strip().splitlines()
     assert len(lines) == 11
+
+    # GLTA's recommendations for every user give back metrics.json's numbers.
+    all_recs = tmp_path / "all.csv"
+    assert runner.invoke(app, ["recommend", str(run), "--k", "10", "--out", str(all_recs)]
+                         ).exit_code == 0
+    exported = tmp_path / "exported"
+    assert runner.invoke(app, ["data", "export", str(run), "--out", str(exported)]).exit_code == 0
+    recomputed, users = metrics_from_recs(all_recs, exported / "test.csv", (5, 10))
+    assert users == metrics["glta"]["test"]["users"]
+    for name, value in recomputed.items():
+        assert value == pytest.approx(metrics["glta"]["test"][name], abs=1e-6), name
+    evaluated = runner.invoke(app, ["evaluate", str(run), "--model", "glta", "--k", "5,10",
+                                    "--quiet"])
+    assert evaluated.exit_code == 0, evaluated.output
+    again_metrics = json.loads((run / "metrics.json").read_text())["glta"]["test"]
+    for name, value in metrics["glta"]["test"].items():
+        assert again_metrics[name] == pytest.approx(value, abs=1e-6), name
     info = runner.invoke(app, ["inspect", str(run), "--json"])
     assert json.loads(info.stdout)["models"] == ["lightgcn", "glta"]
 
