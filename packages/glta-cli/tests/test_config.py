@@ -224,3 +224,17 @@ def test_stage_sections_follow_llm_section():
         load_config(overrides=["--user_item.llm", "other/model"])
     same = load_config(overrides=["--llm.device", "cpu", "--item_text.device", "cpu"])
     assert same.item_text.device == "cpu"
+
+
+def test_preset_budget_keys_all_exist_and_apply():
+    from glta_cli.config import _PRESET_BUDGETS
+
+    types_ = section_types()
+    for preset, sections in _PRESET_BUDGETS.items():
+        cfg = load_config(preset)
+        for section, values in sections.items():
+            names = {f.name for f in dataclasses.fields(types_[section])}
+            assert set(values) <= names, (preset, section, set(values) - names)
+            for key, value in values.items():
+                got = getattr(cfg.sections[section], key)
+                assert got == value or list(got) == value, (preset, section, key)
