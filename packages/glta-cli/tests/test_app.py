@@ -44,6 +44,19 @@ def test_handle_errors_one_red_line_exit_2(capsys):
     assert err.count("\n") == 1 and err.startswith("error: data.csv: line 3")
 
 
+@pytest.mark.parametrize("exc", [FileNotFoundError("x.csv: no such file"),
+                                 FloatingPointError("loss became nan; lower lr")])
+def test_handle_errors_other_actionable_errors(exc, capsys):
+    @handle_errors
+    def fail() -> None:
+        raise exc
+
+    with pytest.raises(typer.Exit) as info:
+        fail()
+    assert info.value.exit_code == 2
+    assert capsys.readouterr().err.strip() == f"error: {exc}"
+
+
 def test_handle_errors_keeps_bugs_as_tracebacks():
     @handle_errors
     def bug() -> None:

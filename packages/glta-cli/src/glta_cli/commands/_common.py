@@ -54,7 +54,8 @@ def handle_errors(func: F) -> F:
     """Turn library errors into one red line on stderr and exit code 2.
 
     ``ValueError`` (the libraries' DatasetError, CheckpointError, FingerprintMismatchError,
-    ConfigError ... all derive from it) and ``OSError`` (missing files, permissions) are
+    ConfigError ... all derive from it), ``OSError`` (missing files, permissions) and
+    ``FloatingPointError`` (a diverging loss; the message says which setting to lower) are
     caught; anything else is a bug and keeps its traceback. Ctrl-C exits with 130 and a hint
     that rerunning resumes.
     """
@@ -65,7 +66,7 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, FloatingPointError) as exc:
             err_console().print(Text(f"error: {one_line(exc)}", style="bold red"))
             raise typer.Exit(EXIT_USAGE) from None
         except KeyboardInterrupt:
