@@ -197,7 +197,8 @@ def test_presets_resolve_and_round_trip(preset, tmp_path):
 def test_paper_preset_is_a_gpu_llama2_config():
     cfg = load_config("paper")
     assert cfg.llm.model_name_or_path == "meta-llama/Llama-2-7b-chat-hf"
-    assert cfg.llm.device == "cuda" and cfg.llm.dtype == "float16"
+    assert cfg.llm.device == "cuda" and cfg.llm.dtype == "bfloat16"
+    assert cfg.graph.device == "cuda" and cfg.user_item.llm == cfg.llm.model
     assert cfg.data.source == "ml-1m"
     assert cfg.eval.ks == [5, 10, 20]
 

@@ -246,7 +246,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
         "run": {"out": "runs/paper"},
         "data": {"source": "ml-1m", "format": "ml-1m"},
-        "llm": {"model": "meta-llama/Llama-2-7b-chat-hf", "dtype": "float16", "device": "cuda"},
+        "llm": {"model": "meta-llama/Llama-2-7b-chat-hf", "dtype": "bfloat16", "device": "cuda"},
         "eval": {"ks": [5, 10, 20]},
     },
 }
