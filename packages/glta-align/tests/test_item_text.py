@@ -50,6 +50,7 @@ def test_stage2_projected_head(toy_run, toy, tiny):
     torch.testing.assert_close(head["projector.weight"], proj["net.weight"])  # tied
 
 
+@pytest.mark.slow  # subprocesses: ~30 s on a quiet 2-core machine
 def test_stage2_resumes_after_sigkill_to_the_same_result(tmp_path):
     env = subprocess_env()
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -64,3 +65,30 @@ def test_stage2_resumes_after_sigkill_to_the_same_result(tmp_path):
     a = load_file(str(full / "gllm_head" / "model.safetensors"))
     b = load_file(str(killed / "gllm_head" / "model.safetensors"))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_stage2_resume_in_process_matches_uninterrupted(tmp_path, toy, tiny):
+    from align_testutil import make_run
+
+    cfg = ItemTextConfig(epochs=2, batch_size=2, items_per_instance=3, save_every=1)
+    full = make_run(tmp_path / "full", toy)
+    ref = train_item_text(toy, full, cfg, llm=tiny)
+
+    def crash(event):
+        if event.kind == "step" and event.epoch == 1 and event.step == 2:
+            raise _Crash
+
+    part = make_run(tmp_path / "part", toy)
+    with pytest.raises(_Crash):
+        train_item_text(toy, part, cfg, llm=tiny, progress=crash)
+    res = train_item_text(toy, part, cfg, llm=tiny)
+    assert res.resumed_from == (1, 1) and res.steps == ref.steps  # step 2 was not saved
+    a = load_file(str(full / "gllm_head" / "model.safetensors"))
+    b = load_file(str(part / "gllm_head" / "model.safetensors"))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="items_per_instance"):
+        train_item_text(toy, part, ItemTextConfig(items_per_instance=4), llm=tiny)

@@ -1,0 +1,55 @@
+import json
+import subprocess
+
+import pytest
+from align_testutil import PY, TESTS, subprocess_env, toy_data
+
+from glta_align.config import UserItemConfig
+from glta_align.profiles import ProfileError, generate_profiles, profile_items, read_profiles
+
+
+def test_profile_items_fixed_sample(toy):
+    a = profile_items(toy, 3, 4, seed=0)
+    assert a == profile_items(toy, 3, 4, seed=0) and len(a) == 4
+    assert set(a) <= set(toy.user_items("train", 3).tolist())
+
+
+def test_generation_writes_and_is_reused(tmp_path, toy, tiny):
+    cfg = UserItemConfig(profile_batch_size=5, profile_new_tokens=2)
+    out = generate_profiles(toy, tmp_path, tiny, cfg, users=[0, 1, 2])
+    assert sorted(out) == [0, 1, 2]
+    meta, rows = read_profiles(tmp_path / "profiles.jsonl")
+    assert meta["fingerprint"] == toy.fingerprint and sorted(rows) == [0, 1, 2]
+    out = generate_profiles(toy, tmp_path, tiny, cfg, users=[0, 1, 2, 3])
+    assert sorted(out) == [0, 1, 2, 3]
+    assert all(out[u] == rows[u] for u in rows)  # kept, not regenerated
+    with pytest.raises(ProfileError, match="other settings"):
+        generate_profiles(toy, tmp_path, tiny, UserItemConfig(profile_new_tokens=3), users=[5])
+
+
+def test_torn_last_line_is_dropped(tmp_path):
+    path = tmp_path / "profiles.jsonl"
+    path.write_text(json.dumps({"meta": {"fingerprint": "f"}}) + "\n"
+                    + json.dumps({"user": 0, "profile": "a", "predict": "b"}) + "\n"
+                    + '{"user": 1, "prof')
+    _, rows = read_profiles(path)
+    assert list(rows) == [0]
+    path.write_text('{"bad\n' + json.dumps({"user": 0, "profile": "a", "predict": "b"}) + "\n")
+    with pytest.raises(ProfileError, match=":1:"):
+        read_profiles(path)
+
+
+@pytest.mark.slow  # subprocesses: ~30 s on a quiet 2-core machine
+def test_killed_generation_continues_where_it_stopped(tmp_path):
+    env = subprocess_env()
+    run = tmp_path / "run"
+    r = subprocess.run([PY, str(TESTS / "_worker.py"), "profiles", str(run), "8"], env=env)
+    assert r.returncode == -9
+    _, partial = read_profiles(run / "profiles.jsonl")
+    data = toy_data()
+    assert 8 <= len(partial) < data.num_users
+    subprocess.run([PY, str(TESTS / "_worker.py"), "profiles", str(run), "0"], env=env,
+                   check=True)
+    _, done = read_profiles(run / "profiles.jsonl")
+    assert sorted(done) == list(range(data.num_users))
+    assert all(done[u] == partial[u] for u in partial)

@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import torch
+from glta_gllm.checkpoint import CheckpointError, load_artifact
+
+from glta_align.config import ItemTextConfig, UserItemConfig
+from glta_align.item_text import train_item_text
+from glta_align.prompts import USER_ITEM_SYSTEM, USER_ITEM_TEMPLATE, USER_ITEM_USER, build_layout
+from glta_align.user_item import (
+    IGNORE,
+    UserPrompter,
+    UserSample,
+    eval_sample,
+    train_sample,
+    train_user_item,
+)
+
+
+@pytest.mark.parametrize("targets_from", ["unseen", "any"])
+def test_train_sample(toy, targets_from):
+    cfg = UserItemConfig(num_slots=3, history_items=4, targets_from=targets_from)
+    for u in range(toy.num_users):
+        s = train_sample(toy, cfg, u, epoch=0)
+        train = set(toy.user_items("train", u).tolist())
+        assert set(s.history) <= train and len(s.history) <= 4
+        real = [t for t in s.targets if t != IGNORE]
+        assert len(s.targets) == 3 and set(real) <= train and len(set(real)) == len(real)
+        if targets_from == "unseen" and len(train) >= 3 + len(s.history):
+            assert not set(real) & set(s.history)
+        assert train_sample(toy, cfg, u, epoch=0) == s  # seeded
+    assert any(train_sample(toy, cfg, u, 1) != train_sample(toy, cfg, u, 0) for u in range(5))
+
+
+def test_eval_sample_is_fixed(toy):
+    cfg = UserItemConfig(history_items=3)
+    assert eval_sample(toy, cfg, 2) == eval_sample(toy, cfg, 2)
+    assert len(eval_sample(toy, cfg, 2).history) == 3
+
+
+def _prompter(toy, tokenizer, **kw):
+    cfg = UserItemConfig(num_slots=3, **kw)
+    lay = build_layout(tokenizer, USER_ITEM_SYSTEM, USER_ITEM_USER, USER_ITEM_TEMPLATE)
+    profiles = {0: {"profile": "action fan", "predict": "space films"}}
+    return UserPrompter(lay, toy, tokenizer, cfg, profiles), tokenizer
+
+
+def test_prompter_rows_and_texts(toy, tokenizer):
+    p, tok = _prompter(toy, tokenizer)
+    seqs, users, items = p.build([UserSample(0, [4, 5]), UserSample(1, [6])])
+    assert users == [0, 1] and items == [4, 5, 6]
+    s0 = seqs[0]
+    assert [r for r in s0.soft if r > 0] == [1, 3, 4]  # user row, then its item rows
+    assert [r for r in seqs[1].soft if r > 0] == [2, 5]
+    assert len(s0.read) == 3 and all(s0.soft[i] == 0 for i in s0.read)
+    text = tok.decode([t for t, r in zip(s0.ids, s0.soft, strict=True) if r < 0])
+    assert "User tags: action fan" in text and "potential interest: space films" in text
+    assert p.length(UserSample(0, [4, 5])) == len(s0)
+
+
+def test_prompter_ablations(toy, tokenizer):
+    p, tok = _prompter(toy, tokenizer, user_token=False, use_profile=False, use_predict=False,
+                       ranking="ar")
+    s = UserSample(0, [4], slot_items=[7, 8])
+    seqs, _, items = p.build([s])
+    text = tok.decode([t for t, r in zip(seqs[0].ids, seqs[0].soft, strict=True) if r < 0])
+    assert text.startswith("user u0\nItem tokens:") and "action fan" not in text
+    assert items == [4, 7, 8]
+    assert [seqs[0].soft[i] for i in seqs[0].read] == [0, 3, 4]  # AR: previous targets fed in
+
+
+def test_stage3_trains_user_projector_and_head(toy_run, toy, tiny):
+    train_item_text(toy, toy_run, ItemTextConfig(epochs=1, items_per_instance=3), llm=tiny)
+    head_before = load_artifact(toy_run / "gllm_head")[0]["weight"].clone()
+    item_before = load_artifact(toy_run / "item_projector")[0]
+    cfg = UserItemConfig(epochs=2, batch_size=4, num_slots=3, profile_new_tokens=2, lr=1e-2)
+    events = []
+    res = train_user_item(toy, toy_run, cfg, llm=tiny, progress=events.append)
+    assert res.steps == 2 * 6 and res.epoch_losses[-1] < res.epoch_losses[0]
+    assert {"profiles", "user_item"} <= {e.stage for e in events}
+    assert (toy_run / "profiles.jsonl").is_file()
+    _, config, _ = load_artifact(toy_run / "user_projector",
+                                       expected_fingerprint=toy.fingerprint)
+    assert config["stage_config"]["num_slots"] == 3
+    assert not torch.equal(load_artifact(toy_run / "gllm_head")[0]["weight"], head_before)
+    item_after = load_artifact(toy_run / "item_projector")[0]
+    assert all(torch.equal(item_after[k], item_before[k]) for k in item_before)  # frozen
+
+
+def test_stage3_needs_stage2_unless_it_trains_the_item_projector(toy_run, toy, tiny):
+    cfg = UserItemConfig(epochs=1, batch_size=8, num_slots=2, use_profile=False,
+                         use_predict=False)
+    with pytest.raises(CheckpointError, match="item_projector"):
+        train_user_item(toy, toy_run, cfg, llm=tiny)
+    cfg.train_item_projector = True
+    res = train_user_item(toy, toy_run, cfg, llm=tiny)
+    assert np.isfinite(res.epoch_losses[0])
+    assert (toy_run / "item_projector").is_dir() and (toy_run / "gllm_head").is_dir()
