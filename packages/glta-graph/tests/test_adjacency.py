@@ -132,3 +132,17 @@ def test_propagator_rejects_bad_shapes():
         GraphPropagator(adj.to_dense())
     with pytest.raises(ValueError, match=r"\(5, d\)"):
         GraphPropagator(adj)(torch.zeros(4, 2))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("backend", ["csr", "coo", "auto"])
+def test_backends_on_cuda_match_cpu(backend):
+    adj = normalized_adjacency(_random_r(30, 40, 0.2, seed=7))
+    x = torch.randn(70, 6)
+    want = GraphPropagator(adj, backend="csr")(x)
+    xc = x.cuda().requires_grad_(True)
+    got = GraphPropagator(adj, backend=backend, device="cuda")(xc)
+    torch.testing.assert_close(got.cpu(), want, atol=1e-5, rtol=1e-5)
+    got.sum().backward()
+    torch.testing.assert_close(xc.grad.cpu(), adj.to_dense() @ torch.ones(70, 6),
+                               atol=1e-5, rtol=1e-5)
