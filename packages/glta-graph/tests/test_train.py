@@ -276,3 +276,13 @@ def test_loads_graph_artifact_written_by_version_1(tmp_path):
     assert torch.equal(ie, -torch.arange(9, dtype=torch.float32).view(3, 3) / 8)
     with pytest.raises(FingerprintMismatchError, match="00000000deadbeef"):
         load_graph_embeddings(tmp_path, expected_fingerprint="ffffffffffffffff")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_training_on_cuda_with_validation(tmp_path):
+    data = clustered_dataset()
+    cfg = LightGCNConfig(epochs=4, **{**FAST, "eval_every": 2, "device": "cuda"})
+    res = train_lightgcn(data, cfg, tmp_path)
+    assert res.best_valid and res.history[-1]["loss"] < res.history[0]["loss"]
+    ue, ie = load_graph_embeddings(tmp_path, data.fingerprint)
+    assert ue.device.type == "cpu" and ue.shape == (80, 16) and torch.isfinite(ie).all()
