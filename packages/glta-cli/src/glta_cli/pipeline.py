@@ -371,6 +371,7 @@ def run_pipeline(
     """
     from glta_graph import evaluate_embeddings, load_graph_embeddings, train_lightgcn
     from glta_graph import update_metrics as update
+    from glta_graph.progress import ProgressEvent, emit
 
     from glta_cli.report import write_report
 
@@ -398,7 +399,10 @@ def run_pipeline(
         data = load_dataset_dir(run_dir / DATASET_DIR)
         skipped.append("dataset")
     else:
+        emit(progress, ProgressEvent("dataset", "start", total=1,
+                                     message=f"preparing {config.data.source}"))
         data = _ensure_run_dataset(run_dir, prepare_dataset(config))
+        emit(progress, ProgressEvent("dataset", "end", step=1, total=1))
         done("dataset", time.perf_counter() - t0)
     log(
         f"dataset {data.name}: {data.num_users} users, {data.num_items} items, "
@@ -467,7 +471,11 @@ def run_pipeline(
     if need_eval:
         t0 = time.perf_counter()
         user_emb, item_emb = load_graph_embeddings(run_dir, expected_fingerprint=data.fingerprint)
+        emit(progress, ProgressEvent("lightgcn_eval", "start", total=1,
+                                     message=f"LightGCN full ranking ({split})"))
         lgcn = evaluate_embeddings(user_emb, item_emb, data, split, ks)
+        emit(progress, ProgressEvent("lightgcn_eval", "end", step=1, total=1,
+                                     metrics={k: v for k, v in lgcn.items() if k != "users"}))
         update(run_dir, "lightgcn", split, lgcn)
         from glta_align import GLTARecommender
 
