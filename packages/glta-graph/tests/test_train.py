@@ -124,6 +124,9 @@ def test_training_input_errors(tmp_path):
     with pytest.raises(ValueError, match="K=100 is larger than the catalogue of 60 items"):
         train_lightgcn(data, LightGCNConfig(epochs=1, **{**FAST, "ks": (5, 100)},
                                             select_metric="recall@5"), tmp_path)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device is available"):
+            train_lightgcn(data, LightGCNConfig(epochs=1, **{**FAST, "device": "cuda"}), tmp_path)
     empty = Interactions(["a"], ["x", "y"], *(csr_from_pairs([], [], 1, 2) for _ in range(3)))
     with pytest.raises(ValueError, match="train split is empty"):
         train_lightgcn(empty, LightGCNConfig(epochs=1, **{**FAST, "ks": (1,)},

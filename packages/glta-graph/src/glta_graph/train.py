@@ -365,6 +365,12 @@ def train_lightgcn(
             raise ValueError(
                 f"LightGCNConfig.ks: K={k} is larger than the catalogue of {data.num_items} items"
             )
+    device = torch.device(config.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"LightGCNConfig.device is {config.device!r} but no CUDA device is available; "
+            "use device='cpu'"
+        )
     if data.train._nnz() == 0:
         raise ValueError(f"dataset {data.name!r}: the train split is empty")
     old_threads = torch.get_num_threads()
