@@ -166,7 +166,13 @@ def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_p
     for name, value in metrics["glta"]["test"].items():
         assert again_metrics[name] == pytest.approx(value, abs=1e-6), name
     info = runner.invoke(app, ["inspect", str(run), "--json"])
-    assert json.loads(info.stdout)["models"] == ["lightgcn", "glta"]
+    summary = json.loads(info.stdout)
+    assert summary["models"] == ["lightgcn", "glta"]
+    assert all(summary["stages"][s]["done"] for s in ("dataset", "graph", "item_text",
+                                                      "user_item", "evaluate"))
+    assert all(a["matches_dataset"] for a in summary["artifacts"].values())
+    table = runner.invoke(app, ["inspect", str(run)])
+    assert table.exit_code == 0 and "pipeline stages done" in table.stdout
 
     restarted = runner.invoke(app, ["pipeline", *args, "--graph.epochs", "2", "--restart"])
     assert restarted.exit_code == 0, restarted.output

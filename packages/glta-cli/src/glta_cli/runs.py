@@ -270,7 +270,8 @@ def inspect_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     Returns:
         ``{"run_dir", "dataset": stats or None, "artifacts": {name: {"fingerprint",
         "matches_dataset", "config", "files"}}, "metrics", "config": TOML text or None,
-        "models": [...]}``.
+        "models": [...], "stages": {stage: {"done", "seconds"}} (pipeline runs), "state":
+        [stages with resumable state], "files": [...]}``.
     """
     from glta_gllm.checkpoint import read_metadata
 
@@ -307,7 +308,15 @@ def inspect_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         artifacts[name] = entry
     config_path = run_dir / RESOLVED_CONFIG_NAME
     state = run_dir / "state"
+    stages_path = state / "pipeline" / "stages.json"
+    stages = {}
+    if stages_path.is_file():
+        try:
+            stages = json.loads(stages_path.read_text(encoding="utf-8")).get("stages", {})
+        except json.JSONDecodeError:
+            stages = {}
     return {
+        "stages": stages,
         "run_dir": str(run_dir),
         "dataset": dataset,
         "artifacts": artifacts,

@@ -125,6 +125,10 @@ def inspect(
         )
     console.print(table)
     console.print(f"[bold]models[/bold] {', '.join(info['models']) or '(none trained)'}")
+    if info["stages"]:
+        done = [f"{name} ({entry.get('seconds', 0):.0f} s)" for name, entry in
+                info["stages"].items() if entry.get("done")]
+        console.print(f"[bold]pipeline stages done[/bold] {', '.join(done)}")
     if info["state"]:
         console.print(f"[bold]resumable state[/bold] {', '.join(info['state'])}")
     if info["metrics"]:
