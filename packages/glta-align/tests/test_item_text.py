@@ -90,5 +90,5 @@ def test_stage2_resume_in_process_matches_uninterrupted(tmp_path, toy, tiny):
     a = load_file(str(full / "gllm_head" / "model.safetensors"))
     b = load_file(str(part / "gllm_head" / "model.safetensors"))
     torch.testing.assert_close(a, b, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="items_per_instance"):
-        train_item_text(toy, part, ItemTextConfig(items_per_instance=4), llm=tiny)
+    with pytest.raises(ValueError, match="cannot resume item_text: batch_size was 2"):
+        train_item_text(toy, part, ItemTextConfig(items_per_instance=3), llm=tiny)

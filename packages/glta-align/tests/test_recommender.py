@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import torch
+from glta_gllm.checkpoint import CheckpointError, FingerprintMismatchError
+from glta_graph.evaluate import exclusion_matrix
+
+from glta_align.config import ItemTextConfig, UserItemConfig
+from glta_align.item_text import train_item_text
+from glta_align.recommender import GLTARecommender, pick_first_k
+from glta_align.user_item import train_user_item
+
+
+def test_pick_first_k_takes_each_slots_best_untaken():
+    cands = torch.tensor([[[3, 1, 2, 0], [3, 2, 0, 1], [3, 2, 1, 0]]])
+    scores = -torch.arange(12.0).reshape(1, 3, 4)
+    s, i = pick_first_k(cands, scores, 4)
+    assert i.tolist() == [[3, 2, 1, 0]]  # slot 2 (index 1): 3 taken -> 2; slot 3: 3,2 -> 1
+    assert s.tolist() == [[-0.0, -5.0, -10.0, -11.0]]
+
+
+@pytest.fixture
+def trained(toy_run, toy, tiny):
+    train_item_text(toy, toy_run, ItemTextConfig(epochs=1, items_per_instance=3), llm=tiny)
+    train_user_item(toy, toy_run, UserItemConfig(epochs=1, num_slots=3, profile_new_tokens=2,
+                                                 eval_batch_size=5), llm=tiny)
+    return toy_run
+
+
+@pytest.mark.parametrize("ranking", ["first_k", "first", "ar"])
+def test_recommend_excludes_train_and_is_valid(trained, toy, tiny, ranking):
+    rec = GLTARecommender.from_run(trained, llm=tiny)
+    users = [3, 0, 7]
+    scores, items = rec.recommend(users, 6, ranking=ranking)
+    assert scores.shape == items.shape == (3, 6)
+    for row, u in zip(items.tolist(), users, strict=True):
+        assert len(set(row)) == 6
+        assert not set(row) & set(toy.user_items("train", u).tolist())
+    if ranking == "first":
+        assert bool((scores[:, :-1] >= scores[:, 1:]).all())
+    # batching and order do not change a user's list
+    _, i2 = rec.recommend([7, 3], 6, ranking=ranking)
+    assert i2.tolist() == [items[2].tolist(), items[0].tolist()]
+
+
+def test_evaluate_uses_lightgcn_protocol(trained, toy, tiny):
+    rec = GLTARecommender.from_run(trained, llm=tiny)
+    m = rec.evaluate("test", ks=(2, 5))
+    has = int((np.diff(toy.test.crow_indices().numpy()) > 0).sum())
+    assert m["users"] == has
+    assert {"precision@2", "recall@5", "ndcg@5", "hit_rate@2"} <= set(m)
+    ex = exclusion_matrix(toy, ("train", "valid"))
+    _, items = rec.recommend(range(toy.num_users), 5, exclude=ex)
+    for u, row in enumerate(items.tolist()):
+        assert not set(row) & set(ex[u].to_dense().nonzero().flatten().tolist())
+
+
+def test_bad_requests_and_artifacts(trained, toy, tiny):
+    rec = GLTARecommender.from_run(trained, llm=tiny)
+    with pytest.raises(ValueError, match="user index 999"):
+        rec.recommend([999], 3)
+    with pytest.raises(ValueError, match="larger than the catalogue"):
+        rec.recommend([0], toy.num_items)
+    with pytest.raises(ValueError, match="split"):
+        rec.evaluate("train")
+    with pytest.raises(CheckpointError, match="tiny in-memory test model"):
+        GLTARecommender.from_run(trained)
+    # an artifact from another dataset is refused, naming both fingerprints
+    from glta_align.projector import NodeProjector
+
+    NodeProjector(8, 64).save_pretrained(trained / "item_projector", dataset_fingerprint="0" * 16)
+    with pytest.raises(FingerprintMismatchError, match=toy.fingerprint):
+        GLTARecommender.from_run(trained, llm=tiny)
