@@ -128,53 +128,58 @@ def main() -> None:
         slot = slot_vector(llm)
         return torch.cat([slot[None], uproj(user_emb[us]), iproj(item_emb[its])])
 
-    def train(llm, batches, fn):
-        uproj, iproj, head, opt = setup(llm)
-        seen, tokens = 0, 0
-        t0 = None
-        for n, b in enumerate(batches):
-            if n == 1:
-                t0, seen, tokens = time.perf_counter(), 0, 0  # first batch = warm-up
-            batch = [pool[i] for i in b]
-            seqs, us, its = prompter.build(batch)
-            hid = fn(seqs, table(llm, uproj, iproj, us, its))
-            tg = torch.tensor([t for s in batch for t in s.targets])
-            loss = head.loss(hid.reshape(-1, H), tg)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            seen += len(batch)
-            tokens += sum(len(s) for s in seqs)
-        return seen / (time.perf_counter() - t0)
+    def train_step(llm, state, b, fn):
+        uproj, iproj, head, opt = state
+        batch = [pool[i] for i in b]
+        seqs, us, its = prompter.build(batch)
+        t0 = time.perf_counter()
+        hid = fn(seqs, table(llm, uproj, iproj, us, its))
+        tg = torch.tensor([t for s in batch for t in s.targets])
+        loss = head.loss(hid.reshape(-1, H), tg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t0, len(batch)
 
     runner = SoftPromptRunner(llm_ours, layout.prefix_ids, reuse_prefix=True)
     prefix = list(layout.prefix_ids)
-    results["train_samples_per_s_ours"] = train(llm_ours, ours_batches,
-                                                lambda s, t: runner.hidden_states(s, t))
-    results["train_samples_per_s_plain"] = train(
-        llm_plain, plain_batches, lambda s, t: plain_hidden(llm_plain, prefix, s, t))
+    paths = {
+        "ours": (llm_ours, ours_batches, lambda s, t: runner.hidden_states(s, t)),
+        "plain": (llm_plain, plain_batches, lambda s, t: plain_hidden(llm_plain, prefix, s, t)),
+    }
+    states = {k: setup(v[0]) for k, v in paths.items()}
+    spent = dict.fromkeys(paths, 0.0)
+    seen = dict.fromkeys(paths, 0)
+    # interleaved (ours, plain, ours, plain, ...) so that load from other processes hits
+    # both alike; the first batch of each is a warm-up
+    for n in range(args.train_batches):
+        for name, (llm, batches, fn) in paths.items():
+            dt, count = train_step(llm, states[name], batches[n], fn)
+            if n:
+                spent[name] += dt
+                seen[name] += count
+    for name in paths:
+        results[f"train_samples_per_s_{name}"] = seen[name] / spent[name]
 
-    infer_users = users[: args.infer_users]
-
-    @torch.no_grad()
-    def infer(llm, fn, bucket):
-        uproj, iproj, head, _ = setup(llm)
-        ev = [eval_sample(data, cfg, int(u)) for u in infer_users]
-        order = (np.argsort([prompter.length(s) for s in ev], kind="stable") if bucket
-                 else np.arange(len(ev)))
-        fn([*prompter.build(ev[:2])[0]], table(llm, uproj, iproj, *prompter.build(ev[:2])[1:]))
-        t0 = time.perf_counter()
+    ev = [eval_sample(data, cfg, int(u)) for u in users[: args.infer_users]]
+    orders = {"ours": np.argsort([prompter.length(s) for s in ev], kind="stable"),
+              "plain": np.arange(len(ev))}
+    spent = dict.fromkeys(paths, 0.0)
+    with torch.no_grad():
+        for name, (llm, _, fn) in paths.items():  # warm-up
+            seqs, us, its = prompter.build(ev[:2])
+            fn(seqs, table(llm, *states[name][:2], us, its))
         for j in range(0, len(ev), args.infer_batch):
-            batch = [ev[i] for i in order[j:j + args.infer_batch]]
-            seqs, us, its = prompter.build(batch)
-            hid = fn(seqs, table(llm, uproj, iproj, us, its))
-            head.recommend(hid.reshape(-1, H), 20)
-        return len(ev) / (time.perf_counter() - t0)
-
-    results["infer_users_per_s_ours"] = infer(
-        llm_ours, lambda s, t: runner.hidden_states(s, t), True)
-    results["infer_users_per_s_plain"] = infer(
-        llm_plain, lambda s, t: plain_hidden(llm_plain, prefix, s, t), False)
+            for name, (llm, _, fn) in paths.items():
+                uproj, iproj, head, _ = states[name]
+                batch = [ev[i] for i in orders[name][j:j + args.infer_batch]]
+                t0 = time.perf_counter()
+                seqs, us, its = prompter.build(batch)
+                hid = fn(seqs, table(llm, uproj, iproj, us, its))
+                head.recommend(hid.reshape(-1, H), 20)
+                spent[name] += time.perf_counter() - t0
+    for name in paths:
+        results[f"infer_users_per_s_{name}"] = len(ev) / spent[name]
     results["train_speedup"] = (results["train_samples_per_s_ours"]
                                 / results["train_samples_per_s_plain"])
     results["infer_speedup"] = (results["infer_users_per_s_ours"]

@@ -54,6 +54,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--num-slots", type=int, default=10)
     ap.add_argument("--head-init", default="zeros")
+    ap.add_argument("--no-profile", action="store_true",
+                    help="leave out the generated profile and prediction texts (saves the "
+                         "generation cost)")
     ap.add_argument("--eval-users", type=int, default=None,
                     help="evaluate only the first N test users (both models)")
     args = ap.parse_args()
@@ -90,7 +93,8 @@ def main() -> None:
     times["item_text"] = time.perf_counter() - t
     t = time.perf_counter()
     cfg3 = UserItemConfig(epochs=args.s3_epochs, max_users=args.s3_max_users,
-                          batch_size=args.batch_size, lr=args.lr, num_slots=args.num_slots)
+                          batch_size=args.batch_size, lr=args.lr, num_slots=args.num_slots,
+                          use_profile=not args.no_profile, use_predict=not args.no_profile)
     train_user_item(data, run, cfg3, llm=llm, progress=log)
     times["profiles+user_item"] = time.perf_counter() - t
     t = time.perf_counter()
