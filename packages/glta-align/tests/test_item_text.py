@@ -92,3 +92,28 @@ def test_stage2_resume_in_process_matches_uninterrupted(tmp_path, toy, tiny):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ValueError, match="cannot resume item_text: batch_size was 2"):
         train_item_text(toy, part, ItemTextConfig(items_per_instance=3), llm=tiny)
+
+
+def test_stage2_with_lora_trains_and_saves_the_adapter(tmp_path, toy_run, toy, tiny):
+    from glta_align.llm import load_llm
+
+    folder = tmp_path / "tiny"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    llm = load_llm(folder, dtype="float32", lora={"r": 2, "alpha": 4})
+    before = [p.detach().clone() for p in llm.trainable_parameters()]
+    cfg = ItemTextConfig(epochs=1, batch_size=4, items_per_instance=3, lora={"r": 2, "alpha": 4})
+    train_item_text(toy, toy_run, cfg, llm=llm)
+    after = llm.trainable_parameters()
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    assert (toy_run / "lora" / "adapter_model.safetensors").is_file()
+
+
+def test_config_import_does_not_pull_transformers():
+    import subprocess
+    import sys
+
+    code = "import sys, glta_align.config, glta_align; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
