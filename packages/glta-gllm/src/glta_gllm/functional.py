@@ -56,6 +56,7 @@ _STORE_FRACTION = 0.2
 # Cost of moving one byte through memory, in flops, for choosing block vs recompute.
 _BYTE_COST = 10.0
 _TOPK_BUFFER_BYTES = 32 << 20
+_TOPK_MAX_BYTES = 256 << 20
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -538,7 +539,8 @@ def topk_excluding(
         bias: optional ``(I,)`` per-item bias added to the scores.
         exclude: optional ``(U, I)`` torch sparse CSR matrix; its stored entries (e.g. each
             user's training items) are never returned. Column indices of a row must be unique.
-        chunk_size: items per chunk (default: from a 32 MiB score-buffer budget).
+        chunk_size: items per chunk (default: from a score-buffer budget of 1/16 of the
+            naive ``U x I`` scores, within 32 to 256 MiB).
 
     Returns:
         ``(scores, indices)``: ``(U, k)`` scores in ``queries``' dtype, best first, and the
@@ -606,13 +608,15 @@ def topk_excluding(
 
     acc = _acc_dtype(queries.dtype)
     elem = torch.finfo(acc).bits // 8
+    # Score buffer: a sixteenth of the naive users x items scores, within [32, 256] MiB.
+    budget = min(_TOPK_MAX_BYTES, max(_TOPK_BUFFER_BYTES, users * items * elem // 16))
     if chunk_size is not None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         chunk = min(chunk_size, items)
     else:
-        chunk = min(items, max(1024, min(65536, _TOPK_BUFFER_BYTES // max(users * elem, 1))))
-    user_block = max(1, min(users, _TOPK_BUFFER_BYTES // (chunk * elem)))
+        chunk = min(items, max(1024, budget // max(users * elem, 1)))
+    user_block = max(1, min(users, budget // (chunk * elem)))
     out_scores = torch.empty(users, k, dtype=queries.dtype, device=device)
     out_idx = torch.empty(users, k, dtype=torch.int64, device=device)
     if users == 0:
@@ -641,8 +645,11 @@ def topk_excluding(
                         (r[sel] - u0, c[sel] - a),
                         torch.tensor(-math.inf, dtype=acc, device=device),
                     )
-                v, i = _chunk_topk(scores, k)
-                best_v, best_i = _merge_sorted(best_v, best_i, v, i + a, k)
+                if best_v.shape[1] < k:
+                    v, i = _chunk_topk(scores, k)
+                    best_v, best_i = _merge_sorted(best_v, best_i, v, i + a, k)
+                else:
+                    _merge_above_threshold(best_v, best_i, scores, a, k)
             out_scores[u0:u1] = best_v.to(queries.dtype)
             out_idx[u0:u1] = best_i
     return out_scores, out_idx
@@ -678,3 +685,38 @@ def _merge_sorted(
     v, order = torch.sort(v, dim=1, descending=True, stable=True)
     i = i.gather(1, order)
     return v[:, :k], i[:, :k]
+
+
+def _merge_above_threshold(
+    best_v: torch.Tensor, best_i: torch.Tensor, scores: torch.Tensor, a: int, k: int
+) -> None:
+    """Merge a chunk into full running top-k lists (U, k), in place.
+
+    Only entries strictly above a row's current k-th score can enter (an equal score has a
+    higher item index than everything kept, so it loses the tie). After the first chunks
+    these are few, so instead of a top-k over the whole tile the candidates are gathered
+    sparsely and merged with their rows' lists by two stable sorts (score desc, then row),
+    which keeps (score desc, index asc) order inside each row.
+    """
+    r, c = (scores > best_v[:, k - 1 :]).nonzero(as_tuple=True)  # grouped by row, cols asc
+    if r.numel() == 0:
+        return
+    if r.numel() > scores.numel() // 8:  # many candidates: a dense top-k is cheaper
+        v, i = _chunk_topk(scores, k)
+        mv, mi = _merge_sorted(best_v, best_i, v, i + a, k)
+        best_v.copy_(mv)
+        best_i.copy_(mi)
+        return
+    rows_aff, counts = torch.unique_consecutive(r, return_counts=True)
+    n_aff = rows_aff.numel()
+    local = torch.repeat_interleave(torch.arange(n_aff, device=scores.device), counts)
+    vals = torch.cat([best_v[rows_aff].reshape(-1), scores[r, c]])
+    idxs = torch.cat([best_i[rows_aff].reshape(-1), c + a])
+    rows = torch.cat([torch.arange(n_aff, device=scores.device).repeat_interleave(k), local])
+    order = torch.sort(vals, descending=True, stable=True)[1]
+    order = order[torch.sort(rows[order], stable=True)[1]]
+    per_row = counts + k
+    starts = torch.cumsum(per_row, 0) - per_row
+    take = order[(starts.unsqueeze(1) + torch.arange(k, device=scores.device)).reshape(-1)]
+    best_v[rows_aff] = vals[take].view(n_aff, k)
+    best_i[rows_aff] = idxs[take].view(n_aff, k)
