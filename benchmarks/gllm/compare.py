@@ -2,6 +2,7 @@
 
     uv run python benchmarks/gllm/compare.py lce 512 576 100000
     uv run python benchmarks/gllm/compare.py topk 4096 64 200000 --k 20
+    uv run python benchmarks/gllm/compare.py head 256 4096 64 1000000   # rows H d items
     uv run python benchmarks/gllm/compare.py sgemm
 
 Each variant runs ``--repeats`` times, the variants interleaved (naive, ours, torch, naive,
@@ -99,9 +100,35 @@ def topk_variants(users: int, dim: int, items: int, k: int, per_user: int):
     }, 2.0 * users * dim * items
 
 
-def run(variants: dict, flops: float, repeats: int, only: list[str] | None) -> list[dict]:
+def head_variants(rows: int, hid: int, dim: int, items: int, plain: bool):
+    from glta_gllm import GLLMHead, ProjectedItemHead
+    from torch import nn
+
+    g = torch.Generator().manual_seed(0)
+    matching = ProjectedItemHead(torch.randn(items, dim, generator=g), nn.Linear(dim, hid))
+    hidden = torch.randn(rows, hid, generator=g).requires_grad_()
+    targets = torch.randint(0, items, (rows,), generator=g)
+
+    def step(head, params):
+        def run():
+            for p in params:
+                p.grad = None
+            head.loss(hidden, targets).backward()
+
+        return run
+
+    variants = {"matching": step(matching, [hidden, *matching.projector.parameters()])}
+    if plain:  # the plain head over the same (materialised) tokens, weight trainable
+        head = GLLMHead.from_item_tokens(matching.item_tokens().detach())
+        variants = {"naive": step(head, [hidden, head.weight]), **variants}
+    return variants, 3 * 2.0 * rows * hid * items
+
+
+def run(
+    variants: dict, flops: float, repeats: int, only: list[str] | None, warmup: bool = True
+) -> list[dict]:
     names = [n for n in variants if not only or n in only or n == "naive"]
-    for n in names:  # warm-up
+    for n in names * warmup:
         variants[n]()
     best = {n: math.inf for n in names}
     for _ in range(repeats):
@@ -113,7 +140,7 @@ def run(variants: dict, flops: float, repeats: int, only: list[str] | None) -> l
             {
                 "variant": n,
                 "seconds": round(best[n], 4),
-                "vs_naive": round(best[n] / best["naive"], 3),
+                "vs_naive": round(best[n] / best["naive"], 3) if "naive" in best else None,
                 "gflops": round(flops / best[n] / 1e9, 1),
             }
         )
@@ -122,12 +149,14 @@ def run(variants: dict, flops: float, repeats: int, only: list[str] | None) -> l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("kernel", choices=["lce", "topk", "sgemm"])
+    parser.add_argument("kernel", choices=["lce", "topk", "head", "sgemm"])
     parser.add_argument("shape", nargs="*", type=int, help="rows H items (lce) / users d items")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--exclude-per-user", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up round")
+    parser.add_argument("--no-plain", action="store_true", help="head: skip the plain head")
     parser.add_argument("--torch-chunks", default="32,64,128,256")
     parser.add_argument("--only", default="", help="comma list of variants (naive always)")
     args = parser.parse_args()
@@ -144,11 +173,15 @@ def main() -> None:
         variants, flops = lce_variants(rows, hid, items, chunks)
         plan = fn._plan(rows, items, hid, 4, True, None)
         meta.update(shape=[rows, hid, items], plan={"row_block": plan[0], "keep": plan[1]})
+    elif args.kernel == "head":
+        rows, hid, dim, items = args.shape
+        variants, flops = head_variants(rows, hid, dim, items, not args.no_plain)
+        meta.update(shape=[rows, hid, dim, items])
     else:
         users, dim, items = args.shape
         variants, flops = topk_variants(users, dim, items, args.k, args.exclude_per_user)
         meta.update(shape=[users, dim, items], k=args.k)
-    for row in run(variants, flops, args.repeats, only):
+    for row in run(variants, flops, args.repeats, only, not args.no_warmup):
         print(json.dumps({**row, **meta}))
 
 
