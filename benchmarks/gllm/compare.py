@@ -127,7 +127,9 @@ def head_variants(rows: int, hid: int, dim: int, items: int, plain: bool):
 def run(
     variants: dict, flops: float, repeats: int, only: list[str] | None, warmup: bool = True
 ) -> list[dict]:
-    names = [n for n in variants if not only or n in only or n == "naive"]
+    names = [
+        n for n in variants if not only or n in only or (n == "naive" and "-naive" not in only)
+    ]
     for n in names * warmup:
         variants[n]()
     best = {n: math.inf for n in names}
@@ -158,7 +160,9 @@ def main() -> None:
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up round")
     parser.add_argument("--no-plain", action="store_true", help="head: skip the plain head")
     parser.add_argument("--torch-chunks", default="32,64,128,256")
-    parser.add_argument("--only", default="", help="comma list of variants (naive always)")
+    parser.add_argument(
+        "--only", default="", help="comma list of variants (naive always, unless -naive)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
