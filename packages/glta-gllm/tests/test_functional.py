@@ -335,3 +335,18 @@ def test_plan_prefers_recompute_when_blocks_would_restream_a_huge_weight(monkeyp
     # Small problems keep everything.
     assert fn._plan(64, 1000, 32, 4, True, None) == (64, True)
     assert fn._plan(64, 1000, 32, 4, True, False) == (64, False)
+
+
+def test_no_grad_mode_skips_the_gradient_pass(monkeypatch) -> None:
+    import glta_gllm.functional as fn
+
+    def fail(*args, **kwargs):
+        raise AssertionError("gradient pass ran under torch.no_grad()")
+
+    monkeypatch.setattr(fn, "_grad_pass", fail)
+    h, w, b, t = _inputs(6, 4, 30, torch.float32, True)
+    with torch.no_grad():
+        loss = linear_cross_entropy(h, w, t, b)
+    torch.testing.assert_close(loss, F.cross_entropy(F.linear(h, w, b), t).detach())
+    with pytest.raises(AssertionError, match="gradient pass"):
+        linear_cross_entropy(h, w, t, b)

@@ -363,7 +363,9 @@ def _fused(
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, ignore_index, reduction, chunk_size, store):
+    def forward(
+        ctx, hidden, weight, bias, targets, ignore_index, reduction, chunk_size, store, grad_mode
+    ):
         rows, items = hidden.shape[0], weight.shape[0]
         acc = _acc_dtype(hidden.dtype)
         device = hidden.device
@@ -376,7 +378,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         h = h.to(acc) if h.dtype != acc else h
         chunk = _item_chunk(max(n_valid, 1), items, chunk_size)
         bounds = _bounds(items, chunk)
-        needs = tuple(bool(x) for x in ctx.needs_input_grad[:3])
+        # needs_input_grad stays True under torch.no_grad(): also ask the caller's grad mode.
+        needs = tuple(bool(x) and grad_mode for x in ctx.needs_input_grad[:3])
         if bias is None:
             needs = (needs[0], needs[1], False)
         ctx.rows, ctx.reduction, ctx.idx, ctx.chunk = rows, reduction, idx, chunk
@@ -422,7 +425,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         if ctx.mode == "empty":
-            return None, None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None, None
         if ctx.grads is not None:
             # Hand over the gradients computed in the forward and drop our reference, so
             # autograd can take them without a copy. A second backward through a retained
@@ -463,7 +466,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         gh = gh.to(dtype) if gh is not None else None
         gw = gw.to(dtype) if gw is not None else None
         gb = gb.to(dtype) if gb is not None else None
-        return gh, gw, gb, None, None, None, None, None
+        return gh, gw, gb, None, None, None, None, None, None
 
 
 def linear_cross_entropy(
@@ -513,7 +516,15 @@ def linear_cross_entropy(
     """
     targets = _check_lce_inputs(hidden, weight, targets, bias, ignore_index, reduction)
     return _LinearCrossEntropy.apply(
-        hidden, weight, bias, targets, ignore_index, reduction, chunk_size, store_logits
+        hidden,
+        weight,
+        bias,
+        targets,
+        ignore_index,
+        reduction,
+        chunk_size,
+        store_logits,
+        torch.is_grad_enabled(),
     )
 
 
