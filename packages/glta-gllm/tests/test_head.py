@@ -148,3 +148,16 @@ def test_projected_head_errors_and_roundtrip(tmp_path: Path) -> None:
     assert "num_items=5, graph_dim=3, hidden_size=8" in repr(loaded)
     with pytest.raises(CheckpointError, match="model_type"):
         GLLMHead.from_pretrained(path)
+
+
+def test_gllm_head_accepts_bf16_hidden_states() -> None:
+    head = GLLMHead(8, 20)
+    hidden = torch.randn(4, 8).bfloat16().requires_grad_()
+    targets = torch.tensor([0, 3, 5, 19])
+    loss = head.loss(hidden, targets)
+    loss.backward()
+    assert hidden.grad.dtype == torch.bfloat16 and head.weight.grad.dtype == torch.float32
+    ref = F.cross_entropy(head(hidden.detach().float()), targets)
+    torch.testing.assert_close(loss.detach(), ref.detach())
+    _, items = head.recommend(hidden.detach(), 3)
+    assert items.shape == (4, 3)

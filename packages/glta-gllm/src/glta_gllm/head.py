@@ -174,8 +174,8 @@ class GLLMHead(nn.Module):
         """Cross-entropy of the head's logits against ``targets``, without the logits.
 
         Args:
-            hidden: ``(..., H)`` hidden states; targets: ``(...)`` item indices or
-                ``ignore_index``.
+            hidden: ``(..., H)`` hidden states (cast to the head's dtype); targets: ``(...)``
+                item indices or ``ignore_index``.
             reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (then shaped like ``targets``).
 
         Returns:
@@ -183,7 +183,7 @@ class GLLMHead(nn.Module):
         """
         flat, flat_t = _flatten(hidden, targets)
         out = linear_cross_entropy(
-            flat,
+            flat.to(self.weight.dtype),  # e.g. bf16 LLM states into a float32 head
             self.weight,
             flat_t,
             self.bias,
@@ -210,7 +210,9 @@ class GLLMHead(nn.Module):
         Returns:
             ``(scores, indices)``, each ``(U, k)``, best first, ties to the lower index.
         """
-        return topk_excluding(hidden, self.weight, k, bias=self.bias, exclude=exclude)
+        return topk_excluding(
+            hidden.to(self.weight.dtype), self.weight, k, bias=self.bias, exclude=exclude
+        )
 
     def config(self) -> dict[str, Any]:
         """The JSON config that :meth:`from_pretrained` rebuilds the head from."""
