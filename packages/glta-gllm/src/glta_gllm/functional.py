@@ -395,8 +395,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             elem = torch.finfo(acc).bits // 8
             if any(needs) and reduction != "none":
                 block, keep = _plan(n_valid, items, weight.shape[1], elem, needs[1], store)
-                if block < n_valid:  # tiles are block x chunk: size the chunk for the block
-                    bounds = _bounds(items, _item_chunk(block, items, chunk_size))
+                if keep and chunk_size is None:
+                    # The block's logits are kept whole anyway: one full-width tile means a
+                    # few large matmuls and element-wise passes instead of many small ones.
+                    bounds = [(0, items)]
                 row_scale = torch.full((n_valid,), scale_value, dtype=acc, device=device)
                 lse, lse_chunks, ctx.grads = _fused(
                     h, weight, bias, t, row_scale, needs, bounds, acc, block, keep
