@@ -1,11 +1,15 @@
+import shutil
+
 import numpy as np
 import pytest
 import torch
+from align_testutil import make_run, toy_data
 from glta_gllm.checkpoint import CheckpointError, FingerprintMismatchError
 from glta_graph.evaluate import exclusion_matrix
 
 from glta_align.config import ItemTextConfig, UserItemConfig
 from glta_align.item_text import train_item_text
+from glta_align.llm import tiny_llm
 from glta_align.recommender import GLTARecommender, pick_first_k
 from glta_align.user_item import train_user_item
 
@@ -18,12 +22,16 @@ def test_pick_first_k_takes_each_slots_best_untaken():
     assert s.tolist() == [[-0.0, -5.0, -10.0, -11.0]]
 
 
-@pytest.fixture
-def trained(toy_run, toy, tiny):
-    train_item_text(toy, toy_run, ItemTextConfig(epochs=1, items_per_instance=3), llm=tiny)
-    train_user_item(toy, toy_run, UserItemConfig(epochs=1, num_slots=3, profile_new_tokens=2,
-                                                 eval_batch_size=5), llm=tiny)
-    return toy_run
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tokenizer):
+    """One trained toy run shared by this module's tests (they only read it)."""
+    toy = toy_data()
+    run = make_run(tmp_path_factory.mktemp("rec") / "run", toy)
+    tiny = tiny_llm(tokenizer, seed=0)
+    train_item_text(toy, run, ItemTextConfig(epochs=1, items_per_instance=3), llm=tiny)
+    train_user_item(toy, run, UserItemConfig(epochs=1, num_slots=3, profile_new_tokens=2,
+                                             eval_batch_size=5), llm=tiny)
+    return run
 
 
 @pytest.mark.parametrize("ranking", ["first_k", "first", "ar"])
@@ -54,7 +62,7 @@ def test_evaluate_uses_lightgcn_protocol(trained, toy, tiny):
         assert not set(row) & set(ex[u].to_dense().nonzero().flatten().tolist())
 
 
-def test_bad_requests_and_artifacts(trained, toy, tiny):
+def test_bad_requests_and_artifacts(trained, toy, tiny, tmp_path):
     rec = GLTARecommender.from_run(trained, llm=tiny)
     with pytest.raises(ValueError, match="user index 999"):
         rec.recommend([999], 3)
@@ -67,6 +75,8 @@ def test_bad_requests_and_artifacts(trained, toy, tiny):
     # an artifact from another dataset is refused, naming both fingerprints
     from glta_align.projector import NodeProjector
 
-    NodeProjector(8, 64).save_pretrained(trained / "item_projector", dataset_fingerprint="0" * 16)
+    copy = tmp_path / "copy"
+    shutil.copytree(trained, copy)
+    NodeProjector(8, 64).save_pretrained(copy / "item_projector", dataset_fingerprint="0" * 16)
     with pytest.raises(FingerprintMismatchError, match=toy.fingerprint):
-        GLTARecommender.from_run(trained, llm=tiny)
+        GLTARecommender.from_run(copy, llm=tiny)
