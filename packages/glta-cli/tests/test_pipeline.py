@@ -70,6 +70,46 @@ def test_config_differences_and_saved_config_resume(tmp_path):
     assert fresh.data.max_users is None and fresh.run.out == str(run)
 
 
+def test_stage_keys_chain_and_reconcile(tmp_path):
+    from glta_cli.pipeline import STAGES, _reconcile_stages, stage_keys
+
+    run = tmp_path / "run"
+    old = load_config("smoke", overrides=["--run.out", str(run)])
+    keys = stage_keys(old)
+    assert list(keys) == list(STAGES) and len(set(keys.values())) == len(STAGES)
+    changed = load_config("smoke", overrides=["--run.out", str(run), "--user_item.lr", "0.01"])
+    new_keys = stage_keys(changed)
+    assert [new_keys[s] == keys[s] for s in STAGES] == [True, True, True, False, False]
+
+    run.mkdir()
+    write_config(old, run / "resolved-config.toml")
+    for stage in STAGES:
+        (run / "state" / stage).mkdir(parents=True)
+    (run / "profiles.jsonl").write_text("{}\n")
+    stages = {s: {"done": True} for s in STAGES}  # records without keys: the saved config's
+    notes: list[str] = []
+    _reconcile_stages(run, changed, stages, notes.append)
+    assert sorted(stages) == ["dataset", "graph", "item_text"]
+    assert notes == ["user_item: configuration changed ([user_item] lr: 0.001 -> 0.01); "
+                     "rerunning it and the stages after it"]
+    assert not (run / "state" / "user_item").exists() and not (run / "state" / "evaluate").exists()
+    assert (run / "state" / "graph").is_dir()
+    assert (run / "profiles.jsonl").is_file()  # lr does not touch the generated profiles
+
+    profiles = load_config("smoke", overrides=["--run.out", str(run),
+                                               "--user_item.profile_new_tokens", "9"])
+    stages = {s: {"done": True, "key": keys[s]} for s in STAGES}
+    _reconcile_stages(run, profiles, stages, notes.append)
+    assert not (run / "profiles.jsonl").exists()
+
+    same = {s: {"done": True, "key": keys[s]} for s in STAGES}
+    _reconcile_stages(run, old, same, notes.append)
+    assert sorted(same) == sorted(STAGES)
+    data_changed = load_config("smoke", overrides=["--run.out", str(run), "--data.max_users", "9"])
+    with pytest.raises(ConfigError, match=r"\[data\] max_users: 40 -> 9"):
+        _reconcile_stages(run, data_changed, dict(same), notes.append)
+
+
 def test_restart_moves_old_run_aside_and_keeps_last_complete(tmp_path):
     run = tmp_path / "run"
     assert _start_run_dir(run, restart=True) is None
@@ -138,9 +178,19 @@ def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_p
     assert "skipped: dataset, graph, item_text, user_item, evaluate" in again.stdout
     assert json.loads((run / "metrics.json").read_text()) == metrics
 
-    changed = runner.invoke(app, ["pipeline", *args, "--graph.epochs", "5"])
-    assert changed.exit_code == 2
-    assert "[graph] epochs: 4 -> 5" in changed.stderr and "--restart" in changed.stderr
+    changed = runner.invoke(app, ["pipeline", *args, "--eval.ks", "5,10,15"])
+    assert changed.exit_code == 0, changed.output
+    assert "evaluate: configuration changed ([eval] ks: [5, 10] -> [5, 10, 15])" in changed.stderr
+    assert "skipped: dataset, graph, item_text, user_item" in changed.stdout
+    rerun_metrics = json.loads((run / "metrics.json").read_text())
+    assert "precision@15" in rerun_metrics["glta"]["test"]
+    assert rerun_metrics["glta"]["test"]["precision@10"] == pytest.approx(
+        metrics["glta"]["test"]["precision@10"], abs=1e-6)
+    args = [*args[: args.index("--eval.ks")], *args[args.index("--eval.ks") + 2:]]
+    args += ["--eval.ks", "5,10,15"]
+    other_data = runner.invoke(app, ["pipeline", *args, "--prepare.seed", "5"])
+    assert other_data.exit_code == 2
+    assert "[prepare] seed: 0 -> 5" in other_data.stderr and "--restart" in other_data.stderr
 
     recs = runner.invoke(app, ["recommend", str(run), "--users", "u0,u7", "--k", "5",
                                "--out", str(tmp_path / "recs.csv")])
@@ -149,6 +199,7 @@ def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_p
     lines = (tmp_path / "recs.csv").read_text().strip().splitlines()
     assert len(lines) == 11
 
+    metrics = rerun_metrics
     # GLTA's recommendations for every user give back metrics.json's numbers.
     all_recs = tmp_path / "all.csv"
     assert runner.invoke(app, ["recommend", str(run), "--k", "10", "--out", str(all_recs)]

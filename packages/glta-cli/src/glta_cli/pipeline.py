@@ -15,6 +15,7 @@ completes, ``RUN.previous`` is removed. If the restarted run is killed, rerunnin
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import os
@@ -38,12 +39,14 @@ from glta_cli.runs import (
 
 __all__ = [
     "STAGES",
+    "STAGE_SECTIONS",
     "PipelineResult",
     "config_differences",
     "prepare_dataset",
     "previous_dir",
     "resolve_pipeline_config",
     "run_pipeline",
+    "stage_keys",
     "subsample_users",
     "train_graph_run",
 ]
@@ -236,6 +239,18 @@ def _seconds(result: Any, measured: float) -> float:
     return float(value) if isinstance(value, int | float) and value > 0 else measured
 
 
+def _drop_metrics(run_dir: Path, split: str) -> None:
+    """Remove both models' ``split`` entries from metrics.json before re-evaluating them."""
+    metrics = read_metrics(run_dir)
+    touched = False
+    for model in ("lightgcn", "glta"):
+        if split in metrics.get(model, {}):
+            del metrics[model][split]
+            touched = True
+    if touched:
+        atomic_write_json(run_dir / "metrics.json", metrics)
+
+
 def _note_resume(run_dir: Path, stage: str, log: Callable[[str], None]) -> None:
     state = run_dir / "state" / stage
     if state.is_dir() and any(state.iterdir()):
@@ -326,20 +341,96 @@ def _start_run_dir(run_dir: Path, restart: bool) -> str | None:
     return f"moved the old run to {previous}; it is removed when this run completes"
 
 
-def _check_same_config(run_dir: Path, config: GLTAConfig) -> None:
+# The configuration sections each stage depends on; a stage's key also covers every
+# earlier stage, so a change reruns that stage and everything after it.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "dataset": ("data", "prepare"),
+    "graph": ("graph",),
+    "item_text": ("llm", "item_text"),
+    "user_item": ("llm", "user_item"),
+    "evaluate": ("eval",),
+}
+# Stage-3 settings baked into RUN/profiles.jsonl (a change means regenerating it).
+_PROFILE_KEYS = ("profile_tags", "predict_words", "profile_items", "profile_new_tokens",
+                 "description_tokens", "seed", "prompt_style", "llm", "dtype")
+
+
+def stage_keys(config: GLTAConfig) -> dict[str, str]:
+    """Stage -> 16-hex key of its configuration sections chained with the earlier stages'."""
+    d = config.to_dict()
+    keys: dict[str, str] = {}
+    previous = ""
+    for name in STAGES:
+        part: dict[str, Any] = {s: d[s] for s in STAGE_SECTIONS[name] if s in d}
+        if name == "dataset":
+            part["run.seed"] = d.get("run", {}).get("seed")
+        blob = json.dumps([previous, part], sort_keys=True, default=str).encode("utf-8")
+        previous = keys[name] = hashlib.sha256(blob).hexdigest()[:16]
+    return keys
+
+
+def _stage_diffs(old: GLTAConfig | None, new: GLTAConfig, stage: str) -> list[str]:
+    if old is None:
+        return []
+    sections = set(STAGE_SECTIONS[stage])
+    return [d for d in config_differences(old, new, limit=100)
+            if d.split("]", 1)[0].lstrip("[") in sections][:4]
+
+
+def _saved_config(run_dir: Path) -> GLTAConfig | None:
     saved = run_dir / RESOLVED_CONFIG_NAME
     if not saved.is_file():
-        return
+        return None
     try:
-        old = load_config("default", saved)
+        return load_config("default", saved)
     except ConfigError as exc:
         raise ConfigError(f"{saved}: cannot be read ({exc}); pass --restart") from exc
-    diffs = config_differences(old, config)
-    if diffs:
-        raise ConfigError(
-            f"{run_dir} was made with another configuration ({'; '.join(diffs)}); rerun with "
-            "the same settings to resume, pass --restart to start over, or choose another --out"
-        )
+
+
+def _reconcile_stages(
+    run_dir: Path,
+    config: GLTAConfig,
+    stages: dict[str, Any],
+    log: Callable[[str], None],
+) -> dict[str, str]:
+    """Drop the records (and resumable state) of stages whose configuration changed.
+
+    A changed dataset configuration is refused (the run's artifacts all belong to its
+    dataset); a change in a later stage reruns that stage and every stage after it, its
+    old resumable state being removed first so nothing of the old settings leaks in.
+
+    Returns:
+        The new stage keys.
+    """
+    keys = stage_keys(config)
+    old = _saved_config(run_dir)
+    old_keys = stage_keys(old) if old is not None else {}
+    changed = False
+    for name in STAGES:
+        record = stages.get(name)
+        if record is None and not changed:
+            continue
+        before = (record or {}).get("key") or old_keys.get(name)
+        if not changed and before == keys[name]:
+            continue
+        if name == "dataset" and record is not None:
+            diffs = _stage_diffs(old, config, name) or ["the dataset settings"]
+            raise ConfigError(
+                f"{run_dir} holds a dataset prepared with other settings ({'; '.join(diffs)}); "
+                "use another --out, or --restart to start over"
+            )
+        if not changed:
+            diffs = _stage_diffs(old, config, name)
+            log(f"{name}: configuration changed ({'; '.join(diffs) or 'an earlier stage'}); "
+                f"rerunning it and the stages after it")
+        changed = True
+        stages.pop(name, None)
+        shutil.rmtree(run_dir / "state" / name, ignore_errors=True)
+        if name == "user_item" and old is not None:
+            a, b = old.to_dict().get("user_item", {}), config.to_dict().get("user_item", {})
+            if any(a.get(k) != b.get(k) for k in _PROFILE_KEYS):
+                (run_dir / "profiles.jsonl").unlink(missing_ok=True)
+    return keys
 
 
 def run_pipeline(
@@ -379,18 +470,22 @@ def run_pipeline(
     note = _start_run_dir(run_dir, restart)
     if note:
         log(note)
-    if not restart:
-        _check_same_config(run_dir, config)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(config, run_dir / RESOLVED_CONFIG_NAME)
     state = _read_state(run_dir)
     stages: dict[str, Any] = state.setdefault("stages", {})
     histories: dict[str, Any] = state.setdefault("histories", {})
+    keys = _reconcile_stages(run_dir, config, stages, log)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_state(run_dir, state)
+    write_config(config, run_dir / RESOLVED_CONFIG_NAME)
     skipped: list[str] = []
     recorded = getattr(progress, "history", {}) if progress is not None else {}
 
+    def begin(name: str) -> None:
+        stages[name] = {"done": False, "key": keys[name]}
+        _write_state(run_dir, state)
+
     def done(name: str, seconds: float) -> None:
-        stages[name] = {"done": True, "seconds": round(float(seconds), 3)}
+        stages[name] = {"done": True, "key": keys[name], "seconds": round(float(seconds), 3)}
         _write_state(run_dir, state)
 
     # 1. dataset
@@ -399,6 +494,7 @@ def run_pipeline(
         data = load_dataset_dir(run_dir / DATASET_DIR)
         skipped.append("dataset")
     else:
+        begin("dataset")
         emit(progress, ProgressEvent("dataset", "start", total=1,
                                      message=f"preparing {config.data.source}"))
         data = _ensure_run_dataset(run_dir, prepare_dataset(config))
@@ -416,6 +512,7 @@ def run_pipeline(
         skipped.append("graph")
     else:
         _note_resume(run_dir, "graph", log)
+        begin("graph")
         t0 = time.perf_counter()
         result = train_lightgcn(data, config.graph, run_dir, progress=progress, resume=True)
         histories["graph"] = _stage_history(result, recorded.get("graph"))
@@ -429,6 +526,8 @@ def run_pipeline(
         stages.get("evaluate", {}).get("done")
         and all(split in metrics.get(m, {}) for m in ("lightgcn", "glta"))
     )
+    if need_eval:
+        _drop_metrics(run_dir, split)
 
     def get_llm() -> Any:
         nonlocal llm
@@ -454,6 +553,7 @@ def run_pipeline(
             continue
         t0 = time.perf_counter()
         _note_resume(run_dir, name, log)
+        begin(name)
         # With LoRA the stage loads its own LLM (the adapter is trained and saved by it).
         shared = None if getattr(section, "lora", None) else get_llm()
         result = func(
@@ -469,6 +569,7 @@ def run_pipeline(
 
     # 5. evaluation of both models on the same split
     if need_eval:
+        begin("evaluate")
         t0 = time.perf_counter()
         user_emb, item_emb = load_graph_embeddings(run_dir, expected_fingerprint=data.fingerprint)
         emit(progress, ProgressEvent("lightgcn_eval", "start", total=1,
