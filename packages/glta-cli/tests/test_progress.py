@@ -53,3 +53,10 @@ def test_start_of_a_new_task_continues_global_steps():
     bar(ProgressEvent("user_item", "step", step=1, total=2, metrics={"loss": 1.0}))
     assert bar.history["user_item"].steps == [(2, 2.0), (3, 1.0)]
     assert bar.history["user_item"].to_dict()["steps"] == [[2, 2.0], [3, 1.0]]
+
+
+def test_info_messages_are_not_read_as_markup():
+    buf = io.StringIO()
+    with RichProgress(Console(file=buf, width=200)) as bar:
+        bar(ProgressEvent("graph", "info", message="[graph] epochs: 4 -> 5"))
+    assert "[graph] epochs: 4 -> 5" in buf.getvalue()

@@ -23,6 +23,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 __all__ = ["RichProgress", "StageHistory", "format_metrics"]
 
@@ -127,7 +128,9 @@ class RichProgress:
         history = self.history.setdefault(stage, StageHistory())
         if event.kind == "info":
             self.messages.append(f"{stage}: {event.message}")
-            self.progress.console.print(f"[dim]{stage}:[/dim] {event.message}", soft_wrap=True)
+            self.progress.console.print(
+                Text.assemble((f"{stage}: ", "dim"), event.message), soft_wrap=True
+            )
             return
         task = self._task(event)
         shown = self.metrics.setdefault(stage, {})

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from glta_cli.commands._common import Quiet, handle_errors, out_console
 
@@ -52,7 +53,7 @@ def pipeline(
             resolved,
             restart=restart,
             progress=bar,
-            log=lambda msg: bar.console.print(f"[dim]{msg}[/dim]", soft_wrap=True),
+            log=lambda msg: bar.console.print(Text(msg, style="dim"), soft_wrap=True),
             command=command,
         )
     console = out_console()
