@@ -2,9 +2,11 @@
 
 ``run_pipeline(config, ...)`` is what ``glta pipeline`` calls after parsing. Each stage
 writes its artifact into the run directory (DESIGN.md's layout) and is skipped on a rerun
-when its artifact is there and complete; a stage killed half-way resumes from the library's
-own ``RUN/state/<stage>/``. The pipeline's bookkeeping (which stages finished, seconds spent,
-training curves) lives in ``RUN/state/pipeline/stages.json``, written atomically.
+when its artifact is there and complete and its configuration key (see
+:func:`stage_keys`) is unchanged; a stage killed half-way resumes from the library's own
+``RUN/state/<stage>/``. A changed stage reruns with every stage after it. The
+pipeline's bookkeeping (which stages finished, seconds spent, training curves) lives in
+``RUN/state/pipeline/stages.json``, written atomically.
 
 ``--restart`` semantics: the existing run directory is renamed to ``RUN.previous`` (one
 atomic rename; nothing is deleted yet) and a fresh run starts in ``RUN``. When the new run
