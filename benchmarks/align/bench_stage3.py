@@ -34,7 +34,7 @@ from glta_align.projector import NodeProjector
 from glta_align.prompts import USER_ITEM_SYSTEM, USER_ITEM_TEMPLATE, USER_ITEM_USER, build_layout
 from glta_align.splice import SoftPromptRunner, bucket_batches
 from glta_align.user_item import UserPrompter, eval_sample, train_sample
-from glta_gllm.head import GLLMHead
+from glta_gllm import GLLMHead
 from glta_graph.data import load_dataset
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from glta_gllm import GLLMHead, ProjectedItemHead
 from glta_gllm.checkpoint import CONFIG_NAME, CheckpointError
-from glta_gllm.head import GLLMHead, ProjectedItemHead
 from torch import nn
 
 from glta_align.projector import NodeProjector
