@@ -170,7 +170,9 @@ def metrics_chart(
     """
     from matplotlib.figure import Figure
 
-    models = [m for m in metrics if metrics[m].get(split)]
+    order = [m for m in MODEL_LABELS if m in metrics]
+    order += [m for m in metrics if m not in MODEL_LABELS]
+    models = [m for m in order if metrics[m].get(split)]
     if not models:
         return None
     keys = list(keys or [k for _, k in SUMMARY_COLUMNS])
