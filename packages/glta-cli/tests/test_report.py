@@ -36,6 +36,7 @@ def test_summary_rows_order_and_format():
     assert rows[0] == ["LightGCN", "0.1000", "0.0800", "0.1200", "0.1100", "0.2000", "12 s"]
     assert rows[1][0] == "GLTA" and rows[1][-1] == "100 s"
     assert summary_rows(METRICS, "valid")[0][1] == "-"
+    assert summary_rows(METRICS, "test", {"lightgcn": 0.42})[0][-1] == "0.4 s"
 
 
 def test_metrics_table_renders_both_models():

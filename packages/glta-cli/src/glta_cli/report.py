@@ -55,6 +55,12 @@ def _fmt(value: Any, key: str = "") -> str:
     return str(value)
 
 
+def _seconds_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+
+
 def summary_rows(
     metrics: Mapping[str, Mapping[str, Mapping[str, float]]],
     split: str,
@@ -81,7 +87,7 @@ def summary_rows(
         rows.append(
             [MODEL_LABELS.get(model, model)]
             + [_fmt(values.get(key)) for _, key in SUMMARY_COLUMNS]
-            + [f"{seconds:.0f} s" if seconds is not None else "-"]
+            + [_seconds_text(seconds)]
         )
     return rows
 
