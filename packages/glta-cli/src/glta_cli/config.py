@@ -253,16 +253,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 # Library-section budgets of the presets, applied only for keys the dataclass has.
 _PRESET_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
-    # SmolLM2-135M costs about 0.8 GFLOP per token forward+backward: on a 2-core CPU the
-    # budgets below cap stages 2 and 3 at 16 optimiser steps each and leave out the
-    # LLM-generated profile/prediction text (generating it for 943 users alone took longer
-    # than the whole 20-minute budget); the paper preset keeps it. Turn it back on with
-    # --user_item.use_profile true --user_item.use_predict true.
+    # Measured on the 2-core CPU (quiet): LightGCN 60 epochs ~100 s, stage 2 over every item
+    # once and stage 3 over every user twice ~4 min, ranking 943 users ~35 s. The
+    # LLM-generated profile/prediction text is left out (generating it for 943 users took
+    # longer than the 20-minute budget on a loaded machine); the paper preset keeps it. Turn
+    # it back on with --user_item.use_profile true --user_item.use_predict true.
     "default": {
         "graph": {"epochs": 60, "batch_size": 8192, "lr": 0.01, "eval_every": 5, "patience": 3},
-        "item_text": {"epochs": 1, "batch_size": 8, "max_instances": 128,
+        "item_text": {"epochs": 1, "batch_size": 8, "max_instances": None,
                       "description_tokens": 16},
-        "user_item": {"epochs": 1, "batch_size": 8, "max_users": 128, "history_items": 5,
+        "user_item": {"epochs": 2, "batch_size": 8, "max_users": None, "history_items": 5,
                       "description_tokens": 16, "use_profile": False, "use_predict": False,
                       "eval_batch_size": 32},
     },
