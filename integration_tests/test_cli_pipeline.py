@@ -91,9 +91,7 @@ def test_pipeline_resumes_after_sigkill_mid_stage(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_smoke_preset_end_to_end(tmp_path, request):
-    if "slow" not in (request.config.option.markexpr or ""):
-        pytest.skip("slow (SmolLM2 on an ML-100K slice, minutes on 2 CPU cores): -m slow")
+def test_smoke_preset_end_to_end(tmp_path):
     run = tmp_path / "smoke"
     t0 = time.perf_counter()
     result = subprocess.run(_glta("pipeline", "--preset", "smoke", "--out", str(run)),
