@@ -22,7 +22,8 @@ def pipeline(
         str | None, typer.Option("--preset", "-p", help="default, smoke or paper.")
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Run directory (default: [run] out).")
+        Path | None,
+        typer.Option("--out", "-o", help="Run directory (default: the config's run.out)."),
     ] = None,
     restart: Annotated[
         bool,
