@@ -64,3 +64,21 @@ def test_atomic_write_json(tmp_path):
     atomic_write_json(tmp_path / "m.json", {"b": 1, "a": 2})
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": 2, "b": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_resume_state_roundtrip_and_checks(tmp_path):
+    from glta_gllm.checkpoint import load_resume_state, save_resume_state
+
+    assert load_resume_state(tmp_path, fingerprint="f", key={}, what="x") is None
+    payload = {"w": torch.arange(3.0), "config": json.dumps({"lr": 0.1, "epochs": 5}),
+               "fingerprint": "f"}
+    save_resume_state(tmp_path, payload)
+    state = load_resume_state(tmp_path, fingerprint="f", key={"lr": 0.1}, what="stage2")
+    torch.testing.assert_close(state["w"], torch.arange(3.0))
+    with pytest.raises(FingerprintMismatchError, match=r"f.*g"):
+        load_resume_state(tmp_path, fingerprint="g", key={}, what="stage2")
+    with pytest.raises(ValueError, match=r"cannot resume stage2: lr was 0\.1 and is now 0\.2"):
+        load_resume_state(tmp_path, fingerprint="f", key={"lr": 0.2}, what="stage2")
+    (tmp_path / "state.pt").write_bytes(b"not a torch file")
+    with pytest.raises(CheckpointError, match="cannot read resume state"):
+        load_resume_state(tmp_path, fingerprint="f", key={}, what="stage2")

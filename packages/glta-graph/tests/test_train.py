@@ -136,7 +136,7 @@ def test_training_input_errors(tmp_path):
 def test_resume_refuses_other_dataset_or_shape(tmp_path):
     data = clustered_dataset()
     train_lightgcn(data, LightGCNConfig(epochs=1, **FAST), tmp_path)
-    with pytest.raises(ValueError, match=r"LightGCNConfig\.dim was 16 and is now 8"):
+    with pytest.raises(ValueError, match=r"cannot resume LightGCN: dim was 16 and is now 8"):
         train_lightgcn(data, LightGCNConfig(epochs=2, **{**FAST, "dim": 8}), tmp_path)
     other = clustered_dataset(seed=1)
     with pytest.raises(FingerprintMismatchError, match=other.fingerprint):

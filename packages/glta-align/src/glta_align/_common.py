@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -12,16 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from glta_gllm.checkpoint import (
-    CheckpointError,
-    FingerprintMismatchError,
-    atomic_write_bytes,
-    atomic_write_json,
-)
+from glta_gllm.checkpoint import atomic_write_json, load_resume_state, save_resume_state
 from glta_graph.progress import ProgressCallback, ProgressEvent, emit
 from torch import nn
 
-STATE_FILE = "state.pt"
 STATE_JSON = "state.json"
 # config fields that may change between a killed run and its resumption
 RESUMABLE_CHANGES = frozenset({"epochs", "save_every", "device", "eval_batch_size"})
@@ -93,31 +86,6 @@ class LoopResult:
     resumed_from: tuple[int, int] | None = None
 
 
-def _load_state(state_dir: Path, stage: str, key: dict[str, Any], fingerprint: str) -> dict | None:
-    path = state_dir / STATE_FILE
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path}: cannot read resume state ({exc}); delete it or pass resume=False"
-        ) from exc
-    if state.get("fingerprint") != fingerprint:
-        raise FingerprintMismatchError(
-            f"{state_dir}: resume state was made for dataset fingerprint "
-            f"{state.get('fingerprint')}, but the dataset in use has fingerprint {fingerprint}"
-        )
-    saved = json.loads(state["config"])
-    for name, value in key.items():
-        if saved.get(name) != value:
-            raise ValueError(
-                f"{path}: cannot resume {stage}: {name} was {saved.get(name)!r} and is now "
-                f"{value!r}; use another run directory or resume=False"
-            )
-    return state
-
-
 def run_loop(
     *,
     stage: str,
@@ -162,7 +130,7 @@ def run_loop(
     start_epoch, start_batch, result = 0, 0, LoopResult()
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
     if resume:
-        state = _load_state(state_dir, stage, key, fingerprint)
+        state = load_resume_state(state_dir, fingerprint=fingerprint, key=key, what=stage)
         if state is not None:
             for name, module in modules.items():
                 module.load_state_dict(state["modules"][name])
@@ -182,9 +150,7 @@ def run_loop(
             "history": json.dumps(result.epoch_losses), "config": json.dumps(config.to_dict()),
             "fingerprint": fingerprint,
         }
-        buf = io.BytesIO()
-        torch.save(payload, buf)
-        atomic_write_bytes(state_dir / STATE_FILE, buf.getvalue())
+        save_resume_state(state_dir, payload)
         atomic_write_json(state_dir / STATE_JSON, {"epoch": epoch, "batch": batch,
                                                    "steps": result.steps,
                                                    "epoch_losses": result.epoch_losses})

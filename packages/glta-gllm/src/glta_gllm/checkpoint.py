@@ -13,6 +13,7 @@ This module depends on torch and safetensors only.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ __all__ = [
     "CONFIG_NAME",
     "GLTA_FORMAT",
     "MODEL_CARD_NAME",
+    "STATE_NAME",
     "WEIGHTS_NAME",
     "CheckpointError",
     "FingerprintMismatchError",
@@ -37,14 +39,17 @@ __all__ = [
     "atomic_write_text",
     "check_fingerprint",
     "load_artifact",
+    "load_resume_state",
     "read_metadata",
     "save_artifact",
+    "save_resume_state",
 ]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_CARD_NAME = "README.md"
 GLTA_FORMAT = "1"
+STATE_NAME = "state.pt"
 
 
 class CheckpointError(ValueError):
@@ -203,6 +208,68 @@ def load_artifact(
         raise CheckpointError(f"{weights}: cannot read safetensors file ({exc})") from exc
     check_fingerprint(directory, metadata.get("dataset_fingerprint"), expected_fingerprint)
     return tensors, config, metadata
+
+
+def save_resume_state(state_dir: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
+    """Atomically write a stage's resume point to ``state_dir/state.pt`` (``torch.save``).
+
+    Args:
+        state_dir: the stage's state folder, e.g. ``RUN/state/graph``.
+        payload: tensors, state dicts and plain values; by convention it holds
+            ``"fingerprint"`` (the dataset's) and ``"config"`` (a JSON string of the settings
+            that must not change across a resume), checked by :func:`load_resume_state`.
+
+    Returns:
+        The path of the written file.
+    """
+    buf = io.BytesIO()
+    torch.save(dict(payload), buf)
+    return atomic_write_bytes(Path(state_dir) / STATE_NAME, buf.getvalue())
+
+
+def load_resume_state(
+    state_dir: str | os.PathLike[str],
+    *,
+    fingerprint: str,
+    key: Mapping[str, Any],
+    what: str,
+) -> dict[str, Any] | None:
+    """Load a resume point written by :func:`save_resume_state`, or ``None`` when there is none.
+
+    Args:
+        state_dir: the stage's state folder.
+        fingerprint: fingerprint of the dataset in use; must equal the stored one.
+        key: settings that must equal those stored in ``json.loads(state["config"])``.
+        what: the stage's name, used in error messages (e.g. ``"item_text"``).
+
+    Raises:
+        CheckpointError: the file exists but cannot be read.
+        FingerprintMismatchError: the state was made for another dataset (names both).
+        ValueError: a setting in ``key`` changed since the state was written (names it).
+    """
+    state_dir = Path(state_dir)
+    path = state_dir / STATE_NAME
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a corrupt file: say which and how to recover
+        raise CheckpointError(
+            f"{path}: cannot read resume state ({exc}); delete it or pass resume=False"
+        ) from exc
+    if state.get("fingerprint") != fingerprint:
+        raise FingerprintMismatchError(
+            f"{state_dir}: resume state was made for dataset fingerprint "
+            f"{state.get('fingerprint')}, but the dataset in use has fingerprint {fingerprint}"
+        )
+    saved = json.loads(state["config"])
+    for name, value in key.items():
+        if saved.get(name) != value:
+            raise ValueError(
+                f"{path}: cannot resume {what}: {name} was {saved.get(name)!r} and is now "
+                f"{value!r}; use another run directory or resume=False"
+            )
+    return state
 
 
 def _require(directory: Path, name: str) -> Path:

@@ -7,7 +7,6 @@ optimiser, sampler, resume state) -> epochs of BPR -> validation and early stopp
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -19,11 +18,11 @@ from typing import Any
 import torch
 from glta_gllm.checkpoint import (
     CheckpointError,
-    FingerprintMismatchError,
-    atomic_write_bytes,
     atomic_write_json,
     load_artifact,
+    load_resume_state,
     save_artifact,
+    save_resume_state,
 )
 
 from glta_graph.adjacency import BACKENDS, GraphPropagator, normalized_adjacency
@@ -44,7 +43,6 @@ __all__ = [
 
 GRAPH_DIR = "graph"
 STATE_DIR = os.path.join("state", "graph")
-_STATE_FILE = "state.pt"
 _STATE_JSON = "state.json"
 _SAMPLINGS = ("user", "pair")
 _METRIC_NAMES = ("precision", "recall", "ndcg", "hit_rate")
@@ -280,43 +278,12 @@ def _bpr_loss(
     return loss
 
 
-def _torch_save_bytes(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
 def _resume_key(config: LightGCNConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in _RESUMABLE_CHANGES}
 
 
-def _load_state(state_dir: Path, config: LightGCNConfig, fingerprint: str) -> dict | None:
-    path = state_dir / _STATE_FILE
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt file: say which and how to recover
-        raise CheckpointError(
-            f"{path}: cannot read resume state ({exc}); delete it or pass resume=False"
-        ) from exc
-    if state.get("fingerprint") != fingerprint:
-        raise FingerprintMismatchError(
-            f"{state_dir}: resume state was made for dataset fingerprint "
-            f"{state.get('fingerprint')}, but the dataset in use has fingerprint {fingerprint}"
-        )
-    saved = json.loads(state["config"])
-    for key, value in _resume_key(config).items():
-        if saved.get(key) != value:
-            raise ValueError(
-                f"{path}: cannot resume, LightGCNConfig.{key} was {saved.get(key)!r} and is now "
-                f"{value!r}; use another run directory or resume=False"
-            )
-    return state
-
-
 def _save_state(state_dir: Path, payload: dict[str, Any]) -> None:
-    atomic_write_bytes(state_dir / _STATE_FILE, _torch_save_bytes(payload))
+    save_resume_state(state_dir, payload)
     atomic_write_json(
         state_dir / _STATE_JSON,
         {"epoch": payload["epoch"], "best_epoch": payload["best_epoch"],
@@ -406,7 +373,12 @@ def _train(
     best_epoch, best_valid, best_score = -1, {}, -math.inf
     best_emb: tuple[torch.Tensor, torch.Tensor] | None = None
     stopped_early = False
-    state = _load_state(state_dir, config, fingerprint) if resume else None
+    state = (
+        load_resume_state(state_dir, fingerprint=fingerprint, key=_resume_key(config),
+                          what="LightGCN")
+        if resume
+        else None
+    )
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
