@@ -34,6 +34,7 @@ kernel and is preferred when installed, but was not measured here.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import warnings
 
@@ -47,14 +48,32 @@ __all__ = [
     "resolve_backend",
     "sparse_propagate",
     "torch_sparse_available",
+    "torch_sparse_import_error",
 ]
 
 BACKENDS = ("auto", "csr", "coo", "torch-sparse")
 
 
 def torch_sparse_available() -> bool:
-    """Return whether the optional ``torch_sparse`` package can be imported."""
-    return importlib.util.find_spec("torch_sparse") is not None
+    """Return whether the optional ``torch_sparse`` package imports and works.
+
+    A package that is installed but cannot be imported (built against another torch, or
+    ``torch_scatter``, which it imports, missing) counts as unavailable; see
+    :func:`torch_sparse_import_error` for the reason.
+    """
+    return torch_sparse_import_error() is None
+
+
+@functools.cache
+def torch_sparse_import_error() -> str | None:
+    """Why ``torch_sparse`` cannot be used (``None`` when it imports); checked once."""
+    if importlib.util.find_spec("torch_sparse") is None:
+        return "torch_sparse is not installed"
+    try:
+        import torch_sparse  # noqa: F401  (optional extra)
+    except (ImportError, OSError, RuntimeError) as exc:  # missing torch_scatter, ABI mismatch
+        return f"torch_sparse is installed but does not import: {type(exc).__name__}: {exc}"
+    return None
 
 
 def normalized_adjacency(train: torch.Tensor) -> torch.Tensor:
@@ -132,6 +151,30 @@ class _SymmetricSparseMM(torch.autograd.Function):
         return None, grad_x
 
 
+class _SymmetricTorchSparseMM(torch.autograd.Function):
+    """``Y = A X`` with a symmetric ``torch_sparse.SparseTensor`` ``A``; backward ``dX = A dY``.
+
+    torch-sparse's own autograd computes ``A^T dY`` by gathering the values and row indices
+    into column order (two ``nnz``-sized ``index_select``) on every backward and keeps ``X``
+    alive for it; for a symmetric ``A`` the forward kernel on ``dY`` is the same product.
+    """
+
+    @staticmethod
+    def forward(ctx, mat, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        from torch_sparse import matmul  # optional extra
+
+        ctx.mat = mat
+        return matmul(mat, x.detach())
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        if not ctx.needs_input_grad[1]:
+            return None, None
+        from torch_sparse import matmul  # optional extra
+
+        return None, matmul(ctx.mat, grad.contiguous())
+
+
 def sparse_propagate(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Multiply a *symmetric* sparse CSR matrix by a dense matrix with a cheap backward.
 
@@ -162,8 +205,9 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
         return "csr"
     if backend == "torch-sparse" and not torch_sparse_available():
         raise ValueError(
-            "backend 'torch-sparse' needs the optional extra: "
-            "pip install 'glta-graph[torch-sparse]' (builds torch-sparse from source)"
+            f"backend 'torch-sparse' needs the optional extra ({torch_sparse_import_error()}): "
+            "pip install --no-build-isolation 'glta-graph[torch-sparse]' (builds torch-sparse "
+            "and torch-scatter from source against the installed torch)"
         )
     return backend
 
@@ -172,13 +216,16 @@ class GraphPropagator:
     """The normalised adjacency held in one backend's format, callable as ``X -> A X``.
 
     Args:
-        adj: ``(N, N)`` symmetric sparse CSR float32 from :func:`normalized_adjacency`.
+        adj: ``(N, N)`` symmetric sparse CSR from :func:`normalized_adjacency`.
         backend: one of :data:`BACKENDS` (``"auto"`` resolves per device, see
             :func:`resolve_backend`).
         device: where the matrix lives and the products run.
+        dtype: floating dtype the matrix is stored in (float32 by default, float64 for
+            exact comparisons); ``x`` must have the same dtype.
 
     Calling the propagator with ``x`` of shape ``(N, d)`` returns ``A x`` of shape
-    ``(N, d)``, differentiable with respect to ``x`` in every backend.
+    ``(N, d)``, differentiable with respect to ``x`` in every backend. The ``"csr"`` and
+    ``"torch-sparse"`` backends share the same symmetric backward (``dX = A dY``).
     """
 
     def __init__(
@@ -186,16 +233,21 @@ class GraphPropagator:
         adj: torch.Tensor,
         backend: str = "auto",
         device: torch.device | str = "cpu",
+        *,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         if adj.layout != torch.sparse_csr:
             raise ValueError(f"adj must be a sparse CSR tensor, got layout {adj.layout}")
         if adj.dim() != 2 or adj.shape[0] != adj.shape[1]:
             raise ValueError(f"adj must be square, got shape {tuple(adj.shape)}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"GraphPropagator dtype must be a floating torch.dtype, got {dtype!r}")
         self.device = torch.device(device)
         self.backend = resolve_backend(backend, self.device)
         self.num_nodes = int(adj.shape[0])
         self.nnz = int(adj._nnz())
-        adj = adj.to(torch.float32)
+        self.dtype = dtype
+        adj = adj.to(dtype)
         if self.backend == "csr":
             self._mat = adj.to(self.device)
         elif self.backend == "coo":
@@ -203,24 +255,31 @@ class GraphPropagator:
         else:  # torch-sparse
             from torch_sparse import SparseTensor  # optional extra
 
+            # CSR straight from torch's layout: rows sorted, columns sorted within rows and
+            # unique (normalized_adjacency guarantees it), so torch-sparse's checks are skipped.
             self._mat = SparseTensor(
-                rowptr=adj.crow_indices(),
-                col=adj.col_indices(),
+                rowptr=adj.crow_indices().to(torch.int64),
+                col=adj.col_indices().to(torch.int64),
                 value=adj.values(),
                 sparse_sizes=(self.num_nodes, self.num_nodes),
+                is_sorted=True,
+                trust_data=True,
             ).to(self.device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Return ``A @ x`` for ``x`` of shape ``(N, d)``."""
+        """Return ``A @ x`` for ``x`` of shape ``(N, d)`` and the propagator's dtype."""
         if x.dim() != 2 or x.shape[0] != self.num_nodes:
             raise ValueError(f"x must be ({self.num_nodes}, d), got {tuple(x.shape)}")
+        if x.dtype != self.dtype:
+            raise ValueError(
+                f"x has dtype {x.dtype} but the propagator holds {self.dtype}; build it with "
+                f"GraphPropagator(..., dtype={x.dtype})"
+            )
         if self.backend == "csr":
             return sparse_propagate(self._mat, x)
         if self.backend == "coo":
             return torch.sparse.mm(self._mat, x)
-        from torch_sparse import matmul  # optional extra
-
-        return matmul(self._mat, x)
+        return _SymmetricTorchSparseMM.apply(self._mat, x)
 
     def __repr__(self) -> str:
         return (
