@@ -9,6 +9,9 @@ Two sub-commands (run from the repository root):
     uv run python benchmarks/graph/lightgcn_bench.py speed \\
         --datasets ml-100k,ml-latest-small,gowalla --backends csr,coo --steps 20
 
+           Backends: csr, coo, torch-sparse, auto, and torch-sparse-native (torch-sparse's own
+           autograd instead of the library's symmetric backward; needs the extra).
+
 ``train``  trains through the public API (``train_lightgcn``), in chunks of ``--chunk``
            epochs that resume from ``RUN/state/graph``; after every chunk it ranks the test
            split and appends one JSON line (epoch, loss, seconds/epoch, valid and test
@@ -97,6 +100,19 @@ def environment(device: torch.device) -> dict[str, object]:
     return env
 
 
+class NativeTorchSparse(GraphPropagator):
+    """``"torch-sparse"`` with torch-sparse's own autograd (``A^T dY`` through its CSC copy).
+
+    Benchmark-only: the library's ``"torch-sparse"`` backend uses the symmetric backward
+    ``dX = A dY``; ``--backends torch-sparse-native`` measures what that saves.
+    """
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        from torch_sparse import matmul
+
+        return matmul(self._mat, x)
+
+
 def cmd_speed(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     rows = []
@@ -113,7 +129,10 @@ def cmd_speed(args: argparse.Namespace) -> None:
         sample_s = time.perf_counter() - t0
         users, pos, neg = (t.to(device) for t in (users, pos, neg))
         for backend in args.backends.split(","):
-            prop = GraphPropagator(adj, backend=backend, device=device)
+            if backend == "torch-sparse-native":
+                prop = NativeTorchSparse(adj, backend="torch-sparse", device=device)
+            else:
+                prop = GraphPropagator(adj, backend=backend, device=device)
             model = LightGCN(data.num_users, data.num_items, args.dim, args.layers).to(device)
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
             n = min(args.steps, steps_per_epoch)
@@ -135,8 +154,10 @@ def cmd_speed(args: argparse.Namespace) -> None:
             times.sort()
             step_s = sum(times) / len(times)
             row = {
-                "dataset": name, "backend": prop.backend, "users": data.num_users,
-                "items": data.num_items, "train": n_pairs, "nnz_adj": prop.nnz,
+                "dataset": name,
+                "backend": backend if backend == "torch-sparse-native" else prop.backend,
+                "users": data.num_users, "items": data.num_items, "train": n_pairs,
+                "nnz_adj": prop.nnz,
                 "batch_size": args.batch_size, "steps_per_epoch": steps_per_epoch,
                 "timed_steps": len(times), "step_s_mean": step_s,
                 "step_s_median": times[len(times) // 2],

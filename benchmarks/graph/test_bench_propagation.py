@@ -9,7 +9,7 @@ BPR batch of 2,048; one forward + backward + Adam step per round. With benchmark
 
 import pytest
 import torch
-from glta_graph.adjacency import GraphPropagator, normalized_adjacency
+from glta_graph.adjacency import GraphPropagator, normalized_adjacency, torch_sparse_available
 from glta_graph.data import csr_from_pairs
 from glta_graph.lightgcn import LightGCN
 from glta_graph.train import NegativeSampler, _bpr_loss
@@ -30,7 +30,14 @@ def graph():
     return train, normalized_adjacency(train), users, pos, sampler.sample(users, g)
 
 
-@pytest.mark.parametrize("backend", ["csr", "coo"])
+_TORCH_SPARSE = pytest.param(
+    "torch-sparse",
+    marks=pytest.mark.skipif(not torch_sparse_available(),
+                             reason="optional extra glta-graph[torch-sparse] not importable"),
+)
+
+
+@pytest.mark.parametrize("backend", ["csr", "coo", _TORCH_SPARSE])
 def test_training_step(benchmark, graph, backend):
     _, adj, users, pos, neg = graph
     torch.manual_seed(0)
@@ -50,9 +57,10 @@ def test_training_step(benchmark, graph, backend):
     assert 0 < loss < 1.0  # BPR starts near log(2)
 
 
-def test_backends_agree(graph):
+@pytest.mark.parametrize("backend", ["coo", _TORCH_SPARSE])
+def test_backends_agree(graph, backend):
     _, adj, *_ = graph
     x = torch.randn(USERS + ITEMS, 8, generator=torch.Generator().manual_seed(1))
     a = GraphPropagator(adj, backend="csr")(x)
-    b = GraphPropagator(adj, backend="coo")(x)
+    b = GraphPropagator(adj, backend=backend)(x)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
