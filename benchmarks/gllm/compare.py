@@ -43,7 +43,9 @@ def _timed(fn_) -> float:
     return time.perf_counter() - t0
 
 
-def lce_variants(rows: int, hid: int, items: int, torch_chunks: list[int]):
+def lce_variants(
+    rows: int, hid: int, items: int, torch_chunks: list[int], glta_chunks: list[int] = ()
+):
     g = torch.Generator().manual_seed(0)
     h = torch.randn(rows, hid, generator=g).requires_grad_()
     w = (torch.randn(items, hid, generator=g) / math.sqrt(hid)).requires_grad_()
@@ -61,7 +63,10 @@ def lce_variants(rows: int, hid: int, items: int, torch_chunks: list[int]):
         "naive": step(lambda: F.cross_entropy(F.linear(h, w), t)),
         "glta": step(lambda: linear_cross_entropy(h, w, t)),
         "glta_recompute": step(lambda: linear_cross_entropy(h, w, t, store_logits=False)),
+        "glta_keepall": step(lambda: linear_cross_entropy(h, w, t, store_logits=True)),
     }
+    for c in glta_chunks:
+        variants[f"glta_c{c}"] = step(lambda c=c: linear_cross_entropy(h, w, t, chunk_size=c))
     options = getattr(torch.nn, "LinearCrossEntropyOptions", None)
     if options is not None and hasattr(F, "linear_cross_entropy"):
         variants["torch_auto"] = step(lambda: F.linear_cross_entropy(h, w, t, options=options()))
@@ -161,6 +166,9 @@ def main() -> None:
     parser.add_argument("--no-plain", action="store_true", help="head: skip the plain head")
     parser.add_argument("--torch-chunks", default="32,64,128,256")
     parser.add_argument(
+        "--glta-chunks", default="", help="lce: extra glta variants with these chunk sizes"
+    )
+    parser.add_argument(
         "--only", default="", help="comma list of variants (naive always, unless -naive)"
     )
     args = parser.parse_args()
@@ -174,9 +182,11 @@ def main() -> None:
     if args.kernel == "lce":
         rows, hid, items = args.shape
         chunks = [int(c) for c in args.torch_chunks.split(",") if c]
-        variants, flops = lce_variants(rows, hid, items, chunks)
-        plan = fn._plan(rows, items, hid, 4, True, None)
-        meta.update(shape=[rows, hid, items], plan={"row_block": plan[0], "keep": plan[1]})
+        glta_chunks = [int(c) for c in args.glta_chunks.split(",") if c]
+        variants, flops = lce_variants(rows, hid, items, chunks, glta_chunks)
+        chunk = fn._item_chunk(rows, items, None)
+        kept = fn._kept_chunks(rows, items, chunk, 4, None)
+        meta.update(shape=[rows, hid, items], plan={"chunk": chunk, "kept_chunks": kept})
     elif args.kernel == "head":
         rows, hid, dim, items = args.shape
         variants, flops = head_variants(rows, hid, dim, items, not args.no_plain)

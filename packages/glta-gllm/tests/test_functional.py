@@ -301,23 +301,31 @@ def test_topk_k_larger_than_items_left_names_user() -> None:
         topk_excluding(torch.randn(3, 4), torch.randn(10, 4), 3, exclude=dense.to_sparse_csr())
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("bias", [False, True])
-def test_row_blocks_with_kept_logits(monkeypatch, dtype, bias) -> None:
+def _hybrid(monkeypatch, fraction):
+    """Force the kept-chunks schedule on tiny shapes (no keep-all for small logits)."""
     import glta_gllm.functional as fn
 
-    # A tiny budget and free memory traffic force several row blocks, each keeping its logits.
     monkeypatch.setattr(fn, "_STORE_MIN_BYTES", 0)
-    monkeypatch.setattr(fn, "_STORE_FRACTION", 0.3)
-    monkeypatch.setattr(fn, "_BYTE_COST", 0.0)
-    assert fn._plan(20, 50, 4, 8, True, None) == (6, True)
+    monkeypatch.setattr(fn, "_STORE_FRACTION", fraction)
+    return fn
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_kept_chunks_schedule_matches_naive(monkeypatch, dtype, bias, reduction) -> None:
+    fn = _hybrid(monkeypatch, 0.5)
+    # 50 items in chunks of 8: 7 chunks (the last one 2 wide); 25 // 8 = 3 kept.
+    assert fn._kept_chunks(20, 50, 8, 8, None) == 3
     h, w, b, t = _inputs(20, 4, 50, dtype, bias, ignore=3)
+    t[0] = 49  # a target in the narrow, kept last chunk
+    t[1] = 0  # and one in the first, recomputed chunk
     params = _params(h, w, b)
-    got = linear_cross_entropy(h, w, t, b, chunk_size=16)
+    got = linear_cross_entropy(h, w, t, b, chunk_size=8, reduction=reduction)
     grads = torch.autograd.grad(got, params)
     ref_params = [p.detach().double().requires_grad_() for p in params]
     rb = ref_params[2] if bias else None
-    ref = F.cross_entropy(F.linear(ref_params[0], ref_params[1], rb), t)
+    ref = F.cross_entropy(F.linear(ref_params[0], ref_params[1], rb), t, reduction=reduction)
     ref_grads = torch.autograd.grad(ref, ref_params)
     tol = {"atol": 1e-10, "rtol": 1e-10} if dtype == torch.float64 else {"atol": 2e-2, "rtol": 2e-2}
     torch.testing.assert_close(got.double(), ref, **tol)
@@ -326,15 +334,50 @@ def test_row_blocks_with_kept_logits(monkeypatch, dtype, bias) -> None:
         torch.testing.assert_close(gg.double(), rg, **tol)
 
 
-def test_plan_prefers_recompute_when_blocks_would_restream_a_huge_weight(monkeypatch) -> None:
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
+def test_gradcheck_kept_chunks_schedule(monkeypatch, fraction) -> None:
+    _hybrid(monkeypatch, fraction)
+    h, w, b, t = _inputs(5, 3, 11, torch.float64, True, ignore=1)
+    fn = lambda *p: linear_cross_entropy(*p[:2], t, p[2], chunk_size=3)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (h, w, b), nondet_tol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("fraction", "store", "recomputed"),
+    # 7 chunks; pass 1 runs 7 matmuls, pass 2 recomputes the chunks neither kept nor left
+    # in the buffer by pass 1 (the last not-kept chunk).
+    [
+        (0.5, None, 3),
+        (0.0, None, 6),
+        (0.5, False, 6),
+        (0.0, True, 0),
+        (0.9, None, 1),
+        (0.98, None, 0),
+    ],
+)
+def test_kept_and_buffered_chunks_are_not_recomputed(monkeypatch, fraction, store, recomputed):
+    fn = _hybrid(monkeypatch, fraction)
+    calls = []
+    real = fn._mm_chunk
+    monkeypatch.setattr(fn, "_mm_chunk", lambda out, *a: calls.append(a[3]) or real(out, *a))
+    h, w, b, t = _inputs(20, 4, 50, torch.float32, True)
+    loss = linear_cross_entropy(h, w, t, b, chunk_size=8, store_logits=store)
+    loss.backward()
+    assert len(calls) == 7 + recomputed
+    torch.testing.assert_close(loss, F.cross_entropy(F.linear(h, w, b), t), atol=1e-5, rtol=1e-5)
+
+
+def test_kept_chunks_plan_stays_within_the_store_fraction() -> None:
     import glta_gllm.functional as fn
 
-    # 256 rows x 200k items x H=4096: six blocks would stream a 3.3 GB weight six times.
-    block, keep = fn._plan(256, 200_000, 4096, 4, True, None)
-    assert (block, keep) == (256, False)
-    # Small problems keep everything.
-    assert fn._plan(64, 1000, 32, 4, True, None) == (64, True)
-    assert fn._plan(64, 1000, 32, 4, True, False) == (64, False)
+    # 256 rows x 200k items, chunks of 4096: 9 whole chunks fit in a fifth of the logits.
+    kept = fn._kept_chunks(256, 200_000, 4096, 4, None)
+    assert kept == 9
+    assert kept * 4096 <= fn._STORE_FRACTION * 200_000
+    # Small problems (logits within _STORE_MIN_BYTES) keep everything; explicit choices win.
+    assert fn._kept_chunks(64, 1000, 256, 4, None) == 4
+    assert fn._kept_chunks(64, 1000, 256, 4, False) == 0
+    assert fn._kept_chunks(256, 200_000, 4096, 4, True) == 49
 
 
 def test_no_grad_mode_skips_the_gradient_pass(monkeypatch) -> None:

@@ -6,30 +6,39 @@ torch operations (matmuls into preallocated buffers, in-place softmax and elemen
 so they run unchanged on CPU and CUDA.
 
 ``linear_cross_entropy`` computes ``F.cross_entropy(F.linear(hidden, weight, bias), targets)``
-over item chunks ``c`` of ``chunk`` items each:
+with all rows together over item chunks ``j`` of ``chunk`` items, so that one ``(rows x
+chunk)`` tile (about ``_TILE_ELEMENTS``) stays in cache:
 
-* pass 1, per chunk: ``X_c = h W_c^T + b_c`` into a ``(rows x chunk)`` tile, its row
-  log-sum-exp ``lse_c`` (row max, then one in-place softmax whose value at the arg-max is
-  ``1 / sum exp(X_c - max)``); ``lse = logsumexp_c(lse_c)``. The loss is
-  ``lse - h . W[t] - b[t]``.
-* pass 2 (gradients), per chunk: the tile (recomputed, or kept from pass 1) is turned in place
-  into ``G_c = scale * softmax(X_c) * exp(lse_c - lse) - scale * onehot(t)`` and consumed by
-  two matmuls while the tile is hot: ``grad_h += G_c W_c`` and ``grad_W[c] = G_c^T h``
-  (``grad_b[c] = sum_rows G_c``).
+* pass 1, per chunk: ``X_j = h W_j^T + b_j`` into a tile (``torch.mm``/``addmm`` with
+  ``out=``), ``m_j = rowmax(X_j)``, the tile becomes ``exp(X_j - m_j)`` in place (no
+  softmax is written) and ``lse_j = m_j + log(rowsum)``; then ``lse = logsumexp_j(lse_j)``.
+  The loss is ``lse - h . W[t] - b[t]``.
+* pass 2 (gradients), chunks last to first: ``P_j = softmax(X)[:, j]`` is a kept tile times
+  ``exp(m_j - lse)`` (one multiply), or for the other chunks a recomputed GEMM and
+  ``exp(X_j - lse)`` in place. With the row scale folded into ``hs = h * row_scale`` once:
+  ``grad_W[j] = P_j^T hs`` (``mm`` with ``out=``), ``grad_h += P_j W_j`` (``addmm_``),
+  ``grad_b[j] = P_j^T row_scale``. The one-hot part of the softmax gradient never touches a
+  tile: ``grad_W[t_r] -= hs[r]`` (per chunk, a few rows), and at the end ``grad_h =
+  row_scale * (grad_h - W[t])``, ``grad_b[t] -= row_scale``.
 
-Two schedules, picked per call by :func:`_plan` from the shapes:
-
-* **recompute**: pass 2 recomputes each chunk's logits (a fourth matmul; the naive path has
-  three), but every matmul works on a cache-sized tile instead of writing and re-reading a
-  ``rows x items`` matrix. Extra memory: one ``rows x chunk`` tile.
-* **row blocks**: rows are processed in blocks whose ``block x items`` softmax tiles are kept
-  between the passes (3 matmuls, nothing recomputed); the block is at most a fifth of the
-  naive logits (or 16 MiB), and the weight is streamed once per block, so a cost model
-  (matmul flops + ``_BYTE_COST`` x bytes moved) decides.
+Schedule (:func:`_kept_chunks`): the last ``kept`` chunks of pass 1 write their tiles straight
+into a kept store instead of the one reused buffer, and pass 2 starts with them and then with
+the chunk still in the buffer, so those are never recomputed; the rest are (one extra GEMM
+each). The default keeps as many whole chunks as fit in ``_STORE_FRACTION`` (0.2) of the
+``rows x items`` logits: the naive path holds about twice the logits (measured with
+``benchmarks/gllm/memory.py``), so store + tile stay under 1/8 of its extra memory. That
+costs ``4 - kept/chunks`` (about 3.8) matmuls of ``2 rows H items`` flops against the naive
+path's 3, which the in-cache element-wise work (the naive path streams several ``rows x
+items`` matrices through memory) pays back where ``H`` is small or moderate; at large ``H``
+(4096) the matmuls dominate and the schedule is about ``3.8 / 3`` of the naive time.
+``store_logits=True`` keeps every chunk (3 matmuls, extra memory = the logits, half the
+naive path's): the fast option when memory allows. ``store_logits=False`` keeps none (4
+matmuls, one tile of extra memory). Logits within ``_STORE_MIN_BYTES`` are always kept.
 
 When gradients are needed and the reduction is ``"mean"``/``"sum"`` both passes run inside
 the forward and the backward only scales the result by the incoming scalar (with
-``reduction="none"`` the backward runs pass 2 with the per-row incoming gradients).
+``reduction="none"`` the backward runs pass 2, recomputing every chunk, with the per-row
+incoming gradients as ``row_scale``).
 
 Low-precision inputs (bf16/fp16) are computed and accumulated in float32 chunk by chunk.
 """
@@ -49,12 +58,11 @@ _REDUCTIONS = ("mean", "sum", "none")
 _TILE_ELEMENTS = 1 << 20
 _MIN_CHUNK = 256
 _MAX_CHUNK = 32768
-# The training path may keep a row block's logits between its two passes (no recompute)
-# within max(_STORE_MIN_BYTES, _STORE_FRACTION x the full rows x items logits).
-_STORE_MIN_BYTES = 16 << 20
+# The training path keeps the last chunks' tiles between its two passes (not recomputed)
+# within _STORE_FRACTION of the full rows x items logits; logits of at most
+# _STORE_MIN_BYTES are kept whole.
 _STORE_FRACTION = 0.2
-# Cost of moving one byte through memory, in flops, for choosing block vs recompute.
-_BYTE_COST = 10.0
+_STORE_MIN_BYTES = 16 << 20
 _TOPK_BUFFER_BYTES = 32 << 20
 _TOPK_MAX_BYTES = 256 << 20
 
@@ -157,14 +165,6 @@ def _mm_chunk(
     return w
 
 
-def _chunk_lse_(tile: torch.Tensor) -> torch.Tensor:
-    """Row log-sum-exp of ``tile`` (R, C); overwrites ``tile`` with its row softmax."""
-    top, arg = tile.max(dim=1)
-    torch._softmax(tile, 1, False, out=tile)  # in place: each element is read before written
-    # softmax at the arg-max is exp(0) / sum exp(x - max), hence lse = max - log(that).
-    return top - tile.gather(1, arg.unsqueeze(1)).squeeze(1).log()
-
-
 def _target_logits(
     h: torch.Tensor,
     weight: torch.Tensor,
@@ -180,23 +180,53 @@ def _target_logits(
 
 
 class _OneHot:
-    """Per-chunk (row, column) positions of the targets, found once by sorting."""
+    """Per-chunk (row, local column) positions of the targets, found once by sorting."""
 
     def __init__(self, targets: torch.Tensor, bounds: list[tuple[int, int]]) -> None:
         self.sorted, self.order = torch.sort(targets)
         edges = torch.tensor([a for a, _ in bounds] + [bounds[-1][1]], device=targets.device)
         self.starts = torch.searchsorted(self.sorted, edges).tolist()
 
-    def subtract_(self, tile: torch.Tensor, j: int, a: int, scale: torch.Tensor) -> None:
-        """tile[r, t_r - a] -= scale[r] for the rows whose target falls in chunk ``j``."""
+    def subtract_rows_(self, out: torch.Tensor, j: int, a: int, hs: torch.Tensor) -> None:
+        """out[t_r - a] -= hs[r] for the rows ``r`` whose target falls in chunk ``j``."""
         lo, hi = self.starts[j], self.starts[j + 1]
         if hi > lo:
-            rows = self.order[lo:hi]
-            tile.index_put_((rows, self.sorted[lo:hi] - a), -scale[rows], accumulate=True)
+            rows = hs.index_select(0, self.order[lo:hi])
+            out.index_add_(0, self.sorted[lo:hi] - a, rows, alpha=-1)
 
 
 def _bounds(items: int, chunk: int) -> list[tuple[int, int]]:
     return [(a, min(a + chunk, items)) for a in range(0, items, chunk)]
+
+
+def _kept_chunks(rows: int, items: int, chunk: int, elem: int, store_logits: bool | None) -> int:
+    """How many item chunks (the last ones) keep their tiles between the two passes.
+
+    ``store_logits`` True keeps all, False none; ``None`` keeps as many whole chunks as fit
+    in ``_STORE_FRACTION`` of the ``rows x items`` logits (all of them when the logits take
+    at most ``_STORE_MIN_BYTES``).
+    """
+    chunks = math.ceil(items / chunk)
+    if store_logits is not None:
+        return chunks if store_logits else 0
+    if rows * items * elem <= _STORE_MIN_BYTES:
+        return chunks
+    return min(chunks, int(_STORE_FRACTION * items) // chunk)
+
+
+def _tile(
+    store: torch.Tensor | None,
+    buf: torch.Tensor | None,
+    rows: int,
+    a: int,
+    e: int,
+    kept_from: int,
+) -> torch.Tensor:
+    """The (rows, e - a) tile of the chunk starting at item ``a``: in the store (whose first
+    item is ``kept_from``) for a kept chunk, else the reused buffer."""
+    if store is not None and a >= kept_from:
+        return store[(a - kept_from) * rows : (e - kept_from) * rows].view(rows, e - a)
+    return buf[: rows * (e - a)].view(rows, e - a)
 
 
 def _lse_pass(
@@ -205,26 +235,43 @@ def _lse_pass(
     bias: torch.Tensor | None,
     bounds: list[tuple[int, int]],
     acc: torch.dtype,
-    store: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pass 1: per-chunk and total row log-sum-exp, ``((rows,), (chunks, rows))``.
+    kept: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Pass 1: the row log-sum-exp over all items.
 
-    With ``store`` (``rows * items`` elements) every chunk's softmax tile is kept there,
-    chunk ``j`` at ``store[a * rows : e * rows]``; otherwise one tile buffer is reused.
+    Per chunk ``j``: ``X_j = h W_j^T (+ b_j)`` into a tile, ``m_j = rowmax(X_j)``, the tile
+    becomes ``exp(X_j - m_j)`` in place and ``lse_j = m_j + log(rowsum)``; finally
+    ``lse = logsumexp_j(lse_j)``.
+
+    Args:
+        h: (R, H) in dtype ``acc``; weight (I, H); bias (I,) or None.
+        kept: how many of the last chunks write their tiles into a kept store (one
+            ``R x (items of those chunks)`` tensor) instead of the one reused buffer.
+
+    Returns:
+        ``(lse (R,), maxes (chunks, R), store, buf)``: the store holds the kept chunks'
+        ``exp(X_j - m_j)`` tiles, the buffer (None when every chunk is kept) the last
+        not-kept chunk's.
     """
     rows = h.shape[0]
-    lse_chunks = torch.empty(len(bounds), rows, dtype=acc, device=h.device)
-    if store is None:
+    n = len(bounds)
+    maxes = torch.empty(n, rows, dtype=acc, device=h.device)
+    sums = torch.empty(n, rows, dtype=acc, device=h.device)
+    kept_from = bounds[n - kept][0] if kept else bounds[-1][1]
+    store = buf = None
+    if kept:
+        store = torch.empty(rows * (bounds[-1][1] - kept_from), dtype=acc, device=h.device)
+    if kept < n:
         width = max(e - a for a, e in bounds)
         buf = torch.empty(rows * width, dtype=acc, device=h.device)
     for j, (a, e) in enumerate(bounds):
-        if store is None:
-            tile = buf[: rows * (e - a)].view(rows, e - a)
-        else:
-            tile = store[a * rows : e * rows].view(rows, e - a)
+        tile = _tile(store, buf, rows, a, e, kept_from)
         _mm_chunk(tile, h, weight, bias, a, e, acc)
-        lse_chunks[j] = _chunk_lse_(tile)
-    return torch.logsumexp(lse_chunks, dim=0), lse_chunks
+        torch.amax(tile, dim=1, out=maxes[j])
+        tile.sub_(maxes[j].unsqueeze(1)).exp_()
+        torch.sum(tile, dim=1, out=sums[j])
+    lse = torch.logsumexp(sums.log_().add_(maxes), dim=0)
+    return lse, maxes, store, buf
 
 
 def _grad_pass(
@@ -233,132 +280,76 @@ def _grad_pass(
     bias: torch.Tensor | None,
     targets: torch.Tensor,
     lse: torch.Tensor,
-    lse_chunks: torch.Tensor,
     row_scale: torch.Tensor,
     bounds: list[tuple[int, int]],
     acc: torch.dtype,
-    grads: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
-    accumulate: bool,
+    needs: tuple[bool, bool, bool],
+    kept: int = 0,
+    maxes: torch.Tensor | None = None,
     store: torch.Tensor | None = None,
-) -> None:
-    """Pass 2: gradients of ``sum_r row_scale[r] * loss[r]`` chunk by chunk, into ``grads``.
+    buf: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Pass 2: the gradients of ``sum_r row_scale[r] * loss[r]``, chunk by chunk.
+
+    With ``P_j = softmax(X)[:, chunk j]`` (from a kept tile: ``exp(X_j - m_j) *
+    exp(m_j - lse)``, one multiply; else recomputed: ``exp(X_j - lse)``) and ``hs = h *
+    row_scale``: ``grad_W[j] = P_j^T hs`` (minus ``hs[r]`` at row ``t_r``),
+    ``grad_b[j] = P_j^T row_scale``, and ``grad_h = row_scale * (sum_j P_j W_j - W[t])``.
+    Chunks run last to first, so the buffer's tile left by pass 1 is used before it is
+    overwritten.
 
     Args:
-        h: (R, H) rows in dtype ``acc``; weight (I, H); bias (I,) or None;
-        targets: (R,) in [0, I); lse / lse_chunks: from :func:`_lse_pass`; row_scale: (R,).
-        grads: ``(grad_h (R, H) in acc, grad_w (I, H), grad_b (I,) in acc)``, each None when
-            not wanted. ``grad_h`` is added to; ``grad_w``/``grad_b`` are overwritten, or
-            added to when ``accumulate`` (then ``grad_w`` must be in ``acc``).
-        store: the softmax tiles kept by pass 1 (then nothing is recomputed).
+        h: (R, H) in dtype ``acc``; weight (I, H); bias (I,) or None; targets (R,) in
+            [0, I); lse (R,) from :func:`_lse_pass`; row_scale (R,) in ``acc``.
+        needs: which of (grad_h, grad_w, grad_b) to compute.
+        kept, maxes, store, buf: pass 1's plan and outputs (defaults: recompute all).
+
+    Returns:
+        ``(grad_h (R, H) in acc, grad_w (I, H) in weight's dtype, grad_b (I,) in acc)``,
+        None where not needed.
     """
-    rows = h.shape[0]
-    grad_h, grad_w, grad_b = grads
-    onehot = _OneHot(targets, bounds)
-    # factors[j, r] maps chunk j's local softmax to row_scale[r] * global softmax.
-    factors = torch.exp(lse_chunks - lse).mul_(row_scale)
-    if store is None:
-        width = max(e - a for a, e in bounds)
-        buf = torch.empty(rows * width, dtype=acc, device=h.device)
-    for j, (a, e) in enumerate(bounds):
-        if store is None:
-            tile = buf[: rows * (e - a)].view(rows, e - a)
-            w = _mm_chunk(tile, h, weight, bias, a, e, acc)
-            torch._softmax(tile, 1, False, out=tile)
-        else:
-            tile = store[a * rows : e * rows].view(rows, e - a)
-            w = weight[a:e] if weight.dtype == acc else weight[a:e].to(acc)
-        tile.mul_(factors[j].unsqueeze(1))
-        onehot.subtract_(tile, j, a, row_scale)
-        if grad_h is not None:
-            grad_h.addmm_(tile, w)
-        if grad_w is not None:
-            if accumulate:
-                grad_w[a:e].addmm_(tile.t(), h)
-            elif grad_w.dtype == acc:
-                torch.mm(tile.t(), h, out=grad_w[a:e])
-            else:
-                grad_w[a:e].copy_(tile.t() @ h)
-        if grad_b is not None:
-            if accumulate:
-                grad_b[a:e] += tile.sum(dim=0)
-            else:
-                torch.sum(tile, dim=0, out=grad_b[a:e])
-
-
-def _plan(
-    rows: int, items: int, hid: int, elem: int, need_w: bool, store_logits: bool | None
-) -> tuple[int, bool]:
-    """Row block and whether to keep its logits between the passes (instead of recomputing).
-
-    Keeping a block's ``block x I`` logits saves the recompute matmul (3 instead of 4) but
-    streams the weight (and its gradient) once per block; a simple cost model in
-    flop-equivalents, with ``_BYTE_COST`` flops per byte moved, picks the cheaper one.
-    """
-    if store_logits is not None:
-        return rows, bool(store_logits)
-    budget = max(_STORE_MIN_BYTES, _STORE_FRACTION * rows * items * elem)
-    block = int(min(rows, budget // (items * elem)))
-    if block >= rows:
-        return rows, True
-    if block < 1:
-        return rows, False
-    flops = 2.0 * rows * items * hid
-    w_bytes = items * hid * elem
-    blocks = math.ceil(rows / block)
-    recompute = 4 * flops + _BYTE_COST * (2 * w_bytes + (w_bytes if need_w else 0))
-    stored = 3 * flops + _BYTE_COST * blocks * (2 * w_bytes + (2 * w_bytes if need_w else 0))
-    return (block, True) if stored < recompute else (rows, False)
-
-
-def _fused(
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    row_scale: torch.Tensor,
-    needs: tuple[bool, bool, bool],
-    bounds: list[tuple[int, int]],
-    acc: torch.dtype,
-    block: int,
-    store: bool,
-):
-    """Both passes, row block by row block: ``(lse, lse_chunks, (grad_h, grad_w, grad_b))``."""
     rows, hid = h.shape
-    items = weight.shape[0]
+    n = len(bounds)
     device = h.device
-    blocks = math.ceil(rows / block)
     need_h, need_w, need_b = needs
+    kept_from = bounds[n - kept][0] if kept else bounds[-1][1]
+    in_buf = n - kept - 1 if buf is not None else -1  # pass 1's last not-kept chunk
+    width = max(e - a for a, e in bounds)
+    if buf is None and kept < n:
+        buf = torch.empty(rows * width, dtype=acc, device=device)
     grad_h = torch.zeros(rows, hid, dtype=acc, device=device) if need_h else None
-    w_dtype = acc if blocks > 1 else weight.dtype
-    grad_w = torch.empty(items, hid, dtype=w_dtype, device=device) if need_w else None
-    grad_b = torch.empty(items, dtype=acc, device=device) if need_b else None
-    tiles = torch.empty(min(block, rows) * items, dtype=acc, device=device) if store else None
-    lse = torch.empty(rows, dtype=acc, device=device)
-    lse_chunks = torch.empty(len(bounds), rows, dtype=acc, device=device)
-    for r0 in range(0, rows, block):
-        r1 = min(r0 + block, rows)
-        hr = h[r0:r1]
-        lse_r, chunks_r = _lse_pass(hr, weight, bias, bounds, acc, tiles)
-        lse[r0:r1] = lse_r
-        lse_chunks[:, r0:r1] = chunks_r
-        grads = (None if grad_h is None else grad_h[r0:r1], grad_w, grad_b)
-        _grad_pass(
-            hr,
-            weight,
-            bias,
-            targets[r0:r1],
-            lse_r,
-            chunks_r,
-            row_scale[r0:r1],
-            bounds,
-            acc,
-            grads,
-            r0 > 0,
-            tiles,
-        )
-    if grad_w is not None and grad_w.dtype != weight.dtype:
-        grad_w = grad_w.to(weight.dtype)
-    return lse, lse_chunks, (grad_h, grad_w, grad_b)
+    grad_w = torch.empty(weight.shape, dtype=weight.dtype, device=device) if need_w else None
+    grad_b = torch.empty(weight.shape[0], dtype=acc, device=device) if need_b else None
+    hs = w_tmp = onehot = None
+    if need_w:
+        hs = h * row_scale.unsqueeze(1)
+        onehot = _OneHot(targets, bounds)
+        if weight.dtype != acc:
+            w_tmp = torch.empty(width, hid, dtype=acc, device=device)
+    for j in reversed(range(n)):
+        a, e = bounds[j]
+        tile = _tile(store, buf, rows, a, e, kept_from)
+        if a >= kept_from or j == in_buf:
+            tile.mul_((maxes[j] - lse).exp_().unsqueeze(1))
+            w = weight[a:e] if weight.dtype == acc else weight[a:e].to(acc)
+        else:
+            w = _mm_chunk(tile, h, weight, bias, a, e, acc)
+            tile.sub_(lse.unsqueeze(1)).exp_()
+        if need_h:
+            grad_h.addmm_(tile, w)
+        if need_w:
+            out = grad_w[a:e] if w_tmp is None else w_tmp[: e - a]
+            torch.mm(tile.t(), hs, out=out)
+            onehot.subtract_rows_(out, j, a, hs)
+            if w_tmp is not None:
+                grad_w[a:e].copy_(out)
+        if need_b:
+            torch.mv(tile.t(), row_scale, out=grad_b[a:e])
+    if need_b:
+        grad_b.index_add_(0, targets, row_scale, alpha=-1)
+    if need_h:
+        grad_h.sub_(weight.index_select(0, targets).to(acc)).mul_(row_scale.unsqueeze(1))
+    return grad_h, grad_w, grad_b
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -389,30 +380,27 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
         if n_valid == 0:
             lse = torch.zeros(0, dtype=acc, device=device)
-            lse_chunks = torch.zeros(len(bounds), 0, dtype=acc, device=device)
             ctx.mode = "empty"
-        else:
+        elif any(needs) and reduction != "none":
             elem = torch.finfo(acc).bits // 8
-            if any(needs) and reduction != "none":
-                block, keep = _plan(n_valid, items, weight.shape[1], elem, needs[1], store)
-                if keep and chunk_size is None:
-                    # The block's logits are kept whole anyway: one full-width tile means a
-                    # few large matmuls and element-wise passes instead of many small ones.
-                    bounds = [(0, items)]
-                row_scale = torch.full((n_valid,), scale_value, dtype=acc, device=device)
-                lse, lse_chunks, ctx.grads = _fused(
-                    h, weight, bias, t, row_scale, needs, bounds, acc, block, keep
-                )
-                ctx.mode = "fused"
-            else:
-                lse, lse_chunks = _lse_pass(h, weight, bias, bounds, acc)
-                if any(needs):
-                    ctx.mode = "recompute"
+            kept = _kept_chunks(n_valid, items, chunk, elem, store)
+            lse, maxes, kept_tiles, buf = _lse_pass(h, weight, bias, bounds, acc, kept)
+            row_scale = torch.full((n_valid,), scale_value, dtype=acc, device=device)
+            ctx.grads = _grad_pass(
+                h, weight, bias, t, lse, row_scale, bounds, acc, needs,
+                kept, maxes, kept_tiles, buf,
+            )  # fmt: skip
+            del kept_tiles, buf
+            ctx.mode = "fused"
+        else:
+            lse = _lse_pass(h, weight, bias, bounds, acc)[0]
+            if any(needs):
+                ctx.mode = "recompute"
         loss_rows = lse - _target_logits(h, weight, bias, t, acc) if n_valid else lse
         if ctx.mode in ("fused", "recompute"):
             # Inputs cost nothing to save; the lse lets a backward recompute (reduction
             # "none", or a second backward through a retained graph).
-            ctx.save_for_backward(hidden, weight, bias, targets, lse, lse_chunks)
+            ctx.save_for_backward(hidden, weight, bias, targets, lse)
         if reduction == "none":
             if all_valid:
                 return loss_rows.to(hidden.dtype)
@@ -440,7 +428,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 gw = gw.mul_(g.to(gw.dtype)) if gw is not None else None
                 gb = gb.mul_(g) if gb is not None else None
         else:
-            hidden, weight, bias, targets, lse, lse_chunks = ctx.saved_tensors
+            hidden, weight, bias, targets, lse = ctx.saved_tensors
             acc = _acc_dtype(hidden.dtype)
             idx = ctx.idx
             h = hidden if idx is None else hidden.index_select(0, idx)
@@ -453,13 +441,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 n = h.shape[0]
                 scale = 1.0 / n if ctx.reduction == "mean" else 1.0
                 row_scale = (g * scale).expand(n).contiguous()
-            gh = torch.zeros(h.shape, dtype=acc, device=h.device) if need_h else None
-            gw = torch.empty_like(weight) if need_w else None
-            gb = torch.empty_like(bias, dtype=acc) if need_b and bias is not None else None
+            needs = (need_h, need_w, need_b and bias is not None)
             bounds = _bounds(weight.shape[0], ctx.chunk)
-            _grad_pass(
-                h, weight, bias, t, lse, lse_chunks, row_scale, bounds, acc, (gh, gw, gb), False
-            )
+            gh, gw, gb = _grad_pass(h, weight, bias, t, lse, row_scale, bounds, acc, needs)
         if gh is not None and ctx.idx is not None:
             full = torch.zeros(ctx.rows, gh.shape[1], dtype=gh.dtype, device=gh.device)
             full.index_copy_(0, ctx.idx, gh)
@@ -499,18 +483,19 @@ def linear_cross_entropy(
         chunk_size: items per chunk (default: chosen from the shapes so that a
             ``rows x chunk`` float32 tile is about 4 MiB, between 256 and 32768 items).
         store_logits: ``True`` keeps all ``N x I`` logits between the two passes (3
-            matmuls), ``False`` always recomputes them chunk by chunk (4 matmuls, one tile of
-            memory), ``None`` (default) lets a cost model choose between recomputing and
-            row blocks whose kept logits take at most a fifth of ``N x I`` (or 16 MiB).
+            matmuls; the fastest option when that memory is available), ``False`` always
+            recomputes them chunk by chunk (4 matmuls, one tile of memory), ``None``
+            (default) keeps whole chunks within a fifth of ``N x I`` and recomputes the
+            rest (all kept when the logits take at most 16 MiB).
 
     Returns:
         The scalar loss (``"mean"``/``"sum"``) or the ``(N,)`` per-row losses, in
         ``hidden``'s dtype. bf16/fp16 inputs are computed in float32 internally.
 
     Memory:
-        Beyond the inputs and their gradients: one ``N x chunk`` tile plus ``O(N)`` per chunk
-        for the log-sum-exps, and with the row-block schedule ``block x I`` kept logits
-        (at most ``max(N x I / 5, 16 MiB)``); never ``N x I`` unless ``store_logits=True``.
+        Beyond the inputs and their gradients: one ``N x chunk`` tile, ``O(N)`` per chunk
+        for the row maxima and sums, ``N x H`` for the scaled rows, and the kept chunks'
+        tiles (at most ``N x I / 5`` by default); ``N x I`` only with ``store_logits=True``.
 
     Raises:
         ValueError: bad shapes, dtypes, devices, reduction, or a target outside ``[0, I)``;
