@@ -289,3 +289,56 @@ def test_training_on_cuda_with_validation(tmp_path):
     assert res.best_valid and res.history[-1]["loss"] < res.history[0]["loss"]
     ue, ie = load_graph_embeddings(tmp_path, data.fingerprint)
     assert ue.device.type == "cpu" and ue.shape == (80, 16) and torch.isfinite(ie).all()
+
+
+def test_softmax_loss_matches_a_hand_computation():
+    from glta_graph.lightgcn import LightGCN
+    from glta_graph.train import _softmax_loss
+
+    g = torch.Generator().manual_seed(0)
+    model = LightGCN(5, 7, 4, 1)
+    user_out, item_out = torch.randn(5, 4, generator=g), torch.randn(7, 4, generator=g)
+    users, pos, neg = torch.tensor([0, 3]), torch.tensor([2, 5]), torch.tensor([1, 2, 6])
+    got = _softmax_loss(model, user_out, item_out, users, pos, neg, 0.0, 0.5)
+    cos = torch.nn.functional.cosine_similarity
+    want = []
+    for u, p in zip(users.tolist(), pos.tolist(), strict=True):
+        # item 2 is user 0's own positive: it is not a negative for that row
+        negs = [n for n in neg.tolist() if n != p]
+        scores = torch.stack([cos(user_out[u], item_out[i], dim=0) for i in [p, *negs]]) / 0.5
+        want.append(torch.logsumexp(scores, 0) - scores[0])
+    assert float(got) == pytest.approx(float(torch.stack(want).mean()), rel=1e-5)
+    with_l2 = _softmax_loss(model, user_out, item_out, users, pos, neg, 0.1, 0.5)
+    w_u, w_i = model.user_embedding.weight, model.item_embedding.weight
+    reg = 0.5 * (w_u[users].pow(2).sum() + w_i[pos].pow(2).sum()) / 2
+    assert float((with_l2 - got).detach()) == pytest.approx(float(0.1 * reg.detach()), rel=1e-5)
+
+
+def test_softmax_training_learns_and_saves_unit_norm_embeddings(tmp_path):
+    from glta_graph.evaluate import evaluate_embeddings
+
+    data = clustered_dataset()
+    cfg = LightGCNConfig(epochs=6, **{**FAST, "lr": 0.02}, loss="softmax", negatives=16,
+                         temperature=0.2)
+    res = train_lightgcn(data, cfg, tmp_path / "a")
+    ue, ie = load_graph_embeddings(tmp_path / "a")
+    assert torch.allclose(ue.norm(dim=1), torch.ones(80), atol=1e-5)
+    assert torch.allclose(ie.norm(dim=1), torch.ones(60), atol=1e-5)
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    trained = evaluate_embeddings(ue, ie, data, "test", (10,))["recall@10"]
+    g = torch.Generator().manual_seed(0)
+    rand = evaluate_embeddings(torch.randn(80, 16, generator=g), torch.randn(60, 16, generator=g),
+                               data, "test", (10,))["recall@10"]
+    assert trained > 0.5 and trained > 2 * rand
+    train_lightgcn(data, cfg, tmp_path / "b")
+    assert torch.equal(load_graph_embeddings(tmp_path / "b")[1], ie)
+    saved = json.loads((tmp_path / "a" / "graph" / "config.json").read_text())
+    assert saved["loss"] == "softmax" and saved["negatives"] == 16
+
+
+@pytest.mark.parametrize("bad, match", [({"loss": "hinge"}, "loss"),
+                                        ({"temperature": 0.0}, "temperature"),
+                                        ({"negatives": 0}, "negatives")])
+def test_softmax_config_checks(bad, match):
+    with pytest.raises(ValueError, match=match):
+        LightGCNConfig(**bad)

@@ -45,6 +45,7 @@ GRAPH_DIR = "graph"
 STATE_DIR = os.path.join("state", "graph")
 _STATE_JSON = "state.json"
 _SAMPLINGS = ("user", "pair")
+_LOSSES = ("bpr", "softmax")
 _METRIC_NAMES = ("precision", "recall", "ndcg", "hit_rate")
 # Settings that may change between a killed run and its resumption.
 _RESUMABLE_CHANGES = {"epochs", "patience", "eval_every", "device", "num_threads"}
@@ -81,6 +82,19 @@ class LightGCNConfig:
     select_metric: str = field(
         default="recall@20", metadata={"help": "validation metric used for early stopping"}
     )
+    loss: str = field(
+        default="bpr",
+        metadata={"help": "'bpr' (the LightGCN paper: one negative per positive) or 'softmax' "
+                          "(sampled softmax over cosine scores / temperature against "
+                          "`negatives` shared uniform negatives; converges in far fewer epochs; "
+                          "the saved embeddings are then L2-normalised)"},
+    )
+    negatives: int = field(
+        default=1024, metadata={"help": "softmax loss: uniform negative items shared by a batch"}
+    )
+    temperature: float = field(
+        default=0.1, metadata={"help": "softmax loss: temperature dividing the cosine scores"}
+    )
     sampling: str = field(
         default="user",
         metadata={"help": "BPR positives per epoch: 'user' (uniform user, then one of its items, "
@@ -98,7 +112,7 @@ class LightGCNConfig:
     def __post_init__(self) -> None:
         self.ks = tuple(int(k) for k in self.ks)
         for name, low in (("dim", 1), ("layers", 0), ("epochs", 1), ("batch_size", 1),
-                          ("eval_every", 0), ("patience", 0)):
+                          ("eval_every", 0), ("patience", 0), ("negatives", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < low:
                 raise ValueError(
@@ -107,6 +121,14 @@ class LightGCNConfig:
             setattr(self, name, int(value))
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"LightGCNConfig.lr must be a positive number, got {self.lr!r}")
+        if self.loss not in _LOSSES:
+            raise ValueError(
+                f"LightGCNConfig.loss {self.loss!r} is not one of {', '.join(_LOSSES)}"
+            )
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(
+                f"LightGCNConfig.temperature must be a positive number, got {self.temperature!r}"
+            )
         if not (self.l2 >= 0 and math.isfinite(self.l2)):
             raise ValueError(f"LightGCNConfig.l2 must be >= 0, got {self.l2!r}")
         if not self.ks or any(k < 1 for k in self.ks):
@@ -278,6 +300,45 @@ def _bpr_loss(
     return loss
 
 
+def _softmax_loss(
+    model: LightGCN,
+    user_out: torch.Tensor,
+    item_out: torch.Tensor,
+    users: torch.Tensor,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    l2: float,
+    temperature: float,
+) -> torch.Tensor:
+    """Sampled softmax over cosine scores: each (user, positive) row against shared negatives.
+
+    ``users``/``pos`` are ``(B,)``, ``neg`` is ``(S,)`` uniform item ids shared by the batch;
+    row ``b``'s logits are ``cos(u_b, [p_b, n_1..n_S]) / temperature`` and its loss is the
+    cross-entropy with the positive as target. A negative equal to the row's own positive is
+    masked out. L2 as in :func:`_bpr_loss` on the users' and positives' layer-0 rows.
+    """
+    u = torch.nn.functional.normalize(user_out[users], dim=1)
+    p = torch.nn.functional.normalize(item_out[pos], dim=1)
+    n = torch.nn.functional.normalize(item_out[neg], dim=1)
+    pos_score = (u * p).sum(-1, keepdim=True)
+    neg_score = (u @ n.T).masked_fill(pos.unsqueeze(1) == neg.unsqueeze(0), -math.inf)
+    logits = torch.cat([pos_score, neg_score], dim=1) / temperature
+    loss = (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+    if l2 > 0:
+        u0 = model.user_embedding.weight[users]
+        p0 = model.item_embedding.weight[pos]
+        loss = loss + l2 * 0.5 * (u0.pow(2).sum() + p0.pow(2).sum()) / users.numel()
+    return loss
+
+
+def _scoring(config: LightGCNConfig, user_out: torch.Tensor, item_out: torch.Tensor):
+    """The embeddings whose dot products rank items: normalised when the loss is cosine."""
+    if config.loss == "softmax":
+        return (torch.nn.functional.normalize(user_out, dim=1),
+                torch.nn.functional.normalize(item_out, dim=1))
+    return user_out, item_out
+
+
 def _resume_key(config: LightGCNConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in _RESUMABLE_CHANGES}
 
@@ -405,15 +466,22 @@ def _train(
         t0 = time.perf_counter()
         model.train()
         all_users, all_pos = sampler.positives(n_pairs, config.sampling, generator=gen)
-        all_neg = sampler.sample(all_users, generator=gen)
+        if config.loss == "bpr":
+            all_neg = sampler.sample(all_users, generator=gen)
+        else:  # shared uniform negatives, `negatives` per batch, drawn for the epoch at once
+            all_neg = torch.randint(0, data.num_items, (steps, config.negatives), generator=gen)
         # one host-to-device copy per epoch, not three per batch
         all_users, all_pos, all_neg = (t.to(device) for t in (all_users, all_pos, all_neg))
         total_loss = 0.0
         for b in range(steps):
             sl = slice(b * config.batch_size, (b + 1) * config.batch_size)
-            users, pos, neg = all_users[sl], all_pos[sl], all_neg[sl]
+            users, pos = all_users[sl], all_pos[sl]
             user_out, item_out = model(propagate)
-            loss = _bpr_loss(model, user_out, item_out, users, pos, neg, config.l2)
+            if config.loss == "bpr":
+                loss = _bpr_loss(model, user_out, item_out, users, pos, all_neg[sl], config.l2)
+            else:
+                loss = _softmax_loss(model, user_out, item_out, users, pos, all_neg[b],
+                                     config.l2, config.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -433,7 +501,7 @@ def _train(
         if validate and ((epoch + 1) % config.eval_every == 0 or is_last):
             model.eval()
             with torch.no_grad():
-                user_out, item_out = model(propagate)
+                user_out, item_out = _scoring(config, *model(propagate))
             metrics = evaluate_embeddings(user_out, item_out, data, "valid", config.ks)
             record["valid"] = metrics
             score = metrics[config.select_metric]
@@ -473,7 +541,7 @@ def _train(
     if best_emb is None:  # never validated: keep the last epoch
         model.eval()
         with torch.no_grad():
-            user_out, item_out = model(propagate)
+            user_out, item_out = _scoring(config, *model(propagate))
         best_emb = (user_out.cpu(), item_out.cpu())
         best_epoch = len(history) - 1
     seconds = float(sum(r["seconds"] for r in history))

@@ -29,6 +29,10 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help="BPR triples per step.")] = None,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
     l2: Annotated[float | None, typer.Option(help="L2 on layer-0 embeddings.")] = None,
+    loss: Annotated[
+        str | None,
+        typer.Option(help="bpr (the paper) or softmax (sampled softmax, far fewer epochs)."),
+    ] = None,
     patience: Annotated[int | None, typer.Option(help="Validations without gain.")] = None,
     eval_every: Annotated[int | None, typer.Option(help="Validate every N epochs.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
@@ -50,7 +54,8 @@ def train(
 
     options = {
         "dim": dim, "layers": layers, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-        "l2": l2, "patience": patience, "eval_every": eval_every, "seed": seed, "device": device,
+        "l2": l2, "loss": loss, "patience": patience, "eval_every": eval_every, "seed": seed,
+        "device": device,
     }
     result, valid = train_graph_run(
         dataset_dir, out, {k: v for k, v in options.items() if v is not None}, ctx.args,
