@@ -70,7 +70,10 @@ def torch_sparse_import_error() -> str | None:
     if importlib.util.find_spec("torch_sparse") is None:
         return "torch_sparse is not installed"
     try:
-        import torch_sparse  # noqa: F401  (optional extra)
+        with warnings.catch_warnings():  # its import scripts functions with torch.jit
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated",
+                                    category=FutureWarning)
+            import torch_sparse  # noqa: F401  (optional extra)
     except (ImportError, OSError, RuntimeError) as exc:  # missing torch_scatter, ABI mismatch
         return f"torch_sparse is installed but does not import: {type(exc).__name__}: {exc}"
     return None
