@@ -182,7 +182,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                l2=args.l2, eval_every=args.eval_every if has_valid else 0,
                patience=args.patience, seed=args.seed, backend=args.backend,
                device=args.device, sampling=args.sampling, num_threads=args.threads,
-               loss=args.loss, negatives=args.negatives, temperature=args.temperature)
+               loss=args.loss, negatives=args.negatives, temperature=args.temperature,
+               similarity=args.similarity)
     log = Path(args.log)
     log.parent.mkdir(parents=True, exist_ok=True)
     header = {"kind": "config", "dataset": data.stats(), "command": " ".join(sys.argv),
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--loss", default="bpr", help="bpr (the paper) or softmax")
     t.add_argument("--negatives", type=int, default=1024, help="softmax: shared negatives")
     t.add_argument("--temperature", type=float, default=0.1, help="softmax: temperature")
+    t.add_argument("--similarity", default="cosine", help="softmax: cosine or dot")
     t.add_argument("--max-minutes", type=float, default=0.0)
     t.add_argument("--run-dir", default=None)
     t.add_argument("--log", required=True)

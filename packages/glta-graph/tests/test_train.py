@@ -291,7 +291,8 @@ def test_training_on_cuda_with_validation(tmp_path):
     assert ue.device.type == "cpu" and ue.shape == (80, 16) and torch.isfinite(ie).all()
 
 
-def test_softmax_loss_matches_a_hand_computation():
+@pytest.mark.parametrize("cosine", [True, False])
+def test_softmax_loss_matches_a_hand_computation(cosine):
     from glta_graph.lightgcn import LightGCN
     from glta_graph.train import _softmax_loss
 
@@ -299,19 +300,22 @@ def test_softmax_loss_matches_a_hand_computation():
     model = LightGCN(5, 7, 4, 1)
     user_out, item_out = torch.randn(5, 4, generator=g), torch.randn(7, 4, generator=g)
     users, pos, neg = torch.tensor([0, 3]), torch.tensor([2, 5]), torch.tensor([1, 2, 6])
-    got = _softmax_loss(model, user_out, item_out, users, pos, neg, 0.0, 0.5)
-    cos = torch.nn.functional.cosine_similarity
+    got = _softmax_loss(model, user_out, item_out, users, pos, neg, 0.0, 0.5, cosine)
+
+    def sim(a, b):
+        return torch.nn.functional.cosine_similarity(a, b, dim=0) if cosine else a @ b
+
     want = []
     for u, p in zip(users.tolist(), pos.tolist(), strict=True):
         # item 2 is user 0's own positive: it is not a negative for that row
         negs = [n for n in neg.tolist() if n != p]
-        scores = torch.stack([cos(user_out[u], item_out[i], dim=0) for i in [p, *negs]]) / 0.5
+        scores = torch.stack([sim(user_out[u], item_out[i]) for i in [p, *negs]]) / 0.5
         want.append(torch.logsumexp(scores, 0) - scores[0])
     assert float(got) == pytest.approx(float(torch.stack(want).mean()), rel=1e-5)
-    with_l2 = _softmax_loss(model, user_out, item_out, users, pos, neg, 0.1, 0.5)
+    with_l2 = _softmax_loss(model, user_out, item_out, users, pos, neg, 0.1, 0.5, cosine)
     w_u, w_i = model.user_embedding.weight, model.item_embedding.weight
     reg = 0.5 * (w_u[users].pow(2).sum() + w_i[pos].pow(2).sum()) / 2
-    assert float((with_l2 - got).detach()) == pytest.approx(float(0.1 * reg.detach()), rel=1e-5)
+    assert float((with_l2 - got).detach()) == pytest.approx(float(0.1 * reg.detach()), abs=1e-6)
 
 
 def test_softmax_training_learns_and_saves_unit_norm_embeddings(tmp_path):
@@ -338,7 +342,8 @@ def test_softmax_training_learns_and_saves_unit_norm_embeddings(tmp_path):
 
 @pytest.mark.parametrize("bad, match", [({"loss": "hinge"}, "loss"),
                                         ({"temperature": 0.0}, "temperature"),
-                                        ({"negatives": 0}, "negatives")])
+                                        ({"negatives": 0}, "negatives"),
+                                        ({"similarity": "l1"}, "similarity")])
 def test_softmax_config_checks(bad, match):
     with pytest.raises(ValueError, match=match):
         LightGCNConfig(**bad)

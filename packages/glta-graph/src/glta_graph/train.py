@@ -93,7 +93,12 @@ class LightGCNConfig:
         default=1024, metadata={"help": "softmax loss: uniform negative items shared by a batch"}
     )
     temperature: float = field(
-        default=0.1, metadata={"help": "softmax loss: temperature dividing the cosine scores"}
+        default=0.1, metadata={"help": "softmax loss: temperature dividing the scores"}
+    )
+    similarity: str = field(
+        default="cosine",
+        metadata={"help": "softmax loss: 'cosine' (embeddings L2-normalised, also when saved) "
+                          "or 'dot' (raw inner products, as BPR)"},
     )
     sampling: str = field(
         default="user",
@@ -124,6 +129,10 @@ class LightGCNConfig:
         if self.loss not in _LOSSES:
             raise ValueError(
                 f"LightGCNConfig.loss {self.loss!r} is not one of {', '.join(_LOSSES)}"
+            )
+        if self.similarity not in ("cosine", "dot"):
+            raise ValueError(
+                f"LightGCNConfig.similarity {self.similarity!r} is not one of cosine, dot"
             )
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ValueError(
@@ -309,17 +318,19 @@ def _softmax_loss(
     neg: torch.Tensor,
     l2: float,
     temperature: float,
+    cosine: bool = True,
 ) -> torch.Tensor:
-    """Sampled softmax over cosine scores: each (user, positive) row against shared negatives.
+    """Sampled softmax: each (user, positive) row against negatives shared by the batch.
 
     ``users``/``pos`` are ``(B,)``, ``neg`` is ``(S,)`` uniform item ids shared by the batch;
-    row ``b``'s logits are ``cos(u_b, [p_b, n_1..n_S]) / temperature`` and its loss is the
-    cross-entropy with the positive as target. A negative equal to the row's own positive is
-    masked out. L2 as in :func:`_bpr_loss` on the users' and positives' layer-0 rows.
+    row ``b``'s logits are ``sim(u_b, [p_b, n_1..n_S]) / temperature`` (``sim`` = cosine, or
+    the inner product when ``cosine=False``) and its loss is the cross-entropy with the
+    positive as target. A negative equal to the row's own positive is masked out. L2 as in
+    :func:`_bpr_loss` on the users' and positives' layer-0 rows.
     """
-    u = torch.nn.functional.normalize(user_out[users], dim=1)
-    p = torch.nn.functional.normalize(item_out[pos], dim=1)
-    n = torch.nn.functional.normalize(item_out[neg], dim=1)
+    u, p, n = user_out[users], item_out[pos], item_out[neg]
+    if cosine:
+        u, p, n = (torch.nn.functional.normalize(x, dim=1) for x in (u, p, n))
     pos_score = (u * p).sum(-1, keepdim=True)
     neg_score = (u @ n.T).masked_fill(pos.unsqueeze(1) == neg.unsqueeze(0), -math.inf)
     logits = torch.cat([pos_score, neg_score], dim=1) / temperature
@@ -333,7 +344,7 @@ def _softmax_loss(
 
 def _scoring(config: LightGCNConfig, user_out: torch.Tensor, item_out: torch.Tensor):
     """The embeddings whose dot products rank items: normalised when the loss is cosine."""
-    if config.loss == "softmax":
+    if config.loss == "softmax" and config.similarity == "cosine":
         return (torch.nn.functional.normalize(user_out, dim=1),
                 torch.nn.functional.normalize(item_out, dim=1))
     return user_out, item_out
@@ -481,7 +492,8 @@ def _train(
                 loss = _bpr_loss(model, user_out, item_out, users, pos, all_neg[sl], config.l2)
             else:
                 loss = _softmax_loss(model, user_out, item_out, users, pos, all_neg[b],
-                                     config.l2, config.temperature)
+                                     config.l2, config.temperature,
+                                     config.similarity == "cosine")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
