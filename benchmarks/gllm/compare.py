@@ -8,7 +8,9 @@
 Each variant runs ``--repeats`` times, the variants interleaved (naive, ours, torch, naive,
 ...) so that a noisy shared machine slows them alike; the minimum is reported with its ratio
 to the naive path and its GFLOP/s (fwd+bwd cross-entropy counts 3 matmuls of 2*N*H*I flops;
-a top-k counts one). Seeds are fixed. Prints one JSON object per variant.
+a top-k counts one). Seeds are fixed. Prints one JSON object per variant. ``--clock cpu``
+times process CPU time instead of wall time: with ``--threads 1`` on a shared machine it
+leaves out the time other jobs held the core (cache and memory bandwidth are still shared).
 """
 
 from __future__ import annotations
@@ -37,14 +39,25 @@ def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+# "wall" (default) or "cpu": process CPU time, for 1-thread runs on a shared machine (time
+# spent preempted by other jobs is not counted; cache and memory-bandwidth sharing still is).
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = CLOCK["wall"]
+
+
 def _timed(fn_) -> float:
-    t0 = time.perf_counter()
+    t0 = _clock()
     fn_()
-    return time.perf_counter() - t0
+    return _clock() - t0
 
 
 def lce_variants(
-    rows: int, hid: int, items: int, torch_chunks: list[int], glta_chunks: list[int] = ()
+    rows: int,
+    hid: int,
+    items: int,
+    torch_chunks: list[int],
+    glta_chunks: list[int] = (),
+    glta_store: bool | None = None,
 ):
     g = torch.Generator().manual_seed(0)
     h = torch.randn(rows, hid, generator=g).requires_grad_()
@@ -66,7 +79,9 @@ def lce_variants(
         "glta_keepall": step(lambda: linear_cross_entropy(h, w, t, store_logits=True)),
     }
     for c in glta_chunks:
-        variants[f"glta_c{c}"] = step(lambda c=c: linear_cross_entropy(h, w, t, chunk_size=c))
+        variants[f"glta_c{c}"] = step(
+            lambda c=c: linear_cross_entropy(h, w, t, chunk_size=c, store_logits=glta_store)
+        )
     options = getattr(torch.nn, "LinearCrossEntropyOptions", None)
     if options is not None and hasattr(F, "linear_cross_entropy"):
         variants["torch_auto"] = step(lambda: F.linear_cross_entropy(h, w, t, options=options()))
@@ -169,12 +184,26 @@ def main() -> None:
         "--glta-chunks", default="", help="lce: extra glta variants with these chunk sizes"
     )
     parser.add_argument(
+        "--glta-store",
+        choices=["auto", "keep", "recompute"],
+        default="auto",
+        help="lce: store_logits of the --glta-chunks variants (None, True, False)",
+    )
+    parser.add_argument(
         "--only", default="", help="comma list of variants (naive always, unless -naive)"
+    )
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCK),
+        default="wall",
+        help="cpu: process CPU time (use with --threads 1 on a loaded machine)",
     )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    meta = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    global _clock
+    _clock = CLOCK[args.clock]
+    meta = {"threads": torch.get_num_threads(), "torch": torch.__version__, "clock": args.clock}
     if args.kernel == "sgemm":
         print(json.dumps({"sgemm_gflops": round(sgemm_gflops(), 1), **meta}))
         return
@@ -183,9 +212,10 @@ def main() -> None:
         rows, hid, items = args.shape
         chunks = [int(c) for c in args.torch_chunks.split(",") if c]
         glta_chunks = [int(c) for c in args.glta_chunks.split(",") if c]
-        variants, flops = lce_variants(rows, hid, items, chunks, glta_chunks)
+        store = {"auto": None, "keep": True, "recompute": False}[args.glta_store]
+        variants, flops = lce_variants(rows, hid, items, chunks, glta_chunks, store)
         chunk = fn._item_chunk(rows, items, None)
-        kept = fn._kept_chunks(rows, items, chunk, 4, None)
+        kept = fn._kept_chunks(rows, items, hid, chunk, 4, None)
         meta.update(shape=[rows, hid, items], plan={"chunk": chunk, "kept_chunks": kept})
     elif args.kernel == "head":
         rows, hid, dim, items = args.shape

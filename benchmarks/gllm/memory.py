@@ -51,6 +51,8 @@ def lce_step(h, w, t):
         loss = linear_cross_entropy(h, w, t)
     elif variant == "glta_recompute":
         loss = linear_cross_entropy(h, w, t, store_logits=False)
+    elif variant == "glta_keepall":
+        loss = linear_cross_entropy(h, w, t, store_logits=True)
     elif variant.startswith("torch"):
         opts = torch.nn.LinearCrossEntropyOptions
         o = opts() if variant == "torch_auto" else opts(batch_chunk_size=int(variant[11:]))
@@ -122,7 +124,7 @@ print(json.dumps({"kernel": kernel, "variant": variant, "shape": shape, "device"
 """
 
 VARIANTS = {
-    "lce": ["naive", "glta", "glta_recompute", "torch_auto", "torch_chunk64"],
+    "lce": ["naive", "glta", "glta_recompute", "glta_keepall", "torch_auto", "torch_chunk64"],
     "topk": ["naive", "glta"],
     "head": ["plain", "matching"],
 }

@@ -55,6 +55,8 @@ def _variant(name, h, w, t):
         return lambda: linear_cross_entropy(h, w, t)
     if name == "glta_recompute":
         return lambda: linear_cross_entropy(h, w, t, store_logits=False)
+    if name == "glta_keepall":
+        return lambda: linear_cross_entropy(h, w, t, store_logits=True)
     options = torch.nn.LinearCrossEntropyOptions
     if name == "torch_auto":
         return lambda: F.linear_cross_entropy(h, w, t, options=options())
@@ -62,7 +64,7 @@ def _variant(name, h, w, t):
     return lambda: F.linear_cross_entropy(h, w, t, options=options(batch_chunk_size=chunk))
 
 
-VARIANTS = ["naive", "glta", "glta_recompute"] + (
+VARIANTS = ["naive", "glta", "glta_recompute", "glta_keepall"] + (
     ["torch_auto", "torch_chunk64", "torch_chunk128"] if HAS_TORCH_LCE else []
 )
 

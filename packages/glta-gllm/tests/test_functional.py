@@ -306,7 +306,8 @@ def _hybrid(monkeypatch, fraction):
     import glta_gllm.functional as fn
 
     monkeypatch.setattr(fn, "_STORE_MIN_BYTES", 0)
-    monkeypatch.setattr(fn, "_STORE_FRACTION", fraction)
+    monkeypatch.setattr(fn, "_KEEP_MIN_HIDDEN", 1)
+    monkeypatch.setattr(fn, "_MEMORY_FRACTION", fraction)
     return fn
 
 
@@ -314,9 +315,10 @@ def _hybrid(monkeypatch, fraction):
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_kept_chunks_schedule_matches_naive(monkeypatch, dtype, bias, reduction) -> None:
-    fn = _hybrid(monkeypatch, 0.5)
-    # 50 items in chunks of 8: 7 chunks (the last one 2 wide); 25 // 8 = 3 kept.
-    assert fn._kept_chunks(20, 50, 8, 8, None) == 3
+    fn = _hybrid(monkeypatch, 0.8)
+    # 50 items in chunks of 8: 7 chunks (the last one 2 wide). Budget 0.8 x 20 x 50 = 800
+    # elements, less a 20 x 8 tile and 20 x 4 scaled rows: 560 // 160 = 3 kept.
+    assert fn._kept_chunks(20, 50, 4, 8, 8, None) == 3
     h, w, b, t = _inputs(20, 4, 50, dtype, bias, ignore=3)
     t[0] = 49  # a target in the narrow, kept last chunk
     t[1] = 0  # and one in the first, recomputed chunk
@@ -334,7 +336,7 @@ def test_kept_chunks_schedule_matches_naive(monkeypatch, dtype, bias, reduction)
         torch.testing.assert_close(gg.double(), rg, **tol)
 
 
-@pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("fraction", [0.0, 1.0, 3.0])  # 0, 1 and all 4 chunks kept
 def test_gradcheck_kept_chunks_schedule(monkeypatch, fraction) -> None:
     _hybrid(monkeypatch, fraction)
     h, w, b, t = _inputs(5, 3, 11, torch.float64, True, ignore=1)
@@ -347,12 +349,12 @@ def test_gradcheck_kept_chunks_schedule(monkeypatch, fraction) -> None:
     # 7 chunks; pass 1 runs 7 matmuls, pass 2 recomputes the chunks neither kept nor left
     # in the buffer by pass 1 (the last not-kept chunk).
     [
-        (0.5, None, 3),
+        (0.8, None, 3),
         (0.0, None, 6),
-        (0.5, False, 6),
+        (0.8, False, 6),
         (0.0, True, 0),
-        (0.9, None, 1),
-        (0.98, None, 0),
+        (1.1, None, 1),
+        (1.25, None, 0),
     ],
 )
 def test_kept_and_buffered_chunks_are_not_recomputed(monkeypatch, fraction, store, recomputed):
@@ -367,17 +369,22 @@ def test_kept_and_buffered_chunks_are_not_recomputed(monkeypatch, fraction, stor
     torch.testing.assert_close(loss, F.cross_entropy(F.linear(h, w, b), t), atol=1e-5, rtol=1e-5)
 
 
-def test_kept_chunks_plan_stays_within_the_store_fraction() -> None:
+def test_kept_chunks_plan_stays_within_an_eighth_of_the_logits() -> None:
     import glta_gllm.functional as fn
 
-    # 256 rows x 200k items, chunks of 4096: 9 whole chunks fit in a fifth of the logits.
-    kept = fn._kept_chunks(256, 200_000, 4096, 4, None)
-    assert kept == 9
-    assert kept * 4096 <= fn._STORE_FRACTION * 200_000
-    # Small problems (logits within _STORE_MIN_BYTES) keep everything; explicit choices win.
-    assert fn._kept_chunks(64, 1000, 256, 4, None) == 4
-    assert fn._kept_chunks(64, 1000, 256, 4, False) == 0
-    assert fn._kept_chunks(256, 200_000, 4096, 4, True) == 49
+    # 256 rows x 200k items, H 4096, chunks of 4096: 4 kept tiles + the reused tile + the
+    # 256 x 4096 scaled rows fit in an eighth of the logits, 5 would not.
+    rows, items, hid, chunk = 256, 200_000, 4096, 4096
+    kept = fn._kept_chunks(rows, items, hid, chunk, 4, None)
+    assert kept == 4
+    used = (kept + 1) * rows * chunk + rows * hid
+    assert used <= rows * items / 8 < used + rows * chunk
+    # H below _KEEP_MIN_HIDDEN: recompute everything; small logits: keep everything.
+    assert fn._kept_chunks(1024, 1_000_000, 64, 1024, 4, None) == 0
+    assert fn._kept_chunks(64, 1000, 32, 256, 4, None) == 4
+    # Explicit choices win.
+    assert fn._kept_chunks(64, 1000, 32, 256, 4, False) == 0
+    assert fn._kept_chunks(rows, items, hid, chunk, 4, True) == 49
 
 
 def test_no_grad_mode_skips_the_gradient_pass(monkeypatch) -> None:

@@ -24,16 +24,21 @@ chunk)`` tile (about ``_TILE_ELEMENTS``) stays in cache:
 Schedule (:func:`_kept_chunks`): the last ``kept`` chunks of pass 1 write their tiles straight
 into a kept store instead of the one reused buffer, and pass 2 starts with them and then with
 the chunk still in the buffer, so those are never recomputed; the rest are (one extra GEMM
-each). The default keeps as many whole chunks as fit in ``_STORE_FRACTION`` (0.2) of the
-``rows x items`` logits: the naive path holds about twice the logits (measured with
-``benchmarks/gllm/memory.py``), so store + tile stay under 1/8 of its extra memory. That
-costs ``4 - kept/chunks`` (about 3.8) matmuls of ``2 rows H items`` flops against the naive
-path's 3, which the in-cache element-wise work (the naive path streams several ``rows x
-items`` matrices through memory) pays back where ``H`` is small or moderate; at large ``H``
-(4096) the matmuls dominate and the schedule is about ``3.8 / 3`` of the naive time.
+each). The default (:func:`_kept_chunks`) keeps as many whole chunks as fit, with the
+reused tile and ``h * row_scale``, in ``_MEMORY_FRACTION`` = 1/8 of the ``rows x items``
+logits: the naive path holds at least the logits at its peak (``benchmarks/gllm/memory.py``
+measured 1x them at (256, 4096, 200k), 2x at (512, 576, 100k)), so this stays within 1/8 of
+the naive path's extra memory at any shape. Below ``_KEEP_MIN_HIDDEN`` (256) nothing is kept:
+there a recompute GEMM (``2 H`` flops per logit) is as cheap as writing and re-reading the
+tile through memory. Cost: ``4 - kept / chunks`` matmuls of ``2 rows H items`` flops (3.9 to
+4) against the naive path's 3, with all element-wise work on in-cache tiles where the naive
+path streams several ``rows x items`` matrices through memory: that pays the extra matmul
+back at small and moderate ``H``, while at ``H = 4096`` the matmuls dominate and the time is
+about ``3.9 / 3`` of the naive path's matmul time.
 ``store_logits=True`` keeps every chunk (3 matmuls, extra memory = the logits, half the
-naive path's): the fast option when memory allows. ``store_logits=False`` keeps none (4
-matmuls, one tile of extra memory). Logits within ``_STORE_MIN_BYTES`` are always kept.
+naive path's or less): the fast option when memory allows and ``H`` is not tiny.
+``store_logits=False`` keeps none (4 matmuls, one tile of extra memory). Logits within
+``_STORE_MIN_BYTES`` are always kept.
 
 When gradients are needed and the reduction is ``"mean"``/``"sum"`` both passes run inside
 the forward and the backward only scales the result by the incoming scalar (with
@@ -58,10 +63,17 @@ _REDUCTIONS = ("mean", "sum", "none")
 _TILE_ELEMENTS = 1 << 20
 _MIN_CHUNK = 256
 _MAX_CHUNK = 32768
-# The training path keeps the last chunks' tiles between its two passes (not recomputed)
-# within _STORE_FRACTION of the full rows x items logits; logits of at most
-# _STORE_MIN_BYTES are kept whole.
-_STORE_FRACTION = 0.2
+# Working memory of the training path beyond the inputs and gradients (kept tiles, the
+# reused tile, h * row_scale), as a fraction of the rows x items logits. The naive path holds
+# at least the logits at its peak (memory.py: 1.0x at (256, 4096, 200k), where the gradients
+# dominate its peak, 2.0x at (512, 576, 100k)), so this keeps ours within 1/8 of it.
+_MEMORY_FRACTION = 0.125
+# Keeping a chunk's tile saves its recompute GEMM (2 H flops per logit) but writes and reads
+# the tile through memory; below this hidden size recomputing was as fast or faster
+# (compare.py, 1 thread, CPU clock: H 64 recompute 7% faster, H 128 1% faster, H 256 keeping
+# 2% faster, H 576 and 4096 keeping 3-4% faster).
+_KEEP_MIN_HIDDEN = 256
+# Logits of at most this many bytes are kept whole (small problems).
 _STORE_MIN_BYTES = 16 << 20
 _TOPK_BUFFER_BYTES = 32 << 20
 _TOPK_MAX_BYTES = 256 << 20
@@ -199,19 +211,25 @@ def _bounds(items: int, chunk: int) -> list[tuple[int, int]]:
     return [(a, min(a + chunk, items)) for a in range(0, items, chunk)]
 
 
-def _kept_chunks(rows: int, items: int, chunk: int, elem: int, store_logits: bool | None) -> int:
+def _kept_chunks(
+    rows: int, items: int, hid: int, chunk: int, elem: int, store_logits: bool | None
+) -> int:
     """How many item chunks (the last ones) keep their tiles between the two passes.
 
-    ``store_logits`` True keeps all, False none; ``None`` keeps as many whole chunks as fit
-    in ``_STORE_FRACTION`` of the ``rows x items`` logits (all of them when the logits take
-    at most ``_STORE_MIN_BYTES``).
+    ``store_logits`` True keeps all, False none. ``None`` keeps all when the ``rows x items``
+    logits take at most ``_STORE_MIN_BYTES``, none when ``hid < _KEEP_MIN_HIDDEN``, and
+    otherwise as many whole chunks as fit in ``_MEMORY_FRACTION`` of the logits besides the
+    reused ``rows x chunk`` tile and the ``rows x hid`` scaled rows.
     """
     chunks = math.ceil(items / chunk)
     if store_logits is not None:
         return chunks if store_logits else 0
     if rows * items * elem <= _STORE_MIN_BYTES:
         return chunks
-    return min(chunks, int(_STORE_FRACTION * items) // chunk)
+    if hid < _KEEP_MIN_HIDDEN:
+        return 0
+    budget = _MEMORY_FRACTION * rows * items - rows * chunk - rows * hid  # in elements
+    return max(0, min(chunks, int(budget // (rows * chunk))))
 
 
 def _tile(
@@ -383,7 +401,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             ctx.mode = "empty"
         elif any(needs) and reduction != "none":
             elem = torch.finfo(acc).bits // 8
-            kept = _kept_chunks(n_valid, items, chunk, elem, store)
+            kept = _kept_chunks(n_valid, items, weight.shape[1], chunk, elem, store)
             lse, maxes, kept_tiles, buf = _lse_pass(h, weight, bias, bounds, acc, kept)
             row_scale = torch.full((n_valid,), scale_value, dtype=acc, device=device)
             ctx.grads = _grad_pass(
@@ -485,8 +503,9 @@ def linear_cross_entropy(
         store_logits: ``True`` keeps all ``N x I`` logits between the two passes (3
             matmuls; the fastest option when that memory is available), ``False`` always
             recomputes them chunk by chunk (4 matmuls, one tile of memory), ``None``
-            (default) keeps whole chunks within a fifth of ``N x I`` and recomputes the
-            rest (all kept when the logits take at most 16 MiB).
+            (default) keeps whole chunks within an eighth of ``N x I`` (none when
+            ``H < 256``) and recomputes the rest (all kept when the logits take at most
+            16 MiB).
 
     Returns:
         The scalar loss (``"mean"``/``"sum"``) or the ``(N,)`` per-row losses, in
@@ -495,7 +514,8 @@ def linear_cross_entropy(
     Memory:
         Beyond the inputs and their gradients: one ``N x chunk`` tile, ``O(N)`` per chunk
         for the row maxima and sums, ``N x H`` for the scaled rows, and the kept chunks'
-        tiles (at most ``N x I / 5`` by default); ``N x I`` only with ``store_logits=True``.
+        tiles (all of these together at most ``N x I / 8`` by default, beyond 16 MiB of
+        logits); ``N x I`` only with ``store_logits=True``.
 
     Raises:
         ValueError: bad shapes, dtypes, devices, reduction, or a target outside ``[0, I)``;
