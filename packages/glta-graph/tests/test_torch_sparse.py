@@ -15,6 +15,7 @@ from glta_graph.adjacency import (
     normalized_adjacency,
     resolve_backend,
     torch_sparse_available,
+    torch_sparse_has_cuda,
     torch_sparse_import_error,
 )
 from glta_graph.data import csr_from_pairs, load_dataset
@@ -137,10 +138,18 @@ def test_torch_sparse_on_cuda_matches_cpu_csr(ml100k_adj):
 
 def test_auto_resolution_with_and_without_torch_sparse(monkeypatch):
     monkeypatch.setattr(adjacency, "torch_sparse_available", lambda: True)
+    monkeypatch.setattr(adjacency, "torch_sparse_has_cuda", lambda: True)
     assert resolve_backend("auto", "cpu") == "csr"  # measured faster on the CPU
     assert resolve_backend("auto", "cuda") == "torch-sparse"
     assert resolve_backend("auto", torch.device("cuda", 0)) == "torch-sparse"
     assert resolve_backend("torch-sparse", "cpu") == "torch-sparse"
+    assert resolve_backend("torch-sparse", "cuda") == "torch-sparse"
+    # a CPU-only build (made without a GPU): auto keeps csr on CUDA, asking for it is an error
+    monkeypatch.setattr(adjacency, "torch_sparse_has_cuda", lambda: False)
+    assert resolve_backend("auto", "cuda") == "csr"
+    assert resolve_backend("torch-sparse", "cpu") == "torch-sparse"
+    with pytest.raises(ValueError, match="compiled without CUDA"):
+        resolve_backend("torch-sparse", "cuda")
     monkeypatch.setattr(adjacency, "torch_sparse_available", lambda: False)
     monkeypatch.setattr(adjacency, "torch_sparse_import_error",
                         lambda: "torch_sparse is installed but does not import: ImportError: x")
@@ -155,6 +164,17 @@ def test_import_error_is_consistent_with_availability():
     assert (reason is None) == torch_sparse_available()
     if reason is not None:
         assert reason.startswith("torch_sparse is")
+        assert not torch_sparse_has_cuda()
+
+
+@needs_torch_sparse
+def test_cuda_support_of_the_installed_build_is_detected():
+    assert torch_sparse_has_cuda() == (torch.ops.torch_sparse.cuda_version() != -1)
+    if not torch_sparse_has_cuda():  # e.g. the CPU-only build of benchmarks/graph/README.md
+        assert resolve_backend("auto", "cuda") == "csr"
+        with pytest.raises(ValueError, match="compiled without CUDA"):
+            GraphPropagator(normalized_adjacency(csr_from_pairs([0], [0], 1, 1)),
+                            backend="torch-sparse", device="cuda")
 
 
 def test_propagator_dtype_is_checked():

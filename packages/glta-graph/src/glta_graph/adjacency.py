@@ -48,6 +48,7 @@ __all__ = [
     "resolve_backend",
     "sparse_propagate",
     "torch_sparse_available",
+    "torch_sparse_has_cuda",
     "torch_sparse_import_error",
 ]
 
@@ -77,6 +78,19 @@ def torch_sparse_import_error() -> str | None:
     except (ImportError, OSError, RuntimeError) as exc:  # missing torch_scatter, ABI mismatch
         return f"torch_sparse is installed but does not import: {type(exc).__name__}: {exc}"
     return None
+
+
+@functools.cache
+def torch_sparse_has_cuda() -> bool:
+    """Whether the importable ``torch_sparse`` was compiled with CUDA kernels.
+
+    A build made on a machine without a GPU (``FORCE_CUDA`` unset) has CPU kernels only and
+    fails on CUDA tensors with "Not compiled with CUDA support"; ``False`` when
+    ``torch_sparse`` is unusable.
+    """
+    if not torch_sparse_available():
+        return False
+    return int(torch.ops.torch_sparse.cuda_version()) != -1
 
 
 def normalized_adjacency(train: torch.Tensor) -> torch.Tensor:
@@ -195,15 +209,15 @@ def sparse_propagate(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def resolve_backend(backend: str, device: torch.device | str) -> str:
     """Return the concrete backend (``"csr"``, ``"coo"`` or ``"torch-sparse"``) for ``device``.
 
-    ``"auto"`` is ``"csr"`` on the CPU and ``"torch-sparse"`` on CUDA when importable
-    (else ``"csr"``). Asking for ``"torch-sparse"`` when it is not installed raises
-    ``ValueError`` saying how to install it.
+    ``"auto"`` is ``"csr"`` on the CPU and ``"torch-sparse"`` on CUDA when it is importable
+    and compiled with CUDA (else ``"csr"``). Asking for ``"torch-sparse"`` when it is not
+    installed, or on CUDA with a CPU-only build, raises ``ValueError`` saying how to fix it.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     device = torch.device(device)
     if backend == "auto":
-        if device.type == "cuda" and torch_sparse_available():
+        if device.type == "cuda" and torch_sparse_available() and torch_sparse_has_cuda():
             return "torch-sparse"
         return "csr"
     if backend == "torch-sparse" and not torch_sparse_available():
@@ -211,6 +225,12 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
             f"backend 'torch-sparse' needs the optional extra ({torch_sparse_import_error()}): "
             "pip install --no-build-isolation 'glta-graph[torch-sparse]' (builds torch-sparse "
             "and torch-scatter from source against the installed torch)"
+        )
+    if backend == "torch-sparse" and device.type == "cuda" and not torch_sparse_has_cuda():
+        raise ValueError(
+            f"backend 'torch-sparse' on {device}: the installed torch_sparse was compiled "
+            "without CUDA; rebuild it on a machine with the CUDA toolkit (FORCE_CUDA=1) or use "
+            "backend 'csr'"
         )
     return backend
 
