@@ -22,14 +22,17 @@ Propagation ``X -> \\tilde A X`` has three backends:
     reference to compare against (measured several times slower on CPU, see
     ``benchmarks/graph/``).
 ``"torch-sparse"``
-    ``torch_sparse.SparseTensor`` (the optional extra ``glta-graph[torch-sparse]``).
+    ``torch_sparse.SparseTensor`` (the optional extra ``glta-graph[torch-sparse]``, which
+    also needs ``torch_scatter``) with the same symmetric backward as ``"csr"``.
 
 ``backend="auto"`` picks the measured-fastest backend per device: ``"csr"`` on the CPU and
 on CUDA without torch-sparse; ``"torch-sparse"`` on CUDA when it is importable. Measured
 (``benchmarks/graph/``, one Gowalla training step, d=64, L=3, batch 2048): CPU with one
-thread 0.38 s ``"csr"`` vs 0.94 s ``"coo"``; H200 2.7 ms vs 7.4 ms. torch-sparse measured about
-4x slower than ``"csr"`` on this CPU (DESIGN.md); on CUDA it is the reference implementation's
-kernel and is preferred when installed, but was not measured here.
+thread 0.38 s ``"csr"`` vs 0.94 s ``"coo"``; H200 2.7 ms vs 7.4 ms. torch-sparse 0.6.18 (CPU
+build) measured 3.5x slower than ``"csr"`` per Gowalla step and 5.7x per ML-100K step on one
+CPU thread (its spmm kernel alone 12x slower than torch's MKL one). On CUDA it is the
+reference implementation's kernel and is preferred when installed with CUDA kernels, but was
+not measured here.
 """
 
 from __future__ import annotations
