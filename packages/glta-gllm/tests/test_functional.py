@@ -387,6 +387,24 @@ def test_kept_chunks_plan_stays_within_an_eighth_of_the_logits() -> None:
     assert fn._kept_chunks(rows, items, hid, chunk, 4, True) == 49
 
 
+@pytest.mark.parametrize("store", [None, True, False])
+def test_items_masked_by_minus_inf_bias(monkeypatch, store) -> None:
+    _hybrid(monkeypatch, 0.8)
+    h, w, b, t = _inputs(20, 4, 50, torch.float64, True)
+    b = b.detach().clone()
+    b[16:40] = -math.inf  # chunks 2-4 masked: one recomputed, one buffered, one kept
+    b.requires_grad_()
+    t = t % 16
+    got = linear_cross_entropy(h, w, t, b, chunk_size=8, store_logits=store)
+    grads = torch.autograd.grad(got, (h, w, b))
+    ref = F.cross_entropy(F.linear(h, w, b), t)
+    ref_grads = torch.autograd.grad(ref, (h, w, b))
+    torch.testing.assert_close(got, ref)
+    for gg, rg in zip(grads, ref_grads, strict=True):
+        assert not gg.isnan().any()
+        torch.testing.assert_close(gg, rg)
+
+
 def test_no_grad_mode_skips_the_gradient_pass(monkeypatch) -> None:
     import glta_gllm.functional as fn
 

@@ -286,6 +286,8 @@ def _lse_pass(
         tile = _tile(store, buf, rows, a, e, kept_from)
         _mm_chunk(tile, h, weight, bias, a, e, acc)
         torch.amax(tile, dim=1, out=maxes[j])
+        # A chunk masked out by a -inf bias: a finite max makes its exps 0, not NaN.
+        maxes[j].clamp_(min=torch.finfo(acc).min)
         tile.sub_(maxes[j].unsqueeze(1)).exp_()
         torch.sum(tile, dim=1, out=sums[j])
     lse = torch.logsumexp(sums.log_().add_(maxes), dim=0)
