@@ -379,6 +379,8 @@ def test_kept_chunks_plan_stays_within_an_eighth_of_the_logits() -> None:
     assert kept == 4
     used = (kept + 1) * rows * chunk + rows * hid
     assert used <= rows * items / 8 < used + rows * chunk
+    # bf16 inputs: the naive logits take 2 bytes each, the float32 tiles 4: one chunk fits.
+    assert fn._kept_chunks(rows, items, hid, chunk, 2, None, acc_elem=4) == 1
     # H below _KEEP_MIN_HIDDEN: recompute everything; small logits: keep everything.
     assert fn._kept_chunks(1024, 1_000_000, 64, 1024, 4, None) == 0
     assert fn._kept_chunks(64, 1000, 32, 256, 4, None) == 4

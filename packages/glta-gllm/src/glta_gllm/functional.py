@@ -217,14 +217,22 @@ def _bounds(items: int, chunk: int) -> list[tuple[int, int]]:
 
 
 def _kept_chunks(
-    rows: int, items: int, hid: int, chunk: int, elem: int, store_logits: bool | None
+    rows: int,
+    items: int,
+    hid: int,
+    chunk: int,
+    elem: int,
+    store_logits: bool | None,
+    acc_elem: int | None = None,
 ) -> int:
     """How many item chunks (the last ones) keep their tiles between the two passes.
 
     ``store_logits`` True keeps all, False none. ``None`` keeps all when the ``rows x items``
     logits take at most ``_STORE_MIN_BYTES``, none when ``hid < _KEEP_MIN_HIDDEN``, and
     otherwise as many whole chunks as fit in ``_MEMORY_FRACTION`` of the logits besides the
-    reused ``rows x chunk`` tile and the ``rows x hid`` scaled rows.
+    reused ``rows x chunk`` tile and the ``rows x hid`` scaled rows. ``elem`` is the bytes
+    of one input element (the naive path's logits), ``acc_elem`` (default ``elem``) of one
+    tile element (float32 for bf16/fp16 inputs).
     """
     chunks = math.ceil(items / chunk)
     if store_logits is not None:
@@ -233,8 +241,9 @@ def _kept_chunks(
         return chunks
     if hid < _KEEP_MIN_HIDDEN:
         return 0
-    budget = _MEMORY_FRACTION * rows * items - rows * chunk - rows * hid  # in elements
-    return max(0, min(chunks, int(budget // (rows * chunk))))
+    acc_elem = acc_elem or elem
+    budget = _MEMORY_FRACTION * rows * items * elem - (rows * chunk + rows * hid) * acc_elem
+    return max(0, min(chunks, int(budget // (rows * chunk * acc_elem))))
 
 
 def _tile(
@@ -407,8 +416,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             lse = torch.zeros(0, dtype=acc, device=device)
             ctx.mode = "empty"
         elif any(needs) and reduction != "none":
-            elem = torch.finfo(acc).bits // 8
-            kept = _kept_chunks(n_valid, items, weight.shape[1], chunk, elem, store)
+            elem, acc_elem = hidden.element_size(), torch.finfo(acc).bits // 8
+            kept = _kept_chunks(n_valid, items, weight.shape[1], chunk, elem, store, acc_elem)
             lse, maxes, kept_tiles, buf = _lse_pass(h, weight, bias, bounds, acc, kept)
             row_scale = torch.full((n_valid,), scale_value, dtype=acc, device=device)
             ctx.grads = _grad_pass(
