@@ -15,8 +15,9 @@ chunk)`` tile (about ``_TILE_ELEMENTS``) stays in cache:
   The loss is ``lse - h . W[t] - b[t]``.
 * pass 2 (gradients), chunks last to first: ``P_j = softmax(X)[:, j]`` is a kept tile times
   ``exp(m_j - lse)`` (one multiply), or for the other chunks a recomputed GEMM and
-  ``exp(X_j - lse)`` in place. With the row scale folded into ``hs = h * row_scale`` once:
-  ``grad_W[j] = P_j^T hs`` (``mm`` with ``out=``), ``grad_h += P_j W_j`` (``addmm_``),
+  ``exp(X_j - lse)`` in place. With the row scale folded into ``hs = h * row_scale`` once
+  (for "mean"/"sum" the scalar is the GEMM's ``alpha`` instead): ``grad_W[j] = P_j^T hs``
+  (``addmm_`` with ``beta=0`` into ``grad_W``), ``grad_h += P_j W_j`` (``addmm_``),
   ``grad_b[j] = P_j^T row_scale``. The one-hot part of the softmax gradient never touches a
   tile: ``grad_W[t_r] -= hs[r]`` (per chunk, a few rows), and at the end ``grad_h =
   row_scale * (grad_h - W[t])``, ``grad_b[t] -= row_scale``.
@@ -25,7 +26,7 @@ Schedule (:func:`_kept_chunks`): the last ``kept`` chunks of pass 1 write their 
 into a kept store instead of the one reused buffer, and pass 2 starts with them and then with
 the chunk still in the buffer, so those are never recomputed; the rest are (one extra GEMM
 each). The default (:func:`_kept_chunks`) keeps as many whole chunks as fit, with the
-reused tile and ``h * row_scale``, in ``_MEMORY_FRACTION`` = 1/8 of the ``rows x items``
+reused tile, in ``_MEMORY_FRACTION`` = 1/8 of the ``rows x items``
 logits: the naive path holds at least the logits at its peak (``benchmarks/gllm/memory.py``
 measured 1x them at (256, 4096, 200k), 2x at (512, 576, 100k)), so this stays within 1/8 of
 the naive path's extra memory at any shape. Below ``_KEEP_MIN_HIDDEN`` (256) nothing is kept:
@@ -68,8 +69,8 @@ _REDUCTIONS = ("mean", "sum", "none")
 _TILE_ELEMENTS = 1 << 20
 _MIN_CHUNK = 256
 _MAX_CHUNK = 32768
-# Working memory of the training path beyond the inputs and gradients (kept tiles, the
-# reused tile, h * row_scale), as a fraction of the rows x items logits. The naive path holds
+# Working memory of the training path beyond the inputs and gradients (kept tiles and the
+# reused tile), as a fraction of the rows x items logits. The naive path holds
 # at least the logits at its peak (memory.py: 1.0x at (256, 4096, 200k), where the gradients
 # dominate its peak, 2.0x at (512, 576, 100k)), so this keeps ours within 1/8 of it.
 _MEMORY_FRACTION = 0.125
@@ -204,12 +205,14 @@ class _OneHot:
         edges = torch.tensor([a for a, _ in bounds] + [bounds[-1][1]], device=targets.device)
         self.starts = torch.searchsorted(self.sorted, edges).tolist()
 
-    def subtract_rows_(self, out: torch.Tensor, j: int, a: int, hs: torch.Tensor) -> None:
-        """out[t_r - a] -= hs[r] for the rows ``r`` whose target falls in chunk ``j``."""
+    def subtract_rows_(
+        self, out: torch.Tensor, j: int, a: int, hs: torch.Tensor, alpha: float = 1.0
+    ) -> None:
+        """out[t_r - a] -= alpha * hs[r] for the rows ``r`` whose target is in chunk ``j``."""
         lo, hi = self.starts[j], self.starts[j + 1]
         if hi > lo:
             rows = hs.index_select(0, self.order[lo:hi])
-            out.index_add_(0, self.sorted[lo:hi] - a, rows, alpha=-1)
+            out.index_add_(0, self.sorted[lo:hi] - a, rows, alpha=-alpha)
 
 
 def _bounds(items: int, chunk: int) -> list[tuple[int, int]]:
@@ -230,7 +233,7 @@ def _kept_chunks(
     ``store_logits`` True keeps all, False none. ``None`` keeps all when the ``rows x items``
     logits take at most ``_STORE_MIN_BYTES``, none when ``hid < _KEEP_MIN_HIDDEN``, and
     otherwise as many whole chunks as fit in ``_MEMORY_FRACTION`` of the logits besides the
-    reused ``rows x chunk`` tile and the ``rows x hid`` scaled rows. ``elem`` is the bytes
+    reused ``rows x chunk`` tile. ``elem`` is the bytes
     of one input element (the naive path's logits), ``acc_elem`` (default ``elem``) of one
     tile element (float32 for bf16/fp16 inputs).
     """
@@ -242,7 +245,7 @@ def _kept_chunks(
     if hid < _KEEP_MIN_HIDDEN:
         return 0
     acc_elem = acc_elem or elem
-    budget = _MEMORY_FRACTION * rows * items * elem - (rows * chunk + rows * hid) * acc_elem
+    budget = _MEMORY_FRACTION * rows * items * elem - rows * chunk * acc_elem
     return max(0, min(chunks, int(budget // (rows * chunk * acc_elem))))
 
 
@@ -322,6 +325,7 @@ def _grad_pass(
     maxes: torch.Tensor | None = None,
     store: torch.Tensor | None = None,
     buf: torch.Tensor | None = None,
+    scale: float | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Pass 2: the gradients of ``sum_r row_scale[r] * loss[r]``, chunk by chunk.
 
@@ -337,6 +341,8 @@ def _grad_pass(
             [0, I); lse (R,) from :func:`_lse_pass`; row_scale (R,) in ``acc``.
         needs: which of (grad_h, grad_w, grad_b) to compute.
         kept, maxes, store, buf: pass 1's plan and outputs (defaults: recompute all).
+        scale: set when every ``row_scale`` equals it ("mean"/"sum"): it is then applied as
+            the GEMM's ``alpha`` and ``hs`` is ``h`` itself (no ``R x H`` copy).
 
     Returns:
         ``(grad_h (R, H) in acc, grad_w (I, H) in weight's dtype, grad_b (I,) in acc)``,
@@ -355,8 +361,9 @@ def _grad_pass(
     grad_w = torch.empty(weight.shape, dtype=weight.dtype, device=device) if need_w else None
     grad_b = torch.empty(weight.shape[0], dtype=acc, device=device) if need_b else None
     hs = w_tmp = onehot = None
+    alpha = 1.0 if scale is None else scale
     if need_w:
-        hs = h * row_scale.unsqueeze(1)
+        hs = h * row_scale.unsqueeze(1) if scale is None else h
         onehot = _OneHot(targets, bounds)
         if weight.dtype != acc:
             w_tmp = torch.empty(width, hid, dtype=acc, device=device)
@@ -373,8 +380,8 @@ def _grad_pass(
             grad_h.addmm_(tile, w)
         if need_w:
             out = grad_w[a:e] if w_tmp is None else w_tmp[: e - a]
-            torch.mm(tile.t(), hs, out=out)
-            onehot.subtract_rows_(out, j, a, hs)
+            out.addmm_(tile.t(), hs, beta=0, alpha=alpha)  # beta=0: out's old values unread
+            onehot.subtract_rows_(out, j, a, hs, alpha)
             if w_tmp is not None:
                 grad_w[a:e].copy_(out)
         if need_b:
@@ -422,7 +429,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             row_scale = torch.full((n_valid,), scale_value, dtype=acc, device=device)
             ctx.grads = _grad_pass(
                 h, weight, bias, t, lse, row_scale, bounds, acc, needs,
-                kept, maxes, kept_tiles, buf,
+                kept, maxes, kept_tiles, buf, scale_value,
             )  # fmt: skip
             del kept_tiles, buf
             ctx.mode = "fused"
@@ -529,7 +536,8 @@ def linear_cross_entropy(
 
     Memory:
         Beyond the inputs and their gradients: one ``N x chunk`` tile, ``O(N)`` per chunk
-        for the row maxima and sums, ``N x H`` for the scaled rows, and the kept chunks'
+        for the row maxima and sums (``N x H`` scaled rows with ``reduction="none"``), and
+        the kept chunks'
         tiles (all of these together at most ``N x I / 8`` by default, beyond 16 MiB of
         logits); ``N x I`` only with ``store_logits=True``.
 
