@@ -19,8 +19,8 @@ chunk)`` tile (about ``_TILE_ELEMENTS``) stays in cache:
   (for "mean"/"sum" the scalar is the GEMM's ``alpha`` instead): ``grad_W[j] = P_j^T hs``
   (``addmm_`` with ``beta=0`` into ``grad_W``), ``grad_h += P_j W_j`` (``addmm_``),
   ``grad_b[j] = P_j^T row_scale``. The one-hot part of the softmax gradient never touches a
-  tile: ``grad_W[t_r] -= hs[r]`` (per chunk, a few rows), and at the end ``grad_h =
-  row_scale * (grad_h - W[t])``, ``grad_b[t] -= row_scale``.
+  tile: ``grad_W[t_r] -= hs[r]`` (per chunk, a few rows), ``grad_h`` starts at ``-W[t]``
+  and is scaled by ``row_scale`` at the end, and ``grad_b[t] -= row_scale``.
 
 Schedule (:func:`_kept_chunks`): the last ``kept`` chunks of pass 1 write their tiles straight
 into a kept store instead of the one reused buffer, and pass 2 starts with them and then with
@@ -357,7 +357,9 @@ def _grad_pass(
     width = max(e - a for a, e in bounds)
     if buf is None and kept < n:
         buf = torch.empty(rows * width, dtype=acc, device=device)
-    grad_h = torch.zeros(rows, hid, dtype=acc, device=device) if need_h else None
+    grad_h = None
+    if need_h:  # starts at -W[t] (the one-hot part), so no R x H temporary at the end
+        grad_h = weight.index_select(0, targets).to(acc).neg_()
     grad_w = torch.empty(weight.shape, dtype=weight.dtype, device=device) if need_w else None
     grad_b = torch.empty(weight.shape[0], dtype=acc, device=device) if need_b else None
     hs = w_tmp = onehot = None
@@ -389,7 +391,7 @@ def _grad_pass(
     if need_b:
         grad_b.index_add_(0, targets, row_scale, alpha=-1)
     if need_h:
-        grad_h.sub_(weight.index_select(0, targets).to(acc)).mul_(row_scale.unsqueeze(1))
+        grad_h.mul_(row_scale.unsqueeze(1))
     return grad_h, grad_w, grad_b
 
 
