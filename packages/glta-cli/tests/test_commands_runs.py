@@ -104,3 +104,17 @@ def test_graph_train_bad_option_names_the_key(runner, prepared, tmp_path):
     result = runner.invoke(app, ["graph", "train", str(prepared), "--out", str(out),
                                  "--lr", "-1"])
     assert result.exit_code == 2 and "lr" in result.stderr
+
+
+def test_graph_train_softmax_loss(runner, prepared, tmp_path):
+    run = tmp_path / "softmax"
+    result = runner.invoke(app, ["graph", "train", str(prepared), "--out", str(run), *TRAIN,
+                                 "--loss", "softmax", "--graph.negatives", "8",
+                                 "--graph.similarity", "dot"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / "graph" / "config.json").read_text())
+    assert (saved["loss"], saved["negatives"], saved["similarity"]) == ("softmax", 8, "dot")
+    bad = runner.invoke(app, ["graph", "train", str(prepared), "--out", str(tmp_path / "x"),
+                              "--loss", "hinge"])
+    assert bad.exit_code == 2 and "loss" in bad.stderr and "hinge" in bad.stderr
+    assert not (tmp_path / "x" / "graph").exists()

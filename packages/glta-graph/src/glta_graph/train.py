@@ -186,7 +186,7 @@ class TrainResult:
     Attributes:
         best_epoch: epoch (0-based) whose embeddings were saved.
         best_valid: validation metrics of that epoch (empty when never validated).
-        history: one dict per epoch: ``epoch``, ``loss`` (mean BPR+L2 per batch),
+        history: one dict per epoch: ``epoch``, ``loss`` (mean training loss + L2 per batch),
             ``seconds``, and ``valid`` (metrics dict) on validation epochs.
         seconds: training wall time summed over all epochs, including resumed ones.
         stopped_early: whether patience ran out before ``epochs``.
