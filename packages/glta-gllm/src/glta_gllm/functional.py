@@ -525,6 +525,8 @@ def linear_cross_entropy(
         reduction: ``"mean"`` (over non-ignored rows), ``"sum"`` or ``"none"`` (``(N,)``).
         chunk_size: items per chunk (default: chosen from the shapes so that a
             ``rows x chunk`` float32 tile is about 4 MiB, between 256 and 32768 items).
+            On a CPU oversubscribed by other jobs, larger chunks (fewer, longer parallel
+            regions) degrade less; see ``benchmarks/gllm/README.md``.
         store_logits: ``True`` keeps all ``N x I`` logits between the two passes (3
             matmuls; the fastest option when that memory is available), ``False`` always
             recomputes them chunk by chunk (4 matmuls, one tile of memory), ``None``
