@@ -183,7 +183,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                patience=args.patience, seed=args.seed, backend=args.backend,
                device=args.device, sampling=args.sampling, num_threads=args.threads,
                loss=args.loss, negatives=args.negatives, temperature=args.temperature,
-               similarity=args.similarity)
+               similarity=args.similarity, warmup_epochs=args.warmup_epochs,
+               warmup_lr=args.warmup_lr)
     log = Path(args.log)
     log.parent.mkdir(parents=True, exist_ok=True)
     header = {"kind": "config", "dataset": data.stats(), "command": " ".join(sys.argv),
@@ -259,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--negatives", type=int, default=1024, help="softmax: shared negatives")
     t.add_argument("--temperature", type=float, default=0.1, help="softmax: temperature")
     t.add_argument("--similarity", default="cosine", help="softmax: cosine or dot")
+    t.add_argument("--warmup-epochs", type=int, default=0, help="softmax epochs before --loss")
+    t.add_argument("--warmup-lr", type=float, default=5e-3, help="lr of the warm-up epochs")
     t.add_argument("--max-minutes", type=float, default=0.0)
     t.add_argument("--run-dir", default=None)
     t.add_argument("--log", required=True)

@@ -347,3 +347,27 @@ def test_softmax_training_learns_and_saves_unit_norm_embeddings(tmp_path):
 def test_softmax_config_checks(bad, match):
     with pytest.raises(ValueError, match=match):
         LightGCNConfig(**bad)
+
+
+def test_softmax_warmup_then_bpr_resumes_across_the_switch(tmp_path):
+    data = clustered_dataset()
+    warm = dict(**FAST, warmup_epochs=2, warmup_lr=0.02, negatives=16, similarity="dot",
+                temperature=1.0)
+    # stop right after the switch to BPR (epoch 2), then continue to epoch 4
+    train_lightgcn(data, LightGCNConfig(epochs=3, **warm), tmp_path / "r")
+    res = train_lightgcn(data, LightGCNConfig(epochs=5, **warm), tmp_path / "r")
+    straight = train_lightgcn(data, LightGCNConfig(epochs=5, **warm), tmp_path / "s")
+    assert [h["loss"] for h in res.history] == pytest.approx([h["loss"] for h in straight.history])
+    torch.testing.assert_close(load_graph_embeddings(tmp_path / "r")[1],
+                               load_graph_embeddings(tmp_path / "s")[1])
+    losses = [h["loss"] for h in straight.history]
+    # softmax over 1 + 16 candidates starts near log(17) = 2.83; BPR starts near log(2) = 0.69
+    assert losses[0] > 1.5 and losses[2] < 1.0
+    plain = train_lightgcn(data, LightGCNConfig(epochs=5, **FAST), tmp_path / "p")
+    assert plain.history[0]["loss"] < 1.0
+    assert not torch.equal(load_graph_embeddings(tmp_path / "p")[1],
+                           load_graph_embeddings(tmp_path / "s")[1])
+    with pytest.raises(ValueError, match="warmup_lr"):
+        LightGCNConfig(warmup_lr=0.0)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        LightGCNConfig(warmup_epochs=-1)

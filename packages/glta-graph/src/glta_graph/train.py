@@ -95,6 +95,15 @@ class LightGCNConfig:
     temperature: float = field(
         default=0.1, metadata={"help": "softmax loss: temperature dividing the scores"}
     )
+    warmup_epochs: int = field(
+        default=0,
+        metadata={"help": "first epochs trained with the softmax loss (negatives, temperature, "
+                          "similarity) at warmup_lr before `loss` takes over at `lr` with a "
+                          "fresh Adam: a fast start for BPR (0 = off)"},
+    )
+    warmup_lr: float = field(
+        default=5e-3, metadata={"help": "Adam learning rate of the softmax warm-up epochs"}
+    )
     similarity: str = field(
         default="cosine",
         metadata={"help": "softmax loss: 'cosine' (embeddings L2-normalised, also when saved) "
@@ -117,15 +126,18 @@ class LightGCNConfig:
     def __post_init__(self) -> None:
         self.ks = tuple(int(k) for k in self.ks)
         for name, low in (("dim", 1), ("layers", 0), ("epochs", 1), ("batch_size", 1),
-                          ("eval_every", 0), ("patience", 0), ("negatives", 1)):
+                          ("eval_every", 0), ("patience", 0), ("negatives", 1),
+                          ("warmup_epochs", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < low:
                 raise ValueError(
                     f"LightGCNConfig.{name} must be an integer >= {low}, got {value!r}"
                 )
             setattr(self, name, int(value))
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"LightGCNConfig.lr must be a positive number, got {self.lr!r}")
+        for name in ("lr", "warmup_lr"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"LightGCNConfig.{name} must be a positive number, got {value!r}")
         if self.loss not in _LOSSES:
             raise ValueError(
                 f"LightGCNConfig.loss {self.loss!r} is not one of {', '.join(_LOSSES)}"
@@ -436,7 +448,9 @@ def _train(
     model = LightGCN(data.num_users, data.num_items, config.dim, config.layers)
     model.reset_parameters(generator=gen)
     model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.warmup_lr if config.warmup_epochs else config.lr
+    )
     propagate = GraphPropagator(normalized_adjacency(data.train), config.backend, device)
     sampler = NegativeSampler(data.train)
     validate = config.eval_every > 0 and data.valid._nnz() > 0
@@ -477,7 +491,11 @@ def _train(
         t0 = time.perf_counter()
         model.train()
         all_users, all_pos = sampler.positives(n_pairs, config.sampling, generator=gen)
-        if config.loss == "bpr":
+        phase = "softmax" if epoch < config.warmup_epochs else config.loss
+        if epoch == config.warmup_epochs > 0:
+            # warm-up over: the main loss starts from the warm embeddings with a fresh Adam
+            optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        if phase == "bpr":
             all_neg = sampler.sample(all_users, generator=gen)
         else:  # shared uniform negatives, `negatives` per batch, drawn for the epoch at once
             all_neg = torch.randint(0, data.num_items, (steps, config.negatives), generator=gen)
@@ -488,7 +506,7 @@ def _train(
             sl = slice(b * config.batch_size, (b + 1) * config.batch_size)
             users, pos = all_users[sl], all_pos[sl]
             user_out, item_out = model(propagate)
-            if config.loss == "bpr":
+            if phase == "bpr":
                 loss = _bpr_loss(model, user_out, item_out, users, pos, all_neg[sl], config.l2)
             else:
                 loss = _softmax_loss(model, user_out, item_out, users, pos, all_neg[b],
