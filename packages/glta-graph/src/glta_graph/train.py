@@ -313,12 +313,16 @@ def _bpr_loss(
     diff = (u * p).sum(-1) - (u * n).sum(-1)
     loss = torch.nn.functional.softplus(-diff).mean()
     if l2 > 0:
-        u0 = model.user_embedding.weight[users]
-        p0 = model.item_embedding.weight[pos]
-        n0 = model.item_embedding.weight[neg]
-        reg = 0.5 * (u0.pow(2).sum() + p0.pow(2).sum() + n0.pow(2).sum()) / users.numel()
-        loss = loss + l2 * reg
+        loss = loss + l2 * _layer0_l2(model, users, pos, neg)
     return loss
+
+
+def _layer0_l2(model: LightGCN, users: torch.Tensor, *items: torch.Tensor) -> torch.Tensor:
+    """Reference-style L2: ``0.5 * (|E0_u|^2 + sum of |E0_i|^2 per item set) / batch``."""
+    reg = model.user_embedding.weight[users].pow(2).sum()
+    for rows in items:
+        reg = reg + model.item_embedding.weight[rows].pow(2).sum()
+    return 0.5 * reg / users.numel()
 
 
 def _softmax_loss(
@@ -348,9 +352,7 @@ def _softmax_loss(
     logits = torch.cat([pos_score, neg_score], dim=1) / temperature
     loss = (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
     if l2 > 0:
-        u0 = model.user_embedding.weight[users]
-        p0 = model.item_embedding.weight[pos]
-        loss = loss + l2 * 0.5 * (u0.pow(2).sum() + p0.pow(2).sum()) / users.numel()
+        loss = loss + l2 * _layer0_l2(model, users, pos)
     return loss
 
 
