@@ -3,7 +3,7 @@
     uv run python benchmarks/gllm/compare.py lce 512 576 100000
     uv run python benchmarks/gllm/compare.py topk 4096 64 200000 --k 20
     uv run python benchmarks/gllm/compare.py head 256 4096 64 1000000   # rows H d items
-    uv run python benchmarks/gllm/compare.py sgemm
+    uv run python benchmarks/gllm/compare.py sgemm --dtypes float32,bfloat16 [m k n]
 
 Each variant runs ``--repeats`` times, the variants interleaved (naive, ours, torch, naive,
 ...) so that a noisy shared machine slows them alike; the minimum is reported with its ratio
@@ -26,17 +26,25 @@ import torch.nn.functional as F
 from glta_gllm import linear_cross_entropy, topk_excluding
 
 
-def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """This machine's float32 matmul rate on an n x n x n product (best of ``repeats``)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    out = torch.empty(n, n)
+def sgemm_gflops(
+    n: int = 2048, repeats: int = 5, *, dtype: torch.dtype = torch.float32,
+    shape: tuple[int, int, int] | None = None,
+) -> float:
+    """This machine's matmul rate on an (m x k) @ (k x n) product, best of ``repeats``.
+
+    ``shape`` is ``(m, k, n)`` (default ``(n, n, n)``); ``dtype`` float32 (SGEMM) or e.g.
+    bfloat16, to compare the two on this CPU.
+    """
+    m, k, n = shape or (n, n, n)
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    out = torch.empty(m, n, dtype=dtype)
     torch.mm(a, b, out=out)
     best = math.inf
     for _ in range(repeats):
         t0 = time.perf_counter()
         torch.mm(a, b, out=out)
         best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+    return 2 * m * k * n / best / 1e9
 
 
 # "wall" (default) or "cpu": process CPU time, for 1-thread runs on a shared machine (time
@@ -174,6 +182,7 @@ def main() -> None:
     parser.add_argument("kernel", choices=["lce", "topk", "head", "sgemm"])
     parser.add_argument("shape", nargs="*", type=int, help="rows H items (lce) / users d items")
     parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--dtypes", default="float32", help="sgemm: e.g. float32,bfloat16")
     parser.add_argument("--exclude-per-user", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
@@ -205,7 +214,13 @@ def main() -> None:
     _clock = CLOCK[args.clock]
     meta = {"threads": torch.get_num_threads(), "torch": torch.__version__, "clock": args.clock}
     if args.kernel == "sgemm":
-        print(json.dumps({"sgemm_gflops": round(sgemm_gflops(), 1), **meta}))
+        shape = tuple(args.shape) if args.shape else None
+        if shape is not None and len(shape) != 3:
+            raise SystemExit("sgemm takes an optional shape: m k n")
+        for name in args.dtypes.split(","):
+            rate = sgemm_gflops(dtype=getattr(torch, name), shape=shape)
+            print(json.dumps({"gemm_gflops": round(rate, 1), "dtype": name,
+                              "shape": list(shape or (2048,) * 3), **meta}))
         return
     only = [x for x in args.only.split(",") if x] or None
     if args.kernel == "lce":
