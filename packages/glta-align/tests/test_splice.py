@@ -1,8 +1,16 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
-from glta_align.splice import SoftPromptRunner, SoftSequence, bucket_batches
+from glta_align.splice import (
+    SoftPromptRunner,
+    SoftSequence,
+    _cache_kwarg,
+    _output_cache,
+    bucket_batches,
+)
 
 
 def _seqs():
@@ -70,3 +78,24 @@ def test_bucket_batches_cover_all_and_group_lengths():
     assert spread < np.ptp(lengths) / 4
     again = bucket_batches(lengths, 8, np.random.default_rng(1), window=100)
     assert again == batches
+
+
+def test_cache_argument_follows_the_transformers_release(tiny):
+    """transformers 5.17 (the GPU image's) names the cache past_key_values, 5.24 cache."""
+
+    class Old(torch.nn.Module):
+        def forward(self, inputs_embeds=None, past_key_values=None, use_cache=None):
+            return inputs_embeds
+
+    class New(torch.nn.Module):
+        def forward(self, inputs_embeds=None, cache=None, use_cache=None):
+            return inputs_embeds
+
+    assert _cache_kwarg(Old()) == "past_key_values"
+    assert _cache_kwarg(New()) == "cache"
+    assert _output_cache(SimpleNamespace(past_key_values="old")) == "old"
+    assert _output_cache(SimpleNamespace(cache="new", past_key_values=None)) == "new"
+    # the installed release: the name it picks is a real argument, and the cache comes back
+    name = _cache_kwarg(tiny.backbone)
+    out = tiny.backbone(input_ids=torch.tensor([[1, 2, 3]]), use_cache=True, **{name: None})
+    assert len(_output_cache(out).layers) == 2

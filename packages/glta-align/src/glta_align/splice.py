@@ -17,6 +17,8 @@ slots) are returned.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -99,6 +101,24 @@ def bucket_batches(
     return [batches[i] for i in perm]
 
 
+@functools.cache
+def _cache_kwarg_of(forward_owner: type) -> str:
+    params = inspect.signature(forward_owner.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _cache_kwarg(backbone: torch.nn.Module) -> str:
+    """The key/value-cache argument of ``backbone.forward``: ``cache`` (transformers >= 5.2x)
+    or ``past_key_values`` (earlier releases, e.g. 5.17)."""
+    return _cache_kwarg_of(type(backbone))
+
+
+def _output_cache(out: object) -> object:
+    """The key/value cache of a decoder's output (``out.cache`` or ``out.past_key_values``)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 class SoftPromptRunner:
     """Run batches of :class:`SoftSequence` behind a fixed prefix through a frozen LLM.
 
@@ -133,7 +153,7 @@ class SoftPromptRunner:
         ids = torch.tensor([self.prefix_ids], device=self.llm.device)
         with torch.set_grad_enabled(trainable):
             out = self.llm.backbone(input_ids=ids, use_cache=True)
-        kv = [(layer.keys, layer.values) for layer in out.cache.layers]
+        kv = [(layer.keys, layer.values) for layer in _output_cache(out).layers]
         if not trainable:
             self._frozen_prefix = [(k.detach(), v.detach()) for k, v in kv]
         return kv
@@ -209,8 +229,8 @@ class SoftPromptRunner:
             inputs_embeds=emb,
             attention_mask=mask_t,
             position_ids=pos,
-            cache=cache,
             use_cache=cache is not None,
+            **{_cache_kwarg(self.llm.backbone): cache},
         )
         hidden = out.last_hidden_state
         idx = torch.from_numpy(read).to(dev)
