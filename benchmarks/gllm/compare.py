@@ -4,6 +4,7 @@
     uv run python benchmarks/gllm/compare.py topk 4096 64 200000 --k 20
     uv run python benchmarks/gllm/compare.py head 256 4096 64 1000000   # rows H d items
     uv run python benchmarks/gllm/compare.py sgemm --dtypes float32,bfloat16 [m k n]
+    python benchmarks/gllm/compare.py lce 512 576 100000 --device cuda --dtype bfloat16
 
 Each variant runs ``--repeats`` times, the variants interleaved (naive, ours, torch, naive,
 ...) so that a noisy shared machine slows them alike; the minimum is reported with its ratio
@@ -11,6 +12,8 @@ to the naive path and its GFLOP/s (fwd+bwd cross-entropy counts 3 matmuls of 2*N
 a top-k counts one). Seeds are fixed. Prints one JSON object per variant. ``--clock cpu``
 times process CPU time instead of wall time: with ``--threads 1`` on a shared machine it
 leaves out the time other jobs held the core (cache and memory bandwidth are still shared).
+``--device cuda`` runs everything on the GPU (synchronising around each timed call) and
+``--dtype`` sets the inputs' dtype (lce, topk, head; sgemm takes ``--dtypes``).
 """
 
 from __future__ import annotations
@@ -53,9 +56,25 @@ CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
 _clock = CLOCK["wall"]
 
 
+_DEVICE = torch.device("cpu")
+_DTYPE = torch.float32
+
+
+def _sync() -> None:
+    if _DEVICE.type == "cuda":
+        torch.cuda.synchronize(_DEVICE)
+
+
+def _put(x: torch.Tensor, *, cast: bool = True) -> torch.Tensor:
+    """Move a benchmark input to ``--device`` (and ``--dtype`` when it is floating)."""
+    return x.to(_DEVICE, _DTYPE if cast and x.is_floating_point() else x.dtype)
+
+
 def _timed(fn_) -> float:
+    _sync()
     t0 = _clock()
     fn_()
+    _sync()
     return _clock() - t0
 
 
@@ -68,9 +87,9 @@ def lce_variants(
     glta_store: bool | None = None,
 ):
     g = torch.Generator().manual_seed(0)
-    h = torch.randn(rows, hid, generator=g).requires_grad_()
-    w = (torch.randn(items, hid, generator=g) / math.sqrt(hid)).requires_grad_()
-    t = torch.randint(0, items, (rows,), generator=g)
+    h = _put(torch.randn(rows, hid, generator=g)).requires_grad_()
+    w = _put(torch.randn(items, hid, generator=g) / math.sqrt(hid)).requires_grad_()
+    t = _put(torch.randint(0, items, (rows,), generator=g))
 
     def step(loss_fn):
         def run():
@@ -86,6 +105,16 @@ def lce_variants(
         "glta_recompute": step(lambda: linear_cross_entropy(h, w, t, store_logits=False)),
         "glta_keepall": step(lambda: linear_cross_entropy(h, w, t, store_logits=True)),
     }
+    if _DEVICE.type == "cuda" and _DTYPE in (torch.bfloat16, torch.float16):
+        # the same kernel with its inputs upcast to fp32 GEMMs (the CPU route)
+        def upcast():
+            lowp, fn._lowp_gemm = fn._lowp_gemm, lambda h: False
+            try:
+                return linear_cross_entropy(h, w, t)
+            finally:
+                fn._lowp_gemm = lowp
+
+        variants["glta_upcast"] = step(upcast)
     for c in glta_chunks:
         variants[f"glta_c{c}"] = step(
             lambda c=c: linear_cross_entropy(h, w, t, chunk_size=c, store_logits=glta_store)
@@ -102,8 +131,8 @@ def lce_variants(
 
 def topk_variants(users: int, dim: int, items: int, k: int, per_user: int):
     g = torch.Generator().manual_seed(0)
-    q = torch.randn(users, dim, generator=g)
-    w = torch.randn(items, dim, generator=g)
+    q = _put(torch.randn(users, dim, generator=g))
+    w = _put(torch.randn(items, dim, generator=g))
     cols = torch.randint(0, items, (users, per_user), generator=g).sort(dim=1).values
     dense_rows = torch.arange(users).repeat_interleave(per_user)
     exclude = (
@@ -114,8 +143,9 @@ def topk_variants(users: int, dim: int, items: int, k: int, per_user: int):
         )
         .coalesce()
         .to_sparse_csr()
+        .to(_DEVICE)
     )
-    mask_rows, mask_cols = dense_rows, cols.reshape(-1)
+    mask_rows, mask_cols = _put(dense_rows), _put(cols.reshape(-1))
 
     def naive():
         scores = q @ w.T
@@ -134,8 +164,9 @@ def head_variants(rows: int, hid: int, dim: int, items: int, plain: bool):
 
     g = torch.Generator().manual_seed(0)
     matching = ProjectedItemHead(torch.randn(items, dim, generator=g), nn.Linear(dim, hid))
-    hidden = torch.randn(rows, hid, generator=g).requires_grad_()
-    targets = torch.randint(0, items, (rows,), generator=g)
+    matching = matching.to(_DEVICE, _DTYPE)
+    hidden = _put(torch.randn(rows, hid, generator=g)).requires_grad_()
+    targets = _put(torch.randint(0, items, (rows,), generator=g))
 
     def step(head, params):
         def run():
@@ -160,6 +191,7 @@ def run(
     ]
     for n in names * warmup:
         variants[n]()
+    _sync()
     best = {n: math.inf for n in names}
     for _ in range(repeats):
         for n in names:
@@ -186,6 +218,8 @@ def main() -> None:
     parser.add_argument("--exclude-per-user", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--dtype", default="float32", help="lce/topk/head: e.g. bfloat16")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up round")
     parser.add_argument("--no-plain", action="store_true", help="head: skip the plain head")
     parser.add_argument("--torch-chunks", default="32,64,128,256")
@@ -210,9 +244,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    global _clock
+    global _clock, _DEVICE, _DTYPE
     _clock = CLOCK[args.clock]
-    meta = {"threads": torch.get_num_threads(), "torch": torch.__version__, "clock": args.clock}
+    _DEVICE, _DTYPE = torch.device(args.device), getattr(torch, args.dtype)
+    meta = {"threads": torch.get_num_threads(), "torch": torch.__version__, "clock": args.clock,
+            "device": str(_DEVICE), "dtype": args.dtype}
+    if _DEVICE.type == "cuda":
+        meta["gpu"] = torch.cuda.get_device_name(_DEVICE)
     if args.kernel == "sgemm":
         shape = tuple(args.shape) if args.shape else None
         if shape is not None and len(shape) != 3:
@@ -229,8 +267,12 @@ def main() -> None:
         glta_chunks = [int(c) for c in args.glta_chunks.split(",") if c]
         store = {"auto": None, "keep": True, "recompute": False}[args.glta_store]
         variants, flops = lce_variants(rows, hid, items, chunks, glta_chunks, store)
-        chunk = fn._item_chunk(rows, items, None)
-        kept = fn._kept_chunks(rows, items, hid, chunk, 4, None)
+        elem = _DTYPE.itemsize
+        acc_elem = 4 if elem < 4 else elem
+        chunk = fn._item_chunk(rows, items, None, _DEVICE, elem, acc_elem)
+        lowp = _DEVICE.type == "cuda" and elem < 4  # tensor-core GEMMs keep a P_j copy
+        kept = fn._kept_chunks(rows, items, hid, chunk, elem, None, acc_elem,
+                               rows * chunk * elem if lowp else 0)
         meta.update(shape=[rows, hid, items], plan={"chunk": chunk, "kept_chunks": kept})
     elif args.kernel == "head":
         rows, hid, dim, items = args.shape

@@ -3,6 +3,7 @@
     uv run python benchmarks/gllm/memory.py lce 512 576 100000
     uv run python benchmarks/gllm/memory.py topk 4096 64 200000
     uv run python benchmarks/gllm/memory.py head 256 4096 64 1000000
+    python benchmarks/gllm/memory.py lce 512 576 100000 --device cuda --dtype bfloat16
 
 For every variant a new Python process builds the inputs, runs a small warm-up of the same
 code (so libraries and thread pools exist), records its resident set size, runs one step,
@@ -24,6 +25,7 @@ import json, math, sys, torch, torch.nn.functional as F
 from glta_gllm import linear_cross_entropy, topk_excluding, ProjectedItemHead
 
 kernel, variant, device = sys.argv[1], sys.argv[2], sys.argv[4]
+dtype = getattr(torch, sys.argv[5])
 shape = [int(x) for x in sys.argv[3].split(",")]
 cuda = device.startswith("cuda")
 
@@ -39,8 +41,9 @@ def rss_mb(field):
 
 def lce_inputs(rows, hid, items, scale=1):
     g = torch.Generator().manual_seed(0)
-    h = torch.randn(rows, hid, generator=g).to(device).requires_grad_()
-    w = (torch.randn(items, hid, generator=g) / math.sqrt(hid)).to(device).requires_grad_()
+    h = torch.randn(rows, hid, generator=g).to(device, dtype).requires_grad_()
+    w = (torch.randn(items, hid, generator=g) / math.sqrt(hid)).to(device, dtype)
+    w.requires_grad_()
     t = torch.randint(0, items, (rows,), generator=g).to(device)
     return h, w, t
 
@@ -58,7 +61,7 @@ def lce_step(h, w, t):
         o = opts() if variant == "torch_auto" else opts(batch_chunk_size=int(variant[11:]))
         loss = F.linear_cross_entropy(h, w, t, options=o)
     loss.backward()
-    return (h.numel() + w.numel()) * 4 / 2**20
+    return (h.numel() + w.numel()) * h.element_size() / 2**20
 
 def topk_step(q, w, excl, rows, cols, k):
     if variant == "naive":
@@ -136,6 +139,7 @@ def main() -> None:
     parser.add_argument("shape", nargs="+", type=int)
     parser.add_argument("--variants", default="", help="comma list (default: all)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", help="lce inputs, e.g. bfloat16")
     args = parser.parse_args()
     variants = [v for v in args.variants.split(",") if v] or VARIANTS[args.kernel]
     results = []
@@ -149,6 +153,7 @@ def main() -> None:
                 variant,
                 ",".join(map(str, args.shape)),
                 args.device,
+                args.dtype,
             ],
             capture_output=True,
             text=True,

@@ -420,3 +420,42 @@ def test_no_grad_mode_skips_the_gradient_pass(monkeypatch) -> None:
     torch.testing.assert_close(loss, F.cross_entropy(F.linear(h, w, b), t).detach())
     with pytest.raises(AssertionError, match="gradient pass"):
         linear_cross_entropy(h, w, t, b)
+
+
+# ---------------------------------------------------------------- CUDA plan (pure arithmetic)
+
+
+@pytest.mark.parametrize(
+    ("rows", "items", "elem", "acc_elem"),
+    [(512, 100_000, 4, 4), (256, 200_000, 4, 4), (1024, 1_000_000, 4, 4), (512, 100_000, 2, 4),
+     (16, 1_000_000, 2, 4), (4096, 300, 4, 4)],
+)
+def test_cuda_plan_uses_big_tiles_within_the_memory_budget(rows, items, elem, acc_elem) -> None:
+    import glta_gllm.functional as fn
+
+    cuda = torch.device("cuda")
+    chunk = fn._item_chunk(rows, items, None, cuda, elem, acc_elem)
+    assert 1 <= chunk <= items
+    assert chunk >= min(items, fn._MIN_CHUNK)
+    if rows * items * elem >= (64 << 20):  # big problems: few big chunks, unlike the CPU plan
+        assert math.ceil(items / chunk) <= max(
+            fn._CUDA_LOGITS_SHARE * acc_elem // elem + 1,
+            rows * items // fn._CUDA_TILE_ELEMENTS + 1,
+        )
+    logits = rows * items * elem
+    tile = rows * chunk * acc_elem
+    if chunk > fn._MIN_CHUNK and chunk < items:
+        assert tile <= logits / fn._CUDA_LOGITS_SHARE
+        assert rows * chunk <= fn._CUDA_TILE_ELEMENTS
+    reserve = rows * chunk * elem if elem < acc_elem else 0
+    kept = fn._kept_chunks(rows, items, 576, chunk, elem, None, acc_elem, reserve)
+    if logits > fn._STORE_MIN_BYTES:  # kept tiles + the reused tile + the reserve
+        assert kept * tile + tile + reserve <= fn._MEMORY_FRACTION * logits or kept == 0
+    assert fn._item_chunk(rows, items, 77, cuda) == min(77, items)  # explicit chunk wins
+
+
+def test_lowp_gemm_only_on_cuda_half_precision() -> None:
+    import glta_gllm.functional as fn
+
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert not fn._lowp_gemm(torch.zeros(2, 2, dtype=dtype))  # CPU: always upcast

@@ -69,6 +69,13 @@ _REDUCTIONS = ("mean", "sum", "none")
 _TILE_ELEMENTS = 1 << 20
 _MIN_CHUNK = 256
 _MAX_CHUNK = 32768
+# On CUDA no CPU cache bounds the tile: bigger tiles mean fewer kernel launches and bigger,
+# faster GEMMs. A CUDA tile takes at most 1/_CUDA_LOGITS_SHARE of the logits' bytes (so one
+# kept chunk still fits the 1/8 budget beside it) and at most _CUDA_TILE_ELEMENTS elements
+# (64 MiB in fp32, about the H100/H200's L2 cache).
+_CUDA_TILE_ELEMENTS = 1 << 24
+_CUDA_LOGITS_SHARE = 16
+_CUDA_MAX_CHUNK = 1 << 18
 # Working memory of the training path beyond the inputs and gradients (kept tiles and the
 # reused tile), as a fraction of the rows x items logits. The naive path holds
 # at least the logits at its peak (memory.py: 1.0x at (256, 4096, 200k), where the gradients
@@ -89,14 +96,53 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _item_chunk(rows: int, items: int, chunk_size: int | None) -> int:
+def _item_chunk(
+    rows: int,
+    items: int,
+    chunk_size: int | None,
+    device: torch.device | None = None,
+    elem: int = 4,
+    acc_elem: int = 4,
+) -> int:
+    """Items per chunk: ``chunk_size`` if given, else a tile of about ``_TILE_ELEMENTS``
+    (CPU cache) or, on CUDA, of ``min(_CUDA_TILE_ELEMENTS, logits / 16)`` (``elem`` /
+    ``acc_elem``: bytes of an input / a tile element)."""
     if chunk_size is not None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         return min(chunk_size, items)
-    chunk = _TILE_ELEMENTS // max(rows, 1)
-    chunk = max(_MIN_CHUNK, min(chunk, _MAX_CHUNK))
+    rows = max(rows, 1)
+    if device is not None and device.type == "cuda":
+        share = rows * items * elem // (_CUDA_LOGITS_SHARE * acc_elem)
+        chunk = min(_CUDA_TILE_ELEMENTS, share) // rows
+        chunk = max(_MIN_CHUNK, min(chunk, _CUDA_MAX_CHUNK))
+    else:
+        chunk = max(_MIN_CHUNK, min(_TILE_ELEMENTS // rows, _MAX_CHUNK))
     return min(items, chunk)
+
+
+_OUT_DTYPE_MM: dict[tuple[torch.device, torch.dtype], bool] = {}
+
+
+def _lowp_gemm(h: torch.Tensor) -> bool:
+    """Whether bf16/fp16 ``h`` on CUDA can use tensor-core GEMMs with an fp32 result.
+
+    That is ``torch.mm(a, b, out_dtype=torch.float32)`` (fp32 accumulation and output; CUDA
+    only, torch >= 2.8), probed once per device and dtype. Elsewhere the inputs are upcast
+    and the GEMMs run in fp32.
+    """
+    if h.device.type != "cuda" or h.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    key = (h.device, h.dtype)
+    if key not in _OUT_DTYPE_MM:
+        try:
+            x = torch.ones(4, 4, dtype=h.dtype, device=h.device)
+            y = torch.empty(4, 4, dtype=torch.float32, device=h.device)
+            torch.mm(x.t(), x, out_dtype=torch.float32, out=y)
+            _OUT_DTYPE_MM[key] = bool((y == 4).all())
+        except (RuntimeError, TypeError, NotImplementedError):
+            _OUT_DTYPE_MM[key] = False
+    return _OUT_DTYPE_MM[key]
 
 
 def _check_lce_inputs(
@@ -168,9 +214,19 @@ def _mm_chunk(
     a: int,
     e: int,
     acc: torch.dtype,
+    h_lp: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """out (R, e-a) <- h (R, H) @ weight[a:e]^T (+ bias[a:e]), computed in dtype ``acc``."""
+    """out (R, e-a) <- h (R, H) @ weight[a:e]^T (+ bias[a:e]), computed in dtype ``acc``.
+
+    With ``h_lp`` (h in weight's low precision, see :func:`_lowp_gemm`) the GEMM takes the
+    low-precision operands and writes ``acc`` directly. Returns weight's chunk as used.
+    """
     w = weight[a:e]
+    if h_lp is not None:
+        torch.mm(h_lp, w.t(), out_dtype=acc, out=out)
+        if bias is not None:
+            out.add_(bias[a:e].to(acc))
+        return w
     if w.dtype != acc:
         w = w.to(acc)
     if bias is None:
@@ -227,6 +283,7 @@ def _kept_chunks(
     elem: int,
     store_logits: bool | None,
     acc_elem: int | None = None,
+    reserve: int = 0,
 ) -> int:
     """How many item chunks (the last ones) keep their tiles between the two passes.
 
@@ -235,7 +292,8 @@ def _kept_chunks(
     otherwise as many whole chunks as fit in ``_MEMORY_FRACTION`` of the logits besides the
     reused ``rows x chunk`` tile. ``elem`` is the bytes
     of one input element (the naive path's logits), ``acc_elem`` (default ``elem``) of one
-    tile element (float32 for bf16/fp16 inputs).
+    tile element (float32 for bf16/fp16 inputs); ``reserve`` bytes of other working memory
+    come out of the budget.
     """
     chunks = math.ceil(items / chunk)
     if store_logits is not None:
@@ -245,7 +303,7 @@ def _kept_chunks(
     if hid < _KEEP_MIN_HIDDEN:
         return 0
     acc_elem = acc_elem or elem
-    budget = _MEMORY_FRACTION * rows * items * elem - rows * chunk * acc_elem
+    budget = _MEMORY_FRACTION * rows * items * elem - rows * chunk * acc_elem - reserve
     return max(0, min(chunks, int(budget // (rows * chunk * acc_elem))))
 
 
@@ -271,6 +329,7 @@ def _lse_pass(
     bounds: list[tuple[int, int]],
     acc: torch.dtype,
     kept: int = 0,
+    h_lp: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Pass 1: the row log-sum-exp over all items.
 
@@ -282,6 +341,7 @@ def _lse_pass(
         h: (R, H) in dtype ``acc``; weight (I, H); bias (I,) or None.
         kept: how many of the last chunks write their tiles into a kept store (one
             ``R x (items of those chunks)`` tensor) instead of the one reused buffer.
+        h_lp: h in weight's low precision for tensor-core GEMMs (:func:`_lowp_gemm`).
 
     Returns:
         ``(lse (R,), maxes (chunks, R), store, buf)``: the store holds the kept chunks'
@@ -301,7 +361,7 @@ def _lse_pass(
         buf = torch.empty(rows * width, dtype=acc, device=h.device)
     for j, (a, e) in enumerate(bounds):
         tile = _tile(store, buf, rows, a, e, kept_from)
-        _mm_chunk(tile, h, weight, bias, a, e, acc)
+        _mm_chunk(tile, h, weight, bias, a, e, acc, h_lp)
         torch.amax(tile, dim=1, out=maxes[j])
         # A chunk masked out by a -inf bias: a finite max makes its exps 0, not NaN.
         maxes[j].clamp_(min=torch.finfo(acc).min)
@@ -326,6 +386,7 @@ def _grad_pass(
     store: torch.Tensor | None = None,
     buf: torch.Tensor | None = None,
     scale: float | None = None,
+    h_lp: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Pass 2: the gradients of ``sum_r row_scale[r] * loss[r]``, chunk by chunk.
 
@@ -343,6 +404,9 @@ def _grad_pass(
         kept, maxes, store, buf: pass 1's plan and outputs (defaults: recompute all).
         scale: set when every ``row_scale`` equals it ("mean"/"sum"): it is then applied as
             the GEMM's ``alpha`` and ``hs`` is ``h`` itself (no ``R x H`` copy).
+        h_lp: h in weight's low precision (:func:`_lowp_gemm`): the GEMMs then take
+            ``P_j`` rounded to that precision (as the naive path's logit gradients are) and
+            accumulate in fp32 on tensor cores.
 
     Returns:
         ``(grad_h (R, H) in acc, grad_w (I, H) in weight's dtype, grad_b (I,) in acc)``,
@@ -362,30 +426,53 @@ def _grad_pass(
         grad_h = weight.index_select(0, targets).to(acc).neg_()
     grad_w = torch.empty(weight.shape, dtype=weight.dtype, device=device) if need_w else None
     grad_b = torch.empty(weight.shape[0], dtype=acc, device=device) if need_b else None
-    hs = w_tmp = onehot = None
+    hs = w_tmp = onehot = hs_lp = p_buf = gh_tmp = None
     alpha = 1.0 if scale is None else scale
+    lowp = h_lp is not None
     if need_w:
         hs = h * row_scale.unsqueeze(1) if scale is None else h
         onehot = _OneHot(targets, bounds)
         if weight.dtype != acc:
             w_tmp = torch.empty(width, hid, dtype=acc, device=device)
+        if lowp:
+            hs_lp = h_lp if scale is not None else hs.to(weight.dtype)
+    if lowp:
+        p_buf = torch.empty(rows * width, dtype=weight.dtype, device=device)
+        if need_h:
+            gh_tmp = torch.empty(rows, hid, dtype=acc, device=device)
     for j in reversed(range(n)):
         a, e = bounds[j]
         tile = _tile(store, buf, rows, a, e, kept_from)
         if a >= kept_from or j == in_buf:
             tile.mul_((maxes[j] - lse).exp_().unsqueeze(1))
-            w = weight[a:e] if weight.dtype == acc else weight[a:e].to(acc)
+            w = None
         else:
-            w = _mm_chunk(tile, h, weight, bias, a, e, acc)
+            w = _mm_chunk(tile, h, weight, bias, a, e, acc, h_lp)
             tile.sub_(lse.unsqueeze(1)).exp_()
-        if need_h:
-            grad_h.addmm_(tile, w)
-        if need_w:
-            out = grad_w[a:e] if w_tmp is None else w_tmp[: e - a]
-            out.addmm_(tile.t(), hs, beta=0, alpha=alpha)  # beta=0: out's old values unread
-            onehot.subtract_rows_(out, j, a, hs, alpha)
-            if w_tmp is not None:
+        if lowp:  # P_j rounded to the weight's precision; tensor-core GEMMs, fp32 results
+            p = p_buf[: rows * (e - a)].view(rows, e - a)
+            p.copy_(tile)
+            if need_h:
+                torch.mm(p, weight[a:e], out_dtype=acc, out=gh_tmp)
+                grad_h.add_(gh_tmp)
+            if need_w:
+                out = w_tmp[: e - a]
+                torch.mm(p.t(), hs_lp, out_dtype=acc, out=out)
+                if alpha != 1.0:
+                    out.mul_(alpha)
+                onehot.subtract_rows_(out, j, a, hs, alpha)
                 grad_w[a:e].copy_(out)
+        else:
+            if need_h:
+                if w is None:
+                    w = weight[a:e] if weight.dtype == acc else weight[a:e].to(acc)
+                grad_h.addmm_(tile, w)
+            if need_w:
+                out = grad_w[a:e] if w_tmp is None else w_tmp[: e - a]
+                out.addmm_(tile.t(), hs, beta=0, alpha=alpha)  # beta=0: old values unread
+                onehot.subtract_rows_(out, j, a, hs, alpha)
+                if w_tmp is not None:
+                    grad_w[a:e].copy_(out)
         if need_b:
             torch.mv(tile.t(), row_scale, out=grad_b[a:e])
     if need_b:
@@ -409,8 +496,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         idx = None if all_valid else valid.nonzero().squeeze(1)
         h = hidden if all_valid else hidden.index_select(0, idx)
         t = targets if all_valid else targets.index_select(0, idx)
+        h_lp = h if _lowp_gemm(h) else None
         h = h.to(acc) if h.dtype != acc else h
-        chunk = _item_chunk(max(n_valid, 1), items, chunk_size)
+        elem, acc_elem = hidden.element_size(), torch.finfo(acc).bits // 8
+        chunk = _item_chunk(max(n_valid, 1), items, chunk_size, device, elem, acc_elem)
         bounds = _bounds(items, chunk)
         # needs_input_grad stays True under torch.no_grad(): also ask the caller's grad mode.
         needs = tuple(bool(x) and grad_mode for x in ctx.needs_input_grad[:3])
@@ -425,18 +514,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
             lse = torch.zeros(0, dtype=acc, device=device)
             ctx.mode = "empty"
         elif any(needs) and reduction != "none":
-            elem, acc_elem = hidden.element_size(), torch.finfo(acc).bits // 8
-            kept = _kept_chunks(n_valid, items, weight.shape[1], chunk, elem, store, acc_elem)
-            lse, maxes, kept_tiles, buf = _lse_pass(h, weight, bias, bounds, acc, kept)
+            reserve = n_valid * chunk * elem if h_lp is not None else 0  # the P_j copy
+            kept = _kept_chunks(
+                n_valid, items, weight.shape[1], chunk, elem, store, acc_elem, reserve
+            )
+            lse, maxes, kept_tiles, buf = _lse_pass(h, weight, bias, bounds, acc, kept, h_lp)
             row_scale = torch.full((n_valid,), scale_value, dtype=acc, device=device)
             ctx.grads = _grad_pass(
                 h, weight, bias, t, lse, row_scale, bounds, acc, needs,
-                kept, maxes, kept_tiles, buf, scale_value,
+                kept, maxes, kept_tiles, buf, scale_value, h_lp,
             )  # fmt: skip
             del kept_tiles, buf
             ctx.mode = "fused"
         else:
-            lse = _lse_pass(h, weight, bias, bounds, acc)[0]
+            lse = _lse_pass(h, weight, bias, bounds, acc, 0, h_lp)[0]
             if any(needs):
                 ctx.mode = "recompute"
         loss_rows = lse - _target_logits(h, weight, bias, t, acc) if n_valid else lse
@@ -476,6 +567,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             idx = ctx.idx
             h = hidden if idx is None else hidden.index_select(0, idx)
             t = targets if idx is None else targets.index_select(0, idx)
+            h_lp = h if _lowp_gemm(h) else None
             h = h.to(acc)
             g = grad_out.to(acc)
             if ctx.reduction == "none":
@@ -486,7 +578,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 row_scale = (g * scale).expand(n).contiguous()
             needs = (need_h, need_w, need_b and bias is not None)
             bounds = _bounds(weight.shape[0], ctx.chunk)
-            gh, gw, gb = _grad_pass(h, weight, bias, t, lse, row_scale, bounds, acc, needs)
+            gh, gw, gb = _grad_pass(
+                h, weight, bias, t, lse, row_scale, bounds, acc, needs, h_lp=h_lp
+            )
         if gh is not None and ctx.idx is not None:
             full = torch.zeros(ctx.rows, gh.shape[1], dtype=gh.dtype, device=gh.device)
             full.index_copy_(0, ctx.idx, gh)
