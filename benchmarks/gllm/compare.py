@@ -267,12 +267,8 @@ def main() -> None:
         glta_chunks = [int(c) for c in args.glta_chunks.split(",") if c]
         store = {"auto": None, "keep": True, "recompute": False}[args.glta_store]
         variants, flops = lce_variants(rows, hid, items, chunks, glta_chunks, store)
-        elem = _DTYPE.itemsize
-        acc_elem = 4 if elem < 4 else elem
-        chunk = fn._item_chunk(rows, items, None, _DEVICE, elem, acc_elem)
-        lowp = _DEVICE.type == "cuda" and elem < 4  # tensor-core GEMMs keep a P_j copy
-        kept = fn._kept_chunks(rows, items, hid, chunk, elem, None, acc_elem,
-                               rows * chunk * elem if lowp else 0)
+        lowp = fn._lowp_gemm(torch.empty(1, dtype=_DTYPE, device=_DEVICE))
+        chunk, kept = fn._plan(rows, items, hid, _DTYPE, _DEVICE, lowp)
         meta.update(shape=[rows, hid, items], plan={"chunk": chunk, "kept_chunks": kept})
     elif args.kernel == "head":
         rows, hid, dim, items = args.shape

@@ -452,6 +452,8 @@ def test_cuda_plan_uses_big_tiles_within_the_memory_budget(rows, items, elem, ac
     if logits > fn._STORE_MIN_BYTES:  # kept tiles + the reused tile + the reserve
         assert kept * tile + tile + reserve <= fn._MEMORY_FRACTION * logits or kept == 0
     assert fn._item_chunk(rows, items, 77, cuda) == min(77, items)  # explicit chunk wins
+    dtype = torch.float32 if elem == 4 else torch.bfloat16
+    assert fn._plan(rows, items, 576, dtype, cuda, lowp=elem < acc_elem) == (chunk, kept)
 
 
 def test_lowp_gemm_only_on_cuda_half_precision() -> None:

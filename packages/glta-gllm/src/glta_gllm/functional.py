@@ -51,7 +51,12 @@ the forward and the backward only scales the result by the incoming scalar (with
 ``reduction="none"`` the backward runs pass 2, recomputing every chunk, with the per-row
 incoming gradients as ``row_scale``).
 
-Low-precision inputs (bf16/fp16) are computed and accumulated in float32 chunk by chunk.
+Low-precision inputs (bf16/fp16) are computed and accumulated in float32 chunk by chunk: on
+the CPU the inputs are upcast and the GEMMs run in fp32; on CUDA (where ``torch.mm`` takes
+``out_dtype``) the GEMMs take the low-precision operands on tensor cores and write fp32 tiles,
+and pass 2 multiplies ``P_j`` rounded to the input precision (as the naive path's logit
+gradients are). On CUDA the tiles are also larger (:func:`_item_chunk`): up to 1/16 of the
+logits instead of a CPU-cache-sized tile, which made the kernel launch-bound on an H200.
 """
 
 from __future__ import annotations
@@ -307,6 +312,27 @@ def _kept_chunks(
     return max(0, min(chunks, int(budget // (rows * chunk * acc_elem))))
 
 
+def _plan(
+    rows: int,
+    items: int,
+    hid: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    lowp: bool,
+    chunk_size: int | None = None,
+    store_logits: bool | None = None,
+) -> tuple[int, int]:
+    """The training schedule for ``rows`` valid rows of ``dtype`` on ``device``: ``(chunk,
+    kept)`` from :func:`_item_chunk` and :func:`_kept_chunks`; ``lowp`` (tensor-core GEMMs,
+    :func:`_lowp_gemm`) reserves the low-precision copy of one tile."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    acc_elem = torch.finfo(_acc_dtype(dtype)).bits // 8
+    rows = max(rows, 1)
+    chunk = _item_chunk(rows, items, chunk_size, device, elem, acc_elem)
+    reserve = rows * chunk * elem if lowp else 0
+    return chunk, _kept_chunks(rows, items, hid, chunk, elem, store_logits, acc_elem, reserve)
+
+
 def _tile(
     store: torch.Tensor | None,
     buf: torch.Tensor | None,
@@ -498,8 +524,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         t = targets if all_valid else targets.index_select(0, idx)
         h_lp = h if _lowp_gemm(h) else None
         h = h.to(acc) if h.dtype != acc else h
-        elem, acc_elem = hidden.element_size(), torch.finfo(acc).bits // 8
-        chunk = _item_chunk(max(n_valid, 1), items, chunk_size, device, elem, acc_elem)
+        chunk, kept = _plan(
+            n_valid, items, weight.shape[1], hidden.dtype, device, h_lp is not None,
+            chunk_size, store,
+        )  # fmt: skip
         bounds = _bounds(items, chunk)
         # needs_input_grad stays True under torch.no_grad(): also ask the caller's grad mode.
         needs = tuple(bool(x) and grad_mode for x in ctx.needs_input_grad[:3])
@@ -514,10 +542,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
             lse = torch.zeros(0, dtype=acc, device=device)
             ctx.mode = "empty"
         elif any(needs) and reduction != "none":
-            reserve = n_valid * chunk * elem if h_lp is not None else 0  # the P_j copy
-            kept = _kept_chunks(
-                n_valid, items, weight.shape[1], chunk, elem, store, acc_elem, reserve
-            )
             lse, maxes, kept_tiles, buf = _lse_pass(h, weight, bias, bounds, acc, kept, h_lp)
             row_scale = torch.full((n_valid,), scale_value, dtype=acc, device=device)
             ctx.grads = _grad_pass(
