@@ -2,10 +2,10 @@
 # One device call (about 8 minutes on an H100/H200) that exercises every CUDA path:
 #   1. glta-gllm kernels on CUDA: timings against the naive path (compare.py, quiet GPU) and
 #      peak memory in fresh processes (memory.py);
-#   2. then, side by side: six Gowalla LightGCN recipes (softmax warm-up then BPR; epoch
-#      curves to pick the recipe for the 2-hour CPU target), the CUDA tests (glta-gllm,
-#      glta-graph), and `glta pipeline` on the GPU with a randomly initialised SmolLM2-shaped
-#      LLM (the real weights are too large to carry; quality numbers are not the point).
+#   2. then, side by side: six Gowalla LightGCN recipes (GRID=s3|s4a|s4b; epoch curves to
+#      pick the recipe for the 2-hour CPU target), the CUDA tests (glta-gllm, glta-graph),
+#      and `glta pipeline` on the GPU with a randomly initialised SmolLM2-shaped LLM (the real
+#      weights are too large to carry; quality numbers are not the point).
 # The device machine runs its own python3 (torch, transformers, peft, typer preinstalled);
 # what it lacks travels in .gpu/ (git-ignored), made on this machine with:
 #   mkdir -p .gpu/whl .gpu/data && cp -r ../shared/data/gowalla .gpu/data/
@@ -14,7 +14,8 @@
 #     multiprocess==0.70.19 recbole==1.2.1
 #   cp ~/.cache/glta/models/SmolLM2-135M-Instruct.Q4_1/*.json .gpu/smolcfg/  (config+tokenizer)
 # Usage (repository root): OUT=/tmp/out bash benchmarks/gpu_check.sh [SECTION ...]
-# SECTIONs: gllm gowalla tests pipeline (default: all; PIPELINE_ARGS adds pipeline options)
+# SECTIONs: gllm gowalla tests pipeline (default: all; PIPELINE_ARGS adds pipeline options;
+# GRID picks the Gowalla recipes, LOGDIR where their logs go)
 set -u
 SECTIONS=" ${*:-gllm gowalla tests pipeline} "
 want() { [[ "$SECTIONS" == *" $1 "* ]]; }
@@ -56,18 +57,37 @@ fi
 # ---- 2a. Gowalla recipes (each stops at a chunk boundary after MINUTES)
 if want gowalla; then
 B=benchmarks/graph/lightgcn_bench.py
-recipe() {  # name warmup_epochs negatives bpr_batch bpr_lr epochs
+LOGDIR=${LOGDIR:-/tmp/o/gowalla}; mkdir -p "$LOGDIR"
+recipe() {  # name warmup_epochs negatives bpr_batch bpr_lr epochs [hard_negatives [l2]]
   python3 $B train --dataset gowalla --device cuda --threads 2 --chunk 10 --epochs "$6" \
     --loss bpr --warmup-epochs "$2" --warmup-lr 5e-3 --negatives "$3" --similarity dot \
-    --temperature 1.0 --batch-size "$4" --lr "$5" --max-minutes "$MINUTES" \
-    --run-dir "/tmp/run-$1" --log "/tmp/o/gowalla/gowalla_gpu_$1.jsonl" > "/tmp/o/$1.out" 2>&1 &
+    --temperature 1.0 --batch-size "$4" --lr "$5" --hard-negatives "${7:-1}" --l2 "${8:-1e-4}" \
+    --max-minutes "$MINUTES" --run-dir "/tmp/run-$1" \
+    --log "$LOGDIR/gowalla_gpu_$1.jsonl" > "/tmp/o/$1.out" 2>&1 &
 }
-recipe w10_b4096_lr1e-3 10 1024 4096 1e-3 280
-recipe w10_b4096_lr2e-3 10 1024 4096 2e-3 280
-recipe w10_b4096_lr5e-3 10 1024 4096 5e-3 280
-recipe w6_b4096_lr1e-3 6 1024 4096 1e-3 280
-recipe w8n4096_b4096_lr1e-3 8 4096 4096 1e-3 250
-recipe w10_b2048_lr1e-3 10 1024 2048 1e-3 170
+case ${GRID:-s4b} in
+s3)  # session 3: uniform BPR negatives after a softmax warm-up; 10 / 1024 -> 4096, 1e-3 led
+  recipe w10_b4096_lr1e-3 10 1024 4096 1e-3 280
+  recipe w10_b4096_lr2e-3 10 1024 4096 2e-3 280
+  recipe w10_b4096_lr5e-3 10 1024 4096 5e-3 280
+  recipe w6_b4096_lr1e-3 6 1024 4096 1e-3 280
+  recipe w8n4096_b4096_lr1e-3 8 4096 4096 1e-3 250
+  recipe w10_b2048_lr1e-3 10 1024 2048 1e-3 170 ;;
+s4a)  # session 4: dynamic hard negatives (best of M uniform candidates), l2 1e-4
+  recipe w10_dns4_b4096_lr1e-3 10 1024 4096 1e-3 280 4
+  recipe w10_dns8_b4096_lr1e-3 10 1024 4096 1e-3 280 8
+  recipe w10_dns16_b4096_lr1e-3 10 1024 4096 1e-3 280 16
+  recipe w10_dns32_b4096_lr1e-3 10 1024 4096 1e-3 280 32
+  recipe w10_dns8_b4096_lr2e-3 10 1024 4096 2e-3 280 8
+  recipe w0_dns16_b4096_lr2e-3 0 1024 4096 2e-3 280 16 ;;
+s4b)  # session 4: s4a overfits after its peak (w0 dns16: epoch 40, then down): stronger L2
+  recipe w0_dns16_b4096_lr2e-3_l2_1e-3 0 1024 4096 2e-3 280 16 1e-3
+  recipe w0_dns16_b4096_lr2e-3_l2_3e-3 0 1024 4096 2e-3 280 16 3e-3
+  recipe w0_dns16_b4096_lr2e-3_l2_1e-2 0 1024 4096 2e-3 280 16 1e-2
+  recipe w0_dns8_b4096_lr2e-3_l2_1e-3 0 1024 4096 2e-3 280 8 1e-3
+  recipe w0_dns32_b4096_lr2e-3_l2_3e-3 0 1024 4096 2e-3 280 32 3e-3
+  recipe w10_dns4_b4096_lr1e-3_l2_1e-3 10 1024 4096 1e-3 280 4 1e-3 ;;
+esac
 fi
 
 # ---- 2b. CUDA tests

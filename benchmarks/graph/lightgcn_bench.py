@@ -184,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                device=args.device, sampling=args.sampling, num_threads=args.threads,
                loss=args.loss, negatives=args.negatives, temperature=args.temperature,
                similarity=args.similarity, warmup_epochs=args.warmup_epochs,
-               warmup_lr=args.warmup_lr)
+               warmup_lr=args.warmup_lr, hard_negatives=args.hard_negatives)
     log = Path(args.log)
     log.parent.mkdir(parents=True, exist_ok=True)
     header = {"kind": "config", "dataset": data.stats(), "command": " ".join(sys.argv),
@@ -262,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--similarity", default="cosine", help="softmax: cosine or dot")
     t.add_argument("--warmup-epochs", type=int, default=0, help="softmax epochs before --loss")
     t.add_argument("--warmup-lr", type=float, default=5e-3, help="lr of the warm-up epochs")
+    t.add_argument("--hard-negatives", type=int, default=1,
+                   help="BPR: candidates per triple, the highest-scored one is used (1 = uniform)")
     t.add_argument("--max-minutes", type=float, default=0.0)
     t.add_argument("--run-dir", default=None)
     t.add_argument("--log", required=True)

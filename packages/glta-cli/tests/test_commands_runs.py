@@ -106,6 +106,18 @@ def test_graph_train_bad_option_names_the_key(runner, prepared, tmp_path):
     assert result.exit_code == 2 and "lr" in result.stderr
 
 
+def test_graph_train_hard_negatives(runner, prepared, tmp_path):
+    run = tmp_path / "hard"
+    result = runner.invoke(app, ["graph", "train", str(prepared), "--out", str(run), *TRAIN,
+                                 "--hard-negatives", "4"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "graph" / "config.json").read_text())["hard_negatives"] == 4
+    bad = runner.invoke(app, ["graph", "train", str(prepared), "--out", str(tmp_path / "x"),
+                              "--hard-negatives", "0"])
+    assert bad.exit_code == 2 and "hard_negatives" in bad.stderr
+    assert not (tmp_path / "x" / "graph").exists()
+
+
 def test_graph_train_softmax_loss(runner, prepared, tmp_path):
     run = tmp_path / "softmax"
     result = runner.invoke(app, ["graph", "train", str(prepared), "--out", str(run), *TRAIN,

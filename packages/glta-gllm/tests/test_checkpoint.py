@@ -79,6 +79,16 @@ def test_resume_state_roundtrip_and_checks(tmp_path):
         load_resume_state(tmp_path, fingerprint="g", key={}, what="stage2")
     with pytest.raises(ValueError, match=r"cannot resume stage2: lr was 0\.1 and is now 0\.2"):
         load_resume_state(tmp_path, fingerprint="f", key={"lr": 0.2}, what="stage2")
+    # a setting the stored state predates counts as its stated default, and only then
+    key = {"lr": 0.1, "neg": 1}
+    with pytest.raises(ValueError, match="neg was None and is now 1"):
+        load_resume_state(tmp_path, fingerprint="f", key=key, what="stage2")
+    assert load_resume_state(tmp_path, fingerprint="f", key=key, what="s", defaults={"neg": 1})
+    with pytest.raises(ValueError, match="neg was 1 and is now 2"):
+        load_resume_state(tmp_path, fingerprint="f", key={"neg": 2}, what="s", defaults={"neg": 1})
+    with pytest.raises(ValueError, match=r"lr was 0\.1 and is now 0\.3"):
+        load_resume_state(tmp_path, fingerprint="f", key={"lr": 0.3}, what="s",
+                          defaults={"lr": 0.3})
     (tmp_path / "state.pt").write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match="cannot read resume state"):
         load_resume_state(tmp_path, fingerprint="f", key={}, what="stage2")

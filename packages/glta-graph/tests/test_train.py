@@ -371,3 +371,62 @@ def test_softmax_warmup_then_bpr_resumes_across_the_switch(tmp_path):
         LightGCNConfig(warmup_lr=0.0)
     with pytest.raises(ValueError, match="warmup_epochs"):
         LightGCNConfig(warmup_epochs=-1)
+
+
+def test_hardest_picks_the_highest_scored_candidate():
+    from glta_graph.train import _hardest
+
+    g = torch.Generator().manual_seed(0)
+    user_out, item_out = torch.randn(5, 4, generator=g), torch.randn(9, 4, generator=g)
+    users = torch.tensor([0, 3, 3, 4])
+    cand = torch.randint(0, 9, (4, 6), generator=g)
+    got = _hardest(user_out.requires_grad_(), item_out, users, cand)
+    for b in range(4):
+        scores = [float(user_out[users[b]] @ item_out[c]) for c in cand[b]]
+        assert int(got[b]) == int(cand[b][int(np.argmax(scores))])
+    assert got.shape == (4,) and got.dtype == torch.int64 and not got.requires_grad
+
+
+def test_hard_negative_training_is_exact_repeatable_and_resumable(tmp_path):
+    data = clustered_dataset()
+    hard = dict(**FAST, hard_negatives=8, l2=1e-3)
+    # a sampler fed the repeated users never yields a positive, so neither does the choice
+    sampler = NegativeSampler(data.train)
+    users = sampler.users.repeat_interleave(8)
+    cand = sampler.sample(users, generator=torch.Generator().manual_seed(1))
+    assert not sampler.is_positive(users, cand).any()
+    train_lightgcn(data, LightGCNConfig(epochs=2, **hard), tmp_path / "r")
+    res = train_lightgcn(data, LightGCNConfig(epochs=4, **hard), tmp_path / "r")
+    straight = train_lightgcn(data, LightGCNConfig(epochs=4, **hard), tmp_path / "s")
+    assert [h["loss"] for h in res.history] == pytest.approx([h["loss"] for h in straight.history])
+    torch.testing.assert_close(load_graph_embeddings(tmp_path / "r")[1],
+                               load_graph_embeddings(tmp_path / "s")[1])
+    uniform = train_lightgcn(data, LightGCNConfig(epochs=4, **{**hard, "hard_negatives": 1}),
+                             tmp_path / "u")
+    # the hardest of 8 candidates scores above a uniform one, so its BPR loss is larger
+    assert straight.history[-1]["loss"] > uniform.history[-1]["loss"]
+    config = json.loads((tmp_path / "s" / "graph" / "config.json").read_text())
+    assert config["hard_negatives"] == 8
+    # changing the number of candidates is a different run, not a resumable change
+    with pytest.raises(ValueError, match="hard_negatives was 8 and is now 4"):
+        train_lightgcn(data, LightGCNConfig(epochs=6, **{**hard, "hard_negatives": 4}),
+                       tmp_path / "r")
+    with pytest.raises(ValueError, match="hard_negatives"):
+        LightGCNConfig(hard_negatives=0)
+
+
+def test_state_from_before_hard_negatives_still_resumes(tmp_path):
+    data = clustered_dataset()
+    train_lightgcn(data, LightGCNConfig(epochs=2, **FAST), tmp_path / "r")
+    path = tmp_path / "r" / "state" / "graph" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    config = json.loads(state["config"])
+    del config["hard_negatives"]  # as written by the version without the setting
+    state["config"] = json.dumps(config)
+    torch.save(state, path)
+    res = train_lightgcn(data, LightGCNConfig(epochs=3, **FAST), tmp_path / "r")
+    straight = train_lightgcn(data, LightGCNConfig(epochs=3, **FAST), tmp_path / "s")
+    assert [h["loss"] for h in res.history] == pytest.approx([h["loss"] for h in straight.history])
+    with pytest.raises(ValueError, match="hard_negatives was 1 and is now 2"):
+        train_lightgcn(data, LightGCNConfig(epochs=4, **{**FAST, "hard_negatives": 2}),
+                       tmp_path / "r")

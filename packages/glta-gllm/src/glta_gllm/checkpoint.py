@@ -233,6 +233,7 @@ def load_resume_state(
     fingerprint: str,
     key: Mapping[str, Any],
     what: str,
+    defaults: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Load a resume point written by :func:`save_resume_state`, or ``None`` when there is none.
 
@@ -241,6 +242,8 @@ def load_resume_state(
         fingerprint: fingerprint of the dataset in use; must equal the stored one.
         key: settings that must equal those stored in ``json.loads(state["config"])``.
         what: the stage's name, used in error messages (e.g. ``"item_text"``).
+        defaults: values assumed for settings that a state written by an older version
+            does not store (a setting added later, at its default, does not block resuming).
 
     Raises:
         CheckpointError: the file exists but cannot be read.
@@ -262,7 +265,7 @@ def load_resume_state(
             f"{state_dir}: resume state was made for dataset fingerprint "
             f"{state.get('fingerprint')}, but the dataset in use has fingerprint {fingerprint}"
         )
-    saved = json.loads(state["config"])
+    saved = {**(defaults or {}), **json.loads(state["config"])}
     for name, value in key.items():
         if saved.get(name) != value:
             raise ValueError(

@@ -47,6 +47,8 @@ _STATE_JSON = "state.json"
 _SAMPLINGS = ("user", "pair")
 _LOSSES = ("bpr", "softmax")
 _METRIC_NAMES = ("precision", "recall", "ndcg", "hit_rate")
+# Settings added after version 1 of the resume state, with the behaviour older states had.
+_ADDED_SETTINGS = {"hard_negatives": 1}
 # Settings that may change between a killed run and its resumption.
 _RESUMABLE_CHANGES = {"epochs", "patience", "eval_every", "device", "num_threads"}
 
@@ -95,6 +97,12 @@ class LightGCNConfig:
     temperature: float = field(
         default=0.1, metadata={"help": "softmax loss: temperature dividing the scores"}
     )
+    hard_negatives: int = field(
+        default=1,
+        metadata={"help": "BPR: draw this many non-positive candidates per triple and train on "
+                          "the one the current model scores highest (dynamic negative "
+                          "sampling, Zhang et al. 2013); 1 = one uniform negative (the paper)"},
+    )
     warmup_epochs: int = field(
         default=0,
         metadata={"help": "first epochs trained with the softmax loss (negatives, temperature, "
@@ -127,7 +135,7 @@ class LightGCNConfig:
         self.ks = tuple(int(k) for k in self.ks)
         for name, low in (("dim", 1), ("layers", 0), ("epochs", 1), ("batch_size", 1),
                           ("eval_every", 0), ("patience", 0), ("negatives", 1),
-                          ("warmup_epochs", 0)):
+                          ("hard_negatives", 1), ("warmup_epochs", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < low:
                 raise ValueError(
@@ -317,6 +325,26 @@ def _bpr_loss(
     return loss
 
 
+def _hardest(
+    user_out: torch.Tensor, item_out: torch.Tensor, users: torch.Tensor, cand: torch.Tensor
+) -> torch.Tensor:
+    """Dynamic negative sampling: per row, the candidate the model scores highest.
+
+    Args:
+        user_out: ``(U, d)`` propagated user embeddings.
+        item_out: ``(I, d)`` propagated item embeddings.
+        users: ``(B,)`` user indices.
+        cand: ``(B, M)`` candidate negative items per user (none a training positive).
+
+    Returns:
+        ``(B,)`` int64: ``cand[b, argmax_m <user_out[users[b]], item_out[cand[b, m]]>]``.
+        No gradient flows through the choice.
+    """
+    with torch.no_grad():
+        scores = torch.einsum("bd,bmd->bm", user_out[users], item_out[cand])
+        return cand.gather(1, scores.argmax(1, keepdim=True)).squeeze(1)
+
+
 def _layer0_l2(model: LightGCN, users: torch.Tensor, *items: torch.Tensor) -> torch.Tensor:
     """Reference-style L2: ``0.5 * (|E0_u|^2 + sum of |E0_i|^2 per item set) / batch``."""
     reg = model.user_embedding.weight[users].pow(2).sum()
@@ -463,7 +491,7 @@ def _train(
     stopped_early = False
     state = (
         load_resume_state(state_dir, fingerprint=fingerprint, key=_resume_key(config),
-                          what="LightGCN")
+                          what="LightGCN", defaults=_ADDED_SETTINGS)
         if resume
         else None
     )
@@ -497,7 +525,11 @@ def _train(
         if epoch == config.warmup_epochs > 0:
             # warm-up over: the main loss starts from the warm embeddings with a fresh Adam
             optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        if phase == "bpr":
+        if phase == "bpr" and config.hard_negatives > 1:  # (n, M) candidates per triple
+            all_neg = sampler.sample(
+                all_users.repeat_interleave(config.hard_negatives), generator=gen
+            ).view(-1, config.hard_negatives)
+        elif phase == "bpr":
             all_neg = sampler.sample(all_users, generator=gen)
         else:  # shared uniform negatives, `negatives` per batch, drawn for the epoch at once
             all_neg = torch.randint(0, data.num_items, (steps, config.negatives), generator=gen)
@@ -509,7 +541,10 @@ def _train(
             users, pos = all_users[sl], all_pos[sl]
             user_out, item_out = model(propagate)
             if phase == "bpr":
-                loss = _bpr_loss(model, user_out, item_out, users, pos, all_neg[sl], config.l2)
+                neg = all_neg[sl]
+                if neg.dim() == 2:
+                    neg = _hardest(user_out, item_out, users, neg)
+                loss = _bpr_loss(model, user_out, item_out, users, pos, neg, config.l2)
             else:
                 loss = _softmax_loss(model, user_out, item_out, users, pos, all_neg[b],
                                      config.l2, config.temperature,
