@@ -57,6 +57,29 @@ def test_gradient_reaches_soft_table_only(tiny):
     torch.testing.assert_close(again, runner.hidden_states(_seqs(), table.detach()))
 
 
+def test_soft_table_gradient_repeats_bit_for_bit_with_two_threads(tiny):
+    # 32 samples x 64 soft positions drawn from 40 rows: enough repeated rows for torch to
+    # parallelise their gradient sum (plain advanced indexing made it vary in the last bits)
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, 40, (32, 64), generator=gen).tolist()
+    seqs = [SoftSequence().add_text([100, 101]).add_soft(r, read=False).add_soft([0], read=True)
+            for r in rows]
+    runner = SoftPromptRunner(tiny, [1, 2, 3])
+    weights = torch.randn(32, 1, tiny.hidden_size, generator=gen)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(4):
+            table = torch.randn(40, tiny.hidden_size, generator=torch.Generator().manual_seed(1))
+            table.requires_grad_()
+            (runner.hidden_states(seqs, table) * weights).sum().backward()
+            grads.append(table.grad)
+    finally:
+        torch.set_num_threads(old)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
 def test_bad_inputs(tiny):
     runner = SoftPromptRunner(tiny, [1])
     with pytest.raises(ValueError, match="same number"):

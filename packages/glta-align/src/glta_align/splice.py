@@ -213,7 +213,8 @@ class SoftPromptRunner:
                 raise ValueError(
                     f"soft row {int(rows.max())} out of range for a table of {soft_table.shape[0]}"
                 )
-            emb = emb.index_put((bi, pi), soft_table.to(device=dev, dtype=dt)[rows])
+            # index_select: its backward sums repeated rows in a fixed order (bitwise repeatable)
+            emb = emb.index_put((bi, pi), soft_table.to(device=dev, dtype=dt).index_select(0, rows))
         mask_t = torch.from_numpy(mask).to(dev)
         pos = (mask_t.cumsum(-1) - 1).clamp(min=0)
         cache = None

@@ -317,12 +317,22 @@ def _bpr_loss(
     l2: float,
 ) -> torch.Tensor:
     """BPR ``-log sigmoid(s_ui+ - s_ui-)`` mean + reference-style L2 on layer-0 rows."""
-    u, p, n = user_out[users], item_out[pos], item_out[neg]
+    u, p, n = _rows(user_out, users), _rows(item_out, pos), _rows(item_out, neg)
     diff = (u * p).sum(-1) - (u * n).sum(-1)
     loss = torch.nn.functional.softplus(-diff).mean()
     if l2 > 0:
         loss = loss + l2 * _layer0_l2(model, users, pos, neg)
     return loss
+
+
+def _rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for a 1-D index, as ``index_select``: ``(n, d)`` from ``(N, d)``.
+
+    Plain advanced indexing backpropagates with a multi-threaded scatter-add whose summation
+    order (and so the last bits of the gradient) varies between runs on the CPU;
+    ``index_select``'s backward is deterministic, so seeded runs repeat bit for bit.
+    """
+    return table.index_select(0, index)
 
 
 def _hardest(
@@ -347,9 +357,9 @@ def _hardest(
 
 def _layer0_l2(model: LightGCN, users: torch.Tensor, *items: torch.Tensor) -> torch.Tensor:
     """Reference-style L2: ``0.5 * (|E0_u|^2 + sum of |E0_i|^2 per item set) / batch``."""
-    reg = model.user_embedding.weight[users].pow(2).sum()
+    reg = _rows(model.user_embedding.weight, users).pow(2).sum()
     for rows in items:
-        reg = reg + model.item_embedding.weight[rows].pow(2).sum()
+        reg = reg + _rows(model.item_embedding.weight, rows).pow(2).sum()
     return 0.5 * reg / users.numel()
 
 
@@ -372,7 +382,7 @@ def _softmax_loss(
     positive as target. A negative equal to the row's own positive is masked out. L2 as in
     :func:`_bpr_loss` on the users' and positives' layer-0 rows.
     """
-    u, p, n = user_out[users], item_out[pos], item_out[neg]
+    u, p, n = _rows(user_out, users), _rows(item_out, pos), _rows(item_out, neg)
     if cosine:
         u, p, n = (torch.nn.functional.normalize(x, dim=1) for x in (u, p, n))
     pos_score = (u * p).sum(-1, keepdim=True)
