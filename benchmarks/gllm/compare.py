@@ -85,9 +85,12 @@ def lce_variants(
     torch_chunks: list[int],
     glta_chunks: list[int] = (),
     glta_store: bool | None = None,
+    logit_scale: float = 1.0,
 ):
     g = torch.Generator().manual_seed(0)
-    h = _put(torch.randn(rows, hid, generator=g)).requires_grad_()
+    # logit_scale > 1 makes the logits peaky (std ~ logit_scale): many probabilities then fall
+    # below fp32's normal range, the case the kernels' probability floor is for
+    h = _put(torch.randn(rows, hid, generator=g) * logit_scale).requires_grad_()
     w = _put(torch.randn(items, hid, generator=g) / math.sqrt(hid)).requires_grad_()
     t = _put(torch.randint(0, items, (rows,), generator=g))
 
@@ -221,6 +224,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", help="lce/topk/head: e.g. bfloat16")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up round")
+    parser.add_argument("--logit-scale", type=float, default=1.0,
+                        help="lce: multiply the hidden states (logit std ~ this); e.g. 40")
     parser.add_argument("--no-plain", action="store_true", help="head: skip the plain head")
     parser.add_argument("--torch-chunks", default="32,64,128,256")
     parser.add_argument(
@@ -266,10 +271,12 @@ def main() -> None:
         chunks = [int(c) for c in args.torch_chunks.split(",") if c]
         glta_chunks = [int(c) for c in args.glta_chunks.split(",") if c]
         store = {"auto": None, "keep": True, "recompute": False}[args.glta_store]
-        variants, flops = lce_variants(rows, hid, items, chunks, glta_chunks, store)
+        variants, flops = lce_variants(rows, hid, items, chunks, glta_chunks, store,
+                                       args.logit_scale)
         lowp = fn._lowp_gemm(torch.empty(1, dtype=_DTYPE, device=_DEVICE))
         chunk, kept = fn._plan(rows, items, hid, _DTYPE, _DEVICE, lowp)
-        meta.update(shape=[rows, hid, items], plan={"chunk": chunk, "kept_chunks": kept})
+        meta.update(shape=[rows, hid, items], plan={"chunk": chunk, "kept_chunks": kept},
+                    logit_scale=args.logit_scale)
     elif args.kernel == "head":
         rows, hid, dim, items = args.shape
         variants, flops = head_variants(rows, hid, dim, items, not args.no_plain)

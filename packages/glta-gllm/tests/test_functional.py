@@ -461,3 +461,51 @@ def test_lowp_gemm_only_on_cuda_half_precision() -> None:
 
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         assert not fn._lowp_gemm(torch.zeros(2, 2, dtype=dtype))  # CPU: always upcast
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_probability_floor_never_writes_subnormals(dtype):
+    from glta_gllm import functional as fn
+
+    tiny = torch.finfo(dtype).tiny
+    floor_log = fn._prob_floor_log(dtype)
+    low = float(torch.tensor(floor_log, dtype=dtype).exp())  # rounded as the kernel's exp
+    x = torch.tensor([[3.0, -10.0, -50.0, -90.0, -200.0, -1e4, -math.inf],
+                      [0.0, -1.0, -2.0, -800.0, -1e5, -5.0, -6.0]], dtype=dtype)
+    shift = torch.tensor([3.0, 0.0], dtype=dtype)
+    out = fn._exp_floor_(x.clone(), shift)
+    assert out.shape == x.shape and (out >= low).all() and low > 1e9 * tiny
+    shifted = x - shift.unsqueeze(1)
+    inside = shifted > floor_log
+    torch.testing.assert_close(out[inside], shifted[inside].exp())
+    assert (out[~inside] == torch.tensor(low, dtype=dtype)).all()
+    # rescaling by exp(log_scale) <= 1: exact where the product stays above the floor
+    for log_scale in ([-1.0, -30.0], [-100.0, -1e4]):
+        ls = torch.tensor(log_scale, dtype=dtype)
+        scaled = fn._scale_floor_(out.clone(), ls)
+        assert (scaled >= low * (1 - 1e-6)).all()
+        want = out * ls.exp().unsqueeze(1)
+        ok = want >= low
+        torch.testing.assert_close(scaled[ok], want[ok])
+
+
+@pytest.mark.parametrize("store", [None, True, False])
+def test_peaky_logits_match_naive(store):
+    # logits with gaps of hundreds: the naive fp32 softmax holds subnormal probabilities,
+    # which the kernels floor (a CPU speed hazard); values and gradients must still match
+    g = torch.Generator().manual_seed(4)
+    h64 = torch.randn(37, 16, generator=g, dtype=torch.float64) * 40
+    w64 = torch.randn(300, 16, generator=g, dtype=torch.float64)
+    b64 = torch.randn(300, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 300, (37,), generator=g)
+    p32 = torch.softmax(F.linear(h64, w64, b64).float(), dim=1)
+    assert ((p32 > 0) & (p32 < torch.finfo(torch.float32).tiny)).any()  # the case is hit
+    ref = [x.clone().requires_grad_() for x in (h64, w64, b64)]
+    F.cross_entropy(F.linear(*ref), t).backward()
+    got = [x.float().requires_grad_() for x in (h64, w64, b64)]
+    loss = linear_cross_entropy(got[0], got[1], t, got[2], chunk_size=64, store_logits=store)
+    loss.backward()
+    want = F.cross_entropy(F.linear(h64, w64, b64), t)
+    torch.testing.assert_close(loss.double(), want, rtol=1e-4, atol=1e-4)
+    for a, r in zip(got, ref, strict=True):
+        torch.testing.assert_close(a.grad.double(), r.grad, rtol=1e-4, atol=1e-5)

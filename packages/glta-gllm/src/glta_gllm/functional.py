@@ -97,6 +97,41 @@ _TOPK_BUFFER_BYTES = 32 << 20
 _TOPK_MAX_BYTES = 256 << 20
 
 
+def _prob_floor_log(dtype: torch.dtype) -> float:
+    """``log`` of the smallest probability the kernels write: 0.7 ``log(tiny)`` (-61.1 in
+    fp32, i.e. 2.9e-27; -496 in float64)."""
+    return 0.7 * math.log(torch.finfo(dtype).tiny)
+
+
+def _exp_floor_(tile: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """In place: ``tile = exp(max(tile - shift[:, None], F))`` with ``F`` =
+    :func:`_prob_floor_log`; ``tile`` ``(R, C)``, ``shift`` ``(R,)``.
+
+    Why a floor: on the CPU, ``exp`` of arguments below ``log(tiny)`` (-87.3 in fp32) runs
+    60-140x slower than in range, and a GEMM whose products fall below ``tiny`` (subnormal
+    numbers) ~200x slower (measured here; x86 handles subnormals in microcode). Peaky logits
+    (an item more than ~87 below the row's best) hit both. Probabilities at the floor
+    (2.9e-27 in fp32) times any weight above 4e-12 in magnitude stay normal. The change, at
+    most ``exp(F)`` per probability, is far below fp32 resolution of the loss and of every
+    gradient entry that is not itself below ``exp(F)`` times the inputs.
+    """
+    return tile.sub_(shift.unsqueeze(1)).clamp_(min=_prob_floor_log(tile.dtype)).exp_()
+
+
+def _scale_floor_(tile: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """In place: ``tile *= exp(log_scale)[:, None]``, keeping every value >= ``exp(F)``.
+
+    ``tile`` ``(R, C)`` holds values in ``[exp(F), 1]`` (from :func:`_exp_floor_`),
+    ``log_scale`` ``(R,)`` is <= 0. The factor is floored at ``exp(F)`` and the tile first
+    raised to ``exp(F) / factor``, so no product falls below the floor (see
+    :func:`_exp_floor_` for why).
+    """
+    low = math.exp(_prob_floor_log(tile.dtype))
+    factor = log_scale.exp().clamp_(min=low)
+    torch.maximum(tile, (low / factor).unsqueeze(1), out=tile)
+    return tile.mul_(factor.unsqueeze(1))
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
@@ -391,7 +426,7 @@ def _lse_pass(
         torch.amax(tile, dim=1, out=maxes[j])
         # A chunk masked out by a -inf bias: a finite max makes its exps 0, not NaN.
         maxes[j].clamp_(min=torch.finfo(acc).min)
-        tile.sub_(maxes[j].unsqueeze(1)).exp_()
+        _exp_floor_(tile, maxes[j])
         torch.sum(tile, dim=1, out=sums[j])
     lse = torch.logsumexp(sums.log_().add_(maxes), dim=0)
     return lse, maxes, store, buf
@@ -470,11 +505,11 @@ def _grad_pass(
         a, e = bounds[j]
         tile = _tile(store, buf, rows, a, e, kept_from)
         if a >= kept_from or j == in_buf:
-            tile.mul_((maxes[j] - lse).exp_().unsqueeze(1))
+            _scale_floor_(tile, maxes[j] - lse)
             w = None
         else:
             w = _mm_chunk(tile, h, weight, bias, a, e, acc, h_lp)
-            tile.sub_(lse.unsqueeze(1)).exp_()
+            _exp_floor_(tile, lse)
         if lowp:  # P_j rounded to the weight's precision; tensor-core GEMMs, fp32 results
             p = p_buf[: rows * (e - a)].view(rows, e - a)
             p.copy_(tile)
