@@ -424,7 +424,8 @@ def _lse_pass(
         tile = _tile(store, buf, rows, a, e, kept_from)
         _mm_chunk(tile, h, weight, bias, a, e, acc, h_lp)
         torch.amax(tile, dim=1, out=maxes[j])
-        # A chunk masked out by a -inf bias: a finite max makes its exps 0, not NaN.
+        # A chunk masked out by a -inf bias: a finite max makes its exps the floor, not NaN
+        # (masked items then get probability exp(F) ~ 3e-27 in fp32 instead of exactly 0).
         maxes[j].clamp_(min=torch.finfo(acc).min)
         _exp_floor_(tile, maxes[j])
         torch.sum(tile, dim=1, out=sums[j])
