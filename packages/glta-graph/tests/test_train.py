@@ -349,17 +349,26 @@ def test_softmax_config_checks(bad, match):
         LightGCNConfig(**bad)
 
 
+def _resumed_matches_straight(data, settings, stop, end, tmp_path, between=None):
+    """Train to ``stop`` epochs in RUN/r, (``between(RUN/r)``), resume to ``end``; assert the
+    losses and item embeddings equal a straight ``end``-epoch run in RUN/s; return that run."""
+    train_lightgcn(data, LightGCNConfig(epochs=stop, **settings), tmp_path / "r")
+    if between is not None:
+        between(tmp_path / "r")
+    res = train_lightgcn(data, LightGCNConfig(epochs=end, **settings), tmp_path / "r")
+    straight = train_lightgcn(data, LightGCNConfig(epochs=end, **settings), tmp_path / "s")
+    assert [h["loss"] for h in res.history] == pytest.approx([h["loss"] for h in straight.history])
+    torch.testing.assert_close(load_graph_embeddings(tmp_path / "r")[1],
+                               load_graph_embeddings(tmp_path / "s")[1])
+    return straight
+
+
 def test_softmax_warmup_then_bpr_resumes_across_the_switch(tmp_path):
     data = clustered_dataset()
     warm = dict(**FAST, warmup_epochs=2, warmup_lr=0.02, negatives=16, similarity="dot",
                 temperature=1.0)
     # stop right after the switch to BPR (epoch 2), then continue to epoch 4
-    train_lightgcn(data, LightGCNConfig(epochs=3, **warm), tmp_path / "r")
-    res = train_lightgcn(data, LightGCNConfig(epochs=5, **warm), tmp_path / "r")
-    straight = train_lightgcn(data, LightGCNConfig(epochs=5, **warm), tmp_path / "s")
-    assert [h["loss"] for h in res.history] == pytest.approx([h["loss"] for h in straight.history])
-    torch.testing.assert_close(load_graph_embeddings(tmp_path / "r")[1],
-                               load_graph_embeddings(tmp_path / "s")[1])
+    straight = _resumed_matches_straight(data, warm, 3, 5, tmp_path)
     losses = [h["loss"] for h in straight.history]
     # softmax over 1 + 16 candidates starts near log(17) = 2.83; BPR starts near log(2) = 0.69
     assert losses[0] > 1.5 and losses[2] < 1.0
@@ -395,12 +404,7 @@ def test_hard_negative_training_is_exact_repeatable_and_resumable(tmp_path):
     users = sampler.users.repeat_interleave(8)
     cand = sampler.sample(users, generator=torch.Generator().manual_seed(1))
     assert not sampler.is_positive(users, cand).any()
-    train_lightgcn(data, LightGCNConfig(epochs=2, **hard), tmp_path / "r")
-    res = train_lightgcn(data, LightGCNConfig(epochs=4, **hard), tmp_path / "r")
-    straight = train_lightgcn(data, LightGCNConfig(epochs=4, **hard), tmp_path / "s")
-    assert [h["loss"] for h in res.history] == pytest.approx([h["loss"] for h in straight.history])
-    torch.testing.assert_close(load_graph_embeddings(tmp_path / "r")[1],
-                               load_graph_embeddings(tmp_path / "s")[1])
+    straight = _resumed_matches_straight(data, hard, 2, 4, tmp_path)
     uniform = train_lightgcn(data, LightGCNConfig(epochs=4, **{**hard, "hard_negatives": 1}),
                              tmp_path / "u")
     # the hardest of 8 candidates scores above a uniform one, so its BPR loss is larger
@@ -417,16 +421,16 @@ def test_hard_negative_training_is_exact_repeatable_and_resumable(tmp_path):
 
 def test_state_from_before_hard_negatives_still_resumes(tmp_path):
     data = clustered_dataset()
-    train_lightgcn(data, LightGCNConfig(epochs=2, **FAST), tmp_path / "r")
-    path = tmp_path / "r" / "state" / "graph" / "state.pt"
-    state = torch.load(path, weights_only=True)
-    config = json.loads(state["config"])
-    del config["hard_negatives"]  # as written by the version without the setting
-    state["config"] = json.dumps(config)
-    torch.save(state, path)
-    res = train_lightgcn(data, LightGCNConfig(epochs=3, **FAST), tmp_path / "r")
-    straight = train_lightgcn(data, LightGCNConfig(epochs=3, **FAST), tmp_path / "s")
-    assert [h["loss"] for h in res.history] == pytest.approx([h["loss"] for h in straight.history])
+
+    def drop_setting(run):  # the state as written by the version without the setting
+        path = run / "state" / "graph" / "state.pt"
+        state = torch.load(path, weights_only=True)
+        config = json.loads(state["config"])
+        del config["hard_negatives"]
+        state["config"] = json.dumps(config)
+        torch.save(state, path)
+
+    _resumed_matches_straight(data, FAST, 2, 3, tmp_path, between=drop_setting)
     with pytest.raises(ValueError, match="hard_negatives was 1 and is now 2"):
         train_lightgcn(data, LightGCNConfig(epochs=4, **{**FAST, "hard_negatives": 2}),
                        tmp_path / "r")
