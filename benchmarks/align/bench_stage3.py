@@ -4,7 +4,8 @@ Measures training samples/s (forward + backward into the soft tokens + Adam step
 projector and head) and inference users/s (no grad, slot hidden states + first-k ranking) on
 MovieLens-100K (embedded copy) with SmolLM2-135M-Instruct.
 
-- ours: dtype "auto" (bf16 only where a measured matmul is faster on this CPU), length-
+- ours: dtype "auto" (bf16 only where a measured matmul is faster on this CPU; ``--dtype
+  int8`` for int8 products in the frozen linear layers, see ``glta_align.int8``), length-
   bucketed batches, the instruction prefix's KV cache computed once and expanded to the
   batch, the decoder stack only (no vocabulary logits), no weight gradients.
 - plain: fp32, random batches padded to the longest prompt, the prefix re-run in every
@@ -88,7 +89,8 @@ def main() -> None:
     ap.add_argument("--infer-batch", type=int, default=32)
     ap.add_argument("--num-slots", type=int, default=10)
     ap.add_argument("--history-items", type=int, default=10)
-    ap.add_argument("--dtype", default="auto", help="dtype of 'ours' (plain is always float32)")
+    ap.add_argument("--dtype", default="auto",
+                    help="dtype of 'ours', e.g. float32 or int8 (plain is always float32)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--plain-weight-grads", action="store_true",
                     help="plain path computes (and discards) the LLM weight gradients")
@@ -108,7 +110,7 @@ def main() -> None:
         # computes their gradients, which are dropped after every step below
         llm_plain.causal_lm.requires_grad_(True)
     results["plain_weight_grads"] = bool(args.plain_weight_grads)
-    results["ours_dtype"] = str(llm_ours.dtype)
+    results["ours_dtype"] = "int8" if args.dtype == "int8" else str(llm_ours.dtype)
     d = 64
     user_emb, item_emb = torch.randn(data.num_users, d), torch.randn(data.num_items, d)
     H = llm_plain.hidden_size

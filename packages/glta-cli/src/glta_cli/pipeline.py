@@ -541,7 +541,8 @@ def run_pipeline(
             llm = load_llm(
                 cfg.model_name_or_path, dtype=cfg.dtype, device=cfg.device, cache_dir=cfg.cache_dir
             )
-            log(f"loaded LLM {cfg.model} in {time.perf_counter() - t:.1f} s")
+            log(f"loaded LLM {cfg.model} ({llm.precision} on {llm.device}) in "
+                f"{time.perf_counter() - t:.1f} s")
         return llm
 
     from glta_align import train_item_text, train_user_item

@@ -1,0 +1,271 @@
+"""Int8 matrix products for the frozen LLM on CPUs without fast bf16 (``dtype="int8"``).
+
+On CPUs with AVX512-VNNI but no AMX, int8 matrix products (``torch._int_mm``) run about 4x
+faster than fp32 ones, while bf16 ones run *slower* than fp32. Since GLTA's LLM is frozen,
+every ``nn.Linear`` of its decoder can be replaced by :class:`Int8Linear`:
+
+* weights: int8, symmetric, one scale per output channel for the forward product and a
+  second copy with one scale per input channel for the input-gradient product (so both
+  products contract over an unscaled axis);
+* activations (forward) and output gradients (backward): int8, symmetric, one scale per row
+  (token), computed on the fly ("dynamic" W8A8 quantisation);
+* products accumulate exactly in int32 and are scaled back to fp32.
+
+Gradients flow to the layer input (soft tokens upstream); the weights get none (frozen).
+Quantise, product and scale-back are compiled into one graph by ``torch.compile`` when a C++
+compiler is available (a SmolLM2 forward + backward ~1.25x faster than eager), and run
+eagerly otherwise (set ``GLTA_INT8_COMPILE=0`` to
+force the eager path). Results are repeatable run to run: integer accumulation has no order
+dependence.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import os
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["Int8Linear", "int8_kernels", "quantize_linears_int8", "quantize_rows"]
+
+_QMAX = 127.0
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8 quantisation.
+
+    Args:
+        x: (rows, cols) floating tensor.
+
+    Returns:
+        ``(q, scale)``: q (rows, cols) int8 with ``q * scale ~= x`` (error at most
+        ``scale / 2`` per entry), scale (rows, 1) float32, ``max|x_row| / 127`` (a tiny
+        positive value for all-zero rows, which quantise to zeros).
+    """
+    xf = x.float()
+    scale = xf.abs().amax(-1, keepdim=True).clamp_min(1e-30) / _QMAX
+    return torch.round(xf / scale).to(torch.int8), scale
+
+
+def _rescale(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor) -> torch.Tensor:
+    """(rows, cols) int32 accumulator -> float32, times (rows, 1) and (1, cols) scales."""
+    return acc.to(torch.float32) * row_scale * col_scale
+
+
+def _matmul_2d(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor) -> torch.Tensor:
+    """(M, K) float @ (K, N) int8 with (1, N) scales -> (M, N) float32 (eager reference)."""
+    xq, xscale = quantize_rows(x)
+    return _rescale(torch._int_mm(xq, wq), xscale, wscale)
+
+
+@functools.cache
+def int8_kernels() -> tuple[Callable, bool]:
+    """The (M, K) x (K, N) int8 product in use and whether it is compiled.
+
+    Returns:
+        ``(matmul, compiled)``: ``matmul(x, wq, wscale)`` quantises x per row, multiplies in
+        int8 with int32 accumulation and scales back to float32. Compiled with
+        ``torch.compile(dynamic=True)`` (one graph: quantise, product, rescale) unless
+        ``GLTA_INT8_COMPILE=0`` or compiling fails (no C++ compiler, ...): then the eager
+        :func:`_matmul_2d` is used and a warning says why.
+    """
+    if os.environ.get("GLTA_INT8_COMPILE", "1") == "0":
+        return _matmul_2d, False
+    # inductor's C++ toolchain probe logs "No CUDA runtime is found" on CPU-only hosts
+    probe_log = logging.getLogger("torch.utils.cpp_extension")
+    level = probe_log.level
+    probe_log.setLevel(logging.ERROR)
+    try:
+        fn = torch.compile(_matmul_2d, dynamic=True)
+        # compile now (a few seconds, cached on disk) so a missing compiler shows up here
+        x = torch.randn(3, 5)
+        fn(x, quantize_rows(x)[0].t().contiguous(), torch.ones(1, 3))
+    except Exception as exc:
+        warnings.warn(f"int8: torch.compile unavailable ({type(exc).__name__}: {exc}); "
+                      "using the slower eager quantisation", RuntimeWarning, stacklevel=2)
+        return _matmul_2d, False
+    finally:
+        probe_log.setLevel(level)
+    return fn, True
+
+
+def _int8_matmul(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor) -> torch.Tensor:
+    """(..., K) float @ (K, N) int8 with (1, N) scales -> (..., N) float32."""
+    matmul, _ = int8_kernels()
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.shape[0] == 0:
+        return x.new_zeros(*x.shape[:-1], wq.shape[1], dtype=torch.float32)
+    return matmul(x2, wq, wscale).reshape(*x.shape[:-1], wq.shape[1])
+
+
+class _Int8LinearFn(torch.autograd.Function):
+    """y = x W^T (+ b) with int8 products; gradient to x only."""
+
+    @staticmethod
+    def forward(ctx, x, w_fwd, s_fwd, w_bwd, s_bwd, bias):
+        ctx.save_for_backward(w_bwd, s_bwd)
+        y = _int8_matmul(x, w_fwd, s_fwd)
+        if bias is not None:
+            y = y + bias
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, gy):
+        w_bwd, s_bwd = ctx.saved_tensors
+        gx = None
+        if ctx.needs_input_grad[0]:
+            gx = _int8_matmul(gy, w_bwd, s_bwd).to(gy.dtype)
+        return gx, None, None, None, None, None
+
+
+class Int8Linear(nn.Module):
+    """A frozen ``nn.Linear`` computed with int8 products (see the module docstring).
+
+    Args:
+        weight: (out_features, in_features) float weight; quantised here and not kept.
+        bias: (out_features,) or ``None``; kept in float32, frozen.
+
+    Shapes: forward (..., in_features) -> (..., out_features), in the input's dtype.
+    Layers fused by :func:`quantize_linears_int8` (q/k/v, gate/up) hold views of one shared
+    quantised weight and compute all their group's outputs in one product the first time
+    one of them sees a new input.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        w = weight.detach().float()
+        q, s = quantize_rows(w)  # one scale per output channel
+        qt, st = quantize_rows(w.t())  # one scale per input channel
+        self._set(q.t().contiguous(), s.t().contiguous(), qt.t().contiguous(),
+                  st.t().contiguous(), None if bias is None else bias.detach().float().clone())
+
+    def _set(self, w_fwd, s_fwd, w_bwd, s_bwd, bias) -> None:
+        """Install the quantised buffers (shapes in the comments)."""
+        self.in_features, self.out_features = int(w_fwd.shape[0]), int(w_fwd.shape[1])
+        self.register_buffer("w_fwd", w_fwd)  # (K, N) int8
+        self.register_buffer("s_fwd", s_fwd)  # (1, N)
+        self.register_buffer("w_bwd", w_bwd)  # (N, K) int8
+        self.register_buffer("s_bwd", s_bwd)  # (1, K)
+        self.register_buffer("bias", bias)
+        self._group: tuple[_SharedInput, int] | None = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8Linear:
+        """Quantise an existing ``nn.Linear`` (its weights must not require grad)."""
+        if linear.weight.requires_grad:
+            raise ValueError("Int8Linear is for frozen layers: the weight requires grad")
+        return cls(linear.weight, linear.bias)
+
+    def _columns(self, start: int, stop: int) -> Int8Linear:
+        """Output channels [start, stop) as a layer sharing this one's buffers (views)."""
+        part = Int8Linear.__new__(Int8Linear)
+        nn.Module.__init__(part)
+        part._set(self.w_fwd[:, start:stop], self.s_fwd[:, start:stop],
+                  self.w_bwd[start:stop], self.s_bwd,
+                  None if self.bias is None else self.bias[start:stop])
+        return part
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """(out_features, in_features) float32 weight the forward product uses."""
+        return (self.w_fwd.float() * self.s_fwd).t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"Int8Linear: input has {x.shape[-1]} features, "
+                             f"expected {self.in_features}")
+        if x.device.type != "cpu":
+            raise ValueError("Int8Linear runs on the CPU; use dtype bfloat16 on CUDA")
+        if self._group is not None:
+            group, index = self._group
+            return group.output(x, index)
+        return _Int8LinearFn.apply(x, self.w_fwd, self.s_fwd, self.w_bwd, self.s_bwd, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+
+class _SharedInput:
+    """Layers that read the same input (q/k/v, gate/up) as one product.
+
+    The first member called with an input computes every member's output in one int8
+    product (one quantisation of the input; in backward one of the concatenated output
+    gradient) and keeps them until each member has taken its own; a member called with any
+    other tensor (or the same one modified in place) starts a new round.
+    """
+
+    def __init__(self, linears: list[nn.Linear]) -> None:
+        biases = [lin.bias for lin in linears]
+        bias = None if all(b is None for b in biases) else torch.cat([
+            torch.zeros(lin.out_features) if b is None else b.detach().float()
+            for lin, b in zip(linears, biases, strict=True)])
+        self.fused = Int8Linear(torch.cat([lin.weight.detach().float() for lin in linears]), bias)
+        self.sizes = [lin.out_features for lin in linears]
+        bounds = [0, *itertools.accumulate(self.sizes)]
+        self.members = [self.fused._columns(a, b) for a, b in itertools.pairwise(bounds)]
+        for i, m in enumerate(self.members):
+            m._group = (self, i)
+        self._input: torch.Tensor | None = None
+        self._version = -1
+        self._parts: list[torch.Tensor] = []
+        self._pending: set[int] = set()
+
+    def output(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Member ``index``'s output for input ``x`` (computing the whole group if needed)."""
+        if self._input is not x or self._version != x._version or index not in self._pending:
+            f = self.fused
+            y = _Int8LinearFn.apply(x, f.w_fwd, f.s_fwd, f.w_bwd, f.s_bwd, f.bias)
+            self._input, self._version = x, x._version
+            self._parts = list(y.split(self.sizes, dim=-1))
+            self._pending = set(range(len(self.sizes)))
+        part = self._parts[index]
+        self._pending.discard(index)
+        if not self._pending:  # every member served: drop the references
+            self._input, self._parts = None, []
+        return part
+
+
+_SHARED_INPUT_NAMES = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def quantize_linears_int8(module: nn.Module, *, skip: tuple[str, ...] = ("lm_head",)) -> int:
+    """Replace every frozen ``nn.Linear`` under ``module`` by :class:`Int8Linear`, in place.
+
+    Siblings named like Llama's q/k/v and gate/up projections (same parent, same input
+    width) are fused: they read the same input, so one quantised product serves them all.
+
+    Args:
+        module: e.g. a ``*ForCausalLM``; all its ``nn.Linear`` weights must be frozen.
+        skip: child names left in float (default: the vocabulary projection, tied to the
+            input embeddings and only used when generating text).
+
+    Returns:
+        The number of layers replaced.
+
+    Raises:
+        ValueError: a linear layer's weight requires grad.
+    """
+    count = 0
+    for parent in list(module.modules()):
+        children = {n: c for n, c in parent.named_children()
+                    if isinstance(c, nn.Linear) and n not in skip}
+        for c in children.values():
+            if c.weight.requires_grad:
+                raise ValueError("Int8Linear is for frozen layers: the weight requires grad")
+        for names in _SHARED_INPUT_NAMES:
+            linears = [children.get(n) for n in names]
+            if all(lin is not None for lin in linears) and len(
+                    {lin.in_features for lin in linears}) == 1:
+                for n, member in zip(names, _SharedInput(linears).members, strict=True):
+                    setattr(parent, n, member)
+                    del children[n]
+                    count += 1
+        for n, c in children.items():
+            setattr(parent, n, Int8Linear.from_linear(c))
+            count += 1
+    return count

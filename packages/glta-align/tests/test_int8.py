@@ -1,0 +1,176 @@
+"""Int8 frozen linear layers: exact int8 arithmetic, closeness to fp32, gradients, loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glta_align.int8 import (
+    Int8Linear,
+    _matmul_2d,
+    int8_kernels,
+    quantize_linears_int8,
+    quantize_rows,
+)
+from glta_align.llm import LLMError, load_llm
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_quantize_rows_error_bound_and_zero_rows():
+    torch.manual_seed(0)
+    x = torch.randn(7, 33) * torch.logspace(-3, 3, 7)[:, None]
+    x[3] = 0.0
+    q, s = quantize_rows(x)
+    assert q.dtype == torch.int8 and s.shape == (7, 1)
+    assert int(q.abs().max()) == 127
+    assert torch.all((q.float() * s - x).abs() <= s / 2 * (1 + 1e-5))
+    assert torch.equal(q[3], torch.zeros(33, dtype=torch.int8)) and torch.isfinite(s).all()
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("shape", [(5, 3, 48), (1, 48), (0, 48)])
+def test_int8_linear_is_exact_int8_arithmetic_and_close_to_fp32(shape, bias):
+    torch.manual_seed(1)
+    lin = nn.Linear(48, 40, bias=bias).requires_grad_(False)
+    layer = Int8Linear.from_linear(lin)
+    x = torch.randn(*shape, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (*shape[:-1], 40) and y.dtype == torch.float32
+    gy = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, gy)
+    if x.numel() == 0:
+        assert gx.shape == x.shape
+        return
+    # exactly the quantised product: rows of x at their own scale, columns of W at theirs
+    x2 = x.detach().reshape(-1, 48)
+    xq, xs = quantize_rows(x2)
+    want = (xq.double() * xs.double()) @ (layer.w_fwd.double() * layer.s_fwd.double())
+    if bias:
+        want = want + lin.bias.double()
+    torch.testing.assert_close(y.detach().reshape(-1, 40).double(), want, rtol=1e-5, atol=1e-5)
+    gq, gs = quantize_rows(gy.reshape(-1, 40))
+    want_gx = (gq.double() * gs.double()) @ (layer.w_bwd.double() * layer.s_bwd.double())
+    torch.testing.assert_close(gx.reshape(-1, 48).double(), want_gx, rtol=1e-5, atol=1e-5)
+    # ... and within int8 rounding of the float layer
+    assert _rel(y.detach(), lin(x.detach())) < 0.03
+    assert _rel(gx, gy @ lin.weight) < 0.03
+
+
+def test_int8_linear_is_frozen_and_checks_input():
+    lin = nn.Linear(8, 4)
+    with pytest.raises(ValueError, match="requires grad"):
+        Int8Linear.from_linear(lin)
+    layer = Int8Linear.from_linear(lin.requires_grad_(False))
+    assert not list(layer.parameters())
+    torch.testing.assert_close(layer.dequantized_weight(), lin.weight, rtol=0, atol=0.01)
+    with pytest.raises(ValueError, match="9 features, expected 8"):
+        layer(torch.randn(2, 9))
+
+
+def test_compiled_and_eager_kernels_agree():
+    matmul, compiled = int8_kernels()
+    if not compiled:
+        pytest.skip("torch.compile unavailable here: the eager kernels are the ones in use")
+    torch.manual_seed(2)
+    for rows in (37, 1, 300):  # one compiled graph for every row count (dynamic shapes)
+        x = torch.randn(rows, 29)
+        wq, ws = quantize_rows(torch.randn(11, 29))
+        got = matmul(x, wq.t().contiguous(), ws.t().contiguous())
+        want = _matmul_2d(x, wq.t().contiguous(), ws.t().contiguous())
+        # x/s vs x*(1/s) may round an entry to the neighbouring integer: a few scale units
+        torch.testing.assert_close(got, want, rtol=0.02, atol=0.05)
+
+
+def test_quantized_tiny_llm_tracks_fp32_and_repeats(tiny):
+    ref = tiny.backbone
+    import copy
+
+    model = copy.deepcopy(tiny.causal_lm)
+    n = quantize_linears_int8(model)
+    assert n == 2 * 7  # q, k, v, o, gate, up, down per layer; lm_head left in float
+    assert isinstance(model.lm_head, nn.Linear)
+    torch.manual_seed(3)
+    x = torch.randn(3, 12, 64)
+
+    def run(m):
+        xe = x.clone().requires_grad_()
+        h = m(inputs_embeds=xe).last_hidden_state
+        h[:, -2:].sum().backward()
+        return h.detach(), xe.grad
+
+    h_ref, g_ref = run(ref)
+    h8, g8 = run(model.model)
+    assert F.cosine_similarity(h8, h_ref, dim=-1).min() > 0.99
+    assert F.cosine_similarity(g8.flatten(), g_ref.flatten(), dim=0) > 0.95
+    h8b, g8b = run(model.model)
+    assert torch.equal(h8, h8b) and torch.equal(g8, g8b)
+
+
+def test_load_llm_int8(tmp_path, tiny):
+    folder = tmp_path / "tiny"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    llm = load_llm(folder, dtype="int8", device="cpu")
+    layers = [m for m in llm.model.modules() if isinstance(m, Int8Linear)]
+    assert len(layers) == 14 and llm.dtype == torch.float32 and llm.precision == "int8"
+    assert tiny.precision == "float32"
+    ids = torch.tensor([[1, 2, 3, 4]])
+    h = llm.backbone(input_ids=ids).last_hidden_state
+    assert F.cosine_similarity(h, tiny.backbone(input_ids=ids).last_hidden_state, -1).min() > 0.99
+    # text generation (profile/prediction text) runs through the int8 layers too
+    out = llm.causal_lm.generate(input_ids=ids, max_new_tokens=3, do_sample=False,
+                                 pad_token_id=llm.tokenizer.pad_token_id)
+    assert out.shape == (1, 7)
+    with pytest.raises(LLMError, match="LoRA"):
+        load_llm(folder, dtype="int8", lora={"r": 2, "alpha": 4})
+    with pytest.raises(LLMError, match="CPU only"):
+        load_llm(folder, dtype="int8", device="cuda")
+
+
+class _Attn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q_proj = nn.Linear(16, 12, bias=True)
+        self.k_proj = nn.Linear(16, 4, bias=False)
+        self.v_proj = nn.Linear(16, 4, bias=False)
+        self.o_proj = nn.Linear(12, 16)
+
+
+def test_shared_input_layers_run_one_product(monkeypatch):
+    import glta_align.int8 as int8
+
+    torch.manual_seed(4)
+    attn = _Attn().requires_grad_(False)
+    ref = [attn.q_proj, attn.k_proj, attn.v_proj]
+    assert quantize_linears_int8(attn) == 4
+    calls = []
+    real = int8._int8_matmul
+    monkeypatch.setattr(int8, "_int8_matmul", lambda *a: calls.append(a[0].shape) or real(*a))
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    outs = [attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)]
+    assert len(calls) == 1 and calls[0] == (2, 5, 16)  # one product for q, k and v
+    for out, lin in zip(outs, ref, strict=True):
+        # forward scales are per output channel: identical to quantising the layer alone
+        torch.testing.assert_close(out, Int8Linear.from_linear(lin)(x), rtol=1e-6, atol=1e-6)
+    calls.clear()
+    gys = [torch.randn_like(o) for o in outs]
+    (gx,) = torch.autograd.grad(outs, x, gys)
+    assert calls == [(2, 5, 20)]  # one input-gradient product for the three
+    want = sum(g @ lin.weight for g, lin in zip(gys, ref, strict=True))
+    assert _rel(gx, want) < 0.03
+    # a new input (or the same one changed in place) starts a new product
+    y = torch.randn(3, 16)
+    torch.testing.assert_close(attn.k_proj(y), Int8Linear.from_linear(ref[1])(y))
+    z = torch.randn(3, 16)
+    first = attn.v_proj(z)
+    z.mul_(2)
+    torch.testing.assert_close(attn.v_proj(z), 2 * first, rtol=1e-5, atol=1e-5)
+    # layers without siblings stay alone; the members share one int8 weight (views)
+    assert attn.o_proj._group is None
+    assert attn.q_proj.w_fwd.untyped_storage().data_ptr() == \
+        attn.v_proj.w_fwd.untyped_storage().data_ptr()
