@@ -3,7 +3,7 @@
     uv run python benchmarks/gllm/compare.py lce 512 576 100000
     uv run python benchmarks/gllm/compare.py topk 4096 64 200000 --k 20
     uv run python benchmarks/gllm/compare.py head 256 4096 64 1000000   # rows H d items
-    uv run python benchmarks/gllm/compare.py sgemm --dtypes float32,bfloat16 [m k n]
+    uv run python benchmarks/gllm/compare.py sgemm --dtypes float32,bfloat16,int8 [m k n]
     python benchmarks/gllm/compare.py lce 512 576 100000 --device cuda --dtype bfloat16
 
 Each variant runs ``--repeats`` times, the variants interleaved (naive, ours, torch, naive,
@@ -36,16 +36,28 @@ def sgemm_gflops(
     """This machine's matmul rate on an (m x k) @ (k x n) product, best of ``repeats``.
 
     ``shape`` is ``(m, k, n)`` (default ``(n, n, n)``); ``dtype`` float32 (SGEMM) or e.g.
-    bfloat16, to compare the two on this CPU.
+    bfloat16, to compare the two on this CPU; ``torch.int8``: ``torch._int_mm`` (int8
+    inputs, int32 accumulation, the product behind ``glta_align``'s ``dtype="int8"``), the
+    rate then in GOP/s.
     """
     m, k, n = shape or (n, n, n)
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    out = torch.empty(m, n, dtype=dtype)
-    torch.mm(a, b, out=out)
+    if dtype == torch.int8:
+        a = torch.randint(-127, 128, (m, k), dtype=dtype)
+        b = torch.randint(-127, 128, (k, n), dtype=dtype)
+
+        def product() -> None:
+            torch._int_mm(a, b)
+    else:
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        out = torch.empty(m, n, dtype=dtype)
+
+        def product() -> None:
+            torch.mm(a, b, out=out)
+    product()
     best = math.inf
     for _ in range(repeats):
         t0 = time.perf_counter()
-        torch.mm(a, b, out=out)
+        product()
         best = min(best, time.perf_counter() - t0)
     return 2 * m * k * n / best / 1e9
 
@@ -217,7 +229,7 @@ def main() -> None:
     parser.add_argument("kernel", choices=["lce", "topk", "head", "sgemm"])
     parser.add_argument("shape", nargs="*", type=int, help="rows H items (lce) / users d items")
     parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--dtypes", default="float32", help="sgemm: e.g. float32,bfloat16")
+    parser.add_argument("--dtypes", default="float32", help="sgemm: e.g. float32,bfloat16,int8")
     parser.add_argument("--exclude-per-user", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
@@ -262,8 +274,8 @@ def main() -> None:
             raise SystemExit("sgemm takes an optional shape: m k n")
         for name in args.dtypes.split(","):
             rate = sgemm_gflops(dtype=getattr(torch, name), shape=shape)
-            print(json.dumps({"gemm_gflops": round(rate, 1), "dtype": name,
-                              "shape": list(shape or (2048,) * 3), **meta}))
+            print(json.dumps({**meta, "gemm_gflops": round(rate, 1), "dtype": name,
+                              "shape": list(shape or (2048,) * 3)}))
         return
     only = [x for x in args.only.split(",") if x] or None
     if args.kernel == "lce":

@@ -174,3 +174,24 @@ def test_shared_input_layers_run_one_product(monkeypatch):
     assert attn.o_proj._group is None
     assert attn.q_proj.w_fwd.untyped_storage().data_ptr() == \
         attn.v_proj.w_fwd.untyped_storage().data_ptr()
+
+
+def test_auto_dtype_picks_int8_only_where_it_is_the_fast_path(monkeypatch, tmp_path, tiny):
+    import glta_align.llm as llm_mod
+
+    folder = tmp_path / "tiny"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(llm_mod, "_bf16_faster_on_cpu", lambda: False)
+    monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: True)
+    assert load_llm(folder, device="cpu").precision == "int8"  # VNNI, no AMX
+    assert load_llm(folder, dtype="float32", device="cpu").precision == "float32"
+    assert llm_mod._auto_int8("auto", cpu, None)
+    assert not llm_mod._auto_int8("auto", cpu, {"r": 2})  # LoRA needs float weights
+    assert not llm_mod._auto_int8("auto", torch.device("cuda"), None)
+    monkeypatch.setattr(llm_mod, "_bf16_faster_on_cpu", lambda: True)  # AMX: bf16 instead
+    assert not llm_mod._auto_int8("auto", cpu, None)
+    monkeypatch.setattr(llm_mod, "_bf16_faster_on_cpu", lambda: False)
+    monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: False)  # no VNNI: fp32
+    assert load_llm(folder, device="cpu").precision == "float32"

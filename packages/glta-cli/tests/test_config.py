@@ -221,6 +221,8 @@ def test_stage_sections_follow_llm_section():
     for section in (cfg.item_text, cfg.user_item):
         assert (section.llm, section.dtype) == ("org/model", "float32")
     assert load_config().item_text.llm is None  # `default` = the offline SmolLM2
+    cfg = load_config(overrides=["--llm.dtype", "int8"])  # the CPU int8 path
+    assert (cfg.llm.dtype, cfg.item_text.dtype, cfg.user_item.dtype) == ("int8",) * 3
     with pytest.raises(ConfigError, match=r"\[user_item\] llm .* differs from \[llm\] model"):
         load_config(overrides=["--user_item.llm", "other/model"])
     same = load_config(overrides=["--llm.device", "cpu", "--item_text.device", "cpu"])

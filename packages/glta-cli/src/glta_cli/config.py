@@ -131,8 +131,9 @@ class LLMConfig:
     )
     dtype: str = field(
         default="auto",
-        metadata={"help": "Weights dtype: auto, float32, bfloat16, float16, or int8 (CPU: "
-                 "int8 products for the frozen linear layers, ~1.8x faster on VNNI CPUs)."},
+        metadata={"help": "Weights dtype: auto (CUDA: bf16; CPU: bf16 with AMX, int8 with "
+                 "VNNI, else float32), float32, bfloat16, float16, or int8 (CPU: int8 "
+                 "products in the frozen linear layers)."},
     )
     device: str | None = field(
         default=None,
