@@ -1,4 +1,7 @@
+import copy
+import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ from glta_gllm.checkpoint import CheckpointError, FingerprintMismatchError
 from glta_graph.evaluate import exclusion_matrix
 
 from glta_align.config import ItemTextConfig, UserItemConfig
+from glta_align.int8 import quantize_linears_int8
 from glta_align.item_text import train_item_text
 from glta_align.llm import tiny_llm
 from glta_align.recommender import GLTARecommender, pick_first_k
@@ -80,3 +84,15 @@ def test_bad_requests_and_artifacts(trained, toy, tiny, tmp_path):
     NodeProjector(8, 64).save_pretrained(copy / "item_projector", dataset_fingerprint="0" * 16)
     with pytest.raises(FingerprintMismatchError, match=toy.fingerprint):
         GLTARecommender.from_run(copy, llm=tiny)
+
+
+def test_precision_mismatch_with_training_warns(trained, tiny):
+    cfg = json.loads((trained / "user_projector" / "config.json").read_text())
+    assert cfg["llm_precision"] == "float32"
+    int8_llm = copy.deepcopy(tiny)
+    quantize_linears_int8(int8_llm.causal_lm)
+    with pytest.warns(UserWarning, match=r"ran the LLM in float32, ranking runs it in int8"):
+        GLTARecommender.from_run(trained, llm=int8_llm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GLTARecommender.from_run(trained, llm=tiny)  # same precision: silent

@@ -17,6 +17,7 @@ one relevant item.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,11 @@ class GLTARecommender:
                                       "pass it as llm=")
             llm = load_llm(config.llm, dtype=config.dtype, device=device or config.device,
                            lora=lora)
+        trained_in = ucfg.get("llm_precision")  # absent in runs made before it was recorded
+        if trained_in is not None and trained_in != llm.precision:
+            warnings.warn(f"{run_dir}: stage 3 ran the LLM in {trained_in}, ranking runs it in "
+                          f"{llm.precision}; scores will differ slightly from training time "
+                          f"(load the LLM with dtype={trained_in!r} to match)", stacklevel=2)
         user_emb, item_emb = load_graph_embeddings(run_dir, fp)
         uproj = NodeProjector.from_pretrained(run_dir / USER_PROJECTOR_DIR,
                                               expected_fingerprint=fp, in_dim=user_emb.shape[1],

@@ -337,5 +337,5 @@ def _save_user_projector(proj: NodeProjector, directory: Path, fingerprint: str,
             "(`stage_config`) the recommender replays at inference.\n")
     save_artifact(directory, proj.state_dict(),
                   {**proj.config(), "role": "user", "llm": llm.source,
-                   "stage_config": cfg.to_dict()},
+                   "llm_precision": llm.precision, "stage_config": cfg.to_dict()},
                   dataset_fingerprint=fingerprint, card=card)
