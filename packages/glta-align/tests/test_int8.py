@@ -195,3 +195,22 @@ def test_auto_dtype_picks_int8_only_where_it_is_the_fast_path(monkeypatch, tmp_p
     monkeypatch.setattr(llm_mod, "_bf16_faster_on_cpu", lambda: False)
     monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: False)  # no VNNI: fp32
     assert load_llm(folder, device="cpu").precision == "float32"
+
+
+def test_kernels_fall_back_to_eager_when_compiling_fails(monkeypatch):
+    import glta_align.int8 as int8
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    int8.int8_kernels.cache_clear()
+    monkeypatch.setattr(torch, "compile", broken)
+    try:
+        with pytest.warns(RuntimeWarning, match="no C.. compiler.*eager"):
+            matmul, compiled = int8.int8_kernels()
+        assert matmul is _matmul_2d and not compiled
+        monkeypatch.setenv("GLTA_INT8_COMPILE", "0")
+        int8.int8_kernels.cache_clear()
+        assert int8.int8_kernels() == (_matmul_2d, False)
+    finally:
+        int8.int8_kernels.cache_clear()  # later tests compile again
