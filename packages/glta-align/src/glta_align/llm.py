@@ -122,8 +122,10 @@ class FrozenLLM:
 
     @property
     def precision(self) -> str:
-        """What the linear layers compute in: ``"int8"`` (see :mod:`glta_align.int8`) or the
-        weight dtype's name, e.g. ``"float32"``."""
+        """Precision of the linear layers: ``"int8"`` or the weight dtype, e.g. ``"float32"``.
+
+        ``"int8"`` when :func:`load_llm` replaced them by :mod:`glta_align.int8` layers.
+        """
         from glta_align.int8 import Int8Linear
 
         if any(isinstance(m, Int8Linear) for m in self.causal_lm.modules()):
@@ -196,11 +198,12 @@ def _bf16_faster_on_cpu() -> bool:
 
 @functools.cache
 def _int8_faster_on_cpu() -> bool:
-    """Whether int8 products beat fp32 (and bf16) on this CPU: VNNI present, no AMX.
+    """Whether this CPU has VNNI int8 dot products (``_auto_int8`` also requires no AMX).
 
     Measured on the development machine (AVX512-VNNI, no AMX, 2 cores): ``torch._int_mm``
-    1,200-1,340 GOP/s against 305-330 GFLOP/s for fp32 (``benchmarks/align/llm_step.py``:
-    a SmolLM2 forward + backward ~1.5x faster in int8). With AMX, bf16 is the fast path.
+    958-1,328 GOP/s against 271-337 GFLOP/s for fp32 at SmolLM2's shapes and 2048^3
+    (``benchmarks/gllm/compare.py sgemm``); a SmolLM2 forward + backward 1.44x faster in
+    int8 (``benchmarks/align/llm_step.py``). With AMX, bf16 is the fast path.
     """
     vnni = getattr(torch.cpu, "_is_vnni_supported", None)
     try:
