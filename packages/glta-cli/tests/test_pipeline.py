@@ -171,6 +171,7 @@ def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_p
         assert (run / name).is_file(), name
     report = (run / "report.md").read_text()
     assert "| LightGCN |" in report and "| GLTA |" in report
+    assert f"LLM: `{tiny_model_dir}` (float32)." in report  # what stage 3 ran in
     assert load_config("default", run / "resolved-config.toml").graph.epochs == 4
 
     again = runner.invoke(app, ["pipeline", *args])

@@ -57,10 +57,11 @@ def test_render_report_has_table_and_stages():
     text = render_report(METRICS, split="test", stage_seconds={"graph": 3.25},
                          train_seconds={"lightgcn": 3.0}, dataset={"name": "d", "users": 5,
                          "items": 7, "interactions": {"train": 10}}, command="glta pipeline",
-                         charts=["a.png"])
+                         charts=["a.png"], llm="`default` (int8)")
     assert "| LightGCN | 0.1000 |" in text and "| GLTA | 0.2000 |" in text
     assert "| graph | 3.2 |" in text or "| graph | 3.3 |" in text
     assert "glta pipeline" in text and "![a](a.png)" in text and "5 users" in text
+    assert "LLM: `default` (int8)." in text
 
 
 def test_write_report_writes_files(tmp_path):

@@ -435,6 +435,15 @@ def _reconcile_stages(
     return keys
 
 
+def _llm_summary(run_dir: Path, model: str) -> str | None:
+    """``"`model` (precision)"`` from stage 3's saved config; ``None`` before stage 3."""
+    cfg_path = run_dir / "user_projector" / "config.json"
+    if not cfg_path.is_file():
+        return None
+    precision = json.loads(cfg_path.read_text(encoding="utf-8")).get("llm_precision")
+    return f"`{model}`" + (f" ({precision})" if precision else "")
+
+
 def run_pipeline(
     config: GLTAConfig,
     *,
@@ -609,6 +618,7 @@ def run_pipeline(
         histories=histories,
         dataset=data.stats(),
         command=command,
+        llm=_llm_summary(run_dir, config.llm.model),
     )
     _write_state(run_dir, state)
     previous = previous_dir(run_dir)

@@ -212,6 +212,7 @@ def render_report(
     command: str | None = None,
     charts: Sequence[str] = (),
     config_name: str = "resolved-config.toml",
+    llm: str | None = None,
 ) -> str:
     """The Markdown text of ``report.md``.
 
@@ -224,6 +225,7 @@ def render_report(
         command: the command line that produced the run.
         charts: file names of charts to embed (relative to the run directory).
         config_name: the resolved configuration's file name.
+        llm: what GLTA's LLM was and the precision it ran in, e.g. ``"default (int8)"``.
     """
     lines = ["# GLTA run report", ""]
     if command:
@@ -237,6 +239,8 @@ def render_report(
             f"{dataset.get('users', 0):,} users, {dataset.get('items', 0):,} items; {per}.",
             "",
         ]
+    if llm:
+        lines += [f"LLM: {llm}.", ""]
     lines += [f"## Results ({split} split, full ranking, training items excluded)", ""]
     headers = ["model"] + [h for h, _ in SUMMARY_COLUMNS] + ["training time"]
     lines.append("| " + " | ".join(headers) + " |")
@@ -277,8 +281,10 @@ def write_report(
     histories: Mapping[str, Mapping[str, Any]],
     dataset: Mapping[str, Any] | None = None,
     command: str | None = None,
+    llm: str | None = None,
 ) -> dict[str, Path]:
-    """Write ``report.md`` and the charts into ``run_dir`` (atomically).
+    """Write ``report.md`` (see :func:`render_report`) and the charts into ``run_dir``
+    (atomically).
 
     Returns:
         name -> path of every file written: ``report`` and, when there is data for them,
@@ -304,6 +310,7 @@ def write_report(
         dataset=dataset,
         command=command,
         charts=charts,
+        llm=llm,
     )
     written["report"] = atomic_write_text(run_dir / "report.md", text)
     return written
