@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -170,6 +172,16 @@ def test_shared_input_layers_run_one_product(monkeypatch):
     first = attn.v_proj(z)
     z.mul_(2)
     torch.testing.assert_close(attn.v_proj(z), 2 * first, rtol=1e-5, atol=1e-5)
+    # another thread's calls in the middle of a round do not disturb it
+    w = torch.randn(4, 16)
+    attn.q_proj(w)
+    calls.clear()
+    other = threading.Thread(target=lambda: [attn.q_proj(y), attn.k_proj(y), attn.v_proj(y)])
+    other.start()
+    other.join()
+    torch.testing.assert_close(attn.k_proj(w), Int8Linear.from_linear(ref[1])(w))
+    attn.v_proj(w)
+    assert len(calls) == 2  # the other thread's product and the reference; none for w's k, v
     # layers without siblings stay alone; the members share one int8 weight (views)
     assert attn.o_proj._group is None
     assert attn.q_proj.w_fwd.untyped_storage().data_ptr() == \

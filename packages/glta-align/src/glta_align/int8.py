@@ -26,6 +26,7 @@ import functools
 import itertools
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Callable
 
@@ -197,7 +198,8 @@ class _SharedInput:
     The first member called with an input computes every member's output in one int8
     product (one quantisation of the input; in backward one of the concatenated output
     gradient) and keeps them until each member has taken its own; a member called with any
-    other tensor (or the same one modified in place) starts a new round.
+    other tensor (or the same one modified in place) starts a new round. The round's state is
+    per thread, so threads sharing one model do not see each other's outputs.
     """
 
     def __init__(self, linears: list[nn.Linear]) -> None:
@@ -211,23 +213,22 @@ class _SharedInput:
         self.members = [self.fused._columns(a, b) for a, b in itertools.pairwise(bounds)]
         for i, m in enumerate(self.members):
             m._group = (self, i)
-        self._input: torch.Tensor | None = None
-        self._version = -1
-        self._parts: list[torch.Tensor] = []
-        self._pending: set[int] = set()
+        self._round = threading.local()  # .input, .version, .parts, .pending
 
     def output(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Member ``index``'s output for input ``x`` (computing the whole group if needed)."""
-        if self._input is not x or self._version != x._version or index not in self._pending:
+        r = self._round
+        if (getattr(r, "input", None) is not x or r.version != x._version
+                or index not in r.pending):
             f = self.fused
             y = _Int8LinearFn.apply(x, f.w_fwd, f.s_fwd, f.w_bwd, f.s_bwd, f.bias)
-            self._input, self._version = x, x._version
-            self._parts = list(y.split(self.sizes, dim=-1))
-            self._pending = set(range(len(self.sizes)))
-        part = self._parts[index]
-        self._pending.discard(index)
-        if not self._pending:  # every member served: drop the references
-            self._input, self._parts = None, []
+            r.input, r.version = x, x._version
+            r.parts = list(y.split(self.sizes, dim=-1))
+            r.pending = set(range(len(self.sizes)))
+        part = r.parts[index]
+        r.pending.discard(index)
+        if not r.pending:  # every member served: drop the references
+            r.input, r.parts = None, []
         return part
 
 
