@@ -110,7 +110,7 @@ def main() -> None:
         # computes their gradients, which are dropped after every step below
         llm_plain.causal_lm.requires_grad_(True)
     results["plain_weight_grads"] = bool(args.plain_weight_grads)
-    results["ours_dtype"] = "int8" if args.dtype == "int8" else str(llm_ours.dtype)
+    results["ours_dtype"] = llm_ours.precision  # "int8" also when "auto" picked it
     d = 64
     user_emb, item_emb = torch.randn(data.num_users, d), torch.randn(data.num_items, d)
     H = llm_plain.hidden_size

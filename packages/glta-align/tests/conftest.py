@@ -27,6 +27,15 @@ def tiny(tokenizer):
 
 
 @pytest.fixture
+def tiny_dir(tmp_path, tiny):
+    """``tiny`` saved as a model folder (weights + tokenizer), loadable with ``load_llm``."""
+    folder = tmp_path / "tiny"
+    tiny.model.save_pretrained(folder)
+    tiny.tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
 def toy():
     """The toy dataset."""
     return toy_data()

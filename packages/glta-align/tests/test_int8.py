@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import pytest
@@ -9,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import glta_align.int8 as int8
+import glta_align.llm as llm_mod
 from glta_align.int8 import (
     Int8Linear,
     _matmul_2d,
@@ -90,8 +93,6 @@ def test_compiled_and_eager_kernels_agree():
 
 def test_quantized_tiny_llm_tracks_fp32_and_repeats(tiny):
     ref = tiny.backbone
-    import copy
-
     model = copy.deepcopy(tiny.causal_lm)
     n = quantize_linears_int8(model)
     assert n == 2 * 7  # q, k, v, o, gate, up, down per layer; lm_head left in float
@@ -113,11 +114,8 @@ def test_quantized_tiny_llm_tracks_fp32_and_repeats(tiny):
     assert torch.equal(h8, h8b) and torch.equal(g8, g8b)
 
 
-def test_load_llm_int8(tmp_path, tiny):
-    folder = tmp_path / "tiny"
-    tiny.model.save_pretrained(folder)
-    tiny.tokenizer.save_pretrained(folder)
-    llm = load_llm(folder, dtype="int8", device="cpu")
+def test_load_llm_int8(tiny, tiny_dir):
+    llm = load_llm(tiny_dir, dtype="int8", device="cpu")
     layers = [m for m in llm.model.modules() if isinstance(m, Int8Linear)]
     assert len(layers) == 14 and llm.dtype == torch.float32 and llm.precision == "int8"
     assert tiny.precision == "float32"
@@ -129,9 +127,9 @@ def test_load_llm_int8(tmp_path, tiny):
                                  pad_token_id=llm.tokenizer.pad_token_id)
     assert out.shape == (1, 7)
     with pytest.raises(LLMError, match="LoRA"):
-        load_llm(folder, dtype="int8", lora={"r": 2, "alpha": 4})
+        load_llm(tiny_dir, dtype="int8", lora={"r": 2, "alpha": 4})
     with pytest.raises(LLMError, match="CPU only"):
-        load_llm(folder, dtype="int8", device="cuda")
+        load_llm(tiny_dir, dtype="int8", device="cuda")
 
 
 class _Attn(nn.Module):
@@ -144,8 +142,6 @@ class _Attn(nn.Module):
 
 
 def test_shared_input_layers_run_one_product(monkeypatch):
-    import glta_align.int8 as int8
-
     torch.manual_seed(4)
     attn = _Attn().requires_grad_(False)
     ref = [attn.q_proj, attn.k_proj, attn.v_proj]
@@ -188,17 +184,12 @@ def test_shared_input_layers_run_one_product(monkeypatch):
         attn.v_proj.w_fwd.untyped_storage().data_ptr()
 
 
-def test_auto_dtype_picks_int8_only_where_it_is_the_fast_path(monkeypatch, tmp_path, tiny):
-    import glta_align.llm as llm_mod
-
-    folder = tmp_path / "tiny"
-    tiny.model.save_pretrained(folder)
-    tiny.tokenizer.save_pretrained(folder)
+def test_auto_dtype_picks_int8_only_where_it_is_the_fast_path(monkeypatch, tiny_dir):
     cpu = torch.device("cpu")
     monkeypatch.setattr(llm_mod, "_bf16_faster_on_cpu", lambda: False)
     monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: True)
-    assert load_llm(folder, device="cpu").precision == "int8"  # VNNI, no AMX
-    assert load_llm(folder, dtype="float32", device="cpu").precision == "float32"
+    assert load_llm(tiny_dir, device="cpu").precision == "int8"  # VNNI, no AMX
+    assert load_llm(tiny_dir, dtype="float32", device="cpu").precision == "float32"
     assert llm_mod._auto_int8("auto", cpu, None)
     assert not llm_mod._auto_int8("auto", cpu, {"r": 2})  # LoRA needs float weights
     assert not llm_mod._auto_int8("auto", torch.device("cuda"), None)
@@ -206,12 +197,10 @@ def test_auto_dtype_picks_int8_only_where_it_is_the_fast_path(monkeypatch, tmp_p
     assert not llm_mod._auto_int8("auto", cpu, None)
     monkeypatch.setattr(llm_mod, "_bf16_faster_on_cpu", lambda: False)
     monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: False)  # no VNNI: fp32
-    assert load_llm(folder, device="cpu").precision == "float32"
+    assert load_llm(tiny_dir, device="cpu").precision == "float32"
 
 
 def test_kernels_fall_back_to_eager_when_compiling_fails(monkeypatch):
-    import glta_align.int8 as int8
-
     def broken(*args, **kwargs):
         raise RuntimeError("no C++ compiler")
 

@@ -94,13 +94,10 @@ def test_stage2_resume_in_process_matches_uninterrupted(tmp_path, toy, tiny):
         train_item_text(toy, part, ItemTextConfig(items_per_instance=3), llm=tiny)
 
 
-def test_stage2_with_lora_trains_and_saves_the_adapter(tmp_path, toy_run, toy, tiny):
+def test_stage2_with_lora_trains_and_saves_the_adapter(toy_run, toy, tiny_dir):
     from glta_align.llm import load_llm
 
-    folder = tmp_path / "tiny"
-    tiny.model.save_pretrained(folder)
-    tiny.tokenizer.save_pretrained(folder)
-    llm = load_llm(folder, dtype="float32", lora={"r": 2, "alpha": 4})
+    llm = load_llm(tiny_dir, dtype="float32", lora={"r": 2, "alpha": 4})
     before = [p.detach().clone() for p in llm.trainable_parameters()]
     cfg = ItemTextConfig(epochs=1, batch_size=4, items_per_instance=3, lora={"r": 2, "alpha": 4})
     train_item_text(toy, toy_run, cfg, llm=llm)

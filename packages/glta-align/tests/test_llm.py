@@ -39,11 +39,8 @@ def test_resolve_dtype_auto_and_errors():
         resolve_dtype("int8", torch.device("cpu"))
 
 
-def test_local_folder_loads_frozen(tmp_path, tiny):
-    folder = tmp_path / "tiny"
-    tiny.model.save_pretrained(folder)
-    tiny.tokenizer.save_pretrained(folder)
-    llm = load_llm(folder, dtype="float32", device="cpu")
+def test_local_folder_loads_frozen(tiny, tiny_dir):
+    llm = load_llm(tiny_dir, dtype="float32", device="cpu")
     assert llm.hidden_size == 64 and llm.dtype == torch.float32
     assert not any(p.requires_grad for p in llm.model.parameters())
     ids = torch.tensor([[1, 2, 3, 4]])
@@ -61,11 +58,8 @@ def test_missing_paths_fail_clearly(tmp_path):
         load_llm(tmp_path / "empty")
 
 
-def test_lora_trains_only_adapter_and_round_trips(tmp_path, tiny):
-    folder = tmp_path / "tiny"
-    tiny.model.save_pretrained(folder)
-    tiny.tokenizer.save_pretrained(folder)
-    llm = load_llm(folder, dtype="float32", lora={"r": 2, "alpha": 4})
+def test_lora_trains_only_adapter_and_round_trips(tmp_path, tiny_dir):
+    llm = load_llm(tiny_dir, dtype="float32", lora={"r": 2, "alpha": 4})
     trainable = llm.trainable_parameters()
     assert trainable and all("lora" in n for n, p in llm.model.named_parameters()
                              if p.requires_grad)
@@ -74,8 +68,8 @@ def test_lora_trains_only_adapter_and_round_trips(tmp_path, tiny):
             p.add_(0.01)
     out = save_lora(llm, tmp_path / "run" / "lora")
     assert (out / "adapter_model.safetensors").is_file()
-    again = load_llm(folder, dtype="float32", lora=out)
+    again = load_llm(tiny_dir, dtype="float32", lora=out)
     ids = torch.tensor([[5, 6, 7]])
     torch.testing.assert_close(again.backbone(input_ids=ids).last_hidden_state,
                                llm.backbone(input_ids=ids).last_hidden_state)
-    assert save_lora(load_llm(folder, dtype="float32"), tmp_path / "x") is None
+    assert save_lora(load_llm(tiny_dir, dtype="float32"), tmp_path / "x") is None

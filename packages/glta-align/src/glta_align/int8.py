@@ -105,6 +105,12 @@ def _int8_matmul(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor) -> tor
     return matmul(x2, wq, wscale).reshape(*x.shape[:-1], wq.shape[1])
 
 
+def _check_frozen(linear: nn.Linear) -> None:
+    """Raise ValueError unless the layer's weight is frozen (int8 keeps no float weight)."""
+    if linear.weight.requires_grad:
+        raise ValueError("Int8Linear is for frozen layers: the weight requires grad")
+
+
 class _Int8LinearFn(torch.autograd.Function):
     """y = x W^T (+ b) with int8 products; gradient to x only."""
 
@@ -159,8 +165,7 @@ class Int8Linear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
         """Quantise an existing ``nn.Linear`` (its weights must not require grad)."""
-        if linear.weight.requires_grad:
-            raise ValueError("Int8Linear is for frozen layers: the weight requires grad")
+        _check_frozen(linear)
         return cls(linear.weight, linear.bias)
 
     def _columns(self, start: int, stop: int) -> Int8Linear:
@@ -256,9 +261,8 @@ def quantize_linears_int8(module: nn.Module, *, skip: tuple[str, ...] = ("lm_hea
     for parent in list(module.modules()):
         children = {n: c for n, c in parent.named_children()
                     if isinstance(c, nn.Linear) and n not in skip}
-        for c in children.values():
-            if c.weight.requires_grad:
-                raise ValueError("Int8Linear is for frozen layers: the weight requires grad")
+        for c in children.values():  # all checked first: never leave a half-replaced model
+            _check_frozen(c)
         for names in _SHARED_INPUT_NAMES:
             linears = [children.get(n) for n in names]
             if all(lin is not None for lin in linears) and len(

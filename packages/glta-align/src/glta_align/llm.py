@@ -180,6 +180,15 @@ def default_gguf_path() -> Path:
     return path
 
 
+def _cpu_supports(probe: str) -> bool:
+    """Ask ``torch.cpu.<probe>()`` (a private capability check); ``False`` if it is absent."""
+    check = getattr(torch.cpu, probe, None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
+
+
 @functools.cache
 def _bf16_faster_on_cpu() -> bool:
     """Whether bf16 is expected to beat fp32 for LLM work on this CPU: only with AMX tiles.
@@ -189,11 +198,7 @@ def _bf16_faster_on_cpu() -> bool:
     timing proved unreliable under load from other processes (it once picked bf16 and the
     step got slower), so the choice is made from the CPU's capabilities instead.
     """
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    try:
-        return bool(amx()) if amx is not None else False
-    except RuntimeError:
-        return False
+    return _cpu_supports("_is_amx_tile_supported")
 
 
 @functools.cache
@@ -205,11 +210,7 @@ def _int8_faster_on_cpu() -> bool:
     (``benchmarks/gllm/compare.py sgemm``); a SmolLM2 forward + backward 1.44x faster in
     int8 (``benchmarks/align/llm_step.py``). With AMX, bf16 is the fast path.
     """
-    vnni = getattr(torch.cpu, "_is_vnni_supported", None)
-    try:
-        return bool(vnni()) if vnni is not None else False
-    except RuntimeError:
-        return False
+    return _cpu_supports("_is_vnni_supported")
 
 
 def _auto_int8(dtype: str | torch.dtype, device: torch.device, lora: object) -> bool:
