@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call (about 8 minutes on an H100/H200) that exercises every CUDA path:
 #   1. glta-gllm kernels on CUDA: timings against the naive path (compare.py, quiet GPU) and
-#      peak memory in fresh processes (memory.py);
+#      peak memory in fresh processes (memory.py); section "triton" (not in the default
+#      run): the Triton backend's tests compiled on the GPU and its timings and memory;
 #   2. then, side by side: six Gowalla LightGCN recipes (GRID=s3|s4a|s4b; epoch curves to
 #      pick the recipe for the 2-hour CPU target), the CUDA tests (glta-gllm, glta-graph),
 #      and `glta pipeline` on the GPU with a randomly initialised SmolLM2-shaped LLM (the real
@@ -14,7 +15,7 @@
 #     multiprocess==0.70.19 recbole==1.2.1
 #   cp ~/.cache/glta/models/SmolLM2-135M-Instruct.Q4_1/*.json .gpu/smolcfg/  (config+tokenizer)
 # Usage (repository root): OUT=/tmp/out bash benchmarks/gpu_check.sh [SECTION ...]
-# SECTIONs: gllm gowalla tests pipeline (default: all; PIPELINE_ARGS adds pipeline options;
+# SECTIONs: gllm triton gowalla tests pipeline (default: all but triton; PIPELINE_ARGS adds pipeline options;
 # GRID picks the Gowalla recipes, LOGDIR where their logs go)
 set -u
 SECTIONS=" ${*:-gllm gowalla tests pipeline} "
@@ -52,6 +53,28 @@ M="timeout 45 python3 benchmarks/gllm/memory.py --device cuda"
   $M head 256 4096 64 10000000 --variants matching
 } > "$OUT/gllm_memory_cuda.jsonl" 2> /tmp/o/gllm_memory_cuda.err
 cat "$OUT"/gllm_*_cuda.jsonl | cut -c1-200
+fi
+
+# ---- 1b. the Triton backend of linear_cross_entropy (about 2 minutes): its tests compiled
+# on the GPU, then timings and memory against the naive path and the torch plan
+if want triton; then
+timeout 150 python3 -m pytest -q -p no:cacheprovider packages/glta-gllm/tests/test_triton.py \
+  2>&1 | tail -n 15 > "$OUT/pytest_triton.txt"; cat "$OUT/pytest_triton.txt"
+C="timeout 60 python3 benchmarks/gllm/compare.py --device cuda --repeats ${REPEATS:-5} --only glta,glta_triton"
+{
+  $C lce 512 576 100000
+  $C lce 512 576 100000 --dtype bfloat16
+  $C lce 256 4096 200000
+  $C lce 256 4096 200000 --dtype bfloat16
+  $C lce 4096 576 100000 --dtype bfloat16
+  $C lce 1024 64 1000000
+} > "$OUT/triton_compare_cuda.jsonl" 2> /tmp/o/triton_compare_cuda.err
+M="timeout 60 python3 benchmarks/gllm/memory.py --device cuda"
+{
+  $M lce 512 576 100000 --variants naive,glta,glta_triton --dtype bfloat16
+  $M lce 256 4096 200000 --variants naive,glta,glta_triton
+} > "$OUT/triton_memory_cuda.jsonl" 2> /tmp/o/triton_memory_cuda.err
+cat "$OUT"/triton_*_cuda.jsonl | cut -c1-200; tail -n 5 /tmp/o/triton_*.err
 fi
 
 # ---- 2a. Gowalla recipes (each stops at a chunk boundary after MINUTES)

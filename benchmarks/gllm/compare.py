@@ -19,6 +19,7 @@ leaves out the time other jobs held the core (cache and memory bandwidth are sti
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import time
@@ -130,6 +131,8 @@ def lce_variants(
                 fn._lowp_gemm = lowp
 
         variants["glta_upcast"] = step(upcast)
+    if _DEVICE.type == "cuda" and importlib.util.find_spec("triton") is not None:
+        variants["glta_triton"] = step(lambda: linear_cross_entropy(h, w, t, backend="triton"))
     for c in glta_chunks:
         variants[f"glta_c{c}"] = step(
             lambda c=c: linear_cross_entropy(h, w, t, chunk_size=c, store_logits=glta_store)

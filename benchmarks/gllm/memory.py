@@ -56,6 +56,8 @@ def lce_step(h, w, t):
         loss = linear_cross_entropy(h, w, t, store_logits=False)
     elif variant == "glta_keepall":
         loss = linear_cross_entropy(h, w, t, store_logits=True)
+    elif variant == "glta_triton":
+        loss = linear_cross_entropy(h, w, t, backend="triton")
     elif variant.startswith("torch"):
         opts = torch.nn.LinearCrossEntropyOptions
         o = opts() if variant == "torch_auto" else opts(batch_chunk_size=int(variant[11:]))

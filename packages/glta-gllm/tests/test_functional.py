@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -509,3 +510,17 @@ def test_peaky_logits_match_naive(store):
     torch.testing.assert_close(loss.double(), want, rtol=1e-4, atol=1e-4)
     for a, r in zip(got, ref, strict=True):
         torch.testing.assert_close(a.grad.double(), r.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_backend_errors(monkeypatch) -> None:
+    h, w, _, t = _inputs(4, 16, 10, torch.float32, False)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        linear_cross_entropy(h, w, t, backend="cuda")
+    monkeypatch.setitem(sys.modules, "glta_gllm._triton", None)  # as if triton were missing
+    with pytest.raises(RuntimeError, match="needs the triton package"):
+        linear_cross_entropy(h, w, t, backend="triton")
+    monkeypatch.undo()
+    tri = pytest.importorskip("glta_gllm._triton", reason="the triton package is not installed")
+    monkeypatch.setattr(tri, "INTERPRET", False)
+    with pytest.raises(RuntimeError, match="needs CUDA tensors, got cpu"):
+        linear_cross_entropy(h.cpu(), w.cpu(), t.cpu(), backend="triton")

@@ -61,6 +61,7 @@ logits instead of a CPU-cache-sized tile, which made the kernel launch-bound on 
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import torch
@@ -69,6 +70,7 @@ from torch.autograd.function import once_differentiable
 __all__ = ["linear_cross_entropy", "topk_excluding"]
 
 _REDUCTIONS = ("mean", "sum", "none")
+_BACKENDS = ("auto", "torch", "triton")
 # Target size of one (rows x chunk) working tile, in elements: big enough for efficient
 # matmuls and few kernel launches, small enough to stay in the CPU's cache.
 _TILE_ELEMENTS = 1 << 20
@@ -130,6 +132,19 @@ def _scale_floor_(tile: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     factor = log_scale.exp().clamp_(min=low)
     torch.maximum(tile, (low / factor).unsqueeze(1), out=tile)
     return tile.mul_(factor.unsqueeze(1))
+
+
+def _triton():
+    """The Triton kernels (:mod:`glta_gllm._triton`), imported on first use; a clear
+    ``RuntimeError`` when the ``triton`` package is missing."""
+    try:
+        module = importlib.import_module("glta_gllm._triton")
+    except ImportError as err:
+        raise RuntimeError(
+            'backend="triton" needs the triton package (it comes with torch\'s CUDA wheels '
+            f"on Linux; pip install triton): {err}"
+        ) from err
+    return module
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -547,7 +562,17 @@ def _grad_pass(
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx, hidden, weight, bias, targets, ignore_index, reduction, chunk_size, store, grad_mode
+        ctx,
+        hidden,
+        weight,
+        bias,
+        targets,
+        ignore_index,
+        reduction,
+        chunk_size,
+        store,
+        grad_mode,
+        backend,
     ):
         rows, items = hidden.shape[0], weight.shape[0]
         acc = _acc_dtype(hidden.dtype)
@@ -559,17 +584,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
         h = hidden if all_valid else hidden.index_select(0, idx)
         t = targets if all_valid else targets.index_select(0, idx)
         h_lp = h if _lowp_gemm(h) else None
+        h_in = h
         h = h.to(acc) if h.dtype != acc else h
-        chunk, kept = _plan(
-            n_valid, items, weight.shape[1], hidden.dtype, device, h_lp is not None,
-            chunk_size, store,
-        )  # fmt: skip
+        if backend == "triton":
+            elem = hidden.element_size()
+            g_elem = elem if h_lp is not None else torch.finfo(acc).bits // 8
+            chunk = _triton().chunk_items(items, g_elem, elem, _MEMORY_FRACTION, chunk_size)
+            kept = 0
+        else:
+            chunk, kept = _plan(
+                n_valid, items, weight.shape[1], hidden.dtype, device, h_lp is not None,
+                chunk_size, store,
+            )  # fmt: skip
         bounds = _bounds(items, chunk)
         # needs_input_grad stays True under torch.no_grad(): also ask the caller's grad mode.
         needs = tuple(bool(x) and grad_mode for x in ctx.needs_input_grad[:3])
         if bias is None:
             needs = (needs[0], needs[1], False)
         ctx.rows, ctx.reduction, ctx.idx, ctx.chunk = rows, reduction, idx, chunk
+        ctx.backend = backend
         ctx.mode = "none"
         ctx.grads = None
         scale_value = (1.0 / n_valid if n_valid else 0.0) if reduction == "mean" else 1.0
@@ -577,6 +610,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if n_valid == 0:
             lse = torch.zeros(0, dtype=acc, device=device)
             ctx.mode = "empty"
+        elif backend == "triton":
+            tri = _triton()
+            lse = tri.lse(h_in, weight, bias)
+            if any(needs) and reduction != "none":
+                row_scale = torch.full((n_valid,), scale_value, dtype=acc, device=device)
+                ctx.grads = tri.grads(
+                    h_in, weight, bias, t, lse, row_scale, needs, chunk, h_lp is not None,
+                    _prob_floor_log(acc),
+                )  # fmt: skip
+                ctx.mode = "fused"
+            elif any(needs):
+                ctx.mode = "recompute"
         elif any(needs) and reduction != "none":
             lse, maxes, kept_tiles, buf = _lse_pass(h, weight, bias, bounds, acc, kept, h_lp)
             row_scale = torch.full((n_valid,), scale_value, dtype=acc, device=device)
@@ -609,7 +654,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_out):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         if ctx.mode == "empty":
-            return None, None, None, None, None, None, None, None, None
+            return None, None, None, None, None, None, None, None, None, None
         if ctx.grads is not None:
             # Hand over the gradients computed in the forward and drop our reference, so
             # autograd can take them without a copy. A second backward through a retained
@@ -628,6 +673,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             h = hidden if idx is None else hidden.index_select(0, idx)
             t = targets if idx is None else targets.index_select(0, idx)
             h_lp = h if _lowp_gemm(h) else None
+            h_in = h
             h = h.to(acc)
             g = grad_out.to(acc)
             if ctx.reduction == "none":
@@ -637,10 +683,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 scale = 1.0 / n if ctx.reduction == "mean" else 1.0
                 row_scale = (g * scale).expand(n).contiguous()
             needs = (need_h, need_w, need_b and bias is not None)
-            bounds = _bounds(weight.shape[0], ctx.chunk)
-            gh, gw, gb = _grad_pass(
-                h, weight, bias, t, lse, row_scale, bounds, acc, needs, h_lp=h_lp
-            )
+            if ctx.backend == "triton":
+                gh, gw, gb = _triton().grads(
+                    h_in, weight, bias, t, lse, row_scale, needs, ctx.chunk,
+                    h_lp is not None, _prob_floor_log(acc),
+                )  # fmt: skip
+            else:
+                bounds = _bounds(weight.shape[0], ctx.chunk)
+                gh, gw, gb = _grad_pass(
+                    h, weight, bias, t, lse, row_scale, bounds, acc, needs, h_lp=h_lp
+                )
         if gh is not None and ctx.idx is not None:
             full = torch.zeros(ctx.rows, gh.shape[1], dtype=gh.dtype, device=gh.device)
             full.index_copy_(0, ctx.idx, gh)
@@ -649,7 +701,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         gh = gh.to(dtype) if gh is not None else None
         gw = gw.to(dtype) if gw is not None else None
         gb = gb.to(dtype) if gb is not None else None
-        return gh, gw, gb, None, None, None, None, None, None
+        return gh, gw, gb, None, None, None, None, None, None, None
 
 
 def linear_cross_entropy(
@@ -662,6 +714,7 @@ def linear_cross_entropy(
     reduction: str = "mean",
     chunk_size: int | None = None,
     store_logits: bool | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Cross-entropy of a linear layer's logits without materialising the logits.
 
@@ -687,6 +740,13 @@ def linear_cross_entropy(
             (default) keeps whole chunks within an eighth of ``N x I`` (none when
             ``H < 256``) and recomputes the rest (all kept when the logits take at most
             16 MiB).
+        backend: ``"torch"`` (the plan above: torch operations on any device),
+            ``"triton"`` (fused Triton kernels, CUDA only, needs the ``triton`` package that
+            comes with torch's CUDA wheels on Linux: one forward kernel that never writes a
+            logit, and per eighth of the items one kernel writing the logit gradients plus
+            two cuBLAS GEMMs; ``store_logits`` does not apply), or ``"auto"`` (currently
+            ``"torch"``: the Triton kernels are tested for values in Triton's interpreter
+            but their GPU speed is not yet measured; see ``benchmarks/RESULTS.md``).
 
     Returns:
         The scalar loss (``"mean"``/``"sum"``) or the ``(N,)`` per-row losses, in
@@ -704,6 +764,11 @@ def linear_cross_entropy(
             the message names the shapes.
     """
     targets = _check_lce_inputs(hidden, weight, targets, bias, ignore_index, reduction)
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    backend = "torch" if backend == "auto" else backend
+    if backend == "triton":
+        _triton().check_device(hidden.device)
     return _LinearCrossEntropy.apply(
         hidden,
         weight,
@@ -714,6 +779,7 @@ def linear_cross_entropy(
         chunk_size,
         store_logits,
         torch.is_grad_enabled(),
+        backend,
     )
 
 

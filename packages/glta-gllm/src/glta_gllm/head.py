@@ -170,6 +170,7 @@ class GLLMHead(nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
         chunk_size: int | None = None,
+        backend: str = "auto",
     ) -> torch.Tensor:
         """Cross-entropy of the head's logits against ``targets``, without the logits.
 
@@ -177,6 +178,7 @@ class GLLMHead(nn.Module):
             hidden: ``(..., H)`` hidden states (cast to the head's dtype); targets: ``(...)``
                 item indices or ``ignore_index``.
             reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (then shaped like ``targets``).
+            chunk_size, backend: passed to :func:`glta_gllm.linear_cross_entropy`.
 
         Returns:
             The loss (see :func:`glta_gllm.linear_cross_entropy`).
@@ -190,6 +192,7 @@ class GLLMHead(nn.Module):
             ignore_index=ignore_index,
             reduction=reduction,
             chunk_size=chunk_size,
+            backend=backend,
         )
         return out.reshape(targets.shape) if reduction == "none" else out
 
@@ -384,6 +387,7 @@ class ProjectedItemHead(nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
         chunk_size: int | None = None,
+        backend: str = "auto",
     ) -> torch.Tensor:
         """Cross-entropy of the matching logits, ``O(N x d)`` extra memory per item chunk.
 
@@ -398,6 +402,7 @@ class ProjectedItemHead(nn.Module):
             ignore_index=ignore_index,
             reduction=reduction,
             chunk_size=chunk_size,
+            backend=backend,
         ).to(hidden.dtype)
         return out.reshape(targets.shape) if reduction == "none" else out
 
