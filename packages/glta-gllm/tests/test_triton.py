@@ -2,7 +2,7 @@
 
 On a CUDA machine these run the compiled kernels on the GPU. Without one (CI) they run the
 same kernels in Triton's interpreter on CPU tensors, in a fresh process started by
-``test_triton_interpreter.py`` with ``TRITON_INTERPRET=1`` (it must be set before triton is
+``test_triton_cpu.py`` with ``TRITON_INTERPRET=1`` (it must be set before triton is
 first imported), so the values, gradients and edge cases below are checked on every CI run;
 the GPU speed is not.
 """
@@ -24,7 +24,7 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 if DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip(
         "no GPU: these run in Triton's interpreter in a fresh process with TRITON_INTERPRET=1 "
-        "(test_triton_interpreter.py)",
+        "(test_triton_cpu.py)",
         allow_module_level=True,
     )
 

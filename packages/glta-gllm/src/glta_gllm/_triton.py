@@ -23,7 +23,7 @@ in a fixed order.
 Without a GPU the same kernels run in Triton's interpreter on CPU tensors, when
 ``TRITON_INTERPRET=1`` is set before ``triton`` is first imported (its standard library is
 bound to the interpreter at import): that is how the tests check them in CI, in a fresh
-process (``tests/test_triton_interpreter.py``).
+process (``tests/test_triton_cpu.py``).
 Speed on a GPU is measured by ``benchmarks/gllm/compare.py lce --device cuda`` (variant
 ``glta_triton``).
 """
@@ -235,9 +235,10 @@ def _kernel(plain, tuned, work: int) -> tuple:
     multiply-adds on a GPU, else the plain one with a fixed block shape."""
     if INTERPRET:
         return plain, dict(_INTERPRET_CONFIG)
+    # Fused multiply-adds, as cuBLAS uses (said explicitly: Triton 3.9 warns when unset).
     if work >= _TUNE_MIN_WORK:
-        return tuned, {}
-    return plain, dict(_FIXED_CONFIG)
+        return tuned, {"enable_fp_fusion": True}
+    return plain, {**_FIXED_CONFIG, "enable_fp_fusion": True}
 
 
 def _tl_dtype(dtype: torch.dtype):
