@@ -57,6 +57,11 @@ the CPU the inputs are upcast and the GEMMs run in fp32; on CUDA (where ``torch.
 and pass 2 multiplies ``P_j`` rounded to the input precision (as the naive path's logit
 gradients are). On CUDA the tiles are also larger (:func:`_item_chunk`): up to 1/16 of the
 logits instead of a CPU-cache-sized tile, which made the kernel launch-bound on an H200.
+
+``backend="triton"`` replaces both passes by fused Triton kernels on CUDA
+(:mod:`glta_gllm._triton`: no logit written in pass 1, one kernel per eighth of the items
+writing the logit gradients in pass 2, then the same two GEMMs); the rest (ignored rows,
+the target logits, the fused/recompute modes) is shared with the torch plan.
 """
 
 from __future__ import annotations
