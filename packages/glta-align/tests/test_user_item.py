@@ -1,3 +1,6 @@
+import shutil
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -84,6 +87,42 @@ def test_stage3_trains_user_projector_and_head(toy_run, toy, tiny):
     assert not torch.equal(load_artifact(toy_run / "gllm_head")[0]["weight"], head_before)
     item_after = load_artifact(toy_run / "item_projector")[0]
     assert all(torch.equal(item_after[k], item_before[k]) for k in item_before)  # frozen
+    # stage 2's own copy is what stage 3 started from, and stage 3 left it alone
+    assert torch.equal(load_artifact(toy_run / "item_text" / "gllm_head")[0]["weight"],
+                       head_before)
+
+
+def _stage3_outputs(run):
+    return {name: load_artifact(run / name)[0] for name in ("gllm_head", "user_projector")}
+
+
+def test_stage3_rerun_starts_from_stage2_not_from_the_last_stage3(toy_run, toy, tiny):
+    """A rerun of stage 3 (the pipeline drops its state when its settings change) must equal
+    the first run: it starts from stage 2's head, not from the head stage 3 wrote."""
+    train_item_text(toy, toy_run, ItemTextConfig(epochs=1, items_per_instance=3), llm=tiny)
+    cfg = UserItemConfig(epochs=1, batch_size=4, num_slots=3, use_profile=False,
+                         use_predict=False, lr=1e-2)
+    train_user_item(toy, toy_run, cfg, llm=tiny)
+    first = _stage3_outputs(toy_run)
+    shutil.rmtree(toy_run / "state" / "user_item")
+    train_user_item(toy, toy_run, cfg, llm=tiny)
+    second = _stage3_outputs(toy_run)
+    for name, tensors in first.items():
+        for key, value in tensors.items():
+            assert torch.equal(second[name][key], value), (name, key)
+
+
+def test_stage3_on_a_run_without_the_stage2_copy_warns(toy_run, toy, tiny):
+    train_item_text(toy, toy_run, ItemTextConfig(epochs=1, items_per_instance=3), llm=tiny)
+    cfg = UserItemConfig(epochs=1, batch_size=4, num_slots=3, use_profile=False,
+                         use_predict=False)
+    shutil.rmtree(toy_run / "item_text")  # as made by a version without the copy
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # stage 2's head is still the top-level one: no warning
+        train_user_item(toy, toy_run, cfg, llm=tiny)
+    shutil.rmtree(toy_run / "state" / "user_item")
+    with pytest.warns(UserWarning, match="written by an earlier stage 3"):
+        train_user_item(toy, toy_run, cfg, llm=tiny)
 
 
 def test_stage3_needs_stage2_unless_it_trains_the_item_projector(toy_run, toy, tiny):
@@ -95,3 +134,4 @@ def test_stage3_needs_stage2_unless_it_trains_the_item_projector(toy_run, toy, t
     res = train_user_item(toy, toy_run, cfg, llm=tiny)
     assert np.isfinite(res.epoch_losses[0])
     assert (toy_run / "item_projector").is_dir() and (toy_run / "gllm_head").is_dir()
+    assert not (toy_run / "item_text").exists()  # no stage 2 ran: nothing to copy

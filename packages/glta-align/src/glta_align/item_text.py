@@ -42,6 +42,10 @@ __all__ = ["ITEM_PROJECTOR_DIR", "ItemTextResult", "build_instance", "train_item
 ITEM_PROJECTOR_DIR = "item_projector"
 GLLM_HEAD_DIR = "gllm_head"
 LORA_DIR = "lora"
+# Stage 2's own copy of its item projector and head: what stage 3 starts from. Stage 3 writes
+# its trained head (and, with train_item_projector, projector) over the top-level folders, so
+# without this copy a rerun of stage 3 would start from an earlier stage 3's head.
+STAGE2_OUTPUT_DIR = "item_text"
 
 
 @dataclass
@@ -203,9 +207,10 @@ def train_item_text(
     )
     rank, _ = dist_info()
     if rank == 0:
-        projector.save_pretrained(run_dir / ITEM_PROJECTOR_DIR,
-                                  dataset_fingerprint=data.fingerprint, role="item")
-        save_head(head, run_dir / GLLM_HEAD_DIR, data.fingerprint)
+        for base in (run_dir / STAGE2_OUTPUT_DIR, run_dir):  # the copy first: see its comment
+            projector.save_pretrained(base / ITEM_PROJECTOR_DIR,
+                                      dataset_fingerprint=data.fingerprint, role="item")
+            save_head(head, base / GLLM_HEAD_DIR, data.fingerprint)
         save_lora(llm, run_dir / LORA_DIR)
     emit(progress, ProgressEvent("item_text", "end", step=loop.steps, total=loop.steps,
                                  metrics={"loss": loop.epoch_losses[-1]}

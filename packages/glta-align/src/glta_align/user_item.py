@@ -13,6 +13,7 @@ token as input (teacher forcing).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,13 @@ from glta_graph.progress import ProgressCallback, ProgressEvent, emit
 from glta_align._common import LoopResult, dist_info, embedding_rms, rng_for, run_loop
 from glta_align.config import UserItemConfig
 from glta_align.heads import build_head, load_head, save_head
-from glta_align.item_text import GLLM_HEAD_DIR, ITEM_PROJECTOR_DIR, LORA_DIR, slot_vector
+from glta_align.item_text import (
+    GLLM_HEAD_DIR,
+    ITEM_PROJECTOR_DIR,
+    LORA_DIR,
+    STAGE2_OUTPUT_DIR,
+    slot_vector,
+)
 from glta_align.llm import FrozenLLM, load_llm, save_lora
 from glta_align.profiles import generate_profiles
 from glta_align.projector import NodeProjector
@@ -39,7 +46,7 @@ from glta_align.prompts import (
 from glta_align.splice import SoftPromptRunner, SoftSequence, bucket_batches
 
 __all__ = ["USER_PROJECTOR_DIR", "UserItemResult", "UserPrompter", "UserSample",
-           "train_user_item"]
+           "stage2_outputs", "train_user_item"]
 
 USER_PROJECTOR_DIR = "user_projector"
 IGNORE = -100
@@ -193,6 +200,31 @@ def needs_profiles(cfg: UserItemConfig) -> bool:
     return cfg.use_profile or cfg.use_predict
 
 
+def stage2_outputs(run_dir: str | os.PathLike[str]) -> Path:
+    """The folder holding the item projector and head stage 3 starts from.
+
+    ``RUN/item_text`` (stage 2's own copy of them) when it holds them, else ``RUN`` itself
+    (runs made by versions without that copy). In the latter case, if an earlier
+    stage 3 already finished there (``RUN/user_projector`` exists), its trained head is all
+    that is left of stage 2's: a ``UserWarning`` says so, as a rerun then continues from
+    it instead of starting from stage 2's head.
+    """
+    run_dir = Path(run_dir)
+    copy = run_dir / STAGE2_OUTPUT_DIR
+    if (copy / ITEM_PROJECTOR_DIR).is_dir() or (copy / GLLM_HEAD_DIR).is_dir():
+        return copy
+    if (run_dir / USER_PROJECTOR_DIR).is_dir() and (run_dir / GLLM_HEAD_DIR).is_dir():
+        warnings.warn(
+            f"{run_dir / GLLM_HEAD_DIR} was written by an earlier stage 3 and this run has no "
+            f"{STAGE2_OUTPUT_DIR}/ copy of stage 2's head (made before that copy existed): "
+            "stage 3 starts from that trained head, not from stage 2's. Rerun stage 2 "
+            "(glta pipeline --restart) for a clean start.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return run_dir
+
+
 def train_user_item(
     data: Interactions,
     run_dir: str | os.PathLike[str],
@@ -231,7 +263,8 @@ def train_user_item(
     user_emb, item_emb = load_graph_embeddings(run_dir, data.fingerprint)
     user_emb, item_emb = user_emb.float().to(dev), item_emb.float().to(dev)
     tok_rms = embedding_rms(llm.causal_lm.get_input_embeddings().weight)
-    ip_dir = run_dir / ITEM_PROJECTOR_DIR
+    start = stage2_outputs(run_dir)
+    ip_dir = start / ITEM_PROJECTOR_DIR
     if ip_dir.is_dir():
         item_proj = NodeProjector.from_pretrained(
             ip_dir, expected_fingerprint=data.fingerprint, in_dim=item_emb.shape[1],
@@ -245,8 +278,8 @@ def train_user_item(
                               "UserItemConfig.train_item_projector = True")
     item_proj = item_proj.to(dev).requires_grad_(cfg.train_item_projector)
     head_dir = run_dir / GLLM_HEAD_DIR
-    if head_dir.is_dir():
-        head = load_head(head_dir, expected_fingerprint=data.fingerprint,
+    if (start / GLLM_HEAD_DIR).is_dir():
+        head = load_head(start / GLLM_HEAD_DIR, expected_fingerprint=data.fingerprint,
                          hidden_size=llm.hidden_size, num_items=data.num_items)
     else:
         head = build_head(cfg, llm.hidden_size, item_emb, item_proj)
@@ -319,7 +352,8 @@ def train_user_item(
     if rank == 0:
         save_head(head, head_dir, data.fingerprint)
         if cfg.train_item_projector:
-            item_proj.save_pretrained(ip_dir, dataset_fingerprint=data.fingerprint, role="item")
+            item_proj.save_pretrained(run_dir / ITEM_PROJECTOR_DIR,
+                                  dataset_fingerprint=data.fingerprint, role="item")
         _save_user_projector(user_proj, run_dir / USER_PROJECTOR_DIR, data.fingerprint, cfg,
                              llm)
         save_lora(llm, run_dir / LORA_DIR)

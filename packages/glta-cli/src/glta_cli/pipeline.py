@@ -455,8 +455,10 @@ def run_pipeline(
     """Run (or resume) the whole GLTA pipeline into ``config.run.out``.
 
     Stages: ``dataset`` (prepare and save ``RUN/dataset``), ``graph`` (LightGCN,
-    ``RUN/graph``), ``item_text`` (stage 2: ``RUN/item_projector`` + ``RUN/gllm_head``),
-    ``user_item`` (stage 3: ``RUN/user_projector`` + ``RUN/gllm_head``) and ``evaluate``
+    ``RUN/graph``), ``item_text`` (stage 2: ``RUN/item_projector`` + ``RUN/gllm_head``, and
+    a copy of both in ``RUN/item_text`` that stage 3 starts from, so a rerun of stage 3
+    starts where stage 2 ended), ``user_item`` (stage 3: ``RUN/user_projector`` +
+    ``RUN/gllm_head``) and ``evaluate``
     (both models on ``[eval] split`` into ``RUN/metrics.json``); then ``report.md`` and
     the charts. Finished stages are skipped; a killed one resumes from its saved state.
 
