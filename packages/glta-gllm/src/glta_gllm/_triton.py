@@ -138,24 +138,9 @@ def _lse_kernel(
     for blk in range(first, last):
         rn = blk * BN + tl.arange(0, BN)
         z = _logit_tile(
-            h_ptr,
-            w_ptr,
-            b_ptr,
-            rm,
-            rn,
-            R,
-            n_items,
-            H,
-            stride_h,
-            stride_w,
-            HAS_BIAS,
-            BM,
-            BN,
-            BK,
-            PREC,
-            ACC,
-            UPCAST,
-        )
+            h_ptr, w_ptr, b_ptr, rm, rn, R, n_items, H, stride_h, stride_w,
+            HAS_BIAS, BM, BN, BK, PREC, ACC, UPCAST,
+        )  # fmt: skip
         z = tl.where(rn[None, :] < n_items, z, float("-inf"))
         m_new = tl.maximum(m, tl.max(z, axis=1))
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
@@ -198,24 +183,9 @@ def _grad_tile_kernel(
     cn = pid_n * BN + tl.arange(0, BN)
     rn = start + cn
     z = _logit_tile(
-        h_ptr,
-        w_ptr,
-        b_ptr,
-        rm,
-        rn,
-        R,
-        start + C,
-        H,
-        stride_h,
-        stride_w,
-        HAS_BIAS,
-        BM,
-        BN,
-        BK,
-        PREC,
-        ACC,
-        UPCAST,
-    )
+        h_ptr, w_ptr, b_ptr, rm, rn, R, start + C, H, stride_h, stride_w,
+        HAS_BIAS, BM, BN, BK, PREC, ACC, UPCAST,
+    )  # fmt: skip
     row_ok = rm < R
     lse = tl.load(lse_ptr + rm, mask=row_ok, other=0.0)
     scale = tl.load(scale_ptr + rm, mask=row_ok, other=0.0)

@@ -567,18 +567,9 @@ def _grad_pass(
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx,
-        hidden,
-        weight,
-        bias,
-        targets,
-        ignore_index,
-        reduction,
-        chunk_size,
-        store,
-        grad_mode,
-        backend,
-    ):
+        ctx, hidden, weight, bias, targets, ignore_index, reduction, chunk_size, store,
+        grad_mode, backend,
+    ):  # fmt: skip
         rows, items = hidden.shape[0], weight.shape[0]
         acc = _acc_dtype(hidden.dtype)
         device = hidden.device
