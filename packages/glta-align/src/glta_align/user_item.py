@@ -216,9 +216,10 @@ def stage2_outputs(run_dir: str | os.PathLike[str]) -> Path:
     if (run_dir / USER_PROJECTOR_DIR).is_dir() and (run_dir / GLLM_HEAD_DIR).is_dir():
         warnings.warn(
             f"{run_dir / GLLM_HEAD_DIR} was written by an earlier stage 3 and this run has no "
-            f"{STAGE2_OUTPUT_DIR}/ copy of stage 2's head (made before that copy existed): "
-            "stage 3 starts from that trained head, not from stage 2's. Rerun stage 2 "
-            "(glta pipeline --restart) for a clean start.",
+            f"{STAGE2_OUTPUT_DIR}/ copy of stage 2's outputs (stage 2 ran with a version "
+            "without that copy, or did not run here): stage 3 starts from what the earlier "
+            "stage 3 trained, not from stage 2's. Rerun stage 2 (glta pipeline --restart) "
+            "for a clean start.",
             UserWarning,
             stacklevel=3,
         )
@@ -353,7 +354,7 @@ def train_user_item(
         save_head(head, head_dir, data.fingerprint)
         if cfg.train_item_projector:
             item_proj.save_pretrained(run_dir / ITEM_PROJECTOR_DIR,
-                                  dataset_fingerprint=data.fingerprint, role="item")
+                                      dataset_fingerprint=data.fingerprint, role="item")
         _save_user_projector(user_proj, run_dir / USER_PROJECTOR_DIR, data.fingerprint, cfg,
                              llm)
         save_lora(llm, run_dir / LORA_DIR)
