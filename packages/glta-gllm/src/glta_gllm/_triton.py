@@ -63,24 +63,10 @@ def _tuned(fn):
 
 @triton.jit
 def _logit_tile(
-    h_ptr,
-    w_ptr,
-    b_ptr,
-    rm,
-    rn,
-    R,
-    n_end,
-    H,
-    stride_h,
-    stride_w,
-    HAS_BIAS: tl.constexpr,
-    BM: tl.constexpr,
-    BN: tl.constexpr,
-    BK: tl.constexpr,
-    PREC: tl.constexpr,
-    ACC: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
+    h_ptr, w_ptr, b_ptr, rm, rn, R, n_end, H, stride_h, stride_w,
+    HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    PREC: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
     """(BM, BN) logits h[rm] . W[rn]^T (+ b[rn]) in dtype ACC (float32, or float64 for
     float64 inputs) for rows rm < R, items rn < n_end."""
     acc = tl.zeros((BM, BN), dtype=ACC)
@@ -106,25 +92,10 @@ def _logit_tile(
 
 @triton.jit
 def _lse_kernel(
-    h_ptr,
-    w_ptr,
-    b_ptr,
-    m_ptr,
-    s_ptr,
-    R,
-    n_items,
-    H,
-    stride_h,
-    stride_w,
-    n_split,
-    HAS_BIAS: tl.constexpr,
-    PREC: tl.constexpr,
-    ACC: tl.constexpr,
-    UPCAST: tl.constexpr,
-    BM: tl.constexpr,
-    BN: tl.constexpr,
-    BK: tl.constexpr,
-):
+    h_ptr, w_ptr, b_ptr, m_ptr, s_ptr, R, n_items, H, stride_h, stride_w, n_split,
+    HAS_BIAS: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):  # fmt: skip
     """Per (row block, item split): running max m and sum s of exp(logit - m) per row."""
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -152,29 +123,11 @@ def _lse_kernel(
 
 @triton.jit
 def _grad_tile_kernel(
-    h_ptr,
-    w_ptr,
-    b_ptr,
-    lse_ptr,
-    scale_ptr,
-    t_ptr,
-    g_ptr,
-    R,
-    H,
-    start,
-    C,
-    stride_h,
-    stride_w,
-    stride_g,
-    floor_log,
-    HAS_BIAS: tl.constexpr,
-    PREC: tl.constexpr,
-    ACC: tl.constexpr,
-    UPCAST: tl.constexpr,
-    BM: tl.constexpr,
-    BN: tl.constexpr,
-    BK: tl.constexpr,
-):
+    h_ptr, w_ptr, b_ptr, lse_ptr, scale_ptr, t_ptr, g_ptr, R, H, start, C, stride_h,
+    stride_w, stride_g, floor_log,
+    HAS_BIAS: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr, UPCAST: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):  # fmt: skip
     """G[r, c] = scale[r] * (max(exp(logit[r, start + c] - lse[r]), exp(floor)) - [t_r ==
     start + c]) for the chunk's C items."""
     pid_m = tl.program_id(0)

@@ -669,8 +669,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
             h = hidden if idx is None else hidden.index_select(0, idx)
             t = targets if idx is None else targets.index_select(0, idx)
             h_lp = h if _lowp_gemm(h) else None
-            h_in = h
-            h = h.to(acc)
             g = grad_out.to(acc)
             if ctx.reduction == "none":
                 row_scale = g if idx is None else g.index_select(0, idx)
@@ -679,15 +677,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 scale = 1.0 / n if ctx.reduction == "mean" else 1.0
                 row_scale = (g * scale).expand(n).contiguous()
             needs = (need_h, need_w, need_b and bias is not None)
-            if ctx.backend == "triton":
+            if ctx.backend == "triton":  # takes h in the input precision
                 gh, gw, gb = _triton().grads(
-                    h_in, weight, bias, t, lse, row_scale, needs, ctx.chunk,
+                    h, weight, bias, t, lse, row_scale, needs, ctx.chunk,
                     h_lp is not None, _prob_floor_log(acc),
                 )  # fmt: skip
             else:
                 bounds = _bounds(weight.shape[0], ctx.chunk)
                 gh, gw, gb = _grad_pass(
-                    h, weight, bias, t, lse, row_scale, bounds, acc, needs, h_lp=h_lp
+                    h.to(acc), weight, bias, t, lse, row_scale, bounds, acc, needs, h_lp=h_lp
                 )
         if gh is not None and ctx.idx is not None:
             full = torch.zeros(ctx.rows, gh.shape[1], dtype=gh.dtype, device=gh.device)
