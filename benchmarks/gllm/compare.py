@@ -290,8 +290,10 @@ def main() -> None:
                                        args.logit_scale)
         lowp = fn._lowp_gemm(torch.empty(1, dtype=_DTYPE, device=_DEVICE))
         chunk, kept = fn._plan(rows, items, hid, _DTYPE, _DEVICE, lowp)
-        meta.update(shape=[rows, hid, items], plan={"chunk": chunk, "kept_chunks": kept},
-                    logit_scale=args.logit_scale)
+        elem = torch.empty((), dtype=_DTYPE).element_size()
+        in_grad = fn._logits_fit_in_grad(rows, items, hid, elem, fn._elem(fn._acc_dtype(_DTYPE)))
+        plan = {"chunk": chunk, "kept_chunks": "all, in grad_W" if in_grad else kept}
+        meta.update(shape=[rows, hid, items], plan=plan, logit_scale=args.logit_scale)
     elif args.kernel == "head":
         rows, hid, dim, items = args.shape
         variants, flops = head_variants(rows, hid, dim, items, not args.no_plain)

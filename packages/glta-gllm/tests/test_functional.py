@@ -390,6 +390,103 @@ def test_kept_chunks_plan_stays_within_an_eighth_of_the_logits() -> None:
     assert fn._kept_chunks(rows, items, hid, chunk, 4, True) == 49
 
 
+def test_logits_fit_in_grad_w_rule() -> None:
+    import glta_gllm.functional as fn
+
+    # rows * tile bytes <= H * weight bytes: the issue's fp32 shapes with rows <= H fit,
+    # (1024, 64, 1M) does not; bf16 weights with fp32 tiles need rows <= H / 2.
+    assert fn._logits_fit_in_grad(512, 100_000, 576, 4, 4)
+    assert fn._logits_fit_in_grad(256, 200_000, 4096, 4, 4)
+    assert not fn._logits_fit_in_grad(1024, 1_000_000, 64, 4, 4)
+    assert fn._logits_fit_in_grad(576, 10, 576, 4, 4)
+    assert not fn._logits_fit_in_grad(577, 10, 576, 4, 4)
+    assert fn._logits_fit_in_grad(288, 10, 576, 2, 4)
+    assert not fn._logits_fit_in_grad(289, 10, 576, 2, 4)
+    assert not fn._logits_fit_in_grad(1, 3, 3, 2, 4)  # 18 bytes: no whole float32 view
+    w = torch.zeros(10, 8)
+    grad_w, store = fn._grad_w_holding_logits(8, w, torch.float32)
+    assert grad_w.shape == (10, 8) and store.shape == (80,)
+    assert store.data_ptr() == grad_w.data_ptr() and bool((grad_w == 0).all())
+    assert fn._grad_w_holding_logits(9, w, torch.float32) is None
+
+
+def _spy_grad_storage(monkeypatch):
+    """Records the gradients :func:`_grad_w_holding_logits` hands out and counts the logit
+    matmuls (``_mm_chunk`` calls)."""
+    import glta_gllm.functional as fn
+
+    held, matmuls = [], []
+    real_hold, real_mm = fn._grad_w_holding_logits, fn._mm_chunk
+
+    def hold(*args):
+        out = real_hold(*args)
+        held.append(None if out is None else out[0])
+        return out
+
+    monkeypatch.setattr(fn, "_grad_w_holding_logits", hold)
+    monkeypatch.setattr(fn, "_mm_chunk", lambda out, *a: matmuls.append(a[3]) or real_mm(out, *a))
+    return held, matmuls
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize(("rows", "chunk"), [(16, 7), (5, 3), (16, 50)])
+def test_logits_kept_in_grad_w_match_naive(monkeypatch, rows, chunk, reduction, bias, dtype):
+    # H = 16 (32 for bf16, whose 2-byte gradient holds float32 tiles for H / 2 rows): rows
+    # == H is the tightest fit, where tile j and grad_W[j] start at the same element.
+    hid = 32 if dtype == torch.bfloat16 else 16
+    held, matmuls = _spy_grad_storage(monkeypatch)
+    h, w, b, t = _inputs(rows + 3, hid, 50, dtype, bias, seed=rows, ignore=3)
+    t[t >= 0] = torch.arange(int((t >= 0).sum())) * 7 % 50  # targets in every chunk
+    params = _params(h, w, b)
+    got = linear_cross_entropy(h, w, t, b, chunk_size=chunk, reduction=reduction)
+    g_out = torch.tensor(0.75, dtype=dtype)  # an incoming gradient other than 1
+    grads = torch.autograd.grad(got, params, g_out)
+    chunks = math.ceil(50 / chunk)
+    assert len(held) == 1 and held[0] is not None  # the logits lived in grad_W's storage
+    assert len(matmuls) == chunks  # ... so no chunk was recomputed
+    assert grads[1].data_ptr() == held[0].data_ptr()  # and grad_W is that very buffer
+    ref_params = [p.detach().double().requires_grad_() for p in params]
+    rb = ref_params[2] if bias else None
+    ref = F.cross_entropy(F.linear(ref_params[0], ref_params[1], rb), t, reduction=reduction)
+    ref_grads = torch.autograd.grad(ref, ref_params, g_out.double())
+    tol = {
+        torch.float64: {"atol": 1e-10, "rtol": 1e-10},
+        torch.float32: {"atol": 2e-5, "rtol": 2e-5},
+        torch.bfloat16: {"atol": 3e-2, "rtol": 2e-2},
+    }[dtype]
+    torch.testing.assert_close(got.double(), ref, **tol)
+    for gg, rg in zip(grads, ref_grads, strict=True):
+        assert gg.dtype == dtype
+        torch.testing.assert_close(gg.double(), rg, **tol)
+
+
+def test_gradcheck_logits_kept_in_grad_w(monkeypatch) -> None:
+    held, _ = _spy_grad_storage(monkeypatch)
+    h, w, b, t = _inputs(5, 5, 11, torch.float64, True, ignore=1)
+    fn = lambda *p: linear_cross_entropy(*p[:2], t, p[2], chunk_size=3)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (h, w, b), nondet_tol=1e-12)
+    assert held and all(x is not None for x in held)
+
+
+@pytest.mark.parametrize("case", ["frozen_weight", "store_false", "rows_over_hidden", "none"])
+def test_logits_kept_in_grad_w_only_where_it_applies(monkeypatch, case) -> None:
+    held, matmuls = _spy_grad_storage(monkeypatch)
+    h, w, b, t = _inputs(17 if case == "rows_over_hidden" else 8, 16, 40, torch.float32, True)
+    if case == "frozen_weight":
+        w = w.detach()
+    store = False if case == "store_false" else None
+    reduction = "none" if case == "none" else "mean"
+    got = linear_cross_entropy(h, w, t, b, chunk_size=8, store_logits=store, reduction=reduction)
+    got.sum().backward()
+    assert all(x is None for x in held)
+    ref = F.cross_entropy(F.linear(h, w, b), t, reduction=reduction)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    if case == "store_false":
+        assert len(matmuls) == 5 + 4  # every chunk but the one left in the buffer recomputed
+
+
 @pytest.mark.parametrize("store", [None, True, False])
 def test_items_masked_by_minus_inf_bias(monkeypatch, store) -> None:
     _hybrid(monkeypatch, 0.7)

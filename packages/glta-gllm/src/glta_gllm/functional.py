@@ -22,7 +22,18 @@ chunk)`` tile (about ``_TILE_ELEMENTS``) stays in cache:
   tile: ``grad_W[t_r] -= hs[r]`` (per chunk, a few rows), ``grad_h`` starts at ``-W[t]``
   and is scaled by ``row_scale`` at the end, and ``grad_b[t] -= row_scale``.
 
-Schedule (:func:`_kept_chunks`): the last ``kept`` chunks of pass 1 write their tiles straight
+Schedule, when ``weight``'s gradient is wanted and ``rows <= H`` (fp32; ``rows <= H / 2``
+for bf16/fp16 weights, whose gradient is 2 bytes per element and the tiles 4):
+every chunk is kept, in the storage of ``grad_W`` itself (:func:`_grad_w_holding_logits`).
+``grad_W`` is ``items x H``, the logits ``rows x items``, and nothing is written to
+``grad_W[j]`` before pass 2 reaches chunk ``j``; pass 2 (last chunk first) scales each kept
+tile into the one buffer before writing ``grad_W[j]`` over it. That is the 3-matmul
+schedule of ``store_logits=True`` for one tile of extra memory. Measured (2 threads, quiet
+machine, ``benchmarks/RESULTS.md``): 0.80x naive at (512, 576, 100k) and 0.87x at (256,
+4096, 200k), against 0.86x / 0.94x for torch's ``F.linear_cross_entropy`` with 256-row
+chunks, at 0.02x / 0.08x of naive's extra memory.
+
+Otherwise (:func:`_kept_chunks`): the last ``kept`` chunks of pass 1 write their tiles straight
 into a kept store instead of the one reused buffer, and pass 2 starts with them and then with
 the chunk still in the buffer, so those are never recomputed; the rest are (one extra GEMM
 each). The default (:func:`_kept_chunks`) keeps as many whole chunks as fit, with the
@@ -41,10 +52,11 @@ naive path's or less): the fast option when memory allows and ``H`` is not tiny.
 ``store_logits=False`` keeps none (4 matmuls, one tile of extra memory). Logits within
 ``_STORE_MIN_BYTES`` are always kept.
 
-Measured (``benchmarks/gllm/README.md``; fwd+bwd fp32, 1 thread, CPU clock; time / naive,
-extra memory / naive's): default plan at (rows, H, items) = (512, 576, 100k): 0.95x, 0.066x
-(5 of 49 chunks kept); (256, 4096, 200k): 1.22x, 0.100x (5 of 49 kept: 3.88 matmuls);
-(1024, 64, 1M): 0.20x, 0.001x (none kept). ``store_logits=True``: 0.82x / 0.97x / 0.28x.
+Measured before the ``grad_W`` storage was used (``benchmarks/gllm/README.md``; fwd+bwd
+fp32, 1 thread, CPU clock; time / naive, extra memory / naive's): (rows, H, items) = (512,
+576, 100k): 0.95x, 0.066x (5 of 49 chunks kept); (256, 4096, 200k): 1.22x, 0.100x (5 of 49
+kept: 3.88 matmuls); (1024, 64, 1M): 0.20x, 0.001x (none kept; still the plan there, as
+rows > H). ``store_logits=True``: 0.82x / 0.97x / 0.28x.
 
 When gradients are needed and the reduction is ``"mean"``/``"sum"`` both passes run inside
 the forward and the backward only scales the result by the incoming scalar (with
@@ -125,18 +137,22 @@ def _exp_floor_(tile: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return tile.sub_(shift.unsqueeze(1)).clamp_(min=_prob_floor_log(tile.dtype)).exp_()
 
 
-def _scale_floor_(tile: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """In place: ``tile *= exp(log_scale)[:, None]``, keeping every value >= ``exp(F)``.
+def _scale_floor_(
+    tile: torch.Tensor, log_scale: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``out = tile * exp(log_scale)[:, None]`` (``out`` defaults to ``tile``: in place),
+    keeping every value >= ``exp(F)``.
 
     ``tile`` ``(R, C)`` holds values in ``[exp(F), 1]`` (from :func:`_exp_floor_`),
-    ``log_scale`` ``(R,)`` is <= 0. The factor is floored at ``exp(F)`` and the tile first
-    raised to ``exp(F) / factor``, so no product falls below the floor (see
-    :func:`_exp_floor_` for why).
+    ``log_scale`` ``(R,)`` is <= 0, ``out`` ``(R, C)``. The factor is floored at ``exp(F)``
+    and the tile first raised to ``exp(F) / factor``, so no product falls below the floor
+    (see :func:`_exp_floor_` for why).
     """
+    out = tile if out is None else out
     low = math.exp(_prob_floor_log(tile.dtype))
     factor = log_scale.exp().clamp_(min=low)
-    torch.maximum(tile, (low / factor).unsqueeze(1), out=tile)
-    return tile.mul_(factor.unsqueeze(1))
+    torch.maximum(tile, (low / factor).unsqueeze(1), out=out)
+    return out.mul_(factor.unsqueeze(1))
 
 
 def _triton():
@@ -381,11 +397,60 @@ def _plan(
     kept)`` from :func:`_item_chunk` and :func:`_kept_chunks`; ``lowp`` (tensor-core GEMMs,
     :func:`_lowp_gemm`) reserves the low-precision copy of one tile."""
     elem = torch.empty((), dtype=dtype).element_size()
-    acc_elem = torch.finfo(_acc_dtype(dtype)).bits // 8
+    acc_elem = _elem(_acc_dtype(dtype))
     rows = max(rows, 1)
     chunk = _item_chunk(rows, items, chunk_size, device, elem, acc_elem)
     reserve = rows * chunk * elem if lowp else 0
     return chunk, _kept_chunks(rows, items, hid, chunk, elem, store_logits, acc_elem, reserve)
+
+
+def _elem(dtype: torch.dtype) -> int:
+    return torch.finfo(dtype).bits // 8
+
+
+def _logits_fit_in_grad(rows: int, items: int, hid: int, elem: int, acc_elem: int) -> bool:
+    """Whether ``rows x items`` tiles of ``acc_elem`` bytes fit in the storage of an ``(items,
+    hid)`` weight gradient of ``elem`` bytes (see :func:`_grad_w_holding_logits`)."""
+    return rows * acc_elem <= hid * elem and (items * hid * elem) % acc_elem == 0
+
+
+def _new_grad_w(weight: torch.Tensor) -> torch.Tensor:
+    """An uninitialised ``(I, H)`` gradient for ``weight``; on the CPU zero-filled first.
+
+    Why zero-filled: a fresh multi-GB buffer gets its pages on first touch, and when the
+    GEMMs of pass 2 do that touching, chunk by chunk from two threads, the page faults cost
+    far more than one sequential fill (measured on this project's 2-core VM at (256, 4096,
+    200k): the fused step took 8.0-8.7 s with the GEMMs faulting ``grad_W``'s 3.3 GB in and
+    5.2 s with a zero fill first; ``benchmarks/gllm/README.md``). CUDA's caching allocator
+    has no such cost, so there it stays ``empty``.
+    """
+    if weight.device.type == "cpu":
+        return torch.zeros(weight.shape, dtype=weight.dtype)
+    return torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+
+
+def _grad_w_holding_logits(
+    rows: int, weight: torch.Tensor, acc: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(grad_w, store)``: a fresh ``(I, H)`` gradient of ``weight`` and a flat ``rows * I``
+    view of its storage in dtype ``acc``, or None when the logits do not fit in it.
+
+    Until pass 2 writes ``grad_W[j]`` its storage is unused, and the ``rows x I`` tiles
+    (``rows * acc_bytes`` per item) fit in its ``H * weight_bytes`` per item whenever
+    ``rows * acc_bytes <= H * weight_bytes`` (``rows <= H`` in fp32). Laid out as the kept
+    store is (chunk ``j`` of items ``[a_j, e_j)`` at elements ``[a_j rows, e_j rows)``),
+    writing ``grad_W[j]`` (elements ``[a_j H', e_j H')``, ``H'`` = H in ``acc`` units >=
+    rows) can only clobber tiles of chunks ``k >= j``: an earlier chunk ends at ``e_k rows
+    <= a_j rows <= a_j H'``. Pass 2 runs last chunk first and copies chunk ``j``'s tile to
+    its buffer before writing ``grad_W[j]``, so every tile is read before it is clobbered.
+    Every chunk is then kept: 3 matmuls, as with ``store_logits=True``, for one tile of
+    extra memory.
+    """
+    items, hid = weight.shape
+    if not _logits_fit_in_grad(rows, items, hid, weight.element_size(), _elem(acc)):
+        return None
+    grad_w = _new_grad_w(weight)
+    return grad_w, grad_w.view(-1).view(acc)[: rows * items]
 
 
 def _tile(
@@ -411,6 +476,7 @@ def _lse_pass(
     acc: torch.dtype,
     kept: int = 0,
     h_lp: torch.Tensor | None = None,
+    store: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Pass 1: the row log-sum-exp over all items.
 
@@ -423,6 +489,8 @@ def _lse_pass(
         kept: how many of the last chunks write their tiles into a kept store (one
             ``R x (items of those chunks)`` tensor) instead of the one reused buffer.
         h_lp: h in weight's low precision for tensor-core GEMMs (:func:`_lowp_gemm`).
+        store: a flat tensor of dtype ``acc`` to use as the kept store (at least ``R x``
+            the kept chunks' items; :func:`_grad_w_holding_logits`), else one is allocated.
 
     Returns:
         ``(lse (R,), maxes (chunks, R), store, buf)``: the store holds the kept chunks'
@@ -434,8 +502,10 @@ def _lse_pass(
     maxes = torch.empty(n, rows, dtype=acc, device=h.device)
     sums = torch.empty(n, rows, dtype=acc, device=h.device)
     kept_from = bounds[n - kept][0] if kept else bounds[-1][1]
-    store = buf = None
-    if kept:
+    buf = None
+    if not kept:
+        store = None
+    elif store is None:
         store = torch.empty(rows * (bounds[-1][1] - kept_from), dtype=acc, device=h.device)
     if kept < n:
         width = max(e - a for a, e in bounds)
@@ -469,6 +539,7 @@ def _grad_pass(
     buf: torch.Tensor | None = None,
     scale: float | None = None,
     h_lp: torch.Tensor | None = None,
+    grad_w: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Pass 2: the gradients of ``sum_r row_scale[r] * loss[r]``, chunk by chunk.
 
@@ -489,6 +560,9 @@ def _grad_pass(
         h_lp: h in weight's low precision (:func:`_lowp_gemm`): the GEMMs then take
             ``P_j`` rounded to that precision (as the naive path's logit gradients are) and
             accumulate in fp32 on tensor cores.
+        grad_w: a preallocated ``(I, H)`` gradient whose storage holds ``store``
+            (:func:`_grad_w_holding_logits`): each kept tile is then scaled into the buffer
+            before ``grad_W[j]`` is written over it.
 
     Returns:
         ``(grad_h (R, H) in acc, grad_w (I, H) in weight's dtype, grad_b (I,) in acc)``,
@@ -501,12 +575,14 @@ def _grad_pass(
     kept_from = bounds[n - kept][0] if kept else bounds[-1][1]
     in_buf = n - kept - 1 if buf is not None else -1  # pass 1's last not-kept chunk
     width = max(e - a for a, e in bounds)
-    if buf is None and kept < n:
+    in_grad = grad_w is not None  # the kept store lives in grad_w's storage
+    if buf is None and (kept < n or in_grad):
         buf = torch.empty(rows * width, dtype=acc, device=device)
     grad_h = None
     if need_h:  # starts at -W[t] (the one-hot part), so no R x H temporary at the end
         grad_h = weight.index_select(0, targets).to(acc).neg_()
-    grad_w = torch.empty(weight.shape, dtype=weight.dtype, device=device) if need_w else None
+    if need_w and grad_w is None:
+        grad_w = _new_grad_w(weight)
     grad_b = torch.empty(weight.shape[0], dtype=acc, device=device) if need_b else None
     hs = w_tmp = onehot = hs_lp = p_buf = gh_tmp = None
     alpha = 1.0 if scale is None else scale
@@ -526,7 +602,10 @@ def _grad_pass(
         a, e = bounds[j]
         tile = _tile(store, buf, rows, a, e, kept_from)
         if a >= kept_from or j == in_buf:
-            _scale_floor_(tile, maxes[j] - lse)
+            if in_grad:  # out of grad_W[j]'s way before it is written
+                tile = _scale_floor_(tile, maxes[j] - lse, _tile(None, buf, rows, a, e, 0))
+            else:
+                _scale_floor_(tile, maxes[j] - lse)
             w = None
         else:
             w = _mm_chunk(tile, h, weight, bias, a, e, acc, h_lp)
@@ -584,7 +663,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         h = h.to(acc) if h.dtype != acc else h
         if backend == "triton":
             elem = hidden.element_size()
-            g_elem = elem if h_lp is not None else torch.finfo(acc).bits // 8
+            g_elem = elem if h_lp is not None else _elem(acc)
             chunk = _triton().chunk_items(items, g_elem, elem, _MEMORY_FRACTION, chunk_size)
             kept = 0
         else:
@@ -619,12 +698,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
             elif any(needs):
                 ctx.mode = "recompute"
         elif any(needs) and reduction != "none":
-            lse, maxes, kept_tiles, buf = _lse_pass(h, weight, bias, bounds, acc, kept, h_lp)
+            # Where they fit, every tile is kept in grad_W's own (not yet written) storage.
+            holder = None
+            if needs[1] and store is not False:
+                holder = _grad_w_holding_logits(n_valid, weight, acc)
+            grad_w, held = holder if holder is not None else (None, None)
+            if holder is not None:
+                kept = len(bounds)
+            lse, maxes, kept_tiles, buf = _lse_pass(h, weight, bias, bounds, acc, kept, h_lp, held)
+            del held
             row_scale = torch.full((n_valid,), scale_value, dtype=acc, device=device)
             ctx.grads = _grad_pass(
                 h, weight, bias, t, lse, row_scale, bounds, acc, needs,
-                kept, maxes, kept_tiles, buf, scale_value, h_lp,
+                kept, maxes, kept_tiles, buf, scale_value, h_lp, grad_w,
             )  # fmt: skip
+            del grad_w
             del kept_tiles, buf
             ctx.mode = "fused"
         else:
@@ -733,7 +821,10 @@ def linear_cross_entropy(
             recomputes them chunk by chunk (4 matmuls, one tile of memory), ``None``
             (default) keeps whole chunks within an eighth of ``N x I`` (none when
             ``H < 256``) and recomputes the rest (all kept when the logits take at most
-            16 MiB).
+            16 MiB). With ``None`` or ``True``, when ``weight`` needs its gradient, the
+            reduction is ``"mean"``/``"sum"`` and the logits fit in that gradient's storage
+            (non-ignored rows ``<= H``; ``<= H / 2`` for bf16/fp16), all of them are kept
+            there until pass 2 overwrites them: 3 matmuls for one tile of memory.
         backend: ``"torch"`` (the plan above: torch operations on any device),
             ``"triton"`` (fused Triton kernels, CUDA only, needs the ``triton`` package that
             comes with torch's CUDA wheels on Linux: one forward kernel that never writes a
@@ -749,9 +840,11 @@ def linear_cross_entropy(
     Memory:
         Beyond the inputs and their gradients: one ``N x chunk`` tile, ``O(N)`` per chunk
         for the row maxima and sums (``N x H`` scaled rows with ``reduction="none"``), and
-        the kept chunks'
-        tiles (all of these together at most ``N x I / 8`` by default, beyond 16 MiB of
-        logits); ``N x I`` only with ``store_logits=True``.
+        the kept chunks' tiles unless they live in the weight gradient (all of these
+        together at most ``N x I / 8`` by default, beyond 16 MiB of logits); ``N x I`` only
+        with ``store_logits=True`` when the logits do not fit in the weight gradient. On
+        the CPU the weight gradient is zero-filled when allocated (first-touch page faults
+        inside the GEMMs cost far more; see :func:`_new_grad_w`).
 
     Raises:
         ValueError: bad shapes, dtypes, devices, reduction, or a target outside ``[0, I)``;
@@ -867,7 +960,7 @@ def topk_excluding(
         )
 
     acc = _acc_dtype(queries.dtype)
-    elem = torch.finfo(acc).bits // 8
+    elem = _elem(acc)
     # Score buffer: a sixteenth of the naive users x items scores, within [32, 256] MiB.
     budget = min(_TOPK_MAX_BYTES, max(_TOPK_BUFFER_BYTES, users * items * elem // 16))
     if chunk_size is not None:
