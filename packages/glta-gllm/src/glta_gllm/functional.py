@@ -29,9 +29,9 @@ every chunk is kept, in the storage of ``grad_W`` itself (:func:`_grad_w_holding
 ``grad_W[j]`` before pass 2 reaches chunk ``j``; pass 2 (last chunk first) scales each kept
 tile into the one buffer before writing ``grad_W[j]`` over it. That is the 3-matmul
 schedule of ``store_logits=True`` for one tile of extra memory. Measured (2 threads, quiet
-machine, ``benchmarks/RESULTS.md``): 0.80x naive at (512, 576, 100k) and 0.87x at (256,
-4096, 200k), against 0.86x / 0.94x for torch's ``F.linear_cross_entropy`` with 256-row
-chunks, at 0.02x / 0.08x of naive's extra memory.
+machine, ``benchmarks/RESULTS.md``): 0.81x naive at (512, 576, 100k) and 0.85x at (256,
+4096, 200k), against 0.87x / 0.92x for torch's ``F.linear_cross_entropy`` with 256-row
+chunks (its best), at 0.019x / 0.075x of naive's extra memory.
 
 Otherwise (:func:`_kept_chunks`): the last ``kept`` chunks of pass 1 write their tiles straight
 into a kept store instead of the one reused buffer, and pass 2 starts with them and then with
@@ -405,6 +405,7 @@ def _plan(
 
 
 def _elem(dtype: torch.dtype) -> int:
+    """Bytes per element of a floating-point ``dtype``."""
     return torch.finfo(dtype).bits // 8
 
 
@@ -415,7 +416,8 @@ def _logits_fit_in_grad(rows: int, items: int, hid: int, elem: int, acc_elem: in
 
 
 def _new_grad_w(weight: torch.Tensor) -> torch.Tensor:
-    """An uninitialised ``(I, H)`` gradient for ``weight``; on the CPU zero-filled first.
+    """A new ``(I, H)`` buffer for ``weight``'s gradient (every element is written before it
+    is read); on the CPU zero-filled, elsewhere uninitialised.
 
     Why zero-filled: a fresh multi-GB buffer gets its pages on first touch, and when the
     GEMMs of pass 2 do that touching, chunk by chunk from two threads, the page faults cost
