@@ -131,6 +131,17 @@ def lce_variants(
                 fn._lowp_gemm = lowp
 
         variants["glta_upcast"] = step(upcast)
+    if _DEVICE.type == "cpu":
+        # the default plan with the weight gradient left to the GEMMs' first-touch page
+        # faults instead of zero-filled when allocated (what fn._new_grad_w avoids)
+        def nofill():
+            new, fn._new_grad_w = fn._new_grad_w, lambda w: torch.empty_like(w)
+            try:
+                return linear_cross_entropy(h, w, t)
+            finally:
+                fn._new_grad_w = new
+
+        variants["glta_nofill"] = step(nofill)
     if _DEVICE.type == "cuda" and importlib.util.find_spec("triton") is not None:
         variants["glta_triton"] = step(lambda: linear_cross_entropy(h, w, t, backend="triton"))
     for c in glta_chunks:

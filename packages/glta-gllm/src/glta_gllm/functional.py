@@ -421,10 +421,11 @@ def _new_grad_w(weight: torch.Tensor) -> torch.Tensor:
 
     Why zero-filled: a fresh multi-GB buffer gets its pages on first touch, and when the
     GEMMs of pass 2 do that touching, chunk by chunk from two threads, the page faults cost
-    far more than one sequential fill (measured on this project's 2-core VM at (256, 4096,
-    200k): the fused step took 8.0-8.7 s with the GEMMs faulting ``grad_W``'s 3.3 GB in and
-    5.2 s with a zero fill first; ``benchmarks/gllm/README.md``). CUDA's caching allocator
-    has no such cost, so there it stays ``empty``.
+    can cost far more than one sequential fill (measured on this project's 2-core VM at
+    (256, 4096, 200k): the fused step took 8.0-8.7 s with the GEMMs faulting ``grad_W``'s
+    3.3 GB in and 5.2 s with a zero fill first; when the VM's free memory was still backed
+    the fill cost ~1% instead; ``benchmarks/gllm/README.md``). CUDA's caching allocator has
+    no such cost, so there it stays ``empty``.
     """
     if weight.device.type == "cpu":
         return torch.zeros(weight.shape, dtype=weight.dtype)
