@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,35 +125,8 @@ def test_restart_moves_old_run_aside_and_keeps_last_complete(tmp_path):
     assert (previous_dir(run) / "marker").is_file()
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A tiny random Llama (hidden 64, 2 layers) + SmolLM2's tokenizer saved as a folder."""
-    from glta_align.llm import load_tokenizer, tiny_llm
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    llm = tiny_llm(load_tokenizer(), hidden_size=64, num_layers=2, seed=0)
-    llm.model.save_pretrained(str(folder))
-    llm.tokenizer.save_pretrained(str(folder))
-    return folder
-
-
-def tiny_pipeline_args(csv_path: Path, model_dir: Path, out: Path) -> list[str]:
-    """Overrides that make the whole pipeline run in seconds on the synthetic CSV."""
-    return [
-        "--out", str(out), "--quiet",
-        "--data.source", str(csv_path), "--data.format", "csv",
-        "--data.options", '{text_col = "text"}',
-        "--llm.model", str(model_dir), "--llm.dtype", "float32",
-        "--graph.epochs", "4", "--graph.eval_every", "2", "--graph.dim", "16",
-        "--graph.batch_size", "128", "--graph.lr", "0.01",
-        "--item_text.epochs", "1", "--item_text.batch_size", "8",
-        "--user_item.epochs", "1", "--user_item.batch_size", "8",
-        "--user_item.profile_new_tokens", "4", "--user_item.eval_batch_size", "16",
-        "--eval.ks", "5,10",
-    ]
-
-
-def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_path):
+def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_path,
+                                     tiny_pipeline_args):
     run = tmp_path / "run"
     args = tiny_pipeline_args(ratings_csv, tiny_model_dir, run)
     result = runner.invoke(app, ["pipeline", *args])

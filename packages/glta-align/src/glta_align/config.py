@@ -35,6 +35,9 @@ class _StageConfig:
     dtype: str = _help("LLM dtype: auto (CUDA: bf16; CPU: bf16 with AMX, int8 with VNNI, "
                        "else fp32), float32, bfloat16, int8 (CPU: int8 linear layers)", "auto")
     device: str | None = _help("device: None = cuda when present, else cpu", None)
+    llm_init: str = _help("LLM weights: pretrained, or random (a randomly initialised model "
+                          "of the same shape, seeded by `seed`: the 'random-llm' control)",
+                          "pretrained")
     prompt_style: str = _help("prompt: auto (chat template if the model has one), chat, paper",
                               "auto")
     padding_side: str = _help("padding of the per-sample part of the prompt: right or left",
@@ -65,6 +68,7 @@ class _StageConfig:
                 f"{type(self).__name__}.{name} = {getattr(self, name)!r}: {why}")
 
         choices = {"prompt_style": ("auto", "chat", "paper"), "padding_side": ("left", "right"),
+                   "llm_init": ("pretrained", "random"),
                    "projector": ("linear", "mlp"), "head": HEADS, "head_init": _HEAD_INITS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -145,9 +149,25 @@ class UserItemConfig(_StageConfig):
                                      32)
     max_users: int | None = _help("cap on training users per epoch (None = all)", None)
     eval_batch_size: int = _help("users per inference batch", 32)
+    patience: int | None = _help("early stopping on valid: after every epoch rank the valid "
+                                 "split, keep the epoch with the best `select_metric`, stop "
+                                 "after this many epochs without improvement (`epochs` is "
+                                 "then the maximum); None = no validation, keep the last "
+                                 "epoch", None)
+    select_metric: str = _help("valid metric that picks the best epoch (precision@K, "
+                               "recall@K, ndcg@K or hit_rate@K)", "ndcg@10")
 
     def __post_init__(self) -> None:
         self._check()
+        if self.patience is not None and self.patience < 1:
+            raise AlignConfigError(
+                f"UserItemConfig.patience = {self.patience!r}: must be >= 1 or None")
+        name, _, k = self.select_metric.partition("@")
+        if name not in ("precision", "recall", "ndcg", "hit_rate") or not k.isdigit() \
+                or int(k) < 1:
+            raise AlignConfigError(
+                f"UserItemConfig.select_metric = {self.select_metric!r}: expected "
+                "precision@K, recall@K, ndcg@K or hit_rate@K with K >= 1")
         for name in ("num_slots", "history_items", "profile_tags", "predict_words",
                      "profile_items", "profile_new_tokens", "profile_batch_size",
                      "profile_text_tokens", "eval_batch_size"):

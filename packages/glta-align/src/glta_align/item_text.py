@@ -141,7 +141,8 @@ def train_item_text(
                          f"{data.num_items} items")
     torch.manual_seed(cfg.seed)
     if llm is None:
-        llm = load_llm(cfg.llm, dtype=cfg.dtype, device=cfg.device, lora=cfg.lora)
+        llm = load_llm(cfg.llm, dtype=cfg.dtype, device=cfg.device, lora=cfg.lora,
+                       init=cfg.llm_init, init_seed=cfg.seed)
     dev = llm.device
     _, item_emb = load_graph_embeddings(run_dir, data.fingerprint)
     item_emb = item_emb.float().to(dev)

@@ -27,6 +27,7 @@ from torch import nn
 
 __all__ = [
     "DEFAULT_GGUF_NAME",
+    "LLM_INITS",
     "FrozenLLM",
     "LLMError",
     "LoraSettings",
@@ -35,6 +36,7 @@ __all__ = [
     "load_llm",
     "load_tokenizer",
     "quiet_transformers",
+    "random_init_copy",
     "resolve_dtype",
     "save_lora",
     "tiny_llm",
@@ -316,6 +318,8 @@ def load_llm(
     device: str | torch.device | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     lora: LoraSettings | dict[str, Any] | str | os.PathLike[str] | None = None,
+    init: str = "pretrained",
+    init_seed: int = 0,
 ) -> FrozenLLM:
     """Load a causal LM with all weights frozen.
 
@@ -331,6 +335,11 @@ def load_llm(
         cache_dir: root of the converted-GGUF cache (default :func:`cache_root`).
         lora: ``None`` (paper setting), :class:`LoraSettings` / a dict of its fields (a new
             adapter), or a folder holding a saved adapter (e.g. ``RUN/lora``).
+        init: ``"pretrained"`` (the model's own weights) or ``"random"``: a randomly
+            initialised model of the same architecture and tokenizer (see
+            :func:`random_init_copy`), the control that shows whether pretrained knowledge
+            is used at all.
+        init_seed: seed of the random initialisation (``init="random"`` only).
 
     Returns:
         A :class:`FrozenLLM`; only LoRA parameters (if any) require grad.
@@ -341,6 +350,8 @@ def load_llm(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if init not in LLM_INITS:
+        raise LLMError(f"init must be one of {LLM_INITS}, got {init!r}")
     dev = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu"
     )
@@ -356,6 +367,9 @@ def load_llm(
             source = _resolve_source(
                 name_or_path, Path(cache_dir) if cache_dir is not None else None
             )
+            if init == "random":
+                source = str(random_init_copy(
+                    source, init_seed, Path(cache_dir) if cache_dir is not None else None))
             tok = AutoTokenizer.from_pretrained(source)
             model = AutoModelForCausalLM.from_pretrained(source, dtype=dt)
     except OSError as exc:
@@ -391,6 +405,51 @@ def load_llm(
             ))
         model.to(dev)
     return FrozenLLM(model=model, tokenizer=tok, source=source, lora=settings)
+
+
+LLM_INITS = ("pretrained", "random")
+
+
+def random_init_copy(source: str | os.PathLike[str], seed: int,
+                     cache_dir: Path | None = None) -> Path:
+    """A model folder with ``source``'s architecture and tokenizer but random weights.
+
+    The weights come from the architecture's own initialisation (``from_config``) under
+    ``torch.manual_seed(seed)``, so the same ``(source, seed)`` always gives the same model;
+    the folder is written once (atomically) under ``<cache>/random-init/`` and reused.
+
+    Args:
+        source: a model folder or hub id (what ``from_pretrained`` accepts).
+        seed: seed of the initialisation.
+        cache_dir: cache root (default :func:`cache_root`).
+
+    Returns:
+        The folder (``config.json``, ``model.safetensors``, tokenizer files).
+    """
+    import hashlib
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    root = cache_dir if cache_dir is not None else cache_root()
+    tag = hashlib.sha256(f"{source}|{int(seed)}".encode()).hexdigest()[:12]
+    target = root / "random-init" / f"{Path(str(source)).name}-seed{int(seed)}-{tag}"
+    if (target / "config.json").is_file():
+        return target
+    cfg = AutoConfig.from_pretrained(str(source))
+    with _seeded(int(seed)), quiet_transformers():
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(source))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(str(staged), safe_serialization=True)
+        tok.save_pretrained(str(staged))
+        os.replace(staged, target)
+    except OSError:
+        shutil.rmtree(staged, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
+    return target
 
 
 def save_lora(llm: FrozenLLM, directory: str | os.PathLike[str]) -> Path | None:

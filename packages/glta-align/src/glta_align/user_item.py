@@ -188,11 +188,26 @@ def eval_sample(data: Interactions, cfg: UserItemConfig, user: int) -> UserSampl
 
 @dataclass
 class UserItemResult:
-    """Outcome of stage 3: steps, mean loss per epoch, the resume point (or None)."""
+    """Outcome of stage 3.
+
+    Attributes:
+        steps: optimiser steps.
+        epoch_losses: mean training loss per epoch.
+        resumed_from: the resume point ``(epoch, batch)``, or ``None``.
+        valid_history: per validated epoch ``{"epoch": e, metric: value}`` (early stopping).
+        best_epoch: the epoch whose modules were saved (``None`` without validation: the
+            last one).
+        best_valid: the valid metrics of that epoch.
+        stopped_early: whether ``patience`` ended training before ``epochs``.
+    """
 
     steps: int
     epoch_losses: list[float]
     resumed_from: tuple[int, int] | None
+    valid_history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_valid: dict[str, float] | None = None
+    stopped_early: bool = False
 
 
 def needs_profiles(cfg: UserItemConfig) -> bool:
@@ -259,7 +274,8 @@ def train_user_item(
     run_dir = Path(run_dir)
     torch.manual_seed(cfg.seed)
     if llm is None:
-        llm = load_llm(cfg.llm, dtype=cfg.dtype, device=cfg.device, lora=cfg.lora)
+        llm = load_llm(cfg.llm, dtype=cfg.dtype, device=cfg.device, lora=cfg.lora,
+                       init=cfg.llm_init, init_seed=cfg.seed)
     dev = llm.device
     user_emb, item_emb = load_graph_embeddings(run_dir, data.fingerprint)
     user_emb, item_emb = user_emb.float().to(dev), item_emb.float().to(dev)
@@ -344,10 +360,21 @@ def train_user_item(
         targets = torch.tensor([t for s in batch for t in s.targets], device=dev)
         return head.loss(hidden.reshape(-1, hidden.shape[-1]), targets)
 
+    validate = None
+    if cfg.patience is not None:
+        if data.valid._nnz() == 0:
+            warnings.warn(f"dataset {data.name!r} has an empty valid split: stage 3 runs all "
+                          f"{cfg.epochs} epochs and keeps the last (no early stopping)",
+                          UserWarning, stacklevel=2)
+        else:
+            validate = _validator(data, llm, cfg, user_emb, item_emb, user_proj, item_proj,
+                                  head, profiles, modules, progress)
+
     loop: LoopResult = run_loop(
         stage="user_item", run_dir=run_dir, fingerprint=data.fingerprint, config=cfg,
         modules=modules, optimizer=optimizer, make_batches=make_batches, loss_fn=loss_fn,
         progress=progress, resume=resume, on_step=runner.reset if llm.lora else None,
+        validate=validate, select=cfg.select_metric, patience=cfg.patience,
     )
     rank, _ = dist_info()
     if rank == 0:
@@ -355,22 +382,61 @@ def train_user_item(
         if cfg.train_item_projector:
             item_proj.save_pretrained(run_dir / ITEM_PROJECTOR_DIR,
                                       dataset_fingerprint=data.fingerprint, role="item")
+        selection = {"best_epoch": loop.best_epoch, "valid_metrics": loop.best_metrics,
+                     "valid_history": loop.valid_history, "stopped_early": loop.stopped_early,
+                     "epochs_run": len(loop.epoch_losses)}
         _save_user_projector(user_proj, run_dir / USER_PROJECTOR_DIR, data.fingerprint, cfg,
-                             llm)
+                             llm, selection)
         save_lora(llm, run_dir / LORA_DIR)
     emit(progress, ProgressEvent("user_item", "end", step=loop.steps, total=loop.steps,
                                  metrics={"loss": loop.epoch_losses[-1]}
                                  if loop.epoch_losses else {}))
-    return UserItemResult(loop.steps, loop.epoch_losses, loop.resumed_from)
+    return UserItemResult(loop.steps, loop.epoch_losses, loop.resumed_from,
+                          loop.valid_history, loop.best_epoch, loop.best_metrics,
+                          loop.stopped_early)
+
+
+def _validator(data: Interactions, llm: FrozenLLM, cfg: UserItemConfig, user_emb: torch.Tensor,
+               item_emb: torch.Tensor, user_proj: NodeProjector, item_proj: NodeProjector,
+               head: torch.nn.Module, profiles: dict[int, dict[str, str]],
+               modules: dict[str, torch.nn.Module], progress: ProgressCallback | None):
+    """``epoch -> valid metrics`` of the modules being trained (full ranking, train excluded).
+
+    Ranks with a :class:`~glta_align.recommender.GLTARecommender` built around the very
+    modules in training (no copy), then puts them back in training mode.
+    """
+    from glta_align.recommender import GLTARecommender
+
+    k = int(cfg.select_metric.partition("@")[2])
+    ks = tuple(sorted({5, 10, 20, k}))
+
+    owners = [*modules.values(), user_proj, item_proj, head]
+
+    def validate(epoch: int) -> dict[str, float]:
+        modes = [(m, m.training) for owner in owners for m in owner.modules()]
+        rec = GLTARecommender(data=data, llm=llm, config=cfg, user_emb=user_emb,
+                              item_emb=item_emb, user_projector=user_proj,
+                              item_projector=item_proj, head=head, profiles=profiles)
+        try:
+            metrics = rec.evaluate("valid", ks=ks, progress=progress)
+        finally:
+            for module, training in modes:
+                module.training = training
+        return {name: float(v) for name, v in metrics.items()}
+
+    return validate
 
 
 def _save_user_projector(proj: NodeProjector, directory: Path, fingerprint: str,
-                         cfg: UserItemConfig, llm: FrozenLLM) -> None:
+                         cfg: UserItemConfig, llm: FrozenLLM,
+                         selection: dict | None = None) -> None:
     from glta_gllm.checkpoint import save_artifact
 
     card = ("# user_projector\n\nGLTA user node projector and the stage-3 settings "
-            "(`stage_config`) the recommender replays at inference.\n")
+            "(`stage_config`) the recommender replays at inference; `best_epoch` and "
+            "`valid_metrics` record the epoch early stopping on valid kept.\n")
     save_artifact(directory, proj.state_dict(),
                   {**proj.config(), "role": "user", "llm": llm.source,
-                   "llm_precision": llm.precision, "stage_config": cfg.to_dict()},
+                   "llm_precision": llm.precision, "llm_init_seed": cfg.seed,
+                   "stage_config": cfg.to_dict(), **(selection or {})},
                   dataset_fingerprint=fingerprint, card=card)

@@ -31,6 +31,7 @@ from typing import Any
 from glta_gllm.checkpoint import atomic_write_text
 
 __all__ = [
+    "ABLATIONS",
     "PRESETS",
     "SECTION_NAMES",
     "ConfigError",
@@ -75,9 +76,25 @@ class RunConfig:
         },
     )
 
+    ablation: str = field(
+        default="full",
+        metadata={
+            "help": "The paper's ablations (one changes only what it names): full, no-ia "
+            "(stage 2 skipped, the item projector trains in stage 3), no-ua (user id as text "
+            "instead of the user token), no-pf / no-pd (no profile / prediction text), fl / ar "
+            "(rank with the first slot only / autoregressively: inference only), plain-head "
+            "(the paper's free linear head), random-llm (a randomly initialised LLM of the "
+            "same shape)."
+        },
+    )
+
     def __post_init__(self) -> None:
         if not str(self.out):
             raise ConfigError("[run] out: must be a non-empty path")
+        if self.ablation not in ABLATIONS:
+            raise ConfigError(
+                f"[run] ablation: {self.ablation!r} is not one of {', '.join(ABLATIONS)}"
+            )
 
 
 @dataclass
@@ -143,8 +160,15 @@ class LLMConfig:
         default=None,
         metadata={"help": "Where converted models are cached; `none` = ~/.cache/glta/models."},
     )
+    init: str = field(
+        default="pretrained",
+        metadata={"help": "LLM weights: pretrained, or random (a randomly initialised model of "
+                 "the same shape, seeded by [run] seed: the random-llm control)."},
+    )
 
     def __post_init__(self) -> None:
+        if self.init not in ("pretrained", "random"):
+            raise ConfigError(f"[llm] init: {self.init!r} is not pretrained or random")
         allowed = ("auto", "float32", "bfloat16", "float16", "int8")
         if self.dtype not in allowed:
             raise ConfigError(
@@ -169,14 +193,67 @@ class EvalConfig:
     )
     split: str = field(
         default="test",
-        metadata={"help": "Split to evaluate on: test or valid."},
+        metadata={"help": "Split of the headline table: test or valid (both are evaluated "
+                 "and kept in metrics.json)."},
+    )
+    ranking: str | None = field(
+        default=None,
+        metadata={"help": "GLTA's prediction mode at evaluation: `none` = the one stage 3 "
+                 "trained for, first_k, first (FL) or ar (AR)."},
     )
 
     def __post_init__(self) -> None:
+        if self.ranking is not None and self.ranking not in ("first_k", "first", "ar"):
+            raise ConfigError(f"[eval] ranking: {self.ranking!r} is not first_k, first or ar")
         if not self.ks or any(int(k) < 1 for k in self.ks):
             raise ConfigError(f"[eval] ks: need positive integers, got {self.ks}")
         if self.split not in ("test", "valid"):
             raise ConfigError(f"[eval] split: {self.split!r} is not test or valid")
+
+
+# -- ablations -----------------------------------------------------------------------------
+
+# What each of the paper's ablations sets (section -> key -> value), applied over the preset,
+# the config file and the command line; a command-line value that contradicts it is an error.
+# `no-ia` also skips stage 2 (see glta_cli.pipeline). `fl` and `ar` are inference modes: they
+# change only [eval], so a run directory copied from the full run re-ranks its checkpoint.
+ABLATIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "full": {},
+    "no-ia": {"user_item": {"train_item_projector": True}},
+    "no-ua": {"user_item": {"user_token": False}},
+    "no-pf": {"user_item": {"use_profile": False}},
+    "no-pd": {"user_item": {"use_predict": False}},
+    "fl": {"eval": {"ranking": "first"}},
+    "ar": {"eval": {"ranking": "ar"}},
+    "plain-head": {"item_text": {"head": "plain"}, "user_item": {"head": "plain"}},
+    "random-llm": {"llm": {"init": "random"}},
+}
+
+
+def _apply_ablation(raw: dict[str, dict[str, Any]], from_cli: set[tuple[str, str]],
+                    types_: Mapping[str, type]) -> None:
+    name = raw.get("run", {}).get("ablation", "full")
+    if name not in ABLATIONS:
+        raise ConfigError(f"[run] ablation: {name!r} is not one of {', '.join(ABLATIONS)}")
+    for section, values in ABLATIONS[name].items():
+        if section not in types_:
+            continue
+        for key, value in values.items():
+            given = raw.get(section, {}).get(key)
+            if (section, key) in from_cli and _typed(types_[section], key, given) != value:
+                raise ConfigError(
+                    f"--ablation {name} sets [{section}] {key} = {_toml_value(value)}, but the "
+                    f"command line sets --{section}.{key} "
+                    f"{_toml_value(_typed(types_[section], key, given))}; drop one of them"
+                )
+            raw.setdefault(section, {})[key] = value
+
+
+def _typed(cls: type, key: str, value: Any) -> Any:
+    try:
+        return coerce_value(value, _hints(cls)[key], key)
+    except (ConfigError, KeyError):
+        return value
 
 
 # -- section registry ----------------------------------------------------------------------
@@ -271,9 +348,9 @@ _PRESET_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
         "graph": {"epochs": 60, "batch_size": 8192, "lr": 0.01, "eval_every": 5, "patience": 3},
         "item_text": {"epochs": 1, "batch_size": 8, "max_instances": None,
                       "description_tokens": 16, "head": "projected"},
-        "user_item": {"epochs": 8, "batch_size": 8, "max_users": None, "history_items": 5,
-                      "head": "projected",
-                      "description_tokens": 16, "use_profile": False, "use_predict": False,
+        "user_item": {"epochs": 12, "patience": 2, "batch_size": 8, "max_users": None,
+                      "history_items": 5, "head": "projected",
+                      "description_tokens": 16, "use_profile": True, "use_predict": True,
                       "eval_batch_size": 32},
     },
     "smoke": {
@@ -697,7 +774,8 @@ def _build_section(name: str, cls: type, values: Mapping[str, Any], origin: str)
 
 # Stage sections that repeat the [llm] settings (glta_align's stage configs): they always
 # follow [llm], so the model is named in one place.
-_LLM_FOLLOWERS = {"llm": "model_name_or_path", "dtype": "dtype", "device": "device"}
+_LLM_FOLLOWERS = {"llm": "model_name_or_path", "dtype": "dtype", "device": "device",
+                  "llm_init": "init"}
 _LLM_SECTIONS = ("item_text", "user_item")
 
 
@@ -752,10 +830,13 @@ def load_config(
     if config_file is not None:
         data = read_toml(config_file)
         _merge_layer(raw, data, types_, str(config_file), False, explicit)
+    from_cli: set[tuple[str, str]] = set()
     if overrides:
         if not isinstance(overrides, Mapping):
             overrides = parse_overrides(overrides)
         _merge_layer(raw, overrides, types_, "command line", True, explicit)
+        from_cli = {(sec, key) for sec, values in overrides.items() for key in values}
+    _apply_ablation(raw, from_cli, types_)
     sections: dict[str, Any] = {}
     run_seed = None
     if "run" in types_:

@@ -354,7 +354,14 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 # Stage-3 settings baked into RUN/profiles.jsonl (a change means regenerating it).
 _PROFILE_KEYS = ("profile_tags", "predict_words", "profile_items", "profile_new_tokens",
-                 "description_tokens", "seed", "prompt_style", "llm", "dtype")
+                 "description_tokens", "seed", "prompt_style", "llm", "dtype", "llm_init")
+# Stage-2 outputs removed when the no-ia ablation skips stage 2 (all written by glta).
+_STAGE2_OUTPUTS = ("item_text", "item_projector", "gllm_head")
+
+
+def _skips_stage2(config: GLTAConfig) -> bool:
+    """The no-ia ablation: stage 2 does not run, stage 3 trains the item projector."""
+    return getattr(config.run, "ablation", "full") == "no-ia"
 
 
 def stage_keys(config: GLTAConfig) -> dict[str, str]:
@@ -366,6 +373,8 @@ def stage_keys(config: GLTAConfig) -> dict[str, str]:
         part: dict[str, Any] = {s: d[s] for s in STAGE_SECTIONS[name] if s in d}
         if name == "dataset":
             part["run.seed"] = d.get("run", {}).get("seed")
+        if name == "item_text" and _skips_stage2(config):
+            part["skipped"] = True
         blob = json.dumps([previous, part], sort_keys=True, default=str).encode("utf-8")
         previous = keys[name] = hashlib.sha256(blob).hexdigest()[:16]
     return keys
@@ -444,6 +453,17 @@ def _llm_summary(run_dir: Path, model: str) -> str | None:
     return f"`{model}`" + (f" ({precision})" if precision else "")
 
 
+def _report_sections(run_dir: Path, config: GLTAConfig) -> str:
+    """report.md's ablation line, stage 3's epoch selection and the per-bucket tables."""
+    from glta_cli.evaluation import BREAKDOWN_NAME, _stage3_selection, breakdown_markdown
+
+    path = run_dir / BREAKDOWN_NAME
+    breakdown = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return breakdown_markdown(breakdown, _stage3_selection(run_dir),
+                              ablation=getattr(config.run, "ablation", None),
+                              metric=config.user_item.select_metric)
+
+
 def run_pipeline(
     config: GLTAConfig,
     *,
@@ -473,7 +493,7 @@ def run_pipeline(
     Returns:
         A :class:`PipelineResult`.
     """
-    from glta_graph import evaluate_embeddings, load_graph_embeddings, train_lightgcn
+    from glta_graph import load_graph_embeddings, train_lightgcn
     from glta_graph import update_metrics as update
     from glta_graph.progress import ProgressEvent, emit
 
@@ -537,10 +557,11 @@ def run_pipeline(
     metrics = read_metrics(run_dir)
     need_eval = not (
         stages.get("evaluate", {}).get("done")
-        and all(split in metrics.get(m, {}) for m in ("lightgcn", "glta"))
+        and all(s in metrics.get(m, {}) for m in ("lightgcn", "glta") for s in ("valid", "test"))
     )
     if need_eval:
-        _drop_metrics(run_dir, split)
+        for name in ("valid", "test"):
+            _drop_metrics(run_dir, name)
 
     def get_llm() -> Any:
         nonlocal llm
@@ -550,7 +571,8 @@ def run_pipeline(
             t = time.perf_counter()
             cfg = config.llm
             llm = load_llm(
-                cfg.model_name_or_path, dtype=cfg.dtype, device=cfg.device, cache_dir=cfg.cache_dir
+                cfg.model_name_or_path, dtype=cfg.dtype, device=cfg.device, cache_dir=cfg.cache_dir,
+                init=cfg.init, init_seed=config.user_item.seed,
             )
             log(f"loaded LLM {cfg.model} ({llm.precision} on {llm.device}) in "
                 f"{time.perf_counter() - t:.1f} s")
@@ -562,6 +584,15 @@ def run_pipeline(
         ("item_text", train_item_text, config.item_text, "item_projector"),
         ("user_item", train_user_item, config.user_item, "user_projector"),
     ):
+        if name == "item_text" and _skips_stage2(config):
+            if not stages.get(name, {}).get("done"):
+                for leftover in _STAGE2_OUTPUTS:  # e.g. from a full run this one was copied from
+                    shutil.rmtree(run_dir / leftover, ignore_errors=True)
+                stages[name] = {"done": True, "key": keys[name], "seconds": 0.0, "skipped": True}
+                _write_state(run_dir, state)
+                log("item_text: skipped (ablation no-ia: stage 3 trains the item projector)")
+            skipped.append(name)
+            continue
         if stages.get(name, {}).get("done") and (run_dir / artifact).is_dir():
             skipped.append(name)
             continue
@@ -581,23 +612,28 @@ def run_pipeline(
             f"{run_dir}: the alignment stages finished but {', '.join(missing)} are missing"
         )
 
-    # 5. evaluation of both models on the same split
+    # 5. evaluation of both models on valid and test (the same ranked lists give the
+    # per-bucket breakdown of the headline split)
     if need_eval:
         begin("evaluate")
         t0 = time.perf_counter()
-        user_emb, item_emb = load_graph_embeddings(run_dir, expected_fingerprint=data.fingerprint)
-        emit(progress, ProgressEvent("lightgcn_eval", "start", total=1,
-                                     message=f"LightGCN full ranking ({split})"))
-        lgcn = evaluate_embeddings(user_emb, item_emb, data, split, ks)
-        emit(progress, ProgressEvent("lightgcn_eval", "end", step=1, total=1,
-                                     metrics={k: v for k, v in lgcn.items() if k != "users"}))
-        update(run_dir, "lightgcn", split, lgcn)
         from glta_align import GLTARecommender
 
-        lora = (run_dir / "lora").is_dir()
-        rec = GLTARecommender.from_run(run_dir, llm=None if lora else get_llm())
-        glta = rec.evaluate(**_kwargs_for(rec.evaluate, split=split, ks=ks, progress=progress))
-        update(run_dir, "glta", split, {k: float(v) for k, v in glta.items()})
+        from glta_cli.evaluation import BREAKDOWN_NAME, evaluate_run_models
+
+        def get_recommender() -> Any:
+            lora = (run_dir / "lora").is_dir()
+            return GLTARecommender.from_run(run_dir, llm=None if lora else get_llm())
+
+        emit(progress, ProgressEvent("evaluate", "start", total=None,
+                                     message="ranking valid and test with both models"))
+        evaluated, breakdown = evaluate_run_models(
+            run_dir, data, ks, split, get_recommender, ranking=config.eval.ranking,
+            progress=progress)
+        for model, per_split in evaluated.items():
+            for split_name, values in per_split.items():
+                update(run_dir, model, split_name, values)
+        atomic_write_json(run_dir / BREAKDOWN_NAME, breakdown)
         done("evaluate", time.perf_counter() - t0)
     else:
         skipped.append("evaluate")
@@ -621,6 +657,7 @@ def run_pipeline(
         dataset=data.stats(),
         command=command,
         llm=_llm_summary(run_dir, config.llm.model),
+        extra=_report_sections(run_dir, config),
     )
     _write_state(run_dir, state)
     previous = previous_dir(run_dir)

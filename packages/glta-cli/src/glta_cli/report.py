@@ -213,6 +213,7 @@ def render_report(
     charts: Sequence[str] = (),
     config_name: str = "resolved-config.toml",
     llm: str | None = None,
+    extra: str = "",
 ) -> str:
     """The Markdown text of ``report.md``.
 
@@ -226,6 +227,7 @@ def render_report(
         charts: file names of charts to embed (relative to the run directory).
         config_name: the resolved configuration's file name.
         llm: what GLTA's LLM was and the precision it ran in, e.g. ``"default (int8)"``.
+        extra: Markdown inserted before the charts (ablation, epoch selection, breakdowns).
     """
     lines = ["# GLTA run report", ""]
     if command:
@@ -265,6 +267,8 @@ def render_report(
                 cells += [_fmt(values.get(k), k) for k in all_keys]
                 lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    if extra:
+        lines += [extra.rstrip("\n"), ""]
     for chart in charts:
         lines += [f"![{Path(chart).stem}]({chart})", ""]
     lines += [f"Configuration: [`{config_name}`]({config_name}).", ""]
@@ -282,6 +286,7 @@ def write_report(
     dataset: Mapping[str, Any] | None = None,
     command: str | None = None,
     llm: str | None = None,
+    extra: str = "",
 ) -> dict[str, Path]:
     """Write ``report.md`` (see :func:`render_report`) and the charts into ``run_dir``
     (atomically).
@@ -311,6 +316,7 @@ def write_report(
         command=command,
         charts=charts,
         llm=llm,
+        extra=extra,
     )
     written["report"] = atomic_write_text(run_dir / "report.md", text)
     return written

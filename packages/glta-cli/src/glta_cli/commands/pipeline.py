@@ -32,6 +32,14 @@ def pipeline(
             help="Start over; the old run is kept as RUN.previous until the new one completes.",
         ),
     ] = False,
+    ablation: Annotated[
+        str | None,
+        typer.Option(
+            "--ablation",
+            help="One of the paper's ablations: full, no-ia, no-ua, no-pf, no-pd, fl, ar, "
+            "plain-head, random-llm (same as --run.ablation; see glta config show).",
+        ),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Prepare data, train LightGCN, align items and users with the LLM, evaluate both.
@@ -41,13 +49,18 @@ def pipeline(
     Any config key can be overridden with --section.key value (see `glta config show`).
     With no options, a run directory that already has resolved-config.toml resumes with it.
 
-    Example: glta pipeline --preset smoke --out runs/smoke --graph.epochs 20
+    Examples: glta pipeline --preset smoke --out runs/smoke --graph.epochs 20
+
+    glta pipeline --out runs/no-pf --ablation no-pf
     """
     from glta_cli.pipeline import resolve_pipeline_config, run_pipeline
     from glta_cli.progress import RichProgress
     from glta_cli.report import metrics_table
 
-    resolved = resolve_pipeline_config(preset, config, ctx.args, out)
+    extra = list(ctx.args)
+    if ablation is not None:
+        extra += ["--run.ablation", ablation]
+    resolved = resolve_pipeline_config(preset, config, extra, out)
     command = "glta " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
     with RichProgress(disable=quiet) as bar:
         result = run_pipeline(

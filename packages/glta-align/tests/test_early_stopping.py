@@ -1,0 +1,118 @@
+"""Early stopping on valid in the shared stage loop and in stage 3."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import pytest
+import torch
+from glta_gllm.checkpoint import load_artifact
+
+from glta_align._common import run_loop
+from glta_align.config import AlignConfigError, ItemTextConfig, UserItemConfig
+from glta_align.item_text import train_item_text
+from glta_align.user_item import train_user_item
+
+
+@dataclass
+class _Cfg:
+    epochs: int = 6
+    save_every: int = 2
+    seed: int = 0
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+def _loop(run_dir, scores, patience, *, kill_at=None, resume=True, seen=None):
+    """A linear model trained on fixed data; ``validate`` returns ``scores[epoch]``."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 3, generator=torch.Generator().manual_seed(1)), torch.ones(8, 1)
+    calls = []
+
+    def validate(epoch):
+        calls.append(epoch)
+        if kill_at is not None and epoch == kill_at:
+            raise _Killed
+        if seen is not None:
+            seen[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+        return {"ndcg@10": scores[epoch], "precision@10": 0.0}
+
+    res = run_loop(stage="t", run_dir=run_dir, fingerprint="fp", config=_Cfg(),
+                   modules={"m": model}, optimizer=opt,
+                   make_batches=lambda e: [[0, 1, 2, 3], [4, 5, 6, 7]],
+                   loss_fn=lambda b: ((model(x[b]) - y[b]) ** 2).mean(),
+                   progress=None, resume=resume, validate=validate, patience=patience)
+    return res, model, calls
+
+
+def test_loop_keeps_the_best_valid_epoch_and_stops_after_patience(tmp_path):
+    seen = {}
+    res, model, calls = _loop(tmp_path, [0.1, 0.3, 0.2, 0.25, 0.9, 0.9], patience=2, seen=seen)
+    assert calls == [0, 1, 2, 3]  # epoch 4 (which would have been best) never runs
+    assert res.best_epoch == 1 and res.stopped_early
+    assert res.best_metrics["ndcg@10"] == 0.3 and len(res.epoch_losses) == 4
+    assert [h["epoch"] for h in res.valid_history] == [0, 1, 2, 3]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, seen[1][key])  # the modules of epoch 1, not of epoch 3
+    assert not torch.equal(seen[3]["weight"], seen[1]["weight"])
+    state = json.loads((tmp_path / "state" / "t" / "state.json").read_text())
+    assert state["best_epoch"] == 1 and state["stale_epochs"] == 2
+
+
+def test_loop_without_patience_runs_every_epoch_and_keeps_the_best(tmp_path):
+    res, _, calls = _loop(tmp_path, [0.1, 0.5, 0.2, 0.25, 0.3, 0.4], patience=None)
+    assert calls == list(range(6)) and res.best_epoch == 1 and not res.stopped_early
+
+
+@pytest.mark.parametrize("kill_at", [1, 2, 3])
+def test_loop_killed_during_validation_resumes_to_the_same_result(tmp_path, kill_at):
+    scores = [0.1, 0.3, 0.2, 0.25, 0.9, 0.9]
+    straight, m1, _ = _loop(tmp_path / "a", scores, patience=2)
+    with pytest.raises(_Killed):
+        _loop(tmp_path / "b", scores, patience=2, kill_at=kill_at)
+    resumed, m2, calls = _loop(tmp_path / "b", scores, patience=2)
+    assert calls[0] == kill_at  # the pending validation runs first, nothing is retrained
+    assert resumed.best_epoch == straight.best_epoch and resumed.stopped_early
+    assert resumed.epoch_losses == straight.epoch_losses
+    assert resumed.valid_history == straight.valid_history
+    for key, value in m1.state_dict().items():
+        assert torch.equal(m2.state_dict()[key], value)
+
+
+def test_user_item_config_checks_patience_and_metric():
+    with pytest.raises(AlignConfigError, match="patience"):
+        UserItemConfig(patience=0)
+    with pytest.raises(AlignConfigError, match="select_metric"):
+        UserItemConfig(select_metric="auc")
+    with pytest.raises(AlignConfigError, match="llm_init"):
+        UserItemConfig(llm_init="scratch")
+    assert UserItemConfig(patience=2, select_metric="recall@20").patience == 2
+
+
+def test_stage3_early_stopping_saves_the_best_epoch(toy_run, toy, tiny):
+    train_item_text(toy, toy_run, ItemTextConfig(epochs=1, items_per_instance=3), llm=tiny)
+    cfg = UserItemConfig(epochs=3, batch_size=4, num_slots=3, use_profile=False,
+                         use_predict=False, lr=5e-2, patience=1, select_metric="ndcg@5")
+    res = train_user_item(toy, toy_run, cfg, llm=tiny)
+    assert res.best_epoch is not None and res.valid_history
+    scores = [h["ndcg@5"] for h in res.valid_history]
+    assert res.best_epoch == scores.index(max(scores))
+    assert res.best_valid["ndcg@5"] == max(scores)
+    _, config, _ = load_artifact(toy_run / "user_projector")
+    assert config["best_epoch"] == res.best_epoch
+    assert config["valid_metrics"]["ndcg@5"] == pytest.approx(max(scores))
+    assert config["epochs_run"] == len(res.epoch_losses)
+    # the saved model is the best epoch's: ranking it on valid gives the recorded metrics
+    from glta_align.recommender import GLTARecommender
+
+    rec = GLTARecommender.from_run(toy_run, llm=tiny)
+    again = rec.evaluate("valid", ks=(5, 10, 20))
+    assert again["ndcg@5"] == pytest.approx(max(scores), abs=1e-6)

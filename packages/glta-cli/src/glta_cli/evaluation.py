@@ -1,0 +1,170 @@
+"""The pipeline's final evaluation: every model on valid and test, plus where each wins.
+
+Both splits are ranked for LightGCN and GLTA (``metrics.json`` holds
+``{model: {"valid": ..., "test": ...}}``); GLTA's valid metrics are taken from stage 3's
+early stopping when it ranked the same model the same way (no second pass). On the
+headline split the same ranked lists also give the per-bucket views of
+:mod:`glta_graph.buckets` (user activity quintiles, long-tail vs head items), written to
+``RUN/breakdown.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["BREAKDOWN_NAME", "breakdown_markdown", "evaluate_run_models", "ranked_lists"]
+
+BREAKDOWN_NAME = "breakdown.json"
+_EXCLUDE = {"valid": ("train",), "test": ("train", "valid")}
+
+
+def ranked_lists(model: str, run_dir: Path, data: Any, split: str, k: int, *,
+                 recommender: Any = None, ranking: str | None = None,
+                 progress: Any = None) -> tuple[np.ndarray, torch.Tensor]:
+    """Top-``k`` lists of every user with a relevant item in ``split``.
+
+    Args:
+        model: ``lightgcn`` or ``glta``.
+        run_dir: the run directory (LightGCN's embeddings are read from it).
+        data: the run's ``Interactions``.
+        split: ``valid`` (train excluded) or ``test`` (train and valid excluded).
+        k: list length.
+        recommender: a ``GLTARecommender`` (for ``glta``).
+        ranking: GLTA's prediction mode (``None``: the trained one).
+        progress: ProgressEvent receiver.
+
+    Returns:
+        ``(users (n,), ranked (n, k) int64)``.
+    """
+    from glta_graph import load_graph_embeddings, recommend_embeddings
+    from glta_graph.evaluate import exclusion_matrix
+
+    users = np.flatnonzero(np.diff(data.split(split).crow_indices().numpy()) > 0)
+    if model == "lightgcn":
+        user_emb, item_emb = load_graph_embeddings(run_dir, expected_fingerprint=data.fingerprint)
+        _, ranked = recommend_embeddings(user_emb, item_emb, data, users, k,
+                                         exclude=_EXCLUDE[split])
+        return users, ranked
+    if recommender is None:
+        raise ValueError("ranking GLTA needs a GLTARecommender")
+    ex = exclusion_matrix(data, _EXCLUDE[split])
+    _, ranked = recommender.recommend(users, k, exclude=ex, ranking=ranking, progress=progress)
+    return users, ranked
+
+
+def evaluate_run_models(run_dir: Path, data: Any, ks: Sequence[int], headline: str,
+                        get_recommender: Callable[[], Any], *, ranking: str | None = None,
+                        progress: Any = None) -> tuple[dict[str, dict[str, dict[str, float]]],
+                                                       dict[str, Any]]:
+    """Evaluate LightGCN and GLTA on valid and test; break the headline split down.
+
+    Args:
+        run_dir: the run directory.
+        data: the run's ``Interactions``.
+        ks: cut-offs.
+        headline: the split of the report's headline table (gets the breakdown).
+        get_recommender: builds the ``GLTARecommender`` (called once).
+        ranking: GLTA's prediction mode at evaluation (``None``: the trained one).
+        progress: ProgressEvent receiver.
+
+    Returns:
+        ``(metrics {model: {split: {metric: value}}}, breakdown)`` where breakdown is
+        ``{"split": headline, "models": {model: {"activity": ..., "popularity": ...}}}``.
+    """
+    from glta_gllm import ranking_metrics
+    from glta_graph.buckets import metrics_by_activity, metrics_by_popularity
+    from glta_graph.evaluate import select_rows
+
+    ks = tuple(sorted(int(k) for k in ks))
+    rec = get_recommender()
+    selection = _stage3_selection(run_dir)
+    reuse_valid = (selection.get("valid_metrics") and ranking in (None, rec.config.ranking)
+                   and all(f"ndcg@{k}" in selection["valid_metrics"] for k in ks))
+    metrics: dict[str, dict[str, dict[str, float]]] = {"lightgcn": {}, "glta": {}}
+    breakdown: dict[str, Any] = {"split": headline, "models": {}}
+    for split in ("valid", "test"):
+        relevant = data.split(split)
+        for model in ("lightgcn", "glta"):
+            if model == "glta" and split == "valid" and reuse_valid and split != headline:
+                metrics[model][split] = {k: float(v)
+                                         for k, v in selection["valid_metrics"].items()}
+                continue
+            users, ranked = ranked_lists(model, run_dir, data, split, max(ks), recommender=rec,
+                                         ranking=ranking, progress=progress)
+            if not len(users):
+                continue
+            rel = select_rows(relevant, users)
+            metrics[model][split] = {k: float(v)
+                                     for k, v in ranking_metrics(ranked, rel, ks=ks).items()}
+            if split == headline:
+                breakdown["models"][model] = {
+                    "activity": metrics_by_activity(ranked, rel, users, data, ks),
+                    "popularity": metrics_by_popularity(ranked, rel, data, ks),
+                }
+    return metrics, breakdown
+
+
+def _stage3_selection(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "user_projector" / "config.json"
+    if not path.is_file():
+        return {}
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    keys = ("best_epoch", "valid_metrics", "stopped_early", "epochs_run", "valid_history")
+    return {k: cfg[k] for k in keys if k in cfg}
+
+
+def breakdown_markdown(breakdown: dict[str, Any], selection: dict[str, Any] | None = None,
+                       ablation: str | None = None, metric: str = "ndcg@10") -> str:
+    """Report sections: the ablation, stage 3's epoch selection, and the per-bucket tables.
+
+    Args:
+        breakdown: what :func:`evaluate_run_models` returned as breakdown.
+        selection: stage 3's ``best_epoch`` / ``valid_metrics`` / ``epochs_run`` record.
+        ablation: the run's ``[run] ablation``.
+        metric: the metric shown per bucket (``precision@10`` is shown too).
+
+    Returns:
+        Markdown text (may be empty).
+    """
+    lines: list[str] = []
+    if ablation:
+        lines += [f"Ablation: `{ablation}`.", ""]
+    if selection and selection.get("best_epoch") is not None:
+        vm = selection.get("valid_metrics") or {}
+        best = ", ".join(f"{k} {v:.4f}" for k, v in vm.items() if k in (metric, "precision@10"))
+        lines += [f"Stage 3 kept epoch {int(selection['best_epoch']) + 1} of "
+                  f"{selection.get('epochs_run', '?')} run (best valid {best}"
+                  f"{'; stopped early' if selection.get('stopped_early') else ''}).", ""]
+    models = breakdown.get("models") or {}
+    if not models:
+        return "\n".join(lines)
+    names = list(models)
+    shown = [m for m in (metric, "precision@10") if m]
+    lines += [f"## Where each model wins ({breakdown.get('split')} split)", "",
+              "By user activity (quintiles of train interactions):", "",
+              "| users | n | " + " | ".join(f"{n} {m}" for m in shown for n in names) + " |",
+              "|---|---:|" + "---:|" * (len(shown) * len(names))]
+    first = models[names[0]]["activity"]
+    for label in first:
+        cells = [label, f"{first[label]['users']:.0f}"]
+        cells += [f"{models[n]['activity'].get(label, {}).get(m, float('nan')):.4f}"
+                  for m in shown for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "By item popularity (hits split by the hit item's bucket; the two rows add "
+              "up to the overall precision/recall/NDCG; share = fraction of top-10 slots):", "",
+              "| items | " + " | ".join(f"{n} {m}" for m in (*shown, "share@10")
+                                       for n in names) + " |",
+              "|---|" + "---:|" * (3 * len(names))]
+    for label in models[names[0]]["popularity"]:
+        cells = [label]
+        cells += [f"{models[n]['popularity'][label].get(m, float('nan')):.4f}"
+                  for m in (*shown, "share@10") for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
