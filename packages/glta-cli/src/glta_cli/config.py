@@ -345,7 +345,8 @@ _PRESET_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     # rows of items not yet seen in stage 2's single pass stay at zero. The paper preset
     # keeps the paper's plain head (--item_text.head plain --user_item.head plain).
     "default": {
-        "graph": {"epochs": 60, "batch_size": 8192, "lr": 0.01, "eval_every": 5, "patience": 3},
+        "graph": {"epochs": 400, "batch_size": 8192, "lr": 0.01, "eval_every": 5, "patience": 3,
+                  "select_metric": "ndcg@10"},
         "item_text": {"epochs": 1, "batch_size": 8, "max_instances": None,
                       "description_tokens": 16, "head": "projected"},
         "user_item": {"epochs": 12, "patience": 2, "batch_size": 8, "max_users": None,
