@@ -71,6 +71,20 @@ def test_ablation_runs_reuse_the_full_run(runner, ratings_csv, tiny_model_dir, t
     breakdown = json.loads((full / "breakdown.json").read_text())
     assert set(breakdown["models"]) == {"lightgcn", "glta"}
     assert "Where each model wins" in (full / "report.md").read_text()
+    by = runner.invoke(app, ["evaluate", str(full), "--by", "activity", "--quiet"])
+    assert by.exit_code == 0, by.output
+    assert "Q1 (" in by.stdout and "Q5 (" in by.stdout and "glta" in by.stdout
+    by = runner.invoke(app, ["evaluate", str(full), "--by", "popularity", "--quiet"])
+    assert by.exit_code == 0 and "tail (<= 5" in by.stdout and "share@10" in by.stdout
+    # the breakdown printed equals the one the pipeline recorded for the same split
+    from glta_cli.evaluation import breakdown_run
+
+    again = breakdown_run(full, ["lightgcn"], "test", (5, 10, 20), "activity")["lightgcn"]
+    recorded = breakdown["models"]["lightgcn"]["activity"]
+    assert {k: round(v["ndcg@10"], 9) for k, v in again.items()} == {
+        k: round(v["ndcg@10"], 9) for k, v in recorded.items()}
+    bad = runner.invoke(app, ["evaluate", str(full), "--by", "age"])
+    assert bad.exit_code == 2 and "--by" in bad.stderr and "activity" in bad.stderr
 
     def ablate(name):
         run = tmp_path / name

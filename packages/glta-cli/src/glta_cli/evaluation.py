@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BREAKDOWN_NAME", "breakdown_markdown", "evaluate_run_models", "ranked_lists"]
+__all__ = ["BREAKDOWN_NAME", "BY_CHOICES", "breakdown_markdown", "breakdown_run",
+           "evaluate_run_models", "ranked_lists"]
 
 BREAKDOWN_NAME = "breakdown.json"
 _EXCLUDE = {"valid": ("train",), "test": ("train", "valid")}
@@ -168,3 +169,49 @@ def breakdown_markdown(breakdown: dict[str, Any], selection: dict[str, Any] | No
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
+
+
+BY_CHOICES = ("activity", "popularity")
+
+
+def breakdown_run(run_dir: str | Path, models: Sequence[str], split: str, ks: Sequence[int],
+                  by: str, *, progress: Any = None, groups: int = 5, threshold: int = 5
+                  ) -> dict[str, dict[str, dict[str, float]]]:
+    """Per-bucket metrics of a run's models (``glta evaluate --by``).
+
+    Args:
+        run_dir: the run directory.
+        models: ``lightgcn`` and/or ``glta``.
+        split: ``valid`` or ``test``.
+        ks: cut-offs.
+        by: ``activity`` (user quintiles of train interactions) or ``popularity`` (long-tail
+            items with <= ``threshold`` train interactions vs the rest).
+        progress: ProgressEvent receiver.
+        groups: number of activity groups.
+        threshold: the long-tail threshold.
+
+    Returns:
+        ``{model: {bucket label: {metric: value}}}``.
+    """
+    from glta_graph.buckets import metrics_by_activity, metrics_by_popularity
+    from glta_graph.evaluate import select_rows
+
+    from glta_cli.runs import _glta_recommender, load_run_dataset
+
+    if by not in BY_CHOICES:
+        raise ValueError(f"--by: {by!r} is not one of {', '.join(BY_CHOICES)}")
+    if split not in _EXCLUDE:
+        raise ValueError(f"--split: {split!r} is not valid or test")
+    run_dir = Path(run_dir)
+    data = load_run_dataset(run_dir)
+    ks = tuple(sorted(int(k) for k in ks))
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for model in models:
+        rec = _glta_recommender(run_dir, None) if model == "glta" else None
+        users, ranked = ranked_lists(model, run_dir, data, split, max(ks), recommender=rec,
+                                     progress=progress)
+        rel = select_rows(data.split(split), users)
+        out[model] = (metrics_by_activity(ranked, rel, users, data, ks, groups)
+                      if by == "activity" else
+                      metrics_by_popularity(ranked, rel, data, ks, threshold))
+    return out

@@ -24,13 +24,22 @@ def evaluate(
     k: Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")] = "5,10,20",
     split: Annotated[str, typer.Option("--split", help="test or valid.")] = "test",
     model: ModelOpt = "auto",
+    by: Annotated[
+        str | None,
+        typer.Option("--by", help="Break the metrics down: activity (user quintiles of train "
+                     "interactions) or popularity (items with <= 5 train interactions vs the "
+                     "rest; hit-additive)."),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Full-ranking P/R/NDCG/HR@K of the run's models; prints a table, saves metrics.json.
 
-    Test ranks every item the user has not seen in train or valid.
+    Test ranks every item the user has not seen in train or valid. With --by, prints the
+    metrics per user-activity group or per item-popularity bucket instead (nothing saved).
 
-    Example: glta evaluate runs/default --k 5,10,20 --split test --model lightgcn
+    Examples: glta evaluate runs/default --k 5,10,20 --split test --model lightgcn
+
+    glta evaluate runs/default --by popularity
     """
     from glta_cli.progress import RichProgress
     from glta_cli.runs import available_models, evaluate_run
@@ -39,6 +48,9 @@ def evaluate(
     models = available_models(run_dir) if model == "auto" else [model]
     if not models:
         models = ["lightgcn"]  # evaluate_run raises the clear error
+    if by is not None:
+        _print_breakdown(run_dir, models, split, ks, by, quiet)
+        return
     results = {}
     with RichProgress(disable=quiet) as bar:
         for name in models:
@@ -54,6 +66,31 @@ def evaluate(
                                 for n in results])
     out_console().print(table)
     out_console().print(f"saved {Path(run_dir) / 'metrics.json'}")
+
+
+def _print_breakdown(run_dir: Path, models: list[str], split: str, ks: tuple[int, ...],
+                     by: str, quiet: bool) -> None:
+    from glta_cli.evaluation import BY_CHOICES, breakdown_run
+    from glta_cli.progress import RichProgress
+
+    if by not in BY_CHOICES:
+        raise ValueError(f"--by: {by!r} is not one of {', '.join(BY_CHOICES)}")
+    with RichProgress(disable=quiet) as bar:
+        result = breakdown_run(run_dir, models, split, ks, by, progress=bar)
+    k = 10 if 10 in ks else max(ks)
+    shown = [f"ndcg@{k}", f"precision@{k}", f"recall@{k}"]
+    shown += [f"share@{k}"] if by == "popularity" else ["users"]
+    table = Table(title=f"{run_dir} ({split} split) by {by}")
+    table.add_column("bucket")
+    table.add_column("model")
+    for name in shown:
+        table.add_column(name, justify="right")
+    for label in result[models[0]]:
+        for name in models:
+            values = result[name].get(label, {})
+            table.add_row(label, name, *[f"{values.get(m, float('nan')):.4f}" if m != "users"
+                                         else f"{values.get(m, 0):.0f}" for m in shown])
+    out_console().print(table)
 
 
 def recommend(
