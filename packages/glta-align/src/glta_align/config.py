@@ -156,12 +156,19 @@ class UserItemConfig(_StageConfig):
                                  "epoch", None)
     select_metric: str = _help("valid metric that picks the best epoch (precision@K, "
                                "recall@K, ndcg@K or hit_rate@K)", "ndcg@10")
+    residual: bool = _help("[choice] residual head: the projected head's query gets the "
+                           "user's LightGCN embedding added (times a trained alpha), so GLTA's "
+                           "score = LightGCN's score + the LLM's correction (needs "
+                           "head = projected)", False)
 
     def __post_init__(self) -> None:
         self._check()
         if self.patience is not None and self.patience < 1:
             raise AlignConfigError(
                 f"UserItemConfig.patience = {self.patience!r}: must be >= 1 or None")
+        if self.residual and self.head != "projected":
+            raise AlignConfigError(
+                f"UserItemConfig.residual = True needs head = 'projected', got {self.head!r}")
         name, _, k = self.select_metric.partition("@")
         if name not in ("precision", "recall", "ndcg", "hit_rate") or not k.isdigit() \
                 or int(k) < 1:

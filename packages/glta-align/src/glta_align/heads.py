@@ -7,6 +7,12 @@ computed re-associated (the (items x H) matrix is never built). In stage 2 the p
 head shares the item projector's linear layer (tied); loaded back for stage 3 it owns a copy
 of it, which trains while the item projector stays frozen. ``RUN/gllm_head`` is written by
 the head's own ``save_pretrained`` with the dataset fingerprint.
+
+``ResidualHead`` [choice, an extension]: in stage 3 the projected head's query in graph space
+gets the user's own LightGCN embedding added, scaled by a trained ``alpha``: GLTA's score is
+LightGCN's score plus the LLM's correction, so the LLM spends its capacity on what the graph
+misses. Its input is the slot hidden states with the user's graph embedding appended
+(:func:`slot_inputs`).
 """
 
 from __future__ import annotations
@@ -17,13 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from glta_gllm import GLLMHead, ProjectedItemHead
-from glta_gllm.checkpoint import CONFIG_NAME, CheckpointError
+from glta_gllm import GLLMHead, ProjectedItemHead, linear_cross_entropy, topk_excluding
+from glta_gllm.checkpoint import CONFIG_NAME, CheckpointError, load_artifact, save_artifact
 from torch import nn
 
 from glta_align.projector import NodeProjector
 
-__all__ = ["build_head", "head_topk", "load_head", "save_head"]
+__all__ = ["ResidualHead", "build_head", "head_topk", "load_head", "save_head",
+           "slot_inputs"]
+
+_RESIDUAL_TYPE = "residual_projected_item_head"
 
 
 def build_head(cfg: Any, hidden_size: int, item_emb: torch.Tensor,
@@ -75,7 +84,8 @@ def load_head(directory: str | os.PathLike[str], *, expected_fingerprint: str | 
     if not cfg_path.is_file():
         raise CheckpointError(f"{cfg_path}: missing (no GLLM head here)")
     kind = json.loads(cfg_path.read_text(encoding="utf-8")).get("model_type")
-    cls = ProjectedItemHead if kind == "projected_item_head" else GLLMHead
+    cls = {"projected_item_head": ProjectedItemHead, _RESIDUAL_TYPE: ResidualHead}.get(
+        kind, GLLMHead)
     head = cls.from_pretrained(directory, expected_fingerprint=expected_fingerprint,
                                device=device)
     if head.num_items != num_items or head.hidden_size != hidden_size:
@@ -93,3 +103,127 @@ def head_topk(head: nn.Module, hidden: torch.Tensor, k: int,
         ``(scores (N, k), items (N, k) int64)``.
     """
     return head.recommend(hidden.float(), k, exclude=exclude)
+
+
+class ResidualHead(nn.Module):
+    r"""Residual matching head: LightGCN's score plus the LLM's correction [choice].
+
+    .. math::  \mathrm{logits} = (h P + \alpha\, e_u)\, E^\top + (h \cdot c)\,\mathbf{1}^\top
+
+    with ``h P`` the query of a :class:`~glta_gllm.ProjectedItemHead` (``P`` its projector
+    weight, ``c`` its bias, ``E`` its frozen item embeddings), ``e_u`` the user's frozen
+    LightGCN embedding and ``alpha`` a trained scalar (starting at ``alpha``). With ``h P = 0``
+    and ``alpha = 1`` the ranking is exactly LightGCN's.
+
+    Inputs are ``(..., H + d)``: the LLM's hidden state with ``e_u`` appended (see
+    :func:`slot_inputs`).
+
+    Args:
+        base: the projected head (its projector trains with this head).
+        alpha: initial weight of the graph score.
+    """
+
+    def __init__(self, base: ProjectedItemHead, alpha: float = 1.0) -> None:
+        super().__init__()
+        if not isinstance(base, ProjectedItemHead):
+            raise ValueError(f"ResidualHead needs a ProjectedItemHead, got {type(base).__name__}")
+        self.base = base
+        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+        self.num_items, self.graph_dim = base.num_items, base.graph_dim
+
+    @property
+    def hidden_size(self) -> int:
+        """H (the LLM part of the input; the input is ``H + graph_dim`` wide)."""
+        return self.base.hidden_size
+
+    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        H, d = self.hidden_size, self.graph_dim
+        if x.shape[-1] != H + d:
+            raise ValueError(f"ResidualHead input has shape {tuple(x.shape)}; expected (..., "
+                             f"{H} + {d}): the hidden state with the user's graph embedding")
+        flat = x.reshape(-1, H + d)
+        return flat[:, :H], flat[:, H:]
+
+    def _queries(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, e = self._split(x)
+        proj = self.base.projector
+        emb = self.base.item_embeddings
+        q = (h @ proj.weight.to(h.dtype)).to(emb.dtype) + self.alpha.to(emb.dtype) * e.to(
+            emb.dtype)
+        return q, h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Full logits ``(..., I)`` (materialised: small catalogues only)."""
+        q, h = self._queries(x)
+        logits = q @ self.base.item_embeddings.T
+        if self.base.projector.bias is not None:
+            logits = logits + (h @ self.base.projector.bias.to(h.dtype)).to(logits.dtype)[:, None]
+        return logits.reshape(*x.shape[:-1], self.num_items)
+
+    def loss(self, x: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100,
+             reduction: str = "mean", chunk_size: int | None = None,
+             backend: str = "auto") -> torch.Tensor:
+        """Cross-entropy over all items (fused: the logits are never held); ``x`` (..., H+d),
+        ``targets`` (...) item indices or ``ignore_index``."""
+        q, _ = self._queries(x)
+        out = linear_cross_entropy(q, self.base.item_embeddings, targets.reshape(-1),
+                                   ignore_index=ignore_index, reduction=reduction,
+                                   chunk_size=chunk_size, backend=backend).to(x.dtype)
+        return out.reshape(targets.shape) if reduction == "none" else out
+
+    @torch.no_grad()
+    def recommend(self, x: torch.Tensor, k: int, exclude: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` items per row of ``x`` ``(U, H + d)``: ``(scores (U, k), items (U, k))``."""
+        q, h = self._queries(x)
+        scores, idx = topk_excluding(q, self.base.item_embeddings, k, exclude=exclude)
+        if self.base.projector.bias is not None:
+            scores = scores + (h @ self.base.projector.bias.to(h.dtype)).to(scores.dtype)[:, None]
+        return scores, idx
+
+    def save_pretrained(self, directory: str | os.PathLike[str], *,
+                        dataset_fingerprint: str | None = None) -> Path:
+        """Save the base head's tensors plus ``alpha`` (``config.json`` + safetensors)."""
+        proj = self.base.projector
+        tensors = {"item_embeddings": self.base.item_embeddings,
+                   "projector.weight": proj.weight, "alpha": self.alpha.detach().reshape(1)}
+        if proj.bias is not None:
+            tensors["projector.bias"] = proj.bias
+        config = {"model_type": _RESIDUAL_TYPE, "num_items": self.num_items,
+                  "graph_dim": self.graph_dim, "hidden_size": self.hidden_size,
+                  "projector_bias": proj.bias is not None}
+        card = (f"# Residual projected item head\n\nLightGCN's score plus the LLM's "
+                f"correction over {self.num_items} items: logits = (h P + alpha e_u) E^T.\n")
+        return save_artifact(directory, tensors, config, dataset_fingerprint=dataset_fingerprint,
+                             card=card)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], *,
+                        expected_fingerprint: str | None = None,
+                        device: torch.device | str = "cpu") -> ResidualHead:
+        """Load a head written by :meth:`save_pretrained`."""
+        directory = Path(directory)
+        tensors, config, _ = load_artifact(directory, expected_fingerprint=expected_fingerprint,
+                                           device=device)
+        if config.get("model_type") != _RESIDUAL_TYPE or "alpha" not in tensors:
+            raise CheckpointError(f"{directory}: not a residual head (model_type "
+                                  f"{config.get('model_type')!r})")
+        weight = tensors["projector.weight"]
+        proj = nn.Linear(weight.shape[1], weight.shape[0], bias="projector.bias" in tensors,
+                         device=device, dtype=weight.dtype)
+        with torch.no_grad():
+            proj.weight.copy_(weight)
+            if proj.bias is not None:
+                proj.bias.copy_(tensors["projector.bias"])
+        return cls(ProjectedItemHead(tensors["item_embeddings"], proj),
+                   float(tensors["alpha"].reshape(-1)[0]))
+
+
+def slot_inputs(head: nn.Module, hidden: torch.Tensor, user_graph: torch.Tensor
+                ) -> torch.Tensor:
+    """What ``head`` scores: ``hidden`` (B, S, H), with each user's graph embedding
+    ``user_graph`` (B, d) appended for a :class:`ResidualHead` -> (B, S, H + d)."""
+    if not isinstance(head, ResidualHead):
+        return hidden
+    e = user_graph.to(hidden.dtype)[:, None, :].expand(-1, hidden.shape[1], -1)
+    return torch.cat([hidden, e], dim=-1)

@@ -32,7 +32,7 @@ from glta_graph.evaluate import exclusion_matrix, select_rows
 from glta_graph.progress import ProgressCallback, ProgressEvent, emit
 
 from glta_align.config import RANKINGS, UserItemConfig
-from glta_align.heads import head_topk, load_head
+from glta_align.heads import head_topk, load_head, slot_inputs
 from glta_align.item_text import GLLM_HEAD_DIR, ITEM_PROJECTOR_DIR, LORA_DIR, slot_vector
 from glta_align.llm import FrozenLLM, load_llm
 from glta_align.profiles import PROFILES_NAME, generate_profiles, read_profiles
@@ -186,7 +186,8 @@ class GLTARecommender:
         parts = [self.slot[None], self.user_projector(self.user_emb[torch.tensor(us, device=dev)])]
         if items:
             parts.append(self.item_projector(self.item_emb[torch.tensor(items, device=dev)]))
-        return self.runner.hidden_states(seqs, torch.cat(parts))
+        hidden = self.runner.hidden_states(seqs, torch.cat(parts))
+        return slot_inputs(self.head, hidden, self.user_emb[torch.tensor(us, device=dev)])
 
     @torch.no_grad()
     def recommend(self, users: Sequence[int] | torch.Tensor | np.ndarray, k: int = 10, *,

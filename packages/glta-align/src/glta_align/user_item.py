@@ -25,7 +25,7 @@ from glta_graph.progress import ProgressCallback, ProgressEvent, emit
 
 from glta_align._common import LoopResult, dist_info, embedding_rms, rng_for, run_loop
 from glta_align.config import UserItemConfig
-from glta_align.heads import build_head, load_head, save_head
+from glta_align.heads import ResidualHead, build_head, load_head, save_head, slot_inputs
 from glta_align.item_text import (
     GLLM_HEAD_DIR,
     ITEM_PROJECTOR_DIR,
@@ -300,6 +300,8 @@ def train_user_item(
                          hidden_size=llm.hidden_size, num_items=data.num_items)
     else:
         head = build_head(cfg, llm.hidden_size, item_emb, item_proj)
+    if cfg.residual and not isinstance(head, ResidualHead):
+        head = ResidualHead(head)
     head = head.to(dev)
     rms_u = float(user_emb.pow(2).mean().sqrt()) or 1.0
     user_proj = NodeProjector(user_emb.shape[1], llm.hidden_size, cfg.projector,
@@ -357,6 +359,7 @@ def train_user_item(
         if items:
             parts.append(item_proj(item_emb[torch.tensor(items, device=dev)]))
         hidden = runner.hidden_states(seqs, torch.cat(parts))
+        hidden = slot_inputs(head, hidden, user_emb[torch.tensor(users, device=dev)])
         targets = torch.tensor([t for s in batch for t in s.targets], device=dev)
         return head.loss(hidden.reshape(-1, hidden.shape[-1]), targets)
 
