@@ -9,6 +9,8 @@ its stage-3 epoch and LightGCN's epoch on the valid split; the test split is rea
 configuration, in the run's final evaluation. Extra rows:
 
 - ``no-text`` [extra]: profile and prediction text both off (the earlier default).
+- ``residual`` [extra]: the residual head (GLTA's score = LightGCN's + the LLM's correction);
+  ``residual-random-llm`` the same with a randomly initialised LLM (its control).
 - ``lightgcn-softmax`` [baseline]: LightGCN with the project's sampled-softmax loss
   (``glta graph train``), early-stopped on valid, the fair baseline for GLTA's full-catalogue
   softmax objective.
@@ -35,7 +37,13 @@ import time
 from pathlib import Path
 
 ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-ia", "no-ua",
-             "plain-head")
+             "plain-head", "residual", "residual-random-llm")
+# Rows that are not the paper's ablations: the overrides they add to the full run's command.
+EXTRA_ROWS = {
+    "no-text": ["--user_item.use_profile", "false", "--user_item.use_predict", "false"],
+    "residual": ["--user_item.residual", "true"],
+    "residual-random-llm": ["--user_item.residual", "true", "--ablation", "random-llm"],
+}
 BASELINES = ("lightgcn-softmax",)
 DATASETS = {
     "ml-100k": ["--data.source", "ml-100k"],
@@ -200,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if not run.exists():
                 shutil.copytree(full, run, ignore=shutil.ignore_patterns("*.previous"))
-            extra = (["--user_item.use_profile", "false", "--user_item.use_predict", "false"]
-                     if row == "no-text" else ["--ablation", row])
+            extra = EXTRA_ROWS.get(row, ["--ablation", row])
             cmd = _glta("pipeline", "--out", str(run), *common, *extra)
         print(f"{dt.datetime.now():%H:%M:%S} {args.dataset} seed {seed} {row} ...", flush=True)
         seconds = _run(cmd, log)
