@@ -113,16 +113,14 @@ def test_stage_keys_chain_and_reconcile(tmp_path):
 def test_restart_moves_old_run_aside_and_keeps_last_complete(tmp_path):
     run = tmp_path / "run"
     assert _start_run_dir(run, restart=True) is None
-    run.mkdir()
     (run / "marker").write_text("old complete run")
     assert _start_run_dir(run, restart=False) is None and (run / "marker").exists()
     note = _start_run_dir(run, restart=True)
-    assert "moved" in note and not run.exists()
+    assert "moved" in note and not (run / "marker").exists()
     assert (previous_dir(run) / "marker").read_text() == "old complete run"
-    run.mkdir()
     (run / "partial").write_text("unfinished restart")
     note = _start_run_dir(run, restart=True)
-    assert "discarded" in note and not run.exists()
+    assert "discarded" in note and not (run / "partial").exists()
     assert (previous_dir(run) / "marker").is_file()
 
 
@@ -156,6 +154,8 @@ def tiny_pipeline_args(csv_path: Path, model_dir: Path, out: Path) -> list[str]:
 
 def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_path):
     run = tmp_path / "run"
+    mine = tmp_path / "notes.txt"  # a user's file next to --out
+    mine.write_text("mine")
     args = tiny_pipeline_args(ratings_csv, tiny_model_dir, run)
     result = runner.invoke(app, ["pipeline", *args])
     assert result.exit_code == 0, result.output
@@ -230,6 +230,7 @@ def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_p
     assert restarted.exit_code == 0, restarted.output
     assert not previous_dir(run).exists()
     assert load_config("default", run / "resolved-config.toml").graph.epochs == 2
+    assert mine.read_text() == "mine" and ratings_csv.is_file()
 
 
 def test_pipeline_bad_override_exit_2_nothing_written(runner, tmp_path):
