@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -54,10 +55,11 @@ def handle_errors(func: F) -> F:
     """Turn library errors into one red line on stderr and exit code 2.
 
     ``ValueError`` (the libraries' DatasetError, CheckpointError, FingerprintMismatchError,
-    ConfigError ... all derive from it), ``OSError`` (missing files, permissions) and
-    ``FloatingPointError`` (a diverging loss; the message says which setting to lower) are
-    caught; anything else is a bug and keeps its traceback. Ctrl-C exits with 130 and a hint
-    that rerunning resumes.
+    ConfigError ... all derive from it), ``OSError`` (missing files, permissions),
+    ``FloatingPointError`` (a diverging loss; the message says which setting to lower),
+    ``EOFError`` and ``zlib.error`` (truncated or corrupt archives) are caught; anything
+    else is a bug and keeps its traceback. Ctrl-C exits with 130 and a hint that rerunning
+    resumes.
     """
 
     @functools.wraps(func)
@@ -66,7 +68,9 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
-        except (ValueError, OSError, FloatingPointError) as exc:
+        except (ValueError, OSError, FloatingPointError, EOFError, zlib.error) as exc:
+            # EOFError (a truncated archive read by a library) would otherwise become
+            # click's bare "Aborted."
             err_console().print(Text(f"error: {one_line(exc)}", style="bold red"))
             raise typer.Exit(EXIT_USAGE) from None
         except KeyboardInterrupt:

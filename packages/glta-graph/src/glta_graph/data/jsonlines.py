@@ -18,6 +18,7 @@ description is empty); ``""`` for items without metadata.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,18 +26,31 @@ from pathlib import Path
 
 import numpy as np
 
-from glta_graph.data.interactions import DatasetError
-from glta_graph.data.raw import RawInteractions, factorize_ids, iter_json_lines, join_text
+from glta_graph.data.interactions import DatasetError, DatasetWarning
+from glta_graph.data.raw import (
+    COMPRESSED_SUFFIXES,
+    RawInteractions,
+    factorize_ids,
+    iter_json_lines,
+    join_text,
+    line_mapper,
+    open_text,
+    read_delimited,
+    require_columns,
+    to_float,
+)
 
-__all__ = ["JSON_SUFFIXES", "is_json_lines", "peek_json_keys", "read_amazon2018",
-           "read_amazon2023", "read_goodreads"]
+__all__ = ["GOODREADS_CSV_HEADER", "JSON_SUFFIXES", "is_goodreads_csv", "is_json_lines",
+           "peek_json_keys", "read_amazon2018", "read_amazon2023", "read_goodreads",
+           "to_seconds"]
 
-JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
+JSON_SUFFIXES = tuple(f".{ext}{z}" for ext in ("json", "jsonl")
+                      for z in ("", *COMPRESSED_SUFFIXES))
 
 
 def is_json_lines(path: Path) -> bool:
-    """True for ``.json``/``.jsonl`` files, gzip-compressed or not."""
-    return path.name.endswith(JSON_SUFFIXES)
+    """True for ``.json``/``.jsonl`` files (a JSON array too), compressed or not."""
+    return path.name.lower().endswith(JSON_SUFFIXES)
 
 
 def peek_json_keys(path: Path) -> set[str]:
@@ -63,20 +77,38 @@ class _Schema:
     time_scale: float = 1.0
 
 
-def _number(rec: dict, key: str, path: Path, lineno: int, required: bool) -> float:
+def _number(rec: dict, key: str, path: Path, where: str, required: bool) -> float:
     value = rec.get(key)
     if value is None or value == "":
         if required:
             raise DatasetError(
-                f"{path}: line {lineno}: missing field {key!r}; fields found: {', '.join(rec)}"
+                f"{path}: {where}: missing field {key!r}; fields found: {', '.join(rec)}"
             )
         return math.nan
     try:
         return float(value)
     except (TypeError, ValueError):
         raise DatasetError(
-            f"{path}: line {lineno}: field {key!r} has value {value!r}, which is not a number"
+            f"{path}: {where}: field {key!r} has value {value!r}, which is not a number"
         ) from None
+
+
+def _item_key(rec: dict, keys: Sequence[str]) -> str:
+    """The first of ``keys`` (``parent_asin`` before ``asin``) that the first record has;
+    the whole file is then read with it."""
+    return next((k for k in keys if rec.get(k) not in (None, "")), keys[0])
+
+
+def to_seconds(stamps: np.ndarray) -> np.ndarray:
+    """Unix times in seconds: a column whose median is above 1e11 is taken as milliseconds.
+
+    (1e11 s is the year 5138; 1e11 ms is 1973.) Shapes: (n,) -> (n,); NaN stays NaN.
+    """
+    stamps = np.asarray(stamps, dtype=np.float64)
+    finite = stamps[np.isfinite(stamps)]
+    if finite.size and float(np.median(np.abs(finite))) > 1e11:
+        return stamps / 1000.0
+    return stamps
 
 
 def _read_reviews(
@@ -84,32 +116,37 @@ def _read_reviews(
     schema: _Schema,
     *,
     keep: Callable[[dict], bool] | None = None,
-    time_of: Callable[[dict, Path, int], float] | None = None,
+    time_of: Callable[[dict, Path, str], float] | None = None,
+    rating_of: Callable[[dict, Path, str], float] | None = None,
 ) -> tuple[list[str], list[str], list[float], list[float]]:
     users: list[str] = []
     items: list[str] = []
     ratings: list[float] = []
     stamps: list[float] = []
-    for lineno, rec in iter_json_lines(path):
-        for key in (schema.user, schema.item):
-            if rec.get(key) in (None, ""):
+    item_key = None
+    for where, rec in iter_json_lines(path):
+        item_key = item_key or _item_key(rec, schema.item.split("|"))
+        item = rec.get(item_key)
+        for key, value in ((schema.user, rec.get(schema.user)), (item_key, item)):
+            if value in (None, ""):
                 raise DatasetError(
-                    f"{path}: line {lineno}: missing field {key!r}; fields found: "
-                    f"{', '.join(rec)}"
+                    f"{path}: {where}: missing field {key!r}; fields found: {', '.join(rec)}"
                 )
         if keep is not None and not keep(rec):
             continue
         users.append(str(rec[schema.user]))
-        items.append(str(rec[schema.item]))
-        ratings.append(_number(rec, schema.rating, path, lineno, required=True))
-        if time_of is not None:
-            stamps.append(time_of(rec, path, lineno))
+        items.append(str(item))
+        if rating_of is not None:
+            ratings.append(rating_of(rec, path, where))
         else:
-            stamps.append(_number(rec, schema.time, path, lineno, required=False)
-                          / schema.time_scale)
+            ratings.append(_number(rec, schema.rating, path, where, required=True))
+        if time_of is not None:
+            stamps.append(time_of(rec, path, where))
+        else:
+            stamps.append(_number(rec, schema.time, path, where, required=False))
     if not users:
         raise DatasetError(f"{path}: no interactions found")
-    return users, items, ratings, stamps
+    return users, items, ratings, list(to_seconds(np.asarray(stamps, dtype=np.float64)))
 
 
 def _read_meta(path: Path | None, item_key: str, text_of: Callable[[dict], str],
@@ -117,12 +154,13 @@ def _read_meta(path: Path | None, item_key: str, text_of: Callable[[dict], str],
     text: dict[str, str] = {}
     if path is None:
         return text
-    for lineno, rec in iter_json_lines(path):
-        iid = rec.get(item_key)
+    key = None
+    for where, rec in iter_json_lines(path):
+        key = key or _item_key(rec, item_key.split("|"))
+        iid = rec.get(key)
         if iid in (None, ""):
             raise DatasetError(
-                f"{path}: line {lineno}: missing field {item_key!r}; fields found: "
-                f"{', '.join(rec)}"
+                f"{path}: {where}: missing field {key!r}; fields found: {', '.join(rec)}"
             )
         iid = str(iid)
         if iid in wanted and iid not in text:
@@ -154,23 +192,36 @@ def _pick(folder: Path, accept: Callable[[str], bool], what: str) -> Path | None
     return found[0] if found else None
 
 
+def _meta_missing(reviews: Path, looked_for: Sequence[str], what: str = "item text") -> None:
+    shown = ", ".join(looked_for[:6]) + (", ..." if len(looked_for) > 6 else "")
+    warnings.warn(DatasetWarning(
+        f"{reviews}: no metadata file found beside it (looked for {shown}), so items have no "
+        f"{what}; pass meta=FILE (--option meta=FILE) to add it"
+    ), stacklevel=3)
+
+
 def _amazon_files(path: Path, meta: str | Path | None) -> tuple[Path, Path | None, str]:
     path = Path(path)
+    looked: list[str] = []
     if path.is_dir():
         reviews = _pick(path, lambda n: not n.startswith("meta_"), "review")
         if reviews is None:
             raise DatasetError(f"{path}: no Amazon review file (*.json[l][.gz]) found")
         meta_path = _pick(path, lambda n: n.startswith("meta_"), "metadata")
+        looked = [f"{path}/meta_*.json[l][.gz]"]
     else:
         if not path.is_file():
             raise DatasetError(f"{path}: no such file or directory")
         reviews = path
         stem = _strip_json_suffix(path.name)
-        candidates = [stem, stem.removesuffix("_5"), stem.removeprefix("reviews_")]
+        bare = stem.removeprefix("reviews_")  # 2014: reviews_<Category>[_5]
+        candidates = list(dict.fromkeys([stem, stem.removesuffix("_5"), bare,
+                                         bare.removesuffix("_5")]))
         meta_path = None
         for cand in candidates:
             for suffix in JSON_SUFFIXES:
                 guess = path.parent / f"meta_{cand}{suffix}"
+                looked.append(guess.name)
                 if guess.is_file():
                     meta_path = guess
                     break
@@ -180,13 +231,20 @@ def _amazon_files(path: Path, meta: str | Path | None) -> tuple[Path, Path | Non
         meta_path = Path(meta)
         if not meta_path.is_file():
             raise DatasetError(f"{meta_path}: missing metadata file (no such file)")
-    name = _strip_json_suffix(reviews.name)
+    if meta_path is None:
+        _meta_missing(reviews, looked)
+    name = _strip_json_suffix(reviews.name).removeprefix("reviews_")
     return reviews, meta_path, name
 
 
 def read_amazon2018(path: Path, *, meta: str | Path | None = None,
                     with_title: bool = True) -> RawInteractions:
-    """Read Amazon reviews 2018 (JSON lines, ``.json``/``.jsonl``, gzip or not).
+    """Read Amazon reviews 2018 or 2014 (JSON lines or a JSON array, compressed or not).
+
+    Both releases use ``reviewerID``, ``asin``, ``overall`` and ``unixReviewTime``; the 2014
+    files are named ``reviews_<Category>[_5].json.gz`` and their metadata
+    ``meta_<Category>.json.gz`` holds one Python dict per line (``description`` a string,
+    ``categories`` nested lists), the 2018 metadata is JSON (``description`` a list).
 
     Args:
         path: a folder holding one review file (+ one ``meta_*`` file) or the review file.
@@ -198,14 +256,19 @@ def read_amazon2018(path: Path, *, meta: str | Path | None = None,
     cols = _read_reviews(reviews, schema)
 
     def text_of(rec: dict) -> str:
-        return join_text(rec.get("title") if with_title else None, rec.get("description"))
+        body = join_text(rec.get("description")) or join_text(rec.get("feature"))
+        return join_text(rec.get("title") if with_title else None, body)
 
     return _assemble(reviews, name, cols, (meta_path, "asin", text_of))
 
 
 def read_amazon2023(path: Path, *, meta: str | Path | None = None,
                     with_title: bool = True) -> RawInteractions:
-    """Read Amazon reviews 2023 (``user_id``, ``parent_asin``, ``rating``, ``timestamp`` ms).
+    """Read Amazon reviews 2023 (``user_id``, ``parent_asin``, ``rating``, ``timestamp``).
+
+    JSON lines or one JSON array, compressed or not. Items are ``parent_asin`` (``asin``
+    only where a record has no ``parent_asin``); timestamps in milliseconds are detected
+    (:func:`to_seconds`).
 
     Args:
         path: a folder holding one review file (+ one ``meta_*`` file) or the review file.
@@ -213,17 +276,17 @@ def read_amazon2023(path: Path, *, meta: str | Path | None = None,
         with_title: include the title in the item text.
     """
     reviews, meta_path, name = _amazon_files(path, meta)
-    schema = _Schema("user_id", "parent_asin", "rating", "timestamp", "parent_asin", 1000.0)
+    schema = _Schema("user_id", "parent_asin|asin", "rating", "timestamp", "parent_asin|asin")
     cols = _read_reviews(reviews, schema)
 
     def text_of(rec: dict) -> str:
         body = join_text(rec.get("description")) or join_text(rec.get("features"))
         return join_text(rec.get("title") if with_title else None, body)
 
-    return _assemble(reviews, name, cols, (meta_path, "parent_asin", text_of))
+    return _assemble(reviews, name, cols, (meta_path, "parent_asin|asin", text_of))
 
 
-def _goodreads_time(rec: dict, path: Path, lineno: int) -> float:
+def _goodreads_time(rec: dict, path: Path, where: str) -> float:
     value = rec.get("date_added") or rec.get("date_updated")
     if not value:
         return math.nan
@@ -231,18 +294,98 @@ def _goodreads_time(rec: dict, path: Path, lineno: int) -> float:
         return datetime.strptime(str(value), "%a %b %d %H:%M:%S %z %Y").timestamp()
     except ValueError:
         raise DatasetError(
-            f"{path}: line {lineno}: field 'date_added' has value {value!r}, expected like "
+            f"{path}: {where}: field 'date_added' has value {value!r}, expected like "
             f"'Fri Sep 08 10:44:24 -0700 2017'"
         ) from None
+
+
+#: Header of the UCSD Goodreads interactions CSV (``goodreads_interactions.csv``).
+GOODREADS_CSV_HEADER = ("user_id", "book_id", "is_read", "rating", "is_reviewed")
+
+
+def _goodreads_rating(rec: dict, path: Path, where: str) -> float:
+    value = _number(rec, "rating", path, where, required=False)
+    return math.nan if value == 0 else value  # 0 = shelved, not rated
+
+
+def _goodreads_kept(rec: dict, read_only: bool) -> bool:
+    rating = rec.get("rating")
+    try:
+        rated = float(rating) > 0 if rating not in (None, "") else False
+    except (TypeError, ValueError):
+        rated = True  # let the rating reader name the bad value
+    read = str(rec.get("is_read", "")).strip().lower() in ("true", "1", "1.0")
+    return read if read_only else (read or rated)
+
+
+def _goodreads_csv(path: Path, read_only: bool) -> tuple[list[str], list[str], list[float],
+                                                          list[float]]:
+    header, cols = read_delimited(path, delimiter=",")
+    require_columns(header, {"user": "user_id", "item": "book_id", "is_read": "is_read",
+                             "rating": "rating"}, path)
+    line_of = line_mapper(path, 1)
+    rating = to_float(cols["rating"], what="rating", source=str(path), line_of=line_of)
+    is_read = to_float(cols["is_read"], what="is_read", source=str(path), line_of=line_of)
+    keep = is_read > 0 if read_only else (is_read > 0) | (rating > 0)
+    rows = np.flatnonzero(keep)
+    if rows.size == 0:
+        raise DatasetError(f"{path}: no interactions found (no row is read or rated)")
+    users = [cols["user_id"][int(r)].as_py().strip() for r in rows]
+    items = [cols["book_id"][int(r)].as_py().strip() for r in rows]
+    for what, ids in (("user_id", users), ("book_id", items)):
+        if "" in ids:
+            row = int(rows[ids.index("")])
+            raise DatasetError(f"{path}: line {line_of(row)}: field {what!r} is empty")
+    for what, ids in (("user", users), ("book", items)):
+        mapping = _id_map(path.parent / f"{what}_id_map.csv", f"{what}_id_csv", f"{what}_id")
+        if mapping is not None:
+            missing = next((i for i in ids if i not in mapping), None)
+            if missing is not None:
+                raise DatasetError(f"{path.parent / f'{what}_id_map.csv'}: no row for "
+                                   f"{what}_id_csv {missing!r} of {path}")
+            ids[:] = [mapping[i] for i in ids]
+    ratings = [math.nan if v == 0 else float(v) for v in rating[rows]]
+    return users, items, ratings, [math.nan] * len(users)
+
+
+def _id_map(path: Path, key: str, value: str) -> dict[str, str] | None:
+    """``{key: value}`` from a UCSD ``*_id_map.csv`` beside the interactions, if present."""
+    if not path.is_file():
+        return None
+    header, cols = read_delimited(path, delimiter=",")
+    require_columns(header, {"csv id": key, "id": value}, path)
+    return dict(zip((k.strip() for k in cols[key].to_pylist()),
+                    (v.strip() for v in cols[value].to_pylist()), strict=True))
+
+
+def is_goodreads_csv(path: Path) -> bool:
+    """True when a ``.csv`` file's header is the UCSD Goodreads interactions header."""
+    if not path.name.lower().endswith((".csv", ".csv.gz", ".csv.bz2")):
+        return False
+    try:
+        with open_text(path) as fh:
+            first = fh.readline()
+    except (OSError, EOFError, UnicodeDecodeError, DatasetError):
+        return False
+    fields = tuple(f.strip().strip('"') for f in first.lstrip("\ufeff").strip().split(","))
+    return fields[:4] == GOODREADS_CSV_HEADER[:4]
 
 
 def read_goodreads(path: Path, *, books: str | Path | None = None, read_only: bool = False,
                    with_title: bool = True) -> RawInteractions:
     """Read Goodreads (UCSD book graph) interactions and book descriptions.
 
+    Two interaction files are read: ``goodreads_interactions*.json[.gz]`` (JSON lines with
+    ``user_id``, ``book_id``, ``is_read``, ``rating``, ``date_added``) and the CSV
+    ``goodreads_interactions.csv`` (``user_id,book_id,is_read,rating,is_reviewed``, no
+    time; its ids are mapped through ``user_id_map.csv`` / ``book_id_map.csv`` when those
+    are beside it, so the books file matches). Interaction rule: a shelving counts when
+    the book was read or rated (``read_only``: read); rating 0 means "not rated" and is
+    stored as missing, so ``threshold`` keeps only rated books at or above it.
+
     Args:
-        path: a folder with one ``goodreads_interactions*.json[.gz]`` (+ one
-            ``goodreads_books*.json[.gz]``), or the interactions file.
+        path: a folder with one interactions file (+ one ``goodreads_books*.json[.gz]``),
+            or the interactions file.
         books: the books file, when it is not found beside the interactions.
         read_only: keep only shelvings with ``is_read`` true.
         with_title: include the title in the item text.
@@ -251,27 +394,40 @@ def read_goodreads(path: Path, *, books: str | Path | None = None, read_only: bo
     if path.is_dir():
         inter = _pick(path, lambda n: n.startswith("goodreads_interactions"), "interactions")
         if inter is None:
-            raise DatasetError(f"{path}: no goodreads_interactions*.json[.gz] file found")
-        books_path = _pick(path, lambda n: n.startswith("goodreads_books"), "books")
+            found = [p for p in sorted(path.iterdir()) if p.is_file() and is_goodreads_csv(p)]
+            inter = found[0] if len(found) == 1 else None
+        if inter is None:
+            raise DatasetError(f"{path}: no goodreads_interactions*.json[.gz] or "
+                               f"goodreads_interactions.csv file found")
+        folder = path
     else:
         if not path.is_file():
             raise DatasetError(f"{path}: no such file or directory")
-        inter = path
-        guess = path.with_name(path.name.replace("interactions", "books"))
-        books_path = guess if guess != path and guess.is_file() else _pick(
-            path.parent, lambda n: n.startswith("goodreads_books"), "books")
+        inter, folder = path, path.parent
+    books_path = None
     if books is not None:
         books_path = Path(books)
         if not books_path.is_file():
             raise DatasetError(f"{books_path}: missing books file (no such file)")
-    schema = _Schema("user_id", "book_id", "rating", "date_added", "book_id")
-    keep = (lambda rec: bool(rec.get("is_read"))) if read_only else None
-    cols = _read_reviews(inter, schema, keep=keep, time_of=_goodreads_time)
+    else:
+        guess = inter.with_name(inter.name.replace("interactions", "books"))
+        if guess != inter and guess.is_file() and is_json_lines(guess):
+            books_path = guess
+        else:
+            books_path = _pick(folder, lambda n: n.startswith("goodreads_books"), "books")
+        if books_path is None:
+            _meta_missing(inter, [f"{folder}/goodreads_books*.json[.gz]"], "titles or text")
+    if is_json_lines(inter):
+        schema = _Schema("user_id", "book_id", "rating", "date_added", "book_id")
+        cols = _read_reviews(inter, schema, keep=lambda rec: _goodreads_kept(rec, read_only),
+                             time_of=_goodreads_time, rating_of=_goodreads_rating)
+    else:
+        cols = _goodreads_csv(inter, read_only)
 
     def text_of(rec: dict) -> str:
         return join_text(rec.get("title") if with_title else None, rec.get("description"))
 
-    name = _strip_json_suffix(inter.name)
+    name = _strip_json_suffix(inter.name).removesuffix(".csv")
     return _assemble(inter, name, cols, (books_path, "book_id", text_of))
 
 
@@ -279,9 +435,11 @@ def detect_json_format(path: Path, keys: Sequence[str] | set[str]) -> str | None
     """Name the JSON-lines format whose review fields are all in ``keys``, else ``None``."""
     keys = set(keys)
     if {"reviewerID", "asin"} <= keys:
-        return "amazon2018"
+        return "amazon2018"  # 2014 and 2018
     if {"user_id", "parent_asin"} <= keys:
         return "amazon2023"
     if {"user_id", "book_id"} <= keys:
         return "goodreads"
+    if {"user_id", "asin", "rating"} <= keys:
+        return "amazon2023"
     return None
