@@ -18,7 +18,6 @@ description is empty); ``""`` for items without metadata.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glta_graph.data.interactions import DatasetError, DatasetWarning
+from glta_graph.data.interactions import DatasetError
 from glta_graph.data.raw import (
     COMPRESSED_SUFFIXES,
     RawInteractions,
@@ -38,6 +37,7 @@ from glta_graph.data.raw import (
     read_delimited,
     require_columns,
     to_float,
+    warn_no_text,
 )
 
 __all__ = ["GOODREADS_CSV_HEADER", "JSON_SUFFIXES", "is_goodreads_csv", "is_json_lines",
@@ -192,12 +192,8 @@ def _pick(folder: Path, accept: Callable[[str], bool], what: str) -> Path | None
     return found[0] if found else None
 
 
-def _meta_missing(reviews: Path, looked_for: Sequence[str], what: str = "item text") -> None:
-    shown = ", ".join(looked_for[:6]) + (", ..." if len(looked_for) > 6 else "")
-    warnings.warn(DatasetWarning(
-        f"{reviews}: no metadata file found beside it (looked for {shown}), so items have no "
-        f"{what}; pass meta=FILE (--option meta=FILE) to add it"
-    ), stacklevel=3)
+def _meta_missing(reviews: Path, looked_for: Sequence[str], option: str = "meta") -> None:
+    warn_no_text(reviews, looked_for, f"pass {option}=FILE (--option {option}=FILE) to add it")
 
 
 def _amazon_files(path: Path, meta: str | Path | None) -> tuple[Path, Path | None, str]:
@@ -219,9 +215,9 @@ def _amazon_files(path: Path, meta: str | Path | None) -> tuple[Path, Path | Non
                                          bare.removesuffix("_5")]))
         meta_path = None
         for cand in candidates:
+            looked.append(f"meta_{cand}.json[l][.gz/.bz2/.xz/.zip]")
             for suffix in JSON_SUFFIXES:
                 guess = path.parent / f"meta_{cand}{suffix}"
-                looked.append(guess.name)
                 if guess.is_file():
                     meta_path = guess
                     break
@@ -416,7 +412,7 @@ def read_goodreads(path: Path, *, books: str | Path | None = None, read_only: bo
         else:
             books_path = _pick(folder, lambda n: n.startswith("goodreads_books"), "books")
         if books_path is None:
-            _meta_missing(inter, [f"{folder}/goodreads_books*.json[.gz]"], "titles or text")
+            _meta_missing(inter, [f"{folder}/goodreads_books*.json[.gz]"], "books")
     if is_json_lines(inter):
         schema = _Schema("user_id", "book_id", "rating", "date_added", "book_id")
         cols = _read_reviews(inter, schema, keep=lambda rec: _goodreads_kept(rec, read_only),

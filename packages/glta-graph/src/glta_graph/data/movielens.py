@@ -25,6 +25,7 @@ from glta_graph.data.raw import (
     read_delimited,
     require_columns,
     to_float,
+    warn_no_text,
 )
 
 __all__ = ["ML100K_GENRES", "read_ml1m", "read_ml100k", "read_ml_latest"]
@@ -103,6 +104,8 @@ def read_ml100k(path: Path, *, with_title: bool = True) -> RawInteractions:
                 flags = fields[5 : 5 + len(genres)]
                 chosen = [g for g, f in zip(genres, flags, strict=True) if f.strip() == "1"]
                 text[fields[0].strip()] = movielens_text(fields[1], chosen, with_title=with_title)
+    else:
+        warn_no_text(data, [str(item_file)])
     name = folder.name if Path(path).is_dir() else "ml-100k"
     return _assemble(name, data, cols, names, 0, "latin-1", text)
 
@@ -134,6 +137,8 @@ def read_ml1m(path: Path, *, with_title: bool = True) -> RawInteractions:
                 text[fields[0].strip()] = movielens_text(
                     fields[1], fields[2].split("|"), with_title=with_title
                 )
+    else:
+        warn_no_text(data, [str(movies)])
     name = folder.name if Path(path).is_dir() else "ml-1m"
     return _assemble(name, data, cols, names, 0, "latin-1", text)
 
@@ -159,5 +164,7 @@ def read_ml_latest(path: Path, *, with_title: bool = True) -> RawInteractions:
         for mid, title, genres in zip(mcols["movieId"].to_pylist(), mcols["title"].to_pylist(),
                                       mcols["genres"].to_pylist(), strict=True):
             text[mid.strip()] = movielens_text(title, genres.split("|"), with_title=with_title)
+    else:
+        warn_no_text(data, [str(movies)])
     name = folder.name if Path(path).is_dir() else "ml-latest"
     return _assemble(name, data, cols, names, 1, "utf-8", text)

@@ -41,6 +41,7 @@ __all__ = [
     "read_delimited",
     "read_error",
     "to_float",
+    "warn_no_text",
 ]
 
 _CANONICAL_INT = re.compile(r"^(0|-?[1-9][0-9]{0,17})$")
@@ -551,6 +552,19 @@ def movielens_text(title: str, genres: Sequence[str], *, with_title: bool = True
     genre_part = "Genres: " + (", ".join(names) if names else "unknown")
     title = title.strip()
     return f"{title}. {genre_part}" if with_title and title else genre_part
+
+
+def warn_no_text(source: str | os.PathLike[str], looked_for: Sequence[str],
+                 hint: str = "") -> None:
+    """Issue a :class:`DatasetWarning`: no metadata file was found for ``source``, so its
+    items have no text (``looked_for``: the file names tried)."""
+    import warnings
+
+    from glta_graph.data.interactions import DatasetWarning
+
+    message = (f"{source}: no metadata file found (looked for {', '.join(looked_for)}), so "
+               f"items have no text")
+    warnings.warn(DatasetWarning(message + (f"; {hint}" if hint else "")), stacklevel=3)
 
 
 #: What list fields (several description paragraphs, features) are joined with.

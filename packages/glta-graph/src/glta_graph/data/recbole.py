@@ -22,6 +22,7 @@ from glta_graph.data.raw import (
     read_delimited,
     require_columns,
     to_float,
+    warn_no_text,
 )
 
 __all__ = ["read_recbole"]
@@ -122,5 +123,7 @@ def read_recbole(
                                                          "book_title")]
             for row, iid in enumerate(ids):
                 text[iid.strip()] = join_text(*(icols[f][row] for f in fields))
+    else:
+        warn_no_text(inter, [str(item_file)])
     return RawInteractions(user_ids, item_ids, users, items, ratings=ratings, timestamps=stamps,
                            item_text=text, name=inter.stem, source=src)
