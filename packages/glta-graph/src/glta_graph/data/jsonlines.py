@@ -196,7 +196,8 @@ def _meta_missing(reviews: Path, looked_for: Sequence[str], option: str = "meta"
     warn_no_text(reviews, looked_for, f"pass {option}=FILE (--option {option}=FILE) to add it")
 
 
-def _amazon_files(path: Path, meta: str | Path | None) -> tuple[Path, Path | None, str]:
+def _amazon_files(path: Path, meta: str | Path | None
+                  ) -> tuple[Path, Path | None, str, list[str]]:
     path = Path(path)
     looked: list[str] = []
     if path.is_dir():
@@ -227,10 +228,8 @@ def _amazon_files(path: Path, meta: str | Path | None) -> tuple[Path, Path | Non
         meta_path = Path(meta)
         if not meta_path.is_file():
             raise DatasetError(f"{meta_path}: missing metadata file (no such file)")
-    if meta_path is None:
-        _meta_missing(reviews, looked)
     name = _strip_json_suffix(reviews.name).removeprefix("reviews_")
-    return reviews, meta_path, name
+    return reviews, meta_path, name, looked
 
 
 def read_amazon2018(path: Path, *, meta: str | Path | None = None,
@@ -247,9 +246,11 @@ def read_amazon2018(path: Path, *, meta: str | Path | None = None,
         meta: the metadata file, when not found beside the reviews as ``meta_<name>``.
         with_title: include the title in the item text.
     """
-    reviews, meta_path, name = _amazon_files(path, meta)
+    reviews, meta_path, name, looked = _amazon_files(path, meta)
     schema = _Schema("reviewerID", "asin", "overall", "unixReviewTime", "asin")
     cols = _read_reviews(reviews, schema)
+    if meta_path is None:
+        _meta_missing(reviews, looked)
 
     def text_of(rec: dict) -> str:
         body = join_text(rec.get("description")) or join_text(rec.get("feature"))
@@ -271,9 +272,11 @@ def read_amazon2023(path: Path, *, meta: str | Path | None = None,
         meta: the metadata file, when not found beside the reviews as ``meta_<name>``.
         with_title: include the title in the item text.
     """
-    reviews, meta_path, name = _amazon_files(path, meta)
+    reviews, meta_path, name, looked = _amazon_files(path, meta)
     schema = _Schema("user_id", "parent_asin|asin", "rating", "timestamp", "parent_asin|asin")
     cols = _read_reviews(reviews, schema)
+    if meta_path is None:
+        _meta_missing(reviews, looked)
 
     def text_of(rec: dict) -> str:
         body = join_text(rec.get("description")) or join_text(rec.get("features"))
@@ -411,14 +414,14 @@ def read_goodreads(path: Path, *, books: str | Path | None = None, read_only: bo
             books_path = guess
         else:
             books_path = _pick(folder, lambda n: n.startswith("goodreads_books"), "books")
-        if books_path is None:
-            _meta_missing(inter, [f"{folder}/goodreads_books*.json[.gz]"], "books")
     if is_json_lines(inter):
         schema = _Schema("user_id", "book_id", "rating", "date_added", "book_id")
         cols = _read_reviews(inter, schema, keep=lambda rec: _goodreads_kept(rec, read_only),
                              time_of=_goodreads_time, rating_of=_goodreads_rating)
     else:
         cols = _goodreads_csv(inter, read_only)
+    if books_path is None:
+        _meta_missing(inter, [f"{folder}/goodreads_books*.json[.gz]"], "books")
 
     def text_of(rec: dict) -> str:
         return join_text(rec.get("title") if with_title else None, rec.get("description"))
