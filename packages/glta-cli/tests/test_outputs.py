@@ -252,3 +252,55 @@ def test_staged_dir_keeps_the_old_output_until_the_new_one_is_complete(tmp_path)
     assert output_kind(out) == "dataset"
     with pytest.raises(ValueError, match="unknown output kind"):
         write_marker(out, "thing")
+
+
+# -- reading failures and format options through the CLI ------------------------------------
+
+
+def test_read_failures_are_one_line_exit_2(runner, tmp_path):
+    import gzip
+    import json
+
+    records = "".join(json.dumps({"reviewerID": f"u{i % 7}", "asin": f"a{i % 5}",
+                                  "overall": 4.0, "unixReviewTime": 1_400_000_000 + i}) + "\n"
+                      for i in range(3000)).encode()
+    packed = gzip.compress(records)
+    (tmp_path / "Books.json.gz").write_bytes(packed[: len(packed) // 2])
+    ml = tmp_path / "ml-100k"
+    ml.mkdir()
+    (ml / "u.data").write_bytes(b"")
+    for source, fragment in ((tmp_path / "Books.json.gz", "truncated"),
+                             (ml, "u.data: the file is empty")):
+        out = tmp_path / "never"
+        result = runner.invoke(app, ["data", "prepare", str(source), "--out", str(out)])
+        _refused(result, str(source), fragment)
+        assert "Aborted" not in result.output and not out.exists()
+
+
+def test_tab_separator_from_the_command_line(runner, tmp_path):
+    path = tmp_path / "ratings.dat"
+    path.write_text("user_id\titem_id\trating\n" + "".join(
+        f"u{u}\ti{(u + k) % 6}\t{k + 1}\n" for u in range(8) for k in range(5)))
+    for n, sep in enumerate(("sep=\\t", "sep=\t", "sep=tab")):
+        out = tmp_path / f"ds{n}"
+        result = runner.invoke(app, ["data", "prepare", str(path), "--format", "csv",
+                                     "--option", sep, "--out", str(out)])
+        assert result.exit_code == 0, (sep, result.output)
+    info = runner.invoke(app, ["data", "info", str(tmp_path / "ds0")])
+    assert info.exit_code == 0 and '"items_with_text": 0' in info.stdout
+    assert "0 of 6 items have text" in info.stderr
+
+
+def test_missing_metadata_is_a_warning_line(runner, tmp_path):
+    import json
+
+    reviews = tmp_path / "Toys.jsonl"
+    reviews.write_text("".join(json.dumps({
+        "user_id": f"u{u}", "asin": "v", "parent_asin": f"P{(u + k) % 5}", "rating": 5.0,
+        "timestamp": 1_600_000_000_000 + 1000 * (5 * u + k)}) + "\n"
+        for u in range(8) for k in range(4)))
+    result = runner.invoke(app, ["data", "prepare", str(reviews), "--out",
+                                 str(tmp_path / "ds")])
+    assert result.exit_code == 0, result.output
+    assert "warning: " in result.stderr and "meta_Toys.json[l]" in result.stderr
+    assert "0 of 5 items have text" in result.stderr

@@ -1,18 +1,29 @@
-"""JSON-lines review datasets: Amazon reviews 2018 and 2023, Goodreads (UCSD book graph).
+"""Review datasets: Amazon reviews 2014, 2018 and 2023, Goodreads (UCSD book graph).
 
-- Amazon 2018 (McAuley lab): reviews ``<Category>.json[.gz]`` / ``<Category>_5.json[.gz]``
-  with ``reviewerID``, ``asin``, ``overall``, ``unixReviewTime`` (s); metadata
-  ``meta_<Category>.json[.gz]`` with ``asin``, ``title``, ``description`` (list of strings).
+Every JSON file may be JSON lines or one JSON array, plain or compressed (``.gz``,
+``.bz2``, ``.xz``, ``.zip``).
+
+- Amazon 2014 / 2018 (McAuley lab): reviews ``<Category>.json[.gz]``,
+  ``<Category>_5.json[.gz]`` or (2014) ``reviews_<Category>[_5].json.gz`` with
+  ``reviewerID``, ``asin``, ``overall``, ``unixReviewTime`` (s); metadata
+  ``meta_<Category>.json[.gz]`` with ``asin``, ``title``, ``description`` (2018: a list;
+  2014: a string, one Python dict literal per line).
 - Amazon 2023: reviews ``<Category>.jsonl[.gz]`` with ``user_id``, ``parent_asin``,
-  ``rating``, ``timestamp`` (ms); metadata ``meta_<Category>.jsonl[.gz]`` with
-  ``parent_asin``, ``title``, ``description`` (list), ``features`` (list).
+  ``rating``, ``timestamp`` (ms, detected); metadata ``meta_<Category>.jsonl[.gz]`` with
+  ``parent_asin``, ``title``, ``description`` (list), ``features`` (list). Items are
+  ``parent_asin`` (a file without it is read by ``asin``).
 - Goodreads: ``goodreads_interactions_<genre>.json[.gz]`` with ``user_id``, ``book_id``,
-  ``rating`` (0 = shelved, not rated), ``is_read``, ``date_added``
-  (``"Fri Sep 08 10:44:24 -0700 2017"``); books ``goodreads_books_<genre>.json[.gz]`` with
-  ``book_id``, ``title``, ``description``.
+  ``rating``, ``is_read``, ``date_added`` (``"Fri Sep 08 10:44:24 -0700 2017"``), or the
+  CSV ``goodreads_interactions.csv`` (``user_id,book_id,is_read,rating,is_reviewed``);
+  books ``goodreads_books_<genre>.json[.gz]`` with ``book_id``, ``title``,
+  ``description``. A shelving is an interaction when the book was read or rated; rating 0
+  means "not rated" and is stored as missing.
 
-Item text: ``"title. description"`` (Amazon 2023 falls back to ``features`` when the
-description is empty); ``""`` for items without metadata.
+Item text: ``"title. description"`` (the description falls back to ``features`` /
+``feature`` when empty) as plain text (:func:`glta_graph.data.raw.clean_text`: HTML
+decoded, tags removed, list parts joined with ``" | "``); ``""`` for items without
+metadata. A metadata file that is expected but not found is a :class:`DatasetWarning`
+naming the names looked for.
 """
 
 from __future__ import annotations
