@@ -40,14 +40,6 @@ def _dataset_path(path: Path) -> Path:
     return path
 
 
-def _warn(message: str) -> None:
-    from rich.text import Text
-
-    from glta_cli.commands._common import err_console
-
-    err_console().print(Text(f"warning: {message}", style="yellow"))
-
-
 def _text_line(stats: dict[str, object]) -> str:
     return f"{stats.get('items_with_text', 0)} of {stats.get('items', 0)} items have text"
 
@@ -95,10 +87,6 @@ def prepare(
 
     Example: glta data prepare ml-100k --out data/ml100k --threshold 4 --kcore 5 --split loo
     """
-    import warnings
-
-    from glta_graph.data import DatasetWarning
-
     from glta_cli.config import load_config, parse_overrides
     from glta_cli.outputs import check_output_dir, output_kind, staged_dir
     from glta_cli.pipeline import prepare_dataset
@@ -124,15 +112,7 @@ def prepare(
             f"(--max-users still works)"
         )
     config = load_config("default", None, layers, sections=("run", "data", "prepare"))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DatasetWarning)
-        data = prepare_dataset(config)
-    for warning in caught:
-        if issubclass(warning.category, DatasetWarning):
-            _warn(str(warning.message))
-        else:
-            warnings.showwarning(warning.message, warning.category, warning.filename,
-                                 warning.lineno)
+    data = prepare_dataset(config)  # a DatasetWarning prints as a line (handle_errors)
     with staged_dir(out, "dataset") as staged:
         data.save(staged)
     stats = data.stats()

@@ -62,9 +62,12 @@ def train(
     from glta_cli.outputs import check_output_dir, write_marker
     from glta_cli.pipeline import train_graph_run
 
-    if check_output_dir(out, "run", inputs=[dataset_dir]) == "new":
-        out.mkdir(parents=True, exist_ok=True)
-    write_marker(out, "run")
+    if (dataset_dir / "dataset.json").is_file():  # else train_graph_run names the problem
+        if check_output_dir(out, "run", inputs=[dataset_dir]) == "new":
+            out.mkdir(parents=True, exist_ok=True)
+        write_marker(out, "run")
+    else:
+        check_output_dir(out, "run", inputs=[dataset_dir])
     options = {
         "dim": dim, "layers": layers, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "l2": l2, "loss": loss, "hard_negatives": hard_negatives, "patience": patience,
