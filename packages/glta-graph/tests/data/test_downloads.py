@@ -305,3 +305,38 @@ def test_bad_field_count_names_the_line(tmp_path):
     bad.write_bytes(gzip.compress(b"user_id,item_id\nu,i\nu,i\nu,i,x\n"))
     with pytest.raises(DatasetError, match=r"b.csv.gz: line 4: expected 2 comma-separated"):
         read_delimited(bad, delimiter=",")
+
+
+def test_goodreads_json_rule_read_or_rated(tmp_path):
+    rows = []
+    for u in range(6):
+        for k in range(4):
+            rows.append({"user_id": f"{u:032x}", "book_id": str(100 + (u + k) % 7),
+                         "review_id": f"r{u}{k}", "is_read": k != 3,
+                         "rating": 0 if k >= 2 else 5 - k, "review_text_incomplete": "",
+                         "date_added": "Fri Sep 08 10:44:24 -0700 2017",
+                         "date_updated": "Fri Sep 08 10:48:24 -0700 2017",
+                         "read_at": "", "started_at": ""})
+    _jsonl(tmp_path / "goodreads_interactions_poetry.json", rows)
+    _jsonl(tmp_path / "goodreads_books_poetry.json", [
+        {"book_id": str(100 + i), "title": f"B{i}", "description": ""} for i in range(7)])
+    raw = read_source(tmp_path)
+    assert raw.num_interactions == 6 * 3  # k=3: shelved, not read, not rated
+    assert np.isnan(raw.ratings).sum() == 6  # k=2: read, rating 0 = not rated
+    assert read_source(tmp_path, read_only=True).num_interactions == 6 * 3
+
+
+def test_recbole_and_lightgcn_empty_or_truncated(tmp_path):
+    inter = tmp_path / "toy" / "toy.inter"
+    inter.parent.mkdir()
+    inter.write_bytes(b"\n")
+    with pytest.raises(DatasetError, match=rf"^{inter}: the file is empty$"):
+        read_source(inter.parent, "recbole")
+    lg = tmp_path / "lg"
+    lg.mkdir()
+    (lg / "test.txt").write_text("0 1 2\n")
+    data = gzip.compress(("".join(f"{u} {u + 1} {u + 2}\n" for u in range(2000))).encode())
+    (lg / "train.txt.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match=r"train.txt.gz: after line \d+: the gz file is "
+                                           r"truncated"):
+        read_source(lg, "lightgcn", train_file="train.txt.gz")

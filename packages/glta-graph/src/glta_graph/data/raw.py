@@ -40,6 +40,7 @@ __all__ = [
     "read_bytes",
     "read_delimited",
     "read_error",
+    "read_lines",
     "to_float",
     "warn_no_text",
 ]
@@ -305,6 +306,19 @@ def decode_text(data: bytes, path: str | os.PathLike[str], encoding: str = "utf-
 def open_text(path: str | os.PathLike[str], encoding: str = "utf-8") -> io.TextIOBase:
     """Open a text file for reading, decompressing ``.gz``/``.bz2``/``.xz``/``.zip``."""
     return io.TextIOWrapper(open_binary(path), encoding=encoding, newline="")
+
+
+def read_lines(path: str | os.PathLike[str], encoding: str = "utf-8"
+               ) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` of a text file (compressed too); a truncated archive or
+    a byte not in ``encoding`` raises ``DatasetError`` naming the file and line."""
+    lineno = 0
+    try:
+        with open_binary(path) as fh:
+            for lineno, raw in enumerate(fh, 1):
+                yield lineno, decode_text(raw, path, encoding, first_line=lineno)
+    except (EOFError, OSError, zlib.error, lzma.LZMAError, zipfile.BadZipFile) as exc:
+        raise read_error(path, exc, f"after line {lineno}" if lineno else None) from None
 
 
 def require_file(path: Path, what: str) -> Path:

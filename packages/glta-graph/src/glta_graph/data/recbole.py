@@ -20,6 +20,7 @@ from glta_graph.data.raw import (
     line_mapper,
     movielens_text,
     read_delimited,
+    read_lines,
     require_columns,
     to_float,
     warn_no_text,
@@ -50,8 +51,10 @@ def _find_inter(path: Path) -> Path:
 
 def _typed_header(path: Path) -> tuple[list[str], list[str]]:
     """Split ``name:type`` header fields into names and types."""
-    with open(path, encoding="utf-8") as fh:
-        first = fh.readline().rstrip("\r\n")
+    first = next((line for _, line in read_lines(path) if line.strip()), None)
+    if first is None:
+        raise DatasetError(f"{path}: the file is empty")
+    first = first.lstrip("\ufeff").rstrip("\r\n")
     names, types = [], []
     for col in first.split("\t"):
         name, _, typ = col.partition(":")
