@@ -174,9 +174,15 @@ def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_p
     assert f"LLM: `{tiny_model_dir}` (float32)." in report  # what stage 3 ran in
     assert load_config("default", run / "resolved-config.toml").graph.epochs == 4
 
+    users_previous = previous_dir(run)  # a folder of the user's that happens to be named so
+    users_previous.mkdir()
+    (users_previous / "mine.txt").write_text("mine")
     again = runner.invoke(app, ["pipeline", *args])
     assert again.exit_code == 0, again.output
     assert "skipped: dataset, graph, item_text, user_item, evaluate" in again.stdout
+    assert (users_previous / "mine.txt").read_text() == "mine"  # never removed
+    (users_previous / "mine.txt").unlink()
+    users_previous.rmdir()
     assert json.loads((run / "metrics.json").read_text()) == metrics
 
     changed = runner.invoke(app, ["pipeline", *args, "--eval.ks", "5,10,15"])
