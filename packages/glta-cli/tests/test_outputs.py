@@ -96,6 +96,11 @@ def test_prepare_next_to_user_files_and_overwrite_own(runner, ratings_csv, tmp_p
     again = runner.invoke(app, ["data", "prepare", str(ratings_csv), "--out", str(out),
                                 "--overwrite", "--seed", "4"])
     assert again.exit_code == 0, again.output
+    (out / "my-notes.md").write_text("about this dataset\n")  # the user's, put inside it
+    again = runner.invoke(app, ["data", "prepare", str(ratings_csv), "--out", str(out),
+                                "--overwrite"])
+    _refused(again, "also holds my-notes.md")
+    files[out / "my-notes.md"] = "about this dataset\n"
     _survived(files)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     # an empty folder of the user's is fine to write into
@@ -136,6 +141,10 @@ def test_export_never_touches_user_files(runner, prepared, tmp_path):
              "--overwrite")
     assert runner.invoke(app, ["data", "export", str(prepared), "--out", str(out),
                                "--overwrite"]).exit_code == 0
+    (out / "notes.txt").write_text("mine\n")
+    _refused(runner.invoke(app, ["data", "export", str(prepared), "--out", str(out),
+                                 "--overwrite"]), "also holds notes.txt")
+    files[out / "notes.txt"] = "mine\n"
     _survived(files)
     assert prepared.joinpath("dataset.json").is_file()
 
@@ -237,13 +246,13 @@ def test_staged_dir_keeps_the_old_output_until_the_new_one_is_complete(tmp_path)
     out = tmp_path / "out"
     with staged_dir(out, "export") as staged:
         staged.mkdir()
-        (staged / "a.csv").write_text("1")
-    assert (out / "a.csv").read_text() == "1" and output_kind(out) == "export"
+        (staged / "train.csv").write_text("1")
+    assert (out / "train.csv").read_text() == "1" and output_kind(out) == "export"
     with pytest.raises(RuntimeError), staged_dir(out, "export") as staged:
         staged.mkdir()
-        (staged / "a.csv").write_text("2")
+        (staged / "train.csv").write_text("2")
         raise RuntimeError("killed half-way")
-    assert (out / "a.csv").read_text() == "1"
+    assert (out / "train.csv").read_text() == "1"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert check_output_dir(out, "export", overwrite=True) == "same"
     with pytest.raises(OutputError, match="not a run"):

@@ -8,7 +8,8 @@ rules, shared by ``data prepare``, ``data export``, ``graph train``, ``pipeline`
 - ``--out`` into a folder that is not empty and carries no marker of the right kind, or onto
   an existing file where a folder is written, is refused (:class:`OutputError`, exit 2).
 - An existing output of the same kind is replaced only with ``--overwrite`` (datasets,
-  exports); runs are resumed instead.
+  exports), and only while it holds nothing but what glta wrote there; runs are resumed
+  instead.
 - Input and output may never be the same folder, nor may the output hold the input
   (paths are resolved, so ``./x`` and ``x/../x`` are the same).
 - New folders are assembled in a temporary sibling (made with ``os.mkdir``, so they get the
@@ -32,6 +33,7 @@ from pathlib import Path
 
 __all__ = [
     "KINDS",
+    "LAYOUTS",
     "MARKER",
     "OutputError",
     "check_input_output",
@@ -44,6 +46,11 @@ __all__ = [
 
 MARKER = ".glta"
 KINDS = ("dataset", "export", "run")
+#: What a replaceable output holds; anything else in it is the user's and blocks --overwrite.
+LAYOUTS = {
+    "dataset": frozenset({"dataset.json", "interactions", "users", "items", MARKER}),
+    "export": frozenset({"train.csv", "valid.csv", "test.csv", MARKER}),
+}
 
 
 class OutputError(ValueError):
@@ -144,6 +151,11 @@ def check_output_dir(out: str | os.PathLike[str], kind: str, *, overwrite: bool 
     if kind != "run" and not overwrite:
         raise OutputError(f"{option} {path}: a glta {kind} is already there; pass --overwrite "
                           f"to replace it")
+    extra = sorted(p.name for p in path.iterdir() if p.name not in LAYOUTS.get(kind, ()))
+    if kind in LAYOUTS and extra:
+        raise OutputError(f"{option} {path}: the glta {kind} there also holds "
+                          f"{', '.join(extra[:5])}, which glta did not write; move them away "
+                          f"or choose another folder")
     return "same"
 
 

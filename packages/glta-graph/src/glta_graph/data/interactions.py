@@ -20,6 +20,8 @@ __all__ = ["SPLITS", "DatasetError", "DatasetWarning", "Interactions", "csr_from
 
 SPLITS = ("train", "valid", "test")
 _META_NAME = "dataset.json"
+# what a saved dataset folder holds (.glta: the glta CLI's output marker)
+_LAYOUT = frozenset({_META_NAME, "interactions", "users", "items", ".glta"})
 _FORMAT = "1"
 
 
@@ -216,7 +218,8 @@ class Interactions:
 
         Raises:
             DatasetError: ``directory`` is a file, or a non-empty folder that is not a
-                dataset written by this method (its files are never touched).
+                dataset written by this method or holds other files too (its files are
+                never touched).
         """
         from datasets import Dataset
 
@@ -224,9 +227,13 @@ class Interactions:
         if directory.exists() and not directory.is_dir():
             raise DatasetError(f"{directory}: a file is there, and a dataset folder would be "
                                f"written; choose another path")
-        if directory.is_dir() and any(directory.iterdir()) and not _is_saved_dataset(directory):
-            raise DatasetError(f"{directory}: the folder holds files that are not a GLTA "
-                               f"dataset; choose a new or empty folder")
+        if directory.is_dir() and any(directory.iterdir()):
+            extra = sorted(p.name for p in directory.iterdir() if p.name not in _LAYOUT)
+            if not _is_saved_dataset(directory) or extra:
+                raise DatasetError(
+                    f"{directory}: the folder holds files that are not a GLTA dataset "
+                    f"({', '.join(extra[:5]) or 'no dataset.json'}); choose a new or empty folder"
+                )
         directory.parent.mkdir(parents=True, exist_ok=True)
         # os.mkdir honours the umask (tempfile.mkdtemp would make the folder 0700)
         staged = directory.parent / f".{directory.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
