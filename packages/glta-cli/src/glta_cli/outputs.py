@@ -18,7 +18,8 @@ rules, shared by ``data prepare``, ``data export``, ``graph train``, ``pipeline`
 - ``--restart`` only moves a folder that is a GLTA run.
 
 Folders written before the marker existed are still recognised: a dataset by its
-``dataset.json`` holding ``glta_format``, a run by ``resolved-config.toml`` plus ``state/``.
+``dataset.json`` holding ``glta_format``, a run by ``resolved-config.toml`` plus ``state/``
+(or plus ``dataset/dataset.json``: a run killed before its first saved state).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def output_kind(path: str | os.PathLike[str]) -> str | None:
 
     Read from the ``.glta`` marker; folders written before the marker existed are
     recognised by their layout (``dataset.json`` with ``glta_format``: a dataset;
-    ``resolved-config.toml`` plus ``state/``: a run).
+    ``resolved-config.toml`` plus ``state/`` or ``dataset/dataset.json``: a run).
     """
     path = Path(path)
     if not path.is_dir():
@@ -85,8 +86,9 @@ def output_kind(path: str | os.PathLike[str]) -> str | None:
                 return "dataset"
         except (OSError, ValueError, TypeError):
             pass
-    if (path / "resolved-config.toml").is_file() and (path / "state").is_dir():
-        return "run"
+    if (path / "resolved-config.toml").is_file() and (
+            (path / "state").is_dir() or (path / "dataset" / "dataset.json").is_file()):
+        return "run"  # also a run killed before its first saved state
     return None
 
 
@@ -202,7 +204,10 @@ def staged_dir(out: str | os.PathLike[str], kind: str) -> Iterator[Path]:
             old = parent / f".{path.name}.old-{tag}"
             os.replace(path, old)
             os.replace(staged, path)
-            shutil.rmtree(old)
+            if old.is_symlink():
+                old.unlink()  # a link to the old output: the link goes, its target stays
+            else:
+                shutil.rmtree(old)
         else:
             os.replace(staged, path)
     finally:
