@@ -340,3 +340,18 @@ def test_recbole_and_lightgcn_empty_or_truncated(tmp_path):
     with pytest.raises(DatasetError, match=r"train.txt.gz: after line \d+: the gz file is "
                                            r"truncated"):
         read_source(lg, "lightgcn", train_file="train.txt.gz")
+
+
+def test_amazon_ratings_only_csv_without_header(tmp_path):
+    path = tmp_path / "ratings_Toys.csv"
+    path.write_text("".join(
+        f"A{u}X,00{(u + k) % 6}Y,{(u + k) % 5 + 1}.0,{1_300_000_000 + u * 9 + k}\n"
+        for u in range(6) for k in range(4)))
+    assert detect_format(path) == "csv"
+    raw = read_source(path)
+    assert raw.num_interactions == 24 and raw.user_ids[0] == "A0X"
+    assert raw.ratings.max() == 5.0 and raw.timestamps.min() == 1_300_000_000
+    path.write_text("A1,B1,5.0,1300000000\nA2,B2,x,1300000001\n")
+    with pytest.raises(DatasetError, match=r"ratings_Toys.csv: line 2: field 'rating' has "
+                                           r"value 'x'"):
+        read_source(path)

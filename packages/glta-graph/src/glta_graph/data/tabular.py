@@ -162,6 +162,10 @@ def read_csv(path: Path, *, sep: str | None = None, encoding: str = "utf-8",
         user_col / item_col / rating_col / timestamp_col / text_col: see :func:`read_table`;
             the rating and timestamp columns are guessed (``rating``, ``overall``, ...;
             ``timestamp``, ``unixReviewTime``, ...) when not given.
+
+    A file whose first line is data of the form ``user,item,<number>,<integer>`` (the
+    Amazon 2014/2018 ratings-only CSVs have no header) is read with the columns
+    :data:`RATINGS_ONLY`.
     """
     path = Path(path)
     if sep is None:
@@ -171,10 +175,33 @@ def read_csv(path: Path, *, sep: str | None = None, encoding: str = "utf-8",
     if len(sep) != 1:
         raise DatasetError(f"csv option sep={sep!r}: the delimiter must be one character "
                            f"(or tab)")
-    _, cols = read_delimited(path, delimiter=sep, encoding=encoding)
+    names = RATINGS_ONLY if _headerless_ratings(path, sep, encoding) else None
+    _, cols = read_delimited(path, delimiter=sep, encoding=encoding, column_names=names)
     return read_table(cols, source=str(path), name=path.name.split(".")[0], user_col=user_col,
                       item_col=item_col, rating_col=rating_col, timestamp_col=timestamp_col,
-                      text_col=text_col, line_of=line_mapper(path, 1, encoding))
+                      text_col=text_col, line_of=line_mapper(path, 0 if names else 1, encoding))
+
+
+#: Columns of a header-less ``user,item,rating,timestamp`` file (the Amazon 2014/2018
+#: "ratings only" CSVs, ``ratings_<Category>.csv`` / ``<Category>.csv``).
+RATINGS_ONLY = ("user_id", "item_id", "rating", "timestamp")
+
+
+def _headerless_ratings(path: Path, sep: str, encoding: str) -> bool:
+    """True when the first line is data, ``user,item,<number>,<integer>``, not a header."""
+    try:
+        with open_text(path, encoding) as fh:
+            fields = fh.readline().strip().split(sep)
+    except (OSError, EOFError, UnicodeError, LookupError, DatasetError):
+        return False
+    if len(fields) != 4:
+        return False
+    try:
+        float(fields[2])
+        int(fields[3])
+    except ValueError:
+        return False
+    return True
 
 
 def read_parquet(path: Path, *, user_col: str | None = None, item_col: str | None = None,
