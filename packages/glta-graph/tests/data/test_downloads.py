@@ -355,3 +355,11 @@ def test_amazon_ratings_only_csv_without_header(tmp_path):
     with pytest.raises(DatasetError, match=r"ratings_Toys.csv: line 2: field 'rating' has "
                                            r"value 'x'"):
         read_source(path)
+
+
+def test_goodreads_csv_empty_id_names_the_line(tmp_path):
+    path = tmp_path / "goodreads_interactions.csv"
+    path.write_text(GR_HEADER + "0,1,1,5,0\n1,2,0,0,0\n,3,1,4,0\n")
+    with pytest.raises(DatasetError, match=r"goodreads_interactions.csv: line 4: field "
+                                           r"'user_id' is empty"):
+        read_source(path)
