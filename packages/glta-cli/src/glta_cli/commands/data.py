@@ -125,8 +125,8 @@ def prepare(
 def info(
     dataset_dir: Annotated[Path, typer.Argument(help="A prepared dataset folder or run dir.")],
 ) -> None:
-    """Print a prepared dataset's statistics as JSON (users, items, interactions per split,
-    density, fingerprint).
+    """Print a prepared dataset's statistics as JSON (users, items, items with text,
+    interactions per split, density, fingerprint).
 
     Example: glta data info data/ml100k
     """
