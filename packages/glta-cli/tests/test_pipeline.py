@@ -112,22 +112,22 @@ def test_stage_keys_chain_and_reconcile(tmp_path):
 def test_restart_moves_old_run_aside_and_keeps_last_complete(tmp_path):
     run = tmp_path / "run"
     assert _start_run_dir(run, restart=True) is None
-    run.mkdir()
     (run / "marker").write_text("old complete run")
     assert _start_run_dir(run, restart=False) is None and (run / "marker").exists()
     note = _start_run_dir(run, restart=True)
-    assert "moved" in note and not run.exists()
+    assert "moved" in note and not (run / "marker").exists()
     assert (previous_dir(run) / "marker").read_text() == "old complete run"
-    run.mkdir()
     (run / "partial").write_text("unfinished restart")
     note = _start_run_dir(run, restart=True)
-    assert "discarded" in note and not run.exists()
+    assert "discarded" in note and not (run / "partial").exists()
     assert (previous_dir(run) / "marker").is_file()
 
 
 def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_path,
                                      tiny_pipeline_args):
     run = tmp_path / "run"
+    mine = tmp_path / "notes.txt"  # a user's file next to --out
+    mine.write_text("mine")
     args = tiny_pipeline_args(ratings_csv, tiny_model_dir, run)
     result = runner.invoke(app, ["pipeline", *args])
     assert result.exit_code == 0, result.output
@@ -146,9 +146,15 @@ def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_p
     assert f"LLM: `{tiny_model_dir}` (float32)." in report  # what stage 3 ran in
     assert load_config("default", run / "resolved-config.toml").graph.epochs == 4
 
+    users_previous = previous_dir(run)  # a folder of the user's that happens to be named so
+    users_previous.mkdir()
+    (users_previous / "mine.txt").write_text("mine")
     again = runner.invoke(app, ["pipeline", *args])
     assert again.exit_code == 0, again.output
     assert "skipped: dataset, graph, item_text, user_item, evaluate" in again.stdout
+    assert (users_previous / "mine.txt").read_text() == "mine"  # never removed
+    (users_previous / "mine.txt").unlink()
+    users_previous.rmdir()
     assert json.loads((run / "metrics.json").read_text()) == metrics
 
     changed = runner.invoke(app, ["pipeline", *args, "--eval.ks", "5,10,15"])
@@ -202,6 +208,7 @@ def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_p
     assert restarted.exit_code == 0, restarted.output
     assert not previous_dir(run).exists()
     assert load_config("default", run / "resolved-config.toml").graph.epochs == 2
+    assert mine.read_text() == "mine" and ratings_csv.is_file()
 
 
 def test_pipeline_bad_override_exit_2_nothing_written(runner, tmp_path):

@@ -328,19 +328,38 @@ def train_graph_run(
 # -- the pipeline --------------------------------------------------------------------------
 
 
-def _start_run_dir(run_dir: Path, restart: bool) -> str | None:
-    """Apply ``--restart`` semantics; return a note for the user, if any."""
+def _start_run_dir(run_dir: Path, restart: bool, inputs: Sequence[Any] = ()) -> str | None:
+    """Check ``run_dir`` may hold a run, apply ``--restart``; return a note for the user.
+
+    ``run_dir`` must be absent, empty or a glta run (marker, or ``resolved-config.toml`` +
+    ``state/`` from earlier versions), and not one of ``inputs``. ``--restart`` moves only
+    a glta run aside. On return ``run_dir`` exists and carries the run marker.
+
+    Raises:
+        OutputError: a file, a folder of other files, another kind of glta output, an
+            input, or a ``RUN.previous`` that glta did not write.
+    """
+    from glta_cli.outputs import OutputError, check_output_dir, output_kind, write_marker
+
     previous = previous_dir(run_dir)
-    if not restart:
-        return None
-    if not run_dir.exists():
-        return None
-    if previous.exists():
-        # RUN is an unfinished restart; RUN.previous is the last complete run: keep it.
-        shutil.rmtree(run_dir)
-        return f"discarded the unfinished restart in {run_dir}; {previous} is kept until done"
-    os.replace(run_dir, previous)
-    return f"moved the old run to {previous}; it is removed when this run completes"
+    state = check_output_dir(run_dir, "run", inputs=inputs, option="run directory")
+    note = None
+    if restart and state == "same":
+        if previous.exists():
+            if output_kind(previous) != "run":
+                raise OutputError(
+                    f"{previous}: --restart would park the old run there, but that path holds "
+                    f"files glta did not write; move it away first"
+                )
+            # RUN is an unfinished restart; RUN.previous is the last complete run: keep it.
+            shutil.rmtree(run_dir)
+            note = f"discarded the unfinished restart in {run_dir}; {previous} is kept until done"
+        else:
+            os.replace(run_dir, previous)
+            note = f"moved the old run to {previous}; it is removed when this run completes"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(run_dir, "run")
+    return note
 
 
 # The configuration sections each stage depends on; a stage's key also covers every
@@ -500,7 +519,7 @@ def run_pipeline(
     from glta_cli.report import write_report
 
     run_dir = Path(config.run.out)
-    note = _start_run_dir(run_dir, restart)
+    note = _start_run_dir(run_dir, restart, inputs=[config.data.source])
     if note:
         log(note)
     state = _read_state(run_dir)
@@ -660,8 +679,10 @@ def run_pipeline(
         extra=_report_sections(run_dir, config),
     )
     _write_state(run_dir, state)
+    from glta_cli.outputs import output_kind
+
     previous = previous_dir(run_dir)
-    if previous.exists():
+    if previous.exists() and output_kind(previous) == "run":  # never a folder of other files
         shutil.rmtree(previous)
         log(f"removed the old run {previous}")
     return PipelineResult(

@@ -151,8 +151,25 @@ def test_bad_field_count(fixture_writers, tmp_path):
 
 def test_empty_split_after_filtering(fixture_writers, tmp_path):
     path = fixture_writers["ml_latest"](tmp_path)
-    with pytest.raises(DatasetError, match="split is empty after filtering"):
+    with pytest.raises(DatasetError, match=r"split is empty \(.*at most 1 per user\); "
+                       r"split='temporal' .* works for this data; or loosen the threshold"):
         load_dataset(path, config=PrepareConfig(threshold=5))
+
+
+def test_empty_split_suggests_the_split_that_works(tmp_path):
+    # every user has two interactions: a per-user split has no valid item to hold out
+    path = tmp_path / "pairs.csv"
+    path.write_text("user_id,item_id,timestamp\n" + "".join(
+        f"u{u},i{(u + k) % 5},{1000 * u + k}\n" for u in range(12) for k in range(2)))
+    with pytest.raises(DatasetError, match=r"valid split is empty .* at most 2 per user\); "
+                       r"split='temporal' \(one time cut over all interactions\) or "
+                       r"ratios=0.8,0,0.2 \(no valid split\) works for this data$"):
+        load_dataset(path)
+    data = load_dataset(path, config={"split": "temporal"})
+    assert all(v > 0 for v in data.stats()["interactions"].values())
+    path.write_text("user_id,item_id\n" + "".join(f"u{u},i{u % 5}\n" for u in range(12)))
+    with pytest.raises(DatasetError, match="no split method gives every split"):
+        load_dataset(path)
 
 
 def test_kcore_removes_everything(fixture_writers, tmp_path):

@@ -80,7 +80,7 @@ def test_review_item_text(name, writers, tmp_path):
     data = load_dataset(path)
     text = dict(zip(data.item_ids, data.item_text, strict=True))
     if name == "amazon2018":
-        assert text["B001"] == "Movie 1. A Comedy toy. Fun"
+        assert text["B001"] == "Movie 1. A Comedy toy. | Fun"  # list parts stay visible
         assert text["B008"] == ""  # no metadata record
     elif name == "amazon2023":
         assert text["B001"] == "Movie 1. A Comedy cream"

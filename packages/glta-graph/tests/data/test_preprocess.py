@@ -181,7 +181,8 @@ def test_split_codes_small_users():
 
 def test_empty_split_after_filtering():
     raw = _raw(n_users=5, per_user=(1, 1))
-    with pytest.raises(DatasetError, match="the test split is empty after filtering"):
+    with pytest.raises(DatasetError, match=r"the test split is empty \(5 interactions, 5 users "
+                                           r"left, at most 1 per user\)"):
         prepare(raw)
 
 

@@ -72,7 +72,8 @@ def test_read_delimited_and_line_mapper(tmp_path):
     assert read_delimited(bom, delimiter=",")[0] == ["user", "item"]
     bad = tmp_path / "b.csv"
     bad.write_text("x,y\n1,2,3\n")
-    with pytest.raises(DatasetError, match=r"b\.csv: cannot parse as ','-separated text"):
+    with pytest.raises(DatasetError, match=r"b\.csv: line 2: expected 2 comma-separated fields "
+                       r"\(x, y\), found 3"):
         read_delimited(bad, delimiter=",")
     with pytest.raises(DatasetError, match="missing data file"):
         read_delimited(tmp_path / "none.csv", delimiter=",")
@@ -98,7 +99,7 @@ def test_movielens_and_join_text():
     assert movielens_text("Heat (1995)", ["Action"], with_title=False) == "Genres: Action"
     assert movielens_text("X", ["(no genres listed)"]) == "X. Genres: unknown"
     assert join_text("Title", ["Line one.", "", None, "two"], None, "  ") == \
-        "Title. Line one. two"
+        "Title. Line one. | two"
     assert join_text(None, []) == ""
 
 
@@ -125,10 +126,10 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 def test_iter_json_lines_accepts_python_dicts(tmp_path):
     path = tmp_path / "meta_Old.json"
     path.write_text('{"asin": "B1", "title": "x"}\n\n' + "{'asin': 'B2', 'title': \"it's\"}\n")
-    assert list(iter_json_lines(path)) == [(1, {"asin": "B1", "title": "x"}),
-                                           (3, {"asin": "B2", "title": "it's"})]
+    assert list(iter_json_lines(path)) == [("line 1", {"asin": "B1", "title": "x"}),
+                                           ("line 3", {"asin": "B2", "title": "it's"})]
     path.write_text("[1, 2]\n")
-    with pytest.raises(DatasetError, match="line 1: expected a JSON object"):
+    with pytest.raises(DatasetError, match="record 1: expected a JSON object, found int"):
         list(iter_json_lines(path))
     path.write_text("{'a': __import__('os')}\n")
     with pytest.raises(DatasetError, match="line 1: not valid JSON"):

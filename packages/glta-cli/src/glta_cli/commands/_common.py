@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -50,23 +52,43 @@ def one_line(exc: BaseException) -> str:
     return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
+def _show_warning(fallback: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints a data reader's ``DatasetWarning`` (a missing
+    metadata file ...) as one yellow ``warning:`` line and leaves other warnings as they are."""
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        if category.__name__ == "DatasetWarning":
+            err_console().print(Text(f"warning: {one_line(Exception(str(message)))}",
+                                     style="yellow"))
+        else:
+            fallback(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def handle_errors(func: F) -> F:
     """Turn library errors into one red line on stderr and exit code 2.
 
     ``ValueError`` (the libraries' DatasetError, CheckpointError, FingerprintMismatchError,
-    ConfigError ... all derive from it), ``OSError`` (missing files, permissions) and
-    ``FloatingPointError`` (a diverging loss; the message says which setting to lower) are
-    caught; anything else is a bug and keeps its traceback. Ctrl-C exits with 130 and a hint
-    that rerunning resumes.
+    ConfigError ... all derive from it), ``OSError`` (missing files, permissions),
+    ``FloatingPointError`` (a diverging loss; the message says which setting to lower),
+    ``EOFError`` and ``zlib.error`` (truncated or corrupt archives) are caught; anything
+    else is a bug and keeps its traceback. Ctrl-C exits with 130 and a hint that rerunning
+    resumes. A ``DatasetWarning`` is printed as one yellow ``warning:`` line.
     """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning(warnings.showwarning)
+                return func(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
-        except (ValueError, OSError, FloatingPointError) as exc:
+        except (ValueError, OSError, FloatingPointError, EOFError, zlib.error) as exc:
+            # EOFError (a truncated archive read by a library) would otherwise become
+            # click's bare "Aborted."
             err_console().print(Text(f"error: {one_line(exc)}", style="bold red"))
             raise typer.Exit(EXIT_USAGE) from None
         except KeyboardInterrupt:

@@ -50,7 +50,8 @@ def train(
     """Train LightGCN (BPR, early stopping on valid) and save RUN/graph.
 
     The dataset is copied into RUN/dataset so the run directory is self-contained. A
-    killed run resumes from RUN/state/graph when rerun. Any other LightGCNConfig key can be
+    killed run resumes from RUN/state/graph when rerun. RUN must be a new or empty folder
+    or a glta run. Any other LightGCNConfig key can be
     set with --graph.key value.
 
     Example: glta graph train data/ml100k --out runs/lgcn --epochs 50 --lr 0.005
@@ -58,8 +59,15 @@ def train(
     Gowalla recipe (Recall@20 0.187 in 120 epochs): --batch-size 4096 --lr 0.002 --l2 0.003
     --hard-negatives 32
     """
+    from glta_cli.outputs import check_output_dir, write_marker
     from glta_cli.pipeline import train_graph_run
 
+    if (dataset_dir / "dataset.json").is_file():  # else train_graph_run names the problem
+        if check_output_dir(out, "run", inputs=[dataset_dir]) == "new":
+            out.mkdir(parents=True, exist_ok=True)
+        write_marker(out, "run")
+    else:
+        check_output_dir(out, "run", inputs=[dataset_dir])
     options = {
         "dim": dim, "layers": layers, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "l2": l2, "loss": loss, "hard_negatives": hard_negatives, "patience": patience,

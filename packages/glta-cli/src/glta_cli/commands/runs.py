@@ -107,12 +107,16 @@ def recommend(
     """Top-K unseen items per user with the run's ORIGINAL ids (GLTA when trained).
 
     Items the user has in train or valid are never recommended. Without --out the CSV
-    goes to stdout.
+    goes to stdout. --out names a file (an existing file of that name is replaced); a
+    folder is refused.
 
     Example: glta recommend runs/default --users 1,42 --k 10 --out recs.csv
     """
+    from glta_cli.outputs import check_output_file
     from glta_cli.runs import recommend_run, write_recommendations
 
+    if out is not None:
+        check_output_file(out, inputs=[run_dir])
     used, rows = recommend_run(run_dir, users, k, model=model)
     if out is None:
         typer.echo("user,item,rank,score")

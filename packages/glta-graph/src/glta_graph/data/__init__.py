@@ -7,7 +7,13 @@ any of :data:`FORMATS` and returns a split :class:`Interactions`.
 from glta_graph.data.config import SPLIT_METHODS, TEMPORAL_SCOPES, PrepareConfig
 from glta_graph.data.export import export_csv
 from glta_graph.data.formats import FORMATS, DataFormat, detect_format, read_source
-from glta_graph.data.interactions import SPLITS, DatasetError, Interactions, csr_from_pairs
+from glta_graph.data.interactions import (
+    SPLITS,
+    DatasetError,
+    DatasetWarning,
+    Interactions,
+    csr_from_pairs,
+)
 from glta_graph.data.loader import load_dataset
 from glta_graph.data.preprocess import kcore_mask, prepare, split_codes
 from glta_graph.data.raw import RawInteractions
@@ -28,6 +34,7 @@ __all__ = [
     "TEMPORAL_SCOPES",
     "DataFormat",
     "DatasetError",
+    "DatasetWarning",
     "Interactions",
     "PrepareConfig",
     "RawInteractions",

@@ -11,6 +11,7 @@ from typing import Any
 from glta_graph.data.interactions import DatasetError
 from glta_graph.data.jsonlines import (
     detect_json_format,
+    is_goodreads_csv,
     is_json_lines,
     peek_json_keys,
     read_amazon2018,
@@ -58,11 +59,12 @@ FORMATS: dict[str, DataFormat] = {
         DataFormat("lightgcn", read_lightgcn,
                    "LightGCN split: train.txt + test.txt, 'user item item ...' per line"),
         DataFormat("amazon2018", read_amazon2018,
-                   "Amazon reviews 2018 JSON lines (+ meta_<name>), .gz too"),
+                   "Amazon reviews 2018 or 2014 JSON lines (+ meta_<name>), .gz too"),
         DataFormat("amazon2023", read_amazon2023,
-                   "Amazon reviews 2023 JSON lines (+ meta_<name>), .gz too"),
+                   "Amazon reviews 2023 JSON lines or JSON array (+ meta_<name>), .gz too"),
         DataFormat("goodreads", read_goodreads,
-                   "Goodreads goodreads_interactions_<genre>.json (+ goodreads_books_<genre>)"),
+                   "Goodreads goodreads_interactions_<genre>.json or goodreads_interactions.csv "
+                   "(+ goodreads_books_<genre>)"),
         DataFormat("csv", read_csv, "any delimited file with named columns (.gz too)"),
         DataFormat("parquet", read_parquet, "any Parquet file or folder with named columns"),
         DataFormat("hf", read_hf, "a Hugging Face datasets name or local path"),
@@ -72,6 +74,14 @@ FORMATS: dict[str, DataFormat] = {
 
 def _unknown_format(name: str) -> DatasetError:
     return DatasetError(f"unknown format {name!r}; known: auto, {', '.join(FORMATS)}")
+
+
+_DELIMITED = tuple(f".{ext}{z}" for ext in ("csv", "tsv", "txt", "tab")
+                   for z in ("", ".gz", ".bz2", ".xz", ".zip"))
+
+
+def _is_delimited(lower_name: str) -> bool:
+    return lower_name.endswith(_DELIMITED)
 
 
 def _detect_file(path: Path) -> str:
@@ -85,6 +95,8 @@ def _detect_file(path: Path) -> str:
         return "lightgcn"
     if lower.endswith(".inter"):
         return "recbole"
+    if is_goodreads_csv(path):
+        return "goodreads"
     if is_json_lines(path):
         if name.startswith("goodreads_interactions"):
             return "goodreads"
@@ -101,7 +113,7 @@ def _detect_file(path: Path) -> str:
         return "parquet"
     if name == "ratings.csv" and (path.parent / "movies.csv").is_file():
         return "ml-latest"
-    if lower.endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz", ".txt")):
+    if _is_delimited(lower):
         return "csv"
     raise DatasetError(
         f"{path}: cannot detect the format from the file name; pass format= one of "
@@ -135,12 +147,21 @@ def detect_format(path: str | Path) -> str:
         return "hf"
     if any(n.startswith("goodreads_interactions") and is_json_lines(Path(n)) for n in names):
         return "goodreads"
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    if any(is_goodreads_csv(p) for p in files):
+        return "goodreads"
     reviews = sorted(p for p in path.iterdir()
                      if p.is_file() and is_json_lines(p) and not p.name.startswith("meta_"))
     if reviews:
         return _detect_file(reviews[0])
     if any(n.endswith((".parquet", ".pq")) for n in names):
         return "parquet"
+    tables = [p for p in files if _is_delimited(p.name.lower())]
+    if len(tables) == 1:
+        raise DatasetError(
+            f"{path}: one table found ({tables[0].name}); pass the file itself "
+            f"({tables[0]}) with format=csv"
+        )
     shown = ", ".join(sorted(names)[:10]) or "nothing"
     raise DatasetError(
         f"{path}: cannot detect the format (found: {shown}); pass format= one of "

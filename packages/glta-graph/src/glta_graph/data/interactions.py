@@ -6,8 +6,8 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,15 +16,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["SPLITS", "DatasetError", "Interactions", "csr_from_pairs"]
+__all__ = ["SPLITS", "DatasetError", "DatasetWarning", "Interactions", "csr_from_pairs"]
 
 SPLITS = ("train", "valid", "test")
 _META_NAME = "dataset.json"
+# what a saved dataset folder holds (.glta: the glta CLI's output marker)
+_LAYOUT = frozenset({_META_NAME, "interactions", "users", "items", ".glta"})
 _FORMAT = "1"
 
 
 class DatasetError(ValueError):
     """Bad dataset input; the message names the file, field or value at fault."""
+
+
+class DatasetWarning(UserWarning):
+    """Something a reader noticed but could work around (e.g. a metadata file not found).
+
+    Issued with :func:`warnings.warn`; the ``glta`` CLI prints each one as a yellow line.
+    """
 
 
 def csr_from_pairs(
@@ -83,6 +92,15 @@ def _quiet_datasets() -> Iterator[None]:
     finally:
         if was_enabled:
             ds_logging.enable_progress_bar()
+
+
+def _is_saved_dataset(directory: Path) -> bool:
+    """True when ``directory`` holds a dataset written by :meth:`Interactions.save`."""
+    try:
+        meta = json.loads((directory / _META_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "glta_format" in meta
 
 
 def _pairs(csr: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -181,6 +199,7 @@ class Interactions:
             "fingerprint": self.fingerprint,
             "users": self.num_users,
             "items": self.num_items,
+            "items_with_text": sum(1 for t in self.item_text if t.strip()),
             "interactions": per_split,
             "total_interactions": total,
             "density": total / max(1, self.num_users * self.num_items),
@@ -194,13 +213,31 @@ class Interactions:
         Layout: ``<dir>/interactions/`` (columns ``user``, ``item``: internal int64 indices,
         ``split``: 0 train, 1 valid, 2 test), ``<dir>/users/`` (``user_id``), ``<dir>/items/``
         (``item_id``, ``text``), and ``dataset.json`` (name, counts, fingerprint). Assembled
-        in a temporary sibling folder and renamed into place.
+        in a temporary sibling folder and renamed into place; a dataset already at
+        ``directory`` is removed only after the new one is in place.
+
+        Raises:
+            DatasetError: ``directory`` is a file, or a non-empty folder that is not a
+                dataset written by this method or holds other files too (its files are
+                never touched).
         """
         from datasets import Dataset
 
         directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise DatasetError(f"{directory}: a file is there, and a dataset folder would be "
+                               f"written; choose another path")
+        if directory.is_dir() and any(directory.iterdir()):
+            extra = sorted(p.name for p in directory.iterdir() if p.name not in _LAYOUT)
+            if not _is_saved_dataset(directory) or extra:
+                raise DatasetError(
+                    f"{directory}: the folder holds files that are not a GLTA dataset "
+                    f"({', '.join(extra[:5]) or 'no dataset.json'}); choose a new or empty folder"
+                )
         directory.parent.mkdir(parents=True, exist_ok=True)
-        staged = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        # os.mkdir honours the umask (tempfile.mkdtemp would make the folder 0700)
+        staged = directory.parent / f".{directory.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        os.mkdir(staged)
         try:
             cols: dict[str, list[np.ndarray]] = {"user": [], "item": [], "split": []}
             for code, split in enumerate(SPLITS):
@@ -219,8 +256,7 @@ class Interactions:
             meta = {"glta_format": _FORMAT, **self.stats()}
             (staged / _META_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
             if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
+                old = staged.with_name(staged.name.replace(".tmp-", ".old-", 1))
                 os.replace(directory, old)
                 os.replace(staged, directory)
                 shutil.rmtree(old)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from glta_graph.data.interactions import DatasetError
-from glta_graph.data.raw import RawInteractions, factorize_ids, open_text, require_file
+from glta_graph.data.raw import RawInteractions, factorize_ids, read_lines, require_file
 
 __all__ = ["read_lightgcn"]
 
@@ -21,14 +21,13 @@ def _read_lines(path: Path) -> tuple[list[str], list[int], list[str]]:
     heads: list[str] = []
     counts: list[int] = []
     items: list[str] = []
-    with open_text(path) as fh:
-        for line in fh:
-            tokens = line.split()
-            if not tokens:
-                continue
-            heads.append(tokens[0])
-            counts.append(len(tokens) - 1)
-            items.extend(tokens[1:])
+    for _, line in read_lines(path):
+        tokens = line.split()
+        if not tokens:
+            continue
+        heads.append(tokens[0])
+        counts.append(len(tokens) - 1)
+        items.extend(tokens[1:])
     return heads, counts, items
 
 

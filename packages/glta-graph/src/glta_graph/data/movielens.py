@@ -21,10 +21,11 @@ from glta_graph.data.raw import (
     factorize_ids,
     line_mapper,
     movielens_text,
-    open_text,
     read_delimited,
+    read_lines,
     require_columns,
     to_float,
+    warn_no_text,
 )
 
 __all__ = ["ML100K_GENRES", "read_ml1m", "read_ml100k", "read_ml_latest"]
@@ -82,27 +83,28 @@ def read_ml100k(path: Path, *, with_title: bool = True) -> RawInteractions:
     genres = list(ML100K_GENRES)
     genre_file = folder / "u.genre"
     if genre_file.is_file():
-        with open_text(genre_file, "latin-1") as fh:
-            pairs = [ln.strip().rsplit("|", 1) for ln in fh if ln.strip()]
+        pairs = [ln.strip().rsplit("|", 1) for _, ln in read_lines(genre_file, "latin-1")
+                 if ln.strip()]
         if all(len(p) == 2 and p[1].isdigit() for p in pairs):
             genres = [g for g, _ in sorted(pairs, key=lambda p: int(p[1]))]
     text: dict[str, str] = {}
     item_file = folder / "u.item"
     if item_file.is_file():
-        with open_text(item_file, "latin-1") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                fields = line.rstrip("\r\n").split("|")
-                if len(fields) < 5 + len(genres):
-                    raise DatasetError(
-                        f"{item_file}: line {lineno}: expected {5 + len(genres)} '|'-separated "
-                        f"fields (id, title, dates, URL, {len(genres)} genre flags), "
-                        f"found {len(fields)}"
-                    )
-                flags = fields[5 : 5 + len(genres)]
-                chosen = [g for g, f in zip(genres, flags, strict=True) if f.strip() == "1"]
-                text[fields[0].strip()] = movielens_text(fields[1], chosen, with_title=with_title)
+        for lineno, line in read_lines(item_file, "latin-1"):
+            if not line.strip():
+                continue
+            fields = line.rstrip("\r\n").split("|")
+            if len(fields) < 5 + len(genres):
+                raise DatasetError(
+                    f"{item_file}: line {lineno}: expected {5 + len(genres)} '|'-separated "
+                    f"fields (id, title, dates, URL, {len(genres)} genre flags), "
+                    f"found {len(fields)}"
+                )
+            flags = fields[5 : 5 + len(genres)]
+            chosen = [g for g, f in zip(genres, flags, strict=True) if f.strip() == "1"]
+            text[fields[0].strip()] = movielens_text(fields[1], chosen, with_title=with_title)
+    else:
+        warn_no_text(data, [str(item_file)])
     name = folder.name if Path(path).is_dir() else "ml-100k"
     return _assemble(name, data, cols, names, 0, "latin-1", text)
 
@@ -121,19 +123,20 @@ def read_ml1m(path: Path, *, with_title: bool = True) -> RawInteractions:
     text: dict[str, str] = {}
     movies = folder / "movies.dat"
     if movies.is_file():
-        with open_text(movies, "latin-1") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                fields = line.rstrip("\r\n").split("::")
-                if len(fields) != 3:
-                    raise DatasetError(
-                        f"{movies}: line {lineno}: expected 'MovieID::Title::Genres', "
-                        f"found {len(fields)} '::'-separated fields"
-                    )
-                text[fields[0].strip()] = movielens_text(
-                    fields[1], fields[2].split("|"), with_title=with_title
+        for lineno, line in read_lines(movies, "latin-1"):
+            if not line.strip():
+                continue
+            fields = line.rstrip("\r\n").split("::")
+            if len(fields) != 3:
+                raise DatasetError(
+                    f"{movies}: line {lineno}: expected 'MovieID::Title::Genres', "
+                    f"found {len(fields)} '::'-separated fields"
                 )
+            text[fields[0].strip()] = movielens_text(
+                fields[1], fields[2].split("|"), with_title=with_title
+            )
+    else:
+        warn_no_text(data, [str(movies)])
     name = folder.name if Path(path).is_dir() else "ml-1m"
     return _assemble(name, data, cols, names, 0, "latin-1", text)
 
@@ -159,5 +162,7 @@ def read_ml_latest(path: Path, *, with_title: bool = True) -> RawInteractions:
         for mid, title, genres in zip(mcols["movieId"].to_pylist(), mcols["title"].to_pylist(),
                                       mcols["genres"].to_pylist(), strict=True):
             text[mid.strip()] = movielens_text(title, genres.split("|"), with_title=with_title)
+    else:
+        warn_no_text(data, [str(movies)])
     name = folder.name if Path(path).is_dir() else "ml-latest"
     return _assemble(name, data, cols, names, 1, "utf-8", text)

@@ -3,6 +3,8 @@ vectorised: 1M interactions take well under a second)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from glta_graph.data.config import PrepareConfig
@@ -149,6 +151,39 @@ def split_codes(
     return _per_user_codes(rank, n, n_valid, n_test)
 
 
+def _split_advice(users: np.ndarray, stamps: np.ndarray | None, config: PrepareConfig,
+                  presplit: np.ndarray | None) -> str:
+    """Name the split settings that give every needed split for these rows (tried here)."""
+    r_train, r_valid, r_test = config.ratios
+    candidates: list[tuple[str, dict[str, object]]] = []
+    if stamps is not None and not (config.split == "temporal"
+                                   and config.temporal_scope == "global"):
+        candidates.append(("split='temporal' (one time cut over all interactions)",
+                           {"split": "temporal", "temporal_scope": "global"}))
+    if config.split != "loo":
+        candidates.append(("split='loo'", {"split": "loo"}))
+    if r_valid > 0:
+        candidates.append((f"ratios={r_train + r_valid:g},0,{r_test:g} (no valid split)",
+                           {"ratios": (r_train + r_valid, 0.0, r_test)}))
+    works = []
+    for label, change in candidates:
+        trial = dataclasses.replace(config, **change)
+        try:
+            codes = split_codes(users, stamps, trial, np.random.default_rng(config.seed),
+                                presplit)
+        except DatasetError:
+            continue
+        present = np.bincount(codes, minlength=3) > 0
+        if present[TRAIN] and present[TEST] and (present[VALID] or trial.ratios[1] == 0):
+            works.append(label)
+    filtered = config.threshold is not None or config.k_core > 1 or \
+        config.user_core is not None or config.item_core is not None
+    advice = (f"{' or '.join(works)} works for this data" if works else
+              "no split method gives every split: the data has too few interactions per user "
+              "and no timestamps")
+    return advice + ("; or loosen the threshold/k-core" if filtered else "")
+
+
 def prepare(raw: RawInteractions, config: PrepareConfig | None = None) -> Interactions:
     """Turn raw interactions into a split :class:`Interactions`.
 
@@ -212,9 +247,11 @@ def prepare(raw: RawInteractions, config: PrepareConfig | None = None) -> Intera
     present = np.bincount(codes, minlength=3) > 0
     for code, split in ((TRAIN, "train"), (TEST, "test"), (VALID, "valid")):
         if not present[code] and (code != VALID or valid_wanted):
+            per_user = np.bincount(u, minlength=len(user_ids))
             raise DatasetError(
-                f"{src}: the {split} split is empty after filtering ({rows.size} interactions, "
-                f"{len(user_ids)} users left); loosen the threshold/k-core or change the split"
+                f"{src}: the {split} split is empty ({rows.size} interactions, "
+                f"{len(user_ids)} users left, at most {int(per_user.max())} per user); "
+                f"{_split_advice(u, stamps, config, presplit)}"
             )
     mats = {}
     for code, split in ((TRAIN, "train"), (VALID, "valid"), (TEST, "test")):

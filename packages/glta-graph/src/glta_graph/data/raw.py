@@ -4,13 +4,19 @@ delimited-file reading, MovieLens item text)."""
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import html
 import io
+import lzma
 import os
 import re
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -20,12 +26,23 @@ import pyarrow.csv as pacsv
 from glta_graph.data.interactions import DatasetError
 
 __all__ = [
+    "COMPRESSED_SUFFIXES",
+    "LIST_SEPARATOR",
     "RawInteractions",
+    "clean_text",
+    "compression_of",
+    "decode_text",
     "factorize_ids",
+    "iter_json_lines",
     "movielens_text",
+    "open_binary",
     "open_text",
+    "read_bytes",
     "read_delimited",
+    "read_error",
+    "read_lines",
     "to_float",
+    "warn_no_text",
 ]
 
 _CANONICAL_INT = re.compile(r"^(0|-?[1-9][0-9]{0,17})$")
@@ -190,13 +207,118 @@ def to_float(
 
 # -- files --------------------------------------------------------------------------------
 
+#: Compressed suffixes every reader understands (a ``.zip`` must hold exactly one file).
+COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zip")
+
+
+def compression_of(path: str | os.PathLike[str]) -> str | None:
+    """``"gz"``, ``"bz2"``, ``"xz"``, ``"zip"`` from the file name, else ``None``."""
+    suffix = Path(path).suffix.lower()
+    return suffix[1:] if suffix in COMPRESSED_SUFFIXES else None
+
+
+def _zip_member(path: Path) -> tuple[zipfile.ZipFile, str]:
+    zf = zipfile.ZipFile(path)
+    names = [n for n in zf.namelist() if not n.endswith("/") and not n.startswith("__MACOSX")]
+    if len(names) != 1:
+        zf.close()
+        shown = ", ".join(names[:5]) or "nothing"
+        raise DatasetError(f"{path}: a .zip must hold exactly one data file, found {shown}; "
+                           f"unpack it and pass the file or folder")
+    return zf, names[0]
+
+
+def open_binary(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open a file for binary reading, decompressing ``.gz``, ``.bz2``, ``.xz``, ``.zip``.
+
+    Raises:
+        DatasetError: a corrupt archive or a ``.zip`` that holds more than one file.
+    """
+    path = Path(path)
+    kind = compression_of(path)
+    try:
+        if kind == "gz":
+            return gzip.open(path, "rb")  # type: ignore[return-value]
+        if kind == "bz2":
+            return bz2.open(path, "rb")  # type: ignore[return-value]
+        if kind == "xz":
+            return lzma.open(path, "rb")  # type: ignore[return-value]
+        if kind == "zip":
+            zf, name = _zip_member(path)
+            return zf.open(name)  # type: ignore[return-value]
+    except (zipfile.BadZipFile, EOFError, OSError, lzma.LZMAError, zlib.error) as exc:
+        raise read_error(path, exc) from None
+    return open(path, "rb")
+
+
+def read_error(path: str | os.PathLike[str], exc: BaseException, where: str | None = None,
+               encoding: str = "utf-8") -> DatasetError:
+    """One line naming ``path`` (and ``where``, e.g. ``"line 12"``) for a reading failure.
+
+    Maps truncated or corrupt compressed data (gzip, bz2, xz, zip), text that is not in
+    ``encoding`` and other OS errors to a message that says what to do.
+    """
+    at = f"{path}: {where}: " if where else f"{path}: "
+    kind = compression_of(path)
+    if isinstance(exc, DatasetError):
+        return exc
+    if isinstance(exc, EOFError):
+        return DatasetError(f"{at}the {kind or 'compressed'} file is truncated (it ends before "
+                            f"its end-of-stream marker); download it again")
+    if isinstance(exc, gzip.BadGzipFile):
+        return DatasetError(f"{at}not a gzip file although the name ends in .gz ({exc})")
+    if isinstance(exc, zipfile.BadZipFile):
+        return DatasetError(f"{at}not a valid zip archive ({exc})")
+    if isinstance(exc, zlib.error | lzma.LZMAError):
+        return DatasetError(f"{at}corrupt {kind or 'compressed'} data ({exc})")
+    if isinstance(exc, UnicodeDecodeError):
+        byte = exc.object[exc.start : exc.start + 1].hex()
+        hint = "latin-1" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else "utf-8"
+        return DatasetError(f"{at}not {encoding} text (byte 0x{byte}: {exc.reason}); pass "
+                            f"encoding={hint} or convert the file to UTF-8")
+    if isinstance(exc, OSError) and kind is not None:
+        return DatasetError(f"{at}corrupt {kind} data ({exc.strerror or exc})")
+    return DatasetError(f"{at}cannot read ({exc})")
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The whole (decompressed) content of a file; every failure names the file."""
+    try:
+        with open_binary(path) as fh:
+            return fh.read()
+    except (EOFError, OSError, zlib.error, lzma.LZMAError, zipfile.BadZipFile) as exc:
+        raise read_error(path, exc) from None
+
+
+def decode_text(data: bytes, path: str | os.PathLike[str], encoding: str = "utf-8",
+                first_line: int = 1) -> str:
+    """Decode ``data`` read from ``path`` (starting at line ``first_line`` of it); an error
+    names the file and line."""
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + first_line
+        raise read_error(path, exc, f"line {line}", encoding) from None
+    except LookupError:
+        raise DatasetError(f"{path}: unknown encoding {encoding!r}") from None
+
 
 def open_text(path: str | os.PathLike[str], encoding: str = "utf-8") -> io.TextIOBase:
-    """Open a text file for reading, transparently decompressing ``.gz``."""
-    path = Path(path)
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding, newline="")
-    return open(path, encoding=encoding, newline="")
+    """Open a text file for reading, decompressing ``.gz``/``.bz2``/``.xz``/``.zip``."""
+    return io.TextIOWrapper(open_binary(path), encoding=encoding, newline="")
+
+
+def read_lines(path: str | os.PathLike[str], encoding: str = "utf-8"
+               ) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` of a text file (compressed too); a truncated archive or
+    a byte not in ``encoding`` raises ``DatasetError`` naming the file and line."""
+    lineno = 0
+    try:
+        with open_binary(path) as fh:
+            for lineno, raw in enumerate(fh, 1):
+                yield lineno, decode_text(raw, path, encoding, first_line=lineno)
+    except (EOFError, OSError, zlib.error, lzma.LZMAError, zipfile.BadZipFile) as exc:
+        raise read_error(path, exc, f"after line {lineno}" if lineno else None) from None
 
 
 def require_file(path: Path, what: str) -> Path:
@@ -226,6 +348,28 @@ def line_mapper(path: Path, header_lines: int, encoding: str = "utf-8") -> Calla
     return line_of
 
 
+def _bad_line(text: str, delimiter: str, width: int, header_lines: int,
+              quoting: bool) -> tuple[int, int] | None:
+    """The first ``(line, fields)`` whose field count is not ``width`` (error path only)."""
+    import csv
+
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter,
+                        quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE)
+    try:
+        for row in reader:
+            if reader.line_num <= header_lines or not row or row == [""]:
+                continue
+            if len(row) != width:
+                return reader.line_num, len(row)
+    except csv.Error:
+        return reader.line_num, -1
+    return None
+
+
+def _is_blank(data: bytes) -> bool:
+    return not data.strip(b" \t\r\n\x00\xef\xbb\xbf")
+
+
 def read_delimited(
     path: Path,
     *,
@@ -235,7 +379,11 @@ def read_delimited(
     quoting: bool = True,
     replace: tuple[bytes, bytes] | None = None,
 ) -> tuple[list[str], dict[str, pa.ChunkedArray]]:
-    """Read a delimited text file (optionally gzip) with every column as strings.
+    """Read a delimited text file (optionally compressed) with every column as strings.
+
+    Plain UTF-8 files are streamed by pyarrow; compressed files and other encodings are
+    decoded in Python first (so a truncated archive, an empty file or a bad byte gives a
+    message naming the file and line, never a crash inside the CSV reader).
 
     Args:
         path: the file.
@@ -249,28 +397,40 @@ def read_delimited(
         ``(header, columns)``: the column names in file order and name -> string column.
 
     Raises:
-        DatasetError: unreadable file or a line with the wrong number of fields.
+        DatasetError: unreadable, truncated or empty file, text not in ``encoding``, or a
+            line with the wrong number of fields (naming the line).
     """
     require_file(path, "data file")
-    source: pa.BufferReader | str = str(path)  # pyarrow streams files, gunzips ``.gz``
-    if replace is not None:
-        raw = path.read_bytes()
-        if path.suffix == ".gz":
-            raw = gzip.decompress(raw)
-        source = pa.BufferReader(raw.replace(*replace))
+    utf8 = encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig")
+    text: str | None = None
+    if compression_of(path) is None and utf8 and replace is None:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+        if _is_blank(head) and path.stat().st_size <= len(head):
+            raise DatasetError(f"{path}: the file is empty")
+        source: pa.BufferReader | str = str(path)
+    else:
+        raw = read_bytes(path)
+        if replace is not None:
+            raw = raw.replace(*replace)
+        if _is_blank(raw):
+            raise DatasetError(f"{path}: the file is empty")
+        text = decode_text(raw, path, encoding)
+        source = pa.BufferReader(text.encode("utf-8"))
     if column_names is None:
-        try:
-            with open_text(path, encoding) as fh:
-                first = fh.readline().rstrip("\r\n")
-        except UnicodeDecodeError as exc:
-            raise DatasetError(f"{path}: line 1: not {encoding} text ({exc.reason})") from None
+        if text is not None:
+            first = text.split("\n", 1)[0].rstrip("\r")
+        else:
+            with open(path, "rb") as fh:
+                first_raw = fh.readline()
+            first = decode_text(first_raw, path, encoding).rstrip("\r\n")
         header = [h.strip().strip('"') for h in first.lstrip("\ufeff").split(delimiter)]
     else:
         header = list(column_names)
     read_opts = pacsv.ReadOptions(
         column_names=header,
         skip_rows=0 if column_names is not None else 1,
-        encoding=encoding,
+        encoding="utf-8",
         block_size=1 << 24,
     )
     parse_opts = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quoting else False)
@@ -284,9 +444,19 @@ def read_delimited(
             source, read_options=read_opts, parse_options=parse_opts,
             convert_options=convert,
         )
-    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+        if text is None:  # find the line: decode in Python (error path only)
+            text = decode_text(read_bytes(path), path, encoding)
+        found = _bad_line(text, delimiter, len(header), 0 if column_names else 1, quoting)
+        sep = {"\t": "tab", ",": "comma"}.get(delimiter, repr(delimiter))
+        if found is not None and found[1] >= 0:
+            raise DatasetError(
+                f"{path}: line {found[0]}: expected {len(header)} {sep}-separated fields "
+                f"({', '.join(header)}), found {found[1]}"
+            ) from None
         msg = str(exc).splitlines()[0]
-        raise DatasetError(f"{path}: cannot parse as {delimiter!r}-separated text: {msg}") from exc
+        where = f"line {found[0]}: " if found is not None else ""
+        raise DatasetError(f"{path}: {where}cannot parse as {sep}-separated text: {msg}") from None
     return header, {h: table.column(h) for h in header}
 
 
@@ -320,32 +490,68 @@ def _python_literal(line: str) -> object | None:
         return None
 
 
-def iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
-    """Yield ``(line_number, record)`` for a JSON-lines file (``.gz`` too).
+def iter_json_lines(path: Path) -> Iterator[tuple[str, dict[str, object]]]:
+    """Yield ``(where, record)`` for a JSON-lines file or a file holding one JSON array.
 
-    Lines holding a Python dict literal (the 2014 Amazon metadata files) are accepted too.
+    ``where`` is ``"line N"`` (JSON lines) or ``"record N"`` (an array), for messages.
+    Compressed files (``.gz``, ``.bz2``, ``.xz``, ``.zip``) are decompressed. Lines holding
+    a Python dict literal (the 2014 Amazon metadata files) are accepted too.
 
     Raises:
-        DatasetError: a line that is not a JSON object, naming file and line.
+        DatasetError: an empty file, a line or record that is not a JSON object, text that
+            is not UTF-8, a truncated or corrupt archive; each names the file and line.
     """
     import json
 
     require_file(path, "JSON lines file")
-    with open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                rec = _python_literal(line)  # Amazon 2014 metadata: one Python dict per line
-                if rec is None:
-                    raise DatasetError(
-                        f"{path}: line {lineno}: not valid JSON ({exc.msg})"
-                    ) from None
-            if not isinstance(rec, dict):
-                raise DatasetError(f"{path}: line {lineno}: expected a JSON object")
-            yield lineno, rec
+    lineno = 0
+    seen = False
+    try:
+        with open_binary(path) as fh:
+            for lineno, raw in enumerate(fh, 1):
+                if _is_blank(raw):
+                    continue
+                line = decode_text(raw, path, first_line=lineno).lstrip("\ufeff")
+                if not seen and line.lstrip().startswith("["):
+                    rest = decode_text(fh.read(), path, first_line=lineno + 1)
+                    yield from _json_array(path, line + rest, lineno)
+                    return
+                seen = True
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    rec = _python_literal(line)  # Amazon 2014 metadata: one Python dict a line
+                    if rec is None:
+                        raise DatasetError(
+                            f"{path}: line {lineno}: not valid JSON ({exc.msg})"
+                        ) from None
+                if not isinstance(rec, dict):
+                    raise DatasetError(f"{path}: line {lineno}: expected a JSON object, "
+                                       f"found {type(rec).__name__}")
+                yield f"line {lineno}", rec
+    except (EOFError, OSError, zlib.error, lzma.LZMAError, zipfile.BadZipFile) as exc:
+        raise read_error(path, exc, f"after line {lineno}" if lineno else None) from None
+    if not seen:
+        raise DatasetError(f"{path}: the file is empty")
+
+
+def _json_array(path: Path, text: str, first_line: int) -> Iterator[tuple[str, dict]]:
+    import json
+
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(
+            f"{path}: line {exc.lineno + first_line - 1}: not valid JSON ({exc.msg}); the file "
+            f"starts with '[' so it is read as one JSON array"
+        ) from None
+    if not isinstance(records, list) or not records:
+        raise DatasetError(f"{path}: the JSON array is empty")
+    for k, rec in enumerate(records, 1):
+        if not isinstance(rec, dict):
+            raise DatasetError(f"{path}: record {k}: expected a JSON object, "
+                               f"found {type(rec).__name__}")
+        yield f"record {k}", rec
 
 
 # -- item text ----------------------------------------------------------------------------
@@ -362,15 +568,51 @@ def movielens_text(title: str, genres: Sequence[str], *, with_title: bool = True
     return f"{title}. {genre_part}" if with_title and title else genre_part
 
 
+def warn_no_text(source: str | os.PathLike[str], looked_for: Sequence[str],
+                 hint: str = "") -> None:
+    """Issue a :class:`DatasetWarning`: no metadata file was found for ``source``, so its
+    items have no text (``looked_for``: the file names tried)."""
+    import warnings
+
+    from glta_graph.data.interactions import DatasetWarning
+
+    message = (f"{source}: no metadata file found (looked for {', '.join(looked_for)}), so "
+               f"items have no text")
+    warnings.warn(DatasetWarning(message + (f"; {hint}" if hint else "")), stacklevel=3)
+
+
+#: What list fields (several description paragraphs, features) are joined with.
+LIST_SEPARATOR = " | "
+_TAG = re.compile(r"<!--.*?-->|</?[A-Za-z][^<>]*>", re.DOTALL)
+
+
+def clean_text(value: object) -> str:
+    """Plain text from a metadata value: HTML entities decoded, tags removed, spaces folded.
+
+    ``"Tom &amp; Jerry<br>&#x2122;"`` -> ``"Tom & Jerry ™"``. Entities are decoded twice
+    at most (some files escape them twice: ``&amp;quot;``). A list is joined with
+    :data:`LIST_SEPARATOR` (nested lists are flattened).
+    """
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        parts = (clean_text(v) for v in value)
+        return LIST_SEPARATOR.join(p for p in parts if p)
+    text = str(value)
+    for _ in range(2):
+        if "&" not in text:
+            break
+        text = html.unescape(text)
+    text = _TAG.sub(" ", text)
+    return " ".join(text.split())
+
+
 def join_text(*parts: object) -> str:
-    """Join non-empty text parts with ``". "``; lists are joined with spaces first."""
+    """Join non-empty text parts with ``". "`` after :func:`clean_text` (lists joined with
+    ``" | "`` first)."""
     out = []
     for part in parts:
-        if isinstance(part, list | tuple):
-            part = " ".join(str(p).strip() for p in part if p is not None and str(p).strip())
-        if part is None:
-            continue
-        text = " ".join(str(part).split())
+        text = clean_text(part)
         if text:
             out.append(text.rstrip("."))
     return ". ".join(out)

@@ -20,8 +20,10 @@ from glta_graph.data.raw import (
     line_mapper,
     movielens_text,
     read_delimited,
+    read_lines,
     require_columns,
     to_float,
+    warn_no_text,
 )
 
 __all__ = ["read_recbole"]
@@ -49,8 +51,10 @@ def _find_inter(path: Path) -> Path:
 
 def _typed_header(path: Path) -> tuple[list[str], list[str]]:
     """Split ``name:type`` header fields into names and types."""
-    with open(path, encoding="utf-8") as fh:
-        first = fh.readline().rstrip("\r\n")
+    first = next((line for _, line in read_lines(path) if line.strip()), None)
+    if first is None:
+        raise DatasetError(f"{path}: the file is empty")
+    first = first.lstrip("\ufeff").rstrip("\r\n")
     names, types = [], []
     for col in first.split("\t"):
         name, _, typ = col.partition(":")
@@ -122,5 +126,7 @@ def read_recbole(
                                                          "book_title")]
             for row, iid in enumerate(ids):
                 text[iid.strip()] = join_text(*(icols[f][row] for f in fields))
+    else:
+        warn_no_text(inter, [str(item_file)])
     return RawInteractions(user_ids, item_ids, users, items, ratings=ratings, timestamps=stamps,
                            item_text=text, name=inter.stem, source=src)

@@ -3,7 +3,9 @@
 Columns are named by the user (``user_col``, ``item_col``, optional ``rating_col``,
 ``timestamp_col``, ``text_col``). When ``user_col``/``item_col`` are not given, common names
 are tried (``user_id``, ``userId``, ``user``, ``reviewerID``...; ``item_id``, ``movieId``,
-``item``, ``asin``...). Timestamps may be numbers (seconds) or ISO date strings.
+``item``, ``parent_asin``, ``asin``...), and so are the rating (``rating``, ``overall``...)
+and timestamp (``timestamp``, ``unixReviewTime``...) columns. Timestamps may be numbers
+(seconds, or milliseconds: detected) or ISO date strings.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from glta_graph.data.interactions import DatasetError
+from glta_graph.data.jsonlines import to_seconds
 from glta_graph.data.raw import (
     RawInteractions,
     factorize_ids,
+    join_text,
     line_mapper,
+    open_text,
     read_delimited,
     require_columns,
     to_float,
@@ -28,8 +33,13 @@ from glta_graph.data.raw import (
 __all__ = ["read_csv", "read_hf", "read_parquet", "read_table"]
 
 _USER_GUESSES = ("user_id", "userId", "user", "userID", "reviewerID", "uid")
-_ITEM_GUESSES = ("item_id", "itemId", "item", "itemID", "movieId", "asin", "parent_asin",
+# parent_asin before asin: Amazon 2023 rates the product group, not the variant
+_ITEM_GUESSES = ("item_id", "itemId", "item", "itemID", "movieId", "parent_asin", "asin",
                  "book_id", "iid")
+_RATING_GUESSES = ("rating", "overall", "stars", "score")
+_TIME_GUESSES = ("timestamp", "unixReviewTime", "time", "ts")
+#: ``sep=`` spellings of a tab accepted from the command line.
+_TAB_NAMES = ("tab", "\\t", "\t", "TAB")
 _HF_BUILDERS = {"csv": "csv", "tsv": "csv", "json": "json", "jsonl": "json",
                 "parquet": "parquet", "arrow": "arrow"}
 
@@ -54,7 +64,7 @@ def _timestamps(col: pa.ChunkedArray | pa.Array, what: str, source: str,
         secs = pc.cast(pc.cast(arr, pa.timestamp("s")), pa.int64())
         return secs.to_numpy(zero_copy_only=False).astype(np.float64)
     try:
-        return to_float(arr, what=what, source=source, line_of=line_of)
+        return to_seconds(to_float(arr, what=what, source=source, line_of=line_of))
     except DatasetError:
         pass
     values = arr.to_pylist()
@@ -96,6 +106,10 @@ def read_table(
     header = list(columns)
     user_col = _guess(header, user_col, _USER_GUESSES, "user", source)
     item_col = _guess(header, item_col, _ITEM_GUESSES, "item", source)
+    if rating_col is None:
+        rating_col = next((g for g in _RATING_GUESSES if g in header), None)
+    if timestamp_col is None:
+        timestamp_col = next((g for g in _TIME_GUESSES if g in header), None)
     require_columns(header, {"user": user_col, "item": item_col, "rating": rating_col,
                              "timestamp": timestamp_col, "text": text_col}, source)
     user_ids, users = factorize_ids(columns[user_col], what=user_col, source=source,
@@ -112,30 +126,82 @@ def read_table(
         texts = columns[text_col].to_pylist()
         for code, value in zip(items.tolist(), texts, strict=True):
             iid = item_ids[code]
-            if value is not None and str(value).strip() and iid not in text:
-                text[iid] = " ".join(str(value).split())
+            if iid not in text and value is not None:
+                cleaned = join_text(value)
+                if cleaned:
+                    text[iid] = cleaned
     return RawInteractions(user_ids, item_ids, users, items, ratings=ratings, timestamps=stamps,
                            item_text=text, name=name, source=source)
 
 
-def read_csv(path: Path, *, sep: str = ",", encoding: str = "utf-8", user_col: str | None = None,
-             item_col: str | None = None, rating_col: str | None = None,
-             timestamp_col: str | None = None, text_col: str | None = None) -> RawInteractions:
-    """Read a CSV (or TSV with ``sep="\\t"``; ``.gz`` too) with a header line.
+def _sniff_sep(path: Path, encoding: str) -> str:
+    """Tab for ``.tsv``/``.tab`` names or a header with tabs and no commas, else comma."""
+    name = path.name.lower()
+    for z in ("", ".gz", ".bz2", ".xz", ".zip"):
+        if name.endswith((f".tsv{z}", f".tab{z}")):
+            return "\t"
+    try:
+        with open_text(path, encoding) as fh:
+            first = fh.readline()
+    except (OSError, EOFError, UnicodeError, LookupError, DatasetError):
+        return ","  # read_delimited names the problem
+    return "\t" if "\t" in first and "," not in first else ","
+
+
+def read_csv(path: Path, *, sep: str | None = None, encoding: str = "utf-8",
+             user_col: str | None = None, item_col: str | None = None,
+             rating_col: str | None = None, timestamp_col: str | None = None,
+             text_col: str | None = None) -> RawInteractions:
+    """Read a delimited file with a header line (compressed too).
 
     Args:
         path: the file.
-        sep: one-character delimiter.
+        sep: one-character delimiter; ``"tab"`` or ``"\\t"`` is a tab. Default: tab for
+            ``.tsv``/``.tab`` files and for a header with tabs but no commas, else comma.
         encoding: text encoding.
-        user_col / item_col / rating_col / timestamp_col / text_col: see :func:`read_table`.
+        user_col / item_col / rating_col / timestamp_col / text_col: see :func:`read_table`;
+            the rating and timestamp columns are guessed (``rating``, ``overall``, ...;
+            ``timestamp``, ``unixReviewTime``, ...) when not given.
+
+    A file whose first line is data of the form ``user,item,<number>,<integer>`` (the
+    Amazon 2014/2018 ratings-only CSVs have no header) is read with the columns
+    :data:`RATINGS_ONLY`.
     """
     path = Path(path)
+    if sep is None:
+        sep = _sniff_sep(path, encoding)
+    elif sep in _TAB_NAMES:
+        sep = "\t"
     if len(sep) != 1:
-        raise DatasetError(f"csv option sep={sep!r}: the delimiter must be one character")
-    _, cols = read_delimited(path, delimiter=sep, encoding=encoding)
+        raise DatasetError(f"csv option sep={sep!r}: the delimiter must be one character "
+                           f"(or tab)")
+    names = RATINGS_ONLY if _headerless_ratings(path, sep, encoding) else None
+    _, cols = read_delimited(path, delimiter=sep, encoding=encoding, column_names=names)
     return read_table(cols, source=str(path), name=path.name.split(".")[0], user_col=user_col,
                       item_col=item_col, rating_col=rating_col, timestamp_col=timestamp_col,
-                      text_col=text_col, line_of=line_mapper(path, 1, encoding))
+                      text_col=text_col, line_of=line_mapper(path, 0 if names else 1, encoding))
+
+
+#: Columns of a header-less ``user,item,rating,timestamp`` file (the Amazon 2014/2018
+#: "ratings only" CSVs, ``ratings_<Category>.csv`` / ``<Category>.csv``).
+RATINGS_ONLY = ("user_id", "item_id", "rating", "timestamp")
+
+
+def _headerless_ratings(path: Path, sep: str, encoding: str) -> bool:
+    """True when the first line is data, ``user,item,<number>,<integer>``, not a header."""
+    try:
+        with open_text(path, encoding) as fh:
+            fields = fh.readline().strip().split(sep)
+    except (OSError, EOFError, UnicodeError, LookupError, DatasetError):
+        return False
+    if len(fields) != 4:
+        return False
+    try:
+        float(fields[2])
+        int(fields[3])
+    except ValueError:
+        return False
+    return True
 
 
 def read_parquet(path: Path, *, user_col: str | None = None, item_col: str | None = None,
