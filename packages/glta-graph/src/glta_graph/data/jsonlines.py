@@ -59,7 +59,6 @@ class _Schema:
     item: str
     rating: str
     time: str
-    meta_item: str
     time_scale: float = 1.0
 
 
@@ -194,7 +193,7 @@ def read_amazon2018(path: Path, *, meta: str | Path | None = None,
         with_title: include the title in the item text.
     """
     reviews, meta_path, name = _amazon_files(path, meta)
-    schema = _Schema("reviewerID", "asin", "overall", "unixReviewTime", "asin")
+    schema = _Schema("reviewerID", "asin", "overall", "unixReviewTime")
     cols = _read_reviews(reviews, schema)
 
     def text_of(rec: dict) -> str:
@@ -213,7 +212,7 @@ def read_amazon2023(path: Path, *, meta: str | Path | None = None,
         with_title: include the title in the item text.
     """
     reviews, meta_path, name = _amazon_files(path, meta)
-    schema = _Schema("user_id", "parent_asin", "rating", "timestamp", "parent_asin", 1000.0)
+    schema = _Schema("user_id", "parent_asin", "rating", "timestamp", 1000.0)
     cols = _read_reviews(reviews, schema)
 
     def text_of(rec: dict) -> str:
@@ -264,7 +263,7 @@ def read_goodreads(path: Path, *, books: str | Path | None = None, read_only: bo
         books_path = Path(books)
         if not books_path.is_file():
             raise DatasetError(f"{books_path}: missing books file (no such file)")
-    schema = _Schema("user_id", "book_id", "rating", "date_added", "book_id")
+    schema = _Schema("user_id", "book_id", "rating", "date_added")
     keep = (lambda rec: bool(rec.get("is_read"))) if read_only else None
     cols = _read_reviews(inter, schema, keep=keep, time_of=_goodreads_time)
 
