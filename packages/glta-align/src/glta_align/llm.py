@@ -193,8 +193,8 @@ def _cpu_supports(probe: str) -> bool:
 def _bf16_faster_on_cpu() -> bool:
     """Whether bf16 is expected to beat fp32 for LLM work on this CPU: only with AMX tiles.
 
-    Measured on the development machine (AVX512-BF16 without AMX, 2 cores): bf16 matmuls
-    were 1.2-2x *slower* than fp32 and a whole SmolLM2 stage-3 step too; a quick matmul
+    On an AVX512-BF16 CPU without AMX, bf16 matmuls measured *slower* than fp32, and a whole
+    SmolLM2 stage-3 step too (``benchmarks/RESULTS.md``); a quick matmul
     timing proved unreliable under load from other processes (it once picked bf16 and the
     step got slower), so the choice is made from the CPU's capabilities instead.
     """

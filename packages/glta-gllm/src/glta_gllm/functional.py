@@ -100,13 +100,12 @@ _CUDA_LOGITS_SHARE = 16
 _CUDA_MAX_CHUNK = 1 << 18
 # Working memory of the training path beyond the inputs and gradients (kept tiles and the
 # reused tile), as a fraction of the rows x items logits. The naive path holds
-# at least the logits at its peak (memory.py: 1.0x at (256, 4096, 200k), where the gradients
-# dominate its peak, 2.0x at (512, 576, 100k)), so this keeps ours within 1/8 of it.
+# at least the logits at its peak (benchmarks/gllm/memory.py), so this keeps ours within 1/8
+# of it.
 _MEMORY_FRACTION = 0.125
 # Keeping a chunk's tile saves its recompute GEMM (2 H flops per logit) but writes and reads
 # the tile through memory; below this hidden size recomputing was as fast or faster
-# (compare.py, 1 thread, CPU clock: H 64 recompute 7% faster, H 128 1% faster, H 256 keeping
-# 2% faster, H 576 and 4096 keeping 3-4% faster).
+# (benchmarks/gllm/compare.py, 1 thread, CPU clock; benchmarks/gllm/README.md).
 _KEEP_MIN_HIDDEN = 256
 # Logits of at most this many bytes are kept whole (small problems).
 _STORE_MIN_BYTES = 16 << 20
