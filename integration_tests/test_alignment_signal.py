@@ -133,7 +133,7 @@ def _stage3_config(llm_dir, **kw) -> UserItemConfig:
 
 
 def stage2_cluster_accuracy(run, data, llm, cfg: ItemTextConfig, *, shuffle: bool = False,
-                            instances: int = 80) -> float:
+                            instances: int = 160) -> float:
     """Share of stage-2 output slots whose top item is in the cluster of the slot's
     description, on fresh instances of the stage-2 task (random: 1 / C)."""
     _, item_emb = load_graph_embeddings(run, data.fingerprint)
@@ -167,12 +167,12 @@ def stage2_cluster_accuracy(run, data, llm, cfg: ItemTextConfig, *, shuffle: boo
 
 def test_stage2_slots_name_the_described_cluster(planted_run, llm, llm_dir):
     data, run = planted_run
-    cfg = _stage2_config(llm_dir, epochs=40, lr=3e-3)
+    cfg = _stage2_config(llm_dir, epochs=20, lr=3e-3)
     train_item_text(data, run, cfg, llm=llm)
     trained = stage2_cluster_accuracy(run, data, llm, cfg)
     shuffled = stage2_cluster_accuracy(run, data, llm, cfg, shuffle=True)
-    assert trained >= 2.0 / C, f"stage 2 slot accuracy {trained:.3f}, random {1 / C:.3f}"
-    assert shuffled < 1.5 / C, f"with the head's rows shuffled: {shuffled:.3f}"
+    assert trained >= 2.5 / C, f"stage 2 slot accuracy {trained:.3f}, random {1 / C:.3f}"
+    assert shuffled < 2.0 / C, f"with the head's rows shuffled: {shuffled:.3f}"
 
 
 def test_stage3_ranks_the_users_cluster_far_above_random(planted_run, llm, llm_dir):
