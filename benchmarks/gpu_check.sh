@@ -3,7 +3,7 @@
 #   1. glta-gllm kernels on CUDA: timings against the naive path (compare.py, quiet GPU) and
 #      peak memory in fresh processes (memory.py); section "triton" (not in the default
 #      run): the Triton backend's tests compiled on the GPU and its timings and memory;
-#   2. then, side by side: six Gowalla LightGCN recipes (GRID=s3|s4a|s4b; epoch curves to
+#   2. then, side by side: six Gowalla LightGCN recipes (GRID=warmup|hardneg|hardneg_l2; epoch curves to
 #      pick the recipe for the 2-hour CPU target), the CUDA tests (glta-gllm, glta-graph),
 #      and `glta pipeline` on the GPU with a randomly initialised SmolLM2-shaped LLM (the real
 #      weights are too large to carry; quality numbers are not the point).
@@ -88,22 +88,22 @@ recipe() {  # name warmup_epochs negatives bpr_batch bpr_lr epochs [hard_negativ
     --max-minutes "$MINUTES" --run-dir "/tmp/run-$1" \
     --log "$LOGDIR/gowalla_gpu_$1.jsonl" > "/tmp/o/$1.out" 2>&1 &
 }
-case ${GRID:-s4b} in
-s3)  # session 3: uniform BPR negatives after a softmax warm-up; 10 / 1024 -> 4096, 1e-3 led
+case ${GRID:-hardneg_l2} in
+warmup)  # 2026-11-27: uniform BPR negatives after a softmax warm-up; 10 / 1024 -> 4096, 1e-3 led
   recipe w10_b4096_lr1e-3 10 1024 4096 1e-3 280
   recipe w10_b4096_lr2e-3 10 1024 4096 2e-3 280
   recipe w10_b4096_lr5e-3 10 1024 4096 5e-3 280
   recipe w6_b4096_lr1e-3 6 1024 4096 1e-3 280
   recipe w8n4096_b4096_lr1e-3 8 4096 4096 1e-3 250
   recipe w10_b2048_lr1e-3 10 1024 2048 1e-3 170 ;;
-s4a)  # session 4: dynamic hard negatives (best of M uniform candidates), l2 1e-4
+hardneg)  # 2026-11-27: dynamic hard negatives (best of M uniform candidates), l2 1e-4
   recipe w10_dns4_b4096_lr1e-3 10 1024 4096 1e-3 280 4
   recipe w10_dns8_b4096_lr1e-3 10 1024 4096 1e-3 280 8
   recipe w10_dns16_b4096_lr1e-3 10 1024 4096 1e-3 280 16
   recipe w10_dns32_b4096_lr1e-3 10 1024 4096 1e-3 280 32
   recipe w10_dns8_b4096_lr2e-3 10 1024 4096 2e-3 280 8
   recipe w0_dns16_b4096_lr2e-3 0 1024 4096 2e-3 280 16 ;;
-s4b)  # session 4: s4a overfits after its peak (w0 dns16: epoch 40, then down): stronger L2
+hardneg_l2)  # 2026-11-27: hardneg overfits after its peak (w0 dns16: epoch 40, then down): stronger L2
   recipe w0_dns16_b4096_lr2e-3_l2_1e-3 0 1024 4096 2e-3 280 16 1e-3
   recipe w0_dns16_b4096_lr2e-3_l2_3e-3 0 1024 4096 2e-3 280 16 3e-3
   recipe w0_dns16_b4096_lr2e-3_l2_1e-2 0 1024 4096 2e-3 280 16 1e-2

@@ -12,7 +12,7 @@ MovieLens-100K (embedded copy) with SmolLM2-135M-Instruct.
   sample, the full causal LM called with ``output_hidden_states=True`` (vocabulary logits
   computed and discarded), no weight gradients either (frozen weights in both), unless
   ``--plain-weight-grads``: then the plain path leaves ``requires_grad`` on the LLM's weights
-  (frozen only by keeping them out of the optimiser), the issue's "plain" reading in which
+  (frozen only by keeping them out of the optimiser), the reading of "plain" in which
   skipping frozen-weight gradients is one of our optimisations.
 
 Both use identical prompts (graph embeddings random, profile/prediction texts built from the

@@ -21,8 +21,8 @@ def big(*shape):
 
 SHAPES = [
     (512, 576, 100_000),
-    (256, 4096, 20_000),  # the (256, 4096, 200k) scaled down 10x in items
-    (1024, 64, 100_000),  # the (1024, 64, 1M) scaled down 10x in items
+    (256, 4096, 20_000),  # the (256, 4096, 200k) target shape scaled down 10x in items
+    (1024, 64, 100_000),  # the (1024, 64, 1M) target shape scaled down 10x in items
     big(256, 4096, 200_000),
     big(1024, 64, 1_000_000),
 ]

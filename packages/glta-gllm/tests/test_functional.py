@@ -393,7 +393,7 @@ def test_kept_chunks_plan_stays_within_an_eighth_of_the_logits() -> None:
 def test_logits_fit_in_grad_w_rule() -> None:
     import glta_gllm.functional as fn
 
-    # rows * tile bytes <= H * weight bytes: the fp32 shapes with rows <= H fit,
+    # rows * tile bytes <= H * weight bytes: the benchmark's fp32 shapes with rows <= H fit,
     # (1024, 64, 1M) does not; bf16 weights with fp32 tiles need rows <= H / 2.
     assert fn._logits_fit_in_grad(512, 100_000, 576, 4, 4)
     assert fn._logits_fit_in_grad(256, 200_000, 4096, 4, 4)

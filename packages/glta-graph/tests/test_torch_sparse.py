@@ -1,4 +1,4 @@
-"""The optional ``torch-sparse`` propagation backend against ``csr`` (issue 2, section 3).
+"""The optional ``torch-sparse`` propagation backend against ``csr``.
 
 Tests that need the extra are skipped with a reason when ``torch_sparse`` cannot be imported
 (it is not part of the locked workspace: it builds from source, see benchmarks/graph/README.md

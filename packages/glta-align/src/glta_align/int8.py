@@ -1,8 +1,9 @@
 """Int8 matrix products for the frozen LLM on CPUs without fast bf16 (``dtype="int8"``).
 
-On CPUs with AVX512-VNNI but no AMX, int8 matrix products (``torch._int_mm``) run 3-5x
-faster than fp32 ones, while bf16 ones run at half the fp32 rate (measured with
-``benchmarks/gllm/compare.py sgemm --dtypes float32,bfloat16,int8``). Since GLTA's LLM is frozen,
+On CPUs with AVX512-VNNI but no AMX, int8 matrix products (``torch._int_mm``) run several
+times faster than fp32 ones, while bf16 ones run slower than fp32 (measured with
+``benchmarks/gllm/compare.py sgemm --dtypes float32,bfloat16,int8``; figures in
+``benchmarks/RESULTS.md``). Since GLTA's LLM is frozen,
 every ``nn.Linear`` of its decoder can be replaced by :class:`Int8Linear`:
 
 * weights: int8, symmetric, one scale per output channel for the forward product and a
@@ -14,8 +15,8 @@ every ``nn.Linear`` of its decoder can be replaced by :class:`Int8Linear`:
 
 Gradients flow to the layer input (soft tokens upstream); the weights get none (frozen).
 Quantise, product and scale-back are compiled into one graph by ``torch.compile`` when a C++
-compiler is available (a SmolLM2 forward + backward, batch 8 x 160, measured 1.13x faster
-than eager in one process), and run eagerly otherwise (``GLTA_INT8_COMPILE=0`` forces the
+compiler is available (faster than eager; ``benchmarks/RESULTS.md``), and run eagerly
+otherwise (``GLTA_INT8_COMPILE=0`` forces the
 eager path). Results are repeatable run to run: integer accumulation has no order
 dependence.
 """

@@ -195,8 +195,8 @@ def _cpu_supports(probe: str) -> bool:
 def _bf16_faster_on_cpu() -> bool:
     """Whether bf16 is expected to beat fp32 for LLM work on this CPU: only with AMX tiles.
 
-    Measured on the development machine (AVX512-BF16 without AMX, 2 cores): bf16 matmuls
-    were 1.2-2x *slower* than fp32 and a whole SmolLM2 stage-3 step too; a quick matmul
+    On an AVX512-BF16 CPU without AMX, bf16 matmuls measured *slower* than fp32, and a whole
+    SmolLM2 stage-3 step too (``benchmarks/RESULTS.md``); a quick matmul
     timing proved unreliable under load from other processes (it once picked bf16 and the
     step got slower), so the choice is made from the CPU's capabilities instead.
     """
@@ -207,10 +207,9 @@ def _bf16_faster_on_cpu() -> bool:
 def _int8_faster_on_cpu() -> bool:
     """Whether this CPU has VNNI int8 dot products (``_auto_int8`` also requires no AMX).
 
-    Measured on the development machine (AVX512-VNNI, no AMX, 2 cores): ``torch._int_mm``
-    958-1,328 GOP/s against 271-337 GFLOP/s for fp32 at SmolLM2's shapes and 2048^3
-    (``benchmarks/gllm/compare.py sgemm``); a SmolLM2 forward + backward 1.44x faster in
-    int8 (``benchmarks/align/llm_step.py``). With AMX, bf16 is the fast path.
+    On a VNNI CPU without AMX ``torch._int_mm`` runs several times the fp32 rate
+    (``benchmarks/gllm/compare.py sgemm``, ``benchmarks/align/llm_step.py``; figures in
+    ``benchmarks/RESULTS.md``). With AMX, bf16 is the fast path.
     """
     return _cpu_supports("_is_vnni_supported")
 
@@ -328,8 +327,8 @@ def load_llm(
             file, a local model folder, or a Hugging Face hub id.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``, or ``"int8"``: fp32 weights
             loaded, then every decoder ``nn.Linear`` replaced by
-            :class:`~glta_align.int8.Int8Linear` (int8 products, ~4x faster than fp32 ones
-            on VNNI CPUs without AMX; CPU only, not with LoRA). ``"auto"``: on CUDA bf16; on
+            :class:`~glta_align.int8.Int8Linear` (int8 products, faster than fp32 ones on
+            VNNI CPUs without AMX; CPU only, not with LoRA). ``"auto"``: on CUDA bf16; on
             the CPU bf16 with AMX, else int8 with VNNI (unless LoRA is on), else fp32.
         device: ``None`` = CUDA when present, else CPU.
         cache_dir: root of the converted-GGUF cache (default :func:`cache_root`).

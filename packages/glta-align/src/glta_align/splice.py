@@ -27,7 +27,7 @@ import torch
 
 from glta_align.llm import FrozenLLM
 
-__all__ = ["SoftPromptRunner", "SoftSequence", "bucket_batches", "soft_fill", "text_fill"]
+__all__ = ["SoftPromptRunner", "SoftSequence", "bucket_batches"]
 
 
 @dataclass
@@ -61,16 +61,6 @@ class SoftSequence:
         if read:
             self.read.extend(range(start, start + len(rows)))
         return self
-
-
-def text_fill(ids: Sequence[int]) -> tuple[list[int], list[int]]:
-    """A placeholder filling of plain text: ``(ids, [-1] * len(ids))``."""
-    return list(ids), [-1] * len(ids)
-
-
-def soft_fill(rows: Sequence[int]) -> tuple[list[int], list[int]]:
-    """A placeholder filling of soft tokens (rows of the soft table)."""
-    return [0] * len(rows), list(rows)
 
 
 def bucket_batches(

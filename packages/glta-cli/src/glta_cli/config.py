@@ -332,18 +332,17 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 # Library-section budgets of the presets, applied only for keys the dataclass has.
 _PRESET_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
-    # Measured on the 2-core CPU (quiet, LLM in int8): LightGCN 60 epochs ~25 s, stage 2 over
-    # every item once ~100 s, stage 3 over every user 8 times ~8 min, ranking 943 users ~35 s.
-    # Stage 3 at 2 epochs (the default before session 6) was undertrained: GLTA P@10 over
-    # seeds 0-2 0.271 / 0.181 / 0.248; at 8 epochs 0.305 / 0.276 / 0.276. The
-    # LLM-generated profile/prediction text is left out (generating it for 943 users took
-    # longer than the 20-minute budget on a loaded machine); the paper preset keeps it. Turn
-    # it back on with --user_item.use_profile true --user_item.use_predict true.
+    # Budgets sized for a 2-core CPU: LightGCN to early stopping, stage 2 one pass over the
+    # catalogue, stage 3 eight passes over the users (fewer left it undertrained; timings
+    # and metrics per budget in benchmarks/RESULTS.md). The LLM-generated
+    # profile/prediction text is left out (generating it for every user does not fit that
+    # budget); the paper preset keeps it. Turn it back on with
+    # --user_item.use_profile true --user_item.use_predict true.
     # Head: default and smoke use the matching head over projected item tokens (glta_gllm's
-    # ProjectedItemHead, an extension of the paper's free linear head): measured on ML-100K
-    # with these budgets it gave GLTA P@10 0.274 against 0.165 with the plain head, whose
-    # rows of items not yet seen in stage 2's single pass stay at zero. The paper preset
-    # keeps the paper's plain head (--item_text.head plain --user_item.head plain).
+    # ProjectedItemHead, an extension of the paper's free linear head), which ranks far
+    # better here than the plain head, whose rows of items not yet seen in stage 2's single
+    # pass stay at zero (benchmarks/RESULTS.md). The paper preset keeps the paper's plain
+    # head (--item_text.head plain --user_item.head plain).
     "default": {
         "graph": {"epochs": 400, "batch_size": 8192, "lr": 0.01, "eval_every": 5, "patience": 3,
                   "select_metric": "ndcg@10"},

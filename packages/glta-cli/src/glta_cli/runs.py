@@ -25,7 +25,6 @@ __all__ = [
     "evaluate_run",
     "inspect_run",
     "load_dataset_dir",
-    "load_run_config",
     "load_run_dataset",
     "read_metrics",
     "recommend_run",
@@ -68,16 +67,6 @@ def load_run_dataset(run_dir: str | os.PathLike[str]) -> Any:
             "`glta graph train` or `glta pipeline`)"
         )
     return load_dataset_dir(run_dir / DATASET_DIR)
-
-
-def load_run_config(run_dir: str | os.PathLike[str]) -> Any | None:
-    """The run's ``resolved-config.toml`` as a ``GLTAConfig``, or ``None`` when absent."""
-    from glta_cli.config import load_config
-
-    path = Path(run_dir) / RESOLVED_CONFIG_NAME
-    if not path.is_file():
-        return None
-    return load_config("default", path)
 
 
 def available_models(run_dir: str | os.PathLike[str]) -> list[str]:

@@ -28,10 +28,8 @@ every chunk is kept, in the storage of ``grad_W`` itself (:func:`_grad_w_holding
 ``grad_W`` is ``items x H``, the logits ``rows x items``, and nothing is written to
 ``grad_W[j]`` before pass 2 reaches chunk ``j``; pass 2 (last chunk first) scales each kept
 tile into the one buffer before writing ``grad_W[j]`` over it. That is the 3-matmul
-schedule of ``store_logits=True`` for one tile of extra memory. Measured (2 threads, quiet
-machine, ``benchmarks/RESULTS.md``): 0.81x naive at (512, 576, 100k) and 0.85x at (256,
-4096, 200k), against 0.87x / 0.92x for torch's ``F.linear_cross_entropy`` with 256-row
-chunks (its best), at 0.019x / 0.075x of naive's extra memory.
+schedule of ``store_logits=True`` for one tile of extra memory (time and memory against the
+naive path and torch's ``F.linear_cross_entropy``: ``benchmarks/RESULTS.md``).
 
 Otherwise (:func:`_kept_chunks`): the last ``kept`` chunks of pass 1 write their tiles straight
 into a kept store instead of the one reused buffer, and pass 2 starts with them and then with
@@ -39,7 +37,7 @@ the chunk still in the buffer, so those are never recomputed; the rest are (one 
 each). The default (:func:`_kept_chunks`) keeps as many whole chunks as fit, with the
 reused tile, in ``_MEMORY_FRACTION`` = 1/8 of the ``rows x items``
 logits: the naive path holds at least the logits at its peak (``benchmarks/gllm/memory.py``
-measured 1x them at (256, 4096, 200k), 2x at (512, 576, 100k)), so this stays within 1/8 of
+measures it; ``benchmarks/gllm/README.md``), so this stays within 1/8 of
 the naive path's extra memory at any shape. Below ``_KEEP_MIN_HIDDEN`` (256) nothing is kept:
 there a recompute GEMM (``2 H`` flops per logit) is as cheap as writing and re-reading the
 tile through memory. Cost: ``4 - kept / chunks`` matmuls of ``2 rows H items`` flops (3.9 to
@@ -102,13 +100,12 @@ _CUDA_LOGITS_SHARE = 16
 _CUDA_MAX_CHUNK = 1 << 18
 # Working memory of the training path beyond the inputs and gradients (kept tiles and the
 # reused tile), as a fraction of the rows x items logits. The naive path holds
-# at least the logits at its peak (memory.py: 1.0x at (256, 4096, 200k), where the gradients
-# dominate its peak, 2.0x at (512, 576, 100k)), so this keeps ours within 1/8 of it.
+# at least the logits at its peak (benchmarks/gllm/memory.py), so this keeps ours within 1/8
+# of it.
 _MEMORY_FRACTION = 0.125
 # Keeping a chunk's tile saves its recompute GEMM (2 H flops per logit) but writes and reads
 # the tile through memory; below this hidden size recomputing was as fast or faster
-# (compare.py, 1 thread, CPU clock: H 64 recompute 7% faster, H 128 1% faster, H 256 keeping
-# 2% faster, H 576 and 4096 keeping 3-4% faster).
+# (benchmarks/gllm/compare.py, 1 thread, CPU clock; benchmarks/gllm/README.md).
 _KEEP_MIN_HIDDEN = 256
 # Logits of at most this many bytes are kept whole (small problems).
 _STORE_MIN_BYTES = 16 << 20
@@ -127,8 +124,8 @@ def _exp_floor_(tile: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     :func:`_prob_floor_log`; ``tile`` ``(R, C)``, ``shift`` ``(R,)``.
 
     Why a floor: on the CPU, ``exp`` of arguments below ``log(tiny)`` (-87.3 in fp32) runs
-    60-140x slower than in range, and a GEMM whose products fall below ``tiny`` (subnormal
-    numbers) ~200x slower (measured here; x86 handles subnormals in microcode). Peaky logits
+    far slower than in range, and so does a GEMM whose products fall below ``tiny``
+    (subnormal numbers; x86 handles them in microcode; ``benchmarks/RESULTS.md``). Peaky logits
     (an item more than ~87 below the row's best) hit both. Probabilities at the floor
     (2.9e-27 in fp32) times any weight above 4e-12 in magnitude stay normal. The change, at
     most ``exp(F)`` per probability, is far below fp32 resolution of the loss and of every
@@ -421,10 +418,8 @@ def _new_grad_w(weight: torch.Tensor) -> torch.Tensor:
 
     Why zero-filled: a fresh multi-GB buffer gets its pages on first touch, and when the
     GEMMs of pass 2 do that touching, chunk by chunk from two threads, the page faults cost
-    can cost far more than one sequential fill (measured on this project's 2-core VM at
-    (256, 4096, 200k): the fused step took 8.0-8.7 s with the GEMMs faulting ``grad_W``'s
-    3.3 GB in and 5.2 s with a zero fill first; when the VM's free memory was still backed
-    the fill cost ~1% instead; ``benchmarks/gllm/README.md``). CUDA's caching allocator has
+    can cost far more than one sequential fill on a VM whose free memory is not backed yet
+    (measured at (256, 4096, 200k): ``benchmarks/gllm/README.md``). CUDA's caching allocator has
     no such cost, so there it stays ``empty``.
     """
     if weight.device.type == "cpu":

@@ -27,10 +27,9 @@ Propagation ``X -> \\tilde A X`` has three backends:
 
 ``backend="auto"`` picks the measured-fastest backend per device: ``"csr"`` on the CPU and
 on CUDA without torch-sparse; ``"torch-sparse"`` on CUDA when it is importable. Measured
-(``benchmarks/graph/``, one Gowalla training step, d=64, L=3, batch 2048): CPU with one
-thread 0.38 s ``"csr"`` vs 0.94 s ``"coo"``; H200 2.7 ms vs 7.4 ms. torch-sparse 0.6.18 (CPU
-build) measured 3.5x slower than ``"csr"`` per Gowalla step and 5.7x per ML-100K step on one
-CPU thread (its spmm kernel alone 12x slower than torch's MKL one). On CUDA it is the
+in ``benchmarks/graph/`` (figures in ``benchmarks/RESULTS.md``): ``"csr"`` is faster than
+``"coo"`` on the CPU and on an H200, and torch-sparse 0.6.18 (CPU build) is slower than
+``"csr"`` on the CPU. On CUDA it is the
 reference implementation's kernel and is preferred when installed with CUDA kernels, but was
 not measured here.
 """

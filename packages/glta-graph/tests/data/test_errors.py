@@ -1,4 +1,4 @@
-"""Bad input (issue 2, section 6): one DatasetError naming the file, line, field, value."""
+"""Bad input: one DatasetError naming the file, line, field, value."""
 
 from __future__ import annotations
 

@@ -56,8 +56,8 @@ def train(
 
     Example: glta graph train data/ml100k --out runs/lgcn --epochs 50 --lr 0.005
 
-    Gowalla recipe (Recall@20 0.187 in 120 epochs): --batch-size 4096 --lr 0.002 --l2 0.003
-    --hard-negatives 32
+    Gowalla recipe (the published LightGCN Recall@20 in 120 epochs, see benchmarks/RESULTS.md):
+    --batch-size 4096 --lr 0.002 --l2 0.003 --hard-negatives 32
     """
     from glta_cli.outputs import check_output_dir, write_marker
     from glta_cli.pipeline import train_graph_run
