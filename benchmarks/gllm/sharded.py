@@ -52,7 +52,10 @@ def _cpu_model() -> str:
 def _git_commit() -> str:
     try:
         return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
             cwd=Path(__file__).resolve().parent,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -116,7 +119,9 @@ def _rank(rank: int, args, rendezvous: str, queue) -> None:
         torch.cuda.set_device(rank)
     device = torch.device("cuda", rank) if cuda else torch.device("cpu")
     dist.init_process_group(
-        "nccl" if cuda else "gloo", init_method=f"file://{rendezvous}", rank=rank,
+        "nccl" if cuda else "gloo",
+        init_method=f"file://{rendezvous}",
+        rank=rank,
         world_size=args.world,
     )
     group = dist.group.WORLD
@@ -157,35 +162,42 @@ def _rank(rank: int, args, rendezvous: str, queue) -> None:
         one = (time.perf_counter() - t0) / args.repeats
         ref_scores, ref_idx = topk_excluding(queries, weight, args.k, exclude=exclude)
         elem = torch.finfo(getattr(torch, args.dtype)).bits // 8
-        queue.put({
-            "world": args.world,
-            "backend": "nccl" if cuda else "gloo",
-            "device": args.device,
-            "threads_per_rank": args.threads,
-            "dtype": args.dtype,
-            "shape": {"rows": args.rows, "hidden": args.hidden, "items": args.items,
-                      "users": args.users, "k": args.k},
-            "rank0_items": e - a,
-            "weight_shard_bytes_rank0": (e - a) * args.hidden * elem,
-            "weight_bytes_whole": args.items * args.hidden * elem,
-            "step_collectives_rank0": per_step,
-            "step_bytes_per_rank": sum(b for _, b in per_step),
-            "step_bytes_formula": 4 * (3 * args.rows + args.rows * args.hidden) + 16,
-            "logits_bytes_if_gathered": args.rows * args.items * 4,
-            "topk_collectives_rank0": topk_calls,
-            "topk_bytes_per_rank": sum(b for _, b in topk_calls),
-            "loss_sharded": float(loss),
-            "loss_one_process": float(ref_loss),
-            "loss_abs_diff": abs(float(loss) - float(ref_loss)),
-            "grad_hidden_max_abs_diff": float((gh - ref_gh).abs().max()),
-            "grad_weight_max_abs_diff": float((full_gw - ref_gw).abs().max()),
-            "grad_weight_max_abs": float(ref_gw.abs().max()),
-            "topk_indices_equal": bool(torch.equal(idx, ref_idx)),
-            "topk_scores_max_abs_diff": float((scores - ref_scores).abs().max()),
-            "seconds_sharded_step_median": sorted(times)[len(times) // 2],
-            "seconds_one_process_step": one,
-            "seconds_sharded_topk": topk_seconds,
-        })
+        queue.put(
+            {
+                "world": args.world,
+                "backend": "nccl" if cuda else "gloo",
+                "device": args.device,
+                "threads_per_rank": args.threads,
+                "dtype": args.dtype,
+                "shape": {
+                    "rows": args.rows,
+                    "hidden": args.hidden,
+                    "items": args.items,
+                    "users": args.users,
+                    "k": args.k,
+                },
+                "rank0_items": e - a,
+                "weight_shard_bytes_rank0": (e - a) * args.hidden * elem,
+                "weight_bytes_whole": args.items * args.hidden * elem,
+                "step_collectives_rank0": per_step,
+                "step_bytes_per_rank": sum(b for _, b in per_step),
+                "step_bytes_formula": 4 * (3 * args.rows + args.rows * args.hidden) + 16,
+                "logits_bytes_if_gathered": args.rows * args.items * 4,
+                "topk_collectives_rank0": topk_calls,
+                "topk_bytes_per_rank": sum(b for _, b in topk_calls),
+                "loss_sharded": float(loss),
+                "loss_one_process": float(ref_loss),
+                "loss_abs_diff": abs(float(loss) - float(ref_loss)),
+                "grad_hidden_max_abs_diff": float((gh - ref_gh).abs().max()),
+                "grad_weight_max_abs_diff": float((full_gw - ref_gw).abs().max()),
+                "grad_weight_max_abs": float(ref_gw.abs().max()),
+                "topk_indices_equal": bool(torch.equal(idx, ref_idx)),
+                "topk_scores_max_abs_diff": float((scores - ref_scores).abs().max()),
+                "seconds_sharded_step_median": sorted(times)[len(times) // 2],
+                "seconds_one_process_step": one,
+                "seconds_sharded_topk": topk_seconds,
+            }
+        )
     dist.barrier()
     dist.destroy_process_group()
 
@@ -198,8 +210,12 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=100_003)
     parser.add_argument("--users", type=int, default=64)
     parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--exclude", type=float, default=0.001,
-                        help="share of (user, item) pairs excluded from the top-k")
+    parser.add_argument(
+        "--exclude",
+        type=float,
+        default=0.001,
+        help="share of (user, item) pairs excluded from the top-k",
+    )
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64", "bfloat16"))
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
@@ -210,7 +226,9 @@ def main() -> None:
     queue = ctx.SimpleQueue()
     with tempfile.TemporaryDirectory() as tmp:
         mp.start_processes(
-            _rank, args=(args, os.path.join(tmp, "rendezvous"), queue), nprocs=args.world,
+            _rank,
+            args=(args, os.path.join(tmp, "rendezvous"), queue),
+            nprocs=args.world,
             start_method="spawn",
         )
     row = {
