@@ -2,6 +2,9 @@
 
 Builds the toy dataset and the tiny Llama deterministically, runs one stage, and SIGKILLs
 itself right after progress step ``KILL_AT`` (0 = never), like a crash mid-training.
+
+Stage ``item_text_union BATCH``: stage 2 on 8 instances in unbucketed batches of ``BATCH``;
+each rank then writes its trainable modules' state to ``RUN/modules_rank{RANK}.pt``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from align_testutil import make_run, toy_data
 
+import glta_align.item_text as item_text_module
 from glta_align import ItemTextConfig, UserItemConfig, load_tokenizer, tiny_llm
 from glta_align.item_text import train_item_text
 from glta_align.profiles import generate_profiles
@@ -38,6 +42,20 @@ def main() -> None:
     if stage == "item_text":
         train_item_text(data, run, ItemTextConfig(epochs=2, batch_size=2, items_per_instance=3,
                                                   save_every=1), llm=llm, progress=progress)
+    elif stage == "item_text_union":
+        loop = item_text_module.run_loop
+
+        def dumping(**kwargs):
+            out = loop(**kwargs)
+            rank = os.environ.get("RANK", "0")
+            torch.save({n: m.state_dict() for n, m in kwargs["modules"].items()},
+                       run / f"modules_rank{rank}.pt")
+            return out
+
+        item_text_module.run_loop = dumping
+        train_item_text(data, run, ItemTextConfig(
+            epochs=2, batch_size=int(sys.argv[4]), items_per_instance=3, max_instances=8,
+            bucket=False), llm=llm, progress=progress)
     elif stage == "user_item":
         train_user_item(data, run, UserItemConfig(
             epochs=2, batch_size=4, num_slots=3, save_every=1, use_profile=False,

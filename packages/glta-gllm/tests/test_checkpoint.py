@@ -92,3 +92,17 @@ def test_resume_state_roundtrip_and_checks(tmp_path):
     (tmp_path / "state.pt").write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match="cannot read resume state"):
         load_resume_state(tmp_path, fingerprint="f", key={}, what="stage2")
+
+
+def test_read_config_and_load_rows_of_a_tensor(tmp_path) -> None:
+    from glta_gllm.checkpoint import read_config
+
+    w = torch.arange(12.0).reshape(6, 2)
+    save_artifact(tmp_path / "a", {"w": w, "b": torch.ones(3)}, {"num_items": 6})
+    assert read_config(tmp_path / "a") == {"num_items": 6}
+    tensors, _, _ = load_artifact(tmp_path / "a", rows={"w": (2, 5)})
+    assert torch.equal(tensors["w"], w[2:5])
+    assert torch.equal(tensors["b"], torch.ones(3))
+    (tmp_path / "a" / "config.json").write_text("{", encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"config\.json: not valid JSON"):
+        read_config(tmp_path / "a")

@@ -49,16 +49,34 @@ def barrier(world: int) -> None:
 
 
 def average_gradients(params: Sequence[nn.Parameter], world: int) -> None:
-    """All-reduce and average the gradients of ``params`` over ranks (data-parallel step)."""
+    """All-reduce and average the gradients of ``params`` over ranks (data-parallel step).
+
+    One all-reduce of one flat buffer per step (a parameter without a gradient counts as
+    zeros), after the backward. Not ``DistributedDataParallel``: DDP synchronises only the
+    gradients of work done inside its wrapper's ``forward``, while a stage's loss reaches
+    the trainable modules through other entry points (``head.loss``, the projector called on
+    a table of item embeddings, the LoRA weights inside ``runner.hidden_states``'s cached
+    prefix); wrapping them would mean restructuring each stage's loss as one module's
+    forward. What DDP would add, overlapping bucketed all-reduces with the backward, is
+    small here: the trainable parameters (projectors, head, LoRA) are a tiny share of a
+    backward that runs through the frozen LLM.
+    """
     if world <= 1:
         return
     import torch.distributed as dist
 
+    grads = []
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-        p.grad.div_(world)
+        grads.append(p.grad)
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat.div_(world)
+    start = 0
+    for g in grads:
+        g.copy_(flat[start : start + g.numel()].view_as(g))
+        start += g.numel()
 
 
 def average_scalar(value: float, world: int) -> float:

@@ -291,12 +291,16 @@ def train_graph_run(
 
     Copies the dataset into ``RUN/dataset`` (or checks the one there matches), writes
     ``RUN/resolved-config.toml``, trains (resuming from ``RUN/state/graph`` unless
-    ``restart``) and merges the best validation metrics into ``metrics.json``.
+    ``restart``) and merges the best validation metrics into ``metrics.json``. Under
+    ``torchrun`` every rank trains (:func:`glta_graph.train.init_distributed`: gloo on the
+    CPU, NCCL on CUDA) and rank 0 alone writes files and draws progress.
 
     Returns:
         ``(TrainResult, best validation metrics)``.
     """
+    import torch.distributed as dist
     from glta_graph import train_lightgcn, update_metrics
+    from glta_graph.train import init_distributed
 
     from glta_cli.config import parse_overrides
     from glta_cli.progress import RichProgress
@@ -310,18 +314,29 @@ def train_graph_run(
     for section, values in parse_overrides(extra_args).items():
         layers.setdefault(section, {}).update(values)
     config = load_config("default", None, layers, sections=("run", "data", "prepare", "graph"))
+    started = not (dist.is_available() and dist.is_initialized())
+    multi = init_distributed(config.graph.device)
+    started = started and multi
+    main = not multi or dist.get_rank() == 0
+    quiet = quiet or not main
     data = load_dataset_dir(dataset_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    data = _ensure_run_dataset(run_dir, data)
-    write_config(config, run_dir / RESOLVED_CONFIG_NAME)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        data = _ensure_run_dataset(run_dir, data)
+        write_config(config, run_dir / RESOLVED_CONFIG_NAME)
+    if multi:
+        dist.barrier()
     if progress is None:
         with RichProgress(disable=quiet) as bar:
             result = train_lightgcn(data, config.graph, run_dir, progress=bar, resume=not restart)
     else:
         result = train_lightgcn(data, config.graph, run_dir, progress=progress, resume=not restart)
     valid = {k: float(v) for k, v in (result.best_valid or {}).items()}
-    if valid:
+    if valid and main:
         update_metrics(run_dir, "lightgcn", "valid", valid)
+    if started:  # this call joined the torchrun job: leave it
+        dist.barrier()
+        dist.destroy_process_group()
     return result, valid
 
 

@@ -5,7 +5,7 @@ metrics, and the checkpoint contract shared by the GLTA packages. Depends on tor
 safetensors only.
 """
 
-from glta_gllm.functional import linear_cross_entropy, topk_excluding
+from glta_gllm.functional import linear_cross_entropy, shard_range, topk_excluding
 from glta_gllm.head import GLLMHead, ProjectedItemHead
 from glta_gllm.metrics import ranking_metrics
 
@@ -14,6 +14,7 @@ __all__ = [
     "ProjectedItemHead",
     "linear_cross_entropy",
     "ranking_metrics",
+    "shard_range",
     "topk_excluding",
 ]
 

@@ -40,6 +40,7 @@ __all__ = [
     "check_fingerprint",
     "load_artifact",
     "load_resume_state",
+    "read_config",
     "read_metadata",
     "save_artifact",
     "save_resume_state",
@@ -173,11 +174,25 @@ def check_fingerprint(
         )
 
 
+def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``config.json`` of an artifact folder, without loading its tensors.
+
+    Raises:
+        CheckpointError: the folder or file is missing, or not valid JSON (names the path).
+    """
+    config_path = _require(Path(directory), CONFIG_NAME)
+    try:
+        return json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from exc
+
+
 def load_artifact(
     directory: str | os.PathLike[str],
     *,
     expected_fingerprint: str | None = None,
     device: str | torch.device = "cpu",
+    rows: Mapping[str, tuple[int, int]] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, str]]:
     """Load an artifact folder written by :func:`save_artifact`.
 
@@ -185,6 +200,9 @@ def load_artifact(
         directory: the artifact folder.
         expected_fingerprint: when given, the stored dataset fingerprint must equal it.
         device: where to put the tensors.
+        rows: ``name -> (start, stop)``: read only those rows (first dimension) of the named
+            tensors, e.g. one rank's shard of an item-sharded head; nothing else of them is
+            read from disk. Other tensors are loaded whole.
 
     Returns:
         ``(tensors, config, metadata)``.
@@ -194,16 +212,19 @@ def load_artifact(
         FingerprintMismatchError: the artifact belongs to another dataset.
     """
     directory = Path(directory)
-    config_path = _require(directory, CONFIG_NAME)
+    config = read_config(directory)
     weights = _require(directory, WEIGHTS_NAME)
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from exc
+    rows = dict(rows or {})
     try:
         with safe_open(str(weights), framework="pt", device=str(device)) as fh:
             metadata = dict(fh.metadata() or {})
-            tensors = {name: fh.get_tensor(name) for name in fh.keys()}  # noqa: SIM118
+            tensors = {}
+            for name in fh.keys():  # noqa: SIM118
+                if name in rows:
+                    start, stop = rows[name]
+                    tensors[name] = fh.get_slice(name)[start:stop]
+                else:
+                    tensors[name] = fh.get_tensor(name)
     except Exception as exc:  # safetensors raises its own error types
         raise CheckpointError(f"{weights}: cannot read safetensors file ({exc})") from exc
     check_fingerprint(directory, metadata.get("dataset_fingerprint"), expected_fingerprint)

@@ -82,7 +82,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-__all__ = ["linear_cross_entropy", "topk_excluding"]
+__all__ = ["linear_cross_entropy", "shard_range", "topk_excluding"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 _BACKENDS = ("auto", "torch", "triton")
@@ -225,7 +225,11 @@ def _check_lce_inputs(
     bias: torch.Tensor | None,
     ignore_index: int,
     reduction: str,
+    num_items: int | None = None,
 ) -> torch.Tensor:
+    """Check ``linear_cross_entropy``'s inputs (one ``ValueError`` naming the shapes); return
+    ``targets`` as int64 on ``hidden``'s device. ``num_items`` (default ``weight``'s rows) is
+    the catalogue size targets index into (the whole catalogue for a sharded weight)."""
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2:
@@ -264,13 +268,14 @@ def _check_lce_inputs(
     if targets.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
         raise ValueError(f"targets must hold integer class indices, got dtype {targets.dtype}")
     targets = targets.to(device=hidden.device, dtype=torch.int64)
-    items = weight.shape[0]
+    items = weight.shape[0] if num_items is None else num_items
     bad = (targets != ignore_index) & ((targets < 0) | (targets >= items))
     if bool(bad.any()):
         first = int(bad.nonzero()[0, 0])
         raise ValueError(
             f"targets[{first}] = {int(targets[first])} is outside [0, {items}) for weight of "
-            f"shape {tuple(weight.shape)} (and is not ignore_index={ignore_index})"
+            f"shape {tuple(weight.shape)}{' (one shard)' if num_items is not None else ''} "
+            f"(and is not ignore_index={ignore_index})"
         )
     return targets
 
@@ -538,6 +543,7 @@ def _grad_pass(
     scale: float | None = None,
     h_lp: torch.Tensor | None = None,
     grad_w: torch.Tensor | None = None,
+    owned: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Pass 2: the gradients of ``sum_r row_scale[r] * loss[r]``, chunk by chunk.
 
@@ -561,6 +567,10 @@ def _grad_pass(
         grad_w: a preallocated ``(I, H)`` gradient whose storage holds ``store``
             (:func:`_grad_w_holding_logits`): each kept tile is then scaled into the buffer
             before ``grad_W[j]`` is written over it.
+        owned: for a weight that is one shard of the items (:mod:`glta_gllm._sharded`), the
+            ``(R,)`` bool mask of the rows whose target is in this shard; ``targets`` then
+            holds local indices for those rows and ``-1`` for the others, which get no
+            one-hot term (``lse`` is the global one, so ``grad_h`` is this shard's part).
 
     Returns:
         ``(grad_h (R, H) in acc, grad_w (I, H) in weight's dtype, grad_b (I,) in acc)``,
@@ -578,7 +588,11 @@ def _grad_pass(
         buf = torch.empty(rows * width, dtype=acc, device=device)
     grad_h = None
     if need_h:  # starts at -W[t] (the one-hot part), so no R x H temporary at the end
-        grad_h = weight.index_select(0, targets).to(acc).neg_()
+        if owned is None:
+            grad_h = weight.index_select(0, targets).to(acc).neg_()
+        else:
+            grad_h = weight.index_select(0, targets.clamp(min=0)).to(acc).neg_()
+            grad_h.masked_fill_(~owned.unsqueeze(1), 0)
     if need_w and grad_w is None:
         grad_w = _new_grad_w(weight)
     grad_b = torch.empty(weight.shape[0], dtype=acc, device=device) if need_b else None
@@ -635,7 +649,10 @@ def _grad_pass(
         if need_b:
             torch.mv(tile.t(), row_scale, out=grad_b[a:e])
     if need_b:
-        grad_b.index_add_(0, targets, row_scale, alpha=-1)
+        if owned is None:
+            grad_b.index_add_(0, targets, row_scale, alpha=-1)
+        else:
+            grad_b.index_add_(0, targets[owned], row_scale[owned], alpha=-1)
     if need_h:
         grad_h.mul_(row_scale.unsqueeze(1))
     return grad_h, grad_w, grad_b
@@ -795,6 +812,7 @@ def linear_cross_entropy(
     chunk_size: int | None = None,
     store_logits: bool | None = None,
     backend: str = "auto",
+    process_group: object | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of a linear layer's logits without materialising the logits.
 
@@ -830,6 +848,16 @@ def linear_cross_entropy(
             two cuBLAS GEMMs; ``store_logits`` does not apply), or ``"auto"`` (currently
             ``"torch"``: the Triton kernels are tested for values in Triton's interpreter
             but their GPU speed is not yet measured; see ``benchmarks/RESULTS.md``).
+        process_group: a ``torch.distributed`` process group over which ``weight`` (and
+            ``bias``) are sharded along items: each rank passes its contiguous share of the
+            rows, rank order = item order (any sizes >= 1; e.g. :func:`shard_range`), and
+            the same ``hidden`` and (global) ``targets``. The loss is then exact over all
+            items without gathering logits (Megatron-LM's vocabulary-parallel
+            cross-entropy, :mod:`glta_gllm._sharded`): per-rank log-sum-exp combined by a
+            max and a sum all-reduce, each target logit from its owning rank; ``hidden``'s
+            gradient is all-reduced in the backward, which every rank must run; ``weight``
+            and ``bias`` get this rank's shard of theirs. ``backend="torch"`` only. ``None``
+            or a group of one rank: the unsharded path.
 
     Returns:
         The scalar loss (``"mean"``/``"sum"``) or the ``(N,)`` per-row losses, in
@@ -848,6 +876,14 @@ def linear_cross_entropy(
         ValueError: bad shapes, dtypes, devices, reduction, or a target outside ``[0, I)``;
             the message names the shapes.
     """
+    if process_group is not None and _world(process_group) > 1:
+        from glta_gllm import _sharded
+
+        return _sharded.linear_cross_entropy(
+            hidden, weight, targets, bias, ignore_index=ignore_index, reduction=reduction,
+            chunk_size=chunk_size, store_logits=store_logits, backend=backend,
+            process_group=process_group,
+        )  # fmt: skip
     targets = _check_lce_inputs(hidden, weight, targets, bias, ignore_index, reduction)
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
@@ -876,6 +912,7 @@ def topk_excluding(
     bias: torch.Tensor | None = None,
     exclude: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    process_group: object | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` items per query by ``queries @ weight^T + bias``, skipping excluded items.
 
@@ -892,6 +929,12 @@ def topk_excluding(
             user's training items) are never returned. Column indices of a row must be unique.
         chunk_size: items per chunk (default: from a score-buffer budget of 1/16 of the
             naive ``U x I`` scores, within 32 to 256 MiB).
+        process_group: a ``torch.distributed`` group over which ``weight`` (and ``bias``)
+            are sharded along items, as in :func:`linear_cross_entropy`; every rank passes
+            the same ``queries`` and the global ``(U, I)`` ``exclude``. Each rank streams its
+            shard, then the ranks' ``(U, k)`` lists are all-gathered and merged: the result,
+            with global item indices, equals the unsharded one (ties to the lower index) on
+            every rank. ``None`` or one rank: the unsharded path.
 
     Returns:
         ``(scores, indices)``: ``(U, k)`` scores in ``queries``' dtype, best first, and the
@@ -901,6 +944,30 @@ def topk_excluding(
         ValueError: bad shapes/dtypes, a non-CSR ``exclude``, or ``k`` larger than the items
             left for some user (the message names the user and the counts).
     """
+    if process_group is not None and _world(process_group) > 1:
+        from glta_gllm import _sharded
+
+        return _sharded.topk_excluding(
+            queries, weight, k, bias=bias, exclude=exclude, chunk_size=chunk_size,
+            process_group=process_group,
+        )  # fmt: skip
+    _check_topk_inputs(queries, weight, k, bias)
+    users, items = queries.shape[0], weight.shape[0]
+    excl_rows, excl_cols = _exclusions(exclude, users, items, k, queries.device)
+    return _topk_stream(queries, weight, k, bias, excl_rows, excl_cols, chunk_size, queries.dtype)
+
+
+def _world(group: object) -> int:
+    """World size of a ``torch.distributed`` process group."""
+    import torch.distributed as dist
+
+    return dist.get_world_size(group)
+
+
+def _check_topk_inputs(
+    queries: torch.Tensor, weight: torch.Tensor, k: int, bias: torch.Tensor | None
+) -> None:
+    """``topk_excluding``'s shape/dtype/device checks (one ``ValueError`` naming them)."""
     if not isinstance(queries, torch.Tensor) or queries.dim() != 2:
         raise ValueError(f"queries must be 2-D (users, H), got shape {_shape(queries)}")
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
@@ -916,7 +983,7 @@ def topk_excluding(
         )
     if queries.device != weight.device:
         raise ValueError(f"queries are on {queries.device} but weight is on {weight.device}")
-    users, items = queries.shape[0], weight.shape[0]
+    items = weight.shape[0]
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if bias is not None and bias.shape != (items,):
@@ -924,7 +991,13 @@ def topk_excluding(
             f"bias must have shape ({items},) to match weight {tuple(weight.shape)}, "
             f"got {tuple(bias.shape)}"
         )
-    device = queries.device
+
+
+def _exclusions(
+    exclude: torch.Tensor | None, users: int, items: int, k: int, device: torch.device
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(rows, cols)`` of ``exclude``'s ``(users, items)`` CSR entries, sorted by column
+    (None, None without ``exclude``), after checking that ``k`` items are left per user."""
     excl_rows = excl_cols = None
     if exclude is not None:
         if not isinstance(exclude, torch.Tensor) or exclude.layout != torch.sparse_csr:
@@ -935,8 +1008,8 @@ def topk_excluding(
             )
         if tuple(exclude.shape) != (users, items):
             raise ValueError(
-                f"exclude has shape {tuple(exclude.shape)} but queries {tuple(queries.shape)} "
-                f"and weight {tuple(weight.shape)} need ({users}, {items})"
+                f"exclude has shape {tuple(exclude.shape)} but {users} queries and {items} "
+                f"items need ({users}, {items})"
             )
         crow = exclude.crow_indices().to(device=device, dtype=torch.int64)
         counts = crow[1:] - crow[:-1]
@@ -953,10 +1026,25 @@ def topk_excluding(
         order = torch.argsort(cols, stable=True)
         excl_cols, excl_rows = cols[order], rows[order]
     elif k > items:
-        raise ValueError(
-            f"k={k} exceeds the number of items {items} (weight shape {tuple(weight.shape)})"
-        )
+        raise ValueError(f"k={k} exceeds the number of items {items}")
+    return excl_rows, excl_cols
 
+
+def _topk_stream(
+    queries: torch.Tensor,
+    weight: torch.Tensor,
+    k: int,
+    bias: torch.Tensor | None,
+    excl_rows: torch.Tensor | None,
+    excl_cols: torch.Tensor | None,
+    chunk_size: int | None,
+    out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The streaming top-``k`` of :func:`topk_excluding` over ``weight``'s rows, with the
+    excluded ``(row, col)`` entries (sorted by col) scored ``-inf``; ``k <= weight`` rows.
+    Returns ``(U, k)`` scores in ``out_dtype`` and int64 indices, ``(score desc, index asc)``."""
+    users, items = queries.shape[0], weight.shape[0]
+    device = queries.device
     acc = _acc_dtype(queries.dtype)
     elem = _elem(acc)
     # Score buffer: a sixteenth of the naive users x items scores, within [32, 256] MiB.
@@ -968,7 +1056,7 @@ def topk_excluding(
     else:
         chunk = min(items, max(1024, budget // max(users * elem, 1)))
     user_block = max(1, min(users, budget // (chunk * elem)))
-    out_scores = torch.empty(users, k, dtype=queries.dtype, device=device)
+    out_scores = torch.empty(users, k, dtype=out_dtype, device=device)
     out_idx = torch.empty(users, k, dtype=torch.int64, device=device)
     if users == 0:
         return out_scores, out_idx
@@ -1001,7 +1089,7 @@ def topk_excluding(
                     best_v, best_i = _merge_sorted(best_v, best_i, v, i + a, k)
                 else:
                     _merge_above_threshold(best_v, best_i, scores, a, k)
-            out_scores[u0:u1] = best_v.to(queries.dtype)
+            out_scores[u0:u1] = best_v.to(out_dtype)
             out_idx[u0:u1] = best_i
     return out_scores, out_idx
 
@@ -1071,3 +1159,25 @@ def _merge_above_threshold(
     take = order[(starts.unsqueeze(1) + torch.arange(k, device=scores.device)).reshape(-1)]
     best_v[rows_aff] = vals[take].view(n_aff, k)
     best_i[rows_aff] = idxs[take].view(n_aff, k)
+
+
+def shard_range(num_items: int, process_group: object | None = None) -> tuple[int, int]:
+    """``(start, stop)``: the contiguous items this rank holds when ``num_items`` rows are
+    sharded over ``process_group`` (``torch.tensor_split``'s layout: the first
+    ``num_items % world`` ranks hold one item more). ``(0, num_items)`` without a group.
+
+    Raises:
+        ValueError: fewer items than ranks (every rank must hold at least one).
+    """
+    if isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 1:
+        raise ValueError(f"num_items must be a positive int, got {num_items!r}")
+    if process_group is None:
+        return 0, num_items
+    import torch.distributed as dist
+
+    world, rank = dist.get_world_size(process_group), dist.get_rank(process_group)
+    if num_items < world:
+        raise ValueError(f"cannot shard {num_items} items over {world} ranks (one at least each)")
+    base, extra = divmod(num_items, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)

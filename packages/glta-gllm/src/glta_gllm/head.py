@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from glta_gllm.checkpoint import CheckpointError, load_artifact, save_artifact
-from glta_gllm.functional import linear_cross_entropy, topk_excluding
+from glta_gllm.checkpoint import CheckpointError, load_artifact, read_config, save_artifact
+from glta_gllm.functional import linear_cross_entropy, shard_range, topk_excluding
 
 __all__ = ["GLLMHead", "ProjectedItemHead"]
 
@@ -58,6 +58,31 @@ def _check_type(config: dict[str, Any], expected: str, directory: Path) -> None:
         )
 
 
+def _is_sharded(group: object | None) -> bool:
+    """Whether ``group`` is a process group of more than one rank."""
+    if group is None:
+        return False
+    from glta_gllm import _sharded
+
+    return _sharded.is_sharded(group)
+
+
+def _save_sharded(group: object | None, tensors: dict[str, torch.Tensor], save) -> Path | None:
+    """Save a possibly sharded head: ``tensors`` marked sharded (row shards) are gathered on
+    rank 0, which calls ``save(full_tensors)``; every rank waits for it. ``None`` when not
+    sharded (the caller saves as usual)."""
+    if not _is_sharded(group):
+        return None
+    import torch.distributed as dist
+
+    from glta_gllm import _sharded
+
+    full = {name: _sharded.gather_rows(t, group) for name, t in tensors.items()}
+    out = save(full) if dist.get_rank(group) == 0 else None
+    dist.barrier(group=group)
+    return out
+
+
 def _tensor(tensors: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], directory: Path):
     if name not in tensors:
         raise CheckpointError(f"{directory}/model.safetensors: missing tensor {name!r}")
@@ -85,9 +110,16 @@ class GLLMHead(nn.Module):
         num_items: I, the catalogue size (one output row per item).
         bias: learn a per-item bias ``b`` (I,).
         device, dtype: where and how to allocate the parameters.
+        process_group: a ``torch.distributed`` group to shard the items over: each rank
+            then holds only its rows ``[item_start, item_stop)`` (:func:`glta_gllm.shard_range`,
+            uneven shards allowed) and :meth:`loss` / :meth:`recommend` are exact over the
+            whole catalogue (collectives: every rank calls them with the same inputs).
+            ``None`` or a group of one rank: the whole catalogue here.
 
     Attributes:
-        weight: ``(I, H)`` item rows. bias: ``(I,)`` or ``None``.
+        weight: ``(I, H)`` item rows (``(item_stop - item_start, H)`` this rank's shard when
+        sharded). bias: ``(I,)`` (or the shard's) or ``None``. num_items: the whole
+        catalogue's I.
     """
 
     def __init__(
@@ -98,6 +130,7 @@ class GLLMHead(nn.Module):
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        process_group: object | None = None,
     ) -> None:
         super().__init__()
         for name, value in (("hidden_size", hidden_size), ("num_items", num_items)):
@@ -105,34 +138,48 @@ class GLLMHead(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.hidden_size = hidden_size
         self.num_items = num_items
-        self.weight = nn.Parameter(torch.empty(num_items, hidden_size, device=device, dtype=dtype))
+        self.process_group = process_group
+        self.item_start, self.item_stop = shard_range(num_items, process_group)
+        rows = self.item_stop - self.item_start
+        self.weight = nn.Parameter(torch.empty(rows, hidden_size, device=device, dtype=dtype))
         if bias:
-            self.bias = nn.Parameter(torch.empty(num_items, device=device, dtype=dtype))
+            self.bias = nn.Parameter(torch.empty(rows, device=device, dtype=dtype))
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Initialise ``weight ~ N(0, 1/H)`` (unit-variance logits for unit-variance h), bias 0."""
+        """Initialise ``weight ~ N(0, 1/H)`` (unit-variance logits for unit-variance h), bias 0.
+        Sharded, each rank draws its rows from its own RNG (seed the ranks, or start from
+        :meth:`from_item_tokens`, for a given full weight)."""
         nn.init.normal_(self.weight, mean=0.0, std=1.0 / math.sqrt(self.hidden_size))
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
     def extra_repr(self) -> str:
+        shard = ""
+        if _is_sharded(self.process_group):
+            shard = f", items=[{self.item_start}, {self.item_stop})"
         return (
             f"hidden_size={self.hidden_size}, num_items={self.num_items}, "
-            f"bias={self.bias is not None}"
+            f"bias={self.bias is not None}{shard}"
         )
 
     @classmethod
     def from_item_tokens(
-        cls, item_tokens: torch.Tensor, bias: torch.Tensor | None = None
+        cls,
+        item_tokens: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        *,
+        process_group: object | None = None,
     ) -> GLLMHead:
         """A head whose rows start as given item token vectors (e.g. projected graph items).
 
         Args:
             item_tokens: ``(I, H)`` one vector per item, e.g. ``ProjectedItemHead.item_tokens()``.
             bias: optional ``(I,)`` initial bias (the head then has a bias).
+            process_group: shard the items over it (each rank copies its rows of the whole
+                ``item_tokens``; see the class docstring).
 
         Returns:
             A new :class:`GLLMHead` with ``weight = item_tokens`` (copied, trainable).
@@ -151,15 +198,18 @@ class GLLMHead(nn.Module):
             bias=bias is not None,
             device=item_tokens.device,
             dtype=item_tokens.dtype,
+            process_group=process_group,
         )
+        a, e = head.item_start, head.item_stop
         with torch.no_grad():
-            head.weight.copy_(item_tokens)
+            head.weight.copy_(item_tokens[a:e])
             if bias is not None:
-                head.bias.copy_(bias)
+                head.bias.copy_(bias[a:e])
         return head
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Full logits ``(..., I)`` for ``hidden`` ``(..., H)`` (materialised: small I only)."""
+        """Full logits ``(..., I)`` for ``hidden`` ``(..., H)`` (materialised: small I only);
+        sharded, this rank's columns ``[item_start, item_stop)`` only."""
         return nn.functional.linear(hidden, self.weight, self.bias)
 
     def loss(
@@ -193,6 +243,7 @@ class GLLMHead(nn.Module):
             reduction=reduction,
             chunk_size=chunk_size,
             backend=backend,
+            process_group=self.process_group,
         )
         return out.reshape(targets.shape) if reduction == "none" else out
 
@@ -214,7 +265,12 @@ class GLLMHead(nn.Module):
             ``(scores, indices)``, each ``(U, k)``, best first, ties to the lower index.
         """
         return topk_excluding(
-            hidden.to(self.weight.dtype), self.weight, k, bias=self.bias, exclude=exclude
+            hidden.to(self.weight.dtype),
+            self.weight,
+            k,
+            bias=self.bias,
+            exclude=exclude,
+            process_group=self.process_group,
         )
 
     def config(self) -> dict[str, Any]:
@@ -232,11 +288,25 @@ class GLLMHead(nn.Module):
     ) -> Path:
         """Write ``config.json`` + ``model.safetensors`` + a model card to ``directory``.
 
-        The write is atomic (see :func:`glta_gllm.checkpoint.save_artifact`).
+        The write is atomic (see :func:`glta_gllm.checkpoint.save_artifact`). Sharded, the
+        shards are gathered on rank 0, which writes the one checkpoint of the whole head
+        (loadable on any world size); every rank calls this and returns when it is written.
         """
         tensors = {"weight": self.weight}
         if self.bias is not None:
             tensors["bias"] = self.bias
+        sharded = _save_sharded(
+            self.process_group,
+            tensors,
+            lambda full: self._write(directory, full, dataset_fingerprint),
+        )
+        if sharded is not None or _is_sharded(self.process_group):
+            return Path(directory)
+        return self._write(directory, tensors, dataset_fingerprint)
+
+    def _write(
+        self, directory: str | os.PathLike[str], tensors: dict, dataset_fingerprint: str | None
+    ) -> Path:
         card = (
             f"# GLLM head\n\nA linear item-scoring head: {self.num_items} items x "
             f"{self.hidden_size} hidden, bias={self.bias is not None}.\n\n"
@@ -257,24 +327,44 @@ class GLLMHead(nn.Module):
         *,
         expected_fingerprint: str | None = None,
         device: torch.device | str = "cpu",
+        process_group: object | None = None,
     ) -> GLLMHead:
-        """Load a head written by :meth:`save_pretrained`.
+        """Load a head written by :meth:`save_pretrained` (on any world size).
+
+        With ``process_group`` each rank reads only its rows of the checkpoint.
 
         Raises:
             CheckpointError: missing/malformed folder, config field or tensor (named).
             FingerprintMismatchError: made for another dataset than ``expected_fingerprint``.
         """
         directory = Path(directory)
-        tensors, config, _ = load_artifact(
-            directory, expected_fingerprint=expected_fingerprint, device=device
-        )
+        config = read_config(directory)
         _check_type(config, _GLLM_TYPE, directory)
         hidden = _config_int(config, "hidden_size", directory)
         items = _config_int(config, "num_items", directory)
         has_bias = bool(config.get("bias", False))
-        weight = _tensor(tensors, "weight", (items, hidden), directory)
-        bias = _tensor(tensors, "bias", (items,), directory) if has_bias else None
-        return cls.from_item_tokens(weight, bias)
+        a, e = shard_range(items, process_group)
+        tensors, _, _ = load_artifact(
+            directory,
+            expected_fingerprint=expected_fingerprint,
+            device=device,
+            rows={"weight": (a, e), "bias": (a, e)},
+        )
+        weight = _tensor(tensors, "weight", (e - a, hidden), directory)
+        bias = _tensor(tensors, "bias", (e - a,), directory) if has_bias else None
+        head = cls(
+            hidden,
+            items,
+            bias=has_bias,
+            device=weight.device,
+            dtype=weight.dtype,
+            process_group=process_group,
+        )
+        with torch.no_grad():
+            head.weight.copy_(weight)
+            if bias is not None:
+                head.bias.copy_(bias)
+        return head
 
 
 class ProjectedItemHead(nn.Module):
@@ -299,6 +389,11 @@ class ProjectedItemHead(nn.Module):
             typically shared with the alignment stage and possibly frozen; when ``None`` a
             fresh trainable one is made, which needs ``hidden_size``.
         hidden_size: H, only needed without ``projector``.
+        process_group: a ``torch.distributed`` group to shard the items over: each rank
+            keeps only its rows ``[item_start, item_stop)`` of ``item_embeddings``
+            (:func:`glta_gllm.shard_range`) and the projector stays replicated (its gradient
+            is the same on every rank); :meth:`loss` / :meth:`recommend` are exact over all
+            items (collectives: every rank calls them with the same inputs).
     """
 
     def __init__(
@@ -307,6 +402,7 @@ class ProjectedItemHead(nn.Module):
         projector: nn.Module | None = None,
         *,
         hidden_size: int | None = None,
+        process_group: object | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(item_embeddings, torch.Tensor) or item_embeddings.dim() != 2:
@@ -336,7 +432,12 @@ class ProjectedItemHead(nn.Module):
             raise ValueError(
                 f"hidden_size={hidden_size} but the projector outputs {weight.shape[0]}"
             )
-        self.register_buffer("item_embeddings", item_embeddings.detach())
+        self.process_group = process_group
+        self.item_start, self.item_stop = shard_range(num_items, process_group)
+        rows = item_embeddings.detach()
+        if _is_sharded(process_group):  # a copy, so the caller's full table can be freed
+            rows = rows[self.item_start : self.item_stop].clone()
+        self.register_buffer("item_embeddings", rows)
         self.projector = projector
         self.num_items = num_items
         self.graph_dim = d_graph
@@ -367,17 +468,19 @@ class ProjectedItemHead(nn.Module):
         return None if bias is None else hidden @ bias.to(hidden.dtype)
 
     def item_tokens(self) -> torch.Tensor:
-        """The ``(I, H)`` projected item tokens ``E P^T + c`` (materialised; for seeding)."""
+        """The ``(I, H)`` projected item tokens ``E P^T + c`` (materialised; for seeding);
+        sharded, this rank's rows."""
         return self.projector(self.item_embeddings.to(self.projector.weight.dtype))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Full logits ``(..., I)`` including ``h . c`` (materialises them: small I only)."""
+        """Full logits ``(..., I)`` including ``h . c`` (materialises them: small I only);
+        sharded, this rank's columns ``[item_start, item_stop)``."""
         flat, _ = _flatten(hidden)
         logits = self._queries(flat) @ self.item_embeddings.T
         offset = self._row_offset(flat)
         if offset is not None:
             logits = logits + offset.to(logits.dtype).unsqueeze(1)
-        return logits.reshape(*hidden.shape[:-1], self.num_items)
+        return logits.reshape(*hidden.shape[:-1], logits.shape[-1])
 
     def loss(
         self,
@@ -403,6 +506,7 @@ class ProjectedItemHead(nn.Module):
             reduction=reduction,
             chunk_size=chunk_size,
             backend=backend,
+            process_group=self.process_group,
         ).to(hidden.dtype)
         return out.reshape(targets.shape) if reduction == "none" else out
 
@@ -412,7 +516,13 @@ class ProjectedItemHead(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-``k`` items per row of ``hidden`` ``(U, H)``; scores include ``h . c``."""
         flat, _ = _flatten(hidden)
-        scores, idx = topk_excluding(self._queries(flat), self.item_embeddings, k, exclude=exclude)
+        scores, idx = topk_excluding(
+            self._queries(flat),
+            self.item_embeddings,
+            k,
+            exclude=exclude,
+            process_group=self.process_group,
+        )
         offset = self._row_offset(flat)
         if offset is not None:
             scores = scores + offset.to(scores.dtype).unsqueeze(1)
@@ -421,9 +531,29 @@ class ProjectedItemHead(nn.Module):
     def save_pretrained(
         self, directory: str | os.PathLike[str], *, dataset_fingerprint: str | None = None
     ) -> Path:
-        """Save item embeddings and projector (``config.json`` + safetensors + card)."""
+        """Save item embeddings and projector (``config.json`` + safetensors + card).
+
+        Sharded, the item embeddings are gathered on rank 0, which writes the one checkpoint
+        (loadable on any world size); every rank calls this.
+        """
+        group = self.process_group
+        if _is_sharded(group):
+            _save_sharded(
+                group,
+                {"item_embeddings": self.item_embeddings},
+                lambda full: self._write(directory, full["item_embeddings"], dataset_fingerprint),
+            )
+            return Path(directory)
+        return self._write(directory, self.item_embeddings, dataset_fingerprint)
+
+    def _write(
+        self,
+        directory: str | os.PathLike[str],
+        item_embeddings: torch.Tensor,
+        dataset_fingerprint: str | None,
+    ) -> Path:
         tensors = {
-            "item_embeddings": self.item_embeddings,
+            "item_embeddings": item_embeddings,
             "projector.weight": self.projector.weight,
         }
         if self.projector.bias is not None:
@@ -450,17 +580,24 @@ class ProjectedItemHead(nn.Module):
         *,
         expected_fingerprint: str | None = None,
         device: torch.device | str = "cpu",
+        process_group: object | None = None,
     ) -> ProjectedItemHead:
-        """Load a head written by :meth:`save_pretrained` (errors as for GLLMHead)."""
+        """Load a head written by :meth:`save_pretrained` (errors as for GLLMHead), on any
+        world size: with ``process_group`` each rank reads only its rows of the embeddings."""
         directory = Path(directory)
-        tensors, config, _ = load_artifact(
-            directory, expected_fingerprint=expected_fingerprint, device=device
-        )
+        config = read_config(directory)
         _check_type(config, _PROJECTED_TYPE, directory)
         items = _config_int(config, "num_items", directory)
         d_graph = _config_int(config, "graph_dim", directory)
         hidden = _config_int(config, "hidden_size", directory)
-        emb = _tensor(tensors, "item_embeddings", (items, d_graph), directory)
+        a, e = shard_range(items, process_group)
+        tensors, _, _ = load_artifact(
+            directory,
+            expected_fingerprint=expected_fingerprint,
+            device=device,
+            rows={"item_embeddings": (a, e)},
+        )
+        emb = _tensor(tensors, "item_embeddings", (e - a, d_graph), directory)
         weight = _tensor(tensors, "projector.weight", (hidden, d_graph), directory)
         has_bias = bool(config.get("projector_bias", False))
         projector = nn.Linear(d_graph, hidden, bias=has_bias, device=device, dtype=weight.dtype)
@@ -468,4 +605,7 @@ class ProjectedItemHead(nn.Module):
             projector.weight.copy_(weight)
             if has_bias:
                 projector.bias.copy_(_tensor(tensors, "projector.bias", (hidden,), directory))
-        return cls(emb, projector)
+        head = cls(emb, projector)  # this rank's rows only: set the shard by hand
+        head.process_group = process_group
+        head.num_items, head.item_start, head.item_stop = items, a, e
+        return head

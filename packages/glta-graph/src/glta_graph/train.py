@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from glta_gllm.checkpoint import (
     CheckpointError,
     atomic_write_json,
@@ -37,6 +38,7 @@ __all__ = [
     "LightGCNConfig",
     "NegativeSampler",
     "TrainResult",
+    "init_distributed",
     "load_graph_embeddings",
     "train_lightgcn",
 ]
@@ -48,7 +50,7 @@ _SAMPLINGS = ("user", "pair")
 _LOSSES = ("bpr", "softmax")
 _METRIC_NAMES = ("precision", "recall", "ndcg", "hit_rate")
 # Settings added after version 1 of the resume state, with the behaviour older states had.
-_ADDED_SETTINGS = {"hard_negatives": 1}
+_ADDED_SETTINGS = {"hard_negatives": 1, "world_size": 1}
 # Settings that may change between a killed run and its resumption.
 _RESUMABLE_CHANGES = {"epochs", "patience", "eval_every", "device", "num_threads"}
 
@@ -415,6 +417,148 @@ def _save_state(state_dir: Path, payload: dict[str, Any]) -> None:
     )
 
 
+def _sample_share(
+    sampler: NegativeSampler,
+    config: LightGCNConfig,
+    phase: str,
+    n: int,
+    steps: int,
+    num_items: int,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One epoch of this rank's training triples, drawn from ``gen``.
+
+    Returns ``(users (n,), positives (n,), negatives)``: negatives ``(n,)`` for BPR, ``(n,
+    M)`` candidates with ``hard_negatives = M > 1``, or ``(steps, negatives)`` uniform items
+    shared by each batch for the softmax loss.
+    """
+    all_users, all_pos = sampler.positives(n, config.sampling, generator=gen)
+    if phase == "bpr" and config.hard_negatives > 1:  # (n, M) candidates per triple
+        all_neg = sampler.sample(
+            all_users.repeat_interleave(config.hard_negatives), generator=gen
+        ).view(-1, config.hard_negatives)
+    elif phase == "bpr":
+        all_neg = sampler.sample(all_users, generator=gen)
+    else:  # shared uniform negatives, `negatives` per batch, drawn for the epoch at once
+        all_neg = torch.randint(0, num_items, (steps, config.negatives), generator=gen)
+    return all_users, all_pos, all_neg
+
+
+def init_distributed(device: str = "cpu") -> bool:
+    """Join the ``torchrun`` job described by the environment, if any.
+
+    With ``WORLD_SIZE > 1`` (set by ``torchrun``) and no default process group yet, starts
+    one: NCCL when ``device`` is CUDA (after selecting ``cuda:LOCAL_RANK``), gloo otherwise.
+    :func:`train_lightgcn` then trains on every rank of it (see :class:`_Ranks`).
+
+    Args:
+        device: the training device, e.g. ``LightGCNConfig.device``.
+
+    Returns:
+        Whether this process is one of several ranks.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or not dist.is_available():
+        return False
+    if not dist.is_initialized():
+        cuda = torch.device(device).type == "cuda"
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_world_size() > 1
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """Seed of rank ``rank``'s sampling stream (rank 0 continues the run's own stream)."""
+    return (seed + (rank << 32)) % (1 << 63)
+
+
+@dataclass
+class _Ranks:
+    """This process's place among the ranks of a ``torchrun`` job (one rank without one).
+
+    LightGCN under ``torch.distributed``: every rank holds the whole model (the same
+    initialisation, from ``seed``), draws its own share of each epoch's triples from its own
+    stream (:func:`_rank_seed`), and after each backward the embedding tables' gradients are
+    averaged (:meth:`average_gradients`), so every rank takes the same Adam step: the step of
+    one process on the union of the ranks' batches. Validation, early stopping and
+    checkpoints happen on rank 0, whose decisions and state the others receive.
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls, config: LightGCNConfig) -> _Ranks:
+        """The default process group's ranks (one rank when none is initialised)."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return cls()
+        if config.sampling == "pair":
+            raise ValueError(
+                "LightGCNConfig.sampling 'pair' (one shuffle of all pairs) is for one process; "
+                "use sampling='user' under torchrun"
+            )
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    @property
+    def main(self) -> bool:
+        """Whether this is rank 0 (validation, checkpoints, progress)."""
+        return self.rank == 0
+
+    def device(self, config: LightGCNConfig) -> torch.device:
+        """``config.device``; a bare ``cuda`` means this rank's current CUDA device."""
+        device = torch.device(config.device)
+        if self.world > 1 and device.type == "cuda" and device.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        return device
+
+    def sampling_generator(self, gen: torch.Generator, seed: int) -> torch.Generator:
+        """Rank 0 samples from ``gen`` (the stream of a one-process run), rank r from its own."""
+        return gen if self.rank == 0 else torch.Generator().manual_seed(_rank_seed(seed, self.rank))
+
+    def state_config(self, config: LightGCNConfig) -> dict[str, Any]:
+        """The settings stored in the resume state (with the world size under torchrun)."""
+        return {**config.to_dict(), **({"world_size": self.world} if self.world > 1 else {})}
+
+    def average_gradients(self, model: torch.nn.Module, loss: torch.Tensor) -> float:
+        """Average the parameters' gradients and the loss over the ranks; return the loss.
+
+        One all-reduce of one flat buffer (both dense embedding tables' gradients and the
+        loss) per step, rather than ``DistributedDataParallel``: the propagation makes both
+        tables' gradients ready only at the very end of the backward, so DDP's overlap of
+        bucketed all-reduces with the backward has nothing to overlap, and DDP's wrapper
+        would rename the state dict keys of the checkpoints and resume states. The averaged
+        loss keeps every rank's non-finite check (and so its exit) in step.
+        """
+        if self.world == 1:
+            return float(loss.detach())
+        grads = [p.grad for p in model.parameters()]
+        flat = torch.cat([g.reshape(-1) for g in grads] + [loss.detach().reshape(1)])
+        dist.all_reduce(flat)
+        flat.div_(self.world)
+        start = 0
+        for g in grads:
+            g.copy_(flat[start : start + g.numel()].view_as(g))
+            start += g.numel()
+        return float(flat[-1])
+
+    def gather(self, value: Any) -> list[Any] | None:
+        """Every rank's ``value`` on rank 0 (``None`` elsewhere, and with one rank)."""
+        if self.world == 1:
+            return None
+        out = [None] * self.world if self.main else None
+        dist.gather_object(value, out, dst=0)
+        return out
+
+    def from_main(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (``value`` itself with one rank)."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
 def train_lightgcn(
     data: Interactions,
     config: LightGCNConfig | None = None,
@@ -436,6 +580,15 @@ def train_lightgcn(
     After every epoch the full state (model, optimiser, epoch, RNG, history, best
     embeddings) is written atomically to ``RUN/state/graph/``; with ``resume=True`` a rerun
     continues from it, producing the same result as an uninterrupted run.
+
+    Under ``torchrun`` (a default process group of several ranks, e.g. from
+    :func:`init_distributed`) every rank calls this: each draws ``1/world`` of the epoch's
+    triples in batches of ``batch_size / world`` from its own seeded stream, the gradients
+    are averaged across ranks after every backward (so a step is one process's step on the
+    union batch), and rank 0 alone validates, decides early stopping, writes the resume
+    state (with every rank's RNG state) and the artifact and reports progress. A kill and
+    rerun with the same world size resumes every rank from that state. The softmax loss's
+    shared negatives are then per rank.
 
     Args:
         data: the prepared dataset.
@@ -480,14 +633,17 @@ def _train(
     progress: ProgressCallback | None,
     resume: bool,
 ) -> TrainResult:
-    device = torch.device(config.device)
+    ranks = _Ranks.current(config)
+    device = ranks.device(config)
+    progress = progress if ranks.main else None
     fingerprint = data.fingerprint
     state_dir = run_dir / STATE_DIR
     gen = torch.Generator().manual_seed(config.seed)
 
     model = LightGCN(data.num_users, data.num_items, config.dim, config.layers)
-    model.reset_parameters(generator=gen)
+    model.reset_parameters(generator=gen)  # the same on every rank
     model.to(device)
+    gen = ranks.sampling_generator(gen, config.seed)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.warmup_lr if config.warmup_epochs else config.lr
     )
@@ -500,7 +656,8 @@ def _train(
     best_emb: tuple[torch.Tensor, torch.Tensor] | None = None
     stopped_early = False
     state = (
-        load_resume_state(state_dir, fingerprint=fingerprint, key=_resume_key(config),
+        load_resume_state(state_dir, fingerprint=fingerprint,
+                          key={**_resume_key(config), "world_size": ranks.world},
                           what="LightGCN", defaults=_ADDED_SETTINGS)
         if resume
         else None
@@ -508,7 +665,7 @@ def _train(
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["rng"])
+        gen.set_state(state["rank_rngs"][ranks.rank] if ranks.world > 1 else state["rng"])
         start_epoch = int(state["epoch"]) + 1
         history = json.loads(state["history"])
         best_epoch, best_score = int(state["best_epoch"]), float(state["best_score"])
@@ -518,8 +675,11 @@ def _train(
         if state.get("best_user") is not None:
             best_emb = (state["best_user"], state["best_item"])
 
-    n_pairs = sampler.users.numel()
-    steps = max(1, math.ceil(n_pairs / config.batch_size))
+    # Under torchrun each rank draws its share of the epoch's triples, in batches of its share
+    # of batch_size (both rounded up, so every rank takes the same number of steps).
+    n_pairs = math.ceil(sampler.users.numel() / ranks.world)
+    batch_size = math.ceil(config.batch_size / ranks.world)
+    steps = max(1, math.ceil(n_pairs / batch_size))
     emit(progress, ProgressEvent(
         "graph", "start", step=start_epoch * steps, total=config.epochs * steps,
         epoch=start_epoch, message=f"LightGCN {model!r} on {propagate.backend}",
@@ -530,24 +690,18 @@ def _train(
             break
         t0 = time.perf_counter()
         model.train()
-        all_users, all_pos = sampler.positives(n_pairs, config.sampling, generator=gen)
         phase = "softmax" if epoch < config.warmup_epochs else config.loss
         if epoch == config.warmup_epochs > 0:
             # warm-up over: the main loss starts from the warm embeddings with a fresh Adam
             optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        if phase == "bpr" and config.hard_negatives > 1:  # (n, M) candidates per triple
-            all_neg = sampler.sample(
-                all_users.repeat_interleave(config.hard_negatives), generator=gen
-            ).view(-1, config.hard_negatives)
-        elif phase == "bpr":
-            all_neg = sampler.sample(all_users, generator=gen)
-        else:  # shared uniform negatives, `negatives` per batch, drawn for the epoch at once
-            all_neg = torch.randint(0, data.num_items, (steps, config.negatives), generator=gen)
+        all_users, all_pos, all_neg = _sample_share(
+            sampler, config, phase, n_pairs, steps, data.num_items, gen
+        )
         # one host-to-device copy per epoch, not three per batch
         all_users, all_pos, all_neg = (t.to(device) for t in (all_users, all_pos, all_neg))
         total_loss = 0.0
         for b in range(steps):
-            sl = slice(b * config.batch_size, (b + 1) * config.batch_size)
+            sl = slice(b * batch_size, (b + 1) * batch_size)
             users, pos = all_users[sl], all_pos[sl]
             user_out, item_out = model(propagate)
             if phase == "bpr":
@@ -561,8 +715,8 @@ def _train(
                                      config.similarity == "cosine")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            value = ranks.average_gradients(model, loss)  # float(loss) in one process
             optimizer.step()
-            value = float(loss.detach())
             if not math.isfinite(value):
                 raise FloatingPointError(
                     f"LightGCN loss became {value} at epoch {epoch}, batch {b}; lower "
@@ -575,7 +729,7 @@ def _train(
             ))
         record: dict[str, Any] = {"epoch": epoch, "loss": total_loss / steps}
         is_last = epoch == config.epochs - 1
-        if validate and ((epoch + 1) % config.eval_every == 0 or is_last):
+        if validate and ranks.main and ((epoch + 1) % config.eval_every == 0 or is_last):
             model.eval()
             with torch.no_grad():
                 user_out, item_out = _scoring(config, *model(propagate))
@@ -589,24 +743,28 @@ def _train(
                 bad_evals += 1
                 if config.patience and bad_evals >= config.patience:
                     stopped_early = True
+        stopped_early = ranks.from_main(stopped_early)
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
-        _save_state(state_dir, {
-            "fingerprint": fingerprint,
-            "config": json.dumps(config.to_dict()),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": gen.get_state(),
-            "epoch": epoch,
-            "history": json.dumps(history),
-            "best_epoch": best_epoch,
-            "best_score": best_score,
-            "best_valid": json.dumps(best_valid),
-            "bad_evals": bad_evals,
-            "stopped_early": stopped_early,
-            "best_user": best_emb[0] if best_emb else None,
-            "best_item": best_emb[1] if best_emb else None,
-        })
+        rank_rngs = ranks.gather(gen.get_state())
+        if ranks.main:
+            _save_state(state_dir, {
+                "fingerprint": fingerprint,
+                "config": json.dumps(ranks.state_config(config)),
+                **({"rank_rngs": rank_rngs} if ranks.world > 1 else {}),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": gen.get_state(),
+                "epoch": epoch,
+                "history": json.dumps(history),
+                "best_epoch": best_epoch,
+                "best_score": best_score,
+                "best_valid": json.dumps(best_valid),
+                "bad_evals": bad_evals,
+                "stopped_early": stopped_early,
+                "best_user": best_emb[0] if best_emb else None,
+                "best_item": best_emb[1] if best_emb else None,
+            })
         shown = {"loss": record["loss"]}
         if "valid" in record:
             shown[config.select_metric] = record["valid"][config.select_metric]
@@ -622,13 +780,18 @@ def _train(
         best_emb = (user_out.cpu(), item_out.cpu())
         best_epoch = len(history) - 1
     seconds = float(sum(r["seconds"] for r in history))
-    save_artifact(
-        run_dir / GRAPH_DIR,
-        {"user_embedding": best_emb[0], "item_embedding": best_emb[1]},
-        {**config.to_dict(), "num_users": data.num_users, "num_items": data.num_items,
-         "best_epoch": best_epoch, "epochs_run": len(history)},
-        dataset_fingerprint=fingerprint,
-        card=_card(data, config, best_epoch, best_valid),
+    if ranks.main:
+        save_artifact(
+            run_dir / GRAPH_DIR,
+            {"user_embedding": best_emb[0], "item_embedding": best_emb[1]},
+            {**config.to_dict(), "num_users": data.num_users, "num_items": data.num_items,
+             "best_epoch": best_epoch, "epochs_run": len(history)},
+            dataset_fingerprint=fingerprint,
+            card=_card(data, config, best_epoch, best_valid),
+        )
+    # every rank returns rank 0's result, once the artifact is written
+    best_epoch, best_valid, history, seconds = ranks.from_main(
+        (best_epoch, best_valid, history, seconds)
     )
     emit(progress, ProgressEvent(
         "graph", "end", step=len(history) * steps, total=config.epochs * steps,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -56,13 +57,19 @@ def train(
 
     Example: glta graph train data/ml100k --out runs/lgcn --epochs 50 --lr 0.005
 
+    On 2 processes (gloo on the CPU, NCCL with --device cuda; each draws half of every
+    batch, gradients averaged): uv run torchrun --standalone --nproc-per-node 2 -m glta_cli
+    graph train data/ml100k --out runs/lgcn
+
     Gowalla recipe (the published LightGCN Recall@20 in 120 epochs, see benchmarks/RESULTS.md):
     --batch-size 4096 --lr 0.002 --l2 0.003 --hard-negatives 32
     """
     from glta_cli.outputs import check_output_dir, write_marker
     from glta_cli.pipeline import train_graph_run
 
-    if (dataset_dir / "dataset.json").is_file():  # else train_graph_run names the problem
+    if int(os.environ.get("RANK", "0")) != 0:
+        pass  # under torchrun rank 0 checks and marks the output folder
+    elif (dataset_dir / "dataset.json").is_file():  # else train_graph_run names the problem
         if check_output_dir(out, "run", inputs=[dataset_dir]) == "new":
             out.mkdir(parents=True, exist_ok=True)
         write_marker(out, "run")
@@ -77,6 +84,8 @@ def train(
         dataset_dir, out, {k: v for k, v in options.items() if v is not None}, ctx.args,
         restart=restart, quiet=quiet,
     )
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return
     console = out_console()
     headline = ("recall@20", "ndcg@20", "precision@10", "ndcg@10")
     shown = ", ".join(f"{k} {valid[k]:.4f}" for k in headline if k in valid)
