@@ -106,3 +106,17 @@ def test_read_config_and_load_rows_of_a_tensor(tmp_path) -> None:
     (tmp_path / "a" / "config.json").write_text("{", encoding="utf-8")
     with pytest.raises(CheckpointError, match=r"config\.json: not valid JSON"):
         read_config(tmp_path / "a")
+
+
+def test_saved_artifact_folders_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    from glta_gllm.checkpoint import save_artifact
+
+    old = os.umask(0o027)
+    try:
+        out = save_artifact(tmp_path / "a", {"w": torch.zeros(2)}, {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750  # not mkdtemp's 0700

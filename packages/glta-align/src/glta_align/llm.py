@@ -16,13 +16,13 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from glta_gllm.checkpoint import staging_dir
 from torch import nn
 
 __all__ = [
@@ -267,7 +267,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     if missing:  # tied output head
         fresh.tie_weights()
     target.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staged = staging_dir(target.parent, target.name)
     try:
         fresh.save_pretrained(str(staged))
         tok.save_pretrained(str(staged))
@@ -439,7 +439,7 @@ def random_init_copy(source: str | os.PathLike[str], seed: int,
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(source))
     target.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staged = staging_dir(target.parent, target.name)
     try:
         model.save_pretrained(str(staged), safe_serialization=True)
         tok.save_pretrained(str(staged))
@@ -457,7 +457,7 @@ def save_lora(llm: FrozenLLM, directory: str | os.PathLike[str]) -> Path | None:
         return None
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    staged = staging_dir(directory.parent, directory.name)
     try:
         llm.model.save_pretrained(str(staged), safe_serialization=True)
         (staged / "glta_lora.json").write_text(json.dumps(asdict(llm.lora)) + "\n")
@@ -499,7 +499,7 @@ def load_tokenizer(
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     target = root / f"{gguf.stem}-tokenizer"
     target.parent.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staged = staging_dir(target.parent, target.name)
     try:
         tok.save_pretrained(str(staged))
         os.replace(staged, target)

@@ -44,6 +44,7 @@ __all__ = [
     "read_metadata",
     "save_artifact",
     "save_resume_state",
+    "staging_dir",
 ]
 
 CONFIG_NAME = "config.json"
@@ -51,6 +52,22 @@ WEIGHTS_NAME = "model.safetensors"
 MODEL_CARD_NAME = "README.md"
 GLTA_FORMAT = "1"
 STATE_NAME = "state.pt"
+
+
+def staging_dir(parent: str | os.PathLike[str], name: str) -> Path:
+    """A fresh hidden folder ``parent/.name.XXXX`` to build an output in before renaming it.
+
+    Unlike ``tempfile.mkdtemp`` (always mode 0700) it gets the permissions any folder the
+    user creates gets (0777 minus the umask), so the renamed output is readable as usual.
+
+    Returns:
+        The new, empty folder.
+    """
+    staged = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(staged, 0o777 & ~mask)
+    return staged
 
 
 class CheckpointError(ValueError):
@@ -129,7 +146,7 @@ def save_artifact(
         header["dataset_fingerprint"] = str(dataset_fingerprint)
     for key, value in (metadata or {}).items():
         header[str(key)] = str(value)
-    staged = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    staged = staging_dir(directory.parent, directory.name)
     try:
         clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         save_file(clean, str(staged / WEIGHTS_NAME), metadata=header)
