@@ -63,3 +63,17 @@ def test_inspect_wide_layout_for_few_columns(runner, tmp_path):
     assert max(len(line) for line in lines) <= 80 and "…" not in result.stdout
     row = next(line for line in lines if line.strip("│ ").startswith("ndcg@10"))
     assert row.count("0.1") == 4  # one value per (model, split) on the metric's row
+
+
+def test_inspect_shows_the_precision_probe(runner, tmp_path):
+    run = _run(tmp_path, {})
+    folder = run / "user_projector"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "llm_precision": "bfloat16",
+        "llm_precision_probe": {"choice": "bfloat16", "source": "cache",
+                                "gflops": {"float32": 333.2, "bfloat16": 1961.0}}}))
+    result = runner.invoke(app, ["inspect", str(run)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert ("LLM precision bfloat16 (measured earlier; GFLOP/s: float32 333, bfloat16 1961)"
+            in result.stdout)

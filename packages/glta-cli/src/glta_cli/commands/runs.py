@@ -125,6 +125,9 @@ def inspect(
         )
     console.print(table)
     console.print(f"[bold]models[/bold] {', '.join(info['models']) or '(none trained)'}")
+    llm_line = _llm_precision_line(info["artifacts"])
+    if llm_line:
+        console.print(llm_line, markup=False, highlight=False)
     if info["stages"]:
         _print_stages(console, info["stages"])
     if info["state"]:
@@ -134,6 +137,24 @@ def inspect(
     if info["config"]:
         console.print("[bold]configuration[/bold] (resolved-config.toml)")
         console.print(info["config"], markup=False, highlight=False)
+
+
+def _llm_precision_line(artifacts: dict[str, Any]) -> str | None:
+    """``"LLM precision bfloat16 (probe, GFLOP/s: float32 333, bfloat16 1961)"`` from
+    ``user_projector/config.json`` (``llm_precision`` and ``llm_precision_probe``)."""
+    cfg = (artifacts.get("user_projector") or {}).get("config") or {}
+    precision = cfg.get("llm_precision")
+    if not precision:
+        return None
+    line = f"LLM precision {precision}"
+    probe = cfg.get("llm_precision_probe")
+    if isinstance(probe, dict):
+        figures = ", ".join(f"{k} {v:.0f}" for k, v in (probe.get("gflops") or {}).items()
+                            if isinstance(v, (int, float)))
+        how = {"probe": "measured", "cache": "measured earlier", "flags": "CPU flags"}.get(
+            probe.get("source"), str(probe.get("source")))
+        line += f" ({how}" + (f"; GFLOP/s: {figures}" if figures else "") + ")"
+    return line
 
 
 def _print_stages(console: Any, stages: dict[str, Any]) -> None:
