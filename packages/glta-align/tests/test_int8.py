@@ -186,6 +186,7 @@ def test_shared_input_layers_run_one_product(monkeypatch):
 
 def test_auto_dtype_picks_int8_only_where_it_is_the_fast_path(monkeypatch, tiny_dir):
     cpu = torch.device("cpu")
+    monkeypatch.setenv("GLTA_DTYPE_PROBE", "0")  # the flag rule (the probe's fallback)
     monkeypatch.setattr(llm_mod, "_bf16_faster_on_cpu", lambda: False)
     monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: True)
     assert load_llm(tiny_dir, device="cpu").precision == "int8"  # VNNI, no AMX

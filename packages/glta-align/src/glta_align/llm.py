@@ -35,6 +35,8 @@ __all__ = [
     "default_gguf_path",
     "load_llm",
     "load_tokenizer",
+    "precision_probe",
+    "probe_cache_path",
     "quiet_transformers",
     "random_init_copy",
     "resolve_dtype",
@@ -88,12 +90,16 @@ class FrozenLLM:
         tokenizer: its tokenizer (``pad_token`` always set).
         source: what was loaded (path or hub id), for configs and error messages.
         lora: the LoRA settings, or ``None``.
+        precision_probe: how ``dtype="auto"`` chose the precision on the CPU (the result
+            of :func:`precision_probe`: choice, GFLOP/s per candidate, source), or ``None``
+            when the dtype was given or the device is not a CPU.
     """
 
     model: nn.Module
     tokenizer: Any
     source: str
     lora: LoraSettings | None = None
+    precision_probe: dict[str, Any] | None = None
 
     @property
     def causal_lm(self) -> nn.Module:
@@ -222,6 +228,139 @@ def _auto_int8(dtype: str | torch.dtype, device: torch.device, lora: object) -> 
             and not _bf16_faster_on_cpu() and _int8_faster_on_cpu())
 
 
+def _flag_rule(lora: object) -> str:
+    """The precision ``"auto"`` picks from CPU flags alone (the probe's fallback)."""
+    if _auto_int8("auto", torch.device("cpu"), lora):
+        return "int8"
+    return "bfloat16" if _bf16_faster_on_cpu() else "float32"
+
+
+def probe_cache_path() -> Path:
+    """Where probe results are kept: ``$XDG_CACHE_HOME/glta/precision-probe.json``
+    (``~/.cache/glta/...`` without ``XDG_CACHE_HOME``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "glta" / "precision-probe.json"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _linear_shapes(config: Any) -> list[tuple[int, int]]:
+    """(in, out) of one decoder layer's linear layers (attention and MLP) from a config."""
+    h = int(config.hidden_size)
+    heads = int(config.num_attention_heads)
+    kv = int(getattr(config, "num_key_value_heads", None) or heads)
+    hd = int(getattr(config, "head_dim", None) or h // heads)
+    inter = int(getattr(config, "intermediate_size", 4 * h))
+    return [(h, heads * hd + 2 * kv * hd), (heads * hd, h), (h, 2 * inter), (inter, h)]
+
+
+def _time_products(shapes: list[tuple[int, int]], precision: str, rows: int,
+                   repeats: int) -> float:
+    """GFLOP/s of ``rows`` x (in, out) products over ``shapes`` in ``precision`` (best of
+    ``repeats``, after one warm-up)."""
+    import time
+
+    gen = torch.Generator().manual_seed(0)
+    work = []
+    for k, n in shapes:
+        x = torch.randn(rows, k, generator=gen)
+        w = torch.randn(n, k, generator=gen) * k ** -0.5
+        if precision == "int8":
+            from glta_align.int8 import int8_kernels, quantize_rows
+
+            matmul, _ = int8_kernels()
+            q, sc = quantize_rows(w)
+            wq, ws = q.t().contiguous(), sc.t().contiguous()
+            work.append(lambda x=x, wq=wq, ws=ws, mm=matmul: mm(x, wq, ws))
+        else:
+            dt = resolve_dtype(precision, torch.device("cpu"))
+            xd, wd = x.to(dt), w.to(dt)
+            work.append(lambda xd=xd, wd=wd: torch.nn.functional.linear(xd, wd))
+    flops = sum(2.0 * rows * k * n for k, n in shapes)
+    best = float("inf")
+    for rep in range(repeats + 1):
+        t0 = time.perf_counter()
+        for fn in work:
+            fn()
+        dt_s = time.perf_counter() - t0
+        if rep:
+            best = min(best, dt_s)
+    return flops / best / 1e9
+
+
+def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeats: int = 3,
+                    refresh: bool = False) -> dict[str, Any]:
+    """The CPU precision ``dtype="auto"`` uses for an LLM of ``config``'s shape, by measurement.
+
+    Times the products of one decoder layer's linear shapes (``rows`` tokens) in fp32, bf16
+    (when the CPU has bf16 instructions) and int8 (with VNNI; not with LoRA, which needs
+    float weights), once per machine: the result is cached in :func:`probe_cache_path`,
+    keyed by CPU model, torch version, thread count and the shapes. The fastest candidate
+    is chosen when it beats fp32 by at least 10% (else fp32). If the probe fails, the CPU
+    flag rule decides (bf16 with AMX, else int8 with VNNI, else fp32).
+
+    Args:
+        config: a transformers model config (``hidden_size``, heads, ``intermediate_size``).
+        lora: LoRA settings or ``None`` (with LoRA int8 is not a candidate).
+        rows: tokens per product; repeats: timed repetitions (best kept).
+        refresh: measure again even when a cached result exists.
+
+    Returns:
+        ``{"choice": "float32" | "bfloat16" | "int8", "gflops": {precision: GFLOP/s},
+        "source": "probe" | "cache" | "flags", "key": str, ...}``; ``"error"`` names why
+        the probe failed when ``source`` is ``"flags"``.
+    """
+    import datetime as _dt
+    import hashlib
+
+    candidates = ["float32"]
+    if _cpu_supports("_is_avx512_bf16_supported") or _bf16_faster_on_cpu():
+        candidates.append("bfloat16")
+    if lora is None and _int8_faster_on_cpu():
+        candidates.append("int8")
+    shapes = _linear_shapes(config)
+    key_parts = [_cpu_model(), torch.__version__, torch.get_num_threads(), shapes, candidates]
+    key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
+    path = probe_cache_path()
+    cached: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            cached = {}
+    if not refresh and isinstance(cached.get(key), dict) and "choice" in cached[key]:
+        return {**cached[key], "source": "cache", "key": key}
+    try:
+        gflops = {c: round(_time_products(shapes, c, rows, repeats), 3) for c in candidates}
+    except Exception as exc:  # a failing kernel must not stop the load
+        return {"choice": _flag_rule(lora), "gflops": {}, "source": "flags", "key": key,
+                "error": f"{type(exc).__name__}: {exc}"}
+    best = max(gflops, key=lambda c: gflops[c])
+    choice = best if gflops[best] >= 1.1 * gflops["float32"] else "float32"
+    entry = {"choice": choice, "gflops": gflops, "cpu": key_parts[0], "torch": torch.__version__,
+             "threads": key_parts[2], "shapes": shapes, "rows": rows,
+             "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+    try:
+        cached[key] = entry
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cached, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs a probe next time
+    return {**entry, "source": "probe", "key": key}
+
+
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """Turn ``"auto" | "float32" | "bfloat16" | "float16" | torch.dtype`` into a dtype.
 
@@ -327,9 +466,12 @@ def load_llm(
             file, a local model folder, or a Hugging Face hub id.
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``, or ``"int8"``: fp32 weights
             loaded, then every decoder ``nn.Linear`` replaced by
-            :class:`~glta_align.int8.Int8Linear` (int8 products, faster than fp32 ones on
-            VNNI CPUs without AMX; CPU only, not with LoRA). ``"auto"``: on CUDA bf16; on
-            the CPU bf16 with AMX, else int8 with VNNI (unless LoRA is on), else fp32.
+            :class:`~glta_align.int8.Int8Linear` (int8 products, faster than fp32 ones
+            on VNNI CPUs without AMX; CPU only, not with LoRA). ``"auto"``: on CUDA bf16; on
+            the CPU the fastest of fp32 / bf16 / int8 measured by :func:`precision_probe`
+            on the model's own layer shapes (once per machine, cached; ``GLTA_DTYPE_PROBE=0``
+            or a failed probe: bf16 with AMX, else int8 with VNNI unless LoRA is on, else
+            fp32).
         device: ``None`` = CUDA when present, else CPU.
         cache_dir: root of the converted-GGUF cache (default :func:`cache_root`).
         lora: ``None`` (paper setting), :class:`LoraSettings` / a dict of its fields (a new
@@ -354,6 +496,11 @@ def load_llm(
     dev = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu"
     )
+    probe = None
+    if dtype == "auto" and dev.type == "cpu" and os.environ.get("GLTA_DTYPE_PROBE", "1") != "0":
+        probe = _probe_for(name_or_path, cache_dir, lora)
+        if probe is not None:
+            dtype = probe["choice"]
     int8 = _auto_int8(dtype, dev, lora)
     if int8 and dev.type != "cpu":
         raise LLMError(f"dtype 'int8' runs on the CPU only (device {dev}); use bfloat16 there")
@@ -403,7 +550,23 @@ def load_llm(
                 target_modules=list(settings.target_modules), bias="none",
             ))
         model.to(dev)
-    return FrozenLLM(model=model, tokenizer=tok, source=source, lora=settings)
+    return FrozenLLM(model=model, tokenizer=tok, source=source, lora=settings,
+                     precision_probe=probe)
+
+
+def _probe_for(name_or_path: Any, cache_dir: Any, lora: object) -> dict[str, Any] | None:
+    """:func:`precision_probe` for the model about to load (``None`` if its config is
+    unreadable: the flag rule then decides)."""
+    from transformers import AutoConfig
+
+    try:
+        with quiet_transformers():
+            source = _resolve_source(
+                name_or_path, Path(cache_dir) if cache_dir is not None else None)
+            config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError):
+        return None
+    return precision_probe(config, lora=lora)
 
 
 LLM_INITS = ("pretrained", "random")

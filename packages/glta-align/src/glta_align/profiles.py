@@ -24,7 +24,7 @@ from glta_graph.progress import ProgressCallback, ProgressEvent, emit
 
 from glta_align._common import barrier, dist_info, rng_for
 from glta_align.config import UserItemConfig
-from glta_align.llm import FrozenLLM, quiet_transformers
+from glta_align.llm import FrozenLLM
 from glta_align.prompts import PREDICT_PROMPT, PROFILE_PROMPT
 
 __all__ = ["PROFILES_NAME", "ProfileError", "generate_profiles", "profile_items", "read_profiles"]
@@ -90,24 +90,191 @@ def _prompt_ids(llm: FrozenLLM, text: str, style: str) -> list[int]:
     return list(tok(rendered, add_special_tokens=False)["input_ids"])
 
 
+# -- batched greedy generation -------------------------------------------------------------
+
+
+def _stop_ids(llm: FrozenLLM) -> set[int]:
+    """Token ids that end a generated text: the tokenizer's and generation config's EOS."""
+    ids: set[int] = set()
+    tok_eos = llm.tokenizer.eos_token_id
+    if tok_eos is not None:
+        ids.add(int(tok_eos))
+    gen = getattr(llm.causal_lm, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    if eos is not None:
+        ids.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    return ids
+
+
+def _grow_layer_class() -> type:
+    """A ``DynamicLayer`` that writes new keys/values into a preallocated buffer (no concat)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class _GrowLayer(DynamicLayer):
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int) -> None:
+            super().__init__()
+            b, h, n, d = keys.shape
+            self._k = keys.new_empty(b, h, capacity, d)
+            self._v = values.new_empty(b, h, capacity, values.shape[-1])
+            self._k[:, :, :n] = keys
+            self._v[:, :, :n] = values
+            self._n = n
+            self.device = keys.device
+            self.is_initialized = True
+            self._views()
+
+        def _views(self) -> None:
+            self.keys = self._k[:, :, : self._n]
+            self.values = self._v[:, :, : self._n]
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            raise AssertionError("created initialised")
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            t = key_states.shape[-2]
+            self._k[:, :, self._n : self._n + t] = key_states
+            self._v[:, :, self._n : self._n + t] = value_states
+            self._n += t
+            self._views()
+            return self.keys, self.values
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            self._k = self._k.index_select(0, indices)
+            self._v = self._v.index_select(0, indices)
+            self._views()
+
+    return _GrowLayer
+
+
+_GROW: list[type] = []
+
+
+def _grow_cache(kv: Sequence[tuple[torch.Tensor, torch.Tensor]], capacity: int) -> Any:
+    """A ``DynamicCache`` whose layers start with ``kv`` and grow in place up to ``capacity``."""
+    from transformers import DynamicCache
+
+    if not _GROW:
+        _GROW.append(_grow_layer_class())
+    cache = DynamicCache(ddp_cache_data=[(k[:, :, :0], v[:, :, :0]) for k, v in kv])
+    cache.layers = [_GROW[0](k, v, capacity) for k, v in kv]
+    return cache
+
+
+def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix shared by every prompt, keeping >= 1 token per body.
+
+    Args:
+        prompts: token-id lists (at least one, none empty).
+
+    Returns:
+        ``P`` with ``prompts[i][:P]`` identical for all ``i`` and ``P < min(len)``.
+    """
+    if not prompts:
+        return 0
+    first = prompts[0]
+    n = min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
 @torch.no_grad()
-def _generate(llm: FrozenLLM, prompts: Sequence[list[int]], max_new_tokens: int) -> list[str]:
-    tok = llm.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    L = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), L), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, p in enumerate(prompts):
-        ids[b, L - len(p):] = torch.tensor(p)
-        mask[b, L - len(p):] = 1
-    with quiet_transformers():
-        out = llm.causal_lm.generate(
-            input_ids=ids.to(llm.device), attention_mask=mask.to(llm.device),
-            max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-            temperature=None, top_p=None, top_k=None,
-        )
-    texts = tok.batch_decode(out[:, L:], skip_special_tokens=True)
-    return [" ".join(t.split()) for t in texts]
+def greedy_generate(
+    llm: FrozenLLM,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    prefix_len: int = 0,
+    prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    stop_ids: set[int] | None = None,
+) -> list[list[int]]:
+    """Greedy continuations of a batch of prompts with a key/value cache.
+
+    The first ``prefix_len`` tokens (identical in every prompt) run once with batch 1 and
+    their cache is shared; the rest (the bodies) are left-padded *after* the prefix, with a
+    2-D attention mask and explicit position ids so each row equals its unpadded forward. New
+    keys/values are written into preallocated buffers; a row stops at its first stop token,
+    and finished rows are dropped from the batch once a quarter of it has finished.
+
+    Args:
+        llm: the frozen LLM.
+        prompts: B token-id lists sharing their first ``prefix_len`` tokens, each longer.
+        max_new_tokens: the most tokens generated per row (>= 1).
+        prefix_len: shared prefix length (0: none).
+        prefix_kv: the prefix's per-layer (keys, values), batch 1 (computed when ``None``).
+        stop_ids: token ids that end a row (default: the model's EOS ids).
+
+    Returns:
+        B lists of generated token ids (stop token excluded), at most ``max_new_tokens`` each.
+    """
+    from glta_align.splice import _cache_kwarg, _output_cache
+
+    if not prompts:
+        return []
+    lm, dev = llm.causal_lm, llm.device
+    stops = _stop_ids(llm) if stop_ids is None else set(stop_ids)
+    P = int(prefix_len)
+    bodies = [list(p[P:]) for p in prompts]
+    if any(not b for b in bodies):
+        raise ValueError("every prompt must be longer than prefix_len")
+    B, Lb = len(bodies), max(len(b) for b in bodies)
+    pad = llm.tokenizer.pad_token_id or 0
+    ids = torch.full((B, Lb), pad, dtype=torch.long)
+    total = P + Lb + max_new_tokens
+    mask = torch.zeros((B, total), dtype=torch.long)
+    mask[:, :P] = 1
+    for b, body in enumerate(bodies):
+        ids[b, Lb - len(body):] = torch.tensor(body, dtype=torch.long)
+        mask[b, P + Lb - len(body): P + Lb] = 1
+    mask[:, P + Lb:] = 1
+    pos = (mask[:, P:P + Lb].cumsum(-1) - 1).clamp(min=0) + P
+    key = _cache_kwarg(lm)
+    if P and prefix_kv is None:
+        out = llm.backbone(input_ids=torch.tensor([list(prompts[0][:P])], device=dev),
+                           use_cache=True)
+        prefix_kv = [(layer.keys, layer.values) for layer in _output_cache(out).layers]
+    if P:
+        kv = [(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in prefix_kv]
+    else:
+        cfg = lm.config
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        empty = torch.empty((B, heads, 0, hd), dtype=llm.dtype, device=dev)
+        kv = [(empty, empty)] * cfg.num_hidden_layers
+    cache = _grow_cache(kv, total)
+    mask, pos = mask.to(dev), pos.to(dev)
+    out = lm(input_ids=ids.to(dev), attention_mask=mask[:, :P + Lb], position_ids=pos,
+             use_cache=True, logits_to_keep=1, **{key: cache})
+    nxt = out.logits[:, -1].argmax(-1)
+    rows = torch.arange(B)           # original row of each live batch position
+    last = pos[:, -1:]
+    result: list[list[int]] = [[] for _ in range(B)]
+    stop_t = torch.tensor(sorted(stops), dtype=torch.long, device=dev)
+    for step in range(max_new_tokens):
+        done = torch.isin(nxt, stop_t) if len(stop_t) else torch.zeros_like(nxt, dtype=torch.bool)
+        for r, t, d in zip(rows.tolist(), nxt.tolist(), done.tolist(), strict=True):
+            if not d:
+                result[r].append(t)
+        if step == max_new_tokens - 1 or bool(done.all()):
+            break
+        if int(done.sum()) * 4 >= len(rows):  # drop finished rows
+            keep = (~done).nonzero(as_tuple=True)[0]
+            cache.batch_select_indices(keep)
+            rows, nxt, last, mask = rows[keep.cpu()], nxt[keep], last[keep], mask[keep]
+            done = done[keep]
+        # finished rows still in the batch keep decoding; their tokens are never read
+        rows_alive = ~done
+        cur = P + Lb + step + 1
+        last = last + 1
+        out = lm(input_ids=nxt[:, None], attention_mask=mask[:, :cur], position_ids=last,
+                 use_cache=True, **{key: cache})
+        new = out.logits[:, -1].argmax(-1)
+        nxt = torch.where(rows_alive, new, stop_t[0] if len(stop_t) else new)
+    return result
 
 
 def generate_profiles(
@@ -155,15 +322,13 @@ def generate_profiles(
             raise ProfileError(f"{path}: made with other settings {diff}; delete it to regenerate")
     todo = [u for u in wanted if u not in done]
     if rank == 0 and todo:
-        _write(path, meta_now, done, data, llm, cfg, todo, progress)
+        _write(path, meta_now, done, data, llm, cfg, wanted, progress)
     barrier(world)
     return read_profiles(path)[1]
 
 
 def _write(path: Path, meta: dict, done: dict, data: Interactions, llm: FrozenLLM,
-           cfg: UserItemConfig, todo: list[int], progress: ProgressCallback | None) -> None:
-    from glta_align.prompts import tokenize_texts
-
+           cfg: UserItemConfig, wanted: list[int], progress: ProgressCallback | None) -> None:
     # rewrite the good part (drops a torn tail), then append batch by batch
     good = [json.dumps({"meta": meta})] + [
         json.dumps({"user": u, **r}) for u, r in sorted(done.items())]
@@ -171,36 +336,75 @@ def _write(path: Path, meta: dict, done: dict, data: Interactions, llm: FrozenLL
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(good) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+    prompts = user_prompts(data, llm, cfg, wanted)
+    # Batches are fixed over every wanted user (sorted by prompt length), so a resumed run
+    # regenerates a partly written batch with the same rows: the same texts, bit for bit.
+    order = sorted(wanted, key=lambda u: (len(prompts[u][0]) + len(prompts[u][1]), u))
+    bs = cfg.profile_batch_size
+    batches = [order[i:i + bs] for i in range(0, len(order), bs)]
+    todo = [b for b in batches if any(u not in done for u in b)]
+    prefix = [common_prefix_length([prompts[u][k] for u in wanted]) for k in (0, 1)]
+    prefix_kv: list[Any] = [None, None]
+    total = len(wanted)
+    finished = total - sum(1 for u in wanted if u not in done)
+    emit(progress, ProgressEvent("profiles", "start", step=finished, total=total,
+                                 message="profile/prediction text"))
+    with path.open("a", encoding="utf-8") as fh:
+        for chunk in todo:
+            texts = []
+            for k in (0, 1):
+                if prefix[k] and prefix_kv[k] is None:
+                    prefix_kv[k] = _prefix_cache(llm, prompts[wanted[0]][k][:prefix[k]])
+                out = greedy_generate(llm, [prompts[u][k] for u in chunk], cfg.profile_new_tokens,
+                                      prefix_len=prefix[k], prefix_kv=prefix_kv[k])
+                texts.append([" ".join(t.split()) for t in
+                              llm.tokenizer.batch_decode(out, skip_special_tokens=True)])
+            for j, u in enumerate(chunk):
+                if u in done:
+                    continue
+                fh.write(json.dumps({"user": u, "profile": texts[0][j],
+                                     "predict": texts[1][j]}) + "\n")
+                finished += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+            emit(progress, ProgressEvent("profiles", "step", step=finished, total=total,
+                                         message="profile/prediction text"))
+    emit(progress, ProgressEvent("profiles", "end", step=total, total=total))
+
+
+@torch.no_grad()
+def _prefix_cache(llm: FrozenLLM, prefix: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-layer (keys, values) of ``prefix`` run alone (batch 1)."""
+    from glta_align.splice import _output_cache
+
+    out = llm.backbone(input_ids=torch.tensor([list(prefix)], device=llm.device), use_cache=True)
+    return [(layer.keys, layer.values) for layer in _output_cache(out).layers]
+
+
+def user_prompts(data: Interactions, llm: FrozenLLM, cfg: UserItemConfig,
+                 users: Sequence[int]) -> dict[int, tuple[list[int], list[int]]]:
+    """The profile and prediction prompts of ``users`` as token ids.
+
+    Returns:
+        ``{user: (profile prompt ids, prediction prompt ids)}``, each rendered in
+        ``cfg.prompt_style`` from the user's :func:`profile_items` descriptions, each cut to
+        ``cfg.description_tokens`` tokens and joined by ``"; "``.
+    """
+    from glta_align.prompts import tokenize_texts
+
     tok = llm.tokenizer
-    item_set = sorted({i for u in todo for i in profile_items(data, u, cfg.profile_items,
-                                                               cfg.seed)})
+    picks = {u: profile_items(data, u, cfg.profile_items, cfg.seed) for u in users}
+    item_set = sorted({i for p in picks.values() for i in p})
     desc = dict(zip(item_set, tokenize_texts(tok, [data.item_text[i] for i in item_set],
                                              cfg.description_tokens), strict=True))
+    text = {i: tok.decode(desc[i]) for i in item_set}
     prompts: dict[int, tuple[list[int], list[int]]] = {}
-    for u in todo:
-        joined = "; ".join(tok.decode(desc[i]) for i in profile_items(data, u, cfg.profile_items,
-                                                                      cfg.seed))
+    for u in users:
+        joined = "; ".join(text[i] for i in picks[u])
         prompts[u] = (
             _prompt_ids(llm, PROFILE_PROMPT.format(k=cfg.profile_tags, descriptions=joined),
                         cfg.prompt_style),
             _prompt_ids(llm, PREDICT_PROMPT.format(k=cfg.predict_words, descriptions=joined),
                         cfg.prompt_style),
         )
-    order = sorted(todo, key=lambda u: len(prompts[u][0]))
-    bs = cfg.profile_batch_size
-    total = len(order)
-    emit(progress, ProgressEvent("profiles", "start", total=total,
-                                 message=f"generating profiles for {total} users"))
-    with path.open("a", encoding="utf-8") as fh:
-        for start in range(0, total, bs):
-            chunk = order[start:start + bs]
-            texts = _generate(llm, [prompts[u][0] for u in chunk] + [prompts[u][1] for u in chunk],
-                              cfg.profile_new_tokens)
-            for j, u in enumerate(chunk):
-                fh.write(json.dumps({"user": u, "profile": texts[j],
-                                     "predict": texts[len(chunk) + j]}) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-            emit(progress, ProgressEvent("profiles", "step", step=min(start + bs, total),
-                                         total=total))
-    emit(progress, ProgressEvent("profiles", "end", step=total, total=total))
+    return prompts

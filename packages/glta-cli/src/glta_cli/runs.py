@@ -26,6 +26,7 @@ __all__ = [
     "inspect_run",
     "load_dataset_dir",
     "load_run_dataset",
+    "metric_rows",
     "read_metrics",
     "recommend_run",
     "resolve_users",
@@ -251,6 +252,53 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise RunError(f"{path}: not valid JSON ({exc})") from exc
+
+
+_SPLIT_ORDER = ("train", "valid", "test")
+
+
+def _metric_sort_key(name: str) -> tuple[str, int, str]:
+    base, _, k = name.partition("@")
+    return (base, int(k) if k.isdigit() else -1, k)
+
+
+def metric_rows(
+    metrics: dict[str, Any],
+) -> tuple[list[tuple[str, str]], list[tuple[str, list[float | int | None]]]]:
+    """``metrics.json`` as rows: one per metric, one column per (model, split).
+
+    Args:
+        metrics: ``{model: {split: {metric: number}}}``; entries of another shape are skipped.
+
+    Returns:
+        ``(columns, rows)``: columns ``[(model, split), ...]`` (models in file order, splits
+        train/valid/test first), rows ``[(metric, [value or None per column]), ...]`` sorted
+        by metric family then cut-off (``ndcg@5`` before ``ndcg@10``), ``users`` last.
+    """
+    columns: list[tuple[str, str]] = []
+    names: set[str] = set()
+    for model, per_split in metrics.items():
+        if not isinstance(per_split, dict):
+            continue
+        splits = [s for s, v in per_split.items() if isinstance(v, dict)]
+        splits.sort(key=lambda s: (_SPLIT_ORDER.index(s) if s in _SPLIT_ORDER else 9, s))
+        for split in splits:
+            values = per_split[split]
+            numeric = {k for k, v in values.items() if isinstance(v, (int, float))
+                       and not isinstance(v, bool)}
+            if numeric:
+                columns.append((model, split))
+                names |= numeric
+    ordered = sorted(names - {"users"}, key=_metric_sort_key) + (
+        ["users"] if "users" in names else [])
+    rows = []
+    for name in ordered:
+        cells: list[float | int | None] = []
+        for model, split in columns:
+            v = metrics[model][split].get(name)
+            cells.append(v if isinstance(v, (int, float)) and not isinstance(v, bool) else None)
+        rows.append((name, cells))
+    return columns, rows
 
 
 def inspect_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:

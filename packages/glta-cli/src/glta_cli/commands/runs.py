@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -166,29 +166,90 @@ def inspect(
         )
     console.print(table)
     console.print(f"[bold]models[/bold] {', '.join(info['models']) or '(none trained)'}")
+    llm_line = _llm_precision_line(info["artifacts"])
+    if llm_line:
+        console.print(llm_line, markup=False, highlight=False)
     if info["stages"]:
-        done = [f"{name} ({entry.get('seconds', 0):.0f} s)" for name, entry in
-                info["stages"].items() if entry.get("done")]
-        console.print(f"[bold]pipeline stages done[/bold] {', '.join(done)}")
+        _print_stages(console, info["stages"])
     if info["state"]:
         console.print(f"[bold]resumable state[/bold] {', '.join(info['state'])}")
     if info["metrics"]:
-        mt = Table(title="metrics.json")
-        mt.add_column("model")
-        mt.add_column("split")
-        keys = sorted({k for m in info["metrics"].values() for s in m.values() for k in s})
-        for key in keys:
-            mt.add_column(key, justify="right")
-        for model, per_split in info["metrics"].items():
-            for split, values in per_split.items():
-                mt.add_row(model, split, *[
-                    f"{values[k]:.4f}" if isinstance(values.get(k), float) else
-                    str(values.get(k, "-")) for k in keys
-                ])
-        console.print(mt)
+        _print_metrics(console, info["metrics"])
     if info["config"]:
         console.print("[bold]configuration[/bold] (resolved-config.toml)")
         console.print(info["config"], markup=False, highlight=False)
+
+
+def _llm_precision_line(artifacts: dict[str, Any]) -> str | None:
+    """``"LLM precision bfloat16 (probe, GFLOP/s: float32 333, bfloat16 1961)"`` from
+    ``user_projector/config.json`` (``llm_precision`` and ``llm_precision_probe``)."""
+    cfg = (artifacts.get("user_projector") or {}).get("config") or {}
+    precision = cfg.get("llm_precision")
+    if not precision:
+        return None
+    line = f"LLM precision {precision}"
+    probe = cfg.get("llm_precision_probe")
+    if isinstance(probe, dict):
+        figures = ", ".join(f"{k} {v:.0f}" for k, v in (probe.get("gflops") or {}).items()
+                            if isinstance(v, (int, float)))
+        how = {"probe": "measured", "cache": "measured earlier", "flags": "CPU flags"}.get(
+            probe.get("source"), str(probe.get("source")))
+        line += f" ({how}" + (f"; GFLOP/s: {figures}" if figures else "") + ")"
+    return line
+
+
+def _print_stages(console: Any, stages: dict[str, Any]) -> None:
+    """Pipeline stages in pipeline order (dataset, graph, item_text, user_item, evaluate)."""
+    from glta_cli.pipeline import STAGES
+
+    order = sorted(stages, key=lambda n: (STAGES.index(n) if n in STAGES else len(STAGES), n))
+    table = Table(title="pipeline stages", title_justify="left")
+    table.add_column("stage")
+    table.add_column("status")
+    table.add_column("seconds", justify="right")
+    for name in order:
+        entry = stages[name] if isinstance(stages[name], dict) else {}
+        seconds = entry.get("seconds")
+        table.add_row(name, "done" if entry.get("done") else "not done",
+                      f"{seconds:.0f}" if isinstance(seconds, (int, float)) else "-")
+    console.print(table)
+
+
+def _print_metrics(console: Any, metrics: dict[str, Any]) -> None:
+    """metrics.json with one row per metric and one column per (model, split).
+
+    Wide enough for 80 columns with up to five (model, split) columns; with more, one row
+    per (metric, model, split) instead.
+    """
+    from glta_cli.runs import metric_rows
+
+    columns, rows = metric_rows(metrics)
+    if not columns:
+        return
+
+    def cell(v: float | int | None) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.4f}" if isinstance(v, float) and not float(v).is_integer() else f"{v:g}"
+
+    width = max([len(name) for name, _ in rows] + [6])
+    if width + 3 + len(columns) * 11 <= 80:
+        table = Table(title="metrics.json", title_justify="left")
+        table.add_column("metric")
+        for model, split in columns:
+            table.add_column(f"{model}\n{split}", justify="right")
+        for name, cells in rows:
+            table.add_row(name, *[cell(v) for v in cells])
+    else:
+        table = Table(title="metrics.json", title_justify="left")
+        for col in ("metric", "model", "split"):
+            table.add_column(col)
+        table.add_column("value", justify="right")
+        for name, cells in rows:
+            for (model, split), v in zip(columns, cells, strict=True):
+                if v is not None:
+                    table.add_row(name, model, split, cell(v))
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:

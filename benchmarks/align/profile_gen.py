@@ -1,0 +1,211 @@
+"""Profile/prediction text generation on MovieLens-100K: GLTA's path vs the earlier one.
+
+GLTA's path (``glta_align.profiles``): one kind of prompt per batch, the shared instruction
+prefix run once and its key/value cache reused, bodies left-padded after it, keys/values
+written into preallocated buffers, finished rows dropped. The baseline is the implementation
+before it: ``transformers``' ``generate`` on both prompts of 16 users per batch, left-padded
+to the longest full prompt. Both use the same loaded LLM (``--dtype``, default ``auto``).
+
+Same-run ratio: on a subset of users (``--subset``, a seeded sample), GLTA's path, then the
+baseline, then GLTA's path again (load from other processes hits both alike); then every
+user (``--users``, default all) with GLTA's path through ``generate_profiles`` (a fresh
+run directory), with a plain progress line per batch. Writes one JSON file.
+
+    uv run python benchmarks/align/profile_gen.py --threads 2 \
+        --json benchmarks/align/results/profile_gen_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from glta_align.config import UserItemConfig
+from glta_align.llm import load_llm, quiet_transformers
+from glta_align.profiles import (
+    common_prefix_length,
+    generate_profiles,
+    greedy_generate,
+    user_prompts,
+)
+from glta_graph.data import load_dataset
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (or ``platform.processor()``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    """HEAD of the repository this script is in (``+dirty`` with local changes)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+@torch.no_grad()
+def baseline_generate(llm, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+    """The earlier path: ``generate`` on left-padded full prompts (greedy)."""
+    tok = llm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    L = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), L), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, p in enumerate(prompts):
+        ids[b, L - len(p):] = torch.tensor(p)
+        mask[b, L - len(p):] = 1
+    with quiet_transformers():
+        out = llm.causal_lm.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+            do_sample=False, pad_token_id=pad, temperature=None, top_p=None, top_k=None)
+    return [" ".join(t.split()) for t in tok.batch_decode(out[:, L:], skip_special_tokens=True)]
+
+
+def ours_on(llm, prompts: dict, users: list[int], cfg: UserItemConfig) -> dict[int, list[str]]:
+    """GLTA's path over ``users``, ``cfg.profile_batch_size`` users per batch."""
+    order = sorted(users, key=lambda u: (len(prompts[u][0]) + len(prompts[u][1]), u))
+    prefix = [common_prefix_length([prompts[u][k] for u in users]) for k in (0, 1)]
+    texts: dict[int, list[str]] = {u: [] for u in users}
+    bs = cfg.profile_batch_size
+    for k in (0, 1):
+        for i in range(0, len(order), bs):
+            chunk = order[i:i + bs]
+            out = greedy_generate(llm, [prompts[u][k] for u in chunk], cfg.profile_new_tokens,
+                                  prefix_len=prefix[k])
+            for u, t in zip(chunk, llm.tokenizer.batch_decode(out, skip_special_tokens=True),
+                            strict=True):
+                texts[u].append(" ".join(t.split()))
+    return texts
+
+
+def baseline_on(llm, prompts: dict, users: list[int], cfg: UserItemConfig,
+                batch: int) -> dict[int, list[str]]:
+    """The earlier path over ``users``: both prompts of ``batch`` users per generate call."""
+    order = sorted(users, key=lambda u: len(prompts[u][0]))
+    texts: dict[int, list[str]] = {}
+    for i in range(0, len(order), batch):
+        chunk = order[i:i + batch]
+        out = baseline_generate(llm, [prompts[u][0] for u in chunk]
+                                + [prompts[u][1] for u in chunk], cfg.profile_new_tokens)
+        for j, u in enumerate(chunk):
+            texts[u] = [out[j], out[len(chunk) + j]]
+    return texts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--batch-size", type=int, default=64, help="users per batch (ours)")
+    ap.add_argument("--baseline-batch", type=int, default=16, help="users per batch (baseline)")
+    ap.add_argument("--subset", type=int, default=64, help="users in the same-run comparison")
+    ap.add_argument("--users", type=int, default=None, help="users in the full run (all)")
+    ap.add_argument("--profile-items", type=int, default=10)
+    ap.add_argument("--description-tokens", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=24)
+    ap.add_argument("--note", default="", help="free text stored with the result (machine load)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    result: dict = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "commit": git_commit(), "cpu": cpu_model(), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "note": args.note, "loadavg_start": list(os.getloadavg()),
+    }
+    import transformers
+
+    result["transformers"] = transformers.__version__
+    data = load_dataset("ml-100k")
+    t0 = time.perf_counter()
+    llm = load_llm(dtype=args.dtype)
+    result["llm_load_s"] = time.perf_counter() - t0
+    result["precision"] = llm.precision
+    cfg = UserItemConfig(profile_items=args.profile_items,
+                         description_tokens=args.description_tokens,
+                         profile_new_tokens=args.new_tokens, profile_batch_size=args.batch_size)
+    result["settings"] = {"profile_items": cfg.profile_items,
+                          "description_tokens": cfg.description_tokens,
+                          "profile_new_tokens": cfg.profile_new_tokens,
+                          "batch_size": args.batch_size, "baseline_batch": args.baseline_batch}
+    all_users = list(range(data.num_users))
+    subset = sorted(np.random.default_rng(0).choice(data.num_users, size=args.subset,
+                                                    replace=False).tolist())
+    prompts = user_prompts(data, llm, cfg, all_users)
+    lens = [len(p) for u in all_users for p in prompts[u]]
+    result["prompt_tokens_mean"] = float(np.mean(lens))
+    # warm-up (one tiny batch of each)
+    ours_on(llm, prompts, subset[:2], UserItemConfig(profile_new_tokens=2, profile_batch_size=2))
+    baseline_on(llm, prompts, subset[:2], UserItemConfig(profile_new_tokens=2), 2)
+    times = {}
+    t = time.perf_counter()
+    ours = ours_on(llm, prompts, subset, cfg)
+    times["ours_1"] = time.perf_counter() - t
+    print(f"ours on {len(subset)} users: {times['ours_1']:.1f} s", flush=True)
+    t = time.perf_counter()
+    base = baseline_on(llm, prompts, subset, cfg, args.baseline_batch)
+    times["baseline"] = time.perf_counter() - t
+    print(f"baseline on {len(subset)} users: {times['baseline']:.1f} s", flush=True)
+    t = time.perf_counter()
+    ours_on(llm, prompts, subset, cfg)
+    times["ours_2"] = time.perf_counter() - t
+    print(f"ours again: {times['ours_2']:.1f} s", flush=True)
+    ours_s = (times["ours_1"] + times["ours_2"]) / 2
+    same = sum(ours[u] == base[u] for u in subset)
+    result["subset"] = {
+        "users": len(subset), "seconds": times, "speedup": times["baseline"] / ours_s,
+        "baseline_s_per_user": times["baseline"] / len(subset),
+        "ours_s_per_user": ours_s / len(subset),
+        "users_with_identical_texts": same,
+    }
+    n = args.users or data.num_users
+    users = all_users[:n]
+    with tempfile.TemporaryDirectory() as run:
+        start = time.perf_counter()
+
+        def progress(event) -> None:
+            if event.kind in ("step", "end"):
+                el = time.perf_counter() - start
+                print(f"profiles {event.step}/{event.total} users  {el:.0f} s", flush=True)
+
+        t = time.perf_counter()
+        rows = generate_profiles(data, run, llm, cfg, users=users, progress=progress)
+        full = time.perf_counter() - t
+    result["full"] = {"users": n, "seconds": full, "s_per_user": full / n,
+                      "baseline_estimate_s": result["subset"]["baseline_s_per_user"] * n}
+    result["examples"] = {str(u): rows[u] for u in users[:5]}
+    result["loadavg_end"] = list(os.getloadavg())
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""``dtype="auto"`` on the CPU by measurement: the probe, its cache and its fallbacks."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from glta_align import llm as llm_mod
+from glta_align.llm import load_llm, precision_probe, probe_cache_path
+
+SHAPE = SimpleNamespace(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=128)
+
+
+@pytest.fixture(autouse=True)
+def _tmp_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("GLTA_DTYPE_PROBE", raising=False)
+
+
+def test_cache_path_respects_xdg(tmp_path):
+    assert probe_cache_path() == tmp_path / "xdg" / "glta" / "precision-probe.json"
+
+
+def test_probe_measures_once_then_reads_the_cache(monkeypatch):
+    calls = []
+
+    def fake_time(shapes, precision, rows, repeats):
+        calls.append(precision)
+        return {"float32": 100.0, "bfloat16": 600.0, "int8": 500.0}[precision]
+
+    monkeypatch.setattr(llm_mod, "_time_products", fake_time)
+    monkeypatch.setattr(llm_mod, "_cpu_supports", lambda name: True)
+    monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: True)
+    first = precision_probe(SHAPE)
+    assert first["source"] == "probe" and first["choice"] == "bfloat16"
+    assert first["gflops"] == {"float32": 100.0, "bfloat16": 600.0, "int8": 500.0}
+    assert sorted(calls) == ["bfloat16", "float32", "int8"]
+    stored = json.loads(probe_cache_path().read_text())
+    assert stored[first["key"]]["choice"] == "bfloat16"
+    again = precision_probe(SHAPE)
+    assert again["source"] == "cache" and again["choice"] == "bfloat16" and len(calls) == 3
+    # another LLM shape is another key: measured anew
+    other = precision_probe(SimpleNamespace(**{**vars(SHAPE), "hidden_size": 96}))
+    assert other["source"] == "probe" and other["key"] != first["key"] and len(calls) == 6
+    # with LoRA int8 is no candidate
+    lora = precision_probe(SHAPE, lora={"r": 2})
+    assert "int8" not in lora["gflops"] and lora["choice"] == "bfloat16"
+
+
+def test_small_gains_keep_fp32(monkeypatch):
+    monkeypatch.setattr(llm_mod, "_time_products",
+                        lambda s, p, r, n: {"float32": 100.0, "bfloat16": 105.0}[p])
+    monkeypatch.setattr(llm_mod, "_cpu_supports", lambda name: True)
+    monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: False)
+    assert precision_probe(SHAPE)["choice"] == "float32"
+
+
+def test_probe_failure_falls_back_to_the_flag_rule(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("no kernel")
+
+    monkeypatch.setattr(llm_mod, "_time_products", broken)
+    monkeypatch.setattr(llm_mod, "_bf16_faster_on_cpu", lambda: False)
+    monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: True)
+    out = precision_probe(SHAPE)
+    assert out["source"] == "flags" and out["choice"] == "int8" and "no kernel" in out["error"]
+    assert not probe_cache_path().exists()  # a failure is not cached
+    monkeypatch.setattr(llm_mod, "_bf16_faster_on_cpu", lambda: True)
+    assert precision_probe(SHAPE)["choice"] == "bfloat16"
+
+
+def test_unreadable_cache_is_measured_again(monkeypatch):
+    path = probe_cache_path()
+    path.parent.mkdir(parents=True)
+    path.write_text("{torn")
+    monkeypatch.setattr(llm_mod, "_time_products", lambda s, p, r, n: 1.0)
+    assert precision_probe(SHAPE)["source"] == "probe"
+
+
+def test_real_probe_on_tiny_shapes():
+    out = precision_probe(SHAPE, rows=16, repeats=1)
+    assert out["choice"] in out["gflops"] and all(v > 0 for v in out["gflops"].values())
+
+
+def test_load_llm_auto_uses_the_probe(tiny_dir, monkeypatch):
+    monkeypatch.setattr(llm_mod, "precision_probe",
+                        lambda config, lora=None: {"choice": "bfloat16", "gflops": {},
+                                                   "source": "probe", "key": "k"})
+    llm = load_llm(tiny_dir, dtype="auto", device="cpu")
+    assert llm.dtype == torch.bfloat16 and llm.precision_probe["choice"] == "bfloat16"
+    monkeypatch.setenv("GLTA_DTYPE_PROBE", "0")
+    off = load_llm(tiny_dir, dtype="auto", device="cpu")
+    assert off.precision_probe is None
+    given = load_llm(tiny_dir, dtype="float32", device="cpu")
+    assert given.precision_probe is None and given.dtype == torch.float32
