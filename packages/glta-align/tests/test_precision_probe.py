@@ -97,3 +97,17 @@ def test_load_llm_auto_uses_the_probe(tiny_dir, monkeypatch):
     assert off.precision_probe is None
     given = load_llm(tiny_dir, dtype="float32", device="cpu")
     assert given.precision_probe is None and given.dtype == torch.float32
+
+
+def test_load_llm_reports_progress(tiny_dir, monkeypatch):
+    monkeypatch.setattr(llm_mod, "precision_probe",
+                        lambda config, lora=None: {"choice": "float32", "source": "cache",
+                                                   "gflops": {"float32": 300.0}, "key": "k"})
+    events = []
+    load_llm(tiny_dir, dtype="auto", device="cpu", progress=events.append)
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and "step" in kinds
+    assert {e.stage for e in events} == {"llm"}
+    info = [e.message for e in events if e.kind == "info"]
+    assert info == ["precision float32 (cache; GFLOP/s float32 300)"]
+    assert "float32" in events[-1].message

@@ -458,6 +458,7 @@ def load_llm(
     lora: LoraSettings | dict[str, Any] | str | os.PathLike[str] | None = None,
     init: str = "pretrained",
     init_seed: int = 0,
+    progress: Any = None,
 ) -> FrozenLLM:
     """Load a causal LM with all weights frozen.
 
@@ -481,6 +482,9 @@ def load_llm(
             :func:`random_init_copy`), the control that shows whether pretrained knowledge
             is used at all.
         init_seed: seed of the random initialisation (``init="random"`` only).
+        progress: a ``ProgressCallback``: receives ``ProgressEvent(stage="llm")`` events
+            (``start``, ``info`` for the one-time GGUF conversion and the precision probe,
+            ``end`` naming what was loaded).
 
     Returns:
         A :class:`FrozenLLM`; only LoRA parameters (if any) require grad.
@@ -496,11 +500,20 @@ def load_llm(
     dev = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu"
     )
+    from glta_graph.progress import ProgressEvent, emit
+
+    emit(progress, ProgressEvent("llm", "start", step=0, total=3,
+                                 message=f"loading LLM {name_or_path or DEFAULT_GGUF_NAME}"))
     probe = None
     if dtype == "auto" and dev.type == "cpu" and os.environ.get("GLTA_DTYPE_PROBE", "1") != "0":
-        probe = _probe_for(name_or_path, cache_dir, lora)
+        probe = _probe_for(name_or_path, cache_dir, lora, progress)
         if probe is not None:
             dtype = probe["choice"]
+            figures = ", ".join(f"{k} {v:.0f}" for k, v in probe.get("gflops", {}).items())
+            emit(progress, ProgressEvent("llm", "info", message=(
+                f"precision {dtype} ({probe['source']}"
+                + (f"; GFLOP/s {figures}" if figures else "") + ")")))
+    emit(progress, ProgressEvent("llm", "step", step=1, total=3))
     int8 = _auto_int8(dtype, dev, lora)
     if int8 and dev.type != "cpu":
         raise LLMError(f"dtype 'int8' runs on the CPU only (device {dev}); use bfloat16 there")
@@ -520,6 +533,7 @@ def load_llm(
             model = AutoModelForCausalLM.from_pretrained(source, dtype=dt)
     except OSError as exc:
         raise LLMError(f"{source}: cannot load model ({exc})") from exc
+    emit(progress, ProgressEvent("llm", "step", step=2, total=3))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model.to(dev)
@@ -550,17 +564,28 @@ def load_llm(
                 target_modules=list(settings.target_modules), bias="none",
             ))
         model.to(dev)
-    return FrozenLLM(model=model, tokenizer=tok, source=source, lora=settings,
-                     precision_probe=probe)
+    llm = FrozenLLM(model=model, tokenizer=tok, source=source, lora=settings,
+                    precision_probe=probe)
+    emit(progress, ProgressEvent("llm", "end", step=3, total=3,
+                                 message=f"{Path(source).name} ({llm.precision})"))
+    return llm
 
 
-def _probe_for(name_or_path: Any, cache_dir: Any, lora: object) -> dict[str, Any] | None:
+def _probe_for(name_or_path: Any, cache_dir: Any, lora: object,
+               progress: Any = None) -> dict[str, Any] | None:
     """:func:`precision_probe` for the model about to load (``None`` if its config is
     unreadable: the flag rule then decides)."""
+    from glta_graph.progress import ProgressEvent, emit
     from transformers import AutoConfig
 
     try:
         with quiet_transformers():
+            if name_or_path is None or Path(name_or_path).suffix == ".gguf":
+                gguf = default_gguf_path() if name_or_path is None else Path(name_or_path)
+                root = Path(cache_dir) if cache_dir is not None else cache_root()
+                if not (root / gguf.stem / "config.json").is_file():
+                    emit(progress, ProgressEvent("llm", "info", message=(
+                        f"converting {gguf.name} once (cached in {root / gguf.stem})")))
             source = _resolve_source(
                 name_or_path, Path(cache_dir) if cache_dir is not None else None)
             config = AutoConfig.from_pretrained(source)

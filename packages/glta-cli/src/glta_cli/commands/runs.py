@@ -203,7 +203,8 @@ def _print_stages(console: Any, stages: dict[str, Any]) -> None:
     from glta_cli.pipeline import STAGES
 
     order = sorted(stages, key=lambda n: (STAGES.index(n) if n in STAGES else len(STAGES), n))
-    table = Table(title="pipeline stages", title_justify="left")
+    done = sum(1 for e in stages.values() if isinstance(e, dict) and e.get("done"))
+    table = Table(title=f"pipeline stages done: {done} of {len(stages)}", title_justify="left")
     table.add_column("stage")
     table.add_column("status")
     table.add_column("seconds", justify="right")
