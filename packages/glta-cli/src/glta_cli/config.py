@@ -31,6 +31,7 @@ from typing import Any
 from glta_gllm.checkpoint import atomic_write_text
 
 __all__ = [
+    "BASELINE_NAMES",
     "PRESETS",
     "SECTION_NAMES",
     "ConfigError",
@@ -50,6 +51,8 @@ __all__ = [
 ]
 
 NONE_TOKEN = "none"
+# The text baselines `[eval] baselines` can name (model names in metrics.json).
+BASELINE_NAMES = ("lightgcn+", "rlmrec-con")
 
 
 class ConfigError(ValueError):
@@ -171,12 +174,23 @@ class EvalConfig:
         default="test",
         metadata={"help": "Split to evaluate on: test or valid."},
     )
+    baselines: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Text baselines trained and evaluated next to LightGCN and GLTA "
+                          "(glta_cli.baselines): lightgcn+ (LightGCN + item-text InfoNCE), "
+                          "rlmrec-con (RLMRec-Con on the LLM user profiles); comma-separated."},
+    )
 
     def __post_init__(self) -> None:
         if not self.ks or any(int(k) < 1 for k in self.ks):
             raise ConfigError(f"[eval] ks: need positive integers, got {self.ks}")
         if self.split not in ("test", "valid"):
             raise ConfigError(f"[eval] split: {self.split!r} is not test or valid")
+        self.baselines = [str(b).strip().lower() for b in self.baselines if str(b).strip()]
+        unknown = [b for b in self.baselines if b not in BASELINE_NAMES]
+        if unknown:
+            raise ConfigError(f"[eval] baselines: {', '.join(unknown)} not one of "
+                              f"{', '.join(BASELINE_NAMES)}")
 
 
 # -- section registry ----------------------------------------------------------------------

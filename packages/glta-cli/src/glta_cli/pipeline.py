@@ -601,6 +601,9 @@ def run_pipeline(
         done("evaluate", time.perf_counter() - t0)
     else:
         skipped.append("evaluate")
+    from glta_cli.baselines import run_baselines  # [eval] baselines: LightGCN+, RLMRec-Con
+
+    baseline_s = run_baselines(config, data, run_dir, get_llm=get_llm, progress=progress, log=log)
 
     stage_seconds = {
         s: float(stages[s]["seconds"]) for s in STAGES if s in stages and "seconds" in stages[s]
@@ -609,6 +612,7 @@ def run_pipeline(
     train_seconds = {
         "lightgcn": graph_s,
         "glta": graph_s + stage_seconds.get("item_text", 0.0) + stage_seconds.get("user_item", 0.0),
+        **baseline_s,
     }
     metrics = read_metrics(run_dir)
     files = write_report(
