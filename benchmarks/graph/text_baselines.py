@@ -12,6 +12,9 @@ Selection (valid only, the test split is read once per reported run):
 2. ``final`` (seeds 0, 1, 2): each model's selected setting, test metrics of the best-valid
    epoch. Seed 0 resumes the tuning run (no retraining).
 
+Order: LightGCN and LightGCN+ on every dataset first, then RLMRec-Con (whose LLM profile
+generation, once per split, dominates the cost).
+
 RLMRec-Con's user profiles come from glta-align's profile generation with the default
 preset's LLM and stage-3 prompt settings (cached per split in ``WORK/<dataset>/seed<S>``);
 item profiles are the items' text (see glta_cli.baselines). Text embeddings (all-MiniLM-L6-v2,
@@ -206,18 +209,24 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     models = [m for m in args.models.split(",") if m]
-    for dataset in args.datasets.split(","):
-        bench = Bench(dataset, args.work, args.threads)
-        chosen = {"lightgcn": bench.best("lightgcn", LIGHTGCN_GRID)}
-        for model in models:
-            if model != "lightgcn":
-                chosen[model] = bench.best(
-                    model, [{**chosen["lightgcn"], **g} for g in TEXT_GRID])
-        log(f"{dataset}: selected {chosen}")
-        for seed in seeds:
-            for model in models:
-                bench.run("final", model, chosen[model], seed)
-        bench._llm = None
+    # Models without LLM profiles first on every dataset, then RLMRec-Con (profile
+    # generation dominates its cost), each dataset in the order given.
+    benches = {d: Bench(d, args.work, args.threads) for d in args.datasets.split(",")}
+    for group in ([m for m in models if m != "rlmrec-con"],
+                  [m for m in models if m == "rlmrec-con"]):
+        for dataset, bench in benches.items():
+            if not group:
+                continue
+            chosen = {"lightgcn": bench.best("lightgcn", LIGHTGCN_GRID)}
+            for model in group:
+                if model != "lightgcn":
+                    chosen[model] = bench.best(
+                        model, [{**chosen["lightgcn"], **g} for g in TEXT_GRID])
+            log(f"{dataset}: selected {chosen}")
+            for seed in seeds:
+                for model in group:
+                    bench.run("final", model, chosen[model], seed)
+            bench._llm = None
     return 0
 
 
