@@ -33,7 +33,14 @@ from glta_gllm.checkpoint import atomic_write_json
 
 from glta_cli.config import BASELINE_NAMES
 
-__all__ = ["BASELINE_DIR", "BASELINE_MODES", "profile_texts", "run_baselines"]
+__all__ = [
+    "BASELINE_DIR",
+    "BASELINE_MODES",
+    "graph_user_texts",
+    "profile_texts",
+    "run_baselines",
+    "text_line",
+]
 
 BASELINE_DIR = "baselines"
 # model name in metrics.json -> LightGCNConfig.text_align
@@ -72,8 +79,57 @@ def profile_texts(
                 and all(u in rows for u in range(data.num_users)))
     if not complete:
         rows = generate_profiles(data, run_dir, get_llm(), user_item, progress=progress)
+    return _join(rows, data.num_users)
+
+
+def graph_user_texts(
+    profiles: str | os.PathLike[str] | None = None,
+) -> Callable[[Any, Path], list[str]]:
+    """The user-profile source of ``glta graph train --text-align rlmrec-con``.
+
+    Args:
+        profiles: a ``profiles.jsonl`` (glta-align's format) to read; ``None``: use
+            ``RUN/profiles.jsonl``, generating the missing users with the default preset's LLM
+            and stage-3 prompt settings.
+
+    Returns:
+        ``f(data, run_dir) -> U profile strings`` (see :func:`profile_texts`).
+
+    Raises (when called):
+        ValueError: the file is missing, or was made for another dataset.
+    """
+
+    def texts(data: Any, run_dir: Path) -> list[str]:
+        from glta_cli.config import load_config
+
+        if profiles is not None:
+            from glta_align.profiles import read_profiles
+
+            path = Path(profiles)
+            if not path.is_file():
+                raise ValueError(f"--profiles {path}: no such file")
+            meta, rows = read_profiles(path)
+            if meta is not None and meta.get("fingerprint") != data.fingerprint:
+                raise ValueError(f"--profiles {path}: made for dataset fingerprint "
+                                 f"{meta.get('fingerprint')}, not {data.fingerprint}")
+            return _join(rows, data.num_users)
+        cfg = load_config("default", None, {}, sections=("llm", "user_item"))
+
+        def get_llm() -> Any:
+            from glta_align import load_llm
+
+            c = cfg.llm
+            return load_llm(c.model_name_or_path, dtype=c.dtype, device=c.device,
+                            cache_dir=c.cache_dir)
+
+        return profile_texts(data, run_dir, cfg.user_item, get_llm)
+
+    return texts
+
+
+def _join(rows: dict[int, dict[str, str]], num_users: int) -> list[str]:
     out = []
-    for u in range(data.num_users):
+    for u in range(num_users):
         row = rows.get(u, {})
         parts = [str(row.get(k, "")).strip() for k in ("profile", "predict")]
         out.append("; ".join(p for p in parts if p))
@@ -149,7 +205,7 @@ def run_baselines(
         result = train_lightgcn(data, graph, sub, progress=relabel, resume=same,
                                 user_texts=users)
         if result.text:
-            log(f"baseline {name}: " + _text_line(result.text))
+            log(f"baseline {name}: " + text_line(result.text))
         user_emb, item_emb = load_graph_embeddings(sub, expected_fingerprint=data.fingerprint)
         metrics = evaluate_embeddings(user_emb, item_emb, data, split, ks)
         update_metrics(run_dir, name, split, {k: float(v) for k, v in metrics.items()})
@@ -159,7 +215,8 @@ def run_baselines(
     return seconds
 
 
-def _text_line(text: dict[str, Any]) -> str:
+def text_line(text: dict[str, Any]) -> str:
+    """One line from ``TrainResult.text``: how many items (and users) had text, the encoder."""
     line = f"{text['items_with_text']} of {text['num_items']} items have text"
     if text.get("users_with_text") is not None:
         line += f", {text['users_with_text']} of {text['num_users']} users have a profile"

@@ -286,12 +286,14 @@ def train_graph_run(
     restart: bool = False,
     quiet: bool = False,
     progress: Any | None = None,
+    user_texts: Callable[[Any, Path], Sequence[str]] | None = None,
 ) -> tuple[Any, dict[str, float]]:
     """Train LightGCN on a prepared dataset folder into ``run_dir`` (``glta graph train``).
 
     Copies the dataset into ``RUN/dataset`` (or checks the one there matches), writes
     ``RUN/resolved-config.toml``, trains (resuming from ``RUN/state/graph`` unless
-    ``restart``) and merges the best validation metrics into ``metrics.json``.
+    ``restart``) and merges the best validation metrics into ``metrics.json``. With
+    ``[graph] text_align = "rlmrec-con"``, ``user_texts(data, run_dir)`` gives the profiles.
 
     Returns:
         ``(TrainResult, best validation metrics)``.
@@ -314,11 +316,15 @@ def train_graph_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     data = _ensure_run_dataset(run_dir, data)
     write_config(config, run_dir / RESOLVED_CONFIG_NAME)
+    texts = {"user_texts": user_texts(data, run_dir)} if (
+        user_texts and config.graph.text_align == "rlmrec-con") else {}
     if progress is None:
         with RichProgress(disable=quiet) as bar:
-            result = train_lightgcn(data, config.graph, run_dir, progress=bar, resume=not restart)
+            result = train_lightgcn(data, config.graph, run_dir, progress=bar, resume=not restart,
+                                    **texts)
     else:
-        result = train_lightgcn(data, config.graph, run_dir, progress=progress, resume=not restart)
+        result = train_lightgcn(data, config.graph, run_dir, progress=progress, resume=not restart,
+                                **texts)
     valid = {k: float(v) for k, v in (result.best_valid or {}).items()}
     if valid:
         update_metrics(run_dir, "lightgcn", "valid", valid)

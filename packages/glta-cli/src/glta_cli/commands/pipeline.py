@@ -32,6 +32,10 @@ def pipeline(
             help="Start over; the old run is kept as RUN.previous until the new one completes.",
         ),
     ] = False,
+    baselines: Annotated[
+        str | None,
+        typer.Option(help="Text baselines to add, e.g. lightgcn+,rlmrec-con (= --eval.baselines)."),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Prepare data, train LightGCN, align items and users with the LLM, evaluate both.
@@ -47,7 +51,8 @@ def pipeline(
     from glta_cli.progress import RichProgress
     from glta_cli.report import metrics_table
 
-    resolved = resolve_pipeline_config(preset, config, ctx.args, out)
+    extra = [*ctx.args, "--eval.baselines", baselines] if baselines is not None else ctx.args
+    resolved = resolve_pipeline_config(preset, config, extra, out)
     command = "glta " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
     with RichProgress(disable=quiet) as bar:
         result = run_pipeline(
