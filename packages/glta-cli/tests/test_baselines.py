@@ -105,7 +105,7 @@ def test_config_baselines_option():
     cfg = load_config("default", None, ["--eval.baselines", "lightgcn+,RLMRec-Con"])
     assert cfg.eval.baselines == ["lightgcn+", "rlmrec-con"]
     assert load_config("smoke", None, {}).eval.baselines == []
-    assert load_config("default", None, {}).eval.baselines == []
+    assert load_config("default", None, {}).eval.baselines == ["lightgcn+"]
     with pytest.raises(ConfigError, match="baselines"):
         load_config("default", None, ["--eval.baselines", "lightgcn++"])
 

@@ -254,6 +254,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {
         "run": {"out": "runs/default"},
         "data": {"source": "ml-100k", "format": "auto"},
+        # LightGCN+ costs about two LightGCN trainings plus one encoding of the catalogue
+        # (benchmarks/graph/results/text_baselines_ml-100k_cpu.jsonl), well inside the budget;
+        # RLMRec-Con needs the LLM profiles of every user (the generation the stage-3
+        # comment below leaves out), so it stays off: --eval.baselines lightgcn+,rlmrec-con.
+        "eval": {"baselines": ["lightgcn+"]},
     },
     "smoke": {
         "run": {"out": "runs/smoke"},
