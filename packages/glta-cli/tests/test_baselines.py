@@ -149,3 +149,10 @@ def test_report_shows_the_baselines_in_table_2_order():
     assert [r[0] for r in rows] == ["LightGCN", "LightGCN+", "RLMRec-Con", "GLTA"]
     text = render_report(metrics, split="test", stage_seconds={}, train_seconds={})
     assert "| LightGCN+ |" in text and "text-alignment loss" in text
+
+
+def test_pipeline_baselines_option_reaches_the_config(runner, tmp_path):
+    result = runner.invoke(app, ["pipeline", "--out", str(tmp_path / "run"),
+                                 "--baselines", "lightgcn+,bert4rec"])
+    assert result.exit_code == 2
+    assert "[eval] baselines: bert4rec not one of lightgcn+, rlmrec-con" in result.output
