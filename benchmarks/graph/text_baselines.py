@@ -23,6 +23,7 @@ offline copy) are cached in ``WORK/text_cache``.
 Resumable: one JSON line per finished run in
 ``benchmarks/graph/results/text_baselines_<dataset>_cpu.jsonl`` (command, commit, CPU model,
 torch version, date per row); a restart skips finished runs and resumes a killed one.
+``--summary`` prints the table of the finished ``final`` rows.
 
     nice -n 10 uv run python benchmarks/graph/text_baselines.py \\
         --datasets ml-100k,ml-latest-small --seeds 0,1,2 --work runs/text_baselines
@@ -198,6 +199,32 @@ def _profile_log(event) -> None:
         log(f"  profiles {event.kind} {event.step}/{event.total} {event.message}")
 
 
+def summary(dataset: str) -> str:
+    """Markdown table of the ``final`` rows of one dataset: mean (per-seed values) per model."""
+    path = RESULTS / f"text_baselines_{dataset}_cpu.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    keys = ("precision@10", "recall@20", "ndcg@10", "ndcg@20")
+    out = [f"{dataset} (test, best-valid epoch; mean over the seeds listed)", "",
+           "| model | setting | seeds | " + " | ".join(keys) + " | s/epoch |",
+           "|---|---|---|" + "---:|" * (len(keys) + 1)]
+    for model in MODELS:
+        final = sorted((r for r in rows if r["phase"] == "final" and r["model"] == model),
+                       key=lambda r: r["seed"])
+        if not final:
+            continue
+        cells = []
+        for k in keys:
+            vals = [r["test"][k] for r in final]
+            cells.append(f"{sum(vals) / len(vals):.4f} ({' / '.join(f'{v:.4f}' for v in vals)})")
+        tune = [r["seconds_per_epoch"] for r in rows if r["phase"] == "tune"
+                and r["model"] == model]
+        setting = ", ".join(f"{k} {v}" for k, v in sorted(final[0]["setting"].items()))
+        out.append(f"| {model} | {setting} | {','.join(str(r['seed']) for r in final)} | "
+                   + " | ".join(cells) + f" | {sum(tune) / max(1, len(tune)):.2f} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="ml-100k,ml-latest-small")
@@ -205,7 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "text_baselines")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--summary", action="store_true",
+                        help="print the results table of --datasets and exit (no training)")
     args = parser.parse_args(argv)
+    if args.summary:
+        for dataset in args.datasets.split(","):
+            if (RESULTS / f"text_baselines_{dataset}_cpu.jsonl").is_file():
+                print(summary(dataset) + "\n")
+        return 0
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     models = [m for m in args.models.split(",") if m]
