@@ -156,3 +156,14 @@ def test_pipeline_baselines_option_reaches_the_config(runner, tmp_path):
                                  "--baselines", "lightgcn+,bert4rec"])
     assert result.exit_code == 2
     assert "[eval] baselines: bert4rec not one of lightgcn+, rlmrec-con" in result.output
+
+
+def test_run_baselines_without_any_item_text_skips_with_a_note(runner, tmp_path):
+    from glta_cli.baselines import run_baselines
+
+    data = load_dataset_dir(_prepare(runner, tmp_path, lambda i: ""))
+    cfg = load_config("default", None, {"eval": {"baselines": ["lightgcn+"]}})
+    notes: list[str] = []
+    assert run_baselines(cfg, data, tmp_path / "run", get_llm=lambda: None,
+                         log=notes.append) == {}
+    assert notes == [f"baselines lightgcn+ skipped: none of the {data.num_items} items has text"]

@@ -167,7 +167,9 @@ def run_baselines(
         log: receives one line per baseline (text counts, skipped).
 
     Returns:
-        ``{name: training seconds}`` of the baselines run or skipped.
+        ``{name: training seconds}`` of the baselines run or skipped. A dataset where no
+        item has text skips them all with a note (both need item text; the GLTA results
+        are kept rather than failing at the end of the pipeline).
     """
     from glta_graph import (
         evaluate_embeddings,
@@ -181,6 +183,10 @@ def run_baselines(
     run_dir = Path(run_dir)
     split, ks = config.eval.split, tuple(config.eval.ks)
     seconds: dict[str, float] = {}
+    if config.eval.baselines and not any(t.strip() for t in data.item_text):
+        log(f"baselines {', '.join(config.eval.baselines)} skipped: none of the "
+            f"{data.num_items} items has text")
+        return seconds
     for name in config.eval.baselines:
         sub = run_dir / BASELINE_DIR / name
         graph = dataclasses.replace(config.graph, text_align=BASELINE_MODES[name],
