@@ -32,6 +32,7 @@ from glta_gllm.checkpoint import atomic_write_text
 
 __all__ = [
     "ABLATIONS",
+    "BASELINE_NAMES",
     "PRESETS",
     "SECTION_NAMES",
     "ConfigError",
@@ -51,6 +52,8 @@ __all__ = [
 ]
 
 NONE_TOKEN = "none"
+# The text baselines `[eval] baselines` can name (model names in metrics.json).
+BASELINE_NAMES = ("lightgcn+", "rlmrec-con")
 
 
 class ConfigError(ValueError):
@@ -201,6 +204,12 @@ class EvalConfig:
         metadata={"help": "GLTA's prediction mode at evaluation: `none` = the one stage 3 "
                  "trained for, first_k, first (FL) or ar (AR)."},
     )
+    baselines: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Text baselines trained and evaluated next to LightGCN and GLTA "
+                          "(glta_cli.baselines): lightgcn+ (LightGCN + item-text InfoNCE), "
+                          "rlmrec-con (RLMRec-Con on the LLM user profiles); comma-separated."},
+    )
 
     def __post_init__(self) -> None:
         if self.ranking is not None and self.ranking not in ("first_k", "first", "ar"):
@@ -209,6 +218,11 @@ class EvalConfig:
             raise ConfigError(f"[eval] ks: need positive integers, got {self.ks}")
         if self.split not in ("test", "valid"):
             raise ConfigError(f"[eval] split: {self.split!r} is not test or valid")
+        self.baselines = [str(b).strip().lower() for b in self.baselines if str(b).strip()]
+        unknown = [b for b in self.baselines if b not in BASELINE_NAMES]
+        if unknown:
+            raise ConfigError(f"[eval] baselines: {', '.join(unknown)} not one of "
+                              f"{', '.join(BASELINE_NAMES)}")
 
 
 # -- ablations -----------------------------------------------------------------------------
@@ -317,6 +331,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {
         "run": {"out": "runs/default"},
         "data": {"source": "ml-100k", "format": "auto"},
+        # LightGCN+ costs about two LightGCN trainings plus one encoding of the catalogue
+        # (benchmarks/graph/results/text_baselines_ml-100k_cpu.jsonl), well inside the budget;
+        # RLMRec-Con needs the LLM profiles of every user (the generation the stage-3
+        # comment below leaves out), so it stays off: --eval.baselines lightgcn+,rlmrec-con.
+        "eval": {"baselines": ["lightgcn+"]},
     },
     "smoke": {
         "run": {"out": "runs/smoke"},

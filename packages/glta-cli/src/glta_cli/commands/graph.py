@@ -43,6 +43,27 @@ def train(
     eval_every: Annotated[int | None, typer.Option(help="Validate every N epochs.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda.")] = None,
+    text_align: Annotated[
+        str | None,
+        typer.Option(help="Text baseline: infonce (LightGCN+: item text InfoNCE) or rlmrec-con "
+                          "(RLMRec-Con: LLM user profiles + item text); none = LightGCN."),
+    ] = None,
+    text_weight: Annotated[
+        float | None, typer.Option(help="Weight of the text-alignment loss.")
+    ] = None,
+    text_temperature: Annotated[
+        float | None, typer.Option(help="InfoNCE temperature of the text-alignment loss.")
+    ] = None,
+    text_encoder: Annotated[
+        str | None,
+        typer.Option(help="Sentence encoder: all-MiniLM-L6-v2 (offline copy), a folder or a "
+                          "hub id."),
+    ] = None,
+    profiles: Annotated[
+        Path | None,
+        typer.Option(help="rlmrec-con: a profiles.jsonl with the user profiles (default: "
+                          "RUN/profiles.jsonl, generated with the default LLM when missing)."),
+    ] = None,
     restart: Annotated[
         bool, typer.Option("--restart", help="Ignore saved state and train from scratch.")
     ] = False,
@@ -61,9 +82,14 @@ def train(
     batch, gradients averaged): uv run torchrun --standalone --nproc-per-node 2 -m glta_cli
     graph train data/ml100k --out runs/lgcn
 
+    Text baselines: --text-align infonce (LightGCN+) or rlmrec-con (RLMRec-Con, user
+    profiles from --profiles or the LLM), with --text-weight, --text-temperature and
+    --text-encoder.
+
     Gowalla recipe (the published LightGCN Recall@20 in 120 epochs, see benchmarks/RESULTS.md):
     --batch-size 4096 --lr 0.002 --l2 0.003 --hard-negatives 32
     """
+    from glta_cli.baselines import graph_user_texts
     from glta_cli.outputs import check_output_dir, write_marker
     from glta_cli.pipeline import train_graph_run
 
@@ -78,11 +104,13 @@ def train(
     options = {
         "dim": dim, "layers": layers, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "l2": l2, "loss": loss, "hard_negatives": hard_negatives, "patience": patience,
-        "eval_every": eval_every, "seed": seed, "device": device,
+        "eval_every": eval_every, "seed": seed, "device": device, "text_align": text_align,
+        "text_weight": text_weight, "text_temperature": text_temperature,
+        "text_encoder": text_encoder,
     }
     result, valid = train_graph_run(
         dataset_dir, out, {k: v for k, v in options.items() if v is not None}, ctx.args,
-        restart=restart, quiet=quiet,
+        restart=restart, quiet=quiet, user_texts=graph_user_texts(profiles),
     )
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
@@ -93,4 +121,8 @@ def train(
         f"LightGCN: best epoch {result.best_epoch + 1} of {len(result.history)} "
         f"({result.seconds:.1f} s); valid {shown or '(not validated)'}"
     )
+    if result.text:
+        from glta_cli.baselines import text_line
+
+        console.print(f"text alignment {result.text['mode']}: {text_line(result.text)}")
     console.print(f"saved {out / 'graph'}; next: glta evaluate {out}")

@@ -40,6 +40,10 @@ def pipeline(
             "plain-head, random-llm (same as --run.ablation; see glta config show).",
         ),
     ] = None,
+    baselines: Annotated[
+        str | None,
+        typer.Option(help="Text baselines to add, e.g. lightgcn+,rlmrec-con (= --eval.baselines)."),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Prepare data, train LightGCN, align items and users with the LLM, evaluate both.
@@ -60,6 +64,8 @@ def pipeline(
     extra = list(ctx.args)
     if ablation is not None:
         extra += ["--run.ablation", ablation]
+    if baselines is not None:
+        extra += ["--eval.baselines", baselines]
     resolved = resolve_pipeline_config(preset, config, extra, out)
     command = "glta " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
     with RichProgress(disable=quiet) as bar:
