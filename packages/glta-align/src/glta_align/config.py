@@ -144,7 +144,8 @@ class UserItemConfig(_StageConfig):
     predict_words: int = _help("k in the prediction prompt ('Use k words ...')", 5)
     profile_items: int = _help("item descriptions given to the profile/prediction prompts", 10)
     profile_new_tokens: int = _help("max new tokens generated per profile/prediction", 24)
-    profile_batch_size: int = _help("users per generation batch", 16)
+    profile_batch_size: int = _help("users per generation batch (one prompt kind per batch)",
+                                    64)
     profile_text_tokens: int = _help("token budget of profile / prediction text in the prompt",
                                      32)
     max_users: int | None = _help("cap on training users per epoch (None = all)", None)

@@ -441,5 +441,6 @@ def _save_user_projector(proj: NodeProjector, directory: Path, fingerprint: str,
     save_artifact(directory, proj.state_dict(),
                   {**proj.config(), "role": "user", "llm": llm.source,
                    "llm_precision": llm.precision, "llm_init_seed": cfg.seed,
+                   "llm_precision_probe": getattr(llm, "precision_probe", None),
                    "stage_config": cfg.to_dict(), **(selection or {})},
                   dataset_fingerprint=fingerprint, card=card)

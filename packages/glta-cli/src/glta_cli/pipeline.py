@@ -612,7 +612,7 @@ def run_pipeline(
             cfg = config.llm
             llm = load_llm(
                 cfg.model_name_or_path, dtype=cfg.dtype, device=cfg.device, cache_dir=cfg.cache_dir,
-                init=cfg.init, init_seed=config.user_item.seed,
+                init=cfg.init, init_seed=config.user_item.seed, progress=progress,
             )
             log(f"loaded LLM {cfg.model} ({llm.precision} on {llm.device}) in "
                 f"{time.perf_counter() - t:.1f} s")
