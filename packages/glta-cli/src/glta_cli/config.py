@@ -351,12 +351,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 # Library-section budgets of the presets, applied only for keys the dataclass has.
 _PRESET_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
-    # Budgets sized for a 2-core CPU: LightGCN to early stopping, stage 2 one pass over the
-    # catalogue, stage 3 eight passes over the users (fewer left it undertrained; timings
-    # and metrics per budget in benchmarks/RESULTS.md). The LLM-generated
-    # profile/prediction text is left out (generating it for every user does not fit that
-    # budget); the paper preset keeps it. Turn it back on with
-    # --user_item.use_profile true --user_item.use_predict true.
+    # Budgets sized for a 2-core CPU. Epoch counts are chosen on the valid split: LightGCN
+    # and stage 3 stop early on valid N@10 (`epochs` is their maximum) and keep their best
+    # epoch; stage 2 makes one pass over the catalogue. The default preset feeds the LLM the
+    # generated profile/prediction text (the paper's PF/PD; the only channel through which
+    # pretrained knowledge can act), the smoke preset leaves it out for speed. Results per
+    # setting: benchmarks/RESULTS.md.
     # Head: default and smoke use the matching head over projected item tokens (glta_gllm's
     # ProjectedItemHead, an extension of the paper's free linear head), which ranks far
     # better here than the plain head, whose rows of items not yet seen in stage 2's single
