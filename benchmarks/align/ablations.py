@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
+
 ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-ia", "no-ua",
              "plain-head", "residual", "residual-random-llm")
 # Rows that are not the paper's ablations: the overrides they add to the full run's command.
@@ -60,24 +62,6 @@ PAPER = {
     "P@10 GLTA": {"Goodreads": 0.1882, "Amazon": 0.0236, "MovieLens": 0.0821},
 }
 SUMMARY_METRICS = ("precision@10", "ndcg@10", "precision@5", "ndcg@5", "recall@20")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _atomic_json(path: Path, data: dict) -> None:
@@ -172,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     doc.update({
         "what": "GLTA ablations and LightGCN baselines, selected on valid, test read once",
         "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                     "threads": int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))},
         "paper": PAPER,
     })
@@ -222,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = _read(run)
         doc["runs"].append({"dataset": args.dataset, "seed": seed, "row": row,
-                            "seconds": round(seconds, 1), "commit": _commit(),
+                            "seconds": round(seconds, 1), "commit": git_commit(),
                             "date": dt.date.today().isoformat(), "command": cmd[2:],
                             "result": result})
         doc["summary"] = _summary(doc["runs"])

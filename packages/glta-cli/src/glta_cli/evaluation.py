@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 __all__ = ["BREAKDOWN_NAME", "BY_CHOICES", "breakdown_markdown", "breakdown_run",
-           "evaluate_run_models", "ranked_lists"]
+           "evaluate_run_models", "ranked_lists", "stage3_selection"]
 
 BREAKDOWN_NAME = "breakdown.json"
 _EXCLUDE = {"valid": ("train",), "test": ("train", "valid")}
@@ -84,7 +84,7 @@ def evaluate_run_models(run_dir: Path, data: Any, ks: Sequence[int], headline: s
 
     ks = tuple(sorted(int(k) for k in ks))
     rec = get_recommender()
-    selection = _stage3_selection(run_dir)
+    selection = stage3_selection(run_dir)
     reuse_valid = (selection.get("valid_metrics") and ranking in (None, rec.config.ranking)
                    and all(f"ndcg@{k}" in selection["valid_metrics"] for k in ks))
     metrics: dict[str, dict[str, dict[str, float]]] = {"lightgcn": {}, "glta": {}}
@@ -111,7 +111,10 @@ def evaluate_run_models(run_dir: Path, data: Any, ks: Sequence[int], headline: s
     return metrics, breakdown
 
 
-def _stage3_selection(run_dir: Path) -> dict[str, Any]:
+def stage3_selection(run_dir: Path) -> dict[str, Any]:
+    """Stage 3's epoch choice from ``RUN/user_projector/config.json`` (``best_epoch``,
+    ``valid_metrics``, ``stopped_early``, ``epochs_run``, ``valid_history``); ``{}``
+    before stage 3 or without early stopping."""
     path = Path(run_dir) / "user_projector" / "config.json"
     if not path.is_file():
         return {}
