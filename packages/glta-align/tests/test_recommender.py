@@ -38,7 +38,7 @@ def trained(tmp_path_factory, tokenizer):
     return run
 
 
-@pytest.mark.parametrize("ranking", ["first_k", "first", "ar"])
+@pytest.mark.parametrize("ranking", ["first_k", "first", "ar", "mean"])
 def test_recommend_excludes_train_and_is_valid(trained, toy, tiny, ranking):
     rec = GLTARecommender.from_run(trained, llm=tiny)
     users = [3, 0, 7]
@@ -52,6 +52,23 @@ def test_recommend_excludes_train_and_is_valid(trained, toy, tiny, ranking):
     # batching and order do not change a user's list
     _, i2 = rec.recommend([7, 3], 6, ranking=ranking)
     assert i2.tolist() == [items[2].tolist(), items[0].tolist()]
+
+
+def test_mean_ranking_is_the_slots_mean_log_softmax(trained, toy, tiny):
+    """``mean`` ranks by the k slots' mean log-softmax over the whole catalogue."""
+    rec = GLTARecommender.from_run(trained, llm=tiny)
+    users = list(range(toy.num_users))
+    k = toy.num_items - int(np.diff(toy.train.crow_indices().numpy()).max())
+    with torch.no_grad():
+        hidden = rec._slot_hidden(users).float()  # (U, S, H)
+        per_slot = torch.log_softmax(rec.head(hidden).float(), dim=-1)  # (U, S, I)
+    for r, u in enumerate(users):
+        per_slot[r, :, toy.user_items("train", u)] = float("-inf")
+    _, items = rec.recommend(users, k, ranking="mean")
+    assert items.tolist() == per_slot.mean(dim=1).topk(k, dim=1).indices.tolist()
+    # a full ordering no single slot gives
+    for slot in range(per_slot.shape[1]):
+        assert items.tolist() != per_slot[:, slot].topk(k, dim=1).indices.tolist()
 
 
 def test_evaluate_uses_lightgcn_protocol(trained, toy, tiny):

@@ -13,7 +13,7 @@ from typing import Any
 __all__ = ["HEADS", "RANKINGS", "AlignConfigError", "ItemTextConfig", "UserItemConfig"]
 
 HEADS = ("plain", "projected")
-RANKINGS = ("first_k", "first", "ar")
+RANKINGS = ("first_k", "first", "ar", "mean")
 _HEAD_INITS = ("zeros", "random", "item_tokens")
 _TARGETS = ("unseen", "any")
 
@@ -139,7 +139,8 @@ class UserItemConfig(_StageConfig):
     train_item_projector: bool = _help("also train the item projector here ('w/o IA' when "
                                        "stage 2 was skipped)", False)
     ranking: str = _help("prediction: first_k (slot t gives rank t), first (FL: top-k of "
-                         "slot 1), ar (feed predicted items back)", "first_k")
+                         "slot 1), ar (feed predicted items back), mean (top-k of the slots' "
+                         "mean log-softmax; [choice])", "first_k")
     profile_tags: int = _help("k in the profile prompt ('Use k tags ...')", 5)
     predict_words: int = _help("k in the prediction prompt ('Use k words ...')", 5)
     profile_items: int = _help("item descriptions given to the profile/prediction prompts", 10)

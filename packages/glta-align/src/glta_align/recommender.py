@@ -200,7 +200,8 @@ class GLTARecommender:
             users: (U,) internal user indices.
             k: list length (<= catalogue size minus the most items excluded for a user).
             exclude: (num_users x I) CSR of items never to return (default: train split).
-            ranking: override of the configured ``first_k | first | ar``.
+            ranking: override of the configured ``first_k | first | ar | mean`` (``mean``
+                [choice]: top-``k`` of the slots' mean log-softmax, one list from all slots).
             progress: receives ``ProgressEvent(stage="evaluate")`` per batch.
 
         Returns:
@@ -240,6 +241,12 @@ class GLTARecommender:
         B = len(batch)
         if mode == "first":
             hidden = self._slot_hidden(batch)[:, 0]
+            return head_topk(self.head, hidden, k, ex)
+        if mode == "mean":
+            # The slots' mean log-softmax over the catalogue: the head's logits are linear in
+            # its input and each slot's log-normaliser is one constant per row, so ranking by
+            # it equals ranking by the head applied to the slots' mean input.
+            hidden = self._slot_hidden(batch).float().mean(dim=1)
             return head_topk(self.head, hidden, k, ex)
         if mode == "first_k":
             hidden = self._slot_hidden(batch)

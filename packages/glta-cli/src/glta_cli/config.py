@@ -202,7 +202,8 @@ class EvalConfig:
     ranking: str | None = field(
         default=None,
         metadata={"help": "GLTA's prediction mode at evaluation: `none` = the one stage 3 "
-                 "trained for, first_k, first (FL) or ar (AR)."},
+                 "trained for, first_k, first (FL), ar (AR) or mean (the slots' mean "
+                 "log-softmax, [choice])."},
     )
     baselines: list[str] = field(
         default_factory=list,
@@ -212,8 +213,9 @@ class EvalConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.ranking is not None and self.ranking not in ("first_k", "first", "ar"):
-            raise ConfigError(f"[eval] ranking: {self.ranking!r} is not first_k, first or ar")
+        if self.ranking is not None and self.ranking not in ("first_k", "first", "ar", "mean"):
+            raise ConfigError(f"[eval] ranking: {self.ranking!r} is not first_k, first, ar or "
+                              "mean")
         if not self.ks or any(int(k) < 1 for k in self.ks):
             raise ConfigError(f"[eval] ks: need positive integers, got {self.ks}")
         if self.split not in ("test", "valid"):
