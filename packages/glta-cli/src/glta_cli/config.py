@@ -202,8 +202,9 @@ class EvalConfig:
     ranking: str | None = field(
         default=None,
         metadata={"help": "GLTA's prediction mode at evaluation: `none` = the one stage 3 "
-                 "trained for, first_k, first (FL), ar (AR) or mean (the slots' mean "
-                 "log-softmax, [choice])."},
+                 "trained for, first_k, first (FL), ar (AR), mean (the slots' mean "
+                 "log-softmax, [choice]) or select (the better of the trained mode, "
+                 "first_k and mean on valid; test is ranked with that one only)."},
     )
     baselines: list[str] = field(
         default_factory=list,
@@ -213,9 +214,10 @@ class EvalConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.ranking is not None and self.ranking not in ("first_k", "first", "ar", "mean"):
-            raise ConfigError(f"[eval] ranking: {self.ranking!r} is not first_k, first, ar or "
-                              "mean")
+        if self.ranking is not None and self.ranking not in ("first_k", "first", "ar", "mean",
+                                                             "select"):
+            raise ConfigError(f"[eval] ranking: {self.ranking!r} is not first_k, first, ar, "
+                              "mean or select")
         if not self.ks or any(int(k) < 1 for k in self.ks):
             raise ConfigError(f"[eval] ks: need positive integers, got {self.ks}")
         if self.split not in ("test", "valid"):
@@ -337,7 +339,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # (benchmarks/graph/results/text_baselines_ml-100k_cpu.jsonl), well inside the budget;
         # RLMRec-Con needs the LLM profiles of every user (the generation the stage-3
         # comment below leaves out), so it stays off: --eval.baselines lightgcn+,rlmrec-con.
-        "eval": {"baselines": ["lightgcn+"]},
+        # GLTA's prediction mode (first_k or the slots' mean) is picked on valid.
+        "eval": {"baselines": ["lightgcn+"], "ranking": "select"},
     },
     "smoke": {
         "run": {"out": "runs/smoke"},

@@ -18,10 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BREAKDOWN_NAME", "BY_CHOICES", "breakdown_markdown", "breakdown_run",
-           "evaluate_run_models", "ranked_lists", "stage3_selection"]
+__all__ = ["BREAKDOWN_NAME", "BY_CHOICES", "SELECT", "SELECT_RANKINGS", "breakdown_markdown",
+           "breakdown_run", "evaluate_run_models", "ranked_lists", "select_ranking",
+           "stage3_selection"]
 
 BREAKDOWN_NAME = "breakdown.json"
+# ``[eval] ranking = "select"``: the prediction modes compared on valid (with the trained one).
+SELECT = "select"
+SELECT_RANKINGS = ("first_k", "mean")
 _EXCLUDE = {"valid": ("train",), "test": ("train", "valid")}
 
 
@@ -71,12 +75,14 @@ def evaluate_run_models(run_dir: Path, data: Any, ks: Sequence[int], headline: s
         ks: cut-offs.
         headline: the split of the report's headline table (gets the breakdown).
         get_recommender: builds the ``GLTARecommender`` (called once).
-        ranking: GLTA's prediction mode at evaluation (``None``: the trained one).
+        ranking: GLTA's prediction mode at evaluation (``None``: the trained one;
+            ``"select"``: chosen on valid by :func:`select_ranking`).
         progress: ProgressEvent receiver.
 
     Returns:
         ``(metrics {model: {split: {metric: value}}}, breakdown)`` where breakdown is
-        ``{"split": headline, "models": {model: {"activity": ..., "popularity": ...}}}``.
+        ``{"split": headline, "models": {model: {"activity": ..., "popularity": ...}}}``
+        (plus ``"glta_ranking"``, the valid choice, with ``ranking="select"``).
     """
     from glta_gllm import ranking_metrics
     from glta_graph.buckets import metrics_by_activity, metrics_by_popularity
@@ -85,16 +91,22 @@ def evaluate_run_models(run_dir: Path, data: Any, ks: Sequence[int], headline: s
     ks = tuple(sorted(int(k) for k in ks))
     rec = get_recommender()
     selection = stage3_selection(run_dir)
-    reuse_valid = (selection.get("valid_metrics") and ranking in (None, rec.config.ranking)
-                   and all(f"ndcg@{k}" in selection["valid_metrics"] for k in ks))
+    stage3_valid = (selection.get("valid_metrics")
+                    if selection.get("valid_metrics")
+                    and all(f"ndcg@{k}" in selection["valid_metrics"] for k in ks) else None)
     metrics: dict[str, dict[str, dict[str, float]]] = {"lightgcn": {}, "glta": {}}
     breakdown: dict[str, Any] = {"split": headline, "models": {}}
+    glta_valid: dict[str, float] | None = None
+    if ranking == SELECT:
+        ranking, glta_valid, breakdown["glta_ranking"] = select_ranking(
+            run_dir, data, ks, rec, stage3_valid, progress=progress)
+    elif stage3_valid is not None and ranking in (None, rec.config.ranking):
+        glta_valid = {k: float(v) for k, v in stage3_valid.items()}
     for split in ("valid", "test"):
         relevant = data.split(split)
         for model in ("lightgcn", "glta"):
-            if model == "glta" and split == "valid" and reuse_valid and split != headline:
-                metrics[model][split] = {k: float(v)
-                                         for k, v in selection["valid_metrics"].items()}
+            if model == "glta" and split == "valid" and glta_valid and split != headline:
+                metrics[model][split] = glta_valid
                 continue
             users, ranked = ranked_lists(model, run_dir, data, split, max(ks), recommender=rec,
                                          ranking=ranking, progress=progress)
@@ -109,6 +121,48 @@ def evaluate_run_models(run_dir: Path, data: Any, ks: Sequence[int], headline: s
                     "popularity": metrics_by_popularity(ranked, rel, data, ks),
                 }
     return metrics, breakdown
+
+
+def select_ranking(run_dir: Path, data: Any, ks: Sequence[int], rec: Any,
+                   stage3_valid: dict[str, float] | None, *, progress: Any = None
+                   ) -> tuple[str, dict[str, float], dict[str, Any]]:
+    """Pick GLTA's prediction mode on the valid split (``[eval] ranking = "select"``).
+
+    Ranks the valid users with each of :data:`SELECT_RANKINGS` (the mode stage 3 validated
+    with reuses its figures) and keeps the best by stage 3's ``select_metric``; the test split
+    is then read with that mode only.
+
+    Args:
+        run_dir: the run directory.
+        data: the run's ``Interactions``.
+        ks: cut-offs.
+        rec: the run's ``GLTARecommender``.
+        stage3_valid: stage 3's valid metrics of its own mode (``None``: rank it again).
+        progress: ProgressEvent receiver.
+
+    Returns:
+        ``(mode, its valid metrics, record)`` with record ``{"chosen", "metric",
+        "valid": {mode: value}}`` (kept in breakdown.json and the report).
+    """
+    from glta_gllm import ranking_metrics
+    from glta_graph.evaluate import select_rows
+
+    metric = rec.config.select_metric
+    trained = rec.config.ranking
+    modes = list(dict.fromkeys((trained, *SELECT_RANKINGS)))
+    found: dict[str, dict[str, float]] = {}
+    for mode in modes:
+        if mode == trained and stage3_valid is not None and metric in stage3_valid:
+            found[mode] = {k: float(v) for k, v in stage3_valid.items()}
+            continue
+        users, ranked = ranked_lists("glta", run_dir, data, "valid", max(ks), recommender=rec,
+                                     ranking=mode, progress=progress)
+        rel = select_rows(data.split("valid"), users)
+        found[mode] = {k: float(v) for k, v in ranking_metrics(ranked, rel, ks=ks).items()}
+    chosen = max(modes, key=lambda m: found[m].get(metric, float("-inf")))  # ties: first
+    record = {"chosen": chosen, "metric": metric,
+              "valid": {m: found[m].get(metric) for m in modes}}
+    return chosen, found[chosen], record
 
 
 def stage3_selection(run_dir: Path) -> dict[str, Any]:
@@ -139,6 +193,11 @@ def breakdown_markdown(breakdown: dict[str, Any], selection: dict[str, Any] | No
     lines: list[str] = []
     if ablation:
         lines += [f"Ablation: `{ablation}`.", ""]
+    choice = breakdown.get("glta_ranking")
+    if choice:
+        tried = ", ".join(f"{m} {v:.4f}" for m, v in choice["valid"].items() if v is not None)
+        lines += [f"GLTA's prediction mode, chosen on valid {choice['metric']}: "
+                  f"`{choice['chosen']}` ({tried}).", ""]
     if selection and selection.get("best_epoch") is not None:
         vm = selection.get("valid_metrics") or {}
         best = ", ".join(f"{k} {v:.4f}" for k, v in vm.items() if k in (metric, "precision@10"))
