@@ -2,23 +2,14 @@
 
 from types import SimpleNamespace
 
-import numpy as np
 import torch
-from glta_graph.data import Interactions, csr_from_pairs
+from glta_graph.data import Interactions, random_interactions
 
 from glta_cli.evaluation import SELECT_RANKINGS, breakdown_markdown, select_ranking
 
 
-def _data(users=12, items=20, seed=0) -> Interactions:
-    rng = np.random.default_rng(seed)
-    split = {"train": ([], []), "valid": ([], []), "test": ([], [])}
-    for u in range(users):
-        chosen = rng.choice(items, 6, replace=False)
-        for name, part in (("train", chosen[:3]), ("valid", chosen[3:5]), ("test", chosen[5:])):
-            split[name][0].extend([u] * len(part))
-            split[name][1].extend(part.tolist())
-    mats = {k: csr_from_pairs(v[0], v[1], users, items) for k, v in split.items()}
-    return Interactions([str(i) for i in range(users)], [str(i) for i in range(items)], **mats)
+def _data() -> Interactions:
+    return random_interactions(12, 20, lengths=(6, 7), split_p=(0.5, 0.3, 0.2), anchor=True)
 
 
 class _Rec:

@@ -11,27 +11,14 @@ from glta_graph.buckets import (
     metrics_by_activity,
     metrics_by_popularity,
 )
-from glta_graph.data import Interactions, csr_from_pairs
+from glta_graph.data import Interactions, random_interactions
 from glta_graph.evaluate import recommend_embeddings, select_rows
 
 
 def _data(users=60, items=80, seed=0) -> Interactions:
-    rng = np.random.default_rng(seed)
-    pop = rng.pareto(1.2, items) + 0.05  # a long tail of rarely seen items
-    p = pop / pop.sum()
-    split = {"train": ([], []), "valid": ([], []), "test": ([], [])}
-    for u in range(users):
-        n = int(rng.integers(3, 30))
-        chosen = rng.choice(items, n, replace=False, p=p)
-        codes = rng.choice(3, n, p=[0.7, 0.1, 0.2])
-        codes[0] = 0
-        codes[-1] = 2
-        for name, code in (("train", 0), ("valid", 1), ("test", 2)):
-            part = chosen[codes == code]
-            split[name][0].extend([u] * len(part))
-            split[name][1].extend(part.tolist())
-    mats = {k: csr_from_pairs(v[0], v[1], users, items) for k, v in split.items()}
-    return Interactions([str(i) for i in range(users)], [str(i) for i in range(items)], **mats)
+    # a long tail of rarely seen items; every user has a train and a test item
+    return random_interactions(users, items, lengths=(3, 30), split_p=(0.7, 0.1, 0.2),
+                               skew=1.2, anchor=True, seed=seed)
 
 
 @pytest.fixture

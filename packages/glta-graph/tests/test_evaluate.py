@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from glta_graph.data import Interactions, csr_from_pairs
+from glta_graph.data import Interactions, csr_from_pairs, random_interactions
 from glta_graph.evaluate import (
     evaluate_embeddings,
     exclusion_matrix,
@@ -16,18 +16,7 @@ from glta_graph.evaluate import (
 
 
 def _random_data(users=40, items=50, seed=0) -> Interactions:
-    rng = np.random.default_rng(seed)
-    split = {"train": ([], []), "valid": ([], []), "test": ([], [])}
-    for u in range(users):
-        n = int(rng.integers(0, 12))  # some users have nothing at all
-        chosen = rng.choice(items, n, replace=False)
-        codes = rng.choice(3, n, p=[0.6, 0.2, 0.2])
-        for name, code in (("train", 0), ("valid", 1), ("test", 2)):
-            part = chosen[codes == code]
-            split[name][0].extend([u] * len(part))
-            split[name][1].extend(part.tolist())
-    mats = {k: csr_from_pairs(v[0], v[1], users, items) for k, v in split.items()}
-    return Interactions([str(i) for i in range(users)], [str(i) for i in range(items)], **mats)
+    return random_interactions(users, items, seed=seed)  # some users have nothing at all
 
 
 def _brute_force(user_emb, item_emb, data, split, ks):

@@ -24,6 +24,7 @@ from glta_graph.data.sources import (
     download_movielens,
     embedded_dataset_path,
 )
+from glta_graph.data.synthetic import random_interactions
 
 __all__ = [
     "FORMATS",
@@ -47,6 +48,7 @@ __all__ = [
     "kcore_mask",
     "load_dataset",
     "prepare",
+    "random_interactions",
     "read_source",
     "split_codes",
 ]
