@@ -49,6 +49,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 WORLD = 2
+MODELS = ("tiny", "smollm2", "smollm2-lora")
 GRAPH_DIM = 64
 
 
@@ -100,15 +101,14 @@ def _prepare_run(run: Path, data, hidden: int, seed: int) -> None:
         role="item")
 
 
-def _load_llm(name: str, dtype: str, lora: bool):
+def _load_llm(name: str, dtype: str):
     from glta_align import load_llm, load_tokenizer, tiny_llm
 
     if name == "tiny":  # the glta-align tests' LLM
-        if lora:
-            raise SystemExit("--lora: only with smollm2")
         return tiny_llm(load_tokenizer(), hidden_size=64, num_layers=2, seed=0)
+    # smollm2-lora: LoraSettings' defaults (r 8 on q_proj, v_proj) trained too
     return load_llm(None, dtype=dtype, device="cpu",
-                    lora={"r": 8, "alpha": 16} if lora else None)
+                    lora={} if name == "smollm2-lora" else None)
 
 
 def _capture(data, run: Path, llm, cfg) -> dict:
@@ -148,7 +148,8 @@ def _model(name: str, args, rank: int, data, root: Path) -> dict:
     from glta_align._common import average_gradients
     from glta_align.user_item import IGNORE
 
-    llm = _load_llm(name, args.dtype, args.lora)
+    torch.manual_seed(0)  # the LoRA init: the same on every rank, as in train_user_item
+    llm = _load_llm(name, args.dtype)
     run = root / name
     if rank == 0:
         _prepare_run(run, data, llm.hidden_size, seed=0)
@@ -250,7 +251,7 @@ def _model(name: str, args, rank: int, data, root: Path) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     out = {
         "llm": llm.source, "llm_precision": llm.precision, "hidden_size": llm.hidden_size,
-        "lora": args.lora, "trainable_modules": sorted(modules),
+        "lora": llm.lora is not None, "trainable_modules": sorted(modules),
         "trainable_params": sum(p.numel() for p in params),
         "bytes_allreduced_per_step": {
             "flat": sum(p.numel() * p.element_size() for p in params),
@@ -305,9 +306,9 @@ def _worker(rank: int, args, port: int, result_file: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="tiny,smollm2", help="comma list of tiny, smollm2")
+    ap.add_argument("--models", default="tiny,smollm2",
+                    help="comma list of tiny, smollm2, smollm2-lora")
     ap.add_argument("--dtype", default="float32", help="SmolLM2 dtype (load_llm's)")
-    ap.add_argument("--lora", action="store_true", help="SmolLM2 with LoRA (r 8) trained too")
     ap.add_argument("--batch-size", type=int, default=8, help="users per rank and step")
     ap.add_argument("--check-steps", type=int, default=3)
     ap.add_argument("--time-steps", type=int, default=10)
@@ -315,8 +316,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     for name in args.models.split(","):
-        if name not in ("tiny", "smollm2"):
-            raise SystemExit(f"--models: unknown model {name!r} (tiny, smollm2)")
+        if name not in MODELS:
+            raise SystemExit(f"--models: unknown model {name!r} ({', '.join(MODELS)})")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as root:
         args.root = root
