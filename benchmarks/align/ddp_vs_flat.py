@@ -7,9 +7,11 @@ processes (``torch.multiprocessing.spawn``, gloo, CPU) then run, per model:
 
 - ``flat``: ``loss_fn`` on the rank's batch, backward, ``_common.average_gradients`` (one
   all-reduce of one flat buffer after the backward), Adam step, as ``run_loop`` does;
-- ``ddp``: the trainable modules in a wrapper whose ``forward`` is the stage's loss, wrapped
-  in ``torch.nn.parallel.DistributedDataParallel`` (bucketed all-reduces started by autograd
-  hooks during the backward), backward, Adam step.
+- ``ddp``: ``_ddp.ddp_loss``: the modules in a wrapper whose ``forward`` is the stage's
+  loss, in ``torch.nn.parallel.DistributedDataParallel`` (bucketed all-reduces started by
+  autograd hooks during the backward), backward, Adam step. (The result files of
+  2026-12-03 were made with the same wrapper defined in this script, before ``ddp_loss``
+  existed; it differed only in also broadcasting the frozen LLM at construction.)
 
 Recorded per model: both paths from the same start for ``--check-steps`` steps (max abs
 difference of the trained parameters between the paths and between the ranks), one process
@@ -46,7 +48,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 WORLD = 2
 MODELS = ("tiny", "smollm2", "smollm2-lora")
@@ -59,22 +60,6 @@ class _Captured(Exception):
     def __init__(self, kwargs: dict) -> None:
         super().__init__("captured")
         self.kwargs = kwargs
-
-
-class StageLoss(nn.Module):
-    """The stage's trainable modules plus its loss: ``forward(batch)`` -> scalar loss.
-
-    Wrapping this in DDP lets DDP see every use of the trainable parameters (the loss
-    reaches them through the head's loss, the projectors and, with LoRA, the LLM).
-    """
-
-    def __init__(self, modules: dict[str, nn.Module], loss_fn) -> None:
-        super().__init__()
-        self.parts = nn.ModuleDict(modules)
-        self._loss_fn = loss_fn
-
-    def forward(self, batch):
-        return self._loss_fn(batch)
 
 
 def _free_port() -> int:
@@ -146,6 +131,7 @@ def _flat_params(params: list[nn.Parameter]) -> torch.Tensor:
 def _model(name: str, args, rank: int, data, root: Path) -> dict:
     from glta_align import UserItemConfig
     from glta_align._common import average_gradients
+    from glta_align._ddp import ddp_loss
     from glta_align.user_item import IGNORE
 
     torch.manual_seed(0)  # the LoRA init: the same on every rank, as in train_user_item
@@ -184,7 +170,7 @@ def _model(name: str, args, rank: int, data, root: Path) -> dict:
         on_step()
 
     t = time.perf_counter()
-    ddp = DistributedDataParallel(StageLoss(modules, loss_fn), forward_sync_buffers=False)
+    ddp = ddp_loss(modules, loss_fn, WORLD)
     ddp_init_s = time.perf_counter() - t
 
     def ddp_step(batch) -> None:
