@@ -51,15 +51,15 @@ def barrier(world: int) -> None:
 def average_gradients(params: Sequence[nn.Parameter], world: int) -> None:
     """All-reduce and average the gradients of ``params`` over ranks (data-parallel step).
 
-    One all-reduce of one flat buffer per step (a parameter without a gradient counts as
-    zeros), after the backward. Not ``DistributedDataParallel``: DDP synchronises only the
-    gradients of work done inside its wrapper's ``forward``, while a stage's loss reaches
-    the trainable modules through other entry points (``head.loss``, the projector called on
-    a table of item embeddings, the LoRA weights inside ``runner.hidden_states``'s cached
-    prefix); wrapping them would mean restructuring each stage's loss as one module's
-    forward. What DDP would add, overlapping bucketed all-reduces with the backward, is
-    small here: the trainable parameters (projectors, head, LoRA) are a tiny share of a
-    backward that runs through the frozen LLM.
+    One all-reduce of one flat buffer per step, after the backward (a parameter without a
+    gradient counts as zeros). :func:`~glta_align._ddp.ddp_loss` (DistributedDataParallel)
+    does the same reduction and is preferred over this. Measured on stage 3
+    (``benchmarks/align/ddp_vs_flat.py``, figures in ``benchmarks/RESULTS.md``), both
+    all-reduce the same bytes in one all-reduce per step (the trainable parameters fit in
+    one DDP bucket, so DDP has nothing to overlap with the backward), give bit-identical
+    parameters, and take the same step time within the measurement's noise: the standard
+    mechanism wins on equal terms. Unlike DDP, this path tolerates a trainable parameter
+    the loss did not reach.
     """
     if world <= 1:
         return
