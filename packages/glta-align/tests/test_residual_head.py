@@ -85,3 +85,30 @@ def test_stage3_with_the_residual_head(toy_run, toy, tiny):
     rec = GLTARecommender.from_run(toy_run, llm=tiny)
     metrics = rec.evaluate("valid", ks=(5,))
     assert metrics["ndcg@5"] == pytest.approx(res.best_valid["ndcg@5"], abs=1e-6)
+
+
+def test_zero_correction_starts_at_the_graph_ranking_and_learns(toy_run, toy, tiny):
+    base = _head().base
+    head = ResidualHead(base, zero_correction=True)
+    assert not any(p.abs().sum() for p in head.base.projector.parameters())
+    users = torch.randn(4, 6, generator=torch.Generator().manual_seed(5))
+    x = slot_inputs(head, torch.randn(4, 1, 10), users)[:, 0]
+    _, ours = head.recommend(x, 5)
+    _, graph = topk_excluding(users, head.base.item_embeddings, 5)
+    assert torch.equal(ours, graph)
+    # in stage 3 the correction starts at zero (residual_init="zero") and then trains
+    train_item_text(toy, toy_run, ItemTextConfig(epochs=1, items_per_instance=3,
+                                                 head="projected"), llm=tiny)
+    stage2 = load_head(toy_run / "gllm_head", expected_fingerprint=toy.fingerprint,
+                       hidden_size=tiny.hidden_size, num_items=toy.num_items)
+    cfg = UserItemConfig(epochs=1, batch_size=4, num_slots=3, use_profile=False,
+                         use_predict=False, lr=1e-2, head="projected", residual=True)
+    assert cfg.residual_init == "zero"
+    train_user_item(toy, toy_run, cfg, llm=tiny)
+    trained = load_head(toy_run / "gllm_head", expected_fingerprint=toy.fingerprint,
+                        hidden_size=tiny.hidden_size, num_items=toy.num_items)
+    w = trained.base.projector.weight
+    assert w.abs().max() > 0  # learnt from zero, not the stage-2 map
+    assert not torch.allclose(w, stage2.projector.weight, atol=1e-3)
+    with pytest.raises(AlignConfigError, match="residual_init"):
+        UserItemConfig(residual=True, head="projected", residual_init="random")

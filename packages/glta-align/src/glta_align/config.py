@@ -162,12 +162,18 @@ class UserItemConfig(_StageConfig):
                            "user's LightGCN embedding added (times a trained alpha), so GLTA's "
                            "score = LightGCN's score + the LLM's correction (needs "
                            "head = projected)", False)
+    residual_init: str = _help("[choice] starting point of the residual head's LLM part: zero "
+                               "(GLTA starts as LightGCN's ranking exactly) or stage2 (the "
+                               "stage-2 head's item map)", "zero")
 
     def __post_init__(self) -> None:
         self._check()
         if self.patience is not None and self.patience < 1:
             raise AlignConfigError(
                 f"UserItemConfig.patience = {self.patience!r}: must be >= 1 or None")
+        if self.residual_init not in ("zero", "stage2"):
+            raise AlignConfigError(f"UserItemConfig.residual_init = {self.residual_init!r}: "
+                                   "expected 'zero' or 'stage2'")
         if self.residual and self.head != "projected":
             raise AlignConfigError(
                 f"UserItemConfig.residual = True needs head = 'projected', got {self.head!r}")

@@ -121,12 +121,19 @@ class ResidualHead(nn.Module):
     Args:
         base: the projected head (its projector trains with this head).
         alpha: initial weight of the graph score.
+        zero_correction: start ``P`` (and ``c``) at zero, so the untrained head ranks exactly
+            as LightGCN does and training adds the LLM's correction from there.
     """
 
-    def __init__(self, base: ProjectedItemHead, alpha: float = 1.0) -> None:
+    def __init__(self, base: ProjectedItemHead, alpha: float = 1.0,
+                 zero_correction: bool = False) -> None:
         super().__init__()
         if not isinstance(base, ProjectedItemHead):
             raise ValueError(f"ResidualHead needs a ProjectedItemHead, got {type(base).__name__}")
+        if zero_correction:
+            with torch.no_grad():
+                for p in base.projector.parameters():
+                    p.zero_()
         self.base = base
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
         self.num_items, self.graph_dim = base.num_items, base.graph_dim

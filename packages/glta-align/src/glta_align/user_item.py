@@ -301,7 +301,7 @@ def train_user_item(
     else:
         head = build_head(cfg, llm.hidden_size, item_emb, item_proj)
     if cfg.residual and not isinstance(head, ResidualHead):
-        head = ResidualHead(head)
+        head = ResidualHead(head, zero_correction=cfg.residual_init == "zero")
     head = head.to(dev)
     rms_u = float(user_emb.pow(2).mean().sqrt()) or 1.0
     user_proj = NodeProjector(user_emb.shape[1], llm.hidden_size, cfg.projector,
