@@ -64,9 +64,10 @@ class LoopState:
         epoch: the next epoch to train (0-based).
         batch: the next batch of ``epoch`` (0 at an epoch's start).
         steps: optimiser steps taken by this rank, over all attempts.
-        records: one dict per finished epoch: ``epoch``, ``loss`` (mean over the batches
-            this attempt trained), ``seconds`` where measured, and ``valid`` (the metrics)
-            on validated epochs.
+        records: one dict per finished epoch: ``epoch``, ``loss`` (mean batch loss),
+            ``seconds`` where measured, and ``valid`` (the metrics) on validated epochs.
+        partial: the losses of ``epoch``'s batches before ``batch`` (so that an epoch
+            resumed half-way reports the mean over all its batches).
         best_score: the best ``select`` metric so far (``None`` before any validation).
         best_epoch: the epoch it came from.
         best_metrics: that epoch's validation metrics.
@@ -80,6 +81,7 @@ class LoopState:
     batch: int = 0
     steps: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
+    partial: list[float] = field(default_factory=list)
     best_score: float | None = None
     best_epoch: int | None = None
     best_metrics: dict[str, float] | None = None
@@ -154,8 +156,9 @@ class ModuleStateFormat:
     """The default resume state: module and optimiser state dicts plus the loop's counters.
 
     ``state.pt`` holds ``modules``, ``optimizer``, ``epoch``/``batch`` (where to continue),
-    ``steps``, ``history`` (JSON list of epoch losses), ``valid_history`` (JSON) and
-    ``best`` (score, epoch, module snapshot, metrics, stale count, pending flag);
+    ``steps``, ``history`` (JSON list of epoch losses), ``valid_history`` (JSON),
+    ``partial`` (JSON: the losses of the current epoch's batches so far) and ``best``
+    (score, epoch, module snapshot, metrics, stale count, pending flag);
     ``state.json`` the same counters without tensors.
 
     Args:
@@ -175,6 +178,7 @@ class ModuleStateFormat:
             "epoch": s.epoch, "batch": s.batch, "steps": s.steps,
             "history": json.dumps(s.epoch_losses),
             "valid_history": json.dumps(s.valid_history),
+            "partial": json.dumps(s.partial),
             "best": {"score": s.best_score, "epoch": s.best_epoch, "modules": s.best,
                      "metrics": s.best_metrics, "stale": s.stale, "pending": s.pending},
         }
@@ -200,6 +204,7 @@ class ModuleStateFormat:
         for entry in json.loads(state.get("valid_history", "[]")):
             metrics = {k: v for k, v in entry.items() if k != "epoch"}
             by_epoch[int(entry["epoch"])]["valid"] = metrics
+        s.partial = [float(v) for v in json.loads(state.get("partial", "[]"))]
         best = state.get("best") or {}
         s.best_score, s.best_epoch = best.get("score"), best.get("epoch")
         s.best, s.best_metrics = best.get("modules"), best.get("metrics")
@@ -381,7 +386,7 @@ class TrainingLoop:
         if self.progress_per == "epoch":
             self._emit("start", step=first, total=n, epoch=epoch,
                        message=f"{self.stage} epoch {epoch + 1}/{self.epochs}")
-        losses = []
+        losses = s.partial if first else []
         for j in range(first, n):
             value = self._step(batches[j])
             if self.check_loss is not None:
@@ -390,11 +395,11 @@ class TrainingLoop:
             self._emit("step", **self._count(epoch, j + 1, n), epoch=epoch,
                        metrics={"loss": value})
             if self.save_every and s.steps % self.save_every == 0 and j + 1 < n:
-                s.batch = j + 1
+                s.batch, s.partial = j + 1, losses
                 self.save()
         record: dict[str, Any] = {"epoch": epoch, "loss": _mean(losses)}
         s.records.append(record)
-        s.epoch, s.batch = epoch + 1, 0
+        s.epoch, s.batch, s.partial = epoch + 1, 0, []
         validating = self.validate is not None and (
             (epoch + 1) % self.eval_every == 0 or epoch == self.epochs - 1)
         record["seconds"] = time.perf_counter() - t0
