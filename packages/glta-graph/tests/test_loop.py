@@ -10,7 +10,7 @@ import pytest
 import torch
 from glta_gllm.checkpoint import CheckpointError, FingerprintMismatchError
 
-from glta_graph.loop import ModuleStateFormat, TrainingLoop, snapshot_modules
+from glta_graph.loop import ModuleStateFormat, TrainingLoop, restore_modules, snapshot_modules
 
 EPOCHS = 6
 SCORES = [0.1, 0.3, 0.2, 0.25, 0.9, 0.95]  # epoch 4 would be best, patience 2 stops before
@@ -52,16 +52,14 @@ def _run(state_dir, *, patience=2, kill_step=None, kill_valid=None, resume=True,
                 event.epoch, event.step) == kill_step:
             raise _Killed
 
-    def restore(best):
-        model.load_state_dict(best["m"])
-
     loop = TrainingLoop(
         stage="t", state_dir=state_dir, fingerprint=fingerprint,
         stored_config={"lr": 0.05, "epochs": EPOCHS}, key=key or {"lr": 0.05},
         optimizer=opt, epochs=EPOCHS, make_batches=make_batches,
         loss_fn=lambda b: ((model(x[b]) - y[b]) ** 2).mean(), fmt=ModuleStateFormat(modules),
         progress=progress, save_every=save_every, validate=validate,
-        snapshot=lambda: snapshot_modules(modules), restore=restore, patience=patience,
+        snapshot=lambda: snapshot_modules(modules),
+        restore=lambda best: restore_modules(modules, best), patience=patience,
     )
     if resume:
         loop.load()

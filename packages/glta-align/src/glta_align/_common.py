@@ -13,7 +13,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from glta_graph.loop import LoopResult, ModuleStateFormat, TrainingLoop, snapshot_modules
+from glta_graph.loop import (
+    LoopResult,
+    ModuleStateFormat,
+    TrainingLoop,
+    restore_modules,
+    snapshot_modules,
+)
 from glta_graph.progress import ProgressCallback
 from torch import nn
 
@@ -155,35 +161,33 @@ def run_loop(
     rank, world = dist_info()
     params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
 
-    def my_batches(epoch: int) -> list[Any]:
-        batches = make_batches(epoch)
-        usable = len(batches) // world * world if world > 1 else len(batches)
-        return [batches[i] for i in range(rank, usable, world)]
-
     def reduce(loss: torch.Tensor) -> float:
         average_gradients(params, world)
         return average_scalar(float(loss.detach()), world)
 
-    def restore(best: dict[str, Any]) -> None:
-        for name, module in modules.items():
-            module.load_state_dict(best[name])
-
-    def validate_floats(epoch: int) -> dict[str, float]:
-        assert validate is not None
-        return {k: float(v) for k, v in validate(epoch).items()}
+    def valid_floats(epoch: int) -> dict[str, float]:
+        return {k: float(v) for k, v in validate(epoch).items()}  # type: ignore[misc]
 
     config_dict = config.to_dict()
     loop = TrainingLoop(
         stage=stage, state_dir=run_dir / "state" / stage, fingerprint=fingerprint,
         stored_config=config_dict,
         key={k: v for k, v in config_dict.items() if k not in RESUMABLE_CHANGES},
-        optimizer=optimizer, epochs=config.epochs, make_batches=my_batches, loss_fn=loss_fn,
+        optimizer=optimizer, epochs=config.epochs, loss_fn=loss_fn,
+        make_batches=lambda epoch: _rank_share(make_batches(epoch), rank, world),
         fmt=ModuleStateFormat(modules, select), reduce=reduce, progress=progress,
         rank=rank, world=world, save_every=config.save_every, on_step=on_step,
-        validate=validate_floats if validate is not None else None,
+        validate=valid_floats if validate is not None else None,
         snapshot=lambda: snapshot_modules(modules),
-        restore=restore if validate is not None else None, select=select, patience=patience,
+        restore=(lambda best: restore_modules(modules, best)) if validate is not None else None,
+        select=select, patience=patience,
     )
     if resume:
         loop.load()
     return loop.run()
+
+
+def _rank_share(batches: list[Any], rank: int, world: int) -> list[Any]:
+    """Rank ``rank``'s batches: every ``world``-th, from the same number on every rank."""
+    usable = len(batches) // world * world if world > 1 else len(batches)
+    return [batches[i] for i in range(rank, usable, world)]

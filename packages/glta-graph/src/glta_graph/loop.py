@@ -48,6 +48,7 @@ __all__ = [
     "ModuleStateFormat",
     "StateFormat",
     "TrainingLoop",
+    "restore_modules",
     "snapshot_modules",
 ]
 
@@ -151,6 +152,13 @@ def snapshot_modules(modules: Mapping[str, torch.nn.Module]) -> dict[str, dict[s
             for n, m in modules.items()}
 
 
+def restore_modules(modules: Mapping[str, torch.nn.Module],
+                    snapshot: Mapping[str, Mapping[str, Any]]) -> None:
+    """Load a :func:`snapshot_modules` copy back into the modules."""
+    for name, module in modules.items():
+        module.load_state_dict(snapshot[name])
+
+
 @dataclass
 class ModuleStateFormat:
     """The default resume state: module and optimiser state dicts plus the loop's counters.
@@ -193,8 +201,7 @@ class ModuleStateFormat:
 
     def restore(self, loop: TrainingLoop, state: Mapping[str, Any]) -> None:
         """Load the modules, the optimiser and the counters from a ``state.pt`` dict."""
-        for name, module in self.modules.items():
-            module.load_state_dict(state["modules"][name])
+        restore_modules(self.modules, state["modules"])
         loop.optimizer.load_state_dict(state["optimizer"])
         s = loop.state
         s.epoch, s.batch, s.steps = int(state["epoch"]), int(state["batch"]), int(state["steps"])
