@@ -219,3 +219,30 @@ def test_lightgcn_killed_during_validation_resumes_to_the_same_run(tmp_path, mon
     for a, b in zip(train.load_graph_embeddings(tmp_path / "a"),
                     train.load_graph_embeddings(tmp_path / "b"), strict=True):
         assert torch.equal(a, b)
+
+
+def test_states_written_before_the_shared_loop_still_resume(tmp_path):
+    """States without the entries the shared loop added (``pending``, ``partial``) load."""
+    import glta_graph.train as train
+
+    tt = _train_module()
+    data = tt.clustered_dataset()
+    cfg = {**tt.FAST, "eval_every": 1}
+    train.train_lightgcn(data, train.LightGCNConfig(epochs=2, **cfg), tmp_path / "g")
+    path = tmp_path / "g" / "state" / "graph" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    del state["pending"]
+    torch.save(state, path)
+    resumed = train.train_lightgcn(data, train.LightGCNConfig(epochs=4, **cfg), tmp_path / "g")
+    straight = train.train_lightgcn(data, train.LightGCNConfig(epochs=4, **cfg), tmp_path / "s")
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+    assert torch.equal(train.load_graph_embeddings(tmp_path / "g")[0],
+                       train.load_graph_embeddings(tmp_path / "s")[0])
+
+    with pytest.raises(_Killed):
+        _run(tmp_path / "m", patience=None, kill_step=(2, 1))
+    path = tmp_path / "m" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    del state["partial"]
+    torch.save(state, path)
+    _same(_run(tmp_path / "m2", patience=None), _run(tmp_path / "m", patience=None))
