@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 from glta_gllm.checkpoint import CheckpointError, FingerprintMismatchError
@@ -52,5 +54,5 @@ def test_config_round_trip_and_help():
     assert UserItemConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(AlignConfigError, match="unknown field"):
         UserItemConfig.from_dict({"nope": 1})
-    helps = ItemTextConfig.help()
+    helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(ItemTextConfig)}
     assert all(helps[name] for name in ("items_per_instance", "lr", "head", "llm"))

@@ -27,7 +27,7 @@ def test_paper_layout_splits_at_placeholders(tokenizer):
     lay = build_layout(tokenizer, USER_ITEM_SYSTEM, USER_ITEM_USER, USER_ITEM_TEMPLATE,
                        style="paper")
     assert lay.style == "paper"
-    assert lay.placeholders == ["USER_TOKEN", "ITEM_TOKEN", "PROFILE_TOKEN", "PREDICT_TOKEN"]
+    assert _placeholders(lay) == ["USER_TOKEN", "ITEM_TOKEN", "PROFILE_TOKEN", "PREDICT_TOKEN"]
     prefix = tokenizer.decode(lay.prefix_ids)
     assert prefix.startswith("[INST] <<SYS>> Select items") and prefix.endswith("User token: ")
     assert tokenizer.decode(list(lay.pieces[-1])) == "[/INST]"
@@ -39,7 +39,7 @@ def test_chat_layout_uses_the_chat_template(tokenizer):
     prefix = tokenizer.decode(lay.prefix_ids)
     assert "<|im_start|>system\nReorder the randomly shuffled" in prefix
     assert prefix.endswith("Randomly shuffled descriptions: ")
-    assert lay.placeholders == ["DESCRPTION_TOKEN", "ITEM_TOKEN"]
+    assert _placeholders(lay) == ["DESCRPTION_TOKEN", "ITEM_TOKEN"]
     assert tokenizer.decode(list(lay.pieces[-1])).endswith("<|im_start|>assistant\n")
 
 
@@ -53,3 +53,8 @@ def test_tokenize_texts_truncates(tokenizer):
     assert len(out[0]) == 3 and 1 <= len(out[1]) <= 3
     with pytest.raises(ValueError, match="max_tokens"):
         tokenize_texts(tokenizer, ["a"], -1)
+
+
+def _placeholders(layout):
+    """The placeholder names of a layout, in order of appearance."""
+    return [p for p in layout.pieces if isinstance(p, str)]

@@ -98,11 +98,6 @@ class _StageConfig:
             raise AlignConfigError(f"{cls.__name__}: unknown field(s) {unknown}")
         return cls(**data)
 
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        """Field name -> help text (for the CLI)."""
-        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
-
 
 @dataclass
 class ItemTextConfig(_StageConfig):

@@ -178,10 +178,6 @@ class Int8Linear(nn.Module):
                   None if self.bias is None else self.bias[start:stop])
         return part
 
-    def dequantized_weight(self) -> torch.Tensor:
-        """(out_features, in_features) float32 weight the forward product uses."""
-        return (self.w_fwd.float() * self.s_fwd).t()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Int8Linear: input has {x.shape[-1]} features, "

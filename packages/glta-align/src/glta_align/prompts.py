@@ -82,11 +82,6 @@ class PromptLayout:
     pieces: tuple[tuple[int, ...] | str, ...]
     style: str
 
-    @property
-    def placeholders(self) -> list[str]:
-        """Placeholder names in order of appearance."""
-        return [p for p in self.pieces if isinstance(p, str)]
-
 
 def _resolve_style(tokenizer: Any, style: str) -> str:
     if style not in PROMPT_STYLES:

@@ -504,6 +504,71 @@ def _report_sections(run_dir: Path, config: GLTAConfig) -> str:
                               metric=config.user_item.select_metric)
 
 
+@dataclass
+class _Run:
+    """One pipeline run in progress: its settings, its bookkeeping and the shared LLM.
+
+    ``state`` is ``RUN/state/pipeline/stages.json``'s content (``stages``: name -> done,
+    key, seconds; ``histories``: training curves); ``keys`` are the stages' configuration
+    keys of this run (:func:`stage_keys`).
+    """
+
+    config: GLTAConfig
+    run_dir: Path
+    state: dict[str, Any]
+    keys: dict[str, str]
+    progress: Any | None
+    log: Callable[[str], None]
+    skipped: list[str] = field(default_factory=list)
+    llm: Any = None
+
+    @property
+    def stages(self) -> dict[str, Any]:
+        """Stage name -> ``{"done", "key", "seconds"}``."""
+        return self.state["stages"]
+
+    @property
+    def histories(self) -> dict[str, Any]:
+        """Stage name -> training curves (for the report)."""
+        return self.state["histories"]
+
+    @property
+    def recorded(self) -> dict[str, Any]:
+        """The progress receiver's recorded histories, by stage (empty without one)."""
+        return getattr(self.progress, "history", {}) if self.progress is not None else {}
+
+    def finished(self, name: str) -> bool:
+        """Whether ``stages.json`` marks stage ``name`` done."""
+        return bool(self.stages.get(name, {}).get("done"))
+
+    def begin(self, name: str) -> None:
+        """Mark stage ``name`` started (not done) and save the bookkeeping."""
+        self.stages[name] = {"done": False, "key": self.keys[name]}
+        _write_state(self.run_dir, self.state)
+
+    def done(self, name: str, seconds: float, **extra: Any) -> None:
+        """Mark stage ``name`` done after ``seconds`` and save the bookkeeping."""
+        self.stages[name] = {"done": True, "key": self.keys[name],
+                             "seconds": round(float(seconds), 3), **extra}
+        _write_state(self.run_dir, self.state)
+
+    def get_llm(self) -> Any:
+        """The frozen LLM of ``[llm]``, loaded on first use and then shared."""
+        if self.llm is None:
+            from glta_align import load_llm
+
+            t = time.perf_counter()
+            cfg = self.config.llm
+            self.llm = load_llm(
+                cfg.model_name_or_path, dtype=cfg.dtype, device=cfg.device,
+                cache_dir=cfg.cache_dir, init=cfg.init, init_seed=self.config.user_item.seed,
+                progress=self.progress,
+            )
+            self.log(f"loaded LLM {cfg.model} ({self.llm.precision} on {self.llm.device}) in "
+                     f"{time.perf_counter() - t:.1f} s")
+        return self.llm
+
+
 def run_pipeline(
     config: GLTAConfig,
     *,
@@ -533,154 +598,175 @@ def run_pipeline(
     Returns:
         A :class:`PipelineResult`.
     """
-    from glta_graph import load_graph_embeddings, train_lightgcn
-    from glta_graph import update_metrics as update
-    from glta_graph.progress import ProgressEvent, emit
+    run = _open_run(config, restart, progress, log)
+    data = _dataset_step(run)
+    _graph_step(run, data)
+    need_eval = _evaluation_needed(run)
+    _alignment_steps(run, data)
+    if need_eval:
+        _evaluate_step(run, data)
+    else:
+        run.skipped.append("evaluate")
+    return _finish(run, data, command)
 
-    from glta_cli.report import write_report
 
+def _open_run(config: GLTAConfig, restart: bool, progress: Any | None,
+              log: Callable[[str], None]) -> _Run:
+    """Start (or reopen) ``RUN``: the restart move, the bookkeeping, the resolved config.
+
+    Stages whose configuration key changed since the last attempt are marked not done (with
+    every stage after them, see :func:`_reconcile_stages`).
+    """
     run_dir = Path(config.run.out)
     note = _start_run_dir(run_dir, restart, inputs=[config.data.source])
     if note:
         log(note)
     state = _read_state(run_dir)
     stages: dict[str, Any] = state.setdefault("stages", {})
-    histories: dict[str, Any] = state.setdefault("histories", {})
+    state.setdefault("histories", {})
     keys = _reconcile_stages(run_dir, config, stages, log)
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_state(run_dir, state)
     write_config(config, run_dir / RESOLVED_CONFIG_NAME)
-    skipped: list[str] = []
-    recorded = getattr(progress, "history", {}) if progress is not None else {}
+    return _Run(config, run_dir, state, keys, progress, log)
 
-    def begin(name: str) -> None:
-        stages[name] = {"done": False, "key": keys[name]}
-        _write_state(run_dir, state)
 
-    def done(name: str, seconds: float) -> None:
-        stages[name] = {"done": True, "key": keys[name], "seconds": round(float(seconds), 3)}
-        _write_state(run_dir, state)
+def _dataset_step(run: _Run) -> Any:
+    """Stage 1: prepare the dataset into ``RUN/dataset`` (or load it when done); return it."""
+    from glta_graph.progress import ProgressEvent, emit
 
-    # 1. dataset
     t0 = time.perf_counter()
-    if (run_dir / DATASET_DIR / "dataset.json").is_file() and stages.get("dataset", {}).get("done"):
-        data = load_dataset_dir(run_dir / DATASET_DIR)
-        skipped.append("dataset")
+    if (run.run_dir / DATASET_DIR / "dataset.json").is_file() and run.finished("dataset"):
+        data = load_dataset_dir(run.run_dir / DATASET_DIR)
+        run.skipped.append("dataset")
     else:
-        begin("dataset")
-        emit(progress, ProgressEvent("dataset", "start", total=1,
-                                     message=f"preparing {config.data.source}"))
-        data = _ensure_run_dataset(run_dir, prepare_dataset(config))
-        emit(progress, ProgressEvent("dataset", "end", step=1, total=1))
-        done("dataset", time.perf_counter() - t0)
-    log(
+        run.begin("dataset")
+        emit(run.progress, ProgressEvent("dataset", "start", total=1,
+                                         message=f"preparing {run.config.data.source}"))
+        data = _ensure_run_dataset(run.run_dir, prepare_dataset(run.config))
+        emit(run.progress, ProgressEvent("dataset", "end", step=1, total=1))
+        run.done("dataset", time.perf_counter() - t0)
+    run.log(
         f"dataset {data.name}: {data.num_users} users, {data.num_items} items, "
         f"fingerprint {data.fingerprint}"
     )
+    return data
 
-    # 2. LightGCN
-    graph_done = stages.get("graph", {}).get("done") and (run_dir / "graph").is_dir()
-    if graph_done:
-        load_graph_embeddings(run_dir, expected_fingerprint=data.fingerprint)
-        skipped.append("graph")
-    else:
-        _note_resume(run_dir, "graph", log)
-        begin("graph")
-        t0 = time.perf_counter()
-        result = train_lightgcn(data, config.graph, run_dir, progress=progress, resume=True)
-        histories["graph"] = _stage_history(result, recorded.get("graph"))
-        done("graph", _seconds(result, time.perf_counter() - t0))
 
-    # 3./4. the two alignment stages (the LLM is loaded only when one of them must run)
-    llm = None
-    split, ks = config.eval.split, tuple(config.eval.ks)
-    metrics = read_metrics(run_dir)
+def _graph_step(run: _Run, data: Any) -> None:
+    """Stage 2: LightGCN into ``RUN/graph`` (resuming a killed attempt), unless done."""
+    from glta_graph import load_graph_embeddings, train_lightgcn
+
+    if run.finished("graph") and (run.run_dir / "graph").is_dir():
+        load_graph_embeddings(run.run_dir, expected_fingerprint=data.fingerprint)
+        run.skipped.append("graph")
+        return
+    _note_resume(run.run_dir, "graph", run.log)
+    run.begin("graph")
+    t0 = time.perf_counter()
+    result = train_lightgcn(data, run.config.graph, run.run_dir, progress=run.progress,
+                            resume=True)
+    run.histories["graph"] = _stage_history(result, run.recorded.get("graph"))
+    run.done("graph", _seconds(result, time.perf_counter() - t0))
+
+
+def _evaluation_needed(run: _Run) -> bool:
+    """Whether both models still need ranking on valid and test (their old metrics dropped).
+
+    Decided before the alignment stages run, so that metrics of an older model never
+    survive a retrained one.
+    """
+    metrics = read_metrics(run.run_dir)
     need_eval = not (
-        stages.get("evaluate", {}).get("done")
+        run.finished("evaluate")
         and all(s in metrics.get(m, {}) for m in ("lightgcn", "glta") for s in ("valid", "test"))
     )
     if need_eval:
         for name in ("valid", "test"):
-            _drop_metrics(run_dir, name)
+            _drop_metrics(run.run_dir, name)
+    return need_eval
 
-    def get_llm() -> Any:
-        nonlocal llm
-        if llm is None:
-            from glta_align import load_llm
 
-            t = time.perf_counter()
-            cfg = config.llm
-            llm = load_llm(
-                cfg.model_name_or_path, dtype=cfg.dtype, device=cfg.device, cache_dir=cfg.cache_dir,
-                init=cfg.init, init_seed=config.user_item.seed, progress=progress,
-            )
-            log(f"loaded LLM {cfg.model} ({llm.precision} on {llm.device}) in "
-                f"{time.perf_counter() - t:.1f} s")
-        return llm
+def _alignment_steps(run: _Run, data: Any) -> None:
+    """Stages 3 and 4: item-text then user-item alignment (the LLM loaded only when needed).
 
+    ``item_text`` is skipped, its leftovers removed, under the ``no-ia`` ablation; a stage
+    with LoRA loads its own LLM. Raises ConfigError when an artifact is missing afterwards.
+    """
     from glta_align import train_item_text, train_user_item
 
+    config, run_dir = run.config, run.run_dir
     for name, func, section, artifact in (
         ("item_text", train_item_text, config.item_text, "item_projector"),
         ("user_item", train_user_item, config.user_item, "user_projector"),
     ):
         if name == "item_text" and _skips_stage2(config):
-            if not stages.get(name, {}).get("done"):
+            if not run.finished(name):
                 for leftover in _STAGE2_OUTPUTS:  # e.g. from a full run this one was copied from
                     shutil.rmtree(run_dir / leftover, ignore_errors=True)
-                stages[name] = {"done": True, "key": keys[name], "seconds": 0.0, "skipped": True}
-                _write_state(run_dir, state)
-                log("item_text: skipped (ablation no-ia: stage 3 trains the item projector)")
-            skipped.append(name)
+                run.done(name, 0.0, skipped=True)
+                run.log("item_text: skipped (ablation no-ia: stage 3 trains the item projector)")
+            run.skipped.append(name)
             continue
-        if stages.get(name, {}).get("done") and (run_dir / artifact).is_dir():
-            skipped.append(name)
+        if run.finished(name) and (run_dir / artifact).is_dir():
+            run.skipped.append(name)
             continue
         t0 = time.perf_counter()
-        _note_resume(run_dir, name, log)
-        begin(name)
+        _note_resume(run_dir, name, run.log)
+        run.begin(name)
         # With LoRA the stage loads its own LLM (the adapter is trained and saved by it).
-        shared = None if getattr(section, "lora", None) else get_llm()
-        result = func(
-            data, run_dir, section, **_kwargs_for(func, llm=shared, progress=progress, resume=True)
-        )
-        histories[name] = _stage_history(result, recorded.get(name))
-        done(name, _seconds(result, time.perf_counter() - t0))
+        shared = None if getattr(section, "lora", None) else run.get_llm()
+        result = func(data, run_dir, section,
+                      **_kwargs_for(func, llm=shared, progress=run.progress, resume=True))
+        run.histories[name] = _stage_history(result, run.recorded.get(name))
+        run.done(name, _seconds(result, time.perf_counter() - t0))
     missing = [a for a in GLTA_ARTIFACTS if not (run_dir / a).is_dir()]
     if missing:
         raise ConfigError(
             f"{run_dir}: the alignment stages finished but {', '.join(missing)} are missing"
         )
 
-    # 5. evaluation of both models on valid and test (the same ranked lists give the
-    # per-bucket breakdown of the headline split)
-    if need_eval:
-        begin("evaluate")
-        t0 = time.perf_counter()
-        from glta_align import GLTARecommender
 
-        from glta_cli.evaluation import BREAKDOWN_NAME, evaluate_run_models
+def _evaluate_step(run: _Run, data: Any) -> None:
+    """Stage 5: rank valid and test with both models into ``metrics.json`` and the breakdown.
 
-        def get_recommender() -> Any:
-            lora = (run_dir / "lora").is_dir()
-            return GLTARecommender.from_run(run_dir, llm=None if lora else get_llm())
+    The same ranked lists give the per-bucket breakdown of the headline split.
+    """
+    from glta_align import GLTARecommender
+    from glta_graph import update_metrics
+    from glta_graph.progress import ProgressEvent, emit
 
-        emit(progress, ProgressEvent("evaluate", "start", total=None,
+    from glta_cli.evaluation import BREAKDOWN_NAME, evaluate_run_models
+
+    run_dir, config = run.run_dir, run.config
+    run.begin("evaluate")
+    t0 = time.perf_counter()
+
+    def get_recommender() -> Any:
+        lora = (run_dir / "lora").is_dir()
+        return GLTARecommender.from_run(run_dir, llm=None if lora else run.get_llm())
+
+    emit(run.progress, ProgressEvent("evaluate", "start", total=None,
                                      message="ranking valid and test with both models"))
-        evaluated, breakdown = evaluate_run_models(
-            run_dir, data, ks, split, get_recommender, ranking=config.eval.ranking,
-            progress=progress)
-        for model, per_split in evaluated.items():
-            for split_name, values in per_split.items():
-                update(run_dir, model, split_name, values)
-        atomic_write_json(run_dir / BREAKDOWN_NAME, breakdown)
-        done("evaluate", time.perf_counter() - t0)
-    else:
-        skipped.append("evaluate")
+    evaluated, breakdown = evaluate_run_models(
+        run_dir, data, tuple(config.eval.ks), config.eval.split, get_recommender,
+        ranking=config.eval.ranking, progress=run.progress)
+    for model, per_split in evaluated.items():
+        for split_name, values in per_split.items():
+            update_metrics(run_dir, model, split_name, values)
+    atomic_write_json(run_dir / BREAKDOWN_NAME, breakdown)
+    run.done("evaluate", time.perf_counter() - t0)
+
+
+def _finish(run: _Run, data: Any, command: str | None) -> PipelineResult:
+    """The ``[eval] baselines``, ``report.md`` and charts, the old run's removal; the result."""
     from glta_cli.baselines import run_baselines  # [eval] baselines: LightGCN+, RLMRec-Con
+    from glta_cli.outputs import output_kind
+    from glta_cli.report import write_report
 
-    baseline_s = run_baselines(config, data, run_dir, get_llm=get_llm, progress=progress, log=log)
-
+    config, run_dir, stages = run.config, run.run_dir, run.stages
+    baseline_s = run_baselines(config, data, run_dir, get_llm=run.get_llm,
+                               progress=run.progress, log=run.log)
     stage_seconds = {
         s: float(stages[s]["seconds"]) for s in STAGES if s in stages and "seconds" in stages[s]
     }
@@ -692,31 +778,16 @@ def run_pipeline(
     }
     metrics = read_metrics(run_dir)
     files = write_report(
-        run_dir,
-        metrics,
-        split=split,
-        stage_seconds=stage_seconds,
-        train_seconds=train_seconds,
-        histories=histories,
-        dataset=data.stats(),
-        command=command,
-        llm=_llm_summary(run_dir, config.llm.model),
+        run_dir, metrics, split=config.eval.split, stage_seconds=stage_seconds,
+        train_seconds=train_seconds, histories=run.histories, dataset=data.stats(),
+        command=command, llm=_llm_summary(run_dir, config.llm.model),
         extra=_report_sections(run_dir, config),
     )
-    _write_state(run_dir, state)
-    from glta_cli.outputs import output_kind
-
+    _write_state(run_dir, run.state)
     previous = previous_dir(run_dir)
     if previous.exists() and output_kind(previous) == "run":  # never a folder of other files
         shutil.rmtree(previous)
-        log(f"removed the old run {previous}")
-    return PipelineResult(
-        run_dir=run_dir,
-        metrics=metrics,
-        split=split,
-        stage_seconds=stage_seconds,
-        train_seconds=train_seconds,
-        skipped=skipped,
-        files=files,
-    )
-
+        run.log(f"removed the old run {previous}")
+    return PipelineResult(run_dir=run_dir, metrics=metrics, split=config.eval.split,
+                          stage_seconds=stage_seconds, train_seconds=train_seconds,
+                          skipped=run.skipped, files=files)

@@ -296,7 +296,8 @@ def load_resume_state(
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt file: say which and how to recover
         raise CheckpointError(
-            f"{path}: cannot read resume state ({exc}); delete it or pass resume=False"
+            f"{path}: cannot read resume state ({type(exc).__name__}: truncated, corrupt or "
+            "not a resume state); delete it or pass resume=False"
         ) from exc
     if state.get("fingerprint") != fingerprint:
         raise FingerprintMismatchError(

@@ -1,8 +1,11 @@
 """LightGCN training: BPR loss, exact negative sampling, early stopping, resume, artifact.
 
-Trainer shape (no inheritance): :func:`train_lightgcn` runs ``_setup`` (graph, model,
-optimiser, sampler, resume state) -> epochs of BPR -> validation and early stopping ->
-``_save_state`` after every epoch -> the final ``RUN/graph`` artifact.
+Trainer shape (no inheritance): :func:`train_lightgcn` checks its inputs, then ``_train``
+runs named steps: ``_build`` (model, text aligner, optimiser, graph, sampler) ->
+``_make_loop`` (the shared :class:`~glta_graph.loop.TrainingLoop` with LightGCN's batches,
+loss and validation, and ``_GraphState``, the resume state layout) -> ``loop.load`` (resume)
+-> ``loop.run`` (epochs of BPR, validation, early stopping, the state after every epoch) ->
+``_save_graph`` (the final ``RUN/graph`` artifact).
 """
 
 from __future__ import annotations
@@ -10,27 +13,20 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from glta_gllm.checkpoint import (
-    CheckpointError,
-    atomic_write_json,
-    load_artifact,
-    load_resume_state,
-    save_artifact,
-    save_resume_state,
-)
+from glta_gllm.checkpoint import CheckpointError, load_artifact, save_artifact
 
 from glta_graph.adjacency import BACKENDS, GraphPropagator, normalized_adjacency
 from glta_graph.data import Interactions
 from glta_graph.evaluate import evaluate_embeddings
 from glta_graph.lightgcn import LightGCN
+from glta_graph.loop import TrainingLoop
 from glta_graph.progress import ProgressCallback, ProgressEvent, emit
 from glta_graph.text_align import build_text_aligner, check_text_settings
 
@@ -47,7 +43,6 @@ __all__ = [
 
 GRAPH_DIR = "graph"
 STATE_DIR = os.path.join("state", "graph")
-_STATE_JSON = "state.json"
 _SAMPLINGS = ("user", "pair")
 _LOSSES = ("bpr", "softmax")
 _METRIC_NAMES = ("precision", "recall", "ndcg", "hit_rate")
@@ -445,15 +440,6 @@ def _resume_key(config: LightGCNConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in _RESUMABLE_CHANGES}
 
 
-def _save_state(state_dir: Path, payload: dict[str, Any]) -> None:
-    save_resume_state(state_dir, payload)
-    atomic_write_json(
-        state_dir / _STATE_JSON,
-        {"epoch": payload["epoch"], "best_epoch": payload["best_epoch"],
-         "history": json.loads(payload["history"])},
-    )
-
-
 def _sample_share(
     sampler: NegativeSampler,
     config: LightGCNConfig,
@@ -673,6 +659,23 @@ def train_lightgcn(
         torch.set_num_threads(old_threads)
 
 
+@dataclass
+class _Parts:
+    """What one LightGCN training run is built from (see :func:`_build`)."""
+
+    model: LightGCN
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    propagate: GraphPropagator
+    sampler: NegativeSampler
+    gen: torch.Generator
+    aligner: torch.nn.Module | None
+    text_summary: Any
+    n_pairs: int
+    batch_size: int
+    steps: int
+
+
 def _train(
     data: Interactions,
     config: LightGCNConfig,
@@ -682,13 +685,53 @@ def _train(
     user_texts: Sequence[str | None] | None = None,
     item_texts: Sequence[str | None] | None = None,
 ) -> TrainResult:
+    """The body of :func:`train_lightgcn`: build, resume, train the epochs, save the artifact."""
     ranks = _Ranks.current(config)
-    device = ranks.device(config)
     progress = progress if ranks.main else None
-    fingerprint = data.fingerprint
-    state_dir = run_dir / STATE_DIR
-    gen = torch.Generator().manual_seed(config.seed)
+    parts = _build(data, config, run_dir, ranks, user_texts, item_texts)
+    loop = _make_loop(data, config, run_dir, ranks, parts, progress)
+    if resume:
+        loop.load()
+    _announce(progress, config, parts, loop.state.epoch)
+    outcome = loop.run()
+    best_epoch, best_valid = outcome.best_epoch, outcome.best_metrics or {}
+    best = outcome.best
+    if best is None:  # never validated: keep the last epoch
+        best, best_epoch = _final_embeddings(config, parts), len(outcome.records) - 1
+    history = outcome.records
+    seconds = float(sum(r.get("seconds", 0.0) for r in history))
+    if ranks.main:
+        _save_graph(run_dir, data, config, best, best_epoch, best_valid, len(history),
+                    parts.text_summary)
+    # every rank returns rank 0's result, once the artifact is written
+    best_epoch, best_valid, history, seconds = ranks.from_main(
+        (best_epoch, best_valid, history, seconds)
+    )
+    emit(progress, ProgressEvent(
+        "graph", "end", step=len(history) * parts.steps, total=config.epochs * parts.steps,
+        epoch=best_epoch, metrics={k: v for k, v in best_valid.items() if k != "users"},
+        message=f"best epoch {best_epoch}",
+    ))
+    summary = parts.text_summary
+    return TrainResult(best_epoch, best_valid, history, seconds, outcome.stopped_early, run_dir,
+                       summary.to_dict() if summary else None)
 
+
+def _build(
+    data: Interactions,
+    config: LightGCNConfig,
+    run_dir: Path,
+    ranks: _Ranks,
+    user_texts: Sequence[str | None] | None,
+    item_texts: Sequence[str | None] | None,
+) -> _Parts:
+    """The model (seeded, the same on every rank), the text aligner, optimiser, graph, sampler.
+
+    Under ``torchrun`` each rank draws its share of the epoch's triples, in batches of its
+    share of ``batch_size`` (both rounded up, so every rank takes the same number of steps).
+    """
+    device = ranks.device(config)
+    gen = torch.Generator().manual_seed(config.seed)
     model = LightGCN(data.num_users, data.num_items, config.dim, config.layers)
     model.reset_parameters(generator=gen)  # the same on every rank
     model.to(device)
@@ -706,175 +749,214 @@ def _train(
     )
     propagate = GraphPropagator(normalized_adjacency(data.train), config.backend, device)
     sampler = NegativeSampler(data.train)
-    validate = config.eval_every > 0 and data.valid._nnz() > 0
-
-    start_epoch, history, bad_evals = 0, [], 0
-    best_epoch, best_valid, best_score = -1, {}, -math.inf
-    best_emb: tuple[torch.Tensor, torch.Tensor] | None = None
-    best_map: dict[str, torch.Tensor] = {}
-    stopped_early = False
-    state = (
-        load_resume_state(state_dir, fingerprint=fingerprint,
-                          key={**_resume_key(config), "world_size": ranks.world},
-                          what="LightGCN", defaults=_ADDED_SETTINGS)
-        if resume
-        else None
-    )
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["rank_rngs"][ranks.rank] if ranks.world > 1 else state["rng"])
-        start_epoch = int(state["epoch"]) + 1
-        history = json.loads(state["history"])
-        best_epoch, best_score = int(state["best_epoch"]), float(state["best_score"])
-        best_valid = json.loads(state["best_valid"])
-        bad_evals = int(state["bad_evals"])
-        stopped_early = bool(state["stopped_early"])
-        if state.get("best_user") is not None:
-            best_emb = (state["best_user"], state["best_item"])
-        if aligner is not None:
-            aligner.load_state_dict(state["text_map"])
-            best_map = state["best_text_map"]
-
-    # Under torchrun each rank draws its share of the epoch's triples, in batches of its share
-    # of batch_size (both rounded up, so every rank takes the same number of steps).
     n_pairs = math.ceil(sampler.users.numel() / ranks.world)
     batch_size = math.ceil(config.batch_size / ranks.world)
     steps = max(1, math.ceil(n_pairs / batch_size))
-    emit(progress, ProgressEvent(
-        "graph", "start", step=start_epoch * steps, total=config.epochs * steps,
-        epoch=start_epoch, message=f"LightGCN {model!r} on {propagate.backend}",
-    ))
-    if text_summary is not None:
-        emit(progress, ProgressEvent("graph", "info", message=text_summary.line()))
-    epoch = start_epoch
-    for epoch in range(start_epoch, config.epochs):
-        if stopped_early:
-            break
-        t0 = time.perf_counter()
+    return _Parts(model, params, optimizer, propagate, sampler, gen, aligner, text_summary,
+                  n_pairs, batch_size, steps)
+
+
+def _make_loop(
+    data: Interactions,
+    config: LightGCNConfig,
+    run_dir: Path,
+    ranks: _Ranks,
+    parts: _Parts,
+    progress: ProgressCallback | None,
+) -> TrainingLoop:
+    """The shared :class:`~glta_graph.loop.TrainingLoop` with LightGCN's epochs and batches.
+
+    Each epoch draws its triples from the run's generator (saved in the state), a batch is
+    one BPR (or softmax) step on a fresh propagation, rank 0 validates every ``eval_every``
+    epochs and the best epoch's propagated embeddings (and text map) are the snapshot.
+    """
+    model, device = parts.model, ranks.device(config)
+    loop: TrainingLoop
+
+    def make_batches(epoch: int) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
         model.train()
         phase = "softmax" if epoch < config.warmup_epochs else config.loss
         if epoch == config.warmup_epochs > 0:
             # warm-up over: the main loss starts from the warm embeddings with a fresh Adam
-            optimizer = torch.optim.Adam(params, lr=config.lr)
-        all_users, all_pos, all_neg = _sample_share(
-            sampler, config, phase, n_pairs, steps, data.num_items, gen
-        )
+            loop.optimizer = torch.optim.Adam(parts.params, lr=config.lr)
+        triples = _sample_share(parts.sampler, config, phase, parts.n_pairs, parts.steps,
+                                data.num_items, parts.gen)
         # one host-to-device copy per epoch, not three per batch
-        all_users, all_pos, all_neg = (t.to(device) for t in (all_users, all_pos, all_neg))
-        total_loss = 0.0
-        for b in range(steps):
-            sl = slice(b * batch_size, (b + 1) * batch_size)
-            users, pos = all_users[sl], all_pos[sl]
-            user_out, item_out = model(propagate)
-            if phase == "bpr":
-                neg = all_neg[sl]
-                if neg.dim() == 2:
-                    neg = _hardest(user_out, item_out, users, neg)
-                loss = _bpr_loss(model, user_out, item_out, users, pos, neg, config.l2)
-            else:
-                loss = _softmax_loss(model, user_out, item_out, users, pos, all_neg[b],
-                                     config.l2, config.temperature,
-                                     config.similarity == "cosine")
-            if aligner is not None:  # LightGCN+ / RLMRec-Con
-                loss = loss + config.text_weight * aligner(
-                    user_out, item_out, users, pos, neg if phase == "bpr" else None)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            value = ranks.average_gradients(model, loss)  # float(loss) in one process
-            optimizer.step()
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"LightGCN loss became {value} at epoch {epoch}, batch {b}; lower "
-                    f"LightGCNConfig.lr (now {config.lr})"
-                )
-            total_loss += value
-            emit(progress, ProgressEvent(
-                "graph", "step", step=epoch * steps + b + 1, total=config.epochs * steps,
-                epoch=epoch, metrics={"loss": value},
-            ))
-        record: dict[str, Any] = {"epoch": epoch, "loss": total_loss / steps}
-        is_last = epoch == config.epochs - 1
-        if validate and ranks.main and ((epoch + 1) % config.eval_every == 0 or is_last):
-            model.eval()
-            with torch.no_grad():
-                user_out, item_out = _scoring(config, *model(propagate))
-            metrics = evaluate_embeddings(user_out, item_out, data, "valid", config.ks)
-            record["valid"] = metrics
-            score = metrics[config.select_metric]
-            if score > best_score:
-                best_score, best_epoch, best_valid, bad_evals = score, epoch, metrics, 0
-                best_emb = (user_out.detach().cpu().clone(), item_out.detach().cpu().clone())
-                if aligner is not None:
-                    best_map = {k: v.detach().cpu().clone()
-                                for k, v in aligner.state_dict().items()}
-            else:
-                bad_evals += 1
-                if config.patience and bad_evals >= config.patience:
-                    stopped_early = True
-        stopped_early = ranks.from_main(stopped_early)
-        record["seconds"] = time.perf_counter() - t0
-        history.append(record)
-        rank_rngs = ranks.gather(gen.get_state())
-        if ranks.main:
-            _save_state(state_dir, {
-                "fingerprint": fingerprint,
-                "config": json.dumps(ranks.state_config(config)),
-                **({"rank_rngs": rank_rngs} if ranks.world > 1 else {}),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": gen.get_state(),
-                "epoch": epoch,
-                "history": json.dumps(history),
-                "best_epoch": best_epoch,
-                "best_score": best_score,
-                "best_valid": json.dumps(best_valid),
-                "bad_evals": bad_evals,
-                "stopped_early": stopped_early,
-                "best_user": best_emb[0] if best_emb else None,
-                "best_item": best_emb[1] if best_emb else None,
-                **({"text_map": aligner.state_dict(), "best_text_map": best_map}
-                   if aligner is not None else {}),
-            })
-        shown = {"loss": record["loss"]}
-        if "valid" in record:
-            shown[config.select_metric] = record["valid"][config.select_metric]
-        emit(progress, ProgressEvent(
-            "graph", "epoch", step=(epoch + 1) * steps, total=config.epochs * steps,
-            epoch=epoch, metrics=shown,
-        ))
+        users, pos, neg = (t.to(device) for t in triples)
+        size = parts.batch_size
+        return [(phase, users[b * size:(b + 1) * size], pos[b * size:(b + 1) * size],
+                 neg[b * size:(b + 1) * size] if phase == "bpr" else neg[b])
+                for b in range(parts.steps)]
 
-    if best_emb is None:  # never validated: keep the last epoch
+    def check_loss(value: float, epoch: int, batch: int) -> None:
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"LightGCN loss became {value} at epoch {epoch}, batch {batch}; lower "
+                f"LightGCNConfig.lr (now {config.lr})"
+            )
+
+    scored: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def validate(epoch: int) -> dict[str, float]:
         model.eval()
         with torch.no_grad():
-            user_out, item_out = _scoring(config, *model(propagate))
-        best_emb = (user_out.cpu(), item_out.cpu())
-        best_epoch = len(history) - 1
-        if aligner is not None:
-            best_map = dict(aligner.state_dict())
-    seconds = float(sum(r["seconds"] for r in history))
-    if ranks.main:
-        save_artifact(
-            run_dir / GRAPH_DIR,
-            {"user_embedding": best_emb[0], "item_embedding": best_emb[1],
-             **{f"text_align.{k}": v for k, v in best_map.items()}},
-            {**config.to_dict(), "num_users": data.num_users, "num_items": data.num_items,
-             "best_epoch": best_epoch, "epochs_run": len(history),
-             **({"text": text_summary.to_dict()} if text_summary else {})},
-            dataset_fingerprint=fingerprint,
-            card=_card(data, config, best_epoch, best_valid),
-        )
-    # every rank returns rank 0's result, once the artifact is written
-    best_epoch, best_valid, history, seconds = ranks.from_main(
-        (best_epoch, best_valid, history, seconds)
+            scored[:] = [_scoring(config, *model(parts.propagate))]
+        return evaluate_embeddings(*scored[0], data, "valid", config.ks)
+
+    def snapshot() -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        aligner = parts.aligner
+        text_map = ({k: v.detach().cpu().clone() for k, v in aligner.state_dict().items()}
+                    if aligner is not None else {})
+        return (*(t.detach().cpu().clone() for t in scored[0]), text_map)
+
+    validating = config.eval_every > 0 and data.valid._nnz() > 0
+    loop = TrainingLoop(
+        stage="graph", state_dir=run_dir / STATE_DIR, fingerprint=data.fingerprint,
+        stored_config=ranks.state_config(config),
+        key={**_resume_key(config), "world_size": ranks.world}, optimizer=parts.optimizer,
+        epochs=config.epochs, make_batches=make_batches,
+        loss_fn=lambda batch: _batch_loss(config, parts, batch),
+        fmt=_GraphState(parts, ranks), reduce=lambda loss: ranks.average_gradients(model, loss),
+        progress=progress, progress_per="run", rank=ranks.rank, world=ranks.world,
+        check_loss=check_loss, validate=validate if validating else None, snapshot=snapshot,
+        select=config.select_metric, patience=config.patience or None,
+        eval_every=max(1, config.eval_every), validate_on="main", defaults=_ADDED_SETTINGS,
+        what="LightGCN",
     )
+    return loop
+
+
+def _batch_loss(
+    config: LightGCNConfig,
+    parts: _Parts,
+    batch: tuple[str, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """One batch's loss on a fresh propagation: BPR or sampled softmax, plus the text term.
+
+    ``batch`` is ``(phase, users (B,), positives (B,), negatives)``: negatives ``(B,)`` or
+    ``(B, M)`` hard-negative candidates for BPR, ``(S,)`` shared items for the softmax loss.
+    """
+    phase, users, pos, neg = batch
+    model = parts.model
+    user_out, item_out = model(parts.propagate)
+    if phase == "bpr":
+        if neg.dim() == 2:
+            neg = _hardest(user_out, item_out, users, neg)
+        loss = _bpr_loss(model, user_out, item_out, users, pos, neg, config.l2)
+    else:
+        loss = _softmax_loss(model, user_out, item_out, users, pos, neg, config.l2,
+                             config.temperature, config.similarity == "cosine")
+    if parts.aligner is not None:  # LightGCN+ / RLMRec-Con
+        loss = loss + config.text_weight * parts.aligner(
+            user_out, item_out, users, pos, neg if phase == "bpr" else None)
+    return loss
+
+
+def _final_embeddings(
+    config: LightGCNConfig, parts: _Parts
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """The current ``(user (U, d), item (I, d))`` scoring embeddings and text map."""
+    parts.model.eval()
+    with torch.no_grad():
+        user_out, item_out = _scoring(config, *parts.model(parts.propagate))
+    text_map = dict(parts.aligner.state_dict()) if parts.aligner is not None else {}
+    return user_out.cpu(), item_out.cpu(), text_map
+
+
+def _announce(progress: ProgressCallback | None, config: LightGCNConfig, parts: _Parts,
+              start_epoch: int) -> None:
+    """The ``start`` event (steps counted over the whole run) and the text summary line."""
     emit(progress, ProgressEvent(
-        "graph", "end", step=len(history) * steps, total=config.epochs * steps,
-        epoch=best_epoch, metrics={k: v for k, v in best_valid.items() if k != "users"},
-        message=f"best epoch {best_epoch}",
+        "graph", "start", step=start_epoch * parts.steps, total=config.epochs * parts.steps,
+        epoch=start_epoch, message=f"LightGCN {parts.model!r} on {parts.propagate.backend}",
     ))
-    return TrainResult(best_epoch, best_valid, history, seconds, stopped_early, run_dir,
-                       text_summary.to_dict() if text_summary else None)
+    if parts.text_summary is not None:
+        emit(progress, ProgressEvent("graph", "info", message=parts.text_summary.line()))
+
+
+def _save_graph(run_dir: Path, data: Interactions, config: LightGCNConfig,
+                best: tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]],
+                best_epoch: int, best_valid: dict[str, float], epochs_run: int,
+                text_summary: Any) -> None:
+    """Write ``RUN/graph``: the best epoch's embeddings, text map, settings and card."""
+    user_emb, item_emb, text_map = best
+    save_artifact(
+        run_dir / GRAPH_DIR,
+        {"user_embedding": user_emb, "item_embedding": item_emb,
+         **{f"text_align.{k}": v for k, v in text_map.items()}},
+        {**config.to_dict(), "num_users": data.num_users, "num_items": data.num_items,
+         "best_epoch": best_epoch, "epochs_run": epochs_run,
+         **({"text": text_summary.to_dict()} if text_summary else {})},
+        dataset_fingerprint=data.fingerprint,
+        card=_card(data, config, best_epoch, best_valid),
+    )
+
+
+@dataclass
+class _GraphState:
+    """LightGCN's resume state layout, kept from glta-graph 0.1 so that older states load.
+
+    ``state.pt``: ``model``, ``optimizer``, ``rng`` (and ``rank_rngs``, every rank's, under
+    torchrun), ``epoch`` (the last finished one), ``history`` (JSON epoch records),
+    ``best_epoch`` (-1: none), ``best_score``, ``best_valid``, ``bad_evals``,
+    ``stopped_early``, ``pending`` (its validation still due; absent before 0.2 = no),
+    ``best_user`` / ``best_item`` (the best epoch's propagated embeddings), and with text
+    alignment ``text_map`` / ``best_text_map``. ``state.json``: epoch, best epoch, history.
+    """
+
+    parts: _Parts
+    ranks: _Ranks
+
+    def payload(self, loop: TrainingLoop) -> dict[str, Any]:
+        """``state.pt`` entries (gathers every rank's generator state on rank 0)."""
+        s, parts = loop.state, self.parts
+        rank_rngs = self.ranks.gather(parts.gen.get_state())
+        user, item, text_map = s.best if s.best is not None else (None, None, {})
+        return {
+            **({"rank_rngs": rank_rngs} if self.ranks.world > 1 else {}),
+            "model": parts.model.state_dict(),
+            "optimizer": loop.optimizer.state_dict(),
+            "rng": parts.gen.get_state(),
+            "epoch": s.epoch - 1,
+            "history": json.dumps(s.records),
+            "best_epoch": -1 if s.best_epoch is None else s.best_epoch,
+            "best_score": -math.inf if s.best_score is None else s.best_score,
+            "best_valid": json.dumps(s.best_metrics or {}),
+            "bad_evals": s.stale,
+            "stopped_early": loop.patience is not None and s.stale >= loop.patience,
+            "pending": s.pending,
+            "best_user": user,
+            "best_item": item,
+            **({"text_map": parts.aligner.state_dict(), "best_text_map": text_map}
+               if parts.aligner is not None else {}),
+        }
+
+    def summary(self, loop: TrainingLoop) -> dict[str, Any]:
+        """``state.json``: the last finished epoch, the best epoch, the epoch records."""
+        s = loop.state
+        return {"epoch": s.epoch - 1, "best_epoch": -1 if s.best_epoch is None else s.best_epoch,
+                "history": s.records}
+
+    def restore(self, loop: TrainingLoop, state: Mapping[str, Any]) -> None:
+        """Load the model, optimiser, generator and the loop's counters."""
+        parts, s = self.parts, loop.state
+        parts.model.load_state_dict(state["model"])
+        loop.optimizer.load_state_dict(state["optimizer"])
+        ranks = self.ranks
+        parts.gen.set_state(state["rank_rngs"][ranks.rank] if ranks.world > 1 else state["rng"])
+        s.epoch, s.batch = int(state["epoch"]) + 1, 0
+        s.records = json.loads(state["history"])
+        best_epoch = int(state["best_epoch"])
+        s.best_epoch = best_epoch if best_epoch >= 0 else None
+        s.best_score = float(state["best_score"]) if best_epoch >= 0 else None
+        s.best_metrics = json.loads(state["best_valid"]) if best_epoch >= 0 else None
+        s.stale, s.pending = int(state["bad_evals"]), bool(state.get("pending", False))
+        text_map: dict[str, torch.Tensor] = {}
+        if parts.aligner is not None:
+            parts.aligner.load_state_dict(state["text_map"])
+            text_map = state["best_text_map"]
+        if state.get("best_user") is not None:
+            s.best = (state["best_user"], state["best_item"], text_map)
 
 
 def _card(data: Interactions, config: LightGCNConfig, best_epoch: int,

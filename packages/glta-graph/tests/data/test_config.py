@@ -43,7 +43,7 @@ def test_core_overrides():
 
 
 def test_every_field_has_help():
-    helps = PrepareConfig.help()
+    helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(PrepareConfig)}
     assert set(helps) == {f.name for f in dataclasses.fields(PrepareConfig)}
     assert all(len(h) > 10 for h in helps.values())
 

@@ -133,8 +133,3 @@ class PrepareConfig:
                 f"{', '.join(sorted(known))}"
             )
         return cls(**values)
-
-    @classmethod
-    def help(cls) -> dict[str, str]:
-        """Field name -> help text."""
-        return {f.name: f.metadata.get("help", "") for f in fields(cls)}

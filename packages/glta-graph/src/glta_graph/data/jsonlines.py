@@ -84,8 +84,6 @@ class _Schema:
     item: str
     rating: str
     time: str
-    meta_item: str
-    time_scale: float = 1.0
 
 
 def _number(rec: dict, key: str, path: Path, where: str, required: bool) -> float:
@@ -258,7 +256,7 @@ def read_amazon2018(path: Path, *, meta: str | Path | None = None,
         with_title: include the title in the item text.
     """
     reviews, meta_path, name, looked = _amazon_files(path, meta)
-    schema = _Schema("reviewerID", "asin", "overall", "unixReviewTime", "asin")
+    schema = _Schema("reviewerID", "asin", "overall", "unixReviewTime")
     cols = _read_reviews(reviews, schema)
     if meta_path is None:
         _meta_missing(reviews, looked)
@@ -284,7 +282,7 @@ def read_amazon2023(path: Path, *, meta: str | Path | None = None,
         with_title: include the title in the item text.
     """
     reviews, meta_path, name, looked = _amazon_files(path, meta)
-    schema = _Schema("user_id", "parent_asin|asin", "rating", "timestamp", "parent_asin|asin")
+    schema = _Schema("user_id", "parent_asin|asin", "rating", "timestamp")
     cols = _read_reviews(reviews, schema)
     if meta_path is None:
         _meta_missing(reviews, looked)
@@ -425,7 +423,7 @@ def read_goodreads(path: Path, *, books: str | Path | None = None, read_only: bo
         else:
             books_path = _pick(folder, lambda n: n.startswith("goodreads_books"), "books")
     if is_json_lines(inter):
-        schema = _Schema("user_id", "book_id", "rating", "date_added", "book_id")
+        schema = _Schema("user_id", "book_id", "rating", "date_added")
         cols = _read_reviews(inter, schema, keep=lambda rec: _goodreads_kept(rec, read_only),
                              time_of=_goodreads_time, rating_of=_goodreads_rating)
     else:
