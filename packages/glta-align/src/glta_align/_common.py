@@ -23,6 +23,8 @@ from glta_graph.loop import (
 from glta_graph.progress import ProgressCallback
 from torch import nn
 
+from glta_align._ddp import ddp_loss
+
 __all__ = ["LoopResult", "average_gradients", "average_scalar", "barrier", "dist_info",
            "embedding_rms", "rng_for", "run_loop"]
 
@@ -126,7 +128,8 @@ def run_loop(
 
     Each epoch's batches come from ``make_batches(epoch)`` (deterministic in the seed and the
     epoch), so a resumed run replays exactly the batches an uninterrupted run would see.
-    Under torchrun each rank takes every ``world``-th batch and gradients are averaged.
+    Under torchrun each rank takes every ``world``-th batch and gradients are averaged by
+    DistributedDataParallel (:func:`~glta_align._ddp.ddp_loss`).
     Every ``config.save_every`` steps and at each epoch end the module and optimiser states
     are written atomically to ``RUN/state/<stage>/state.pt`` (rank 0).
 
@@ -159,10 +162,8 @@ def run_loop(
         A :class:`~glta_graph.loop.LoopResult`.
     """
     rank, world = dist_info()
-    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
 
-    def reduce(loss: torch.Tensor) -> float:
-        average_gradients(params, world)
+    def reduce(loss: torch.Tensor) -> float:  # the gradients were averaged by DDP's backward
         return average_scalar(float(loss.detach()), world)
 
     def valid_floats(epoch: int) -> dict[str, float]:
@@ -184,6 +185,8 @@ def run_loop(
     )
     if resume:
         loop.load()
+    # after the resume load: DDP's construction broadcasts rank 0's trainable state
+    loop.loss_fn = ddp_loss(modules, loss_fn, world)
     return loop.run()
 
 
