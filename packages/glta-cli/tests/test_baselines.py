@@ -106,6 +106,8 @@ def test_config_baselines_option():
     assert cfg.eval.baselines == ["lightgcn+", "rlmrec-con"]
     assert load_config("smoke", None, {}).eval.baselines == []
     assert load_config("default", None, {}).eval.baselines == ["lightgcn+"]
+    for off in ("none", ""):  # either turns the default preset's baselines off
+        assert load_config("default", None, ["--eval.baselines", off]).eval.baselines == []
     with pytest.raises(ConfigError, match="baselines"):
         load_config("default", None, ["--eval.baselines", "lightgcn++"])
 

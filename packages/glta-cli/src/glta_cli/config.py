@@ -222,7 +222,8 @@ class EvalConfig:
             raise ConfigError(f"[eval] ks: need positive integers, got {self.ks}")
         if self.split not in ("test", "valid"):
             raise ConfigError(f"[eval] split: {self.split!r} is not test or valid")
-        self.baselines = [str(b).strip().lower() for b in self.baselines if str(b).strip()]
+        self.baselines = [str(b).strip().lower() for b in self.baselines
+                          if str(b).strip() and str(b).strip().lower() != NONE_TOKEN]
         unknown = [b for b in self.baselines if b not in BASELINE_NAMES]
         if unknown:
             raise ConfigError(f"[eval] baselines: {', '.join(unknown)} not one of "
