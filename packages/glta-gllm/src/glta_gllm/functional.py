@@ -50,11 +50,8 @@ naive path's or less): the fast option when memory allows and ``H`` is not tiny.
 ``store_logits=False`` keeps none (4 matmuls, one tile of extra memory). Logits within
 ``_STORE_MIN_BYTES`` are always kept.
 
-Measured before the ``grad_W`` storage was used (``benchmarks/gllm/README.md``; fwd+bwd
-fp32, 1 thread, CPU clock; time / naive, extra memory / naive's): (rows, H, items) = (512,
-576, 100k): 0.95x, 0.066x (5 of 49 chunks kept); (256, 4096, 200k): 1.22x, 0.100x (5 of 49
-kept: 3.88 matmuls); (1024, 64, 1M): 0.20x, 0.001x (none kept; still the plan there, as
-rows > H). ``store_logits=True``: 0.82x / 0.97x / 0.28x.
+Time and memory of each plan against the naive path, per shape: ``benchmarks/RESULTS.md``
+(glta-gllm kernels) and ``benchmarks/gllm/README.md``.
 
 When gradients are needed and the reduction is ``"mean"``/``"sum"`` both passes run inside
 the forward and the backward only scales the result by the incoming scalar (with
