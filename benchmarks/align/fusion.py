@@ -15,6 +15,9 @@ is below 1 and test improves on LightGCN, the LLM's scores carry something Light
 running it on a ``--ablation random-llm`` run of the same seed is the control.
 
     uv run python benchmarks/align/fusion.py RUN [RUN ...] --json OUT.json
+
+An existing ``OUT.json`` is added to (a run analysed again replaces its entry); each entry
+records its own command, commit, machine and load.
 """
 
 from __future__ import annotations
@@ -140,14 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", default="")
     args = ap.parse_args(argv)
     doc = {"what": "score fusion of GLTA (LLM) and LightGCN, weight chosen on valid N@10",
-           "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
-           "commit": git_commit(), "cpu": cpu_model(), "threads": torch.get_num_threads(),
-           "torch": torch.__version__,
-           "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-           "note": args.note, "runs": []}
+           "cpu": cpu_model(), "runs": []}
+    if args.json.is_file():  # add to (or redo runs of) an earlier file
+        doc = json.loads(args.json.read_text())
+    header = {"command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+              "commit": git_commit(), "cpu": cpu_model(), "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "loadavg": list(os.getloadavg()),
+              "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+              "note": args.note}
     for run in args.runs:
-        res = analyse(run)
-        doc["runs"].append(res)
+        res = {**analyse(run), **header}
+        doc["runs"] = [r for r in doc["runs"] if r["run"] != str(run)] + [res]
         c, t = res["chosen"], res["metrics"]["test"]
         print(f"{run}: chosen {c['slots']} w={c['w']} valid N@10 {c['valid_ndcg@10']:.4f}; "
               f"test N@10 fused {t['fused']['ndcg@10']:.4f} LightGCN "
