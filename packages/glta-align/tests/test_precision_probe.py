@@ -19,6 +19,7 @@ SHAPE = SimpleNamespace(hidden_size=64, num_attention_heads=4, num_key_value_hea
 def _tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("GLTA_DTYPE_PROBE", raising=False)
+    monkeypatch.setattr(llm_mod, "_busy_load", lambda: None)  # a quiet machine
 
 
 def test_cache_path_respects_xdg(tmp_path):
@@ -38,17 +39,43 @@ def test_probe_measures_once_then_reads_the_cache(monkeypatch):
     first = precision_probe(SHAPE)
     assert first["source"] == "probe" and first["choice"] == "bfloat16"
     assert first["gflops"] == {"float32": 100.0, "bfloat16": 600.0, "int8": 500.0}
-    assert sorted(calls) == ["bfloat16", "float32", "int8"]
+    assert calls == ["float32", "bfloat16", "int8"] * 3  # interleaved, 3 rounds
     stored = json.loads(probe_cache_path().read_text())
     assert stored[first["key"]]["choice"] == "bfloat16"
     again = precision_probe(SHAPE)
-    assert again["source"] == "cache" and again["choice"] == "bfloat16" and len(calls) == 3
+    assert again["source"] == "cache" and again["choice"] == "bfloat16" and len(calls) == 9
     # another LLM shape is another key: measured anew
     other = precision_probe(SimpleNamespace(**{**vars(SHAPE), "hidden_size": 96}))
-    assert other["source"] == "probe" and other["key"] != first["key"] and len(calls) == 6
+    assert other["source"] == "probe" and other["key"] != first["key"] and len(calls) == 18
     # with LoRA int8 is no candidate
     lora = precision_probe(SHAPE, lora={"r": 2})
     assert "int8" not in lora["gflops"] and lora["choice"] == "bfloat16"
+
+
+def test_busy_machine_probe_is_used_but_not_cached(monkeypatch):
+    rates = iter([100.0, 50.0, 90.0, 700.0])  # fp32, bf16, fp32, bf16: best of each kept
+    monkeypatch.setattr(llm_mod, "_time_products", lambda s, p, r, n: next(rates))
+    monkeypatch.setattr(llm_mod, "_cpu_supports", lambda name: True)
+    monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: False)
+    monkeypatch.setattr(llm_mod, "_busy_load", lambda: 7.5)
+    busy = precision_probe(SHAPE, repeats=2)
+    assert busy["choice"] == "bfloat16" and busy["gflops"] == {"float32": 100.0,
+                                                              "bfloat16": 700.0}
+    assert busy["busy_load"] == 7.5 and not probe_cache_path().exists()
+    monkeypatch.setattr(llm_mod, "_busy_load", lambda: None)
+    rates = iter([100.0, 600.0])
+    quiet = precision_probe(SHAPE, repeats=1)
+    assert quiet["source"] == "probe" and "busy_load" not in quiet
+    assert precision_probe(SHAPE)["source"] == "cache"
+
+
+def test_busy_load_compares_with_the_cpu_count(monkeypatch):
+    monkeypatch.undo()
+    monkeypatch.setattr(llm_mod.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(llm_mod.os, "getloadavg", lambda: (6.3, 6.0, 5.0))
+    assert llm_mod._busy_load() == 6.3
+    monkeypatch.setattr(llm_mod.os, "getloadavg", lambda: (1.2, 1.0, 1.0))
+    assert llm_mod._busy_load() is None
 
 
 def test_small_gains_keep_fp32(monkeypatch):

@@ -298,6 +298,16 @@ def _time_products(shapes: list[tuple[int, int]], precision: str, rows: int,
     return flops / best / 1e9
 
 
+def _busy_load() -> float | None:
+    """The 1-minute load average when it exceeds the CPU count (other work competes), else
+    ``None``."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    return round(load, 2) if load > (os.cpu_count() or 1) else None
+
+
 def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeats: int = 3,
                     refresh: bool = False) -> dict[str, Any]:
     """The CPU precision ``dtype="auto"`` uses for an LLM of ``config``'s shape, by measurement.
@@ -305,9 +315,11 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     Times the products of one decoder layer's linear shapes (``rows`` tokens) in fp32, bf16
     (when the CPU has bf16 instructions) and int8 (with VNNI; not with LoRA, which needs
     float weights), once per machine: the result is cached in :func:`probe_cache_path`,
-    keyed by CPU model, torch version, thread count and the shapes. The fastest candidate
-    is chosen when it beats fp32 by at least 10% (else fp32). If the probe fails, the CPU
-    flag rule decides (bf16 with AMX, else int8 with VNNI, else fp32).
+    keyed by CPU model, torch version, thread count and the shapes. The candidates are timed
+    interleaved; the fastest is chosen when it beats fp32 by at least 10% (else fp32). A
+    probe run while the load average exceeds the CPU count is used but not cached
+    (``"busy_load"`` in the result), so a quiet run measures again. If the probe fails, the
+    CPU flag rule decides (bf16 with AMX, else int8 with VNNI, else fp32).
 
     Args:
         config: a transformers model config (``hidden_size``, heads, ``intermediate_size``).
@@ -341,7 +353,13 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     if not refresh and isinstance(cached.get(key), dict) and "choice" in cached[key]:
         return {**cached[key], "source": "cache", "key": key}
     try:
-        gflops = {c: round(_time_products(shapes, c, rows, repeats), 3) for c in candidates}
+        # candidates interleaved, best of `repeats` each: load from other processes then
+        # slows every candidate alike instead of whichever ran while it lasted
+        rates = {c: 0.0 for c in candidates}
+        for _ in range(max(1, repeats)):
+            for c in candidates:
+                rates[c] = max(rates[c], _time_products(shapes, c, rows, 1))
+        gflops = {c: round(v, 3) for c, v in rates.items()}
     except Exception as exc:  # a failing kernel must not stop the load
         return {"choice": _flag_rule(lora), "gflops": {}, "source": "flags", "key": key,
                 "error": f"{type(exc).__name__}: {exc}"}
@@ -350,6 +368,9 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     entry = {"choice": choice, "gflops": gflops, "cpu": key_parts[0], "torch": torch.__version__,
              "threads": key_parts[2], "shapes": shapes, "rows": rows,
              "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+    load = _busy_load()
+    if load is not None:  # measured on a busy machine: used now, measured again next time
+        return {**entry, "source": "probe", "key": key, "busy_load": load}
     try:
         cached[key] = entry
         path.parent.mkdir(parents=True, exist_ok=True)
