@@ -19,6 +19,11 @@ compiler is available (faster than eager; ``benchmarks/RESULTS.md``), and run ea
 otherwise (``GLTA_INT8_COMPILE=0`` forces the
 eager path). Results are repeatable run to run: integer accumulation has no order
 dependence.
+
+torchao's int8 dynamic-activation/int8-weight quantisation was measured against these layers
+(``benchmarks/align/int8_torchao.py``, ``benchmarks/RESULTS.md``) and not adopted: its layers
+give their input no gradient (their output is cut from the autograd graph), which GLTA's
+stages need, and its eager forward is not faster.
 """
 
 from __future__ import annotations
