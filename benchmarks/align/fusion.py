@@ -82,6 +82,23 @@ def fuse_eval(g: torch.Tensor, lgcn: torch.Tensor, w: float, ex: torch.Tensor,
     return ranking_metrics(rank((1 - w) * g + w * lgcn, ex, max(KS)), rel, ks=KS)
 
 
+def run_record(run: Path) -> dict:
+    """What the run itself recorded: its metrics.json, stage 3's epoch choice and settings."""
+    out: dict = {}
+    if (run / "metrics.json").is_file():
+        out["run_metrics"] = json.loads((run / "metrics.json").read_text())
+    cfg_path = run / "user_projector" / "config.json"
+    if cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text())
+        stage = cfg.get("stage_config", {})
+        out["stage3"] = {
+            "best_epoch": cfg.get("best_epoch"), "epochs_run": cfg.get("epochs_run"),
+            "valid_ndcg@10_per_epoch": [h.get("ndcg@10") for h in cfg.get("valid_history", [])],
+            **{k: stage.get(k) for k in ("residual", "residual_init", "llm_init", "use_profile",
+                                         "use_predict", "ranking", "patience", "epochs")}}
+    return out
+
+
 def analyse(run: Path) -> dict:
     """Scores, the valid grid, the chosen setting and its test metrics for one run."""
     from glta_align.recommender import GLTARecommender
@@ -133,7 +150,7 @@ def analyse(run: Path) -> dict:
         m = json.loads(metrics_json.read_text())
         out["run_lightgcn_valid_ndcg@10"] = m.get("lightgcn", {}).get("valid", {}).get("ndcg@10")
     out["seconds"] = time.perf_counter() - t0
-    return out
+    return {**out, **run_record(run)}
 
 
 def main(argv: list[str] | None = None) -> int:
