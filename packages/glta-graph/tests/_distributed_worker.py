@@ -41,6 +41,7 @@ def _run(rank: int, out: str) -> None:
          "history": result.history, "stopped_early": result.stopped_early},
         Path(out) / f"result{rank}.pt",
     )
+    dist.barrier()  # no rank tears gloo down while a peer still talks to it
     dist.destroy_process_group()
 
 

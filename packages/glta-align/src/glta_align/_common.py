@@ -6,6 +6,7 @@ runs on it too); :func:`run_loop` gives it the stages' settings.
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -40,7 +41,9 @@ def rng_for(seed: int, *keys: int) -> np.random.Generator:
 def dist_info() -> tuple[int, int]:
     """``(rank, world_size)``; initialises the process group under torchrun when needed.
 
-    Backend: nccl when CUDA is available, gloo otherwise.
+    Backend: nccl when CUDA is available, gloo otherwise. A group started here is destroyed
+    at interpreter exit (gloo's threads abort the process if left to the interpreter's
+    teardown).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -49,7 +52,16 @@ def dist_info() -> tuple[int, int]:
 
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(_leave_group)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _leave_group() -> None:
+    """Destroy the default process group if it is still up (registered by :func:`dist_info`)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier(world: int) -> None:
