@@ -52,6 +52,22 @@ def test_probe_measures_once_then_reads_the_cache(monkeypatch):
     assert "int8" not in lora["gflops"] and lora["choice"] == "bfloat16"
 
 
+def test_cache_entry_of_an_older_format_is_measured_again(monkeypatch):
+    monkeypatch.setattr(llm_mod, "_time_products", lambda shapes, p, rows, repeats:
+                        {"float32": 100.0, "bfloat16": 600.0}[p])
+    monkeypatch.setattr(llm_mod, "_cpu_supports", lambda name: True)
+    monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: False)
+    first = precision_probe(SHAPE)
+    stored = json.loads(probe_cache_path().read_text())
+    assert stored[first["key"]]["version"] == llm_mod.PROBE_CACHE_VERSION
+    # an entry written by an older version (loaded figures, no version): not trusted
+    stored[first["key"]] = {"choice": "float32", "gflops": {"float32": 22.0, "bfloat16": 28.0}}
+    probe_cache_path().write_text(json.dumps(stored))
+    again = precision_probe(SHAPE)
+    assert again["source"] == "probe" and again["choice"] == "bfloat16"
+    assert json.loads(probe_cache_path().read_text())[first["key"]]["gflops"]["bfloat16"] == 600
+
+
 def test_busy_machine_probe_is_used_but_not_cached(monkeypatch):
     rates = iter([100.0, 50.0, 90.0, 700.0])  # fp32, bf16, fp32, bf16: best of each kept
     monkeypatch.setattr(llm_mod, "_time_products", lambda s, p, r, n: next(rates))

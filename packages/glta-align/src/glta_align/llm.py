@@ -235,6 +235,11 @@ def _flag_rule(lora: object) -> str:
     return "bfloat16" if _bf16_faster_on_cpu() else "float32"
 
 
+# Format of a cached probe entry; entries of another version are measured again (version 1,
+# written before busy-machine probes were kept out of the cache, may hold loaded figures).
+PROBE_CACHE_VERSION = 2
+
+
 def probe_cache_path() -> Path:
     """Where probe results are kept: ``$XDG_CACHE_HOME/glta/precision-probe.json``
     (``~/.cache/glta/...`` without ``XDG_CACHE_HOME``)."""
@@ -350,8 +355,10 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
             cached = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             cached = {}
-    if not refresh and isinstance(cached.get(key), dict) and "choice" in cached[key]:
-        return {**cached[key], "source": "cache", "key": key}
+    hit = cached.get(key)
+    if (not refresh and isinstance(hit, dict) and "choice" in hit
+            and hit.get("version") == PROBE_CACHE_VERSION):
+        return {**hit, "source": "cache", "key": key}
     try:
         # candidates interleaved, best of `repeats` each: load from other processes then
         # slows every candidate alike instead of whichever ran while it lasted
@@ -365,7 +372,8 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
                 "error": f"{type(exc).__name__}: {exc}"}
     best = max(gflops, key=lambda c: gflops[c])
     choice = best if gflops[best] >= 1.1 * gflops["float32"] else "float32"
-    entry = {"choice": choice, "gflops": gflops, "cpu": key_parts[0], "torch": torch.__version__,
+    entry = {"version": PROBE_CACHE_VERSION, "choice": choice, "gflops": gflops,
+             "cpu": key_parts[0], "torch": torch.__version__,
              "threads": key_parts[2], "shapes": shapes, "rows": rows,
              "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     load = _busy_load()
