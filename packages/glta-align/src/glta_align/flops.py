@@ -214,6 +214,5 @@ def throughput_record(model_flops: float, train_seconds: float, timed_steps: int
         was timed, e.g. a run resumed after its last step).
     """
     rate = model_flops / train_seconds / 1e9 if train_seconds > 0 and timed_steps else None
-    return {"train_seconds": round(float(train_seconds), 4), "model_flops": float(model_flops),
-            "achieved_gflops": None if rate is None else round(rate, 3),
-            "timed_steps": int(timed_steps)}
+    return {"train_seconds": float(train_seconds), "model_flops": float(model_flops),
+            "achieved_gflops": rate, "timed_steps": int(timed_steps)}
