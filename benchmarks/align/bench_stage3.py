@@ -18,6 +18,12 @@ MovieLens-100K (embedded copy) with SmolLM2-135M-Instruct.
 Both use identical prompts (graph embeddings random, profile/prediction texts built from the
 users' item genres instead of LLM generation, so that their lengths vary as in real runs).
 
+Training also reports achieved GFLOP/s (``train_gflops_*``): the model FLOPs of the steps
+timed (``glta_align.flops.step_flops``, the counter stages 2 and 3 use) over their time. The
+count follows what each path computes: ours the padded body behind the cached prefix, plain
+the prefix in every padded row (and, with ``--plain-weight-grads``, the weight gradients);
+the vocabulary logits plain computes and discards are not counted (no ``lm_head``).
+
     uv run python benchmarks/align/bench_stage3.py --train-batches 6 --infer-users 96
 """
 
@@ -32,6 +38,7 @@ import numpy as np
 import torch
 from glta_align._common import rng_for
 from glta_align.config import UserItemConfig
+from glta_align.flops import BatchShape, DecoderCost, step_flops
 from glta_align.item_text import slot_vector
 from glta_align.llm import load_llm
 from glta_align.projector import NodeProjector
@@ -140,20 +147,30 @@ def main() -> None:
         slot = slot_vector(llm)
         return torch.cat([slot[None], uproj(user_emb[us]), iproj(item_emb[its])])
 
+    costs = {id(llm): DecoderCost.of(llm) for llm in (llm_ours, llm_plain)}
+
     def train_step(llm, state, b, fn):
         uproj, iproj, head, opt = state
         batch = [pool[i] for i in b]
         seqs, us, its = prompter.build(batch)
         t0 = time.perf_counter()
         hid = fn(seqs, table(llm, uproj, iproj, us, its))
-        tg = torch.tensor([t for s in batch for t in s.targets])
+        targets = [t for s in batch for t in s.targets]
+        tg = torch.tensor(targets)
         loss = head.loss(hid.reshape(-1, H), tg)
         opt.zero_grad()
         loss.backward()
         opt.step()
         if args.plain_weight_grads and llm is llm_plain:
             llm.causal_lm.zero_grad(set_to_none=True)
-        return time.perf_counter() - t0, len(batch)
+        seconds = time.perf_counter() - t0
+        if llm is llm_ours:
+            shape = runner.last_shape
+        else:  # the prefix in every row, padded to the longest
+            shape = BatchShape(len(seqs), max(len(prefix) + len(s) for s in seqs))
+        flops = step_flops(costs[id(llm)], head, shape, rows=sum(t >= 0 for t in targets),
+                           query_rows=len(targets))
+        return seconds, len(batch), flops
 
     runner = SoftPromptRunner(llm_ours, layout.prefix_ids, reuse_prefix=True)
     prefix = list(layout.prefix_ids)
@@ -164,16 +181,19 @@ def main() -> None:
     states = {k: setup(v[0]) for k, v in paths.items()}
     spent = dict.fromkeys(paths, 0.0)
     seen = dict.fromkeys(paths, 0)
+    flops = dict.fromkeys(paths, 0.0)
     # interleaved (ours, plain, ours, plain, ...) so that load from other processes hits
     # both alike; the first batch of each is a warm-up
     for n in range(args.train_batches):
         for name, (llm, batches, fn) in paths.items():
-            dt, count = train_step(llm, states[name], batches[n], fn)
+            dt, count, step = train_step(llm, states[name], batches[n], fn)
             if n:
                 spent[name] += dt
                 seen[name] += count
+                flops[name] += step
     for name in paths:
         results[f"train_samples_per_s_{name}"] = seen[name] / spent[name]
+        results[f"train_gflops_{name}"] = flops[name] / spent[name] / 1e9
 
     ev = [eval_sample(data, cfg, int(u)) for u in users[: args.infer_users]]
     orders = {"ours": np.argsort([prompter.length(s) for s in ev], kind="stable"),

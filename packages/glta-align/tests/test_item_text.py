@@ -1,3 +1,4 @@
+import json
 import subprocess
 
 import numpy as np
@@ -34,6 +35,11 @@ def test_stage2_trains_saves_and_checks_fingerprint(toy_run, toy, tiny):
     assert read_metadata(toy_run / "item_projector")["dataset_fingerprint"] == toy.fingerprint
     assert read_metadata(toy_run / "gllm_head")["dataset_fingerprint"] == toy.fingerprint
     NodeProjector.from_pretrained(toy_run / "item_projector", expected_fingerprint=toy.fingerprint)
+    for folder in (toy_run / "item_projector", toy_run / "item_text" / "item_projector"):
+        meta = json.loads((folder / "config.json").read_text())
+        assert meta["timed_steps"] == meta["steps"] == 15 and meta["model_flops"] > 0
+        assert meta["achieved_gflops"] > 0 and meta["llm_precision"] == "float32"
+    assert res.throughput["achieved_gflops"] == meta["achieved_gflops"]
     # a dataset with another split is refused
     other = toy.__class__(toy.user_ids, toy.item_ids, toy.test, toy.valid, toy.train,
                           item_text=toy.item_text)

@@ -56,3 +56,14 @@ def test_config_round_trip_and_help():
         UserItemConfig.from_dict({"nope": 1})
     helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(ItemTextConfig)}
     assert all(helps[name] for name in ("items_per_instance", "lr", "head", "llm"))
+
+
+def test_projector_metadata_is_saved_and_ignored_on_load(tmp_path):
+    from glta_gllm.checkpoint import load_artifact
+
+    proj = NodeProjector(4, 8)
+    proj.save_pretrained(tmp_path / "p", metadata={"achieved_gflops": 1.5, "kind": "mlp"})
+    _, config, _ = load_artifact(tmp_path / "p")
+    assert config["achieved_gflops"] == 1.5 and config["kind"] == "linear"  # own keys win
+    back = NodeProjector.from_pretrained(tmp_path / "p")
+    assert torch.equal(back.linear.weight, proj.linear.weight)

@@ -84,6 +84,12 @@ def test_stage3_trains_user_projector_and_head(toy_run, toy, tiny):
     _, config, _ = load_artifact(toy_run / "user_projector",
                                        expected_fingerprint=toy.fingerprint)
     assert config["stage_config"]["num_slots"] == 3
+    # the speed of the steps: model FLOPs over their time, saved beside the selection
+    assert config["timed_steps"] == config["steps"] == 12 and config["train_seconds"] > 0
+    assert config["model_flops"] > 0 and res.throughput == {
+        k: config[k] for k in ("train_seconds", "model_flops", "achieved_gflops", "timed_steps")}
+    assert config["achieved_gflops"] == pytest.approx(
+        config["model_flops"] / config["train_seconds"] / 1e9, rel=1e-3)
     assert not torch.equal(load_artifact(toy_run / "gllm_head")[0]["weight"], head_before)
     item_after = load_artifact(toy_run / "item_projector")[0]
     assert all(torch.equal(item_after[k], item_before[k]) for k in item_before)  # frozen

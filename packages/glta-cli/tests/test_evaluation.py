@@ -53,3 +53,16 @@ def test_select_reuses_stage3_figures_for_the_trained_mode():
     rec = _Rec(data, good=None, trained="mean")
     mode, _, record = select_ranking(None, data, (5, 10), rec, None)
     assert mode == "mean" and record["valid"] == {"mean": 0.0, "first_k": 0.0}
+
+
+def test_breakdown_markdown_prints_the_stages_speed():
+    selection = {"best_epoch": 1, "epochs_run": 3, "valid_metrics": {"ndcg@10": 0.1},
+                 "achieved_gflops": 300.0, "llm_precision": "float32",
+                 "llm_precision_probe": {"gflops": {"float32": 600.0}}}
+    text = breakdown_markdown({"models": {}}, selection, stage2={"achieved_gflops": 250.0})
+    lines = [line for line in text.splitlines() if line]
+    assert lines[0].startswith("Stage 3 kept epoch 2 of 3 run")
+    assert lines[1] == "Stage 2 trained at 250 GFLOP/s (model FLOPs / training time)."
+    assert lines[2] == ("Stage 3 trained at 300 GFLOP/s (model FLOPs / training time), 50% of "
+                        "the float32 GEMM rate the precision probe measured (600 GFLOP/s).")
+    assert "trained at" not in breakdown_markdown({"models": {}}, {"best_epoch": 0})

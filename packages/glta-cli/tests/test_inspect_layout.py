@@ -77,3 +77,21 @@ def test_inspect_shows_the_precision_probe(runner, tmp_path):
     assert result.exit_code == 0, result.output
     assert ("LLM precision bfloat16 (measured earlier; GFLOP/s: float32 333, bfloat16 1961)"
             in result.stdout)
+
+
+
+def test_inspect_shows_the_stages_speed(runner, tmp_path):
+    run = _run(tmp_path, {})
+    probe = {"choice": "bfloat16", "source": "probe",
+             "gflops": {"float32": 333.2, "bfloat16": 1961.0}}
+    for folder, rate in ((run / "user_projector", 980.5),
+                         (run / "item_text" / "item_projector", 20.25)):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({
+            "llm_precision": "bfloat16", "llm_precision_probe": probe,
+            "achieved_gflops": rate, "timed_steps": 8, "steps": 8}))
+    result = runner.invoke(app, ["inspect", str(run)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert ("Stage 3 trained at 980 GFLOP/s (model FLOPs / training time), 50% of the bfloat16 "
+            "GEMM rate the precision probe measured (1961 GFLOP/s)." in result.stdout)
+    assert "Stage 2 trained at 20.2 GFLOP/s (model FLOPs / training time), 1% of" in result.stdout

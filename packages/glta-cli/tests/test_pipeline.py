@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -144,6 +145,11 @@ def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_p
     report = (run / "report.md").read_text()
     assert "| LightGCN |" in report and "| GLTA |" in report
     assert f"LLM: `{tiny_model_dir}` (float32)." in report  # what stage 3 ran in
+    # the stages' speed; a given dtype (float32 here) has no probe figures to compare with
+    speed = re.search(r"Stage 3 trained at ([0-9.]+) GFLOP/s \(model FLOPs / training time\)\.\n",
+                      report)
+    assert speed and float(speed.group(1)) > 0 and "Stage 2 trained at" in report
+    assert speed.group(0).strip() in runner.invoke(app, ["inspect", str(run)]).stdout
     assert load_config("default", run / "resolved-config.toml").graph.epochs == 4
 
     users_previous = previous_dir(run)  # a folder of the user's that happens to be named so

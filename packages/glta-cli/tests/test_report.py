@@ -11,6 +11,7 @@ from glta_cli.report import (
     metrics_table,
     render_report,
     summary_rows,
+    throughput_line,
     training_curves_chart,
     write_report,
 )
@@ -72,3 +73,31 @@ def test_write_report_writes_files(tmp_path):
     assert (tmp_path / "metrics_comparison.png").read_bytes().startswith(PNG)
     assert "training_curves.png" in (tmp_path / "report.md").read_text(encoding="utf-8")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+PROBE = {"choice": "bfloat16", "source": "probe", "gflops": {"float32": 333.2, "bfloat16": 1961.0}}
+
+
+def test_throughput_line_against_the_probe_rate_of_the_precision_run():
+    meta = {"achieved_gflops": 412.4, "llm_precision": "bfloat16", "llm_precision_probe": PROBE,
+            "timed_steps": 40, "steps": 40}
+    assert throughput_line(meta) == (
+        "Stage 3 trained at 412 GFLOP/s (model FLOPs / training time), 21% of the bfloat16 "
+        "GEMM rate the precision probe measured (1961 GFLOP/s).")
+    # the rate of the precision the LLM ran in, not the fastest one
+    fp32 = throughput_line({**meta, "llm_precision": "float32"}, "Stage 2")
+    assert fp32.startswith("Stage 2 trained at 412 GFLOP/s") and "124% of the float32" in fp32
+    assert "(333 GFLOP/s)" in fp32
+    resumed = throughput_line({**meta, "timed_steps": 15})
+    assert resumed.endswith("; over the last 15 of its 40 steps (the run was resumed).")
+
+
+def test_throughput_line_without_probe_figures_or_figure():
+    plain = "Stage 3 trained at 0.19 GFLOP/s (model FLOPs / training time)."
+    for probe in (None, {"choice": "bfloat16", "source": "flags", "gflops": {}},
+                  {"choice": "float32", "source": "cache"}):  # given dtype / GPU, flags, old
+        assert throughput_line({"achieved_gflops": 0.19, "llm_precision": "bfloat16",
+                                "llm_precision_probe": probe}) == plain
+    assert throughput_line({"achieved_gflops": 0.19, "llm_precision": "int8",
+                            "llm_precision_probe": PROBE}) == plain  # int8 not measured
+    assert throughput_line({}) is None and throughput_line({"achieved_gflops": None}) is None

@@ -246,3 +246,14 @@ def test_states_written_before_the_shared_loop_still_resume(tmp_path):
     del state["partial"]
     torch.save(state, path)
     _same(_run(tmp_path / "m2", patience=None), _run(tmp_path / "m", patience=None))
+
+
+def test_step_time_covers_this_attempts_steps_only(tmp_path):
+    """``train_seconds`` / ``timed_steps``: the optimiser steps this attempt ran, no more."""
+    with pytest.raises(_Killed):
+        _run(tmp_path / "s", kill_step=(2, 1))
+    resumed, _, _ = _run(tmp_path / "s")
+    whole, _, _ = _run(tmp_path / "w", resume=False)
+    assert whole.timed_steps == whole.steps and whole.train_seconds > 0
+    assert 0 < resumed.timed_steps < resumed.steps == whole.steps
+    assert resumed.train_seconds > 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from glta_graph.progress import ProgressCallback, ProgressEvent, emit
 
 from glta_align._common import LoopResult, dist_info, embedding_rms, rng_for, run_loop
 from glta_align.config import ItemTextConfig
+from glta_align.flops import DecoderCost, step_flops, throughput_record
 from glta_align.heads import build_head, save_head
 from glta_align.llm import FrozenLLM, load_llm, save_lora
 from glta_align.projector import NodeProjector
@@ -57,12 +58,15 @@ class ItemTextResult:
         epoch_losses: mean training loss per epoch.
         resumed_from: ``(epoch, batch)`` the run continued from, or ``None``.
         item_projector: the trained projector (CPU).
+        throughput: this attempt's training speed (:func:`~glta_align.flops.throughput_record`),
+            also saved in ``RUN/item_text/item_projector/config.json``.
     """
 
     steps: int
     epoch_losses: list[float]
     resumed_from: tuple[int, int] | None
     item_projector: NodeProjector
+    throughput: dict[str, float | int | None] = field(default_factory=dict)
 
 
 def slot_vector(llm: FrozenLLM) -> torch.Tensor:
@@ -187,6 +191,9 @@ def train_item_text(
             idx = [p[i:i + cfg.batch_size].tolist() for i in range(0, len(p), cfg.batch_size)]
         return [[samples[i] for i in b] for b in idx]
 
+    cost = DecoderCost.of(llm)
+    model_flops = [0.0]  # of the steps this process runs (loss_fn runs once per step)
+
     def loss_fn(batch: list[tuple[SoftSequence, list[int], np.ndarray]]) -> torch.Tensor:
         seqs, targets, rows = [], [], []
         for b, (seq, tgt, items) in enumerate(batch):
@@ -198,6 +205,7 @@ def train_item_text(
         items_t = torch.from_numpy(np.concatenate(rows)).to(dev)
         table = torch.cat([slot[None], projector(item_emb[items_t])])
         hidden = runner.hidden_states(seqs, table)
+        model_flops[0] += step_flops(cost, head, runner.last_shape, rows=len(targets))
         return head.loss(hidden.reshape(-1, hidden.shape[-1]),
                          torch.tensor(targets, device=dev))
 
@@ -207,13 +215,19 @@ def train_item_text(
         progress=progress, resume=resume, on_step=runner.reset if llm.lora else None,
     )
     rank, _ = dist_info()
+    throughput = throughput_record(model_flops[0], loop.train_seconds, loop.timed_steps)
+    meta = {"llm_precision": llm.precision,
+            "llm_precision_probe": getattr(llm, "precision_probe", None),
+            "steps": loop.steps, **throughput}
     if rank == 0:
         for base in (run_dir / STAGE2_OUTPUT_DIR, run_dir):  # the copy first: see its comment
             projector.save_pretrained(base / ITEM_PROJECTOR_DIR,
-                                      dataset_fingerprint=data.fingerprint, role="item")
+                                      dataset_fingerprint=data.fingerprint, role="item",
+                                      metadata=meta)
             save_head(head, base / GLLM_HEAD_DIR, data.fingerprint)
         save_lora(llm, run_dir / LORA_DIR)
     emit(progress, ProgressEvent("item_text", "end", step=loop.steps, total=loop.steps,
                                  metrics={"loss": loop.epoch_losses[-1]}
                                  if loop.epoch_losses else {}))
-    return ItemTextResult(loop.steps, loop.epoch_losses, loop.resumed_from, projector.cpu())
+    return ItemTextResult(loop.steps, loop.epoch_losses, loop.resumed_from, projector.cpu(),
+                          throughput)

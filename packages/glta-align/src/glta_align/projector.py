@@ -79,12 +79,17 @@ class NodeProjector(nn.Module):
 
     def save_pretrained(
         self, directory: str | os.PathLike[str], *, dataset_fingerprint: str | None = None,
-        role: str = "item",
+        role: str = "item", metadata: dict[str, object] | None = None,
     ) -> Path:
-        """Save as a GLTA artifact (atomic), tagged with the dataset fingerprint."""
+        """Save as a GLTA artifact (atomic), tagged with the dataset fingerprint.
+
+        ``metadata`` (JSON-ready) is stored in ``config.json`` beside the constructor
+        arguments (stage 2 records its training speed there); loading ignores it.
+        """
         card = (f"# {role}_projector\n\nGLTA {role} node projector ({self.kind}): graph "
                 f"embeddings ({self.in_dim}) -> LLM token space ({self.out_dim}).\n")
-        return save_artifact(directory, self.state_dict(), {**self.config(), "role": role},
+        return save_artifact(directory, self.state_dict(),
+                             {**(metadata or {}), **self.config(), "role": role},
                              dataset_fingerprint=dataset_fingerprint, card=card)
 
     @classmethod

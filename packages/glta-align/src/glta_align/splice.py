@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from glta_align.flops import BatchShape
 from glta_align.llm import FrozenLLM
 
 __all__ = ["SoftPromptRunner", "SoftSequence", "bucket_batches"]
@@ -118,6 +119,10 @@ class SoftPromptRunner:
         reuse_prefix: compute the prefix's KV cache once and reuse it (else prepend the
             prefix to every sample: the plain path).
         padding_side: ``"right"`` or ``"left"``; results are identical either way.
+
+    Attributes:
+        last_shape: the :class:`~glta_align.flops.BatchShape` the last
+            :meth:`hidden_states` call computed (``None`` before one), for FLOP counting.
     """
 
     def __init__(
@@ -135,11 +140,14 @@ class SoftPromptRunner:
         self.reuse_prefix = reuse_prefix
         self.padding_side = padding_side
         self._frozen_prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.last_shape: BatchShape | None = None
+        self._prefix_run: tuple[int, bool] = (0, False)
 
     def _prefix_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         trainable = bool(self.llm.trainable_parameters()) and torch.is_grad_enabled()
         if self._frozen_prefix is not None and not trainable:
             return self._frozen_prefix
+        self._prefix_run = (len(self.prefix_ids), trainable)
         ids = torch.tensor([self.prefix_ids], device=self.llm.device)
         with torch.set_grad_enabled(trainable):
             out = self.llm.backbone(input_ids=ids, use_cache=True)
@@ -208,6 +216,8 @@ class SoftPromptRunner:
         mask_t = torch.from_numpy(mask).to(dev)
         pos = (mask_t.cumsum(-1) - 1).clamp(min=0)
         cache = None
+        past = 0
+        self._prefix_run = (0, False)
         if self.reuse_prefix and self.prefix_ids:
             kv = self._prefix_kv()
             P = kv[0][0].shape[-2]
@@ -216,6 +226,8 @@ class SoftPromptRunner:
             )
             mask_t = torch.cat([torch.ones(B, P, dtype=mask_t.dtype, device=dev), mask_t], 1)
             pos = pos + P
+            past = P
+        self.last_shape = BatchShape(B, L, past, *self._prefix_run)
         out = self.llm.backbone(
             inputs_embeds=emb,
             attention_mask=mask_t,

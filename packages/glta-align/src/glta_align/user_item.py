@@ -25,6 +25,7 @@ from glta_graph.progress import ProgressCallback, ProgressEvent, emit
 
 from glta_align._common import LoopResult, dist_info, embedding_rms, rng_for, run_loop
 from glta_align.config import UserItemConfig
+from glta_align.flops import DecoderCost, step_flops, throughput_record
 from glta_align.heads import ResidualHead, build_head, load_head, save_head, slot_inputs
 from glta_align.item_text import (
     GLLM_HEAD_DIR,
@@ -199,6 +200,9 @@ class UserItemResult:
             last one).
         best_valid: the valid metrics of that epoch.
         stopped_early: whether ``patience`` ended training before ``epochs``.
+        throughput: this attempt's training speed (:func:`~glta_align.flops.throughput_record`:
+            ``train_seconds``, ``model_flops``, ``achieved_gflops``, ``timed_steps``; rank
+            0's share under torchrun).
     """
 
     steps: int
@@ -208,6 +212,7 @@ class UserItemResult:
     best_epoch: int | None = None
     best_valid: dict[str, float] | None = None
     stopped_early: bool = False
+    throughput: dict[str, float | int | None] = field(default_factory=dict)
 
 
 def needs_profiles(cfg: UserItemConfig) -> bool:
@@ -353,6 +358,9 @@ def train_user_item(
             idx = [p[i:i + cfg.batch_size].tolist() for i in range(0, len(p), cfg.batch_size)]
         return [[samples[i] for i in b] for b in idx]
 
+    cost = DecoderCost.of(llm)
+    model_flops = [0.0]  # of the steps this process runs (loss_fn runs once per step)
+
     def loss_fn(batch: list[UserSample]) -> torch.Tensor:
         seqs, users, items = prompter.build(batch)
         parts = [slot[None], user_proj(user_emb[torch.tensor(users, device=dev)])]
@@ -360,7 +368,10 @@ def train_user_item(
             parts.append(item_proj(item_emb[torch.tensor(items, device=dev)]))
         hidden = runner.hidden_states(seqs, torch.cat(parts))
         hidden = slot_inputs(head, hidden, user_emb[torch.tensor(users, device=dev)])
-        targets = torch.tensor([t for s in batch for t in s.targets], device=dev)
+        flat = [t for s in batch for t in s.targets]
+        model_flops[0] += step_flops(cost, head, runner.last_shape,
+                                     rows=sum(t != IGNORE for t in flat), query_rows=len(flat))
+        targets = torch.tensor(flat, device=dev)
         return head.loss(hidden.reshape(-1, hidden.shape[-1]), targets)
 
     validate = None
@@ -380,6 +391,7 @@ def train_user_item(
         validate=validate, select=cfg.select_metric, patience=cfg.patience,
     )
     rank, _ = dist_info()
+    throughput = throughput_record(model_flops[0], loop.train_seconds, loop.timed_steps)
     if rank == 0:
         save_head(head, head_dir, data.fingerprint)
         if cfg.train_item_projector:
@@ -387,7 +399,8 @@ def train_user_item(
                                       dataset_fingerprint=data.fingerprint, role="item")
         selection = {"best_epoch": loop.best_epoch, "valid_metrics": loop.best_metrics,
                      "valid_history": loop.valid_history, "stopped_early": loop.stopped_early,
-                     "epochs_run": len(loop.epoch_losses)}
+                     "epochs_run": len(loop.epoch_losses), "steps": loop.steps,
+                     **throughput}
         _save_user_projector(user_proj, run_dir / USER_PROJECTOR_DIR, data.fingerprint, cfg,
                              llm, selection)
         save_lora(llm, run_dir / LORA_DIR)
@@ -396,7 +409,7 @@ def train_user_item(
                                  if loop.epoch_losses else {}))
     return UserItemResult(loop.steps, loop.epoch_losses, loop.resumed_from,
                           loop.valid_history, loop.best_epoch, loop.best_metrics,
-                          loop.stopped_early)
+                          loop.stopped_early, throughput)
 
 
 def _validator(data: Interactions, llm: FrozenLLM, cfg: UserItemConfig, user_emb: torch.Tensor,
@@ -437,7 +450,9 @@ def _save_user_projector(proj: NodeProjector, directory: Path, fingerprint: str,
 
     card = ("# user_projector\n\nGLTA user node projector and the stage-3 settings "
             "(`stage_config`) the recommender replays at inference; `best_epoch` and "
-            "`valid_metrics` record the epoch early stopping on valid kept.\n")
+            "`valid_metrics` record the epoch early stopping on valid kept; "
+            "`achieved_gflops` is the model FLOPs of the optimiser steps this attempt ran "
+            "(`model_flops`, `glta_align.flops`) over their time (`train_seconds`).\n")
     save_artifact(directory, proj.state_dict(),
                   {**proj.config(), "role": "user", "llm": llm.source,
                    "llm_precision": llm.precision, "llm_init_seed": cfg.seed,

@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from glta_cli.report import throughput_line
+
 __all__ = ["BREAKDOWN_NAME", "BY_CHOICES", "SELECT", "SELECT_RANKINGS", "breakdown_markdown",
            "breakdown_run", "evaluate_run_models", "ranked_lists", "select_ranking",
-           "stage3_selection"]
+           "stage2_speed", "stage3_selection"]
 
 BREAKDOWN_NAME = "breakdown.json"
 # ``[eval] ranking = "select"``: the prediction modes compared on valid (with the trained one).
@@ -173,17 +175,37 @@ def stage3_selection(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     cfg = json.loads(path.read_text(encoding="utf-8"))
-    keys = ("best_epoch", "valid_metrics", "stopped_early", "epochs_run", "valid_history")
-    return {k: cfg[k] for k in keys if k in cfg}
+    return {k: cfg[k] for k in _SELECTION_KEYS + _SPEED_KEYS if k in cfg}
+
+
+_SELECTION_KEYS = ("best_epoch", "valid_metrics", "stopped_early", "epochs_run",
+                   "valid_history")
+_SPEED_KEYS = ("achieved_gflops", "train_seconds", "model_flops", "timed_steps", "steps",
+               "llm_precision", "llm_precision_probe")
+
+
+def stage2_speed(run_dir: Path) -> dict[str, Any]:
+    """Stage 2's training speed from ``RUN/item_text/item_projector/config.json``
+    (``achieved_gflops``, ``train_seconds``, ``model_flops``, ``timed_steps``, ``steps``, the
+    LLM precision and probe); ``{}`` before stage 2 or for runs made before it was saved."""
+    path = Path(run_dir) / "item_text" / "item_projector" / "config.json"
+    if not path.is_file():
+        return {}
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    return {k: cfg[k] for k in _SPEED_KEYS if k in cfg}
 
 
 def breakdown_markdown(breakdown: dict[str, Any], selection: dict[str, Any] | None = None,
-                       ablation: str | None = None, metric: str = "ndcg@10") -> str:
-    """Report sections: the ablation, stage 3's epoch selection, and the per-bucket tables.
+                       ablation: str | None = None, metric: str = "ndcg@10",
+                       stage2: dict[str, Any] | None = None) -> str:
+    """Report sections: the ablation, stage 3's epoch selection, the stages' achieved
+    GFLOP/s, and the per-bucket tables.
 
     Args:
         breakdown: what :func:`evaluate_run_models` returned as breakdown.
-        selection: stage 3's ``best_epoch`` / ``valid_metrics`` / ``epochs_run`` record.
+        selection: stage 3's ``best_epoch`` / ``valid_metrics`` / ``epochs_run`` record and
+            speed (:func:`stage3_selection`).
+        stage2: stage 2's speed (:func:`stage2_speed`).
         ablation: the run's ``[run] ablation``.
         metric: the metric shown per bucket (``precision@10`` is shown too).
 
@@ -204,6 +226,10 @@ def breakdown_markdown(breakdown: dict[str, Any], selection: dict[str, Any] | No
         lines += [f"Stage 3 kept epoch {int(selection['best_epoch']) + 1} of "
                   f"{selection.get('epochs_run', '?')} run (best valid {best}"
                   f"{'; stopped early' if selection.get('stopped_early') else ''}).", ""]
+    for stage, meta in (("Stage 2", stage2), ("Stage 3", selection)):
+        speed = throughput_line(meta or {}, stage)
+        if speed:
+            lines += [speed, ""]
     models = breakdown.get("models") or {}
     if not models:
         return "\n".join(lines)

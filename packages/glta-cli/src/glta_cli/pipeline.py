@@ -494,14 +494,21 @@ def _llm_summary(run_dir: Path, model: str) -> str | None:
 
 
 def _report_sections(run_dir: Path, config: GLTAConfig) -> str:
-    """report.md's ablation line, stage 3's epoch selection and the per-bucket tables."""
-    from glta_cli.evaluation import BREAKDOWN_NAME, breakdown_markdown, stage3_selection
+    """report.md's ablation line, stage 3's epoch selection, stages 2 and 3's achieved
+    GFLOP/s and the per-bucket tables."""
+    from glta_cli.evaluation import (
+        BREAKDOWN_NAME,
+        breakdown_markdown,
+        stage2_speed,
+        stage3_selection,
+    )
 
     path = run_dir / BREAKDOWN_NAME
     breakdown = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     return breakdown_markdown(breakdown, stage3_selection(run_dir),
                               ablation=getattr(config.run, "ablation", None),
-                              metric=config.user_item.select_metric)
+                              metric=config.user_item.select_metric,
+                              stage2=stage2_speed(run_dir))
 
 
 @dataclass

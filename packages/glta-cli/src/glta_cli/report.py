@@ -24,6 +24,7 @@ __all__ = [
     "metrics_table",
     "render_report",
     "summary_rows",
+    "throughput_line",
     "training_curves_chart",
     "write_report",
 ]
@@ -61,6 +62,46 @@ def _seconds_text(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+
+
+def _rate_text(gflops: float) -> str:
+    return f"{gflops:.0f}" if gflops >= 100 else f"{gflops:.3g}"
+
+
+def throughput_line(meta: Mapping[str, Any], stage: str = "Stage 3") -> str | None:
+    """The sentence on a stage's achieved GFLOP/s, from its saved metadata.
+
+    Args:
+        meta: a stage's ``config.json`` entries (``user_projector`` for stage 3,
+            ``item_text/item_projector`` for stage 2): ``achieved_gflops`` (model FLOPs of
+            the optimiser steps / their time, ``glta_align.flops``), ``llm_precision``,
+            ``llm_precision_probe`` (``{"gflops": {precision: rate}, ...}`` or ``None``),
+            ``timed_steps`` and ``steps``.
+        stage: how the stage is named in the sentence.
+
+    Returns:
+        ``"Stage 3 trained at X GFLOP/s (model FLOPs / training time), Y% of the bfloat16
+        GEMM rate the precision probe measured (Z GFLOP/s)."``: the ratio against the probe's
+        rate for the precision the LLM ran in, only when the probe measured one (not with a
+        given dtype, the CPU-flag fallback or on a GPU); a note when the figure covers only
+        the steps of a resumed attempt; ``None`` without a figure (runs made before it
+        was recorded).
+    """
+    rate = meta.get("achieved_gflops")
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
+        return None
+    line = f"{stage} trained at {_rate_text(rate)} GFLOP/s (model FLOPs / training time)"
+    precision = meta.get("llm_precision")
+    probe = meta.get("llm_precision_probe")
+    figures = probe.get("gflops") if isinstance(probe, Mapping) else None
+    gemm = figures.get(precision) if isinstance(figures, Mapping) and precision else None
+    if isinstance(gemm, int | float) and not isinstance(gemm, bool) and gemm > 0:
+        line += (f", {100 * rate / gemm:.0f}% of the {precision} GEMM rate the precision "
+                 f"probe measured ({_rate_text(gemm)} GFLOP/s)")
+    timed, steps = meta.get("timed_steps"), meta.get("steps")
+    if isinstance(timed, int) and isinstance(steps, int) and 0 < timed < steps:
+        line += f"; over the last {timed} of its {steps} steps (the run was resumed)"
+    return line + "."
 
 
 def summary_rows(

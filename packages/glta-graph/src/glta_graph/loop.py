@@ -117,6 +117,10 @@ class LoopResult:
         stopped_early: whether patience ended the loop before its last epoch.
         records: the per-epoch records (see :class:`LoopState`).
         best: the best epoch's snapshot (``None`` without validation).
+        train_seconds: wall time of the optimiser steps this process ran (``zero_grad``,
+            loss, backward, reduce, ``step``; validation, state saves and batch building
+            excluded). A resumed run counts only the steps of this attempt.
+        timed_steps: the optimiser steps ``train_seconds`` covers (this attempt's).
     """
 
     steps: int = 0
@@ -128,6 +132,8 @@ class LoopResult:
     stopped_early: bool = False
     records: list[dict[str, Any]] = field(default_factory=list)
     best: Any = None
+    train_seconds: float = 0.0
+    timed_steps: int = 0
 
 
 class StateFormat(Protocol):
@@ -316,6 +322,8 @@ class TrainingLoop:
         self.select, self.patience, self.eval_every = select, patience, eval_every
         self.validate_on, self.defaults, self.what = validate_on, defaults, what or stage
         self.state = LoopState()
+        self.train_seconds = 0.0  # this attempt's optimiser steps only (see LoopResult)
+        self.timed_steps = 0
 
     # -- the resume state ---------------------------------------------------------------
 
@@ -382,7 +390,8 @@ class TrainingLoop:
             steps=s.steps, epoch_losses=s.epoch_losses, resumed_from=s.resumed_from,
             valid_history=s.valid_history, best_epoch=s.best_epoch,
             best_metrics=dict(s.best_metrics) if s.best_metrics is not None else None,
-            stopped_early=stopped_early, records=s.records, best=s.best)
+            stopped_early=stopped_early, records=s.records, best=s.best,
+            train_seconds=self.train_seconds, timed_steps=self.timed_steps)
 
     def _train_epoch(self, epoch: int) -> None:
         """One epoch: its batches from ``state.batch`` on, the epoch-end state, validation."""
@@ -425,12 +434,17 @@ class TrainingLoop:
             self._emit("epoch", **self._count(epoch, n, n), epoch=epoch, metrics=shown)
 
     def _step(self, batch: Any) -> float:
-        """One optimiser step on ``batch``; the (rank-averaged) loss."""
+        """One optimiser step on ``batch``; the (rank-averaged) loss. Its wall time adds to
+        ``train_seconds`` (on CUDA the update is asynchronous: it lands in the next step's
+        time, which syncs on the loss, so only the last step's update goes uncounted)."""
+        t0 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss_fn(batch)
         loss.backward()
         value = self.reduce(loss)
         self.optimizer.step()
+        self.train_seconds += time.perf_counter() - t0
+        self.timed_steps += 1
         self.state.steps += 1
         if self.on_step is not None:
             self.on_step()

@@ -169,6 +169,8 @@ def inspect(
     llm_line = _llm_precision_line(info["artifacts"])
     if llm_line:
         console.print(llm_line, markup=False, highlight=False)
+    for line in _speed_lines(info["artifacts"], Path(run_dir)):
+        console.print(line, markup=False, highlight=False)
     if info["stages"]:
         _print_stages(console, info["stages"])
     if info["state"]:
@@ -196,6 +198,18 @@ def _llm_precision_line(artifacts: dict[str, Any]) -> str | None:
             probe.get("source"), str(probe.get("source")))
         line += f" ({how}" + (f"; GFLOP/s: {figures}" if figures else "") + ")"
     return line
+
+
+def _speed_lines(artifacts: dict[str, Any], run_dir: Path) -> list[str]:
+    """Stages 2 and 3's achieved GFLOP/s (:func:`glta_cli.report.throughput_line`), from
+    ``item_text/item_projector/config.json`` and ``user_projector/config.json``."""
+    from glta_cli.evaluation import stage2_speed
+    from glta_cli.report import throughput_line
+
+    stage3 = (artifacts.get("user_projector") or {}).get("config") or {}
+    lines = [throughput_line(stage2_speed(run_dir), "Stage 2"),
+             throughput_line(stage3, "Stage 3")]
+    return [line for line in lines if line]
 
 
 def _print_stages(console: Any, stages: dict[str, Any]) -> None:
