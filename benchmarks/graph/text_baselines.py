@@ -1,14 +1,15 @@
 """The paper's Table 2 text baselines next to LightGCN: LightGCN+ and RLMRec-Con, seeds 0-2.
 
 For each dataset and seed ``S`` the data are prepared exactly as ``glta pipeline --run.seed S``
-does (default preset: same split seed, same LightGCN budget: 60 epochs, batch 8192, lr 0.01,
-validation every 5 epochs, patience 3), so GLTA rows from the pipeline sit on the same splits.
+does, and every model trains with the default preset's LightGCN budget (epochs, batch,
+validation interval, patience, early-stopping metric: today up to 400 epochs, valid N@10,
+patience 3 at every 5th epoch), so GLTA rows from the pipeline sit on the same splits.
 
 Selection (valid only, the test split is read once per reported run):
 
 1. ``tune`` (seed 0): LightGCN over ``lr x l2`` (4 settings); then LightGCN+ and RLMRec-Con
-   on LightGCN's selected lr/l2 over ``text_weight x text_temperature`` (4 settings each),
-   every model picked by valid Recall@20 (the early-stopping metric).
+   on LightGCN's selected lr/l2 over ``text_weight x text_temperature`` (6 settings each),
+   every model picked by the preset's early-stopping metric on valid.
 2. ``final`` (seeds 0, 1, 2): each model's selected setting, test metrics of the best-valid
    epoch. Seed 0 resumes the tuning run (no retraining).
 
@@ -21,8 +22,9 @@ item profiles are the items' text (see glta_cli.baselines). Text embeddings (all
 offline copy) are cached in ``WORK/text_cache``.
 
 Resumable: one JSON line per finished run in
-``benchmarks/graph/results/text_baselines_<dataset>_cpu.jsonl`` (command, commit, CPU model,
-torch version, date per row); a restart skips finished runs and resumes a killed one.
+``benchmarks/graph/results/text_baselines_<dataset>_<epochs>ep_cpu.jsonl`` (command, commit,
+CPU model, torch version, date per row; the file name carries the epoch budget, so runs of
+another budget are never mixed in); a restart skips finished runs and resumes a killed one.
 ``--summary`` prints the table of the finished ``final`` rows.
 
     nice -n 10 uv run python benchmarks/graph/text_baselines.py \\
@@ -48,11 +50,10 @@ from glta_graph import evaluate_embeddings, load_graph_embeddings, train_lightgc
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "graph" / "results"
-SELECT = "recall@20"
 MODELS = {"lightgcn": "none", "lightgcn+": "infonce", "rlmrec-con": "rlmrec-con"}
 LIGHTGCN_GRID = [{"lr": lr, "l2": l2} for lr, l2 in itertools.product((0.01, 0.02), (1e-4, 1e-3))]
 TEXT_GRID = [{"text_weight": w, "text_temperature": t}
-             for w, t in itertools.product((0.02, 0.2), (0.1, 0.5))]
+             for w, t in itertools.product((0.005, 0.02, 0.2), (0.1, 0.5))]
 
 
 def shared_data() -> Path:
@@ -94,16 +95,17 @@ class Bench:
         self.work = work / dataset
         self.cache = work / "text_cache"
         self.threads = threads
-        self.path = RESULTS / f"text_baselines_{dataset}_cpu.jsonl"
+        self._config: dict[int, object] = {}
+        self._data: dict[int, object] = {}
+        self._llm = None
+        self.path = result_path(dataset, self.config(0).graph.epochs)
+        self.select = self.config(0).graph.select_metric
         self.rows = []
         if self.path.is_file():
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 if line.strip():
                     with contextlib.suppress(json.JSONDecodeError):  # a torn last line
                         self.rows.append(json.loads(line))
-        self._config: dict[int, object] = {}
-        self._data: dict[int, object] = {}
-        self._llm = None
         self.stamp = {"command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
                       "commit": commit(), "cpu": cpu_model(), "torch": torch.__version__}
 
@@ -183,7 +185,7 @@ class Bench:
             row["test"] = evaluate_embeddings(user_emb, item_emb, data, "test", (5, 10, 20))
         row.update(self.stamp, date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
         self.append(row)
-        shown = f"valid {SELECT} {result.best_valid.get(SELECT, float('nan')):.4f}"
+        shown = f"valid {self.select} {result.best_valid.get(self.select, float('nan')):.4f}"
         if "test" in row:
             shown += f", test P@10 {row['test']['precision@10']:.4f}"
         log(f"  -> {shown} ({wall:.1f} s)")
@@ -191,7 +193,7 @@ class Bench:
 
     def best(self, model: str, grid: list[dict]) -> dict:
         rows = [self.run("tune", model, s, 0) for s in grid]
-        return max(rows, key=lambda r: r["valid"].get(SELECT, -1.0))["setting"]
+        return max(rows, key=lambda r: r["valid"].get(self.select, -1.0))["setting"]
 
 
 def _profile_log(event) -> None:
@@ -199,9 +201,15 @@ def _profile_log(event) -> None:
         log(f"  profiles {event.kind} {event.step}/{event.total} {event.message}")
 
 
-def summary(dataset: str) -> str:
-    """Markdown table of the ``final`` rows of one dataset: mean (per-seed values) per model."""
-    path = RESULTS / f"text_baselines_{dataset}_cpu.jsonl"
+def result_path(dataset: str, epochs: int) -> Path:
+    """The JSON-lines result file of ``dataset`` under an ``epochs`` LightGCN budget."""
+    return RESULTS / f"text_baselines_{dataset}_{epochs}ep_cpu.jsonl"
+
+
+def summary(path: Path) -> str:
+    """Markdown table of the ``final`` rows of one result file: mean (per-seed values) per
+    model."""
+    dataset = path.name
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip()]
     keys = ("precision@10", "recall@20", "ndcg@10", "ndcg@20")
@@ -237,8 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.summary:
         for dataset in args.datasets.split(","):
-            if (RESULTS / f"text_baselines_{dataset}_cpu.jsonl").is_file():
-                print(summary(dataset) + "\n")
+            for path in sorted(RESULTS.glob(f"text_baselines_{dataset}_*cpu.jsonl")):
+                print(summary(path) + "\n")
         return 0
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
