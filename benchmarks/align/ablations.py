@@ -11,6 +11,11 @@ configuration, in the run's final evaluation. Extra rows:
 - ``no-text`` [extra]: profile and prediction text both off (the earlier default).
 - ``residual`` [extra]: the residual head (GLTA's score = LightGCN's + the LLM's correction);
   ``residual-random-llm`` the same with a randomly initialised LLM (its control).
+- ``history-text`` [extra]: profile and prediction text off, each history item's description
+  written after its soft token (``[user_item] history_text``), the channel through which the
+  LLM's knowledge of the titles could act; ``history-text-random-llm`` the same with a
+  randomly initialised LLM (copied from the seed's ``random-llm`` run when it exists, so only
+  stage 3 reruns).
 - ``lightgcn-softmax`` [baseline]: LightGCN with the project's sampled-softmax loss
   (``glta graph train``), early-stopped on valid, the fair baseline for GLTA's full-catalogue
   softmax objective.
@@ -39,13 +44,21 @@ from pathlib import Path
 from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
 
 ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-ia", "no-ua",
-             "plain-head", "residual", "residual-random-llm")
+             "plain-head", "residual", "residual-random-llm", "history-text",
+             "history-text-random-llm")
 # Rows that are not the paper's ablations: the overrides they add to the full run's command.
 EXTRA_ROWS = {
     "no-text": ["--user_item.use_profile", "false", "--user_item.use_predict", "false"],
     "residual": ["--user_item.residual", "true"],
     "residual-random-llm": ["--user_item.residual", "true", "--ablation", "random-llm"],
+    "history-text": ["--user_item.use_profile", "false", "--user_item.use_predict", "false",
+                     "--user_item.history_text", "true"],
+    "history-text-random-llm": ["--user_item.use_profile", "false", "--user_item.use_predict",
+                                "false", "--user_item.history_text", "true", "--ablation",
+                                "random-llm"],
 }
+# Rows copied from another row's run of the same seed (default: the `full` run).
+COPY_FROM = {"history-text-random-llm": "random-llm"}
 BASELINES = ("lightgcn-softmax",)
 DATASETS = {
     "ml-100k": ["--data.source", "ml-100k"],
@@ -196,8 +209,11 @@ def main(argv: list[str] | None = None) -> int:
             if not (full / "metrics.json").is_file():
                 print(f"skip {row} seed {seed}: run `full` first", flush=True)
                 continue
+            source = base / f"seed{seed}" / COPY_FROM.get(row, "full")
+            if not (source / "metrics.json").is_file():
+                source = full
             if not run.exists():
-                shutil.copytree(full, run, ignore=shutil.ignore_patterns("*.previous"))
+                shutil.copytree(source, run, ignore=shutil.ignore_patterns("*.previous"))
             extra = EXTRA_ROWS.get(row, ["--ablation", row])
             cmd = _glta("pipeline", "--out", str(run), *common, *extra)
         print(f"{dt.datetime.now():%H:%M:%S} {args.dataset} seed {seed} {row} ...", flush=True)

@@ -60,6 +60,25 @@ def test_prompter_rows_and_texts(toy, tokenizer):
     assert p.length(UserSample(0, [4, 5])) == len(s0)
 
 
+def test_prompter_history_text_follows_each_item_token(toy, tokenizer):
+    p, tok = _prompter(toy, tokenizer, history_text=True, description_tokens=4,
+                       use_profile=False, use_predict=False)
+    seqs, _, items = p.build([UserSample(0, [4, 5])])
+    s = seqs[0]
+    assert items == [4, 5] and [r for r in s.soft if r > 0] == [1, 2, 3]
+    first, second = s.soft.index(2), s.soft.index(3)
+    between = s.ids[first + 1:second]
+    desc = tok(" " + toy.item_text[4], add_special_tokens=False)["input_ids"][:4]
+    assert len(desc) == 4
+    sep = tok("; ", add_special_tokens=False)["input_ids"]
+    assert between == desc + sep  # item 4's text (budget 4), the separator, item 5's token
+    after = s.ids[second + 1:second + 1 + len(desc)]
+    assert after == tok(" " + toy.item_text[5], add_special_tokens=False)["input_ids"][:4]
+    assert p.length(UserSample(0, [4, 5])) == len(s)
+    plain, _ = _prompter(toy, tokenizer, use_profile=False, use_predict=False)
+    assert len(plain.build([UserSample(0, [4, 5])])[0][0]) == len(s) - 2 * len(desc) - len(sep)
+
+
 def test_prompter_ablations(toy, tokenizer):
     p, tok = _prompter(toy, tokenizer, user_token=False, use_profile=False, use_predict=False,
                        ranking="ar")

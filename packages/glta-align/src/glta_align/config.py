@@ -131,6 +131,9 @@ class UserItemConfig(_StageConfig):
     user_token: bool = _help("user soft token (False = 'w/o UA': the user id as text)", True)
     use_profile: bool = _help("include the generated profile tags (PROFILE_TOKEN)", True)
     use_predict: bool = _help("include the generated interest words (PREDICT_TOKEN)", True)
+    history_text: bool = _help("[choice] write each history item's text (its description, "
+                               "`description_tokens` at most) after its soft token, items "
+                               "separated by '; '", False)
     train_item_projector: bool = _help("also train the item projector here ('w/o IA' when "
                                        "stage 2 was skipped)", False)
     ranking: str = _help("prediction: first_k (slot t gives rank t), first (FL: top-k of "

@@ -1,7 +1,8 @@
 """Stage 3, user-item alignment: train the user projector and the GLLM head.
 
 Per user: the user soft token ``V_u`` (or, for the "w/o UA" ablation, the user id as text),
-soft tokens of a capped random sample of the user's training items, the generated profile and
+soft tokens of a capped random sample of the user's training items (with ``history_text``
+[choice], each followed by the item's description as plain text), the generated profile and
 prediction texts, and ``k`` output slots after the prompt. Slot ``t`` is trained with the
 head's cross-entropy against the ``t``-th of ``k`` training items drawn in random order
 (``targets_from="unseen"``: items not shown in the prompt when the user has enough [choice]).
@@ -86,17 +87,22 @@ class UserPrompter:
         self.layout, self.data, self.tok, self.cfg = layout, data, tokenizer, config
         self.profiles = profiles
         self._text_cache: dict[tuple[str, int], list[int]] = {}
+        self._sep = (tokenizer("; ", add_special_tokens=False)["input_ids"]
+                     if config.history_text else [])
 
     def _text(self, kind: str, user: int) -> list[int]:
         key = (kind, user)
         if key not in self._text_cache:
             if kind == "user":
                 text = f"user {self.data.user_ids[user]}"
+            elif kind == "item":  # `user` is a catalogue index here
+                text = " " + self.data.item_text[user] if self.data.item_text[user] else ""
             else:
                 text = self.profiles.get(user, {}).get(kind, "")
                 text = (" " + text) if kind == "predict" and text else text
             ids = self.tok(text, add_special_tokens=False)["input_ids"] if text else []
-            budget = self.cfg.profile_text_tokens if kind != "user" else 16
+            budget = {"user": 16, "item": self.cfg.description_tokens}.get(
+                kind, self.cfg.profile_text_tokens)
             self._text_cache[key] = list(ids[:budget])
         return self._text_cache[key]
 
@@ -104,6 +110,9 @@ class UserPrompter:
         """Token count of the sample after the prefix (for bucketing)."""
         n = sum(len(p) for p in self.layout.pieces if isinstance(p, tuple))
         n += len(s.history) + self.cfg.num_slots
+        if self.cfg.history_text:
+            n += sum(len(self._text("item", i)) for i in s.history)
+            n += len(self._sep) * max(0, len(s.history) - 1)
         n += 1 if self.cfg.user_token else len(self._text("user", s.user))
         if self.cfg.use_profile:
             n += len(self._text("profile", s.user))
@@ -139,7 +148,13 @@ class UserPrompter:
                 elif piece == "ITEM_TOKEN":
                     start = 1 + B + len(items)
                     items.extend(s.history)
-                    seq.add_soft(range(start, start + len(s.history)))
+                    if self.cfg.history_text:
+                        for j, item in enumerate(s.history):
+                            seq.add_text(self._sep if j else [])
+                            seq.add_soft([start + j])
+                            seq.add_text(self._text("item", item))
+                    else:
+                        seq.add_soft(range(start, start + len(s.history)))
                 elif piece == "PROFILE_TOKEN":
                     if self.cfg.use_profile:
                         seq.add_text(self._text("profile", s.user))
