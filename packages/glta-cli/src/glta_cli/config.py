@@ -368,9 +368,11 @@ _PRESET_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     # better here than the plain head, whose rows of items not yet seen in stage 2's single
     # pass stay at zero (benchmarks/RESULTS.md). The paper preset keeps the paper's plain
     # head (--item_text.head plain --user_item.head plain).
+    # Graph lr and l2: the best of lr {0.01, 0.02} x l2 {1e-4, 1e-3} on ML-100K's valid
+    # split (benchmarks/graph/text_baselines.py, seed 0; figures in benchmarks/RESULTS.md).
     "default": {
-        "graph": {"epochs": 400, "batch_size": 8192, "lr": 0.01, "eval_every": 5, "patience": 3,
-                  "select_metric": "ndcg@10"},
+        "graph": {"epochs": 400, "batch_size": 8192, "lr": 0.01, "l2": 1e-3, "eval_every": 5,
+                  "patience": 3, "select_metric": "ndcg@10"},
         "item_text": {"epochs": 1, "batch_size": 8, "max_instances": None,
                       "description_tokens": 16, "head": "projected"},
         "user_item": {"epochs": 12, "patience": 2, "batch_size": 8, "max_users": None,
