@@ -233,6 +233,25 @@ def summary(path: Path) -> str:
     return "\n".join(out)
 
 
+def means(path: Path) -> dict:
+    """Per model, the mean over seeds of the ``final`` rows' test metrics of one result file
+    (with the seeds, the chosen setting and the commits that produced them)."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    out = {}
+    for model in MODELS:
+        final = sorted((r for r in rows if r["phase"] == "final" and r["model"] == model),
+                       key=lambda r: r["seed"])
+        if final:
+            out[model] = {"seeds": [r["seed"] for r in final], "setting": final[0]["setting"],
+                          "commits": sorted({r["commit"] for r in final}),
+                          "cpu": sorted({r["cpu"] for r in final}),
+                          **{k: sum(r["test"][k] for r in final) / len(final)
+                             for k in ("precision@5", "precision@10", "ndcg@5", "ndcg@10",
+                                       "recall@20")}}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="ml-100k,ml-latest-small")
@@ -242,11 +261,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--summary", action="store_true",
                         help="print the results table of --datasets and exit (no training)")
+    parser.add_argument("--means", type=Path, default=None,
+                        help="with --summary: also write the per-model means of every result "
+                        "file of --datasets to this JSON")
     args = parser.parse_args(argv)
     if args.summary:
         for dataset in args.datasets.split(","):
             for path in sorted(RESULTS.glob(f"text_baselines_{dataset}_*cpu.jsonl")):
                 print(summary(path) + "\n")
+        if args.means is not None:
+            doc = {"what": "mean over seeds of the test metrics of the `final` rows (test read "
+                           "once per run), per result file and model",
+                   "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
+                   "commit": commit(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
+                   "means": {p.name: means(p) for d in args.datasets.split(",")
+                             for p in sorted(RESULTS.glob(f"text_baselines_{d}_*cpu.jsonl"))}}
+            atomic_write_text(args.means, json.dumps(doc, indent=1) + "\n")
         return 0
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
