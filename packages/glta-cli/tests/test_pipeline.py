@@ -110,6 +110,54 @@ def test_stage_keys_chain_and_reconcile(tmp_path):
         _reconcile_stages(run, data_changed, dict(same), notes.append)
 
 
+def test_settings_added_since_a_run_keep_its_stages_at_their_earlier_behaviour(tmp_path):
+    """A run saved before [graph] text_* and [user_item] history_text existed (its records
+    hold keys hashed without them) keeps graph and item_text; a new setting at another
+    value, or a real change, reruns."""
+    import re
+
+    from glta_cli.pipeline import STAGES, _reconcile_stages, stage_keys
+
+    run = tmp_path / "run"
+    cfg = load_config("smoke", overrides=["--run.out", str(run)])
+    run.mkdir()
+    write_config(cfg, run / "resolved-config.toml")
+    text = (run / "resolved-config.toml").read_text()
+    for key in ("text_align", "text_weight", "text_temperature", "text_encoder",
+                "text_max_length", "text_cache_dir", "history_text",
+                "residual_init"):  # an older version's file
+        text = re.sub(rf"(?m)^{key} = .*\n", "", text)
+    (run / "resolved-config.toml").write_text(text)
+    keys = stage_keys(cfg)
+
+    def old_records():  # keys an older version computed: the dataset's agrees, later ones not
+        return {s: {"done": True, "key": keys[s] if s == "dataset" else "0" * 16}
+                for s in STAGES}
+
+    stages, notes = old_records(), []
+    _reconcile_stages(run, cfg, stages, notes.append)
+    assert "graph" in stages and stages["graph"]["key"] == keys["graph"]
+    assert "item_text" in stages and stages["item_text"]["key"] == keys["item_text"]
+    # residual_init: this version's "zero" is not the init runs had before it existed
+    assert "user_item" not in stages and "evaluate" not in stages
+    assert notes[0].startswith("graph: kept (made before [graph] text_align, [graph] text_weight")
+    assert notes[1] == ("user_item: configuration changed (a setting its saved configuration "
+                        "lacks, or the ablation); rerunning it and the stages after it")
+    # the same run asked for text alignment: LightGCN reruns
+    infonce = load_config("smoke", overrides=["--run.out", str(run), "--graph.text_align",
+                                              "infonce"])
+    stages, notes = old_records(), []
+    _reconcile_stages(run, infonce, stages, notes.append)
+    assert sorted(stages) == ["dataset"]
+    assert notes == ["graph: configuration changed ([graph] text_align: 'none' -> 'infonce'); "
+                     "rerunning it and the stages after it"]
+    # a setting the run did record changed: rerun, as before
+    lr = load_config("smoke", overrides=["--run.out", str(run), "--graph.lr", "0.5"])
+    stages, notes = old_records(), []
+    _reconcile_stages(run, lr, stages, notes.append)
+    assert sorted(stages) == ["dataset"] and "[graph] lr" in notes[0]
+
+
 def test_restart_moves_old_run_aside_and_keeps_last_complete(tmp_path):
     run = tmp_path / "run"
     assert _start_run_dir(run, restart=True) is None

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import time
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -438,6 +439,47 @@ def _saved_config(run_dir: Path) -> GLTAConfig | None:
         raise ConfigError(f"{saved}: cannot be read ({exc}); pass --restart") from exc
 
 
+# Settings added to a stage's sections after runs were first made, with the value that gives
+# the behaviour runs had before the setting existed. A run whose saved configuration lacks
+# one of them keeps its stage when the current value is this one (the stage's key alone
+# changed because it hashes the new setting); any other value reruns the stage.
+_ADDED_SETTINGS: dict[tuple[str, str], Any] = {
+    ("graph", "text_align"): "none",
+    ("graph", "text_weight"): 0.1,
+    ("graph", "text_temperature"): 0.2,
+    ("graph", "text_encoder"): "all-MiniLM-L6-v2",
+    ("graph", "text_max_length"): 128,
+    ("graph", "text_cache_dir"): None,
+    ("user_item", "history_text"): False,
+    ("user_item", "residual"): False,
+    ("user_item", "residual_init"): "stage2",
+    ("eval", "baselines"): [],
+}
+
+
+def _added_settings_only(run_dir: Path, old: GLTAConfig | None, new: GLTAConfig,
+                         stage: str) -> list[str] | None:
+    """The ``[section] key`` settings of ``stage`` that ``RUN/resolved-config.toml`` lacks
+    (possibly none), when they are all in `_ADDED_SETTINGS` at their earlier behaviour and
+    nothing else of the stage differs; ``None`` otherwise (the stage must rerun)."""
+    saved = run_dir / RESOLVED_CONFIG_NAME
+    if old is None or _stage_diffs(old, new, stage) or not saved.is_file():
+        return None
+    if stage == "item_text" and _skips_stage2(old) != _skips_stage2(new):
+        return None
+    try:
+        raw = tomllib.loads(saved.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    current = new.to_dict()
+    added = [(sec, key) for sec in STAGE_SECTIONS[stage] for key in current.get(sec, {})
+             if key not in raw.get(sec, {})]
+    if any((sec, key) not in _ADDED_SETTINGS or current[sec][key] != _ADDED_SETTINGS[(sec, key)]
+           for sec, key in added):
+        return None
+    return [f"[{sec}] {key}" for sec, key in added]
+
+
 def _reconcile_stages(
     run_dir: Path,
     config: GLTAConfig,
@@ -456,13 +498,24 @@ def _reconcile_stages(
     keys = stage_keys(config)
     old = _saved_config(run_dir)
     old_keys = stage_keys(old) if old is not None else {}
-    changed = False
+    changed = rekeyed = False
     for name in STAGES:
         record = stages.get(name)
         if record is None and not changed:
             continue
         before = (record or {}).get("key") or old_keys.get(name)
         if not changed and before == keys[name]:
+            continue
+        added = None if changed or record is None else _added_settings_only(
+            run_dir, old, config, name)
+        # keep the stage when settings it predates are at their earlier behaviour, or when
+        # only its key's chain moved (an earlier stage was kept that way)
+        if added or (added == [] and rekeyed):
+            record["key"] = keys[name]
+            rekeyed = True
+            if added:
+                log(f"{name}: kept (made before {', '.join(added)} existed; the current "
+                    "values give the behaviour it was made with)")
             continue
         if name == "dataset" and record is not None:
             diffs = _stage_diffs(old, config, name) or ["the dataset settings"]
@@ -472,7 +525,8 @@ def _reconcile_stages(
             )
         if not changed:
             diffs = _stage_diffs(old, config, name)
-            log(f"{name}: configuration changed ({'; '.join(diffs) or 'an earlier stage'}); "
+            why = "; ".join(diffs) or "a setting its saved configuration lacks, or the ablation"
+            log(f"{name}: configuration changed ({why}); "
                 f"rerunning it and the stages after it")
         changed = True
         stages.pop(name, None)
