@@ -74,7 +74,7 @@ PAPER = {
     "N@10 first-k (GLTA)": {"Goodreads": 0.2905, "Amazon": 0.0500, "MovieLens": 0.1403},
     "P@10 GLTA": {"Goodreads": 0.1882, "Amazon": 0.0236, "MovieLens": 0.0821},
 }
-# The grid the issue asks for: every row over these seeds per dataset (`missing` is measured
+# The full grid: every row over these seeds per dataset (`missing` is measured
 # against it, whatever rows or seeds one invocation asked for).
 GRID_SEEDS = {"ml-100k": (0, 1, 2), "ml-latest-small": (0,)}
 SUMMARY_METRICS = ("precision@10", "ndcg@10", "precision@5", "ndcg@5", "recall@20")

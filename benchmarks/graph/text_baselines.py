@@ -206,21 +206,24 @@ def result_path(dataset: str, epochs: int) -> Path:
     return RESULTS / f"text_baselines_{dataset}_{epochs}ep_cpu.jsonl"
 
 
+def final_rows(path: Path) -> tuple[list[dict], dict[str, list[dict]]]:
+    """All rows of one result file, and per model its ``final`` rows in seed order."""
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    final = {m: sorted((r for r in rows if r["phase"] == "final" and r["model"] == m),
+                       key=lambda r: r["seed"]) for m in MODELS}
+    return rows, {m: f for m, f in final.items() if f}
+
+
 def summary(path: Path) -> str:
     """Markdown table of the ``final`` rows of one result file: mean (per-seed values) per
     model."""
-    dataset = path.name
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()]
+    rows, finals = final_rows(path)
     keys = ("precision@10", "recall@20", "ndcg@10", "ndcg@20")
-    out = [f"{dataset} (test, best-valid epoch; mean over the seeds listed)", "",
+    out = [f"{path.name} (test, best-valid epoch; mean over the seeds listed)", "",
            "| model | setting | seeds | " + " | ".join(keys) + " | s/epoch |",
            "|---|---|---|" + "---:|" * (len(keys) + 1)]
-    for model in MODELS:
-        final = sorted((r for r in rows if r["phase"] == "final" and r["model"] == model),
-                       key=lambda r: r["seed"])
-        if not final:
-            continue
+    for model, final in finals.items():
         cells = []
         for k in keys:
             vals = [r["test"][k] for r in final]
@@ -236,20 +239,13 @@ def summary(path: Path) -> str:
 def means(path: Path) -> dict:
     """Per model, the mean over seeds of the ``final`` rows' test metrics of one result file
     (with the seeds, the chosen setting and the commits that produced them)."""
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip()]
-    out = {}
-    for model in MODELS:
-        final = sorted((r for r in rows if r["phase"] == "final" and r["model"] == model),
-                       key=lambda r: r["seed"])
-        if final:
-            out[model] = {"seeds": [r["seed"] for r in final], "setting": final[0]["setting"],
-                          "commits": sorted({r["commit"] for r in final}),
-                          "cpu": sorted({r["cpu"] for r in final}),
-                          **{k: sum(r["test"][k] for r in final) / len(final)
-                             for k in ("precision@5", "precision@10", "ndcg@5", "ndcg@10",
-                                       "recall@20")}}
-    return out
+    return {model: {"seeds": [r["seed"] for r in final], "setting": final[0]["setting"],
+                    "commits": sorted({r["commit"] for r in final}),
+                    "cpu": sorted({r["cpu"] for r in final}),
+                    **{k: sum(r["test"][k] for r in final) / len(final)
+                       for k in ("precision@5", "precision@10", "ndcg@5", "ndcg@10",
+                                 "recall@20")}}
+            for model, final in final_rows(path)[1].items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -90,15 +90,17 @@ class UserPrompter:
         self._sep = (tokenizer("; ", add_special_tokens=False)["input_ids"]
                      if config.history_text else [])
 
-    def _text(self, kind: str, user: int) -> list[int]:
-        key = (kind, user)
+    def _text(self, kind: str, index: int) -> list[int]:
+        """Token ids of a user's id text, profile or prediction (``index``: the user) or of an
+        item's description (``kind="item"``, ``index``: the catalogue index), cut to budget."""
+        key = (kind, index)
         if key not in self._text_cache:
             if kind == "user":
-                text = f"user {self.data.user_ids[user]}"
-            elif kind == "item":  # `user` is a catalogue index here
-                text = " " + self.data.item_text[user] if self.data.item_text[user] else ""
+                text = f"user {self.data.user_ids[index]}"
+            elif kind == "item":
+                text = " " + self.data.item_text[index] if self.data.item_text[index] else ""
             else:
-                text = self.profiles.get(user, {}).get(kind, "")
+                text = self.profiles.get(index, {}).get(kind, "")
                 text = (" " + text) if kind == "predict" and text else text
             ids = self.tok(text, add_special_tokens=False)["input_ids"] if text else []
             budget = {"user": 16, "item": self.cfg.description_tokens}.get(

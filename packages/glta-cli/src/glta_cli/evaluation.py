@@ -172,10 +172,7 @@ def stage3_selection(run_dir: Path) -> dict[str, Any]:
     ``valid_metrics``, ``stopped_early``, ``epochs_run``, ``valid_history``); ``{}``
     before stage 3 or without early stopping."""
     path = Path(run_dir) / "user_projector" / "config.json"
-    if not path.is_file():
-        return {}
-    cfg = json.loads(path.read_text(encoding="utf-8"))
-    return {k: cfg[k] for k in _SELECTION_KEYS + _SPEED_KEYS if k in cfg}
+    return _config_keys(path, _SELECTION_KEYS + _SPEED_KEYS)
 
 
 _SELECTION_KEYS = ("best_epoch", "valid_metrics", "stopped_early", "epochs_run",
@@ -188,11 +185,16 @@ def stage2_speed(run_dir: Path) -> dict[str, Any]:
     """Stage 2's training speed from ``RUN/item_text/item_projector/config.json``
     (``achieved_gflops``, ``train_seconds``, ``model_flops``, ``timed_steps``, ``steps``, the
     LLM precision and probe); ``{}`` before stage 2 or for runs made before it was saved."""
-    path = Path(run_dir) / "item_text" / "item_projector" / "config.json"
+    return _config_keys(Path(run_dir) / "item_text" / "item_projector" / "config.json",
+                        _SPEED_KEYS)
+
+
+def _config_keys(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The ``keys`` an artifact's ``config.json`` holds; ``{}`` when the file is absent."""
     if not path.is_file():
         return {}
     cfg = json.loads(path.read_text(encoding="utf-8"))
-    return {k: cfg[k] for k in _SPEED_KEYS if k in cfg}
+    return {k: cfg[k] for k in keys if k in cfg}
 
 
 def breakdown_markdown(breakdown: dict[str, Any], selection: dict[str, Any] | None = None,

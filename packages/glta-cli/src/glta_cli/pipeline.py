@@ -443,24 +443,24 @@ def _saved_config(run_dir: Path) -> GLTAConfig | None:
 # the behaviour runs had before the setting existed. A run whose saved configuration lacks
 # one of them keeps its stage when the current value is this one (the stage's key alone
 # changed because it hashes the new setting); any other value reruns the stage.
-_ADDED_SETTINGS: dict[tuple[str, str], Any] = {
-    ("graph", "text_align"): "none",
-    ("graph", "text_weight"): 0.1,
-    ("graph", "text_temperature"): 0.2,
-    ("graph", "text_encoder"): "all-MiniLM-L6-v2",
-    ("graph", "text_max_length"): 128,
-    ("graph", "text_cache_dir"): None,
-    ("user_item", "history_text"): False,
-    ("user_item", "residual"): False,
-    ("user_item", "residual_init"): "stage2",
-    ("eval", "baselines"): [],
-}
+def _added_settings() -> dict[tuple[str, str], Any]:
+    """``(section, key) -> value``: the graph trainer's own registry
+    (:data:`glta_graph.train.ADDED_SETTINGS`) and the alignment/evaluation settings added
+    since runs were first made."""
+    from glta_graph.train import ADDED_SETTINGS as graph_added
+
+    return {**{("graph", k): v for k, v in graph_added.items()},
+            ("graph", "text_cache_dir"): None,  # where text embeddings are cached
+            ("user_item", "history_text"): False,
+            ("user_item", "residual"): False,
+            ("user_item", "residual_init"): "stage2",
+            ("eval", "baselines"): []}
 
 
 def _added_settings_only(run_dir: Path, old: GLTAConfig | None, new: GLTAConfig,
                          stage: str) -> list[str] | None:
     """The ``[section] key`` settings of ``stage`` that ``RUN/resolved-config.toml`` lacks
-    (possibly none), when they are all in `_ADDED_SETTINGS` at their earlier behaviour and
+    (possibly none), when they are all in :func:`_added_settings` at their earlier behaviour and
     nothing else of the stage differs; ``None`` otherwise (the stage must rerun)."""
     saved = run_dir / RESOLVED_CONFIG_NAME
     if old is None or _stage_diffs(old, new, stage) or not saved.is_file():
@@ -474,7 +474,8 @@ def _added_settings_only(run_dir: Path, old: GLTAConfig | None, new: GLTAConfig,
     current = new.to_dict()
     added = [(sec, key) for sec in STAGE_SECTIONS[stage] for key in current.get(sec, {})
              if key not in raw.get(sec, {})]
-    if any((sec, key) not in _ADDED_SETTINGS or current[sec][key] != _ADDED_SETTINGS[(sec, key)]
+    known = _added_settings()
+    if any((sec, key) not in known or current[sec][key] != known[(sec, key)]
            for sec, key in added):
         return None
     return [f"[{sec}] {key}" for sec, key in added]

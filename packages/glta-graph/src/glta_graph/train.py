@@ -31,6 +31,7 @@ from glta_graph.progress import ProgressCallback, ProgressEvent, emit
 from glta_graph.text_align import build_text_aligner, check_text_settings
 
 __all__ = [
+    "ADDED_SETTINGS",
     "GRAPH_DIR",
     "STATE_DIR",
     "LightGCNConfig",
@@ -46,8 +47,9 @@ STATE_DIR = os.path.join("state", "graph")
 _SAMPLINGS = ("user", "pair")
 _LOSSES = ("bpr", "softmax")
 _METRIC_NAMES = ("precision", "recall", "ndcg", "hit_rate")
-# Settings added after version 1 of the resume state, with the behaviour older states had.
-_ADDED_SETTINGS = {"hard_negatives": 1, "world_size": 1, "text_align": "none",
+# Settings added after version 1 of the resume state, with the value that gives the behaviour
+# older states (and runs saved before the setting existed) had.
+ADDED_SETTINGS = {"hard_negatives": 1, "world_size": 1, "text_align": "none",
                    "text_weight": 0.1, "text_temperature": 0.2,
                    "text_encoder": "all-MiniLM-L6-v2", "text_max_length": 128}
 # Settings that may change between a killed run and its resumption.
@@ -820,7 +822,7 @@ def _make_loop(
         progress=progress, progress_per="run", rank=ranks.rank, world=ranks.world,
         check_loss=check_loss, validate=validate if validating else None, snapshot=snapshot,
         select=config.select_metric, patience=config.patience or None,
-        eval_every=max(1, config.eval_every), validate_on="main", defaults=_ADDED_SETTINGS,
+        eval_every=max(1, config.eval_every), validate_on="main", defaults=ADDED_SETTINGS,
         what="LightGCN",
     )
     return loop
