@@ -31,7 +31,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -40,13 +43,21 @@ from glta_align._common import rng_for
 from glta_align.config import UserItemConfig
 from glta_align.flops import BatchShape, DecoderCost, step_flops
 from glta_align.item_text import slot_vector
-from glta_align.llm import load_llm
+from glta_align.llm import _cpu_model, _linear_shapes, _time_products, load_llm
 from glta_align.projector import NodeProjector
 from glta_align.prompts import USER_ITEM_SYSTEM, USER_ITEM_TEMPLATE, USER_ITEM_USER, build_layout
 from glta_align.splice import SoftPromptRunner, bucket_batches
 from glta_align.user_item import UserPrompter, eval_sample, train_sample
 from glta_gllm import GLLMHead
 from glta_graph.data import load_dataset
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def fake_profiles(data, users, rng):
@@ -108,8 +119,10 @@ def main() -> None:
                          batch_size=args.batch_size)
     rng = rng_for(0, 99)
     profiles = fake_profiles(data, range(data.num_users), rng)
-    results = {"host": platform.processor() or platform.machine(),
-               "threads": torch.get_num_threads(), "torch": torch.__version__}
+    results = {"command": "python " + " ".join(sys.argv), "commit": _commit(),
+               "cpu": _cpu_model(), "host": platform.processor() or platform.machine(),
+               "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "load_before": round(os.getloadavg()[0], 2)}
     llm_plain = load_llm(dtype="float32")
     llm_ours = load_llm(dtype=args.dtype)
     if args.plain_weight_grads:
@@ -214,6 +227,13 @@ def main() -> None:
                 spent[name] += time.perf_counter() - t0
     for name in paths:
         results[f"infer_users_per_s_{name}"] = len(ev) / spent[name]
+    # the GEMM rate of the LLM's own layer shapes in each path's precision, measured in this
+    # run the way dtype="auto"'s probe measures it (256 rows, best of 3)
+    shapes = _linear_shapes(llm_ours.causal_lm.config)
+    for name, precision in (("ours", llm_ours.precision), ("plain", "float32")):
+        rate = _time_products(shapes, precision, 256, 3)
+        results[f"gemm_gflops_{name}"] = rate
+        results[f"train_gemm_fraction_{name}"] = results[f"train_gflops_{name}"] / rate
     results["train_speedup"] = (results["train_samples_per_s_ours"]
                                 / results["train_samples_per_s_plain"])
     results["infer_speedup"] = (results["infer_users_per_s_ours"]
