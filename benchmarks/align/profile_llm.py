@@ -3,7 +3,7 @@
 The backward runs into ``inputs_embeds`` only (frozen weights), as in stage 3; the loss
 reads the last ``--slots`` positions. Prints the top operators by self CPU time.
 
-    uv run python benchmarks/align/profile_llm.py --batch 8 --tokens 160
+    uv run python benchmarks/align/profile_llm.py --batch 8 --tokens 160 [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=160)
     ap.add_argument("--slots", type=int, default=10)
     ap.add_argument("--rows", type=int, default=18, help="operators to print")
+    ap.add_argument("--dtype", default="float32", help="float32, bfloat16 or int8")
     args = ap.parse_args()
     torch.manual_seed(0)
-    llm = load_llm(dtype="float32")
+    llm = load_llm(dtype=args.dtype)
     model = llm.causal_lm.model
-    x = torch.randn(args.batch, args.tokens, llm.hidden_size) * 0.02
+    x = (torch.randn(args.batch, args.tokens, llm.hidden_size) * 0.02).to(llm.dtype)
 
     def step() -> None:
         xe = x.clone().requires_grad_()
