@@ -21,7 +21,9 @@ configuration, in the run's final evaluation. Extra rows:
   softmax objective.
 
 A finished run is recorded at once (atomic rewrite of the JSON); rerunning the command skips
-recorded runs and resumes a killed one from its run directory. Example:
+recorded runs and resumes a killed one from its run directory. Drivers run in parallel (one
+seed each, into their own files) are joined with ``--rows '' --merge A.json B.json --out
+ALL.json``. Example:
 
     uv run python benchmarks/align/ablations.py --dataset ml-100k --seeds 0,1,2 \\
         --root /tmp/glta-ablations --out benchmarks/align/results/ablation_ml100k.json
@@ -159,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed-major", action="store_true",
                     help="finish every row of a seed before the next seed (default: row-major, "
                     "all seeds of a row before the next row)")
+    ap.add_argument("--merge", type=Path, nargs="+", default=[],
+                    help="result files of drivers run in parallel (other seeds or rows): their "
+                    "runs not yet in --out are added to it (with --rows '' nothing is run)")
     ap.add_argument("extra", nargs="*", help="extra pipeline overrides (after --)")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -169,6 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     data_args = [a.format(shared=args.shared) for a in DATASETS[args.dataset]]
     doc = json.loads(args.out.read_text()) if args.out.is_file() else {}
     doc.setdefault("runs", [])
+    for other in args.merge:
+        theirs = json.loads(other.read_text())
+        have = {(r["dataset"], r["seed"], r["row"]) for r in doc["runs"]}
+        doc["runs"] += [r for r in theirs["runs"]
+                        if (r["dataset"], r["seed"], r["row"]) not in have]
+        doc["commands"] = [*doc.get("commands", []), *(c for c in theirs.get("commands", [])
+                                                       if c not in doc.get("commands", []))]
     command = " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv])
     commands = [c for c in doc.get("commands", [doc.get("command")]) if c]
     doc.pop("command", None)

@@ -1,0 +1,45 @@
+"""benchmarks/align/ablations.py: joining the result files of drivers run in parallel."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "align" / "ablations.py"
+
+
+def _run_entry(seed: int, row: str, ndcg: float) -> dict:
+    metrics = {"glta": {"valid": {"ndcg@10": ndcg / 2}, "test": {"ndcg@10": ndcg}}}
+    return {"dataset": "ml-100k", "seed": seed, "row": row, "seconds": 1.0,
+            "commit": "abc1234", "date": "2026-12-04", "command": ["pipeline"],
+            "result": {"metrics": metrics}}
+
+
+def test_merge_joins_parallel_drivers_without_duplicates(tmp_path):
+    a = tmp_path / "a.json"
+    b = tmp_path / "b.json"
+    a.write_text(json.dumps({"commands": ["python ablations.py --seeds 0"],
+                             "runs": [_run_entry(0, "full", 0.30),
+                                      _run_entry(0, "random-llm", 0.20)]}))
+    b.write_text(json.dumps({"commands": ["python ablations.py --seeds 1"],
+                             "runs": [_run_entry(1, "full", 0.40),
+                                      _run_entry(0, "full", 0.99)]}))  # a duplicate key
+    out = tmp_path / "all.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--rows", "", "--root", str(tmp_path / "runs"),
+         "--out", str(out), "--merge", str(a), str(b)],
+        capture_output=True, text=True, check=False, cwd=SCRIPT.parent)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    keys = [(r["seed"], r["row"]) for r in doc["runs"]]
+    assert keys == [(0, "full"), (0, "random-llm"), (1, "full")]
+    # the first file wins for a run recorded twice; the mean and spread cover both seeds
+    cell = doc["summary"]["ml-100k"]["full"]["glta"]["test"]["ndcg@10"]
+    assert cell["seeds"] == [0, 1]
+    assert abs(cell["mean"] - 0.35) < 1e-12 and abs(cell["spread"] - 0.10) < 1e-12
+    assert "python ablations.py --seeds 1" in doc["commands"]
+    assert {"dataset": "ml-100k", "seed": 2, "row": "full"} in doc["missing"]
+    assert {"dataset": "ml-100k", "seed": 1, "row": "full"} not in doc["missing"]
