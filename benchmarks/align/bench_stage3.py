@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -43,21 +42,14 @@ from glta_align._common import rng_for
 from glta_align.config import UserItemConfig
 from glta_align.flops import BatchShape, DecoderCost, step_flops
 from glta_align.item_text import slot_vector
-from glta_align.llm import _cpu_model, _linear_shapes, _time_products, load_llm
+from glta_align.llm import _linear_shapes, _time_products, load_llm
 from glta_align.projector import NodeProjector
 from glta_align.prompts import USER_ITEM_SYSTEM, USER_ITEM_TEMPLATE, USER_ITEM_USER, build_layout
 from glta_align.splice import SoftPromptRunner, bucket_batches
 from glta_align.user_item import UserPrompter, eval_sample, train_sample
 from glta_gllm import GLLMHead
 from glta_graph.data import load_dataset
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
 
 
 def fake_profiles(data, users, rng):
@@ -119,8 +111,8 @@ def main() -> None:
                          batch_size=args.batch_size)
     rng = rng_for(0, 99)
     profiles = fake_profiles(data, range(data.num_users), rng)
-    results = {"command": "python " + " ".join(sys.argv), "commit": _commit(),
-               "cpu": _cpu_model(), "host": platform.processor() or platform.machine(),
+    results = {"command": "python " + " ".join(sys.argv), "commit": git_commit(),
+               "cpu": cpu_model(), "host": platform.processor() or platform.machine(),
                "threads": torch.get_num_threads(), "torch": torch.__version__,
                "load_before": round(os.getloadavg()[0], 2)}
     llm_plain = load_llm(dtype="float32")
