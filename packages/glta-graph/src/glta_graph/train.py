@@ -50,8 +50,8 @@ _METRIC_NAMES = ("precision", "recall", "ndcg", "hit_rate")
 # Settings added after version 1 of the resume state, with the value that gives the behaviour
 # older states (and runs saved before the setting existed) had.
 ADDED_SETTINGS = {"hard_negatives": 1, "world_size": 1, "text_align": "none",
-                   "text_weight": 0.1, "text_temperature": 0.2,
-                   "text_encoder": "all-MiniLM-L6-v2", "text_max_length": 128}
+                  "text_weight": 0.1, "text_temperature": 0.2,
+                  "text_encoder": "all-MiniLM-L6-v2", "text_max_length": 128}
 # Settings that may change between a killed run and its resumption.
 _RESUMABLE_CHANGES = {"epochs", "patience", "eval_every", "device", "num_threads",
                       "text_cache_dir"}
