@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from glta_cli.app import app
 from glta_cli.outputs import (
+    LOCK,
     MARKER,
     OutputError,
     check_output_dir,
+    lock_run,
     output_kind,
     staged_dir,
     write_marker,
@@ -221,6 +227,48 @@ def test_start_run_dir_restart_moves_only_runs(tmp_path):
     with pytest.raises(OutputError, match="input"):
         _start_run_dir(run, restart=True, inputs=[run / "in.csv"])
     assert (run / "in.csv").is_file()
+
+
+def _hold_lock(run: Path) -> subprocess.Popen:
+    """Another process that holds ``run``'s lock until killed (returns once it holds it)."""
+    code = ("import sys, time; from glta_cli.outputs import lock_run\n"
+            "with lock_run(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the run lock uses fcntl.flock (POSIX)")
+def test_a_run_another_process_writes_is_refused_until_it_ends(runner, tmp_path):
+    run = tmp_path / "run"
+    assert _start_run_dir(run, restart=False) is None
+    (run / "model.txt").write_text("the other process's run")
+    holder = _hold_lock(run)
+    try:
+        assert (run / LOCK).read_text().strip() == str(holder.pid)
+        for restart in (False, True):  # --restart may not move a run in use either
+            with contextlib.ExitStack() as locks, pytest.raises(OutputError) as err:
+                _start_run_dir(run, restart=restart, locks=locks)
+            assert str(holder.pid) in str(err.value) and str(run) in str(err.value)
+        assert not previous_dir(run).exists()
+        result = runner.invoke(app, ["pipeline", "--preset", "smoke", "--out", str(run),
+                                     "--quiet", "--restart"])
+        _refused(result, str(run), f"pid {holder.pid}", "another glta process")
+        assert (run / "model.txt").read_text() == "the other process's run"
+        assert sorted(p.name for p in run.iterdir()) == sorted([LOCK, MARKER, "model.txt"])
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # kill -9 leaves no stale lock: the kernel dropped it with the process
+    with contextlib.ExitStack() as locks:
+        note = _start_run_dir(run, restart=True, locks=locks)
+        assert "moved" in note and (previous_dir(run) / "model.txt").is_file()
+        # the new run is locked while the stack is open, by this process
+        with pytest.raises(OutputError, match=f"pid {os.getpid()}"), lock_run(run):
+            pass
+    with lock_run(run) as lock:  # released when the stack closed
+        assert lock == run / LOCK
 
 
 def test_runs_of_earlier_versions_still_resume(tmp_path):

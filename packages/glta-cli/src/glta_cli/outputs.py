@@ -16,6 +16,10 @@ rules, shared by ``data prepare``, ``data export``, ``graph train``, ``pipeline`
   user's umask) and renamed into place; an old output is removed only after the new one is
   complete.
 - ``--restart`` only moves a folder that is a GLTA run.
+- One process at a time writes a run: ``glta pipeline`` holds an advisory lock on
+  ``RUN/.glta.lock`` (:func:`lock_run`) while it runs; a second one on the same folder is
+  refused with the holder's pid instead of mixing its stages into the first one's. The lock
+  goes with the process (even on ``kill -9``); the empty file stays.
 
 Folders written before the marker existed are still recognised: a dataset by its
 ``dataset.json`` holding ``glta_format``, a run by ``resolved-config.toml`` plus ``state/``
@@ -32,20 +36,29 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+try:  # POSIX; on Windows the run lock is not taken (see lock_run)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = [
     "KINDS",
     "LAYOUTS",
+    "LOCK",
     "MARKER",
     "OutputError",
     "check_input_output",
     "check_output_dir",
     "check_output_file",
+    "lock_run",
     "output_kind",
     "staged_dir",
     "write_marker",
 ]
 
 MARKER = ".glta"
+#: The advisory lock file of a run folder (held by the process writing the run).
+LOCK = ".glta.lock"
 KINDS = ("dataset", "export", "run")
 #: What a replaceable output holds; anything else in it is the user's and blocks --overwrite.
 LAYOUTS = {
@@ -212,3 +225,39 @@ def staged_dir(out: str | os.PathLike[str], kind: str) -> Iterator[Path]:
             os.replace(staged, path)
     finally:
         shutil.rmtree(holder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def lock_run(path: str | os.PathLike[str], option: str = "run directory") -> Iterator[Path]:
+    """Hold an exclusive advisory lock on the existing folder ``path`` for the ``with`` block.
+
+    The lock is ``flock`` on ``path/.glta.lock`` (created if absent, never removed: removing
+    it would let two processes lock different files); the holder's pid is written into it
+    for the error message. The kernel drops the lock when the process ends, however it ends,
+    so a killed run never leaves a stale lock. On a platform without ``fcntl`` (Windows) no
+    lock is taken.
+
+    Yields:
+        The lock file's path.
+
+    Raises:
+        OutputError: another process holds the lock (the message names ``path`` and its pid).
+    """
+    lock = Path(path) / LOCK
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                who = f" (pid {holder})" if holder.isdigit() else ""
+                raise OutputError(
+                    f"{option} {path}: another glta process{who} is writing this run; wait "
+                    f"for it to finish or stop it, or choose another folder"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield lock
+    finally:
+        os.close(fd)  # releases the lock

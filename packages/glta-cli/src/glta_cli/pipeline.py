@@ -13,10 +13,13 @@ atomic rename; nothing is deleted yet) and a fresh run starts in ``RUN``. When t
 completes, ``RUN.previous`` is removed. If the restarted run is killed, rerunning without
 ``--restart`` resumes it and the old run is still in ``RUN.previous``; restarting again while
 ``RUN.previous`` exists discards only the unfinished ``RUN`` and keeps ``RUN.previous``.
+While it runs the pipeline holds ``RUN``'s lock (:func:`glta_cli.outputs.lock_run`): a second
+``glta pipeline`` on the same folder, with or without ``--restart``, exits 2 naming the pid.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -350,21 +353,28 @@ def train_graph_run(
 # -- the pipeline --------------------------------------------------------------------------
 
 
-def _start_run_dir(run_dir: Path, restart: bool, inputs: Sequence[Any] = ()) -> str | None:
+def _start_run_dir(run_dir: Path, restart: bool, inputs: Sequence[Any] = (),
+                   locks: contextlib.ExitStack | None = None) -> str | None:
     """Check ``run_dir`` may hold a run, apply ``--restart``; return a note for the user.
 
     ``run_dir`` must be absent, empty or a glta run (marker, or ``resolved-config.toml`` +
     ``state/`` from earlier versions), and not one of ``inputs``. ``--restart`` moves only
-    a glta run aside. On return ``run_dir`` exists and carries the run marker.
+    a glta run aside. On return ``run_dir`` exists and carries the run marker. With
+    ``locks``, the run's lock (:func:`glta_cli.outputs.lock_run`) is taken before anything
+    is moved and entered into ``locks``, so it is held until the caller's stack closes.
 
     Raises:
         OutputError: a file, a folder of other files, another kind of glta output, an
-            input, or a ``RUN.previous`` that glta did not write.
+            input, a ``RUN.previous`` that glta did not write, or a run another process
+            is writing.
     """
-    from glta_cli.outputs import OutputError, check_output_dir, output_kind, write_marker
+    from glta_cli.outputs import OutputError, check_output_dir, lock_run, output_kind, write_marker
 
     previous = previous_dir(run_dir)
     state = check_output_dir(run_dir, "run", inputs=inputs, option="run directory")
+    held = state == "same" and locks is not None
+    if held:  # before --restart moves anything: a running process keeps its run
+        locks.enter_context(lock_run(run_dir))
     note = None
     if restart and state == "same":
         if previous.exists():
@@ -379,8 +389,11 @@ def _start_run_dir(run_dir: Path, restart: bool, inputs: Sequence[Any] = ()) -> 
         else:
             os.replace(run_dir, previous)
             note = f"moved the old run to {previous}; it is removed when this run completes"
+        held = False  # the lock taken above went with the old folder
     run_dir.mkdir(parents=True, exist_ok=True)
     write_marker(run_dir, "run")
+    if locks is not None and not held:
+        locks.enter_context(lock_run(run_dir))
     return note
 
 
@@ -660,27 +673,29 @@ def run_pipeline(
     Returns:
         A :class:`PipelineResult`.
     """
-    run = _open_run(config, restart, progress, log)
-    data = _dataset_step(run)
-    _graph_step(run, data)
-    need_eval = _evaluation_needed(run)
-    _alignment_steps(run, data)
-    if need_eval:
-        _evaluate_step(run, data)
-    else:
-        run.skipped.append("evaluate")
-    return _finish(run, data, command)
+    with contextlib.ExitStack() as locks:  # the run's lock, held until the run returns
+        run = _open_run(config, restart, progress, log, locks)
+        data = _dataset_step(run)
+        _graph_step(run, data)
+        need_eval = _evaluation_needed(run)
+        _alignment_steps(run, data)
+        if need_eval:
+            _evaluate_step(run, data)
+        else:
+            run.skipped.append("evaluate")
+        return _finish(run, data, command)
 
 
 def _open_run(config: GLTAConfig, restart: bool, progress: Any | None,
-              log: Callable[[str], None]) -> _Run:
-    """Start (or reopen) ``RUN``: the restart move, the bookkeeping, the resolved config.
+              log: Callable[[str], None], locks: contextlib.ExitStack | None = None) -> _Run:
+    """Start (or reopen) ``RUN``: its lock (into ``locks``), the restart move, the
+    bookkeeping, the resolved config.
 
     Stages whose configuration key changed since the last attempt are marked not done (with
     every stage after them, see :func:`_reconcile_stages`).
     """
     run_dir = Path(config.run.out)
-    note = _start_run_dir(run_dir, restart, inputs=[config.data.source])
+    note = _start_run_dir(run_dir, restart, inputs=[config.data.source], locks=locks)
     if note:
         log(note)
     state = _read_state(run_dir)
