@@ -255,6 +255,8 @@ def test_a_run_another_process_writes_is_refused_until_it_ends(runner, tmp_path)
         result = runner.invoke(app, ["pipeline", "--preset", "smoke", "--out", str(run),
                                      "--quiet", "--restart"])
         _refused(result, str(run), f"pid {holder.pid}", "another glta process")
+        # glta evaluate rewrites metrics.json: refused too while the run is being written
+        _refused(runner.invoke(app, ["evaluate", str(run), "--quiet"]), f"pid {holder.pid}")
         assert (run / "model.txt").read_text() == "the other process's run"
         assert sorted(p.name for p in run.iterdir()) == sorted([LOCK, MARKER, "model.txt"])
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,6 +42,7 @@ def evaluate(
 
     glta evaluate runs/default --by popularity
     """
+    from glta_cli.outputs import lock_run, output_kind
     from glta_cli.progress import RichProgress
     from glta_cli.runs import available_models, evaluate_run
 
@@ -52,7 +54,9 @@ def evaluate(
         _print_breakdown(run_dir, models, split, ks, by, quiet)
         return
     results = {}
-    with RichProgress(disable=quiet) as bar:
+    # metrics.json is rewritten: not while a pipeline writes the same run (its lock)
+    lock = lock_run(run_dir) if output_kind(run_dir) == "run" else contextlib.nullcontext()
+    with lock, RichProgress(disable=quiet) as bar:
         for name in models:
             results[name] = evaluate_run(run_dir, name, split, ks, progress=bar)
     table = Table(title=f"{run_dir} ({split} split, full ranking)")
