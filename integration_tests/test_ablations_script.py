@@ -43,3 +43,31 @@ def test_merge_joins_parallel_drivers_without_duplicates(tmp_path):
     assert "python ablations.py --seeds 1" in doc["commands"]
     assert {"dataset": "ml-100k", "seed": 2, "row": "full"} in doc["missing"]
     assert {"dataset": "ml-100k", "seed": 1, "row": "full"} not in doc["missing"]
+
+
+def test_reread_adds_the_stage3_curve_only_when_metrics_match(tmp_path):
+    root = tmp_path / "runs"
+    entries = []
+    for seed, recorded in ((0, 0.30), (1, 0.40)):
+        run = root / "ml-100k" / f"seed{seed}" / "full"
+        (run / "user_projector").mkdir(parents=True)
+        on_disk = _run_entry(seed, "full", 0.30)["result"]["metrics"]  # seed 1 differs
+        (run / "metrics.json").write_text(json.dumps(on_disk))
+        (run / "user_projector" / "config.json").write_text(json.dumps(
+            {"best_epoch": 1, "epochs_run": 2, "valid_history": [
+                {"epoch": 0, "ndcg@10": 0.11}, {"epoch": 1, "ndcg@10": 0.15}]}))
+        entry = _run_entry(seed, "full", recorded)
+        entry["command"] = ["glta_cli.app", "pipeline", "--out", str(run)]
+        entries.append(entry)
+    out = tmp_path / "all.json"
+    out.write_text(json.dumps({"commands": [], "runs": entries}))
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--rows", "", "--root", str(root), "--out", str(out),
+         "--reread"], capture_output=True, text=True, check=False, cwd=SCRIPT.parent)
+    assert proc.returncode == 0, proc.stderr
+    runs = json.loads(out.read_text())["runs"]
+    assert runs[0]["result"]["stage3"]["valid_ndcg@10"] == [0.11, 0.15]
+    assert runs[0]["result"]["metrics"] == entries[0]["result"]["metrics"]
+    assert "stage3" not in runs[1]["result"]  # its metrics differ from the run's: untouched
+    assert runs[1]["result"]["metrics"]["glta"]["test"]["ndcg@10"] == 0.40
+    assert "other metrics than recorded" in proc.stdout

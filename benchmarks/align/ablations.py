@@ -115,6 +115,8 @@ def _read(run: Path) -> dict:
         ucfg = json.loads(cfg.read_text())
         out["stage3"] = {k: ucfg.get(k) for k in ("best_epoch", "epochs_run", "stopped_early",
                                                    "llm", "llm_precision")}
+        # stage 3's per-epoch valid N@10 (epochs 0-based, as best_epoch)
+        out["stage3"]["valid_ndcg@10"] = [h.get("ndcg@10") for h in ucfg.get("valid_history", [])]
     state = run / "state" / "pipeline" / "stages.json"
     if state.is_file():
         stages = json.loads(state.read_text())["stages"]
@@ -145,6 +147,24 @@ def _summary(runs: list[dict]) -> dict:
     return out
 
 
+def _reread(runs: list[dict], dataset: str, base: Path) -> None:
+    """Refresh ``result`` of the recorded runs of ``dataset`` whose run directory (the
+    ``--out`` of their command) is under ``base`` and still finished, when its metrics equal
+    the recorded ones (the test split is not evaluated again: its metrics.json is read)."""
+    for entry in runs:
+        cmd = entry.get("command", [])
+        out = Path(cmd[cmd.index("--out") + 1]) if "--out" in cmd else None
+        if (entry["dataset"] != dataset or entry["row"] in BASELINES or out is None
+                or out.parent.parent != base or not (out / "metrics.json").is_file()):
+            continue
+        fresh = _read(out)
+        if fresh["metrics"] != entry["result"]["metrics"]:
+            print(f"reread: {out} has other metrics than recorded; kept as recorded", flush=True)
+            continue
+        entry["result"] = fresh
+        print(f"reread: {out}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="ml-100k")
@@ -164,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", type=Path, nargs="+", default=[],
                     help="result files of drivers run in parallel (other seeds or rows): their "
                     "runs not yet in --out are added to it (with --rows '' nothing is run)")
+    ap.add_argument("--reread", action="store_true",
+                    help="re-read recorded runs of --dataset from their run directories under "
+                    "--root (fields the reader gained since they were recorded); a run whose "
+                    "metrics differ from the recorded ones is left as it is")
     ap.add_argument("extra", nargs="*", help="extra pipeline overrides (after --)")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -196,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     doc["versions"] = {"torch": torch.__version__, "python": platform.python_version()}
     done = {(r["dataset"], r["seed"], r["row"]) for r in doc["runs"]}
     base = args.root / args.dataset
+    if args.reread:
+        _reread(doc["runs"], args.dataset, base)
     log = base / "ablations.log"
     base.mkdir(parents=True, exist_ok=True)
     order = ([(s, r) for s in seeds for r in rows] if args.seed_major

@@ -69,7 +69,9 @@ def main() -> None:
         t = time.perf_counter()
         step(compiled, kv, x, pdt)
         first[L] = time.perf_counter() - t
-    cos = lambda a, b: float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), 0))  # noqa: E731
+    def cos(a, b):
+        return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), 0))
+
     x = xs[lengths[len(lengths) // 2]]
     o0, g0 = step(ref.backbone, kv_ref, x, torch.float32)
     o1, g1 = step(llm.backbone, kv, x, pdt)
