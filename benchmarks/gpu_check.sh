@@ -15,7 +15,7 @@
 #     multiprocess==0.70.19 recbole==1.2.1
 #   cp ~/.cache/glta/models/SmolLM2-135M-Instruct.Q4_1/*.json .gpu/smolcfg/  (config+tokenizer)
 # Usage (repository root): OUT=/tmp/out bash benchmarks/gpu_check.sh [SECTION ...]
-# SECTIONs: gllm triton gowalla tests pipeline (default: all but triton; PIPELINE_ARGS adds pipeline options;
+# SECTIONs: gllm triton auto gowalla tests pipeline (default: all but triton; PIPELINE_ARGS adds pipeline options;
 # GRID picks the Gowalla recipes, LOGDIR where their logs go)
 set -u
 SECTIONS=" ${*:-gllm gowalla tests pipeline} "
@@ -60,7 +60,7 @@ fi
 if want triton; then
 timeout 150 python3 -m pytest -q -p no:cacheprovider packages/glta-gllm/tests/test_triton.py \
   2>&1 | tail -n 15 > "$OUT/pytest_triton.txt"; cat "$OUT/pytest_triton.txt"
-C="timeout 60 python3 benchmarks/gllm/compare.py --device cuda --repeats ${REPEATS:-5} --only glta,glta_triton"
+C="timeout 60 python3 benchmarks/gllm/compare.py --device cuda --repeats ${REPEATS:-5} --only glta,glta_triton,torch_auto"
 {
   $C lce 512 576 100000
   $C lce 512 576 100000 --dtype bfloat16
@@ -75,6 +75,26 @@ M="timeout 60 python3 benchmarks/gllm/memory.py --device cuda"
   $M lce 256 4096 200000 --variants naive,glta,glta_triton
 } > "$OUT/triton_memory_cuda.jsonl" 2> /tmp/o/triton_memory_cuda.err
 cat "$OUT"/triton_*_cuda.jsonl | cut -c1-200; tail -n 5 /tmp/o/triton_*.err
+fi
+
+# ---- 1c. what backend="auto" picks (Triton for bf16 on CUDA): steady-state memory (one
+# full-size step first, so Triton's one-time autotuning buffers are left out), timings of
+# auto (glta) against both backends, and the CUDA + Triton tests under the new default
+if want auto; then
+(timeout 150 python3 -m pytest -q -p no:cacheprovider packages/glta-gllm/tests/test_cuda.py \
+  packages/glta-gllm/tests/test_triton.py 2>&1 | tail -n 15 > "$OUT/pytest_auto.txt") &
+M="timeout 60 python3 benchmarks/gllm/memory.py --device cuda --warmup full"
+{
+  $M lce 512 576 100000 --variants naive,glta,glta_torch,glta_triton --dtype bfloat16
+  $M lce 4096 576 100000 --variants naive,glta,glta_torch,glta_triton --dtype bfloat16
+} > "$OUT/auto_memory_cuda.jsonl" 2> /tmp/o/auto_memory_cuda.err
+wait
+C="timeout 60 python3 benchmarks/gllm/compare.py --device cuda --repeats ${REPEATS:-5} --only glta,glta_torch,glta_triton"
+{
+  $C lce 512 576 100000 --dtype bfloat16
+  $C lce 4096 576 100000 --dtype bfloat16
+} > "$OUT/auto_compare_cuda.jsonl" 2> /tmp/o/auto_compare_cuda.err
+cat "$OUT"/auto_*_cuda.jsonl | cut -c1-160; cat "$OUT/pytest_auto.txt"; tail -n 5 /tmp/o/auto_*.err
 fi
 
 # ---- 2a. Gowalla recipes (each stops at a chunk boundary after MINUTES)

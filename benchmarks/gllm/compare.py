@@ -144,6 +144,7 @@ def lce_variants(
         variants["glta_nofill"] = step(nofill)
     if _DEVICE.type == "cuda" and importlib.util.find_spec("triton") is not None:
         variants["glta_triton"] = step(lambda: linear_cross_entropy(h, w, t, backend="triton"))
+        variants["glta_torch"] = step(lambda: linear_cross_entropy(h, w, t, backend="torch"))
     for c in glta_chunks:
         variants[f"glta_c{c}"] = step(
             lambda c=c: linear_cross_entropy(h, w, t, chunk_size=c, store_logits=glta_store)

@@ -6,7 +6,9 @@
     python benchmarks/gllm/memory.py lce 512 576 100000 --device cuda --dtype bfloat16
 
 For every variant a new Python process builds the inputs, runs a small warm-up of the same
-code (so libraries and thread pools exist), records its resident set size, runs one step,
+code (so libraries and thread pools exist; with ``--warmup full`` one step at the full shape,
+so one-time costs such as Triton's autotuning are left out: the steady state; CUDA only),
+records its resident set size, runs one step,
 and reads the peak resident set (``VmHWM``, Linux). "extra" is peak minus that baseline
 minus the gradients the step must return (hidden and weight, as the naive path also holds
 them), i.e. the working memory. On CUDA the same is done with ``max_memory_allocated``.
@@ -28,6 +30,7 @@ kernel, variant, device = sys.argv[1], sys.argv[2], sys.argv[4]
 dtype = getattr(torch, sys.argv[5])
 shape = [int(x) for x in sys.argv[3].split(",")]
 cuda = device.startswith("cuda")
+warm_full = sys.argv[6] == "full"
 
 def rss_mb(field):
     if cuda:
@@ -58,6 +61,8 @@ def lce_step(h, w, t):
         loss = linear_cross_entropy(h, w, t, store_logits=True)
     elif variant == "glta_triton":
         loss = linear_cross_entropy(h, w, t, backend="triton")
+    elif variant == "glta_torch":
+        loss = linear_cross_entropy(h, w, t, backend="torch")
     elif variant.startswith("torch"):
         opts = torch.nn.LinearCrossEntropyOptions
         o = opts() if variant == "torch_auto" else opts(batch_chunk_size=int(variant[11:]))
@@ -106,6 +111,9 @@ if kernel == "lce":
     lce_step(*small); del small
     args = lce_inputs(*shape)
     step = lce_step
+    if warm_full:  # one step at the full shape first (autotuning, allocator): steady state
+        lce_step(*args)
+        args[0].grad = args[1].grad = None
 elif kernel == "topk":
     small = topk_inputs(8, shape[1], 2000, per_user=5)
     topk_step(*small, k=20); del small
@@ -142,8 +150,14 @@ def main() -> None:
     parser.add_argument("--variants", default="", help="comma list (default: all)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", help="lce inputs, e.g. bfloat16")
+    parser.add_argument("--warmup", choices=("small", "full"), default="small",
+                        help="lce: warm up on a small shape (first full-size call measured) "
+                             "or on the full shape (steady state)")
     args = parser.parse_args()
     variants = [v for v in args.variants.split(",") if v] or VARIANTS[args.kernel]
+    if args.warmup == "full" and not args.device.startswith("cuda"):
+        # the CPU's peak RSS would include the warm-up, and freed pages are reused
+        parser.error("--warmup full needs --device cuda (max_memory_allocated)")
     results = []
     for variant in variants:
         out = subprocess.run(
@@ -156,6 +170,7 @@ def main() -> None:
                 ",".join(map(str, args.shape)),
                 args.device,
                 args.dtype,
+                args.warmup,
             ],
             capture_output=True,
             text=True,

@@ -622,3 +622,35 @@ def test_backend_errors(monkeypatch) -> None:
     monkeypatch.setattr(tri, "INTERPRET", False)
     with pytest.raises(RuntimeError, match="needs CUDA tensors, got cpu"):
         linear_cross_entropy(h.cpu(), w.cpu(), t.cpu(), backend="triton")
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "store", "has_triton", "want"),
+    [
+        ("cuda", torch.bfloat16, None, True, "triton"),
+        ("cuda", torch.float16, None, True, "triton"),
+        ("cuda", torch.float32, None, True, "torch"),  # slower than the torch plan in fp32
+        ("cuda", torch.bfloat16, True, True, "torch"),  # store_logits is the torch plan's
+        ("cuda", torch.bfloat16, False, True, "torch"),
+        ("cuda", torch.bfloat16, None, False, "torch"),  # no triton package
+        ("cpu", torch.bfloat16, None, True, "torch"),
+    ],
+)
+def test_auto_backend_picks_triton_only_for_half_precision_on_cuda(
+    device, dtype, store, has_triton, want
+) -> None:
+    from glta_gllm.functional import _auto_backend
+
+    assert _auto_backend(device, dtype, store, has_triton) == want
+
+
+def test_auto_backend_on_cpu_runs_the_torch_plan(monkeypatch) -> None:
+    import glta_gllm.functional as fn
+
+    seen = []
+    real = fn._LinearCrossEntropy.apply
+    monkeypatch.setattr(fn._LinearCrossEntropy, "apply",
+                        lambda *a: seen.append(a[-1]) or real(*a))
+    h, w, _, t = _inputs(4, 16, 10, torch.bfloat16, False)
+    linear_cross_entropy(h, w, t)
+    assert seen == ["torch"]
