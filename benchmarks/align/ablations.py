@@ -19,6 +19,9 @@ configuration, in the run's final evaluation. Extra rows:
 - ``lr3e-4`` [extra]: stage 3 at Adam lr 3e-4 instead of 1e-3 (its per-epoch valid N@10
   swings by up to 0.1 at 1e-3); ``lr3e-4-random-llm`` the same with a randomly initialised LLM
   (copied from the seed's ``random-llm`` run, so only stage 3 reruns).
+- ``mask-seen`` [extra]: each slot's softmax leaves out the user's other train items
+  (``[user_item] mask_seen``): the objective then matches the evaluation, which ranks unseen
+  items only; ``mask-seen-random-llm`` its control (copied from ``random-llm``).
 - ``lightgcn-softmax`` [baseline]: LightGCN with the project's sampled-softmax loss
   (``glta graph train``), early-stopped on valid, the fair baseline for GLTA's full-catalogue
   softmax objective.
@@ -50,7 +53,8 @@ from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
 
 ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-ia", "no-ua",
              "plain-head", "residual", "residual-random-llm", "history-text",
-             "history-text-random-llm", "lr3e-4", "lr3e-4-random-llm")
+             "history-text-random-llm", "lr3e-4", "lr3e-4-random-llm", "mask-seen",
+             "mask-seen-random-llm")
 # Rows that are not the paper's ablations: the overrides they add to the full run's command.
 EXTRA_ROWS = {
     "no-text": ["--user_item.use_profile", "false", "--user_item.use_predict", "false"],
@@ -63,9 +67,12 @@ EXTRA_ROWS = {
                                 "random-llm"],
     "lr3e-4": ["--user_item.lr", "3e-4"],
     "lr3e-4-random-llm": ["--user_item.lr", "3e-4", "--ablation", "random-llm"],
+    "mask-seen": ["--user_item.mask_seen", "true"],
+    "mask-seen-random-llm": ["--user_item.mask_seen", "true", "--ablation", "random-llm"],
 }
 # Rows copied from another row's run of the same seed (default: the `full` run).
-COPY_FROM = {"history-text-random-llm": "random-llm", "lr3e-4-random-llm": "random-llm"}
+COPY_FROM = {"history-text-random-llm": "random-llm", "lr3e-4-random-llm": "random-llm",
+             "mask-seen-random-llm": "random-llm"}
 BASELINES = ("lightgcn-softmax",)
 DATASETS = {
     "ml-100k": ["--data.source", "ml-100k"],

@@ -160,3 +160,41 @@ def test_stage3_needs_stage2_unless_it_trains_the_item_projector(toy_run, toy, t
     assert np.isfinite(res.epoch_losses[0])
     assert (toy_run / "item_projector").is_dir() and (toy_run / "gllm_head").is_dir()
     assert not (toy_run / "item_text").exists()  # no stage 2 ran: nothing to copy
+
+
+def test_masked_slot_loss_leaves_other_seen_items_out_of_each_softmax():
+    from glta_align.user_item import masked_slot_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, requires_grad=True)
+    targets = torch.tensor([1, 4, IGNORE])
+    seen = [np.array([0, 1, 2]), np.array([1, 4]), np.array([5])]
+    loss = masked_slot_loss(logits, targets, seen)
+    # by hand: row 0 competes over items {1, 3, 4, 5}, row 1 over {0, 2, 3, 4, 5}
+    want = torch.stack([
+        -torch.log_softmax(logits[0, [1, 3, 4, 5]], 0)[0],
+        -torch.log_softmax(logits[1, [0, 2, 3, 4, 5]], 0)[3],
+    ]).mean()
+    torch.testing.assert_close(loss, want)
+    loss.backward()
+    assert logits.grad[0, [0, 2]].abs().max() == 0  # masked: neither pushed up nor down
+    assert logits.grad[1, 1] == 0 and logits.grad[2].abs().max() == 0  # ignored row
+    # without anything seen it is the plain cross-entropy
+    plain = masked_slot_loss(logits, targets, [np.zeros(0, dtype=np.int64)] * 3)
+    torch.testing.assert_close(plain, torch.nn.functional.cross_entropy(
+        logits, targets, ignore_index=IGNORE))
+    all_ignored = masked_slot_loss(logits, torch.full((3,), IGNORE), seen)
+    assert all_ignored.item() == 0 and all_ignored.requires_grad
+    with pytest.raises(ValueError, match="2 seen lists"):
+        masked_slot_loss(logits, targets, seen[:2])
+
+
+def test_stage3_with_mask_seen_trains_and_records_it(toy_run, toy, tiny):
+    train_item_text(toy, toy_run, ItemTextConfig(epochs=1, items_per_instance=3), llm=tiny)
+    cfg = UserItemConfig(epochs=2, batch_size=4, num_slots=3, profile_new_tokens=2, lr=1e-2,
+                         mask_seen=True, use_profile=False, use_predict=False)
+    res = train_user_item(toy, toy_run, cfg, llm=tiny)
+    assert res.steps == 2 * 6 and np.isfinite(res.epoch_losses).all()
+    assert res.epoch_losses[-1] < res.epoch_losses[0]
+    _, config, _ = load_artifact(toy_run / "user_projector", expected_fingerprint=toy.fingerprint)
+    assert config["stage_config"]["mask_seen"] is True

@@ -163,6 +163,10 @@ class UserItemConfig(_StageConfig):
     residual_init: str = _help("[choice] starting point of the residual head's LLM part: zero "
                                "(GLTA starts as LightGCN's ranking exactly) or stage2 (the "
                                "stage-2 head's item map)", "zero")
+    mask_seen: bool = _help("[choice] leave the user's other train items out of each slot's "
+                            "softmax (evaluation ranks only items the user has not seen, and "
+                            "LightGCN's BPR never samples them as negatives); materialises "
+                            "the slots' full logits, for catalogues up to ~1M items", False)
 
     def __post_init__(self) -> None:
         self._check()

@@ -48,7 +48,7 @@ from glta_align.prompts import (
 from glta_align.splice import SoftPromptRunner, SoftSequence, bucket_batches
 
 __all__ = ["USER_PROJECTOR_DIR", "UserItemResult", "UserPrompter", "UserSample",
-           "stage2_outputs", "train_user_item"]
+           "masked_slot_loss", "stage2_outputs", "train_user_item"]
 
 USER_PROJECTOR_DIR = "user_projector"
 IGNORE = -100
@@ -194,6 +194,39 @@ def train_sample(data: Interactions, cfg: UserItemConfig, user: int, epoch: int)
     targets += [IGNORE] * (cfg.num_slots - len(targets))
     slot_items = [t for t in targets[:-1] if t != IGNORE] if cfg.ranking == "ar" else []
     return UserSample(user, history, targets, slot_items)
+
+
+def masked_slot_loss(logits: torch.Tensor, targets: torch.Tensor,
+                     seen: list[np.ndarray]) -> torch.Tensor:
+    """Mean cross-entropy of slot logits with each row's other seen items masked out.
+
+    Row ``r``'s softmax leaves out the items in ``seen[r]`` except its own target, so the
+    user's other train items are neither negatives nor competitors (``mask_seen``).
+
+    Args:
+        logits: ``(R, I)`` full logits of the R slot rows (any float dtype; the loss is
+            computed in float32).
+        targets: ``(R,)`` item indices, or ``IGNORE`` (-100) for slots without a target.
+        seen: ``R`` integer arrays of item indices to mask in each row (the row's user's
+            train items; the row's target is kept even if listed).
+
+    Returns:
+        The scalar loss: mean over rows with a target (0 when there are none).
+    """
+    if logits.shape[0] != targets.shape[0] or len(seen) != targets.shape[0]:
+        raise ValueError(f"masked_slot_loss: {logits.shape[0]} logit rows, "
+                         f"{targets.shape[0]} targets, {len(seen)} seen lists")
+    rows = np.concatenate([np.full(len(s), r) for r, s in enumerate(seen)] or [np.zeros(0)])
+    cols = np.concatenate([np.asarray(s) for s in seen] or [np.zeros(0)])
+    t = targets.cpu().numpy()
+    keep = cols != t[rows.astype(np.int64)] if rows.size else np.zeros(0, dtype=bool)
+    mask = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+    mask[torch.as_tensor(rows[keep], dtype=torch.long, device=logits.device),
+         torch.as_tensor(cols[keep], dtype=torch.long, device=logits.device)] = True
+    masked = logits.float().masked_fill(mask, float("-inf"))
+    if not bool((targets != IGNORE).any()):
+        return logits.float().sum() * 0.0  # keeps the graph (every rank runs backward)
+    return torch.nn.functional.cross_entropy(masked, targets, ignore_index=IGNORE)
 
 
 def eval_sample(data: Interactions, cfg: UserItemConfig, user: int) -> UserSample:
@@ -375,6 +408,9 @@ def train_user_item(
             idx = [p[i:i + cfg.batch_size].tolist() for i in range(0, len(p), cfg.batch_size)]
         return [[samples[i] for i in b] for b in idx]
 
+    train_items = ({int(u): data.user_items("train", int(u)) for u in eligible}
+                   if cfg.mask_seen else {})
+    head_dtype = next(head.parameters()).dtype
     cost = DecoderCost.of(llm)
     model_flops = [0.0]  # of the steps this process runs (loss_fn runs once per step)
 
@@ -389,6 +425,10 @@ def train_user_item(
         model_flops[0] += step_flops(cost, head, runner.last_shape,
                                      rows=sum(t != IGNORE for t in flat), query_rows=len(flat))
         targets = torch.tensor(flat, device=dev)
+        if cfg.mask_seen:
+            seen = [train_items[s.user] for s in batch for _ in s.targets]
+            rows = hidden.reshape(-1, hidden.shape[-1]).to(head_dtype)
+            return masked_slot_loss(head(rows), targets, seen)
         return head.loss(hidden.reshape(-1, hidden.shape[-1]), targets)
 
     validate = None
