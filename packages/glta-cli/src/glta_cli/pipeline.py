@@ -467,6 +467,7 @@ def _added_settings() -> dict[tuple[str, str], Any]:
             ("user_item", "history_text"): False,
             ("user_item", "residual"): False,
             ("user_item", "residual_init"): "stage2",
+            ("user_item", "mask_seen"): False,
             ("eval", "baselines"): []}
 
 
