@@ -21,7 +21,10 @@ configuration, in the run's final evaluation. Extra rows:
   (copied from the seed's ``random-llm`` run, so only stage 3 reruns).
 - ``mask-seen`` [extra]: each slot's softmax leaves out the user's other train items
   (``[user_item] mask_seen``): the objective then matches the evaluation, which ranks unseen
-  items only; ``mask-seen-random-llm`` its control (copied from ``random-llm``).
+  items only; ``mask-seen-random-llm`` its control (copied from ``random-llm``). The default
+  preset turned ``mask_seen`` on after these rows (2026-12-04); on today's default they
+  equal ``full`` / ``random-llm``, and the recorded ``full`` runs before that date are the
+  plain softmax (each run's ``command`` and ``commit`` say which).
 - ``lightgcn-softmax`` [baseline]: LightGCN with the project's sampled-softmax loss
   (``glta graph train``), early-stopped on valid, the fair baseline for GLTA's full-catalogue
   softmax objective.
