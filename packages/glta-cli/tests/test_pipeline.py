@@ -141,8 +141,10 @@ def test_settings_added_since_a_run_keep_its_stages_at_their_earlier_behaviour(t
     # residual_init: this version's "zero" is not the init runs had before it existed
     assert "user_item" not in stages and "evaluate" not in stages
     assert notes[0].startswith("graph: kept (made before [graph] text_align, [graph] text_weight")
-    assert notes[1] == ("user_item: configuration changed (a setting its saved configuration "
-                        "lacks, or the ablation); rerunning it and the stages after it")
+    # the missing settings read as their earlier behaviour (mask_seen False, not the default
+    # preset's True), so the one real difference is named
+    assert notes[1] == ("user_item: configuration changed ([user_item] residual_init: 'stage2' "
+                        "-> 'zero'); rerunning it and the stages after it")
     # the same run asked for text alignment: LightGCN reruns
     infonce = load_config("smoke", overrides=["--run.out", str(run), "--graph.text_align",
                                               "infonce"])

@@ -443,11 +443,22 @@ def _stage_diffs(old: GLTAConfig | None, new: GLTAConfig, stage: str) -> list[st
 
 
 def _saved_config(run_dir: Path) -> GLTAConfig | None:
+    """The run's saved configuration; a setting added since it was written (see
+    :func:`_added_settings`) reads as its earlier behaviour, not as today's preset value."""
     saved = run_dir / RESOLVED_CONFIG_NAME
     if not saved.is_file():
         return None
     try:
-        return load_config("default", saved)
+        raw = tomllib.loads(saved.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        raw = {}
+    earlier: dict[str, dict[str, Any]] = {}
+    known = load_config("default").to_dict()  # registry keys the CLI's sections have
+    for (sec, key), value in _added_settings().items():
+        if isinstance(raw.get(sec), dict) and key not in raw[sec] and key in known.get(sec, {}):
+            earlier.setdefault(sec, {})[key] = value
+    try:
+        return load_config("default", saved, earlier or None)
     except ConfigError as exc:
         raise ConfigError(f"{saved}: cannot be read ({exc}); pass --restart") from exc
 
