@@ -216,16 +216,14 @@ def masked_slot_loss(logits: torch.Tensor, targets: torch.Tensor,
     if logits.shape[0] != targets.shape[0] or len(seen) != targets.shape[0]:
         raise ValueError(f"masked_slot_loss: {logits.shape[0]} logit rows, "
                          f"{targets.shape[0]} targets, {len(seen)} seen lists")
-    rows = np.concatenate([np.full(len(s), r) for r, s in enumerate(seen)] or [np.zeros(0)])
-    cols = np.concatenate([np.asarray(s) for s in seen] or [np.zeros(0)])
-    t = targets.cpu().numpy()
-    keep = cols != t[rows.astype(np.int64)] if rows.size else np.zeros(0, dtype=bool)
     mask = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
-    mask[torch.as_tensor(rows[keep], dtype=torch.long, device=logits.device),
-         torch.as_tensor(cols[keep], dtype=torch.long, device=logits.device)] = True
-    masked = logits.float().masked_fill(mask, float("-inf"))
-    if not bool((targets != IGNORE).any()):
+    for r, items in enumerate(seen):
+        mask[r, torch.as_tensor(items, dtype=torch.long, device=logits.device)] = True
+    rows = (targets != IGNORE).nonzero().flatten()
+    if not rows.numel():
         return logits.float().sum() * 0.0  # keeps the graph (every rank runs backward)
+    mask[rows, targets[rows]] = False  # each row's own target stays in its softmax
+    masked = logits.float().masked_fill(mask, float("-inf"))
     return torch.nn.functional.cross_entropy(masked, targets, ignore_index=IGNORE)
 
 

@@ -442,9 +442,10 @@ def _stage_diffs(old: GLTAConfig | None, new: GLTAConfig, stage: str) -> list[st
             if d.split("]", 1)[0].lstrip("[") in sections][:4]
 
 
-def _saved_config(run_dir: Path) -> GLTAConfig | None:
-    """The run's saved configuration; a setting added since it was written (see
-    :func:`_added_settings`) reads as its earlier behaviour, not as today's preset value."""
+def _saved_config(run_dir: Path, current: GLTAConfig) -> GLTAConfig | None:
+    """The run's saved configuration; a setting of ``current``'s sections added since it was
+    written (see :func:`_added_settings`) reads as its earlier behaviour, not as today's
+    preset value."""
     saved = run_dir / RESOLVED_CONFIG_NAME
     if not saved.is_file():
         return None
@@ -453,7 +454,7 @@ def _saved_config(run_dir: Path) -> GLTAConfig | None:
     except (OSError, tomllib.TOMLDecodeError):
         raw = {}
     earlier: dict[str, dict[str, Any]] = {}
-    known = load_config("default").to_dict()  # registry keys the CLI's sections have
+    known = current.to_dict()  # the registry also holds trainer keys the CLI lacks
     for (sec, key), value in _added_settings().items():
         if isinstance(raw.get(sec), dict) and key not in raw[sec] and key in known.get(sec, {}):
             earlier.setdefault(sec, {})[key] = value
@@ -522,7 +523,7 @@ def _reconcile_stages(
         The new stage keys.
     """
     keys = stage_keys(config)
-    old = _saved_config(run_dir)
+    old = _saved_config(run_dir, config)
     old_keys = stage_keys(old) if old is not None else {}
     changed = rekeyed = False
     for name in STAGES:

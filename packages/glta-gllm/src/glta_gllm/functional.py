@@ -165,8 +165,7 @@ def _auto_backend(
 
     Measured on an NVIDIA H200 (``benchmarks/RESULTS.md``): in bf16 the Triton kernels took
     0.24-0.36x the torch plan's time at the three benchmark shapes, in fp32 0.59-2.0x (slower
-    at two of three shapes, whose fp32 GEMMs run on TF32 tensor cores in cuBLAS), so fp32
-    stays on the torch plan.
+    at two of three shapes), so fp32 stays on the torch plan.
 
     Args:
         device_type: ``hidden.device.type`` (``"cuda"``, ``"cpu"``, ...).
