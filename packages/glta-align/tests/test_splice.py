@@ -1,3 +1,4 @@
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -44,6 +45,62 @@ def test_spliced_forward_matches_hand_built(tiny, padding_side, reuse_prefix):
     for b, s in enumerate(seqs):
         want = _hand_built(tiny, prefix, s, table)
         torch.testing.assert_close(got[b], want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_padding_to_a_multiple_changes_nothing(tiny, padding_side):
+    # the compiled path pads every batch to a multiple of 16 tokens: outputs and gradients
+    # at the real positions stay those of the unpadded forward
+    torch.manual_seed(0)
+    table = torch.randn(3, tiny.hidden_size, requires_grad=True)
+    plain = SoftPromptRunner(tiny, [1, 2, 3], padding_side=padding_side)
+    padded = SoftPromptRunner(tiny, [1, 2, 3], padding_side=padding_side, pad_multiple=16)
+    want = plain.hidden_states(_seqs(), table)
+    (gw,) = torch.autograd.grad(want.sum(), table)
+    got = padded.hidden_states(_seqs(), table)
+    (gg,) = torch.autograd.grad(got.sum(), table)
+    assert padded.last_shape.seq_len == 16 and plain.last_shape.seq_len == 8
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(gg, gw, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="pad_multiple"):
+        SoftPromptRunner(tiny, [1], pad_multiple=0)
+
+
+@pytest.mark.slow
+def test_compiled_runner_matches_eager(tiny):
+    torch.manual_seed(0)
+    table = torch.randn(3, tiny.hidden_size, requires_grad=True)
+    eager = SoftPromptRunner(tiny, [1, 2, 3])
+    compiled = SoftPromptRunner(tiny, [1, 2, 3], compile=True)
+    assert compiled.pad_multiple == 16
+    for _ in range(2):  # the second call reuses the compiled graph
+        want = eager.hidden_states(_seqs(), table)
+        (gw,) = torch.autograd.grad(want.sum(), table)
+        got = compiled.hidden_states(_seqs(), table)
+        (gg,) = torch.autograd.grad(got.sum(), table)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(gg, gw, atol=1e-4, rtol=1e-3)
+    with torch.no_grad():  # inference (another graph) agrees too
+        torch.testing.assert_close(compiled.hidden_states(_seqs(), table),
+                                   eager.hidden_states(_seqs(), table), atol=1e-4, rtol=1e-3)
+
+
+def test_compile_failure_warns_and_runs_eagerly(tiny, monkeypatch):
+    def broken(model, **kwargs):
+        def fail(**kw):
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    table = torch.randn(3, tiny.hidden_size)
+    runner = SoftPromptRunner(tiny, [1, 2, 3], compile=True)
+    with pytest.warns(RuntimeWarning, match="torch.compile of the LLM failed.*C\\+\\+"):
+        got = runner.hidden_states(_seqs(), table)
+    want = SoftPromptRunner(tiny, [1, 2, 3]).hidden_states(_seqs(), table)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    with warnings.catch_warnings():  # eager from then on, without warning again
+        warnings.simplefilter("error")
+        runner.hidden_states(_seqs(), table)
 
 
 def test_gradient_reaches_soft_table_only(tiny):

@@ -179,6 +179,15 @@ def test_front_end_sections_validate():
     assert LLMConfig(model="org/m").model_name_or_path == "org/m"
 
 
+def test_compile_is_off_by_default_and_set_per_stage():
+    cfg = load_config("default")
+    assert cfg.user_item.compile is False and cfg.item_text.compile is False
+    cfg = load_config("default", overrides=["--user_item.compile", "true"])
+    assert cfg.user_item.compile is True and cfg.item_text.compile is False
+    with pytest.raises(ConfigError, match="compile"):
+        load_config("default", overrides=["--user_item.compile", "sometimes"])
+
+
 def test_every_key_documented_in_every_section():
     for name, cls in section_types().items():
         for f in dataclasses.fields(cls):

@@ -125,7 +125,7 @@ def test_settings_added_since_a_run_keep_its_stages_at_their_earlier_behaviour(t
     text = (run / "resolved-config.toml").read_text()
     for key in ("text_align", "text_weight", "text_temperature", "text_encoder",
                 "text_max_length", "text_cache_dir", "history_text",
-                "residual_init", "mask_seen"):  # an older version's file
+                "residual_init", "mask_seen", "compile"):  # an older version's file
         text = re.sub(rf"(?m)^{key} = .*\n", "", text)
     (run / "resolved-config.toml").write_text(text)
     keys = stage_keys(cfg)
@@ -143,7 +143,9 @@ def test_settings_added_since_a_run_keep_its_stages_at_their_earlier_behaviour(t
     assert notes[0].startswith("graph: kept (made before [graph] text_align, [graph] text_weight")
     # the missing settings read as their earlier behaviour (mask_seen False, not the default
     # preset's True), so the one real difference is named
-    assert notes[1] == ("user_item: configuration changed ([user_item] residual_init: 'stage2' "
+    assert notes[1] == ("item_text: kept (made before [item_text] compile existed; the current "
+                        "values give the behaviour it was made with)")
+    assert notes[2] == ("user_item: configuration changed ([user_item] residual_init: 'stage2' "
                         "-> 'zero'); rerunning it and the stages after it")
     # the same run asked for text alignment: LightGCN reruns
     infonce = load_config("smoke", overrides=["--run.out", str(run), "--graph.text_align",

@@ -43,6 +43,9 @@ class _StageConfig:
     padding_side: str = _help("padding of the per-sample part of the prompt: right or left",
                               "right")
     reuse_prefix: bool = _help("compute the fixed instruction prefix's KV cache once", True)
+    compile: bool = _help("[choice] run the LLM through torch.compile(dynamic=True), batch "
+                          "lengths padded to a multiple of 16 (tens of seconds of compiling "
+                          "first; eager with a warning when compiling fails)", False)
     projector: str = _help("node projector: linear (paper) or mlp", "linear")
     head: str = _help("GLLM head: plain (free item x H matrix) or projected (matching head "
                       "over projected item tokens)", "plain")

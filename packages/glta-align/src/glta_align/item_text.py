@@ -160,7 +160,8 @@ def train_item_text(
                               init_scale=tok_rms / in_rms).to(dev)
     head = build_head(cfg, llm.hidden_size, item_emb, projector).to(dev)
     runner = SoftPromptRunner(llm, layout.prefix_ids, reuse_prefix=cfg.reuse_prefix,
-                              padding_side=cfg.padding_side)
+                              padding_side=cfg.padding_side,
+                              compile=cfg.compile)
     slot = slot_vector(llm).to(dev)
     modules = {"projector": projector, "head": head}
     if llm.lora is not None:

@@ -95,7 +95,8 @@ class GLTARecommender:
                               USER_ITEM_TEMPLATE, style=config.prompt_style)
         self.prompter = UserPrompter(layout, data, llm.tokenizer, config, profiles)
         self.runner = SoftPromptRunner(llm, layout.prefix_ids, reuse_prefix=config.reuse_prefix,
-                                       padding_side=config.padding_side)
+                                       padding_side=config.padding_side,
+                                       compile=config.compile)
         self.slot = slot_vector(llm).to(dev)
         self.run_dir: Path | None = None
 

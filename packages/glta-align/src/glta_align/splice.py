@@ -13,13 +13,20 @@ attention mask covering prefix + body and explicit position ids (prefix length +
 real tokens before each position), so that the output equals the unpadded forward of
 ``prefix + sample`` alone. The hidden states at each sample's ``read`` positions (its output
 slots) are returned.
+
+With ``compile`` [choice] the per-batch call goes through ``torch.compile(backbone,
+dynamic=True)`` and the batch length is padded up to a multiple of ``pad_multiple`` (16), so
+a run compiles for a handful of lengths instead of one per distinct length. When compiling
+fails (no C++ compiler, an unsupported model), a ``RuntimeWarning`` says why and the runner
+goes on eagerly.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -119,6 +126,9 @@ class SoftPromptRunner:
         reuse_prefix: compute the prefix's KV cache once and reuse it (else prepend the
             prefix to every sample: the plain path).
         padding_side: ``"right"`` or ``"left"``; results are identical either way.
+        compile: [choice] run the per-batch call through ``torch.compile(dynamic=True)``.
+        pad_multiple: pad each batch's length up to a multiple of this (default 16 when
+            compiling, else 1): fewer distinct shapes, fewer recompiles.
 
     Attributes:
         last_shape: the :class:`~glta_align.flops.BatchShape` the last
@@ -132,13 +142,20 @@ class SoftPromptRunner:
         *,
         reuse_prefix: bool = True,
         padding_side: str = "right",
+        compile: bool = False,
+        pad_multiple: int | None = None,
     ) -> None:
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        if pad_multiple is not None and pad_multiple < 1:
+            raise ValueError(f"pad_multiple must be >= 1, got {pad_multiple}")
         self.llm = llm
         self.prefix_ids = [int(i) for i in prefix_ids]
         self.reuse_prefix = reuse_prefix
         self.padding_side = padding_side
+        self.compile = compile
+        self.pad_multiple = pad_multiple if pad_multiple is not None else (16 if compile else 1)
+        self._compiled: Callable[..., object] | None = None
         self._frozen_prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.last_shape: BatchShape | None = None
         self._prefix_run: tuple[int, bool] = (0, False)
@@ -155,6 +172,26 @@ class SoftPromptRunner:
         if not trainable:
             self._frozen_prefix = [(k.detach(), v.detach()) for k, v in kv]
         return kv
+
+    def _model(self) -> Callable[..., object]:
+        """The backbone, or its compiled wrapper (compiled on first use)."""
+        if not self.compile:
+            return self.llm.backbone
+        if self._compiled is None:
+            compiled = torch.compile(self.llm.backbone, dynamic=True)
+
+            def guarded(**kwargs: object) -> object:
+                try:
+                    return compiled(**kwargs)
+                except Exception as exc:  # no C++ compiler, an op inductor cannot lower, ...
+                    warnings.warn(f"torch.compile of the LLM failed ({type(exc).__name__}: "
+                                  f"{str(exc)[:200]}); running it eagerly", RuntimeWarning,
+                                  stacklevel=3)
+                    self._compiled = self.llm.backbone
+                    return None
+
+            self._compiled = guarded
+        return self._compiled
 
     def reset(self) -> None:
         """Forget the cached prefix (call after the LLM's weights change, e.g. LoRA steps)."""
@@ -185,6 +222,7 @@ class SoftPromptRunner:
         plen = len(prefix)
         lengths = [plen + len(s) for s in seqs]
         B, L = len(seqs), max(lengths)
+        L = -(-L // self.pad_multiple) * self.pad_multiple
         pad = self.llm.tokenizer.pad_token_id or 0
         ids = np.full((B, L), pad, dtype=np.int64)
         soft = np.full((B, L), -1, dtype=np.int64)
@@ -215,26 +253,28 @@ class SoftPromptRunner:
             emb = emb.index_put((bi, pi), soft_table.to(device=dev, dtype=dt).index_select(0, rows))
         mask_t = torch.from_numpy(mask).to(dev)
         pos = (mask_t.cumsum(-1) - 1).clamp(min=0)
-        cache = None
+        kv = None
         past = 0
         self._prefix_run = (0, False)
         if self.reuse_prefix and self.prefix_ids:
             kv = self._prefix_kv()
             P = kv[0][0].shape[-2]
-            cache = DynamicCache(
-                ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in kv]
-            )
             mask_t = torch.cat([torch.ones(B, P, dtype=mask_t.dtype, device=dev), mask_t], 1)
             pos = pos + P
             past = P
         self.last_shape = BatchShape(B, L, past, *self._prefix_run)
-        out = self.llm.backbone(
-            inputs_embeds=emb,
-            attention_mask=mask_t,
-            position_ids=pos,
-            use_cache=cache is not None,
-            **{_cache_kwarg(self.llm.backbone): cache},
-        )
+
+        def call(model: Callable[..., object]) -> object:
+            # a fresh cache per call: the forward appends the body's keys/values to it
+            cache = None if kv is None else DynamicCache(
+                ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in kv])
+            return model(inputs_embeds=emb, attention_mask=mask_t, position_ids=pos,
+                         use_cache=cache is not None,
+                         **{_cache_kwarg(self.llm.backbone): cache})
+
+        out = call(self._model())
+        if out is None:  # compiling failed: this call and the later ones run eagerly
+            out = call(self.llm.backbone)
         hidden = out.last_hidden_state
         idx = torch.from_numpy(read).to(dev)
         picked = hidden.gather(1, idx.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))

@@ -386,14 +386,18 @@ def train_user_item(
 
     profiles: dict[int, dict[str, str]] = {}
     if needs_profiles(cfg):
-        wanted = np.unique(np.concatenate([epoch_users(e) for e in range(cfg.epochs)]))
+        wanted = [epoch_users(e) for e in range(cfg.epochs)]
+        if cfg.patience is not None:  # every epoch ranks the valid users with their texts
+            wanted.append(np.flatnonzero(np.diff(data.valid.crow_indices().numpy()) > 0))
+        wanted = np.unique(np.concatenate(wanted))
         profiles = generate_profiles(data, run_dir, llm, cfg, users=wanted.tolist(),
                                      progress=progress, resume=resume)
     layout = build_layout(llm.tokenizer, USER_ITEM_SYSTEM, USER_ITEM_USER, USER_ITEM_TEMPLATE,
                           style=cfg.prompt_style)
     prompter = UserPrompter(layout, data, llm.tokenizer, cfg, profiles)
     runner = SoftPromptRunner(llm, layout.prefix_ids, reuse_prefix=cfg.reuse_prefix,
-                              padding_side=cfg.padding_side)
+                              padding_side=cfg.padding_side,
+                              compile=cfg.compile)
 
     def make_batches(epoch: int) -> list[list[UserSample]]:
         rng = rng_for(cfg.seed, 4, epoch)

@@ -480,6 +480,8 @@ def _added_settings() -> dict[tuple[str, str], Any]:
             ("user_item", "residual"): False,
             ("user_item", "residual_init"): "stage2",
             ("user_item", "mask_seen"): False,
+            ("item_text", "compile"): False,  # torch.compile of the LLM
+            ("user_item", "compile"): False,
             ("eval", "baselines"): []}
 
 
