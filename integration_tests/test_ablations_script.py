@@ -71,3 +71,31 @@ def test_reread_adds_the_stage3_curve_only_when_metrics_match(tmp_path):
     assert "stage3" not in runs[1]["result"]  # its metrics differ from the run's: untouched
     assert runs[1]["result"]["metrics"]["glta"]["test"]["ndcg@10"] == 0.40
     assert "other metrics than recorded" in proc.stdout
+
+
+def test_merge_can_take_some_rows_under_new_names(tmp_path):
+    # once the default preset turned mask_seen on, the recorded `mask-seen` runs are the
+    # default's `full` runs: merged under that name, the old (plain) `full` runs left out
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"commands": ["python ablations.py --seeds 1,2"],
+                               "runs": [_run_entry(1, "full", 0.30),
+                                        _run_entry(1, "mask-seen", 0.37),
+                                        _run_entry(2, "mask-seen", 0.33),
+                                        _run_entry(1, "lr3e-4", 0.36)]}))
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps({"commands": [], "runs": [_run_entry(0, "full", 0.35)]}))
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--rows", "", "--root", str(tmp_path / "runs"),
+         "--out", str(new), "--merge", str(old), "--merge-rows", "mask-seen",
+         "--rename", "mask-seen=full"],
+        capture_output=True, text=True, check=False, cwd=SCRIPT.parent)
+    assert proc.returncode == 0, proc.stderr
+    runs = json.loads(new.read_text())["runs"]
+    assert [(r["seed"], r["row"], r.get("renamed_from")) for r in runs] == [
+        (0, "full", None), (1, "full", "mask-seen"), (2, "full", "mask-seen")]
+    assert runs[1]["result"]["metrics"]["glta"]["test"]["ndcg@10"] == 0.37
+    bad = subprocess.run(
+        [sys.executable, str(SCRIPT), "--rows", "", "--root", str(tmp_path / "runs"),
+         "--out", str(new), "--merge", str(old), "--rename", "mask-seen"],
+        capture_output=True, text=True, check=False, cwd=SCRIPT.parent)
+    assert bad.returncode == 2 and "ROW=NEW" in bad.stderr

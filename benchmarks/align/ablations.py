@@ -32,7 +32,9 @@ configuration, in the run's final evaluation. Extra rows:
 A finished run is recorded at once (atomic rewrite of the JSON); rerunning the command skips
 recorded runs and resumes a killed one from its run directory. Drivers run in parallel (one
 seed each, into their own files) are joined with ``--rows '' --merge A.json B.json --out
-ALL.json``. Example:
+ALL.json``; ``--merge-rows mask-seen --rename mask-seen=full`` takes only some rows of the
+merged files under new names (a row whose setting the default preset has since adopted).
+Example:
 
     uv run python benchmarks/align/ablations.py --dataset ml-100k --seeds 0,1,2 \\
         --root /tmp/glta-ablations --out benchmarks/align/results/ablation_ml100k.json
@@ -199,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--merge", type=Path, nargs="+", default=[],
                     help="result files of drivers run in parallel (other seeds or rows): their "
                     "runs not yet in --out are added to it (with --rows '' nothing is run)")
+    ap.add_argument("--merge-rows", default=None,
+                    help="with --merge: take only these rows (comma-separated, names before "
+                    "--rename) from the merged files")
+    ap.add_argument("--rename", nargs="+", default=[], metavar="ROW=NEW",
+                    help="with --merge: record the merged files' runs of row ROW as row NEW "
+                    "(e.g. mask-seen=full once the default preset has turned mask_seen on); "
+                    "each renamed run keeps its old name under `renamed_from`")
     ap.add_argument("--reread", action="store_true",
                     help="re-read recorded runs of --dataset from their run directories under "
                     "--root (fields the reader gained since they were recorded); a run whose "
@@ -213,8 +222,18 @@ def main(argv: list[str] | None = None) -> int:
     data_args = [a.format(shared=args.shared) for a in DATASETS[args.dataset]]
     doc = json.loads(args.out.read_text()) if args.out.is_file() else {}
     doc.setdefault("runs", [])
+    renames = dict(r.split("=", 1) for r in args.rename if "=" in r)
+    if len(renames) != len(args.rename):
+        ap.error(f"--rename takes ROW=NEW pairs, got {args.rename}")
     for other in args.merge:
         theirs = json.loads(other.read_text())
+        if args.merge_rows is not None:
+            keep = {r.strip() for r in args.merge_rows.split(",")}
+            theirs["runs"] = [r for r in theirs["runs"] if r["row"] in keep]
+        for run in theirs["runs"]:
+            if run["row"] in renames:
+                run["renamed_from"] = run["row"]
+                run["row"] = renames[run["row"]]
         have = {(r["dataset"], r["seed"], r["row"]) for r in doc["runs"]}
         doc["runs"] += [r for r in theirs["runs"]
                         if (r["dataset"], r["seed"], r["row"]) not in have]
