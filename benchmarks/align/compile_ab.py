@@ -23,8 +23,39 @@ import time
 
 import torch
 from glta_align.llm import load_llm
-from glta_align.splice import _output_cache
+from glta_align.splice import _cache_kwarg, _output_cache
 from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
+
+
+def prefix_kv(backbone: torch.nn.Module, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-layer (keys, values) of a fixed ``length``-token prefix (ids 100...), batch 1."""
+    with torch.no_grad():
+        out = backbone(input_ids=torch.arange(100, 100 + length)[None], use_cache=True)
+    return [(layer.keys.detach(), layer.values.detach()) for layer in _output_cache(out).layers]
+
+
+def stage3_step(backbone: torch.nn.Module, kv: list[tuple[torch.Tensor, torch.Tensor]],
+                x: torch.Tensor, dtype: torch.dtype, slots: int,
+                direction: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 3's call: ``x`` (B, L, H) after the cached prefix ``kv``, then backward of the
+    last ``slots`` outputs summed (times ``direction`` (B, slots, H) when given).
+
+    Returns:
+        ``(output (B, L, H), input gradient (B, L, H))``, both float32.
+    """
+    from transformers import DynamicCache
+
+    B, L, _ = x.shape
+    P = kv[0][0].shape[-2]
+    xe = x.to(dtype).clone().requires_grad_()
+    cache = DynamicCache(ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
+                                         for k, v in kv])
+    out = backbone(inputs_embeds=xe, attention_mask=torch.ones(B, P + L, dtype=torch.long),
+                   position_ids=torch.arange(P, P + L)[None].expand(B, -1), use_cache=True,
+                   **{_cache_kwarg(backbone): cache}).last_hidden_state
+    picked = out[:, -slots:].float()
+    (picked if direction is None else picked * direction).sum().backward()
+    return out.detach().float(), xe.grad.float()
 
 
 def main() -> None:
@@ -37,29 +68,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from transformers import DynamicCache
-
     torch.manual_seed(0)
     ref, llm = load_llm(dtype="float32"), load_llm(dtype=args.dtype)
     P = args.prefix
 
-    def prefix_kv(model):
-        with torch.no_grad():
-            out = model(input_ids=torch.arange(100, 100 + P)[None], use_cache=True)
-        return [(layer.keys.detach(), layer.values.detach()) for layer in _output_cache(out).layers]
-
     def step(model, kv, x, dtype):
-        B, L, _ = x.shape
-        xe = x.to(dtype).clone().requires_grad_()
-        cache = DynamicCache(ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
-                                             for k, v in kv])
-        out = model(inputs_embeds=xe, attention_mask=torch.ones(B, P + L, dtype=torch.long),
-                    position_ids=torch.arange(P, P + L)[None].expand(B, -1), use_cache=True,
-                    past_key_values=cache).last_hidden_state
-        out[:, -args.slots:].float().sum().backward()
-        return out.detach().float(), xe.grad.float()
+        return stage3_step(model, kv, x, dtype, args.slots)
 
-    kv_ref, kv = prefix_kv(ref.backbone), prefix_kv(llm.backbone)
+    kv_ref, kv = prefix_kv(ref.backbone, P), prefix_kv(llm.backbone, P)
     pdt = next(llm.backbone.parameters()).dtype
     lengths = [int(v) for v in args.lengths.split(",")]
     xs = {L: torch.randn(args.batch, L, llm.hidden_size) * 0.02 for L in lengths}

@@ -27,11 +27,14 @@ from pathlib import Path
 
 import torch
 from glta_align import load_llm, train_user_item
+from glta_align.item_text import GLLM_HEAD_DIR, ITEM_PROJECTOR_DIR, STAGE2_OUTPUT_DIR
+from glta_align.profiles import PROFILES_NAME
 from glta_cli.config import load_config
 from glta_cli.runs import load_dataset_dir
 from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
 
-INPUTS = ("dataset", "graph", "item_text", "item_projector", "gllm_head", "profiles.jsonl")
+# what stage 3 reads from a run (the dataset and graph folders are the pipeline's own names)
+INPUTS = ("dataset", "graph", STAGE2_OUTPUT_DIR, ITEM_PROJECTOR_DIR, GLLM_HEAD_DIR, PROFILES_NAME)
 
 
 def main() -> None:

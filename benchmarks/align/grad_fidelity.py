@@ -26,10 +26,10 @@ import json
 import os
 
 import torch
+from compile_ab import prefix_kv, stage3_step  # this folder's benchmark helpers
 from glta_align._common import embedding_rms
 from glta_align.llm import load_llm
-from glta_align.splice import _output_cache
-from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
+from profile_gen import cpu_model, git_commit
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -50,8 +50,6 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    from transformers import DynamicCache
-
     torch.manual_seed(args.seed)
     models = {"float32": load_llm(dtype="float32")}
     for name in args.dtypes.split(","):
@@ -59,27 +57,11 @@ def main() -> None:
     ref = models["float32"]
     B, L, P, S, H = args.batch, args.length, args.prefix, args.slots, ref.hidden_size
     tok_rms = embedding_rms(ref.causal_lm.get_input_embeddings().weight)
-    prefix_ids = torch.arange(100, 100 + P)[None]
-
-    def prefix_kv(llm):
-        with torch.no_grad():
-            out = llm.backbone(input_ids=prefix_ids, use_cache=True)
-        return [(layer.keys.detach(), layer.values.detach())
-                for layer in _output_cache(out).layers]
-
-    kvs = {name: prefix_kv(m) for name, m in models.items()}
+    kvs = {name: prefix_kv(m.backbone, P) for name, m in models.items()}
 
     def step(name, x, direction):
         llm = models[name]
-        dtype = llm.dtype if llm.dtype != torch.int8 else torch.float32
-        xe = x.to(dtype).clone().requires_grad_()
-        cache = DynamicCache(ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
-                                             for k, v in kvs[name]])
-        out = llm.backbone(inputs_embeds=xe, attention_mask=torch.ones(B, P + L, dtype=torch.long),
-                           position_ids=torch.arange(P, P + L)[None].expand(B, -1),
-                           use_cache=True, past_key_values=cache).last_hidden_state
-        (out[:, -S:].float() * direction).sum().backward()
-        return out.detach().float(), xe.grad.float()
+        return stage3_step(llm.backbone, kvs[name], x, llm.dtype, S, direction)
 
     run_rms = None
     if args.run:

@@ -121,12 +121,10 @@ def test_stage3_early_stopping_saves_the_best_epoch(toy_run, toy, tiny):
 def test_stage3_with_text_and_few_training_users_validates_every_user(toy_run, toy, tiny):
     # max_users caps the training users; validation still ranks every valid user with their
     # profile text, so their texts are generated up front (this raised "no profile text")
-    import numpy as np
-
     from glta_align.profiles import read_profiles
 
     train_item_text(toy, toy_run, ItemTextConfig(epochs=1, items_per_instance=3), llm=tiny)
-    valid_users = np.flatnonzero(np.diff(toy.valid.crow_indices().numpy()) > 0)
+    valid_users = toy.users_with("valid")
     assert len(valid_users) > 2
     cfg = UserItemConfig(epochs=1, batch_size=4, num_slots=3, max_users=2, patience=1,
                          profile_new_tokens=2)

@@ -66,3 +66,12 @@ def test_csr_from_pairs_matches_dense_reference():
     assert m._nnz() == int(dense.sum())
     empty = csr_from_pairs([], [], 3, 4)
     assert empty._nnz() == 0 and empty.crow_indices().tolist() == [0, 0, 0, 0]
+
+
+def test_users_with_lists_users_having_an_interaction_in_the_split():
+    d = _toy()
+    assert d.users_with("train").tolist() == [0, 1, 2]
+    assert d.users_with("test").tolist() == [0, 2]
+    assert d.users_with("valid").tolist() == []
+    with pytest.raises(DatasetError, match="unknown split"):
+        d.users_with("holdout")

@@ -282,7 +282,7 @@ class GLTARecommender:
         if split not in ("valid", "test"):
             raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
         relevant = self.data.split(split)
-        has = np.flatnonzero(np.diff(relevant.crow_indices().numpy()) > 0)
+        has = self.data.users_with(split)
         if users is not None:
             has = np.intersect1d(has, self._check_users(users))
         if has.size == 0:

@@ -178,19 +178,7 @@ class SoftPromptRunner:
         if not self.compile:
             return self.llm.backbone
         if self._compiled is None:
-            compiled = torch.compile(self.llm.backbone, dynamic=True)
-
-            def guarded(**kwargs: object) -> object:
-                try:
-                    return compiled(**kwargs)
-                except Exception as exc:  # no C++ compiler, an op inductor cannot lower, ...
-                    warnings.warn(f"torch.compile of the LLM failed ({type(exc).__name__}: "
-                                  f"{str(exc)[:200]}); running it eagerly", RuntimeWarning,
-                                  stacklevel=3)
-                    self._compiled = self.llm.backbone
-                    return None
-
-            self._compiled = guarded
+            self._compiled = torch.compile(self.llm.backbone, dynamic=True)
         return self._compiled
 
     def reset(self) -> None:
@@ -272,8 +260,15 @@ class SoftPromptRunner:
                          use_cache=cache is not None,
                          **{_cache_kwarg(self.llm.backbone): cache})
 
-        out = call(self._model())
-        if out is None:  # compiling failed: this call and the later ones run eagerly
+        model = self._model()
+        try:
+            out = call(model)
+        except Exception as exc:  # compiling failed: no C++ compiler, an op inductor lacks, ...
+            if model is self.llm.backbone:
+                raise
+            warnings.warn(f"torch.compile of the LLM failed ({type(exc).__name__}: "
+                          f"{str(exc)[:200]}); running it eagerly", RuntimeWarning, stacklevel=2)
+            self._compiled = self.llm.backbone  # this call and the later ones run eagerly
             out = call(self.llm.backbone)
         hidden = out.last_hidden_state
         idx = torch.from_numpy(read).to(dev)

@@ -388,7 +388,7 @@ def train_user_item(
     if needs_profiles(cfg):
         wanted = [epoch_users(e) for e in range(cfg.epochs)]
         if cfg.patience is not None:  # every epoch ranks the valid users with their texts
-            wanted.append(np.flatnonzero(np.diff(data.valid.crow_indices().numpy()) > 0))
+            wanted.append(data.users_with("valid"))
         wanted = np.unique(np.concatenate(wanted))
         profiles = generate_profiles(data, run_dir, llm, cfg, users=wanted.tolist(),
                                      progress=progress, resume=resume)

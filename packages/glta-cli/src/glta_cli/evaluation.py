@@ -52,7 +52,7 @@ def ranked_lists(model: str, run_dir: Path, data: Any, split: str, k: int, *,
     from glta_graph import load_graph_embeddings, recommend_embeddings
     from glta_graph.evaluate import exclusion_matrix
 
-    users = np.flatnonzero(np.diff(data.split(split).crow_indices().numpy()) > 0)
+    users = data.users_with(split)
     if model == "lightgcn":
         user_emb, item_emb = load_graph_embeddings(run_dir, expected_fingerprint=data.fingerprint)
         _, ranked = recommend_embeddings(user_emb, item_emb, data, users, k,

@@ -172,6 +172,11 @@ class Interactions:
         """Return the (user, item) internal index arrays of split ``name``, each (nnz,)."""
         return _pairs(self.split(name))
 
+    def users_with(self, name: str) -> np.ndarray:
+        """Return the sorted internal indices (n,) of users with at least one interaction in
+        split ``name``."""
+        return np.flatnonzero(np.diff(self.split(name).crow_indices().numpy()) > 0)
+
     def user_items(self, name: str, user: int) -> np.ndarray:
         """Return the sorted internal item indices of ``user`` in split ``name``."""
         mat = self.split(name)
