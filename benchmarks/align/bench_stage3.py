@@ -25,6 +25,10 @@ the prefix in every padded row (and, with ``--plain-weight-grads``, the weight g
 the vocabulary logits plain computes and discards are not counted (no ``lm_head``).
 
     uv run python benchmarks/align/bench_stage3.py --train-batches 6 --infer-users 96
+
+``--compare-attention`` adds ``ours_alt`` (ours with the other attention kernels, sdpa or
+eager), interleaved with the two, and ``attention_train_speedup`` / ``attention_infer_speedup``
+(ours over ours_alt).
 """
 
 from __future__ import annotations
@@ -104,6 +108,10 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--plain-weight-grads", action="store_true",
                     help="plain path computes (and discards) the LLM weight gradients")
+    ap.add_argument("--attention", default="auto", choices=("auto", "sdpa", "eager"),
+                    help="attention kernels of 'ours' (plain: transformers' default sdpa)")
+    ap.add_argument("--compare-attention", action="store_true",
+                    help="add 'ours_alt': ours with the other attention kernels, interleaved")
     args = ap.parse_args()
     torch.manual_seed(0)
     data = load_dataset("ml-100k")
@@ -115,8 +123,15 @@ def main() -> None:
                "cpu": cpu_model(), "host": platform.processor() or platform.machine(),
                "threads": torch.get_num_threads(), "torch": torch.__version__,
                "load_before": round(os.getloadavg()[0], 2)}
-    llm_plain = load_llm(dtype="float32")
-    llm_ours = load_llm(dtype=args.dtype)
+    llm_plain = load_llm(dtype="float32", attention="sdpa")
+    llm_ours = load_llm(dtype=args.dtype, attention=args.attention)
+    llm_alt = None
+    if args.compare_attention:
+        other = "sdpa" if llm_ours.train_attention == "eager" else "eager"
+        llm_alt = load_llm(dtype=args.dtype, attention=other)
+        results["attention_alt"] = llm_alt.train_attention
+    results["attention_ours"] = llm_ours.train_attention
+    results["attention_probe"] = llm_ours.attention_probe
     if args.plain_weight_grads:
         # frozen only by the optimiser (it never sees these parameters); autograd still
         # computes their gradients, which are dropped after every step below
@@ -152,7 +167,7 @@ def main() -> None:
         slot = slot_vector(llm)
         return torch.cat([slot[None], uproj(user_emb[us]), iproj(item_emb[its])])
 
-    costs = {id(llm): DecoderCost.of(llm) for llm in (llm_ours, llm_plain)}
+    costs = {id(llm): DecoderCost.of(llm) for llm in (llm_ours, llm_plain, llm_alt) if llm}
 
     def train_step(llm, state, b, fn):
         uproj, iproj, head, opt = state
@@ -171,6 +186,8 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         if llm is llm_ours:
             shape = runner.last_shape
+        elif llm is llm_alt:
+            shape = runner_alt.last_shape
         else:  # the prefix in every row, padded to the longest
             shape = BatchShape(len(seqs), max(len(prefix) + len(s) for s in seqs))
         flops = step_flops(costs[id(llm)], head, shape, rows=sum(t >= 0 for t in targets),
@@ -183,6 +200,9 @@ def main() -> None:
         "ours": (llm_ours, ours_batches, lambda s, t: runner.hidden_states(s, t)),
         "plain": (llm_plain, plain_batches, lambda s, t: plain_hidden(llm_plain, prefix, s, t)),
     }
+    if llm_alt is not None:
+        runner_alt = SoftPromptRunner(llm_alt, layout.prefix_ids, reuse_prefix=True)
+        paths["ours_alt"] = (llm_alt, ours_batches, lambda s, t: runner_alt.hidden_states(s, t))
     states = {k: setup(v[0]) for k, v in paths.items()}
     spent = dict.fromkeys(paths, 0.0)
     seen = dict.fromkeys(paths, 0)
@@ -203,6 +223,7 @@ def main() -> None:
     ev = [eval_sample(data, cfg, int(u)) for u in users[: args.infer_users]]
     orders = {"ours": np.argsort([prompter.length(s) for s in ev], kind="stable"),
               "plain": np.arange(len(ev))}
+    orders["ours_alt"] = orders["ours"]
     spent = dict.fromkeys(paths, 0.0)
     with torch.no_grad():
         for name, (llm, _, fn) in paths.items():  # warm-up
@@ -226,6 +247,13 @@ def main() -> None:
         rate = _time_products(shapes, precision, 256, 3)
         results[f"gemm_gflops_{name}"] = rate
         results[f"train_gemm_fraction_{name}"] = results[f"train_gflops_{name}"] / rate
+    if llm_alt is not None:  # ours over ours with the other attention kernels
+        results["train_gemm_fraction_ours_alt"] = (results["train_gflops_ours_alt"]
+                                                   / results["gemm_gflops_ours"])
+        results["attention_train_speedup"] = (results["train_samples_per_s_ours"]
+                                              / results["train_samples_per_s_ours_alt"])
+        results["attention_infer_speedup"] = (results["infer_users_per_s_ours"]
+                                              / results["infer_users_per_s_ours_alt"])
     results["train_speedup"] = (results["train_samples_per_s_ours"]
                                 / results["train_samples_per_s_plain"])
     results["infer_speedup"] = (results["infer_users_per_s_ours"]

@@ -146,11 +146,88 @@ def test_load_llm_reports_progress(tiny_dir, monkeypatch):
     monkeypatch.setattr(llm_mod, "precision_probe",
                         lambda config, lora=None: {"choice": "float32", "source": "cache",
                                                    "gflops": {"float32": 300.0}, "key": "k"})
+    monkeypatch.setattr(llm_mod, "attention_probe", lambda model: {
+        "choice": "eager", "ms": {"eager": 1.0, "sdpa": 2.0}, "source": "cache", "key": "a"})
     events = []
     load_llm(tiny_dir, dtype="auto", device="cpu", progress=events.append)
     kinds = [e.kind for e in events]
     assert kinds[0] == "start" and kinds[-1] == "end" and "step" in kinds
     assert {e.stage for e in events} == {"llm"}
     info = [e.message for e in events if e.kind == "info"]
-    assert info == ["precision float32 (cache; GFLOP/s float32 300)"]
-    assert "float32" in events[-1].message
+    assert info == ["precision float32 (cache; GFLOP/s float32 300)",
+                    "attention eager (cache; eager 1.0 ms, sdpa 2.0 ms)"]
+    assert "float32" in events[-1].message and "eager attention" in events[-1].message
+
+
+def test_attention_probe_picks_the_faster_kernel_and_caches_it(tiny, monkeypatch):
+    from glta_align.llm import attention_probe
+
+    calls = []
+    fast = {"eager": 0.010, "sdpa": 0.020}
+
+    def fake_time(module, fn, mask, q, k, v):
+        name = "sdpa" if mask.dtype == torch.bool else "eager"
+        calls.append(name)
+        assert q.shape == (8, 4, 128, 16) and k.shape == (8, 2, 160, 16)
+        return fast[name]
+
+    monkeypatch.setattr(llm_mod, "_time_attention", fake_time)
+    first = attention_probe(tiny.model)
+    assert first["source"] == "probe" and first["choice"] == "eager"
+    assert first["ms"] == {"eager": 10.0, "sdpa": 20.0} and len(calls) == 2 + 3 * 2
+    path = probe_cache_path().with_name("attention-probe.json")
+    assert json.loads(path.read_text())[first["key"]]["choice"] == "eager"
+    again = attention_probe(tiny.model)
+    assert again["source"] == "cache" and again["choice"] == "eager" and len(calls) == 8
+    # less than 10% faster: transformers' default stays
+    fast.update(eager=0.019)
+    close = attention_probe(tiny.model, refresh=True)
+    assert close["source"] == "probe" and close["choice"] == "sdpa"
+    # a busy machine's figures are used, not cached
+    monkeypatch.setattr(llm_mod, "_busy_load", lambda: 9.0)
+    fast.update(eager=0.001)
+    busy = attention_probe(tiny.model, refresh=True)
+    assert busy["choice"] == "eager" and busy["busy_load"] == 9.0
+    assert json.loads(path.read_text())[first["key"]]["choice"] == "sdpa"
+
+
+def test_attention_probe_really_times_both_kernels(tiny):
+    from glta_align.llm import attention_probe
+
+    got = attention_probe(tiny.model, batch=2, queries=8, prefix=4, repeats=1)
+    assert got["source"] == "probe" and got["choice"] in ("eager", "sdpa")
+    assert set(got["ms"]) == {"eager", "sdpa"} and all(v > 0 for v in got["ms"].values())
+    assert got["dtype"] == "torch.float32" and got["heads"] == [4, 2, 16]
+
+
+def test_attention_probe_falls_back_to_sdpa(tiny, monkeypatch):
+    from glta_align.llm import attention_probe
+
+    no_attention = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    got = attention_probe(no_attention)
+    assert got["choice"] == "sdpa" and got["source"] == "none" and "eager" in got["error"]
+
+    def broken(*args):
+        raise RuntimeError("kernel missing")
+
+    monkeypatch.setattr(llm_mod, "_time_attention", broken)
+    got = attention_probe(tiny.model)
+    assert got["choice"] == "sdpa" and got["source"] == "none"
+    assert "kernel missing" in got["error"]
+    assert not probe_cache_path().with_name("attention-probe.json").exists()
+
+
+def test_load_llm_attention_choice(tiny_dir, monkeypatch):
+    calls = []
+    monkeypatch.setattr(llm_mod, "attention_probe", lambda model: calls.append(1) or {
+        "choice": "eager", "ms": {"eager": 1.0, "sdpa": 2.0}, "source": "probe", "key": "k"})
+    auto = load_llm(tiny_dir, dtype="float32", device="cpu")
+    assert auto.train_attention == "eager" and auto.attention_probe["choice"] == "eager"
+    assert calls == [1]
+    given = load_llm(tiny_dir, dtype="float32", device="cpu", attention="sdpa")
+    assert given.train_attention == "sdpa" and given.attention_probe is None and calls == [1]
+    monkeypatch.setenv("GLTA_ATTENTION_PROBE", "0")
+    off = load_llm(tiny_dir, dtype="float32", device="cpu")
+    assert off.train_attention == "sdpa" and off.attention_probe is None and calls == [1]
+    with pytest.raises(llm_mod.LLMError, match=r"attention must be one of .*'flash'"):
+        load_llm(tiny_dir, dtype="float32", device="cpu", attention="flash")

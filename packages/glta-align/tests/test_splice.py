@@ -179,3 +179,49 @@ def test_cache_argument_follows_the_transformers_release(tiny):
     name = _cache_kwarg(tiny.backbone)
     out = tiny.backbone(input_ids=torch.tensor([[1, 2, 3]]), use_cache=True, **{name: None})
     assert len(_output_cache(out).layers) == 2
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("reuse_prefix", [True, False])
+def test_eager_attention_matches_sdpa(tokenizer, padding_side, reuse_prefix):
+    # `attention="auto"` may pick either kernel: through the runner (cached prefix, padded
+    # batch) both give the same hidden states and soft-table gradients
+    from glta_align.llm import tiny_llm
+
+    torch.manual_seed(0)
+    table = torch.randn(3, 64, requires_grad=True)
+    outs = {}
+    for impl in ("sdpa", "eager"):
+        llm = tiny_llm(tokenizer, hidden_size=64, num_layers=2, seed=0)
+        llm.train_attention = impl
+        runner = SoftPromptRunner(llm, [1, 2, 3, 4], reuse_prefix=reuse_prefix,
+                                  padding_side=padding_side)
+        hidden = runner.hidden_states(_seqs(), table)
+        outs[impl] = (hidden, *torch.autograd.grad(hidden.square().sum(), table))
+    for a, b in zip(outs["eager"], outs["sdpa"], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_training_attention_only_inside_gradient_passes(tiny, monkeypatch):
+    # eager runs the passes that train; generation and ranking (no grad) keep sdpa, so
+    # profile texts never depend on the machine's choice
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    seen = []
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+
+    def spy(*args, **kwargs):
+        seen.append("sdpa")
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", spy)
+    tiny.train_attention = "eager"
+    runner = SoftPromptRunner(tiny, [1, 2, 3])
+    table = torch.randn(3, tiny.hidden_size, requires_grad=True)
+    with torch.no_grad():
+        runner.hidden_states(_seqs(), table)
+    assert seen and tiny.causal_lm.config._attn_implementation == "sdpa"
+    seen.clear()
+    runner.hidden_states(_seqs(), table).sum().backward()
+    assert not seen and table.grad is not None  # eager: the sdpa function never ran
+    assert tiny.causal_lm.config._attn_implementation == "sdpa"  # restored after the pass

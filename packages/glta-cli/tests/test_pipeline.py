@@ -70,6 +70,31 @@ def test_config_differences_and_saved_config_resume(tmp_path):
     assert fresh.data.max_users is None and fresh.run.out == str(run)
 
 
+def test_attention_kernels_never_rekey_a_stage(tmp_path):
+    """[llm] attention says how attention is computed, not what: keys ignore it, and a run
+    resumed with another value (or one whose saved configuration predates the key) keeps
+    every stage."""
+    from glta_cli.pipeline import STAGES, _reconcile_stages, stage_keys
+
+    run = tmp_path / "run"
+    base = load_config("smoke", overrides=["--run.out", str(run)])
+    eager = load_config("smoke", overrides=["--run.out", str(run), "--llm.attention", "eager"])
+    assert eager.user_item.attention == "eager" == eager.item_text.attention
+    assert stage_keys(eager) == stage_keys(base)
+    run.mkdir()
+    write_config(base, run / "resolved-config.toml")
+    saved = (run / "resolved-config.toml").read_text()
+    (run / "resolved-config.toml").write_text(
+        "\n".join(line for line in saved.splitlines() if not line.startswith("attention")))
+    keys = stage_keys(base)
+    stages = {s: {"done": True, "key": keys[s]} for s in STAGES}
+    notes: list[str] = []
+    _reconcile_stages(run, eager, stages, notes.append)
+    assert sorted(stages) == sorted(STAGES) and not notes
+    with pytest.raises(ConfigError, match=r"\[llm\] attention: 'flash'"):
+        load_config("smoke", overrides=["--llm.attention", "flash"])
+
+
 def test_stage_keys_chain_and_reconcile(tmp_path):
     from glta_cli.pipeline import STAGES, _reconcile_stages, stage_keys
 
@@ -194,11 +219,11 @@ def test_every_new_stage_setting_is_registered_with_its_earlier_behaviour():
     """A setting added to a stage's section after 2026-12-04 must be in _added_settings
     (with the value that reproduces what runs did before it existed); otherwise upgrading
     GLTA reruns that stage of every finished run (its key hashes the new setting)."""
-    from glta_cli.pipeline import STAGE_SECTIONS, _added_settings
+    from glta_cli.pipeline import _EXECUTION_KEYS, STAGE_SECTIONS, _added_settings
 
     cfg = load_config("default").to_dict()
     keys = {(sec, k) for secs in STAGE_SECTIONS.values() for sec in secs
-            for k in cfg.get(sec, {})}
+            for k in cfg.get(sec, {}) if k not in _EXECUTION_KEYS}
     known = {(sec, k) for sec, names in _SETTINGS_2026_12_04.items() for k in names}
     unregistered = sorted(keys - known - set(_added_settings()))
     assert not unregistered, (f"register {unregistered} in glta_cli.pipeline._added_settings "
@@ -244,7 +269,11 @@ def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_p
     speed = re.search(r"Stage 3 trained at ([0-9.]+) GFLOP/s \(model FLOPs / training time\)\.\n",
                       report)
     assert speed and float(speed.group(1)) > 0 and "Stage 2 trained at" in report
-    assert speed.group(0).strip() in runner.invoke(app, ["inspect", str(run)]).stdout
+    inspect = runner.invoke(app, ["inspect", str(run)]).stdout
+    assert speed.group(0).strip() in inspect
+    # the tiny model's attention kernels in training (chosen by the probe: dtype float32)
+    attention = re.search(r"LLM attention in training: (sdpa|eager) \(probe[^\n]*\)\.\n", report)
+    assert attention and attention.group(0).strip().rstrip(".") in inspect
     assert load_config("default", run / "resolved-config.toml").graph.epochs == 4
 
     users_previous = previous_dir(run)  # a folder of the user's that happens to be named so

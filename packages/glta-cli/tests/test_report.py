@@ -92,6 +92,17 @@ def test_throughput_line_against_the_probe_rate_of_the_precision_run():
     assert resumed.endswith("; over the last 15 of its 40 steps (the run was resumed).")
 
 
+def test_attention_text_names_the_training_kernels_and_the_probe():
+    from glta_cli.report import attention_text
+
+    probe = {"choice": "eager", "source": "cache", "ms": {"eager": 34.49, "sdpa": 42.25}}
+    assert attention_text({"llm_attention": "eager", "llm_attention_probe": probe}) == (
+        "LLM attention in training: eager (probe, cached: eager 34.5 ms, sdpa 42.2 ms)")
+    assert attention_text({"llm_attention": "sdpa", "llm_attention_probe": None}) == (
+        "LLM attention in training: sdpa")
+    assert attention_text({}) is None  # runs made before it was recorded
+
+
 def test_throughput_line_without_probe_figures_or_figure():
     plain = "Stage 3 trained at 0.19 GFLOP/s (model FLOPs / training time)."
     for probe in (None, {"choice": "bfloat16", "source": "flags", "gflops": {}},

@@ -35,6 +35,10 @@ class _StageConfig:
     dtype: str = _help("LLM dtype: auto (CUDA: bf16; CPU: bf16 with AMX, int8 with VNNI, "
                        "else fp32), float32, bfloat16, int8 (CPU: int8 linear layers)", "auto")
     device: str | None = _help("device: None = cuda when present, else cpu", None)
+    attention: str = _help("attention kernels: auto (CPU: the faster of eager and sdpa, "
+                           "measured once per machine; elsewhere sdpa), sdpa or eager (the "
+                           "same attention computed differently; not part of stage keys)",
+                           "auto")
     llm_init: str = _help("LLM weights: pretrained, or random (a randomly initialised model "
                           "of the same shape, seeded by `seed`: the 'random-llm' control)",
                           "pretrained")
@@ -72,6 +76,7 @@ class _StageConfig:
 
         choices = {"prompt_style": ("auto", "chat", "paper"), "padding_side": ("left", "right"),
                    "llm_init": ("pretrained", "random"),
+                   "attention": ("auto", "sdpa", "eager"),
                    "projector": ("linear", "mlp"), "head": HEADS, "head_init": _HEAD_INITS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

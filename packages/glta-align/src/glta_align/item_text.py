@@ -146,7 +146,7 @@ def train_item_text(
     torch.manual_seed(cfg.seed)
     if llm is None:
         llm = load_llm(cfg.llm, dtype=cfg.dtype, device=cfg.device, lora=cfg.lora,
-                       init=cfg.llm_init, init_seed=cfg.seed)
+                       init=cfg.llm_init, init_seed=cfg.seed, attention=cfg.attention)
     dev = llm.device
     _, item_emb = load_graph_embeddings(run_dir, data.fingerprint)
     item_emb = item_emb.float().to(dev)
@@ -219,6 +219,8 @@ def train_item_text(
     throughput = throughput_record(model_flops[0], loop.train_seconds, loop.timed_steps)
     meta = {"llm_precision": llm.precision,
             "llm_precision_probe": getattr(llm, "precision_probe", None),
+            "llm_attention": llm.train_attention,
+            "llm_attention_probe": getattr(llm, "attention_probe", None),
             "steps": loop.steps, **throughput}
     if rank == 0:
         for base in (run_dir / STAGE2_OUTPUT_DIR, run_dir):  # the copy first: see its comment

@@ -26,11 +26,13 @@ from glta_gllm.checkpoint import staging_dir
 from torch import nn
 
 __all__ = [
+    "ATTENTION_CHOICES",
     "DEFAULT_GGUF_NAME",
     "LLM_INITS",
     "FrozenLLM",
     "LLMError",
     "LoraSettings",
+    "attention_probe",
     "cache_root",
     "default_gguf_path",
     "load_llm",
@@ -93,6 +95,10 @@ class FrozenLLM:
         precision_probe: how ``dtype="auto"`` chose the precision on the CPU (the result
             of :func:`precision_probe`: choice, GFLOP/s per candidate, source), or ``None``
             when the dtype was given or the device is not a CPU.
+        train_attention: transformers' attention implementation for forward passes that
+            record gradients (``"sdpa"`` or ``"eager"``; see :meth:`attention_scope`).
+        attention_probe: how ``attention="auto"`` chose ``train_attention`` on the CPU (the
+            result of :func:`attention_probe`), or ``None`` when it was given.
     """
 
     model: nn.Module
@@ -100,6 +106,26 @@ class FrozenLLM:
     source: str
     lora: LoraSettings | None = None
     precision_probe: dict[str, Any] | None = None
+    train_attention: str = "sdpa"
+    attention_probe: dict[str, Any] | None = None
+
+    @contextlib.contextmanager
+    def attention_scope(self) -> Iterator[None]:
+        """Run the model's forward passes inside with :attr:`train_attention` when they
+        record gradients; passes without gradients (generation, ranking) keep the model's
+        own implementation (sdpa): on the CPU eager attention trains bf16 SmolLM2 faster but
+        decodes 1.6x slower, and in bf16 greedy texts follow the kernel's rounding
+        (``benchmarks/RESULTS.md``), so profile texts never depend on the choice."""
+        config = self.causal_lm.config
+        before = getattr(config, "_attn_implementation", None)
+        if not torch.is_grad_enabled() or before == self.train_attention:
+            yield
+            return
+        config._attn_implementation = self.train_attention
+        try:
+            yield
+        finally:
+            config._attn_implementation = before
 
     @property
     def causal_lm(self) -> nn.Module:
@@ -349,12 +375,7 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     key_parts = [_cpu_model(), torch.__version__, torch.get_num_threads(), shapes, candidates]
     key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
     path = probe_cache_path()
-    cached: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            cached = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            cached = {}
+    cached = _read_cache(path)
     hit = cached.get(key)
     if (not refresh and isinstance(hit, dict) and "choice" in hit
             and hit.get("version") == PROBE_CACHE_VERSION):
@@ -379,7 +400,26 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     load = _busy_load()
     if load is not None:  # measured on a busy machine: used now, measured again next time
         return {**entry, "source": "probe", "key": key, "busy_load": load}
+    _write_cache(path, key, entry)
+    return {**entry, "source": "probe", "key": key}
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    """A probe cache file's entries (``{}`` when missing or unreadable)."""
+    if not path.is_file():
+        return {}
     try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(path: Path, key: str, entry: dict[str, Any]) -> None:
+    """Add ``key: entry`` to a probe cache file (atomic replace; re-read first so that
+    entries another process wrote meanwhile are kept)."""
+    try:
+        cached = _read_cache(path)
         cached[key] = entry
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -387,6 +427,134 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only cache only costs a probe next time
+
+
+ATTENTION_CHOICES = ("auto", "sdpa", "eager")
+# Format of a cached attention-probe entry (entries of another version are measured again).
+ATTENTION_PROBE_VERSION = 1
+
+
+def _attention_functions(model: nn.Module) -> tuple[nn.Module, Any, Any] | None:
+    """``(attention module, eager function, sdpa function)`` of a transformers model, from
+    its first attention layer and the modelling module that defines it; ``None`` when the
+    architecture has no such pair (the probe then keeps sdpa)."""
+    import sys
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    for module in model.modules():
+        if hasattr(module, "num_key_value_groups") and hasattr(module, "head_dim"):
+            eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward",
+                            None)
+            sdpa = ALL_ATTENTION_FUNCTIONS.get("sdpa")
+            if eager is not None and sdpa is not None:
+                return module, eager, sdpa
+            return None
+    return None
+
+
+def _time_attention(module: nn.Module, fn: Any, mask: torch.Tensor, q: torch.Tensor,
+                    k: torch.Tensor, v: torch.Tensor) -> float:
+    """Seconds of one forward + backward of ``fn`` (a transformers attention function)."""
+    import time
+
+    qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
+    t0 = time.perf_counter()
+    out, _ = fn(module, qq, kk, vv, mask, scaling=float(q.shape[-1]) ** -0.5, dropout=0.0)
+    out.float().sum().backward()
+    return time.perf_counter() - t0
+
+
+def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
+                    prefix: int = 32, repeats: int = 3,
+                    refresh: bool = False) -> dict[str, Any]:
+    """The attention implementation ``attention="auto"`` uses on the CPU, by measurement.
+
+    Times one forward + backward (into queries, keys and values, as the soft-token stages
+    run) of transformers' ``eager`` and ``sdpa`` attention functions for the model's own
+    head layout and weight dtype, at a stage-3-like shape: ``batch`` rows of ``queries``
+    new positions behind a ``prefix``-token cached prefix, causal, the last rows padded.
+    The two are timed interleaved, best of ``repeats``; eager is chosen when it is at least
+    10% faster, else sdpa (transformers' default). Cached once per machine like
+    :func:`precision_probe` (``$XDG_CACHE_HOME/glta/attention-probe.json``, keyed by CPU
+    model, torch and transformers versions, thread count, head layout and dtype); a probe
+    on a busy machine is used but not cached. Which is faster depends on the precision and
+    the CPU: on a 2-core Xeon with AMX eager ran a bf16 SmolLM2 forward + backward 1.28x
+    faster than sdpa while sdpa was 1.13x faster in fp32 (``benchmarks/RESULTS.md``).
+
+    Args:
+        model: the loaded transformers model (a causal LM or its decoder).
+        batch, queries, prefix: the probe shape (B rows, Q new positions, P cached ones).
+        repeats: timed repetitions per implementation (after one warm-up each).
+        refresh: measure again even when a cached result exists.
+
+    Returns:
+        ``{"choice": "sdpa" | "eager", "ms": {impl: best ms}, "source": "probe" | "cache" |
+        "none", "key": str, ...}``; ``source == "none"`` (choice sdpa, ``"error"`` says why)
+        when the architecture has no eager/sdpa pair or the probe failed.
+    """
+    import datetime as _dt
+    import hashlib
+
+    import transformers
+
+    found = _attention_functions(model)
+    if found is None:
+        return {"choice": "sdpa", "ms": {}, "source": "none", "key": "",
+                "error": "no eager/sdpa attention functions found for this architecture"}
+    module, eager, sdpa = found
+    cfg = module.config
+    heads = int(cfg.num_attention_heads)
+    kv = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    hd = int(module.head_dim)
+    dtype = next(model.parameters()).dtype
+    if not dtype.is_floating_point:
+        dtype = torch.float32
+    key_parts = ["attention", _cpu_model(), torch.__version__, transformers.__version__,
+                 torch.get_num_threads(), [heads, kv, hd], str(dtype), [batch, queries, prefix]]
+    key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
+    path = probe_cache_path().with_name("attention-probe.json")
+    hit = _read_cache(path).get(key)
+    if (not refresh and isinstance(hit, dict) and hit.get("choice") in ("sdpa", "eager")
+            and hit.get("version") == ATTENTION_PROBE_VERSION):
+        return {**hit, "source": "cache", "key": key}
+    try:
+        gen = torch.Generator().manual_seed(0)
+        total = prefix + queries
+        q = torch.randn(batch, heads, queries, hd, generator=gen).to(dtype)
+        k = torch.randn(batch, kv, total, hd, generator=gen).to(dtype)
+        v = torch.randn(batch, kv, total, hd, generator=gen).to(dtype)
+        pos = torch.arange(queries)[:, None] + prefix
+        allowed = (torch.arange(total)[None, :] <= pos)[None, None].expand(batch, 1, -1, -1)
+        lengths = torch.full((batch,), total)
+        lengths[batch // 2:] = total - queries // 4  # padded rows, as in a real batch
+        allowed = allowed & (torch.arange(total)[None, None, None, :]
+                             < lengths[:, None, None, None])
+        allowed = allowed.clone()
+        allowed[..., 0] = True  # every query sees the first token (no all-masked rows)
+        additive = torch.zeros(allowed.shape, dtype=dtype).masked_fill(
+            ~allowed, torch.finfo(dtype).min)
+        arms = {"eager": (eager, additive), "sdpa": (sdpa, allowed)}
+        best = {name: float("inf") for name in arms}
+        for fn, mask in arms.values():  # warm-up
+            _time_attention(module, fn, mask, q, k, v)
+        for _ in range(max(1, repeats)):
+            for name, (fn, mask) in arms.items():
+                best[name] = min(best[name], _time_attention(module, fn, mask, q, k, v))
+    except Exception as exc:  # a failing kernel must not stop the load
+        return {"choice": "sdpa", "ms": {}, "source": "none", "key": key,
+                "error": f"{type(exc).__name__}: {exc}"}
+    ms = {name: round(t * 1e3, 3) for name, t in best.items()}
+    choice = "eager" if best["eager"] * 1.1 <= best["sdpa"] else "sdpa"
+    entry = {"version": ATTENTION_PROBE_VERSION, "choice": choice, "ms": ms,
+             "cpu": key_parts[1], "torch": torch.__version__,
+             "transformers": transformers.__version__, "threads": key_parts[4],
+             "heads": key_parts[5], "dtype": str(dtype), "shape": key_parts[7],
+             "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+    load = _busy_load()
+    if load is not None:
+        return {**entry, "source": "probe", "key": key, "busy_load": load}
+    _write_cache(path, key, entry)
     return {**entry, "source": "probe", "key": key}
 
 
@@ -488,6 +656,7 @@ def load_llm(
     init: str = "pretrained",
     init_seed: int = 0,
     progress: Any = None,
+    attention: str = "auto",
 ) -> FrozenLLM:
     """Load a causal LM with all weights frozen.
 
@@ -512,8 +681,14 @@ def load_llm(
             is used at all.
         init_seed: seed of the random initialisation (``init="random"`` only).
         progress: a ``ProgressCallback``: receives ``ProgressEvent(stage="llm")`` events
-            (``start``, ``info`` for the one-time GGUF conversion and the precision probe,
-            ``end`` naming what was loaded).
+            (``start``, ``info`` for the one-time GGUF conversion and the probes, ``end``
+            naming what was loaded).
+        attention: transformers' attention implementation in the forward passes that
+            train (:meth:`FrozenLLM.attention_scope`), ``"sdpa"`` or ``"eager"`` (the same
+            attention computed by different kernels), or ``"auto"``: on the CPU the faster
+            of the two measured by :func:`attention_probe` for this model's heads and
+            precision (once per machine, cached; ``GLTA_ATTENTION_PROBE=0`` or a failed
+            probe: sdpa), elsewhere sdpa. Passes without gradients always run sdpa.
 
     Returns:
         A :class:`FrozenLLM`; only LoRA parameters (if any) require grad.
@@ -526,6 +701,8 @@ def load_llm(
 
     if init not in LLM_INITS:
         raise LLMError(f"init must be one of {LLM_INITS}, got {init!r}")
+    if attention not in ATTENTION_CHOICES:
+        raise LLMError(f"attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
     dev = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu"
     )
@@ -572,6 +749,16 @@ def load_llm(
         from .int8 import quantize_linears_int8
 
         quantize_linears_int8(model)
+    attn_probe = None
+    if attention == "auto":
+        attention = "sdpa"
+        if dev.type == "cpu" and os.environ.get("GLTA_ATTENTION_PROBE", "1") != "0":
+            attn_probe = attention_probe(model)
+            attention = attn_probe["choice"]
+            times = ", ".join(f"{k} {v:.1f} ms" for k, v in attn_probe.get("ms", {}).items())
+            emit(progress, ProgressEvent("llm", "info", message=(
+                f"attention {attention} ({attn_probe['source']}"
+                + (f"; {times}" if times else "") + ")")))
     settings = None
     if lora is not None:
         from peft import LoraConfig, PeftModel, get_peft_model
@@ -594,9 +781,11 @@ def load_llm(
             ))
         model.to(dev)
     llm = FrozenLLM(model=model, tokenizer=tok, source=source, lora=settings,
-                    precision_probe=probe)
+                    precision_probe=probe, train_attention=attention,
+                    attention_probe=attn_probe)
     emit(progress, ProgressEvent("llm", "end", step=3, total=3,
-                                 message=f"{Path(source).name} ({llm.precision})"))
+                                 message=f"{Path(source).name} ({llm.precision}, "
+                                         f"{llm.train_attention} attention in training)"))
     return llm
 
 

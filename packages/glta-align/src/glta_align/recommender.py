@@ -138,7 +138,8 @@ class GLTARecommender:
                                       "pass it as llm=")
             llm = load_llm(config.llm, dtype=config.dtype, device=device or config.device,
                            lora=lora, init=config.llm_init,
-                           init_seed=int(ucfg.get("llm_init_seed", config.seed)))
+                           init_seed=int(ucfg.get("llm_init_seed", config.seed)),
+                           attention="sdpa")  # ranking only: no training passes
         trained_in = ucfg.get("llm_precision")  # absent in runs made before it was recorded
         if trained_in is not None and trained_in != llm.precision:
             warnings.warn(f"{run_dir}: stage 3 ran the LLM in {trained_in}, ranking runs it in "

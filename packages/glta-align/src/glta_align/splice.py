@@ -23,6 +23,7 @@ goes on eagerly.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import warnings
@@ -261,15 +262,18 @@ class SoftPromptRunner:
                          **{_cache_kwarg(self.llm.backbone): cache})
 
         model = self._model()
+        scope = getattr(self.llm, "attention_scope", contextlib.nullcontext)
         try:
-            out = call(model)
+            with scope():  # the training attention kernels when this pass records gradients
+                out = call(model)
         except Exception as exc:  # compiling failed: no C++ compiler, an op inductor lacks, ...
             if model is self.llm.backbone:
                 raise
             warnings.warn(f"torch.compile of the LLM failed ({type(exc).__name__}: "
                           f"{str(exc)[:200]}); running it eagerly", RuntimeWarning, stacklevel=2)
             self._compiled = self.llm.backbone  # this call and the later ones run eagerly
-            out = call(self.llm.backbone)
+            with scope():
+                out = call(self.llm.backbone)
         hidden = out.last_hidden_state
         idx = torch.from_numpy(read).to(dev)
         picked = hidden.gather(1, idx.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))

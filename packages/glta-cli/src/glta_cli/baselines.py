@@ -120,7 +120,7 @@ def graph_user_texts(
 
             c = cfg.llm
             return load_llm(c.model_name_or_path, dtype=c.dtype, device=c.device,
-                            cache_dir=c.cache_dir)
+                            cache_dir=c.cache_dir, attention="sdpa")  # generation only
 
         return profile_texts(data, run_dir, cfg.user_item, get_llm)
 

@@ -163,6 +163,12 @@ class LLMConfig:
         default=None,
         metadata={"help": "Where converted models are cached; `none` = ~/.cache/glta/models."},
     )
+    attention: str = field(
+        default="auto",
+        metadata={"help": "Attention kernels: auto (CPU: the faster of eager and sdpa for this "
+                 "model and precision, measured once per machine; elsewhere sdpa), sdpa or "
+                 "eager. The same attention computed differently: not part of stage keys."},
+    )
     init: str = field(
         default="pretrained",
         metadata={"help": "LLM weights: pretrained, or random (a randomly initialised model of "
@@ -179,6 +185,9 @@ class LLMConfig:
             )
         if not self.model:
             raise ConfigError("[llm] model: must be `default`, a hub id or a folder")
+        if self.attention not in ("auto", "sdpa", "eager"):
+            raise ConfigError(f"[llm] attention: {self.attention!r} is not one of auto, sdpa, "
+                              "eager")
 
     @property
     def model_name_or_path(self) -> str | None:
@@ -805,7 +814,7 @@ def _build_section(name: str, cls: type, values: Mapping[str, Any], origin: str)
 # Stage sections that repeat the [llm] settings (glta_align's stage configs): they always
 # follow [llm], so the model is named in one place.
 _LLM_FOLLOWERS = {"llm": "model_name_or_path", "dtype": "dtype", "device": "device",
-                  "llm_init": "init"}
+                  "llm_init": "init", "attention": "attention"}
 _LLM_SECTIONS = ("item_text", "user_item")
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from glta_cli.report import throughput_line
+from glta_cli.report import attention_text, throughput_line
 
 __all__ = ["BREAKDOWN_NAME", "BY_CHOICES", "SELECT", "SELECT_RANKINGS", "breakdown_markdown",
            "breakdown_run", "evaluate_run_models", "ranked_lists", "select_ranking",
@@ -178,7 +178,7 @@ def stage3_selection(run_dir: Path) -> dict[str, Any]:
 _SELECTION_KEYS = ("best_epoch", "valid_metrics", "stopped_early", "epochs_run",
                    "valid_history")
 _SPEED_KEYS = ("achieved_gflops", "train_seconds", "model_flops", "timed_steps", "steps",
-               "llm_precision", "llm_precision_probe")
+               "llm_precision", "llm_precision_probe", "llm_attention", "llm_attention_probe")
 
 
 def stage2_speed(run_dir: Path) -> dict[str, Any]:
@@ -232,6 +232,9 @@ def breakdown_markdown(breakdown: dict[str, Any], selection: dict[str, Any] | No
         speed = throughput_line(meta or {}, stage)
         if speed:
             lines += [speed, ""]
+    attention = attention_text(selection or {})
+    if attention:
+        lines += [attention + ".", ""]
     models = breakdown.get("models") or {}
     if not models:
         return "\n".join(lines)

@@ -418,13 +418,23 @@ def _skips_stage2(config: GLTAConfig) -> bool:
     return getattr(config.run, "ablation", "full") == "no-ia"
 
 
+# Settings of how a stage computes, not what: the same attention by other kernels. They are
+# left out of the stage keys, so changing them (or "auto" choosing otherwise on another
+# machine) never reruns a stage, like the thread count.
+_EXECUTION_KEYS = ("attention",)
+
+
 def stage_keys(config: GLTAConfig) -> dict[str, str]:
-    """Stage -> 16-hex key of its configuration sections chained with the earlier stages'."""
+    """Stage -> 16-hex key of its configuration sections chained with the earlier stages'
+    (:data:`_EXECUTION_KEYS` left out)."""
     d = config.to_dict()
     keys: dict[str, str] = {}
     previous = ""
     for name in STAGES:
-        part: dict[str, Any] = {s: d[s] for s in STAGE_SECTIONS[name] if s in d}
+        part: dict[str, Any] = {
+            s: {k: v for k, v in d[s].items() if k not in _EXECUTION_KEYS}
+            if isinstance(d[s], dict) else d[s]
+            for s in STAGE_SECTIONS[name] if s in d}
         if name == "dataset":
             part["run.seed"] = d.get("run", {}).get("seed")
         if name == "item_text" and _skips_stage2(config):
@@ -439,7 +449,8 @@ def _stage_diffs(old: GLTAConfig | None, new: GLTAConfig, stage: str) -> list[st
         return []
     sections = set(STAGE_SECTIONS[stage])
     return [d for d in config_differences(old, new, limit=100)
-            if d.split("]", 1)[0].lstrip("[") in sections][:4]
+            if d.split("]", 1)[0].lstrip("[") in sections
+            and d.split("] ", 1)[1].split(":", 1)[0] not in _EXECUTION_KEYS][:4]
 
 
 def _saved_config(run_dir: Path, current: GLTAConfig) -> GLTAConfig | None:
@@ -501,7 +512,7 @@ def _added_settings_only(run_dir: Path, old: GLTAConfig | None, new: GLTAConfig,
         return None
     current = new.to_dict()
     added = [(sec, key) for sec in STAGE_SECTIONS[stage] for key in current.get(sec, {})
-             if key not in raw.get(sec, {})]
+             if key not in raw.get(sec, {}) and key not in _EXECUTION_KEYS]
     known = _added_settings()
     if any((sec, key) not in known or current[sec][key] != known[(sec, key)]
            for sec, key in added):
@@ -652,9 +663,10 @@ class _Run:
             self.llm = load_llm(
                 cfg.model_name_or_path, dtype=cfg.dtype, device=cfg.device,
                 cache_dir=cfg.cache_dir, init=cfg.init, init_seed=self.config.user_item.seed,
-                progress=self.progress,
+                progress=self.progress, attention=cfg.attention,
             )
-            self.log(f"loaded LLM {cfg.model} ({self.llm.precision} on {self.llm.device}) in "
+            self.log(f"loaded LLM {cfg.model} ({self.llm.precision}, {self.llm.train_attention} "
+                     f"attention in training, on {self.llm.device}) in "
                      f"{time.perf_counter() - t:.1f} s")
         return self.llm
 

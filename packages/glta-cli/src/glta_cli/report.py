@@ -104,6 +104,25 @@ def throughput_line(meta: Mapping[str, Any], stage: str = "Stage 3") -> str | No
     return line + "."
 
 
+def attention_text(meta: Mapping[str, Any]) -> str | None:
+    """``"LLM attention in training: eager (probe: eager 34.5 ms, sdpa 42.1 ms)"`` from a
+    stage's saved ``llm_attention`` and ``llm_attention_probe`` (the probe's figures only
+    when ``attention="auto"`` measured them); ``None`` for runs made before it was
+    recorded."""
+    impl = meta.get("llm_attention")
+    if not isinstance(impl, str) or not impl:
+        return None
+    text = f"LLM attention in training: {impl}"
+    probe = meta.get("llm_attention_probe")
+    if isinstance(probe, Mapping):
+        ms = ", ".join(f"{k} {v:.1f} ms" for k, v in (probe.get("ms") or {}).items()
+                       if isinstance(v, int | float) and not isinstance(v, bool))
+        how = {"probe": "probe", "cache": "probe, cached", "none": "no probe"}.get(
+            str(probe.get("source")), str(probe.get("source")))
+        text += f" ({how}" + (f": {ms}" if ms else "") + ")"
+    return text
+
+
 def summary_rows(
     metrics: Mapping[str, Mapping[str, Mapping[str, float]]],
     split: str,

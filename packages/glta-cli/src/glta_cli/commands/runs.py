@@ -173,6 +173,12 @@ def inspect(
     llm_line = _llm_precision_line(info["artifacts"])
     if llm_line:
         console.print(llm_line, markup=False, highlight=False)
+    from glta_cli.report import attention_text
+
+    attention = attention_text((info["artifacts"].get("user_projector") or {}).get("config")
+                               or {})
+    if attention:
+        console.print(attention, markup=False, highlight=False)
     for line in _speed_lines(info["artifacts"], Path(run_dir)):
         console.print(line, markup=False, highlight=False)
     if info["stages"]:
