@@ -99,3 +99,33 @@ def test_merge_can_take_some_rows_under_new_names(tmp_path):
          "--out", str(new), "--merge", str(old), "--rename", "mask-seen"],
         capture_output=True, text=True, check=False, cwd=SCRIPT.parent)
     assert bad.returncode == 2 and "ROW=NEW" in bad.stderr
+
+
+def test_rows_of_execution_settings_retrain_stage3_in_their_copy(tmp_path):
+    # `attention-eager` leaves every stage key alone: its copy of `full` forgets stage 3 and
+    # the evaluation (records, histories, resumable state, metrics) so both run again
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import ablations
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    assert "attention-eager" in ablations.RETRAIN_STAGE3
+    assert ablations.EXTRA_ROWS["attention-eager"] == ["--llm.attention", "eager"]
+    run = tmp_path / "copy"
+    stages = ("dataset", "graph", "item_text", "user_item", "evaluate")
+    for stage in stages[1:]:
+        (run / "state" / stage).mkdir(parents=True)
+        (run / "state" / stage / "state.json").write_text("{}")
+    (run / "state" / "pipeline").mkdir()
+    (run / "state" / "pipeline" / "stages.json").write_text(json.dumps({
+        "stages": {s: {"done": True, "key": s} for s in stages},
+        "histories": {"graph": [1], "user_item": [2]}}))
+    (run / "metrics.json").write_text("{}")
+    ablations._forget_stage3(run)
+    doc = json.loads((run / "state" / "pipeline" / "stages.json").read_text())
+    assert sorted(doc["stages"]) == ["dataset", "graph", "item_text"]
+    assert doc["histories"] == {"graph": [1]}
+    assert not (run / "state" / "user_item").exists() and not (run / "state" / "evaluate").exists()
+    assert (run / "state" / "graph" / "state.json").is_file()
+    assert (run / "state" / "item_text" / "state.json").is_file()
+    assert not (run / "metrics.json").exists()

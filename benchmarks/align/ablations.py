@@ -59,7 +59,7 @@ from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
 ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-ia", "no-ua",
              "plain-head", "residual", "residual-random-llm", "history-text",
              "history-text-random-llm", "lr3e-4", "lr3e-4-random-llm", "mask-seen",
-             "mask-seen-random-llm")
+             "mask-seen-random-llm", "attention-eager", "attention-sdpa")
 # Rows that are not the paper's ablations: the overrides they add to the full run's command.
 EXTRA_ROWS = {
     "no-text": ["--user_item.use_profile", "false", "--user_item.use_predict", "false"],
@@ -74,7 +74,12 @@ EXTRA_ROWS = {
     "lr3e-4-random-llm": ["--user_item.lr", "3e-4", "--ablation", "random-llm"],
     "mask-seen": ["--user_item.mask_seen", "true"],
     "mask-seen-random-llm": ["--user_item.mask_seen", "true", "--ablation", "random-llm"],
+    "attention-eager": ["--llm.attention", "eager"],
+    "attention-sdpa": ["--llm.attention", "sdpa"],
 }
+# Rows whose overrides leave the stage keys alone (execution settings): their copy of the
+# `full` run forgets stage 3 and the evaluation, so both run again under the override.
+RETRAIN_STAGE3 = ("attention-eager", "attention-sdpa")
 # Rows copied from another row's run of the same seed (default: the `full` run).
 COPY_FROM = {"history-text-random-llm": "random-llm", "lr3e-4-random-llm": "random-llm",
              "mask-seen-random-llm": "random-llm"}
@@ -286,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                 source = full
             if not run.exists():
                 shutil.copytree(source, run, ignore=shutil.ignore_patterns("*.previous"))
+                if row in RETRAIN_STAGE3:
+                    _forget_stage3(run)
             extra = EXTRA_ROWS.get(row, ["--ablation", row])
             cmd = _glta("pipeline", "--out", str(run), *common, *extra)
         print(f"{dt.datetime.now():%H:%M:%S} {args.dataset} seed {seed} {row} ...", flush=True)
@@ -315,6 +322,21 @@ def main(argv: list[str] | None = None) -> int:
     _atomic_json(args.out, doc)
     print(f"missing ({len(missing)} of the grid): {missing or 'none'}", flush=True)
     return 0
+
+
+def _forget_stage3(run: Path) -> None:
+    """In ``run`` (a copy this script just made), drop stage 3's and the evaluation's
+    records and resumable state, so the next ``glta pipeline`` retrains stage 3 from the
+    copied stages 1-2 and evaluates again."""
+    path = run / "state" / "pipeline" / "stages.json"
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    for stage in ("user_item", "evaluate"):
+        doc.get("stages", {}).pop(stage, None)
+        doc.get("histories", {}).pop(stage, None)
+        if (run / "state" / stage).is_dir():
+            shutil.rmtree(run / "state" / stage)
+    _atomic_json(path, doc)
+    (run / "metrics.json").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ the vocabulary logits plain computes and discards are not counted (no ``lm_head`
 
 ``--compare-attention`` adds ``ours_alt`` (ours with the other attention kernels, sdpa or
 eager), interleaved with the two, and ``attention_train_speedup`` / ``attention_infer_speedup``
-(ours over ours_alt).
+(ours over ours_alt). Inference passes record no gradients, so both run sdpa there
+(``FrozenLLM.attention_scope``): ``attention_infer_speedup`` shows the run's noise.
 """
 
 from __future__ import annotations

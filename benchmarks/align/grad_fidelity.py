@@ -15,6 +15,9 @@ outputs and of the input gradients against fp32 (whole batch flattened, as
 - ``--losses``: ``sum`` (the sum of the slot outputs, ``compile_ab.py``'s) or ``random`` (a
   fixed random linear functional of the slot outputs, like a head's gradient).
 
+``--attention sdpa,eager`` compares each precision's gradient under both attention kernels
+(and fp32 eager against the fp32 sdpa reference).
+
     uv run python benchmarks/align/grad_fidelity.py --json OUT.json
 """
 
@@ -48,20 +51,25 @@ def main() -> None:
     ap.add_argument("--run", default=None, help="a run whose stage-2 item tokens give the "
                     "'run' scale")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--attention", default="sdpa",
+                    help="attention kernels of the compared precisions, e.g. sdpa,eager "
+                    "(the fp32 reference runs sdpa)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
-    models = {"float32": load_llm(dtype="float32")}
+    models = {"float32": load_llm(dtype="float32", attention="sdpa")}
     for name in args.dtypes.split(","):
-        models[name] = load_llm(dtype=name)
+        models[name] = load_llm(dtype=name, attention="sdpa")
     ref = models["float32"]
     B, L, P, S, H = args.batch, args.length, args.prefix, args.slots, ref.hidden_size
     tok_rms = embedding_rms(ref.causal_lm.get_input_embeddings().weight)
     kvs = {name: prefix_kv(m.backbone, P) for name, m in models.items()}
 
-    def step(name, x, direction):
+    def step(name, x, direction, attention="sdpa"):
         llm = models[name]
-        return stage3_step(llm.backbone, kvs[name], x, llm.dtype, S, direction)
+        llm.train_attention = attention
+        with llm.attention_scope():  # the kernels stage 3's training passes would run
+            return stage3_step(llm.backbone, kvs[name], x, llm.dtype, S, direction)
 
     run_rms = None
     if args.run:
@@ -83,13 +91,15 @@ def main() -> None:
             direction = torch.randn(B, S, H) if loss == "random" else torch.ones(B, S, H)
             o0, g0 = step("float32", x, direction)
             for name in models:
-                if name == "float32":
-                    continue
-                o1, g1 = step(name, x, direction)
-                rows.append({"dtype": name, "input_rms": std, "scale": scale, "loss": loss,
-                             "output_cos": _cos(o0, o1), "input_grad_cos": _cos(g0, g1),
-                             "input_grad_rel_l2": float((g1 - g0).norm() / g0.norm())})
-                print(json.dumps(rows[-1]), flush=True)
+                for attention in args.attention.split(","):
+                    if name == "float32" and attention == "sdpa":
+                        continue
+                    o1, g1 = step(name, x, direction, attention)
+                    rows.append({"dtype": name, "attention": attention, "input_rms": std,
+                                 "scale": scale, "loss": loss, "output_cos": _cos(o0, o1),
+                                 "input_grad_cos": _cos(g0, g1),
+                                 "input_grad_rel_l2": float((g1 - g0).norm() / g0.norm())})
+                    print(json.dumps(rows[-1]), flush=True)
     res = {
         "command": "python benchmarks/align/grad_fidelity.py " + " ".join(
             f"--{k} {v}" for k, v in vars(args).items() if k != "json" and v is not None),

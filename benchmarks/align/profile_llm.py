@@ -21,15 +21,19 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=10)
     ap.add_argument("--rows", type=int, default=18, help="operators to print")
     ap.add_argument("--dtype", default="float32", help="float32, bfloat16 or int8")
+    ap.add_argument("--attention", default="auto", choices=("auto", "sdpa", "eager"),
+                    help="attention kernels of the step (auto: the probe's choice)")
     args = ap.parse_args()
     torch.manual_seed(0)
-    llm = load_llm(dtype=args.dtype)
+    llm = load_llm(dtype=args.dtype, attention=args.attention)
+    print(f"precision {llm.precision}, attention {llm.train_attention}")
     model = llm.causal_lm.model
     x = (torch.randn(args.batch, args.tokens, llm.hidden_size) * 0.02).to(llm.dtype)
 
     def step() -> None:
         xe = x.clone().requires_grad_()
-        out = model(inputs_embeds=xe).last_hidden_state
+        with llm.attention_scope():
+            out = model(inputs_embeds=xe).last_hidden_state
         out[:, -args.slots:].sum().backward()
 
     step()  # warm-up
