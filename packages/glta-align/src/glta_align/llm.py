@@ -113,9 +113,10 @@ class FrozenLLM:
     def attention_scope(self) -> Iterator[None]:
         """Run the model's forward passes inside with :attr:`train_attention` when they
         record gradients; passes without gradients (generation, ranking) keep the model's
-        own implementation (sdpa): on the CPU eager attention trains bf16 SmolLM2 faster but
-        decodes 1.6x slower, and in bf16 greedy texts follow the kernel's rounding
-        (``benchmarks/RESULTS.md``), so profile texts never depend on the choice."""
+        own implementation (transformers' default, sdpa): on the CPU eager attention trains
+        bf16 SmolLM2 faster but generates text 1.4-1.5x slower, and in bf16 greedy texts
+        follow the kernel's rounding (``benchmarks/RESULTS.md``), so profile texts never
+        depend on the choice."""
         config = self.causal_lm.config
         before = getattr(config, "_attn_implementation", None)
         if not torch.is_grad_enabled() or before == self.train_attention:
@@ -479,8 +480,8 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
     :func:`precision_probe` (``$XDG_CACHE_HOME/glta/attention-probe.json``, keyed by CPU
     model, torch and transformers versions, thread count, head layout and dtype); a probe
     on a busy machine is used but not cached. Which is faster depends on the precision and
-    the CPU: on a 2-core Xeon with AMX eager ran a bf16 SmolLM2 forward + backward 1.28x
-    faster than sdpa while sdpa was 1.13x faster in fp32 (``benchmarks/RESULTS.md``).
+    the CPU: on a Xeon with AMX eager trained stage 3 1.46x faster than sdpa in bf16, sdpa
+    1.21x faster than eager in fp32 (``benchmarks/RESULTS.md``).
 
     Args:
         model: the loaded transformers model (a causal LM or its decoder).
