@@ -32,6 +32,7 @@ import torch
 from glta_align.config import UserItemConfig
 from glta_align.llm import load_llm
 from glta_align.profiles import user_prompts
+from glta_gllm.checkpoint import atomic_write_json
 from glta_graph.data import load_dataset
 from profile_gen import cpu_model, git_commit, ours_on  # this folder's benchmark helpers
 
@@ -44,19 +45,19 @@ def train_ab(llm, batch: int, tokens: int, repeats: int) -> dict:
     gen = torch.Generator().manual_seed(0)
     x = (torch.randn(batch, tokens, llm.hidden_size, generator=gen) * 0.135).to(llm.dtype)
     grads, best = {}, dict.fromkeys(KERNELS, float("inf"))
-    config = llm.causal_lm.config
     for rep in range(repeats + 1):
         for kernel in KERNELS:
-            config._attn_implementation = kernel
+            llm.train_attention = kernel  # the kernels stage 3's training passes run
             xe = x.clone().requires_grad_()
             t0 = time.perf_counter()
-            out = model(inputs_embeds=xe).last_hidden_state
+            with llm.attention_scope():
+                out = model(inputs_embeds=xe).last_hidden_state
             out[:, -10:].float().sum().backward()
             dt = time.perf_counter() - t0
             if rep:
                 best[kernel] = min(best[kernel], dt)
             grads[kernel] = xe.grad.float().flatten()
-    config._attn_implementation = "sdpa"
+    llm.train_attention = "sdpa"
     cos = torch.nn.functional.cosine_similarity(grads["eager"], grads["sdpa"], dim=0)
     return {"seconds": {k: round(v, 4) for k, v in best.items()},
             "eager_speedup": best["sdpa"] / best["eager"], "grad_cosine": float(cos)}
@@ -118,11 +119,9 @@ def main() -> None:
             print(dtype, "generate", json.dumps(entry["generate"]), flush=True)
         result["dtypes"][dtype] = entry
     result["loadavg_end"] = list(os.getloadavg())
-    text = json.dumps(result, indent=1)
-    print(text)
+    print(json.dumps(result, indent=1))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
+        atomic_write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ def test_attention_kernels_never_rekey_a_stage(tmp_path):
     eager = load_config("smoke", overrides=["--run.out", str(run), "--llm.attention", "eager"])
     assert eager.user_item.attention == "eager" == eager.item_text.attention
     assert stage_keys(eager) == stage_keys(base)
+    assert config_differences(base, eager) == []  # nothing to report, nothing to rerun
     run.mkdir()
     write_config(base, run / "resolved-config.toml")
     saved = (run / "resolved-config.toml").read_text()

@@ -530,8 +530,7 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
         lengths = torch.full((batch,), total)
         lengths[batch // 2:] = total - queries // 4  # padded rows, as in a real batch
         allowed = allowed & (torch.arange(total)[None, None, None, :]
-                             < lengths[:, None, None, None])
-        allowed = allowed.clone()
+                             < lengths[:, None, None, None])  # a new (B, 1, Q, P + Q) tensor
         allowed[..., 0] = True  # every query sees the first token (no all-masked rows)
         additive = torch.zeros(allowed.shape, dtype=dtype).masked_fill(
             ~allowed, torch.finfo(dtype).min)

@@ -23,7 +23,6 @@ goes on eagerly.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import warnings
@@ -262,7 +261,7 @@ class SoftPromptRunner:
                          **{_cache_kwarg(self.llm.backbone): cache})
 
         model = self._model()
-        scope = getattr(self.llm, "attention_scope", contextlib.nullcontext)
+        scope = self.llm.attention_scope
         try:
             with scope():  # the training attention kernels when this pass records gradients
                 out = call(model)

@@ -115,13 +115,20 @@ def resolve_pipeline_config(
     return load_config(preset or "default", config_file, [*overrides, *out_override])
 
 
+# Settings of how a stage computes, not what: the same attention by other kernels. They are
+# left out of the stage keys and of configuration differences, so changing them (or "auto"
+# choosing otherwise on another machine) never reruns a stage, like the thread count.
+_EXECUTION_KEYS = ("attention",)
+
+
 def config_differences(old: GLTAConfig, new: GLTAConfig, limit: int = 4) -> list[str]:
-    """Keys whose values differ (``[section] key: old -> new``), ignoring ``[run] out``."""
+    """Keys whose values differ (``[section] key: old -> new``), ignoring ``[run] out`` and
+    the execution settings (:data:`_EXECUTION_KEYS`)."""
     a, b = old.to_dict(), new.to_dict()
     diffs = []
     for section in b:
         for key, value in b[section].items():
-            if (section, key) == ("run", "out"):
+            if (section, key) == ("run", "out") or key in _EXECUTION_KEYS:
                 continue
             before = a.get(section, {}).get(key)
             if before != value:
@@ -418,12 +425,6 @@ def _skips_stage2(config: GLTAConfig) -> bool:
     return getattr(config.run, "ablation", "full") == "no-ia"
 
 
-# Settings of how a stage computes, not what: the same attention by other kernels. They are
-# left out of the stage keys, so changing them (or "auto" choosing otherwise on another
-# machine) never reruns a stage, like the thread count.
-_EXECUTION_KEYS = ("attention",)
-
-
 def stage_keys(config: GLTAConfig) -> dict[str, str]:
     """Stage -> 16-hex key of its configuration sections chained with the earlier stages'
     (:data:`_EXECUTION_KEYS` left out)."""
@@ -449,8 +450,7 @@ def _stage_diffs(old: GLTAConfig | None, new: GLTAConfig, stage: str) -> list[st
         return []
     sections = set(STAGE_SECTIONS[stage])
     return [d for d in config_differences(old, new, limit=100)
-            if d.split("]", 1)[0].lstrip("[") in sections
-            and d.split("] ", 1)[1].split(":", 1)[0] not in _EXECUTION_KEYS][:4]
+            if d.split("]", 1)[0].lstrip("[") in sections][:4]
 
 
 def _saved_config(run_dir: Path, current: GLTAConfig) -> GLTAConfig | None:
