@@ -12,33 +12,8 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
-
-
-def _write_csv(path: Path, users: int = 60, items: int = 40, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    lines = ["user_id,item_id,text"]
-    half = items // 2
-    for u in range(users):
-        own = np.arange(half) + (half if u % 2 else 0)
-        for i in sorted(set(rng.choice(own, size=10, replace=False).tolist())):
-            lines.append(f"u{u},i{i},item {i} of group {i // half}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    from glta_align.llm import load_tokenizer, tiny_llm
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    llm = tiny_llm(load_tokenizer(), hidden_size=64, num_layers=2, seed=0)
-    llm.model.save_pretrained(str(folder))
-    llm.tokenizer.save_pretrained(str(folder))
-    return folder
 
 
 def _glta(*args: str) -> list[str]:
@@ -52,8 +27,8 @@ def _env() -> dict[str, str]:
     return env
 
 
-def test_pipeline_resumes_after_sigkill_mid_stage(tmp_path, tiny_model_dir):
-    csv_path = _write_csv(tmp_path / "ratings.csv")
+def test_pipeline_resumes_after_sigkill_mid_stage(tmp_path, tiny_model_dir, synthetic_csv):
+    csv_path = synthetic_csv(tmp_path / "ratings.csv")
     run = tmp_path / "run"
     args = _glta(
         "pipeline", "--out", str(run),
