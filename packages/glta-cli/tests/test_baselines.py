@@ -132,13 +132,27 @@ def test_run_baselines_writes_metrics_and_skips_on_rerun(runner, tmp_path, encod
     seconds = run_baselines(cfg, data, run, get_llm=no_llm, log=notes.append)
     assert set(seconds) == {"lightgcn+", "rlmrec-con"}
     metrics = read_metrics(run)
-    assert "precision@10" in metrics["lightgcn+"]["test"]
-    assert "precision@10" in metrics["rlmrec-con"]["test"]
+    for name in ("lightgcn+", "rlmrec-con"):
+        assert set(metrics[name]) == {"valid", "test"}
+        assert "precision@10" in metrics[name]["valid"]
+        assert "precision@10" in metrics[name]["test"]
     assert any("users have a profile" in n for n in notes)
     assert (run / "baselines" / "rlmrec-con" / "graph" / "model.safetensors").is_file()
     notes.clear()
     again = run_baselines(cfg, data, run, get_llm=no_llm, log=notes.append)
     assert again == seconds and all("already done" in n for n in notes) and len(notes) == 2
+    # a run from an older glta ranked only the test split: the rerun ranks valid, no training
+    valid = metrics["lightgcn+"]["valid"]
+    doc = json.loads((run / "metrics.json").read_text())
+    del doc["lightgcn+"]["valid"]
+    (run / "metrics.json").write_text(json.dumps(doc))
+    weights = run / "baselines" / "lightgcn+" / "graph" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    notes.clear()
+    assert run_baselines(cfg, data, run, get_llm=no_llm, log=notes.append) == seconds
+    assert notes[0] == "baseline lightgcn+: already trained, ranked valid"
+    assert read_metrics(run)["lightgcn+"]["valid"] == valid
+    assert weights.stat().st_mtime_ns == stamp
 
 
 def test_report_shows_the_baselines_in_table_2_order():

@@ -2,8 +2,8 @@
 
 Both are LightGCN trained with ``[graph]``'s settings plus a text-alignment term
 (:mod:`glta_graph.text_align`), each in its own run folder ``RUN/baselines/<name>``, and
-ranked on ``[eval] split`` like LightGCN; their rows go into ``RUN/metrics.json`` as
-``lightgcn+`` and ``rlmrec-con``.
+ranked on the valid split and ``[eval] split`` like LightGCN; their rows go into
+``RUN/metrics.json`` as ``lightgcn+`` and ``rlmrec-con``.
 
 - ``lightgcn+``: ``text_align="infonce"`` on the items' own text (title, genres,
   description).
@@ -156,7 +156,11 @@ def run_baselines(
     progress: Any | None = None,
     log: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, float]:
-    """Train and evaluate ``config.eval.baselines`` into ``RUN/baselines`` and metrics.json.
+    """Train ``config.eval.baselines`` in ``RUN/baselines``; rank valid and test to metrics.json.
+
+    Each baseline is ranked on the valid split and on ``[eval] split`` (the same rows LightGCN
+    and GLTA get); a baseline trained by an older glta that ranked only ``[eval] split`` has
+    its missing split ranked on a rerun, without training again.
 
     Args:
         config: the resolved ``GLTAConfig`` (``graph``, ``user_item``, ``eval``).
@@ -171,17 +175,13 @@ def run_baselines(
         item has text skips them all with a note (both need item text; the GLTA results
         are kept rather than failing at the end of the pipeline).
     """
-    from glta_graph import (
-        evaluate_embeddings,
-        load_graph_embeddings,
-        train_lightgcn,
-        update_metrics,
-    )
+    from glta_graph import train_lightgcn
 
     from glta_cli.runs import read_metrics
 
     run_dir = Path(run_dir)
     split, ks = config.eval.split, tuple(config.eval.ks)
+    splits = ("valid", split) if split != "valid" else ("valid",)
     seconds: dict[str, float] = {}
     if config.eval.baselines and not any(t.strip() for t in data.item_text):
         log(f"baselines {', '.join(config.eval.baselines)} skipped: none of the "
@@ -195,9 +195,15 @@ def run_baselines(
         key_file = sub / "key.json"
         saved = json.loads(key_file.read_text(encoding="utf-8")) if key_file.is_file() else {}
         same = saved.get("key") == key
-        if same and saved.get("done") and split in read_metrics(run_dir).get(name, {}):
+        if same and saved.get("done"):
+            have = read_metrics(run_dir).get(name, {})
+            missing = [s for s in splits if s not in have]
+            if missing:  # trained by an older glta that ranked one split: rank the rest
+                _evaluate(sub, data, name, run_dir, missing, ks)
+                log(f"baseline {name}: already trained, ranked {', '.join(missing)}")
+            else:
+                log(f"baseline {name}: already done, skipped")
             seconds[name] = float(saved.get("seconds", 0.0))
-            log(f"baseline {name}: already done, skipped")
             continue
         if not same:  # new settings: train afresh (a killed run with these resumes)
             atomic_write_json(key_file, {"key": key, "done": False})
@@ -212,13 +218,22 @@ def run_baselines(
                                 user_texts=users)
         if result.text:
             log(f"baseline {name}: " + text_line(result.text))
-        user_emb, item_emb = load_graph_embeddings(sub, expected_fingerprint=data.fingerprint)
-        metrics = evaluate_embeddings(user_emb, item_emb, data, split, ks)
-        update_metrics(run_dir, name, split, {k: float(v) for k, v in metrics.items()})
+        _evaluate(sub, data, name, run_dir, splits, ks)
         seconds[name] = float(result.seconds)
         atomic_write_json(key_file, {"key": key, "done": True, "seconds": seconds[name],
                                      "best_epoch": result.best_epoch, "text": result.text})
     return seconds
+
+
+def _evaluate(sub: Path, data: Any, name: str, run_dir: Path, splits: Sequence[str],
+              ks: Sequence[int]) -> None:
+    """Rank ``splits`` with the baseline's LightGCN in ``sub``; rows go to metrics.json."""
+    from glta_graph import evaluate_embeddings, load_graph_embeddings, update_metrics
+
+    user_emb, item_emb = load_graph_embeddings(sub, expected_fingerprint=data.fingerprint)
+    for split in splits:
+        metrics = evaluate_embeddings(user_emb, item_emb, data, split, ks)
+        update_metrics(run_dir, name, split, {k: float(v) for k, v in metrics.items()})
 
 
 def text_line(text: dict[str, Any]) -> str:
