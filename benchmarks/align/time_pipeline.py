@@ -4,7 +4,8 @@ Runs ``python -m glta_cli.app pipeline ARGS`` (this environment's glta) in a chi
 with its output going to a log (so the pipeline prints its plain progress lines), then
 records: wall seconds, user/system CPU seconds and peak RSS of the child (``getrusage``),
 the load average before and after (a timing is only worth keeping on a quiet machine),
-the seconds of every stage (``state/pipeline/stages.json``), the profile-text time (the last
+the seconds of every stage (``state/pipeline/stages.json``), stage 3's kept epoch and valid
+curve (``user_projector/config.json``), the profile-text time (the last
 ``[profiles]`` progress line), the report's lines on the kept stage-3 epoch, the prediction
 mode and GFLOP/s, and every metric of ``metrics.json``. ``--cache DIR`` runs the pipeline with
 ``XDG_CACHE_HOME=DIR`` (a fresh DIR puts the precision and attention probes inside the
@@ -67,6 +68,12 @@ def read_run(run: Path) -> dict:
     metrics = run / "metrics.json"
     if metrics.exists():
         out["metrics"] = json.loads(metrics.read_text())
+    stage3 = run / "user_projector" / "config.json"
+    if stage3.exists():
+        cfg = json.loads(stage3.read_text())
+        out["stage3"] = {k: cfg.get(k) for k in ("best_epoch", "epochs_run", "llm_attention",
+                                                  "llm_precision")}
+        out["stage3"]["valid_history"] = cfg.get("valid_history")
     report = run / "report.md"
     if report.exists():
         out["report_lines"] = [line.strip() for line in report.read_text().splitlines()
@@ -94,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "glta_cli.app", "pipeline", "--out", str(out),
            *args.pipeline_args]
     log_path = out.parent / f"{out.name}.log"
+    commit = git_commit()  # the code that runs (read before: HEAD may move meanwhile)
     load_before = list(os.getloadavg())
     started = time.perf_counter()
     with log_path.open("w", encoding="utf-8") as log:
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "benchmarks/align/time_pipeline.py",
                              *(argv if argv is not None else sys.argv[1:])]),
         "pipeline_command": " ".join(["glta", *cmd[3:]]),
-        "commit": git_commit(),
+        "commit": commit,
         "date": dt.date.today().isoformat(),
         "machine": {"cpu": cpu_model(), "flags": cpu_flags(), "cores": os.cpu_count(),
                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
