@@ -19,6 +19,10 @@ configuration, in the run's final evaluation. Extra rows:
 - ``lr3e-4`` [extra]: stage 3 at Adam lr 3e-4 instead of 1e-3 (its per-epoch valid N@10
   swings by up to 0.1 at 1e-3); ``lr3e-4-random-llm`` the same with a randomly initialised LLM
   (copied from the seed's ``random-llm`` run, so only stage 3 reruns).
+- ``lr-cosine`` [extra]: stage 3's learning rate decays from 1e-3 to 0 over its maximum
+  epochs (``[user_item] lr_schedule = "cosine"``) instead of staying at 1e-3, so the late
+  epochs that early stopping picks from swing less; ``lr-cosine-random-llm`` its control
+  (copied from the seed's ``random-llm`` run, so only stage 3 reruns).
 - ``mask-seen`` [extra]: each slot's softmax leaves out the user's other train items
   (``[user_item] mask_seen``): the objective then matches the evaluation, which ranks unseen
   items only; ``mask-seen-random-llm`` its control (copied from ``random-llm``). The default
@@ -59,7 +63,8 @@ from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
 ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-ia", "no-ua",
              "plain-head", "residual", "residual-random-llm", "history-text",
              "history-text-random-llm", "lr3e-4", "lr3e-4-random-llm", "mask-seen",
-             "mask-seen-random-llm", "attention-eager", "attention-sdpa")
+             "mask-seen-random-llm", "attention-eager", "attention-sdpa", "lr-cosine",
+             "lr-cosine-random-llm")
 # Rows that are not the paper's ablations: the overrides they add to the full run's command.
 EXTRA_ROWS = {
     "no-text": ["--user_item.use_profile", "false", "--user_item.use_predict", "false"],
@@ -76,13 +81,15 @@ EXTRA_ROWS = {
     "mask-seen-random-llm": ["--user_item.mask_seen", "true", "--ablation", "random-llm"],
     "attention-eager": ["--llm.attention", "eager"],
     "attention-sdpa": ["--llm.attention", "sdpa"],
+    "lr-cosine": ["--user_item.lr_schedule", "cosine"],
+    "lr-cosine-random-llm": ["--user_item.lr_schedule", "cosine", "--ablation", "random-llm"],
 }
 # Rows whose overrides leave the stage keys alone (execution settings): their copy of the
 # `full` run forgets stage 3 and the evaluation, so both run again under the override.
 RETRAIN_STAGE3 = ("attention-eager", "attention-sdpa")
 # Rows copied from another row's run of the same seed (default: the `full` run).
 COPY_FROM = {"history-text-random-llm": "random-llm", "lr3e-4-random-llm": "random-llm",
-             "mask-seen-random-llm": "random-llm"}
+             "mask-seen-random-llm": "random-llm", "lr-cosine-random-llm": "random-llm"}
 BASELINES = ("lightgcn-softmax",)
 DATASETS = {
     "ml-100k": ["--data.source", "ml-100k"],

@@ -29,7 +29,13 @@ class _Killed(RuntimeError):
     pass
 
 
-def _loop(run_dir, scores, patience, *, kill_at=None, resume=True, seen=None):
+@dataclass
+class _CfgWithSchedule(_Cfg):
+    lr_schedule: str = "constant"
+
+
+def _loop(run_dir, scores, patience, *, kill_at=None, resume=True, seen=None, cfg=None,
+          lrs=None):
     """A linear model trained on fixed data; ``validate`` returns ``scores[epoch]``."""
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
@@ -45,10 +51,14 @@ def _loop(run_dir, scores, patience, *, kill_at=None, resume=True, seen=None):
             seen[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
         return {"ndcg@10": scores[epoch], "precision@10": 0.0}
 
-    res = run_loop(stage="t", run_dir=run_dir, fingerprint="fp", config=_Cfg(),
+    def loss_fn(b):
+        if lrs is not None:
+            lrs.append(opt.param_groups[0]["lr"])
+        return ((model(x[b]) - y[b]) ** 2).mean()
+
+    res = run_loop(stage="t", run_dir=run_dir, fingerprint="fp", config=cfg or _Cfg(),
                    modules={"m": model}, optimizer=opt,
-                   make_batches=lambda e: [[0, 1, 2, 3], [4, 5, 6, 7]],
-                   loss_fn=lambda b: ((model(x[b]) - y[b]) ** 2).mean(),
+                   make_batches=lambda e: [[0, 1, 2, 3], [4, 5, 6, 7]], loss_fn=loss_fn,
                    progress=None, resume=resume, validate=validate, patience=patience)
     return res, model, calls
 
@@ -87,6 +97,30 @@ def test_loop_killed_during_validation_resumes_to_the_same_result(tmp_path, kill
         assert torch.equal(m2.state_dict()[key], value)
 
 
+def test_cosine_schedule_sets_each_steps_rate(tmp_path):
+    from glta_graph.loop import cosine_lr_scale
+
+    lrs: list[float] = []
+    _loop(tmp_path / "c", [0.1] * 6, patience=None, cfg=_CfgWithSchedule(lr_schedule="cosine"),
+          lrs=lrs)
+    assert lrs == pytest.approx([0.1 * cosine_lr_scale((e + j / 2) / 6)
+                                 for e in range(6) for j in range(2)])
+    constant: list[float] = []
+    _loop(tmp_path / "k", [0.1] * 6, patience=None, cfg=_CfgWithSchedule(), lrs=constant)
+    assert constant == [0.1] * 12
+
+
+def test_a_state_from_before_lr_schedule_resumes_as_constant_only(tmp_path):
+    scores = [0.1, 0.3, 0.2, 0.25, 0.9, 0.9]
+    with pytest.raises(_Killed):  # _Cfg stores no lr_schedule: an older state
+        _loop(tmp_path / "old", scores, patience=None, kill_at=2)
+    with pytest.raises(ValueError, match="lr_schedule was 'constant' and is now 'cosine'"):
+        _loop(tmp_path / "old", scores, patience=None,
+              cfg=_CfgWithSchedule(lr_schedule="cosine"))
+    resumed, _, calls = _loop(tmp_path / "old", scores, patience=None, cfg=_CfgWithSchedule())
+    assert calls[0] == 2 and len(resumed.epoch_losses) == 6
+
+
 def test_user_item_config_checks_patience_and_metric():
     with pytest.raises(AlignConfigError, match="patience"):
         UserItemConfig(patience=0)
@@ -94,6 +128,8 @@ def test_user_item_config_checks_patience_and_metric():
         UserItemConfig(select_metric="auc")
     with pytest.raises(AlignConfigError, match="llm_init"):
         UserItemConfig(llm_init="scratch")
+    with pytest.raises(AlignConfigError, match="lr_schedule"):
+        ItemTextConfig(lr_schedule="linear")
     assert UserItemConfig(patience=2, select_metric="recall@20").patience == 2
 
 
@@ -132,3 +168,13 @@ def test_stage3_with_text_and_few_training_users_validates_every_user(toy_run, t
     assert len(res.valid_history) == 1
     _, texts = read_profiles(toy_run / "profiles.jsonl")
     assert set(valid_users.tolist()) <= set(texts)
+
+
+def test_stage3_with_the_cosine_schedule_trains_and_records_it(toy_run, toy, tiny):
+    train_item_text(toy, toy_run, ItemTextConfig(epochs=1, items_per_instance=3), llm=tiny)
+    cfg = UserItemConfig(epochs=2, batch_size=4, num_slots=3, use_profile=False,
+                         use_predict=False, lr=5e-2, lr_schedule="cosine")
+    res = train_user_item(toy, toy_run, cfg, llm=tiny)
+    assert len(res.epoch_losses) == 2 and all(torch.isfinite(torch.tensor(res.epoch_losses)))
+    _, config, _ = load_artifact(toy_run / "user_projector")
+    assert config["stage_config"]["lr_schedule"] == "cosine"

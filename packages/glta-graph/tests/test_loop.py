@@ -10,7 +10,13 @@ import pytest
 import torch
 from glta_gllm.checkpoint import CheckpointError, FingerprintMismatchError
 
-from glta_graph.loop import ModuleStateFormat, TrainingLoop, restore_modules, snapshot_modules
+from glta_graph.loop import (
+    ModuleStateFormat,
+    TrainingLoop,
+    cosine_lr_scale,
+    restore_modules,
+    snapshot_modules,
+)
 
 EPOCHS = 6
 SCORES = [0.1, 0.3, 0.2, 0.25, 0.9, 0.95]  # epoch 4 would be best, patience 2 stops before
@@ -21,7 +27,8 @@ class _Killed(RuntimeError):
 
 
 def _run(state_dir, *, patience=2, kill_step=None, kill_valid=None, resume=True,
-         seen=None, calls=None, key=None, fingerprint="fp", save_every=2):
+         seen=None, calls=None, key=None, fingerprint="fp", save_every=2, lr_scale=None,
+         lrs=None):
     """Train ``Linear(3, 1)`` on seeded batches (4 per epoch); validation returns SCORES.
 
     ``kill_step``: ``(epoch, batch)`` at whose ``step`` event the run dies;
@@ -47,6 +54,11 @@ def _run(state_dir, *, patience=2, kill_step=None, kill_valid=None, resume=True,
             seen[epoch] = snapshot_modules(modules)["m"]
         return {"ndcg@10": SCORES[epoch], "recall@20": 0.0}
 
+    def loss_fn(b):
+        if lrs is not None:
+            lrs.append(opt.param_groups[0]["lr"])
+        return ((model(x[b]) - y[b]) ** 2).mean()
+
     def progress(event):
         if kill_step is not None and event.kind == "step" and (
                 event.epoch, event.step) == kill_step:
@@ -56,10 +68,11 @@ def _run(state_dir, *, patience=2, kill_step=None, kill_valid=None, resume=True,
         stage="t", state_dir=state_dir, fingerprint=fingerprint,
         stored_config={"lr": 0.05, "epochs": EPOCHS}, key=key or {"lr": 0.05},
         optimizer=opt, epochs=EPOCHS, make_batches=make_batches,
-        loss_fn=lambda b: ((model(x[b]) - y[b]) ** 2).mean(), fmt=ModuleStateFormat(modules),
+        loss_fn=loss_fn, fmt=ModuleStateFormat(modules),
         progress=progress, save_every=save_every, validate=validate,
         snapshot=lambda: snapshot_modules(modules),
         restore=lambda best: restore_modules(modules, best), patience=patience,
+        lr_scale=lr_scale,
     )
     if resume:
         loop.load()
@@ -88,6 +101,33 @@ def test_killed_at_a_batch_resumes_to_the_uninterrupted_result(tmp_path, kill_st
     assert (saved["epoch"], saved["batch"]) < (kill_step[0], kill_step[1] + 1)
     resumed = _run(tmp_path / "b", patience=None)
     assert resumed[0].resumed_from == (saved["epoch"], saved["batch"])
+    _same(straight, resumed)
+
+
+def test_cosine_lr_scale():
+    assert cosine_lr_scale(0.0) == 1.0 and cosine_lr_scale(1.0) == pytest.approx(0.0)
+    assert cosine_lr_scale(0.5) == pytest.approx(0.5)
+    assert cosine_lr_scale(0.25) == pytest.approx((1 + 2 ** -0.5) / 2)
+    with pytest.raises(ValueError, match="outside"):
+        cosine_lr_scale(1.5)
+
+
+def test_lr_scale_sets_every_steps_rate_and_resumes_with_the_same_rates(tmp_path):
+    plain: list[float] = []
+    _run(tmp_path / "plain", patience=None, lrs=plain)
+    assert plain == [0.05] * EPOCHS * 4  # no lr_scale: the optimiser's rate throughout
+    lrs: list[float] = []
+    straight = _run(tmp_path / "a", patience=None, lr_scale=cosine_lr_scale, lrs=lrs)
+    expected = [0.05 * cosine_lr_scale((e + j / 4) / EPOCHS)
+                for e in range(EPOCHS) for j in range(4)]
+    assert lrs == pytest.approx(expected)
+    with pytest.raises(_Killed):
+        _run(tmp_path / "b", patience=None, kill_step=(2, 3), lr_scale=cosine_lr_scale)
+    saved = json.loads((tmp_path / "b" / "state.json").read_text())
+    later: list[float] = []
+    resumed = _run(tmp_path / "b", patience=None, lr_scale=cosine_lr_scale, lrs=later)
+    first = saved["epoch"] * 4 + saved["batch"]
+    assert first > 0 and later == pytest.approx(expected[first:])
     _same(straight, resumed)
 
 

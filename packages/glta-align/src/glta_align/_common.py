@@ -18,6 +18,7 @@ from glta_graph.loop import (
     LoopResult,
     ModuleStateFormat,
     TrainingLoop,
+    cosine_lr_scale,
     restore_modules,
     snapshot_modules,
 )
@@ -31,6 +32,9 @@ __all__ = ["LoopResult", "average_gradients", "average_scalar", "barrier", "dist
 
 # config fields that may change between a killed run and its resumption
 RESUMABLE_CHANGES = frozenset({"epochs", "save_every", "device", "eval_batch_size", "patience"})
+# Settings added to the stages after their resume state first existed, with the value that
+# gives the behaviour a state written before them had (such a state still resumes).
+ADDED_SETTINGS = {"lr_schedule": "constant"}
 
 
 def rng_for(seed: int, *keys: int) -> np.random.Generator:
@@ -156,7 +160,8 @@ def run_loop(
         stage: progress / state name (``"item_text"`` or ``"user_item"``).
         run_dir: the run directory.
         fingerprint: the dataset fingerprint (checked on resume).
-        config: the stage config (``to_dict``, ``epochs``, ``save_every``).
+        config: the stage config (``to_dict``, ``epochs``, ``save_every``; optional
+            ``lr_schedule``: ``"cosine"`` decays the optimiser's rates to 0 over ``epochs``).
         modules: trainable modules by name (their state is saved and restored).
         optimizer: over the modules' trainable parameters.
         make_batches: epoch -> list of batches (opaque to the loop).
@@ -193,7 +198,8 @@ def run_loop(
         validate=valid_floats if validate is not None else None,
         snapshot=lambda: snapshot_modules(modules),
         restore=(lambda best: restore_modules(modules, best)) if validate is not None else None,
-        select=select, patience=patience,
+        select=select, patience=patience, defaults=ADDED_SETTINGS,
+        lr_scale=cosine_lr_scale if getattr(config, "lr_schedule", None) == "cosine" else None,
     )
     if resume:
         loop.load()

@@ -10,12 +10,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["HEADS", "RANKINGS", "AlignConfigError", "ItemTextConfig", "UserItemConfig"]
+__all__ = ["HEADS", "LR_SCHEDULES", "RANKINGS", "AlignConfigError", "ItemTextConfig",
+           "UserItemConfig"]
 
 HEADS = ("plain", "projected")
 RANKINGS = ("first_k", "first", "ar", "mean")
 _HEAD_INITS = ("zeros", "random", "item_tokens")
 _TARGETS = ("unseen", "any")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class AlignConfigError(ValueError):
@@ -61,6 +63,10 @@ class _StageConfig:
     epochs: int = _help("passes over the training instances", 1)
     batch_size: int = _help("instances per optimiser step (per process under torchrun)", 8)
     lr: float = _help("Adam learning rate", 1e-3)
+    lr_schedule: str = _help("[choice] learning rate over the stage: constant (the paper's), "
+                             "or cosine (from `lr` down to 0 at the end of `epochs`, set "
+                             "before every step; with early stopping `epochs` is the maximum)",
+                             "constant")
     weight_decay: float = _help("Adam weight decay", 0.0)
     seed: int = _help("seed of every random choice (repeatable runs)", 0)
     save_every: int = _help("optimiser steps between resumable state saves", 20)
@@ -77,6 +83,7 @@ class _StageConfig:
         choices = {"prompt_style": ("auto", "chat", "paper"), "padding_side": ("left", "right"),
                    "llm_init": ("pretrained", "random"),
                    "attention": ("auto", "sdpa", "eager"),
+                   "lr_schedule": LR_SCHEDULES,
                    "projector": ("linear", "mlp"), "head": HEADS, "head_init": _HEAD_INITS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

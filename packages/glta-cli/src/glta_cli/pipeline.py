@@ -493,6 +493,8 @@ def _added_settings() -> dict[tuple[str, str], Any]:
             ("user_item", "mask_seen"): False,
             ("item_text", "compile"): False,  # torch.compile of the LLM
             ("user_item", "compile"): False,
+            ("item_text", "lr_schedule"): "constant",
+            ("user_item", "lr_schedule"): "constant",
             ("eval", "baselines"): []}
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "ModuleStateFormat",
     "StateFormat",
     "TrainingLoop",
+    "cosine_lr_scale",
     "restore_modules",
     "snapshot_modules",
 ]
@@ -270,6 +271,11 @@ class TrainingLoop:
             rank 0 alone, whose patience count the other ranks receive.
         defaults: settings assumed for a state written before they existed.
         what: the trainer's name in error messages.
+        lr_scale: ``progress -> multiplier`` of every parameter group's learning rate, where
+            progress = ``(epoch + batch / batches) / epochs`` in ``[0, 1)`` is taken before
+            each step (``None``: the optimiser's rates are left alone). The base rates are
+            the optimiser's at construction, so a resumed run steps with the same rates as an
+            uninterrupted one.
     """
 
     def __init__(
@@ -302,6 +308,7 @@ class TrainingLoop:
         validate_on: str = "all",
         defaults: Mapping[str, Any] | None = None,
         what: str | None = None,
+        lr_scale: Callable[[float], float] | None = None,
     ) -> None:
         if progress_per not in _PROGRESS:
             raise ValueError(f"progress_per {progress_per!r} is not one of {_PROGRESS}")
@@ -321,6 +328,8 @@ class TrainingLoop:
         self.validate, self.snapshot, self.restore = validate, snapshot, restore
         self.select, self.patience, self.eval_every = select, patience, eval_every
         self.validate_on, self.defaults, self.what = validate_on, defaults, what or stage
+        self.lr_scale = lr_scale
+        self._base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
         self.state = LoopState()
         self.train_seconds = 0.0  # this attempt's optimiser steps only (see LoopResult)
         self.timed_steps = 0
@@ -404,6 +413,8 @@ class TrainingLoop:
                        message=f"{self.stage} epoch {epoch + 1}/{self.epochs}")
         losses = s.partial if first else []
         for j in range(first, n):
+            if self.lr_scale is not None:
+                self._set_lr((epoch + j / n) / self.epochs)
             value = self._step(batches[j])
             if self.check_loss is not None:
                 self.check_loss(value, epoch, j)
@@ -432,6 +443,17 @@ class TrainingLoop:
             if "valid" in record:
                 shown[self.select] = record["valid"][self.select]
             self._emit("epoch", **self._count(epoch, n, n), epoch=epoch, metrics=shown)
+
+    def _set_lr(self, progress: float) -> None:
+        """Every parameter group's rate = its base rate x ``lr_scale(progress)``."""
+        groups = self.optimizer.param_groups
+        if len(groups) != len(self._base_lrs):
+            raise ValueError(f"{self.what}: the optimiser has {len(groups)} parameter groups, "
+                             f"{len(self._base_lrs)} when the loop was built (lr_scale needs "
+                             "the same groups)")
+        scale = float(self.lr_scale(progress))  # type: ignore[misc]
+        for group, base in zip(groups, self._base_lrs, strict=True):
+            group["lr"] = base * scale
 
     def _step(self, batch: Any) -> float:
         """One optimiser step on ``batch``; the (rank-averaged) loss. Its wall time adds to
@@ -501,6 +523,20 @@ class TrainingLoop:
 
     def _emit(self, kind: str, **fields: Any) -> None:
         emit(self.progress, ProgressEvent(self.stage, kind, **fields))
+
+
+def cosine_lr_scale(progress: float) -> float:
+    """Cosine decay for :class:`TrainingLoop`'s ``lr_scale``: 1 at the start, 0 at the end.
+
+    Args:
+        progress: the fraction of the run done, in ``[0, 1]``.
+
+    Returns:
+        ``(1 + cos(pi * progress)) / 2``.
+    """
+    if not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress {progress!r} is outside [0, 1]")
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _mean(values: Sequence[float]) -> float:
