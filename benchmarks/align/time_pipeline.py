@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from glta_gllm.checkpoint import atomic_write_json
 from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
 
 REPORT_PATTERNS = ("Stage 3 kept", "prediction mode", "GFLOP/s", "attention")
@@ -131,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         "log_tail": text.splitlines()[-12:],
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.json).with_name(f".{Path(args.json).name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, args.json)
+    atomic_write_json(args.json, result)
     minutes, seconds = divmod(wall, 60)
     print(f"pipeline exit {rc}: {int(minutes)} min {seconds:.0f} s wall, peak RSS "
           f"{usage.ru_maxrss / 1e6:.2f} GB, load {load_before[0]:.2f} -> "

@@ -121,6 +121,23 @@ def test_a_state_from_before_lr_schedule_resumes_as_constant_only(tmp_path):
     assert calls[0] == 2 and len(resumed.epoch_losses) == 6
 
 
+@dataclass
+class _CfgLater(_Cfg):
+    attention: str = "sdpa"
+    mask_seen: bool = False
+
+
+def test_attention_may_change_on_resume_and_older_states_read_the_added_settings(tmp_path):
+    scores = [0.1, 0.3, 0.2, 0.25, 0.9, 0.9]
+    with pytest.raises(_Killed):  # _Cfg stores neither setting: a state from before them
+        _loop(tmp_path / "s", scores, patience=None, kill_at=2)
+    with pytest.raises(ValueError, match="mask_seen was False and is now True"):
+        _loop(tmp_path / "s", scores, patience=None, cfg=_CfgLater(mask_seen=True))
+    resumed, _, calls = _loop(tmp_path / "s", scores, patience=None,
+                              cfg=_CfgLater(attention="eager"))  # execution setting
+    assert calls[0] == 2 and len(resumed.epoch_losses) == 6
+
+
 def test_user_item_config_checks_patience_and_metric():
     with pytest.raises(AlignConfigError, match="patience"):
         UserItemConfig(patience=0)

@@ -4,30 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from glta_cli.app import app
-
-
-def write_ratings_csv(path: Path, users: int = 40, items: int = 30, seed: int = 0) -> Path:
-    """Users in two communities, each preferring one half of the catalogue.
-
-    Ids are non-contiguous strings (``u<n*7>``, ``i<n*3>``) so tests notice any confusion of
-    original ids and internal indices.
-    """
-    rng = np.random.default_rng(seed)
-    lines = ["user_id,item_id,rating,text"]
-    half = items // 2
-    for u in range(users):
-        own = np.arange(half) + (half if u % 2 else 0)
-        picks = rng.choice(own, size=10, replace=False).tolist()
-        picks += rng.choice(items, size=2, replace=False).tolist()
-        for i in sorted(set(picks)):
-            lines.append(f"u{u * 7},i{i * 3},{rng.integers(3, 6)},item {i} genre {i // half}")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+from glta_cli.testing import save_tiny_llm, write_ratings_csv
 
 
 @pytest.fixture
@@ -55,13 +36,7 @@ def prepared(tmp_path: Path, runner: CliRunner, ratings_csv: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama (hidden 64, 2 layers) + SmolLM2's tokenizer saved as a folder."""
-    from glta_align.llm import load_tokenizer, tiny_llm
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    llm = tiny_llm(load_tokenizer(), hidden_size=64, num_layers=2, seed=0)
-    llm.model.save_pretrained(str(folder))
-    llm.tokenizer.save_pretrained(str(folder))
-    return folder
+    return save_tiny_llm(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture

@@ -24,3 +24,30 @@ def test_metrics_from_recs_hand_example(tmp_path):
     assert got["recall@2"] == pytest.approx(0.5)
     assert got["hit_rate@2"] == pytest.approx(0.5)
     assert got["ndcg@2"] == pytest.approx((1 / math.log2(3)) / 2)
+
+
+def test_write_ratings_csv_two_communities_with_non_contiguous_ids(tmp_path):
+    import csv
+
+    from glta_cli.testing import write_ratings_csv
+
+    path = write_ratings_csv(tmp_path / "r.csv", users=6, items=30, seed=1)
+    rows = list(csv.DictReader(path.open(encoding="utf-8")))
+    assert set(rows[0]) == {"user_id", "item_id", "rating", "text"}
+    assert {r["user_id"] for r in rows} == {f"u{u * 7}" for u in range(6)}
+    for user, own in (("u0", range(0, 15)), ("u7", range(15, 30))):  # each community's half
+        items = [int(r["item_id"][1:]) // 3 for r in rows if r["user_id"] == user]
+        assert 10 <= len(items) <= 12 and sum(i in own for i in items) >= 10
+    again = write_ratings_csv(tmp_path / "s.csv", users=6, items=30, seed=1)
+    assert path.read_text() == again.read_text()  # seeded
+
+
+def test_save_tiny_llm_is_a_loadable_model_folder(tmp_path):
+    from glta_align import load_llm
+
+    from glta_cli.testing import save_tiny_llm
+
+    folder = save_tiny_llm(tmp_path / "m", hidden_size=32, num_layers=1)
+    assert (folder / "config.json").is_file()
+    llm = load_llm(str(folder), dtype="float32", attention="sdpa")
+    assert llm.hidden_size == 32 and llm.causal_lm.config.num_hidden_layers == 1

@@ -26,15 +26,15 @@ from glta_graph.progress import ProgressCallback
 from torch import nn
 
 from glta_align._ddp import ddp_loss
+from glta_align.config import ADDED_SETTINGS
 
 __all__ = ["LoopResult", "average_gradients", "average_scalar", "barrier", "dist_info",
            "embedding_rms", "rng_for", "run_loop"]
 
 # config fields that may change between a killed run and its resumption
-RESUMABLE_CHANGES = frozenset({"epochs", "save_every", "device", "eval_batch_size", "patience"})
-# Settings added to the stages after their resume state first existed, with the value that
-# gives the behaviour a state written before them had (such a state still resumes).
-ADDED_SETTINGS = {"lr_schedule": "constant"}
+# "attention" is an execution setting (the same attention computed by other kernels).
+RESUMABLE_CHANGES = frozenset({"epochs", "save_every", "device", "eval_batch_size", "patience",
+                               "attention"})
 
 
 def rng_for(seed: int, *keys: int) -> np.random.Generator:
@@ -198,7 +198,7 @@ def run_loop(
         validate=valid_floats if validate is not None else None,
         snapshot=lambda: snapshot_modules(modules),
         restore=(lambda best: restore_modules(modules, best)) if validate is not None else None,
-        select=select, patience=patience, defaults=ADDED_SETTINGS,
+        select=select, patience=patience, defaults=ADDED_SETTINGS,  # older states resume
         lr_scale=cosine_lr_scale if getattr(config, "lr_schedule", None) == "cosine" else None,
     )
     if resume:

@@ -10,14 +10,22 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["HEADS", "LR_SCHEDULES", "RANKINGS", "AlignConfigError", "ItemTextConfig",
-           "UserItemConfig"]
+__all__ = ["ADDED_SETTINGS", "HEADS", "LR_SCHEDULES", "RANKINGS", "AlignConfigError",
+           "ItemTextConfig", "UserItemConfig"]
 
 HEADS = ("plain", "projected")
 RANKINGS = ("first_k", "first", "ar", "mean")
 _HEAD_INITS = ("zeros", "random", "item_tokens")
 _TARGETS = ("unseen", "any")
 LR_SCHEDULES = ("constant", "cosine")
+# Settings added to the stage configs after their first resume states and runs, with the
+# value that gives the behaviour those had: a resume state (or a run's resolved config)
+# written before a setting existed reads as this value (glta_align._common.run_loop,
+# glta_cli.pipeline). A setting only one stage has applies to that stage.
+ADDED_SETTINGS: dict[str, Any] = {
+    "history_text": False, "residual": False, "residual_init": "stage2", "mask_seen": False,
+    "compile": False, "lr_schedule": "constant",
+}
 
 
 class AlignConfigError(ValueError):

@@ -20,6 +20,7 @@ While it runs the pipeline holds ``RUN``'s lock (:func:`glta_cli.outputs.lock_ru
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -480,21 +481,19 @@ def _saved_config(run_dir: Path, current: GLTAConfig) -> GLTAConfig | None:
 # one of them keeps its stage when the current value is this one (the stage's key alone
 # changed because it hashes the new setting); any other value reruns the stage.
 def _added_settings() -> dict[tuple[str, str], Any]:
-    """``(section, key) -> value``: the graph trainer's own registry
-    (:data:`glta_graph.train.ADDED_SETTINGS`) and the alignment/evaluation settings added
-    since runs were first made."""
+    """``(section, key) -> value``: the trainers' own registries
+    (:data:`glta_graph.train.ADDED_SETTINGS`, :data:`glta_align.config.ADDED_SETTINGS`, each
+    setting under the stages that have it) and the pipeline's settings added since runs were
+    first made."""
+    from glta_align.config import ADDED_SETTINGS as align_added
+    from glta_align.config import ItemTextConfig, UserItemConfig
     from glta_graph.train import ADDED_SETTINGS as graph_added
 
-    return {**{("graph", k): v for k, v in graph_added.items()},
+    stages = {"item_text": ItemTextConfig, "user_item": UserItemConfig}
+    align = {(sec, k): v for sec, cls in stages.items()
+             for k, v in align_added.items() if k in {f.name for f in dataclasses.fields(cls)}}
+    return {**{("graph", k): v for k, v in graph_added.items()}, **align,
             ("graph", "text_cache_dir"): None,  # where text embeddings are cached
-            ("user_item", "history_text"): False,
-            ("user_item", "residual"): False,
-            ("user_item", "residual_init"): "stage2",
-            ("user_item", "mask_seen"): False,
-            ("item_text", "compile"): False,  # torch.compile of the LLM
-            ("user_item", "compile"): False,
-            ("item_text", "lr_schedule"): "constant",
-            ("user_item", "lr_schedule"): "constant",
             ("eval", "baselines"): []}
 
 

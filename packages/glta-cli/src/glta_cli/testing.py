@@ -1,4 +1,5 @@
-"""Plain-Python reference metrics, used to check ``recs.csv`` against ``metrics.json``."""
+"""Test helpers: plain-Python reference metrics (to check ``recs.csv`` against
+``metrics.json``), a synthetic ratings CSV and a tiny random LLM saved as a model folder."""
 
 from __future__ import annotations
 
@@ -7,8 +8,53 @@ import math
 import os
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 
-__all__ = ["metrics_from_recs"]
+__all__ = ["metrics_from_recs", "save_tiny_llm", "write_ratings_csv"]
+
+
+def write_ratings_csv(path: str | os.PathLike[str], users: int = 40, items: int = 30,
+                      seed: int = 0) -> Path:
+    """A ``user_id,item_id,rating,text`` CSV: users in two communities, each preferring one
+    half of the catalogue (10 of its items plus 2 from anywhere).
+
+    Ids are non-contiguous strings (``u<n*7>``, ``i<n*3>``) so tests notice any confusion of
+    original ids and internal indices.
+
+    Returns:
+        ``path`` (as a Path), with about ``users * 12`` rows.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lines = ["user_id,item_id,rating,text"]
+    half = items // 2
+    for u in range(users):
+        own = np.arange(half) + (half if u % 2 else 0)
+        picks = rng.choice(own, size=10, replace=False).tolist()
+        picks += rng.choice(items, size=2, replace=False).tolist()
+        for i in sorted(set(picks)):
+            lines.append(f"u{u * 7},i{i * 3},{rng.integers(3, 6)},item {i} genre {i // half}")
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def save_tiny_llm(folder: str | os.PathLike[str], *, hidden_size: int = 64,
+                  num_layers: int = 2, seed: int = 0) -> Path:
+    """A tiny random Llama with SmolLM2's tokenizer, saved as a model folder
+    (``--llm.model FOLDER`` runs the whole pipeline in seconds).
+
+    Returns:
+        ``folder`` (as a Path), holding the model's config and weights and the tokenizer.
+    """
+    from glta_align.llm import load_tokenizer, tiny_llm
+
+    folder = Path(folder)
+    llm = tiny_llm(load_tokenizer(), hidden_size=hidden_size, num_layers=num_layers, seed=seed)
+    llm.model.save_pretrained(str(folder))
+    llm.tokenizer.save_pretrained(str(folder))
+    return folder
 
 
 def metrics_from_recs(
