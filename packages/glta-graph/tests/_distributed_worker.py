@@ -1,7 +1,8 @@
 """Worker for test_train_distributed.py: ``train_lightgcn`` on 2 gloo ranks (CPU).
 
-``python _distributed_worker.py OUT`` spawns the ranks; they train into ``OUT/run`` and each
-writes its returned result to ``OUT/result{rank}.pt``.
+``python _distributed_worker.py OUT`` spawns the ranks; they train into ``OUT/run``, each
+writes its returned result to ``OUT/result{rank}.pt`` and, once every rank has, touches
+``OUT/teardown{rank}`` before leaving the process group.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def _run(rank: int, out: str) -> None:
         Path(out) / f"result{rank}.pt",
     )
     dist.barrier()  # no rank tears gloo down while a peer still talks to it
+    # past the barrier every rank has saved its result: what follows is teardown only (gloo
+    # can abort there, see test_train_distributed.teardown_abort)
+    (Path(out) / f"teardown{rank}").touch()
     dist.destroy_process_group()
 
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -48,11 +49,44 @@ def _union_sampler(world: int, seed: int, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(train_mod, "_sample_share", union)
 
 
+def teardown_abort(returncode: int, stderr: str, finished: bool) -> bool:
+    """Whether a 2-rank run that exited with ``returncode`` failed only in gloo's teardown.
+
+    With gloo on CPU, about 1 in 25-50 runs aborts (SIGABRT from a gloo thread, pytorch/gloo
+    #514) while the ranks leave the process group, after every result is saved. Such a run
+    counts as a pass only when ``finished`` (the caller's proof that all ranks got past their
+    last barrier) holds and the failure is that signal; any other failure stays a failure.
+    """
+    if returncode == 0:
+        return False
+    aborted = "SIGABRT" in stderr or "exitcode  : -6" in stderr or returncode in (-6, 134)
+    return finished and aborted
+
+
+def test_teardown_abort_is_told_apart_from_real_failures() -> None:
+    spawn_abort = "torch.multiprocessing.spawn.ProcessExitedException: process 1 terminated " \
+                  "with signal SIGABRT"
+    assert teardown_abort(1, spawn_abort, finished=True)
+    assert not teardown_abort(1, spawn_abort, finished=False)  # died before its last barrier
+    assert not teardown_abort(1, "ValueError: bad batch", finished=True)
+    assert not teardown_abort(0, "", finished=True)
+    assert teardown_abort(1, "exitcode  : -6 (pid: 12)\nerror_file: <N/A>", finished=True)
+
+
+def _check_exit(returncode: int, err: str, finished: bool) -> None:
+    """Fail unless a run exited 0 or aborted only in gloo's teardown (:func:`teardown_abort`)."""
+    if teardown_abort(returncode, err, finished):
+        warnings.warn("gloo aborted in teardown after the results were saved", stacklevel=2)
+        return
+    assert returncode == 0, err[-4000:]
+
+
 def test_two_ranks_match_one_process_on_the_union_batch(tmp_path, monkeypatch) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(WORKER), str(tmp_path)], capture_output=True,
                           text=True, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    finished = all((tmp_path / f"teardown{r}").is_file() for r in range(2))
+    _check_exit(proc.returncode, proc.stderr, finished)
     ranks = [torch.load(tmp_path / f"result{r}.pt", weights_only=False) for r in range(2)]
     data = worker.dataset()
     _union_sampler(2, worker.CONFIG["seed"], monkeypatch)
@@ -124,8 +158,8 @@ def test_torchrun_kill_and_resume_continues_to_the_same_result(tmp_path) -> None
 
     whole = _torchrun(data, tmp_path / "whole")
     out, err = whole.communicate(timeout=600)
-    assert whole.returncode == 0, err[-4000:]
-    assert "best epoch" in out
+    assert "best epoch" in out  # rank 0 prints it once the run's files are written
+    _check_exit(whole.returncode, err, (tmp_path / "whole" / "graph").is_dir())
 
     killed = _torchrun(data, tmp_path / "killed")
     state_json = tmp_path / "killed" / "state" / "graph" / "state.json"
@@ -143,7 +177,8 @@ def test_torchrun_kill_and_resume_continues_to_the_same_result(tmp_path) -> None
 
     resumed = _torchrun(data, tmp_path / "killed")
     out, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err[-4000:]
+    assert "best epoch" in out
+    _check_exit(resumed.returncode, err, (tmp_path / "killed" / "graph").is_dir())
     for a, b in zip(load_graph_embeddings(tmp_path / "whole"),
                     load_graph_embeddings(tmp_path / "killed"), strict=True):
         assert torch.equal(a, b)
