@@ -1,0 +1,230 @@
+"""The ablation table: every row of an ablation JSON over seeds, paired with the run it came from.
+
+Joins committed ablation JSONs (``ablations.py``), runs nothing. Per dataset and row it
+writes the mean, spread (max - min) and per-seed values of valid N@10 and test P@10 / N@10,
+and, per seed, the row's difference from the run it was copied from (its *source*: the run
+in ``RUN_ROOT/seedS/full``, or ``random-llm`` for the rows ``ablations.py`` copies from that
+run; found by the ``--out`` of each recorded command, falling back to the seed's ``full``
+row). Paired differences are what the ablations measure: two runs of one configuration at
+one seed differ by as much as seeds do, so a row's mean alone mixes its effect with which
+``full`` run it was copied from. ``full-repeat`` (a second run of ``full``) is paired with
+``full``: its difference is the run-to-run variation, the yardstick for every other row.
+The paper's ablation figures (MovieLens = ML-1M) are beside, as ratios to its GLTA row.
+
+    uv run python benchmarks/align/ablation_table.py \\
+        benchmarks/align/results/ablation_default_cpu_xeon_amx_2026-12-04.json \\
+        --out benchmarks/align/results/ablation_table_default_cpu_xeon_amx_2026-12-05.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from ablations import COPY_FROM, PAPER  # this folder's benchmark scripts
+from profile_gen import git_commit
+
+# Display order; rows not listed follow in the order first recorded.
+ORDER = ("full", "full-repeat", "random-llm", "no-text", "no-pf", "no-pd", "no-ia", "no-ua",
+         "fl", "ar", "plain-head")
+WHAT = {
+    "full": "today's default (pretrained SmolLM2, profile and prediction text on)",
+    "full-repeat": "a second run of full (run-to-run variation)",
+    "random-llm": "randomly initialised LLM of the same shape (control)",
+    "no-text": "profile and prediction text off [extra]",
+    "no-pf": "profile text off (w/o PF)",
+    "no-pd": "prediction text off (w/o PD)",
+    "no-ia": "stage 2 skipped (w/o IA)",
+    "no-ua": "no user soft token (w/o UA)",
+    "fl": "top-10 of the first slot (FL)",
+    "ar": "autoregressive ranking (AR)",
+    "plain-head": "the paper's plain GLLM head",
+    "attention-eager": "stage 3 retrained with eager attention kernels (execution only)",
+    "lr-cosine": "stage 3's learning rate on a cosine schedule [extra]",
+}
+METRICS = {"valid N@10": ("valid", "ndcg@10"), "test P@10": ("test", "precision@10"),
+           "test N@10": ("test", "ndcg@10")}
+# The paper's ablations as ratios to its GLTA row (MovieLens, ML-1M), with the metric used.
+_G = PAPER["P@10 GLTA"]["MovieLens"]
+_F = PAPER["N@10 first-k (GLTA)"]["MovieLens"]
+PAPER_RATIO = {
+    "no-ia": ("P@10", PAPER["P@10 w/o IA"]["MovieLens"] / _G),
+    "no-ua": ("P@10", PAPER["P@10 w/o UA"]["MovieLens"] / _G),
+    "fl": ("N@10", PAPER["N@10 FL"]["MovieLens"] / _F),
+    "ar": ("N@10", PAPER["N@10 AR"]["MovieLens"] / _F),
+}
+
+
+def _out_dir(run: dict) -> str | None:
+    """The run directory (``--out``) of a recorded run's command, if it has one."""
+    cmd = run.get("command", [])
+    return cmd[cmd.index("--out") + 1] if "--out" in cmd[:-1] else None
+
+
+def source_of(run: dict, runs: list[dict]) -> dict | None:
+    """The recorded run ``run`` was copied from (same dataset and seed), or ``None``.
+
+    ``full`` has none; ``full-repeat`` pairs with ``full``; every other row with the run
+    recorded at ``RUN_ROOT/seedS/<COPY_FROM.get(row, "full")>`` beside its own run directory,
+    else with the seed's ``full`` row.
+    """
+    row = run["row"]
+    if row == "full":
+        return None
+    same = [r for r in runs if r["dataset"] == run["dataset"] and r["seed"] == run["seed"]
+            and r is not run]
+    by_row = {r["row"]: r for r in same}
+    if row == "full-repeat":
+        return by_row.get("full")
+    out = _out_dir(run)
+    if out is not None:
+        want = str(Path(out).parent / COPY_FROM.get(row, "full"))
+        for r in same:
+            if r["row"] != row and _out_dir(r) == want:
+                return r
+    return by_row.get(COPY_FROM.get(row, "full")) or by_row.get("full")
+
+
+def _value(run: dict, split: str, metric: str) -> float | None:
+    """GLTA's ``metric`` on ``split`` in a recorded run (``None`` if absent)."""
+    got = run["result"]["metrics"].get("glta", {}).get(split, {}).get(metric)
+    return None if got is None else float(got)
+
+
+def _stats(xs: list[float]) -> dict:
+    """``{"mean", "spread", "values"}`` of a non-empty list."""
+    return {"mean": statistics.fmean(xs), "spread": max(xs) - min(xs), "values": xs}
+
+
+def table(runs: list[dict]) -> dict:
+    """Per dataset and row: seeds, the metrics' mean / spread / values, and the paired
+    differences from each run's source.
+
+    Returns:
+        ``{dataset: {row: {"seeds", "what", metric: stats, "delta": {metric: stats},
+        "ratio": {"test P@10" | "test N@10": stats}, "sources": [row per seed],
+        "paper_ratio": [metric, value] | None}}}`` where stats is
+        ``{"mean", "spread", "values"}`` over the row's seeds (``delta`` / ``ratio`` over
+        the seeds whose source is recorded).
+    """
+    out: dict = {}
+    names = list(ORDER) + [r["row"] for r in runs if r["row"] not in ORDER]
+    for ds in dict.fromkeys(r["dataset"] for r in runs):
+        for row in dict.fromkeys(names):
+            mine = sorted((r for r in runs if r["dataset"] == ds and r["row"] == row
+                           and _value(r, "test", "ndcg@10") is not None),
+                          key=lambda r: r["seed"])
+            if not mine:
+                continue
+            entry: dict = {"seeds": [r["seed"] for r in mine], "what": WHAT.get(row, row)}
+            for name, (split, metric) in METRICS.items():
+                xs = [v for r in mine if (v := _value(r, split, metric)) is not None]
+                if xs:
+                    entry[name] = _stats(xs)
+            deltas: dict[str, list[float]] = {}
+            ratios: dict[str, list[float]] = {}
+            sources = []
+            for r in mine:
+                src = source_of(r, runs)
+                sources.append(None if src is None else src["row"])
+                if src is None:
+                    continue
+                for name, (split, metric) in METRICS.items():
+                    a, b = _value(r, split, metric), _value(src, split, metric)
+                    if a is not None and b is not None:
+                        deltas.setdefault(name, []).append(a - b)
+                        if split == "test" and b > 0:
+                            ratios.setdefault(name, []).append(a / b)
+            entry["sources"] = sources
+            entry["delta"] = {k: _stats(v) for k, v in deltas.items()}
+            entry["ratio"] = {k: _stats(v) for k, v in ratios.items()}
+            entry["paper_ratio"] = list(PAPER_RATIO[row]) if row in PAPER_RATIO else None
+            out.setdefault(ds, {})[row] = entry
+    return out
+
+
+def _cell(stats: dict | None, signed: bool = False, digits: int = 4) -> str:
+    """``mean (spread)`` over several seeds, the value alone for one, or ``-``."""
+    if not stats:
+        return "-"
+    fmt = ("{:+." if signed else "{:.") + f"{digits}f}}"
+    if len(stats["values"]) == 1:
+        return fmt.format(stats["mean"])
+    return f"{fmt.format(stats['mean'])} ({stats['spread']:.{digits}f})"
+
+
+def markdown(result: dict) -> str:
+    """One table per dataset: mean (spread) over seeds, paired differences from each run's
+    source (mean (spread) over seeds), the paired test ratio in the paper's metric (P@10
+    where the paper gives none), and the paper's ratio to its GLTA row."""
+    lines = []
+    for ds, rows in result.items():
+        lines += [f"**{ds}**", "",
+                  "| row | seeds | valid N@10 | test P@10 | test N@10 | paired: valid N@10 "
+                  "| paired: test N@10 | paired: test ratio | paper (ML-1M) ratio |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for row, e in rows.items():
+            paper = e["paper_ratio"]
+            metric = paper[0] if paper else "P@10"  # the paper's metric where it has one
+            ratio = e["ratio"].get(f"test {metric}")
+            lines.append(
+                f"| `{row}`: {e['what']} | {','.join(map(str, e['seeds']))} | "
+                f"{_cell(e.get('valid N@10'))} | {_cell(e.get('test P@10'))} | "
+                f"{_cell(e.get('test N@10'))} | {_cell(e['delta'].get('valid N@10'), True)} | "
+                f"{_cell(e['delta'].get('test N@10'), True)} | "
+                f"{metric + ' ' + _cell(ratio, digits=2) if ratio else '-'} | "
+                f"{f'{paper[0]} {paper[1]:.2f}' if paper else '-'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("ablations", type=Path, nargs="+", help="ablation JSONs (ablations.py)")
+    ap.add_argument("--out", type=Path, help="write the JSON here (else print only)")
+    args = ap.parse_args(argv)
+    missing = [str(p) for p in args.ablations if not p.is_file()]
+    if missing:
+        ap.error(f"no such file: {', '.join(missing)}")
+    runs: list[dict] = []
+    seen: set = set()
+    for path in args.ablations:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            ap.error(f"{path}: not JSON ({exc})")
+        for run in doc.get("runs", []):
+            key = (run["dataset"], run["seed"], run["row"])
+            if key not in seen:  # the first file recording a run wins
+                seen.add(key)
+                runs.append(run)
+    result = table(runs)
+    if not result:
+        ap.error("no GLTA runs with test metrics in " + ", ".join(map(str, args.ablations)))
+    print(markdown(result))
+    if args.out:
+        from glta_gllm.checkpoint import atomic_write_json
+
+        doc = {
+            "what": "GLTA's ablation rows over seeds: valid N@10 and test P@10 / N@10 mean, "
+                    "spread and values, and each run's paired difference from the run it was "
+                    "copied from; the paper's ablations as ratios to its GLTA row",
+            "command": "python benchmarks/align/ablation_table.py " + " ".join(
+                a if " " not in a else repr(a)
+                for a in (argv if argv is not None else sys.argv[1:])),
+            "commit": git_commit(),
+            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
+            "sources": [str(p) for p in args.ablations],
+            "table": result,
+        }
+        atomic_write_json(args.out, doc)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

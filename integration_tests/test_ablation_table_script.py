@@ -1,0 +1,84 @@
+"""benchmarks/align/ablation_table.py: ablation rows over seeds, paired with their source runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "align" / "ablation_table.py"
+KEYS = ("precision@10", "ndcg@10")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          check=False, cwd=SCRIPT.parent)
+
+
+def _entry(seed: int, row: str, test: float, valid: float, out: str | None = None) -> dict:
+    cmd = ["glta_cli.app", "pipeline", "--out", out or f"/runs/ml-100k/seed{seed}/{row}"]
+    return {"dataset": "ml-100k", "seed": seed, "row": row, "command": cmd,
+            "result": {"metrics": {"glta": {"test": {k: test for k in KEYS},
+                                            "valid": {k: valid for k in KEYS}}}}}
+
+
+def test_rows_pair_with_the_run_they_were_copied_from(tmp_path):
+    runs = [
+        # seed 0: full made in seed0/full, ablations copied from it
+        _entry(0, "full", 0.40, 0.20), _entry(0, "no-ua", 0.30, 0.15),
+        _entry(0, "random-llm", 0.42, 0.19),
+        # seed 2: the recorded `full` ran elsewhere; seed2/full holds a second run
+        # (full-repeat), which the seed's ablations were copied from
+        _entry(2, "full", 0.34, 0.18, out="/runs/ml-100k/seed2/mask-seen"),
+        _entry(2, "full-repeat", 0.37, 0.20, out="/runs/ml-100k/seed2/full"),
+        _entry(2, "no-ua", 0.27, 0.16),
+        # random-llm at seed 2 with no recorded source directory beside it
+        _entry(2, "random-llm", 0.35, 0.19, out="/elsewhere/seed2/random-llm"),
+        # a row ablations.py copies from random-llm
+        _entry(0, "lr-cosine-random-llm", 0.44, 0.19),
+    ]
+    src = tmp_path / "abl.json"
+    src.write_text(json.dumps({"runs": runs}))
+    out = tmp_path / "table.json"
+    proc = _run(str(src), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    table = json.loads(out.read_text())["table"]["ml-100k"]
+    shown = [ln.split("`")[1] for ln in proc.stdout.splitlines() if ln.startswith("| `")]
+    assert shown == ["full", "full-repeat", "random-llm", "no-ua", "lr-cosine-random-llm"]
+    ua = table["no-ua"]
+    assert ua["seeds"] == [0, 2] and ua["sources"] == ["full", "full-repeat"]
+    assert ua["delta"]["test N@10"]["values"] == pytest.approx([-0.10, -0.10])
+    assert ua["ratio"]["test P@10"]["values"] == pytest.approx([0.75, 0.27 / 0.37])
+    assert ua["test N@10"]["mean"] == pytest.approx(0.285)
+    assert ua["paper_ratio"] == ["P@10", pytest.approx(0.0647 / 0.0821)]
+    rep = table["full-repeat"]  # a second run of full pairs with full: run-to-run variation
+    assert rep["sources"] == ["full"]
+    assert rep["delta"]["test N@10"]["values"] == pytest.approx([0.03])
+    # no source directory recorded beside it: the seed's `full` row
+    assert table["random-llm"]["sources"] == ["full", "full"]
+    assert table["lr-cosine-random-llm"]["sources"] == ["random-llm"]
+    assert table["lr-cosine-random-llm"]["delta"]["test N@10"]["values"] == pytest.approx([0.02])
+    assert "full" not in table["full"]["sources"] and table["full"]["delta"] == {}
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("| `no-ua`"))
+    assert "-0.1000 (0.0000)" in line and "P@10 0.79" in line  # paired test N@10, paper ratio
+
+
+def test_the_first_file_recording_a_run_wins_and_bad_input_is_named(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"runs": [_entry(0, "full", 0.40, 0.20)]}))
+    b.write_text(json.dumps({"runs": [_entry(0, "full", 0.10, 0.10),
+                                      _entry(1, "full", 0.30, 0.10)]}))
+    out = tmp_path / "t.json"
+    assert _run(str(a), str(b), "--out", str(out)).returncode == 0
+    assert json.loads(out.read_text())["table"]["ml-100k"]["full"]["test N@10"]["values"] == [
+        0.40, 0.30]
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    proc = _run(str(bad))
+    assert proc.returncode == 2 and "bad.json" in proc.stderr
+    proc = _run(str(tmp_path / "absent.json"))
+    assert proc.returncode == 2 and "absent.json" in proc.stderr
