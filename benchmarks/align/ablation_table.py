@@ -29,8 +29,8 @@ from ablations import COPY_FROM, PAPER  # this folder's benchmark scripts
 from profile_gen import git_commit
 
 # Display order; rows not listed follow in the order first recorded.
-ORDER = ("full", "full-repeat", "random-llm", "no-text", "no-pf", "no-pd", "no-ia", "no-ua",
-         "fl", "ar", "plain-head")
+ORDER = ("full", "full-repeat", "random-llm", "no-text", "filler-text", "no-pf", "no-pd",
+         "no-ia", "no-ua", "fl", "ar", "plain-head")
 WHAT = {
     "full": "today's default (pretrained SmolLM2, profile and prediction text on)",
     "full-repeat": "a second run of full (run-to-run variation)",
@@ -45,6 +45,7 @@ WHAT = {
     "plain-head": "the paper's plain GLLM head",
     "attention-eager": "stage 3 retrained with eager attention kernels (execution only)",
     "lr-cosine": "stage 3's learning rate on a cosine schedule [extra]",
+    "filler-text": "profile and prediction text replaced by as many '.' tokens [extra]",
 }
 METRICS = {"valid N@10": ("valid", "ndcg@10"), "test P@10": ("test", "precision@10"),
            "test N@10": ("test", "ndcg@10")}

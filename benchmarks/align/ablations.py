@@ -23,6 +23,11 @@ configuration, in the run's final evaluation. Extra rows:
   epochs (``[user_item] lr_schedule = "cosine"``) instead of staying at 1e-3, so the late
   epochs that early stopping picks from swing less; ``lr-cosine-random-llm`` its control
   (copied from the seed's ``random-llm`` run, so only stage 3 reruns).
+- ``filler-text`` [extra]: profile and prediction text kept in place but every token of it
+  replaced by '.' (``[user_item] text_filler``): the prompt as long as ``full``'s, without
+  the words. Between ``no-text`` and ``full`` it tells how much of what the text adds is its
+  length (more positions to attend over) and how much its content; the random-weight LLM's
+  "profiles" repeat one word ("Alexa Alexa ...") and help as much as SmolLM2's.
 - ``mask-seen`` [extra]: each slot's softmax leaves out the user's other train items
   (``[user_item] mask_seen``): the objective then matches the evaluation, which ranks unseen
   items only; ``mask-seen-random-llm`` its control (copied from ``random-llm``). The default
@@ -64,7 +69,7 @@ ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-
              "plain-head", "residual", "residual-random-llm", "history-text",
              "history-text-random-llm", "lr3e-4", "lr3e-4-random-llm", "mask-seen",
              "mask-seen-random-llm", "attention-eager", "attention-sdpa", "lr-cosine",
-             "lr-cosine-random-llm")
+             "lr-cosine-random-llm", "filler-text")
 # Rows that are not the paper's ablations: the overrides they add to the full run's command.
 EXTRA_ROWS = {
     "no-text": ["--user_item.use_profile", "false", "--user_item.use_predict", "false"],
@@ -83,6 +88,7 @@ EXTRA_ROWS = {
     "attention-sdpa": ["--llm.attention", "sdpa"],
     "lr-cosine": ["--user_item.lr_schedule", "cosine"],
     "lr-cosine-random-llm": ["--user_item.lr_schedule", "cosine", "--ablation", "random-llm"],
+    "filler-text": ["--user_item.text_filler", "true"],
 }
 # Rows whose overrides leave the stage keys alone (execution settings): their copy of the
 # `full` run forgets stage 3 and the evaluation, so both run again under the override.

@@ -79,6 +79,21 @@ def test_prompter_history_text_follows_each_item_token(toy, tokenizer):
     assert len(plain.build([UserSample(0, [4, 5])])[0][0]) == len(s) - 2 * len(desc) - len(sep)
 
 
+def test_prompter_text_filler_keeps_lengths_and_drops_words(toy, tokenizer):
+    p, tok = _prompter(toy, tokenizer)
+    f, _ = _prompter(toy, tokenizer, text_filler=True)
+    real, filled = p.build([UserSample(0, [4, 5])])[0][0], f.build([UserSample(0, [4, 5])])[0][0]
+    assert len(filled) == len(real) and filled.soft == real.soft  # same positions and rows
+    dot = tok(".", add_special_tokens=False)["input_ids"][0]
+    changed = [i for i, (a, b) in enumerate(zip(real.ids, filled.ids, strict=True)) if a != b]
+    words = len(tok("action fan", add_special_tokens=False)["input_ids"]) + len(
+        tok(" space films", add_special_tokens=False)["input_ids"])
+    assert changed and all(filled.ids[i] == dot for i in changed) and len(changed) <= words
+    text = tok.decode([t for t, r in zip(filled.ids, filled.soft, strict=True) if r < 0])
+    assert "action fan" not in text and "space films" not in text and "User tags: ." in text
+    assert f.length(UserSample(0, [4, 5])) == len(filled)
+
+
 def test_prompter_ablations(toy, tokenizer):
     p, tok = _prompter(toy, tokenizer, user_token=False, use_profile=False, use_predict=False,
                        ranking="ar")

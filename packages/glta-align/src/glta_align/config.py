@@ -24,7 +24,7 @@ LR_SCHEDULES = ("constant", "cosine")
 # glta_cli.pipeline). A setting only one stage has applies to that stage.
 ADDED_SETTINGS: dict[str, Any] = {
     "history_text": False, "residual": False, "residual_init": "stage2", "mask_seen": False,
-    "compile": False, "lr_schedule": "constant",
+    "compile": False, "lr_schedule": "constant", "text_filler": False,
 }
 
 
@@ -154,6 +154,9 @@ class UserItemConfig(_StageConfig):
     user_token: bool = _help("user soft token (False = 'w/o UA': the user id as text)", True)
     use_profile: bool = _help("include the generated profile tags (PROFILE_TOKEN)", True)
     use_predict: bool = _help("include the generated interest words (PREDICT_TOKEN)", True)
+    text_filler: bool = _help("[choice] replace the profile and prediction text by filler: "
+                              "one '.' token repeated, as many tokens as the user's text (the "
+                              "control that tells the text's words from its length)", False)
     history_text: bool = _help("[choice] write each history item's text (its description, "
                                "`description_tokens` at most) after its soft token, items "
                                "separated by '; '", False)

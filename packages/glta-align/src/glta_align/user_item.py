@@ -89,10 +89,13 @@ class UserPrompter:
         self._text_cache: dict[tuple[str, int], list[int]] = {}
         self._sep = (tokenizer("; ", add_special_tokens=False)["input_ids"]
                      if config.history_text else [])
+        self._filler = (tokenizer(".", add_special_tokens=False)["input_ids"][:1]
+                        if config.text_filler else [])
 
     def _text(self, kind: str, index: int) -> list[int]:
         """Token ids of a user's id text, profile or prediction (``index``: the user) or of an
-        item's description (``kind="item"``, ``index``: the catalogue index), cut to budget."""
+        item's description (``kind="item"``, ``index``: the catalogue index), cut to budget;
+        with ``text_filler`` a profile or prediction is as many '.' tokens instead."""
         key = (kind, index)
         if key not in self._text_cache:
             if kind == "user":
@@ -105,7 +108,10 @@ class UserPrompter:
             ids = self.tok(text, add_special_tokens=False)["input_ids"] if text else []
             budget = {"user": 16, "item": self.cfg.description_tokens}.get(
                 kind, self.cfg.profile_text_tokens)
-            self._text_cache[key] = list(ids[:budget])
+            ids = list(ids[:budget])
+            if self._filler and kind in ("profile", "predict"):  # words out, length kept
+                ids = self._filler * len(ids)
+            self._text_cache[key] = ids
         return self._text_cache[key]
 
     def length(self, s: UserSample) -> int:
