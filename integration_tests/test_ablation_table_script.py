@@ -21,9 +21,12 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def _entry(seed: int, row: str, test: float, valid: float, out: str | None = None) -> dict:
     cmd = ["glta_cli.app", "pipeline", "--out", out or f"/runs/ml-100k/seed{seed}/{row}"]
+    activity = {"Q1 (1-5 train items)": {"ndcg@10": test / 2},
+                "Q2 (5-9 train items)": {"ndcg@10": test * 2}}
     return {"dataset": "ml-100k", "seed": seed, "row": row, "command": cmd,
             "result": {"metrics": {"glta": {"test": {k: test for k in KEYS},
-                                            "valid": {k: valid for k in KEYS}}}}}
+                                            "valid": {k: valid for k in KEYS}}},
+                       "breakdown": {"models": {"glta": {"activity": activity}}}}}
 
 
 def test_rows_pair_with_the_run_they_were_copied_from(tmp_path):
@@ -54,6 +57,9 @@ def test_rows_pair_with_the_run_they_were_copied_from(tmp_path):
     assert ua["delta"]["test N@10"]["values"] == pytest.approx([-0.10, -0.10])
     assert ua["ratio"]["test P@10"]["values"] == pytest.approx([0.75, 0.27 / 0.37])
     assert ua["test N@10"]["mean"] == pytest.approx(0.285)
+    # per activity quintile, paired the same way: Q1 holds half the test value, Q2 twice it
+    assert ua["activity_delta"]["Q1"]["values"] == pytest.approx([-0.05, -0.05])
+    assert ua["activity_delta"]["Q2"]["values"] == pytest.approx([-0.20, -0.20])
     assert ua["paper_ratio"] == ["P@10", pytest.approx(0.0647 / 0.0821)]
     rep = table["full-repeat"]  # a second run of full pairs with full: run-to-run variation
     assert rep["sources"] == ["full"]

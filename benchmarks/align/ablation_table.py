@@ -96,6 +96,14 @@ def _value(run: dict, split: str, metric: str) -> float | None:
     return None if got is None else float(got)
 
 
+def _activity(run: dict) -> dict[str, float]:
+    """GLTA's test N@10 per user-activity quintile (``{"Q1": ..., ...}``; empty if absent)."""
+    buckets = (run["result"].get("breakdown") or {}).get("models", {}).get("glta", {}).get(
+        "activity", {})
+    return {name.split()[0]: float(v["ndcg@10"]) for name, v in buckets.items()
+            if "ndcg@10" in v}
+
+
 def _stats(xs: list[float]) -> dict:
     """``{"mean", "spread", "values"}`` of a non-empty list."""
     return {"mean": statistics.fmean(xs), "spread": max(xs) - min(xs), "values": xs}
@@ -128,6 +136,7 @@ def table(runs: list[dict]) -> dict:
                     entry[name] = _stats(xs)
             deltas: dict[str, list[float]] = {}
             ratios: dict[str, list[float]] = {}
+            by_activity: dict[str, list[float]] = {}
             sources = []
             for r in mine:
                 src = source_of(r, runs)
@@ -140,9 +149,13 @@ def table(runs: list[dict]) -> dict:
                         deltas.setdefault(name, []).append(a - b)
                         if split == "test" and b > 0:
                             ratios.setdefault(name, []).append(a / b)
+                mine_q, theirs_q = _activity(r), _activity(src)
+                for q in sorted(set(mine_q) & set(theirs_q)):
+                    by_activity.setdefault(q, []).append(mine_q[q] - theirs_q[q])
             entry["sources"] = sources
             entry["delta"] = {k: _stats(v) for k, v in deltas.items()}
             entry["ratio"] = {k: _stats(v) for k, v in ratios.items()}
+            entry["activity_delta"] = {k: _stats(v) for k, v in by_activity.items()}
             entry["paper_ratio"] = list(PAPER_RATIO[row]) if row in PAPER_RATIO else None
             out.setdefault(ds, {})[row] = entry
     return out
@@ -180,6 +193,17 @@ def markdown(result: dict) -> str:
                 f"{metric + ' ' + _cell(ratio, digits=2) if ratio else '-'} | "
                 f"{f'{paper[0]} {paper[1]:.2f}' if paper else '-'} |")
         lines.append("")
+        quintiles = sorted({q for e in rows.values() for q in e["activity_delta"]})
+        if quintiles:
+            lines += [f"Paired test N@10 difference by user-activity quintile ({ds}; Q1 the "
+                      "lightest users; mean (spread) over seeds):", "",
+                      "| row | " + " | ".join(quintiles) + " |",
+                      "|---|" + "---:|" * len(quintiles)]
+            for row, e in rows.items():
+                if e["activity_delta"]:
+                    lines.append(f"| `{row}` | " + " | ".join(
+                        _cell(e["activity_delta"].get(q), True) for q in quintiles) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 
