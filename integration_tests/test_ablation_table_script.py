@@ -50,7 +50,8 @@ def test_rows_pair_with_the_run_they_were_copied_from(tmp_path):
     proc = _run(str(src), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     table = json.loads(out.read_text())["table"]["ml-100k"]
-    shown = [ln.split("`")[1] for ln in proc.stdout.splitlines() if ln.startswith("| `")]
+    main_rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| `") and "`:" in ln]
+    shown = [ln.split("`")[1] for ln in main_rows]
     assert shown == ["full", "full-repeat", "random-llm", "no-ua", "lr-cosine-random-llm"]
     ua = table["no-ua"]
     assert ua["seeds"] == [0, 2] and ua["sources"] == ["full", "full-repeat"]
