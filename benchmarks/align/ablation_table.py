@@ -46,6 +46,7 @@ WHAT = {
     "attention-eager": "stage 3 retrained with eager attention kernels (execution only)",
     "lr-cosine": "stage 3's learning rate on a cosine schedule [extra]",
     "filler-text": "profile and prediction text replaced by as many '.' tokens [extra]",
+    "history-30": "30 history items as soft tokens instead of 10 [extra]",
 }
 METRICS = {"valid N@10": ("valid", "ndcg@10"), "test P@10": ("test", "precision@10"),
            "test N@10": ("test", "ndcg@10")}
