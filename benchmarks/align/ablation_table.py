@@ -47,6 +47,7 @@ WHAT = {
     "lr-cosine": "stage 3's learning rate on a cosine schedule [extra]",
     "filler-text": "profile and prediction text replaced by as many '.' tokens [extra]",
     "history-30": "30 history items as soft tokens instead of 10 [extra]",
+    "no-text-random-llm": "random-llm without profile and prediction text [extra]",
 }
 METRICS = {"valid N@10": ("valid", "ndcg@10"), "test P@10": ("test", "precision@10"),
            "test N@10": ("test", "ndcg@10")}

@@ -28,6 +28,9 @@ configuration, in the run's final evaluation. Extra rows:
   the words. Between ``no-text`` and ``full`` it tells how much of what the text adds is its
   length (more positions to attend over) and how much its content; the random-weight LLM's
   "profiles" repeat one word ("Alexa Alexa ...") and help as much as SmolLM2's.
+- ``no-text-random-llm`` [extra]: ``no-text`` with the randomly initialised LLM (copied from
+  the seed's ``random-llm`` run, so only stage 3 reruns): whether the random-weight LLM's
+  text (one word repeated) does anything for it.
 - ``history-30`` [extra]: up to 30 of the user's train items as soft tokens instead of 10
   (``[user_item] history_items``): GLTA trails LightGCN most for the heaviest users
   (activity quintiles Q4-Q5), who have 65-516 train items of which the prompt shows 10.
@@ -72,7 +75,7 @@ ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-
              "plain-head", "residual", "residual-random-llm", "history-text",
              "history-text-random-llm", "lr3e-4", "lr3e-4-random-llm", "mask-seen",
              "mask-seen-random-llm", "attention-eager", "attention-sdpa", "lr-cosine",
-             "lr-cosine-random-llm", "filler-text", "history-30")
+             "lr-cosine-random-llm", "filler-text", "no-text-random-llm", "history-30")
 # Rows that are not the paper's ablations: the overrides they add to the full run's command.
 EXTRA_ROWS = {
     "no-text": ["--user_item.use_profile", "false", "--user_item.use_predict", "false"],
@@ -92,6 +95,8 @@ EXTRA_ROWS = {
     "lr-cosine": ["--user_item.lr_schedule", "cosine"],
     "lr-cosine-random-llm": ["--user_item.lr_schedule", "cosine", "--ablation", "random-llm"],
     "filler-text": ["--user_item.text_filler", "true"],
+    "no-text-random-llm": ["--user_item.use_profile", "false", "--user_item.use_predict",
+                           "false", "--ablation", "random-llm"],
     "history-30": ["--user_item.history_items", "30"],
 }
 # Rows whose overrides leave the stage keys alone (execution settings): their copy of the
@@ -99,7 +104,8 @@ EXTRA_ROWS = {
 RETRAIN_STAGE3 = ("attention-eager", "attention-sdpa")
 # Rows copied from another row's run of the same seed (default: the `full` run).
 COPY_FROM = {"history-text-random-llm": "random-llm", "lr3e-4-random-llm": "random-llm",
-             "mask-seen-random-llm": "random-llm", "lr-cosine-random-llm": "random-llm"}
+             "mask-seen-random-llm": "random-llm", "lr-cosine-random-llm": "random-llm",
+             "no-text-random-llm": "random-llm"}
 BASELINES = ("lightgcn-softmax",)
 DATASETS = {
     "ml-100k": ["--data.source", "ml-100k"],
