@@ -43,6 +43,13 @@ def test_rows_pair_with_the_run_they_were_copied_from(tmp_path):
         _entry(2, "random-llm", 0.35, 0.19, out="/elsewhere/seed2/random-llm"),
         # a row ablations.py copies from random-llm
         _entry(0, "lr-cosine-random-llm", 0.44, 0.19),
+        # seed 1: runs of an earlier preset merged under today's names; seed1/full now holds
+        # a later run, which the renamed control was not copied from
+        {**_entry(1, "full", 0.36, 0.19, out="/runs/ml-100k/seed1/mask-seen"),
+         "renamed_from": "mask-seen"},
+        {**_entry(1, "random-llm", 0.38, 0.19, out="/runs/ml-100k/seed1/mask-seen-random-llm"),
+         "renamed_from": "mask-seen-random-llm"},
+        _entry(1, "full-repeat", 0.30, 0.19, out="/runs/ml-100k/seed1/full"),
     ]
     src = tmp_path / "abl.json"
     src.write_text(json.dumps({"runs": runs}))
@@ -54,7 +61,7 @@ def test_rows_pair_with_the_run_they_were_copied_from(tmp_path):
     shown = [ln.split("`")[1] for ln in main_rows]
     assert shown == ["full", "full-repeat", "random-llm", "no-ua", "lr-cosine-random-llm"]
     ua = table["no-ua"]
-    assert ua["seeds"] == [0, 2] and ua["sources"] == ["full", "full-repeat"]
+    assert ua["seeds"] == [0, 2] and ua["sources"] == ["full", "full-repeat"]  # by directory
     assert ua["delta"]["test N@10"]["values"] == pytest.approx([-0.10, -0.10])
     assert ua["ratio"]["test P@10"]["values"] == pytest.approx([0.75, 0.27 / 0.37])
     assert ua["test N@10"]["mean"] == pytest.approx(0.285)
@@ -63,10 +70,12 @@ def test_rows_pair_with_the_run_they_were_copied_from(tmp_path):
     assert ua["activity_delta"]["Q2"]["values"] == pytest.approx([-0.20, -0.20])
     assert ua["paper_ratio"] == ["P@10", pytest.approx(0.0647 / 0.0821)]
     rep = table["full-repeat"]  # a second run of full pairs with full: run-to-run variation
-    assert rep["sources"] == ["full"]
-    assert rep["delta"]["test N@10"]["values"] == pytest.approx([0.03])
+    assert rep["sources"] == ["full", "full"]
+    assert rep["delta"]["test N@10"]["values"] == pytest.approx([-0.06, 0.03])
     # no source directory recorded beside it: the seed's `full` row
-    assert table["random-llm"]["sources"] == ["full", "full"]
+    assert table["random-llm"]["sources"] == ["full", "full", "full"]
+    assert table["random-llm"]["delta"]["test N@10"]["values"] == pytest.approx(
+        [0.02, 0.02, 0.01])  # seed 1: against the renamed full, not the later full-repeat
     assert table["lr-cosine-random-llm"]["sources"] == ["random-llm"]
     assert table["lr-cosine-random-llm"]["delta"]["test N@10"]["values"] == pytest.approx([0.02])
     assert "full" not in table["full"]["sources"] and table["full"]["delta"] == {}

@@ -72,8 +72,9 @@ def source_of(run: dict, runs: list[dict]) -> dict | None:
     """The recorded run ``run`` was copied from (same dataset and seed), or ``None``.
 
     ``full`` has none; ``full-repeat`` pairs with ``full``; every other row with the run
-    recorded at ``RUN_ROOT/seedS/<COPY_FROM.get(row, "full")>`` beside its own run directory,
-    else with the seed's ``full`` row.
+    recorded at ``RUN_ROOT/seedS/<COPY_FROM.get(row, "full")>`` beside its own run directory
+    (``row``: the name it ran under, ``renamed_from`` when merged under another), else with
+    the seed's run of that row, else with its ``full`` row.
     """
     row = run["row"]
     if row == "full":
@@ -83,13 +84,15 @@ def source_of(run: dict, runs: list[dict]) -> dict | None:
     by_row = {r["row"]: r for r in same}
     if row == "full-repeat":
         return by_row.get("full")
+    # a run merged under a new name (``renamed_from``) was copied as its old row was
+    base = COPY_FROM.get(run.get("renamed_from") or row, "full")
     out = _out_dir(run)
     if out is not None:
-        want = str(Path(out).parent / COPY_FROM.get(row, "full"))
+        want = str(Path(out).parent / base)
         for r in same:
             if r["row"] != row and _out_dir(r) == want:
                 return r
-    return by_row.get(COPY_FROM.get(row, "full")) or by_row.get("full")
+    return by_row.get(base) or by_row.get("full")
 
 
 def _value(run: dict, split: str, metric: str) -> float | None:
