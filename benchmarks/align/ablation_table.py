@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import statistics
 import sys
 from pathlib import Path
 
-from ablations import COPY_FROM, PAPER  # this folder's benchmark scripts
+from ablations import COPY_FROM, PAPER, run_dir, spread_stats  # this folder's scripts
 from profile_gen import git_commit
 
 # Display order; rows not listed follow in the order first recorded.
@@ -62,12 +61,6 @@ PAPER_RATIO = {
 }
 
 
-def _out_dir(run: dict) -> str | None:
-    """The run directory (``--out``) of a recorded run's command, if it has one."""
-    cmd = run.get("command", [])
-    return cmd[cmd.index("--out") + 1] if "--out" in cmd[:-1] else None
-
-
 def source_of(run: dict, runs: list[dict]) -> dict | None:
     """The recorded run ``run`` was copied from (same dataset and seed), or ``None``.
 
@@ -86,11 +79,11 @@ def source_of(run: dict, runs: list[dict]) -> dict | None:
         return by_row.get("full")
     # a run merged under a new name (``renamed_from``) was copied as its old row was
     base = COPY_FROM.get(run.get("renamed_from") or row, "full")
-    out = _out_dir(run)
+    out = run_dir(run)
     if out is not None:
-        want = str(Path(out).parent / base)
+        want = out.parent / base
         for r in same:
-            if r["row"] != row and _out_dir(r) == want:
+            if r["row"] != row and run_dir(r) == want:
                 return r
     return by_row.get(base) or by_row.get("full")
 
@@ -107,11 +100,6 @@ def _activity(run: dict) -> dict[str, float]:
         "activity", {})
     return {name.split()[0]: float(v["ndcg@10"]) for name, v in buckets.items()
             if "ndcg@10" in v}
-
-
-def _stats(xs: list[float]) -> dict:
-    """``{"mean", "spread", "values"}`` of a non-empty list."""
-    return {"mean": statistics.fmean(xs), "spread": max(xs) - min(xs), "values": xs}
 
 
 def table(runs: list[dict]) -> dict:
@@ -138,7 +126,7 @@ def table(runs: list[dict]) -> dict:
             for name, (split, metric) in METRICS.items():
                 xs = [v for r in mine if (v := _value(r, split, metric)) is not None]
                 if xs:
-                    entry[name] = _stats(xs)
+                    entry[name] = spread_stats(xs)
             deltas: dict[str, list[float]] = {}
             ratios: dict[str, list[float]] = {}
             by_activity: dict[str, list[float]] = {}
@@ -158,9 +146,9 @@ def table(runs: list[dict]) -> dict:
                 for q in sorted(set(mine_q) & set(theirs_q)):
                     by_activity.setdefault(q, []).append(mine_q[q] - theirs_q[q])
             entry["sources"] = sources
-            entry["delta"] = {k: _stats(v) for k, v in deltas.items()}
-            entry["ratio"] = {k: _stats(v) for k, v in ratios.items()}
-            entry["activity_delta"] = {k: _stats(v) for k, v in by_activity.items()}
+            entry["delta"] = {k: spread_stats(v) for k, v in deltas.items()}
+            entry["ratio"] = {k: spread_stats(v) for k, v in ratios.items()}
+            entry["activity_delta"] = {k: spread_stats(v) for k, v in by_activity.items()}
             entry["paper_ratio"] = list(PAPER_RATIO[row]) if row in PAPER_RATIO else None
             out.setdefault(ds, {})[row] = entry
     return out

@@ -173,6 +173,17 @@ def _read(run: Path) -> dict:
     return out
 
 
+def spread_stats(xs: list[float]) -> dict:
+    """``{"mean", "spread" (max - min), "values"}`` of a non-empty list of per-seed values."""
+    return {"mean": statistics.fmean(xs), "spread": max(xs) - min(xs), "values": xs}
+
+
+def run_dir(entry: dict) -> Path | None:
+    """The run directory (the ``--out`` of its command) of a recorded run, if it has one."""
+    cmd = entry.get("command", [])
+    return Path(cmd[cmd.index("--out") + 1]) if "--out" in cmd[:-1] else None
+
+
 def _summary(runs: list[dict]) -> dict:
     """Mean and spread (max - min) over seeds per (dataset, row, model, split, metric)."""
     cells: dict = {}
@@ -187,8 +198,7 @@ def _summary(runs: list[dict]) -> dict:
     for (ds, row, model, split, metric), vals in sorted(cells.items()):
         xs = [v for _, v in vals]
         out.setdefault(ds, {}).setdefault(row, {}).setdefault(model, {}).setdefault(split, {})[
-            metric] = {"mean": statistics.fmean(xs), "spread": max(xs) - min(xs),
-                       "seeds": [s for s, _ in vals], "values": xs}
+            metric] = {**spread_stats(xs), "seeds": [s for s, _ in vals]}
     return out
 
 
@@ -197,8 +207,7 @@ def _reread(runs: list[dict], dataset: str, base: Path) -> None:
     ``--out`` of their command) is under ``base`` and still finished, when its metrics equal
     the recorded ones (the test split is not evaluated again: its metrics.json is read)."""
     for entry in runs:
-        cmd = entry.get("command", [])
-        out = Path(cmd[cmd.index("--out") + 1]) if "--out" in cmd else None
+        out = run_dir(entry)
         if (entry["dataset"] != dataset or entry["row"] in BASELINES or out is None
                 or out.parent.parent != base or not (out / "metrics.json").is_file()):
             continue

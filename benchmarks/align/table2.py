@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import statistics
 import sys
 from pathlib import Path
 
-from profile_gen import git_commit  # this folder's benchmark helpers
+from ablations import spread_stats  # this folder's benchmark scripts
+from profile_gen import git_commit
 
 MODELS = ("lightgcn", "lightgcn+", "rlmrec-con", "glta")  # Table 2's row order
 NAMES = {"lightgcn": "LightGCN", "lightgcn+": "LightGCN+ (text InfoNCE, MiniLM)",
@@ -97,8 +97,7 @@ def table(rows: list[dict], seeds: list[int]) -> dict:
                        "cpu": sorted({str(by_seed[s]["cpu"]) for s in got})}
         for short, key in METRICS.items():
             xs = [float(by_seed[s]["test"][key]) for s in got]
-            entry[short] = {"mean": statistics.fmean(xs), "spread": max(xs) - min(xs),
-                            "values": xs}
+            entry[short] = spread_stats(xs)
         out.setdefault(ds, {})[model] = entry
     return out
 
