@@ -129,3 +129,34 @@ def test_rows_of_execution_settings_retrain_stage3_in_their_copy(tmp_path):
     assert (run / "state" / "graph" / "state.json").is_file()
     assert (run / "state" / "item_text" / "state.json").is_file()
     assert not (run / "metrics.json").exists()
+
+
+# rows whose setting the default preset has since adopted (ablations.py's docstring says so)
+ADOPTED = ("mask-seen", "mask-seen-random-llm")
+
+
+def test_every_extra_row_resolves_to_the_setting_it_names():
+    # a row's overrides are what the driver passes to `glta pipeline`: each must parse and
+    # resolve against the default preset (a typo would only show hours into a grid)
+    from glta_cli.config import load_config
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import ablations
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    base = load_config("default")
+    for row, args in ablations.EXTRA_ROWS.items():
+        pairs = [(args[i], args[i + 1]) for i in range(0, len(args), 2)]
+        overrides = [x for k, v in pairs if k != "--ablation" for x in (k, v)]
+        cfg = load_config("default", overrides=overrides)
+        for key, _ in pairs:
+            if key == "--ablation" or row in ADOPTED:
+                continue
+            section, name = key[2:].split(".")
+            assert getattr(cfg.sections[section], name) != getattr(base.sections[section], name), \
+                (row, key)
+    lora = load_config("default", overrides=ablations.EXTRA_ROWS["lora"]).sections["user_item"]
+    assert lora.lora == {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}
+    assert ablations.COPY_FROM["lora-random-llm"] == "random-llm"
+    assert ablations.EXTRA_ROWS["lora-random-llm"][-2:] == ["--ablation", "random-llm"]

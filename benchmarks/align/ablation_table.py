@@ -45,8 +45,11 @@ WHAT = {
     "attention-eager": "stage 3 retrained with eager attention kernels (execution only)",
     "lr-cosine": "stage 3's learning rate on a cosine schedule [extra]",
     "filler-text": "profile and prediction text replaced by as many '.' tokens [extra]",
-    "history-30": "30 history items as soft tokens instead of 10 [extra]",
+    "history-30": "30 history items as soft tokens instead of the default's 5 [extra]",
     "no-text-random-llm": "random-llm without profile and prediction text [extra]",
+    "residual": "residual head: LightGCN's score + the LLM's correction [extra]",
+    "lora": "stage 3 also trains a LoRA adapter on the LLM (r 8, q/v) [extra]",
+    "lora-random-llm": "lora with the randomly initialised LLM [extra]",
 }
 METRICS = {"valid N@10": ("valid", "ndcg@10"), "test P@10": ("test", "precision@10"),
            "test N@10": ("test", "ndcg@10")}

@@ -31,9 +31,15 @@ configuration, in the run's final evaluation. Extra rows:
 - ``no-text-random-llm`` [extra]: ``no-text`` with the randomly initialised LLM (copied from
   the seed's ``random-llm`` run, so only stage 3 reruns): whether the random-weight LLM's
   text (one word repeated) does anything for it.
-- ``history-30`` [extra]: up to 30 of the user's train items as soft tokens instead of 10
-  (``[user_item] history_items``): GLTA trails LightGCN most for the heaviest users
-  (activity quintiles Q4-Q5), who have 65-516 train items of which the prompt shows 10.
+- ``history-30`` [extra]: up to 30 of the user's train items as soft tokens instead of the
+  default preset's 5 (``[user_item] history_items``): GLTA trails LightGCN most for the
+  heaviest users (activity quintiles Q4-Q5), who have 65-516 train items of which the prompt
+  shows 5.
+- ``lora`` [extra]: stage 3 also trains a LoRA adapter (peft; r 8, alpha 16, on q_proj and
+  v_proj) on the otherwise frozen LLM (``[user_item] lora``), the paper's LLM being frozen:
+  whether letting the pretrained LLM adapt puts its knowledge to use;
+  ``lora-random-llm`` the same with the randomly initialised LLM (copied from the seed's
+  ``random-llm`` run, so only stage 3 reruns), its control.
 - ``mask-seen`` [extra]: each slot's softmax leaves out the user's other train items
   (``[user_item] mask_seen``): the objective then matches the evaluation, which ranks unseen
   items only; ``mask-seen-random-llm`` its control (copied from ``random-llm``). The default
@@ -75,7 +81,10 @@ ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-
              "plain-head", "residual", "residual-random-llm", "history-text",
              "history-text-random-llm", "lr3e-4", "lr3e-4-random-llm", "mask-seen",
              "mask-seen-random-llm", "attention-eager", "attention-sdpa", "lr-cosine",
-             "lr-cosine-random-llm", "filler-text", "no-text-random-llm", "history-30")
+             "lr-cosine-random-llm", "filler-text", "no-text-random-llm", "history-30",
+             "lora", "lora-random-llm")
+# The `lora` rows' adapter: peft's usual rank and targets (glta_align.llm.LoraSettings).
+_LORA = "{r = 8, alpha = 16, target_modules = ['q_proj', 'v_proj']}"
 # Rows that are not the paper's ablations: the overrides they add to the full run's command.
 EXTRA_ROWS = {
     "no-text": ["--user_item.use_profile", "false", "--user_item.use_predict", "false"],
@@ -98,6 +107,8 @@ EXTRA_ROWS = {
     "no-text-random-llm": ["--user_item.use_profile", "false", "--user_item.use_predict",
                            "false", "--ablation", "random-llm"],
     "history-30": ["--user_item.history_items", "30"],
+    "lora": ["--user_item.lora", _LORA],
+    "lora-random-llm": ["--user_item.lora", _LORA, "--ablation", "random-llm"],
 }
 # Rows whose overrides leave the stage keys alone (execution settings): their copy of the
 # `full` run forgets stage 3 and the evaluation, so both run again under the override.
@@ -105,7 +116,7 @@ RETRAIN_STAGE3 = ("attention-eager", "attention-sdpa")
 # Rows copied from another row's run of the same seed (default: the `full` run).
 COPY_FROM = {"history-text-random-llm": "random-llm", "lr3e-4-random-llm": "random-llm",
              "mask-seen-random-llm": "random-llm", "lr-cosine-random-llm": "random-llm",
-             "no-text-random-llm": "random-llm"}
+             "no-text-random-llm": "random-llm", "lora-random-llm": "random-llm"}
 BASELINES = ("lightgcn-softmax",)
 DATASETS = {
     "ml-100k": ["--data.source", "ml-100k"],
