@@ -58,6 +58,40 @@ def test_missing_paths_fail_clearly(tmp_path):
         load_llm(tmp_path / "empty")
 
 
+def test_trainable_parameters_view_holds_only_the_adapters(tiny_dir):
+    from glta_graph.loop import restore_modules, snapshot_modules
+
+    from glta_align._common import TrainableParameters
+
+    llm = load_llm(tiny_dir, dtype="float32", lora={"r": 2, "alpha": 4})
+    view = TrainableParameters(llm.model)
+    names = [n for n, p in llm.model.named_parameters() if p.requires_grad]
+    state = view.state_dict()
+    assert list(state) == names and all("lora_" in n for n in names)
+    assert len(state) < len(llm.model.state_dict()) // 2  # the frozen weights are left out
+    # the same parameter objects: an optimiser over the view trains the model
+    assert {id(p) for p in view.parameters()} == {id(p) for p in llm.trainable_parameters()}
+    ids = torch.tensor([[5, 6, 7]])
+    before = llm.backbone(input_ids=ids).last_hidden_state
+    snap = snapshot_modules({"llm": view})
+    with torch.no_grad():
+        for p in view.parameters():
+            p.add_(0.5)
+    assert not torch.allclose(llm.backbone(input_ids=ids).last_hidden_state, before)
+    restore_modules({"llm": view}, snap)
+    torch.testing.assert_close(llm.backbone(input_ids=ids).last_hidden_state, before)
+    # a whole-model state dict (states written before the view existed) loads too
+    with torch.no_grad():
+        for p in view.parameters():
+            p.add_(0.5)
+    whole = {k: v.clone() for k, v in llm.model.state_dict().items()}
+    restore_modules({"llm": view}, snap)
+    view.load_state_dict(whole)
+    torch.testing.assert_close(view.state_dict()[names[0]], whole[names[0]])
+    with pytest.raises(KeyError, match="trainable parameter"):
+        view.load_state_dict({k: v for k, v in whole.items() if k != names[-1]})
+
+
 def test_lora_trains_only_adapter_and_round_trips(tmp_path, tiny_dir):
     llm = load_llm(tiny_dir, dtype="float32", lora={"r": 2, "alpha": 4})
     trainable = llm.trainable_parameters()

@@ -177,6 +177,40 @@ def test_stage3_needs_stage2_unless_it_trains_the_item_projector(toy_run, toy, t
     assert not (toy_run / "item_text").exists()  # no stage 2 ran: nothing to copy
 
 
+def test_stage3_with_lora_saves_only_the_adapters_and_resumes_to_the_same_result(
+        toy_run, toy, tiny, tiny_dir, tmp_path):
+    from glta_align.llm import load_llm
+
+    def lora_llm():
+        torch.manual_seed(0)  # the adapters' random starting point
+        return load_llm(tiny_dir, dtype="float32", lora={"r": 2, "alpha": 4})
+
+    train_item_text(toy, toy_run, ItemTextConfig(epochs=1, items_per_instance=3), llm=tiny)
+    other = tmp_path / "other"
+    shutil.copytree(toy_run, other)
+    cfg = dict(batch_size=4, num_slots=3, use_profile=False, use_predict=False, lr=1e-2,
+               patience=2, lora={"r": 2, "alpha": 4})
+    llm = lora_llm()
+    adapters = [n for n, p in llm.model.named_parameters() if p.requires_grad]
+    train_user_item(toy, toy_run, UserItemConfig(epochs=2, **cfg), llm=llm)
+    state = torch.load(toy_run / "state" / "user_item" / "state.pt", weights_only=False)
+    # the resumable state and the best epoch's snapshot hold the adapters, not the frozen LLM
+    assert list(state["modules"]["llm"]) == adapters
+    assert list(state["best"]["modules"]["llm"]) == adapters
+    assert (toy_run / "lora" / "adapter_model.safetensors").is_file()
+    # one epoch, then (a new process: the LLM loaded afresh) resumed to two: the same result
+    train_user_item(toy, other, UserItemConfig(epochs=1, **cfg), llm=lora_llm())
+    train_user_item(toy, other, UserItemConfig(epochs=2, **cfg), llm=lora_llm())
+    for name in ("gllm_head", "user_projector"):
+        a, b = load_artifact(toy_run / name)[0], load_artifact(other / name)[0]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    from safetensors.torch import load_file
+
+    a = load_file(str(toy_run / "lora" / "adapter_model.safetensors"))
+    b = load_file(str(other / "lora" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_masked_slot_loss_leaves_other_seen_items_out_of_each_softmax():
     from glta_align.user_item import masked_slot_loss
 

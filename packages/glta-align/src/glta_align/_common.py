@@ -28,13 +28,59 @@ from torch import nn
 from glta_align._ddp import ddp_loss
 from glta_align.config import ADDED_SETTINGS
 
-__all__ = ["LoopResult", "average_gradients", "average_scalar", "barrier", "dist_info",
-           "embedding_rms", "rng_for", "run_loop"]
+__all__ = ["LoopResult", "TrainableParameters", "average_gradients", "average_scalar", "barrier",
+           "dist_info", "embedding_rms", "rng_for", "run_loop"]
 
 # config fields that may change between a killed run and its resumption
 # "attention" is an execution setting (the same attention computed by other kernels).
 RESUMABLE_CHANGES = frozenset({"epochs", "save_every", "device", "eval_batch_size", "patience",
                                "attention"})
+
+
+class TrainableParameters(nn.Module):
+    """The trainable parameters of a mostly frozen model (e.g. the LLM's LoRA adapters).
+
+    A stage's resumable state and its best-epoch snapshot hold each module's ``state_dict``;
+    for the LLM that would be every frozen weight too (270 MB for SmolLM2-135M in bf16,
+    written every ``save_every`` steps and once more for the best epoch), although the frozen
+    weights are reloaded from the LLM's own file. This view holds the *same* parameter
+    objects (training it trains the model) and its state dict has only them, under the
+    model's own names. ``load_state_dict`` also takes a whole-model state dict (a state
+    written before this view existed) and reads only the trainable entries from it.
+
+    Args:
+        model: the module whose parameters with ``requires_grad`` are viewed.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.params = nn.ParameterList([p for _, p in named])
+
+    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "",
+                   keep_vars: bool = False) -> dict[str, torch.Tensor]:
+        """``{model parameter name: tensor}`` of the trainable parameters only."""
+        out = {} if destination is None else destination
+        for name, p in zip(self.names, self.params, strict=True):
+            out[prefix + name] = p if keep_vars else p.detach()
+        return out
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True,
+                        assign: bool = False) -> Any:
+        """Copy the trainable entries of ``state_dict`` in place (other keys are ignored).
+
+        Raises:
+            KeyError: a trainable parameter is missing from ``state_dict`` (names the first).
+        """
+        missing = [n for n in self.names if n not in state_dict]
+        if missing:
+            raise KeyError(f"state has no entry for trainable parameter {missing[0]!r} "
+                           f"({len(missing)} of {len(self.names)} missing)")
+        with torch.no_grad():
+            for name, p in zip(self.names, self.params, strict=True):
+                p.copy_(state_dict[name])
+        return nn.modules.module._IncompatibleKeys([], [])
 
 
 def rng_for(seed: int, *keys: int) -> np.random.Generator:

@@ -23,7 +23,14 @@ from glta_graph import load_graph_embeddings
 from glta_graph.data import Interactions
 from glta_graph.progress import ProgressCallback, ProgressEvent, emit
 
-from glta_align._common import LoopResult, dist_info, embedding_rms, rng_for, run_loop
+from glta_align._common import (
+    LoopResult,
+    TrainableParameters,
+    dist_info,
+    embedding_rms,
+    rng_for,
+    run_loop,
+)
 from glta_align.config import ItemTextConfig
 from glta_align.flops import DecoderCost, step_flops, throughput_record
 from glta_align.heads import build_head, save_head
@@ -165,7 +172,7 @@ def train_item_text(
     slot = slot_vector(llm).to(dev)
     modules = {"projector": projector, "head": head}
     if llm.lora is not None:
-        modules["llm"] = llm.model
+        modules["llm"] = TrainableParameters(llm.model)  # the adapters only
     params = list({id(p): p for m in modules.values() for p in m.parameters()
                    if p.requires_grad}.values())
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -24,7 +24,14 @@ from glta_graph import load_graph_embeddings
 from glta_graph.data import Interactions
 from glta_graph.progress import ProgressCallback, ProgressEvent, emit
 
-from glta_align._common import LoopResult, dist_info, embedding_rms, rng_for, run_loop
+from glta_align._common import (
+    LoopResult,
+    TrainableParameters,
+    dist_info,
+    embedding_rms,
+    rng_for,
+    run_loop,
+)
 from glta_align.config import UserItemConfig
 from glta_align.flops import DecoderCost, step_flops, throughput_record
 from glta_align.heads import ResidualHead, build_head, load_head, save_head, slot_inputs
@@ -372,7 +379,7 @@ def train_user_item(
     if cfg.train_item_projector:
         modules["item_projector"] = item_proj
     if llm.lora is not None:
-        modules["llm"] = llm.model
+        modules["llm"] = TrainableParameters(llm.model)  # the adapters only
     params = list({id(p): p for m in modules.values() for p in m.parameters()
                    if p.requires_grad}.values())
     if not params:
