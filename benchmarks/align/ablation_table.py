@@ -33,6 +33,7 @@ ORDER = ("full", "full-repeat", "random-llm", "no-text", "filler-text", "no-pf",
 WHAT = {
     "full": "today's default (pretrained SmolLM2, profile and prediction text on)",
     "full-repeat": "a second run of full (run-to-run variation)",
+    "random-llm-repeat": "a second run of random-llm, copied from full-repeat",
     "random-llm": "randomly initialised LLM of the same shape (control)",
     "no-text": "profile and prediction text off [extra]",
     "no-pf": "profile text off (w/o PF)",
