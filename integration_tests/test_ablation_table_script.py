@@ -50,6 +50,10 @@ def test_rows_pair_with_the_run_they_were_copied_from(tmp_path):
         {**_entry(1, "random-llm", 0.38, 0.19, out="/runs/ml-100k/seed1/mask-seen-random-llm"),
          "renamed_from": "mask-seen-random-llm"},
         _entry(1, "full-repeat", 0.30, 0.19, out="/runs/ml-100k/seed1/full"),
+        # a later second random-llm run, made in seed1/random-llm (the directory the renamed
+        # control's own copy once came from): never the source of the earlier runs
+        {**_entry(1, "random-llm-repeat", 0.33, 0.19, out="/runs/ml-100k/seed1/random-llm"),
+         "renamed_from": "random-llm", "date": "2026-12-05"},
     ]
     src = tmp_path / "abl.json"
     src.write_text(json.dumps({"runs": runs}))
@@ -59,7 +63,8 @@ def test_rows_pair_with_the_run_they_were_copied_from(tmp_path):
     table = json.loads(out.read_text())["table"]["ml-100k"]
     main_rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| `") and "`:" in ln]
     shown = [ln.split("`")[1] for ln in main_rows]
-    assert shown == ["full", "full-repeat", "random-llm", "no-ua", "lr-cosine-random-llm"]
+    assert shown == ["full", "full-repeat", "random-llm", "random-llm-repeat", "no-ua",
+                     "lr-cosine-random-llm"]
     ua = table["no-ua"]
     assert ua["seeds"] == [0, 2] and ua["sources"] == ["full", "full-repeat"]  # by directory
     assert ua["delta"]["test N@10"]["values"] == pytest.approx([-0.10, -0.10])
@@ -76,6 +81,9 @@ def test_rows_pair_with_the_run_they_were_copied_from(tmp_path):
     assert table["random-llm"]["sources"] == ["full", "full", "full"]
     assert table["random-llm"]["delta"]["test N@10"]["values"] == pytest.approx(
         [0.02, 0.02, 0.01])  # seed 1: against the renamed full, not the later full-repeat
+    # the later run pairs as its old row was copied (from seed1/full, the full-repeat run)
+    assert table["random-llm-repeat"]["sources"] == ["full-repeat"]
+    assert table["random-llm-repeat"]["delta"]["test N@10"]["values"] == pytest.approx([0.03])
     assert table["lr-cosine-random-llm"]["sources"] == ["random-llm"]
     assert table["lr-cosine-random-llm"]["delta"]["test N@10"]["values"] == pytest.approx([0.02])
     assert "full" not in table["full"]["sources"] and table["full"]["delta"] == {}

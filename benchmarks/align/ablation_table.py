@@ -28,8 +28,8 @@ from ablations import COPY_FROM, PAPER, run_dir, spread_stats  # this folder's s
 from profile_gen import git_commit
 
 # Display order; rows not listed follow in the order first recorded.
-ORDER = ("full", "full-repeat", "random-llm", "no-text", "filler-text", "no-pf", "no-pd",
-         "no-ia", "no-ua", "fl", "ar", "plain-head")
+ORDER = ("full", "full-repeat", "random-llm", "random-llm-repeat", "no-text", "filler-text",
+         "no-pf", "no-pd", "no-ia", "no-ua", "fl", "ar", "plain-head")
 WHAT = {
     "full": "today's default (pretrained SmolLM2, profile and prediction text on)",
     "full-repeat": "a second run of full (run-to-run variation)",
@@ -71,13 +71,15 @@ def source_of(run: dict, runs: list[dict]) -> dict | None:
     ``full`` has none; ``full-repeat`` pairs with ``full``; every other row with the run
     recorded at ``RUN_ROOT/seedS/<COPY_FROM.get(row, "full")>`` beside its own run directory
     (``row``: the name it ran under, ``renamed_from`` when merged under another), else with
-    the seed's run of that row, else with its ``full`` row.
+    the seed's run of that row, else with its ``full`` row. A source finished before its copy
+    started, so runs recorded on a later date than ``run`` are never its source (a directory
+    rerun since, e.g. a ``random-llm-repeat``, is not what an earlier copy was made from).
     """
     row = run["row"]
     if row == "full":
         return None
     same = [r for r in runs if r["dataset"] == run["dataset"] and r["seed"] == run["seed"]
-            and r is not run]
+            and r is not run and r.get("date", "") <= run.get("date", "")]
     by_row = {r["row"]: r for r in same}
     if row == "full-repeat":
         return by_row.get("full")
