@@ -51,6 +51,8 @@ WHAT = {
     "residual": "residual head: LightGCN's score + the LLM's correction [extra]",
     "lora": "stage 3 also trains a LoRA adapter on the LLM (r 8, q/v) [extra]",
     "lora-random-llm": "lora with the randomly initialised LLM [extra]",
+    "residual-lr1e-4": "residual head with stage 3 at lr 1e-4 instead of 1e-3 [extra]",
+    "residual-lora": "residual head and the LoRA adapter together [extra]",
 }
 METRICS = {"valid N@10": ("valid", "ndcg@10"), "test P@10": ("test", "precision@10"),
            "test N@10": ("test", "ndcg@10")}
