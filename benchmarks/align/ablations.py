@@ -45,6 +45,10 @@ configuration, in the run's final evaluation. Extra rows:
   takes valid N@10 below it; a smaller step keeps the correction small.
 - ``residual-lora`` [extra]: the residual head and the LoRA adapter together (the two rows
   ahead of ``full`` on valid N@10 at seed 0).
+- ``text-first`` [extra]: the stage-3 prompt with the profile and prediction text before
+  the user and item tokens (``[user_item] prompt_order``): with the LLM frozen that text then
+  runs without gradient, so a step back-propagates through the soft tokens and slots only
+  (faster); whether the order costs quality.
 - ``mask-seen`` [extra]: each slot's softmax leaves out the user's other train items
   (``[user_item] mask_seen``): the objective then matches the evaluation, which ranks unseen
   items only; ``mask-seen-random-llm`` its control (copied from ``random-llm``). The default
@@ -87,7 +91,8 @@ ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-
              "history-text-random-llm", "lr3e-4", "lr3e-4-random-llm", "mask-seen",
              "mask-seen-random-llm", "attention-eager", "attention-sdpa", "lr-cosine",
              "lr-cosine-random-llm", "filler-text", "no-text-random-llm", "history-30",
-             "lora", "lora-random-llm", "residual-lr1e-4", "residual-lora")
+             "lora", "lora-random-llm", "residual-lr1e-4", "residual-lora",
+             "text-first")
 # The `lora` rows' adapter: peft's usual rank and targets (glta_align.llm.LoraSettings).
 _LORA = "{r = 8, alpha = 16, target_modules = ['q_proj', 'v_proj']}"
 # Rows that are not the paper's ablations: the overrides they add to the full run's command.
@@ -116,6 +121,7 @@ EXTRA_ROWS = {
     "lora-random-llm": ["--user_item.lora", _LORA, "--ablation", "random-llm"],
     "residual-lr1e-4": ["--user_item.residual", "true", "--user_item.lr", "1e-4"],
     "residual-lora": ["--user_item.residual", "true", "--user_item.lora", _LORA],
+    "text-first": ["--user_item.prompt_order", "text-first"],
 }
 # Rows whose overrides leave the stage keys alone (execution settings): their copy of the
 # `full` run forgets stage 3 and the evaluation, so both run again under the override.

@@ -78,6 +78,32 @@ def test_step_flops_adds_prefix_and_head():
     assert step_flops(cost, head, shape, rows=6) == want
 
 
+def test_step_flops_counts_a_text_head_forward_only(tiny):
+    """A text head (leading text without gradient) adds its forward behind the prefix; with
+    the runner's split the linear products torch counts are the head's forward plus the
+    block's forward and input gradient."""
+    cost = DecoderCost(frozen_macs=1000, trained_macs=0, layers=1, attention_width=8)
+    head = GLLMHead(8, 5)
+    shape = BatchShape(batch=2, seq_len=3, past_len=4 + 2, head_len=2)
+    want = (decoder_flops(cost, batch=2, seq_len=3, past_len=6)
+            + decoder_flops(cost, batch=2, seq_len=2, past_len=4, backward=False)
+            + head_flops(head, 6))
+    assert step_flops(cost, head, shape, rows=6) == want
+    runner = SoftPromptRunner(tiny, [1, 2, 3, 4, 5, 6, 7], text_head=True)
+    seqs = [SoftSequence().add_text([10, 11, 12]).add_soft([1, 2], read=True),
+            SoftSequence().add_text([10]).add_soft([1, 2], read=True)]
+    table = torch.randn(3, 64, requires_grad=True)
+    runner.hidden_states(seqs, table)
+    with FlopCounterMode(display=False) as counter:
+        runner.hidden_states(seqs, table).sum().backward()
+    shape = runner.last_shape
+    assert shape == BatchShape(2, 2, 7 + 3, 0, False, head_len=3)
+    counts = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
+    macs = DecoderCost.of(tiny).frozen_macs
+    assert sum(v for k, v in counts.items() if k in ("aten.mm", "aten.addmm", "aten.bmm")) \
+        == 2 * 2 * 3 * macs + 2 * (2 * 2 * 2 * macs)
+
+
 @pytest.mark.parametrize("reuse", [False, True])
 def test_runner_shape_and_torch_flop_counter_agree(tiny, reuse):
     """Linear products and the attention forward match torch's FlopCounterMode exactly; its

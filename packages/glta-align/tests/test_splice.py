@@ -225,3 +225,57 @@ def test_training_attention_only_inside_gradient_passes(tiny, monkeypatch):
     runner.hidden_states(_seqs(), table).sum().backward()
     assert not seen and table.grad is not None  # eager: the sdpa function never ran
     assert tiny.causal_lm.config._attn_implementation == "sdpa"  # restored after the pass
+
+
+def _text_first_seqs():
+    # leading text of different lengths (3, 1, 0 tokens) before the first soft token
+    a = SoftSequence().add_text([100, 101, 102]).add_soft([0, 1]).add_text([7]).add_soft(
+        [2, 2], read=True)
+    b = SoftSequence().add_text([55]).add_soft([1]).add_soft([2, 2], read=True)
+    c = SoftSequence().add_soft([1]).add_text([9, 10]).add_soft([2, 2], read=True)
+    return [a, b, c]
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_text_head_matches_one_pass_and_trains_only_the_rest(tiny, padding_side):
+    # the leading text runs without gradient behind the prefix: the outputs and the soft
+    # table's gradient are those of the single pass; the FLOP shape records the split
+    torch.manual_seed(0)
+    prefix = [1, 2, 3, 4, 5]
+    table = torch.randn(3, tiny.hidden_size, requires_grad=True)
+    plain = SoftPromptRunner(tiny, prefix, padding_side=padding_side)
+    split = SoftPromptRunner(tiny, prefix, padding_side=padding_side, text_head=True)
+    want = plain.hidden_states(_text_first_seqs(), table)
+    (gw,) = torch.autograd.grad(want.square().sum(), table)
+    got = split.hidden_states(_text_first_seqs(), table)
+    (gg,) = torch.autograd.grad(got.square().sum(), table)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(gg, gw, atol=1e-5, rtol=1e-4)
+    for b, s in enumerate(_text_first_seqs()):
+        torch.testing.assert_close(got[b], _hand_built(tiny, prefix, s, table.detach()),
+                                   atol=1e-5, rtol=1e-4)
+    assert plain.last_shape.head_len == 0 and plain.last_shape.seq_len == 8
+    assert split.last_shape.head_len == 3  # the longest leading text
+    assert split.last_shape.seq_len == 5 and split.last_shape.past_len == 5 + 3
+    with torch.no_grad():  # ranking: the same split
+        torch.testing.assert_close(split.hidden_states(_text_first_seqs(), table), want,
+                                   atol=1e-5, rtol=1e-4)
+
+
+def test_text_head_needs_a_cached_prefix_and_a_frozen_llm(tiny):
+    # without a cached prefix (padding would attend to nothing) the runner does one pass;
+    # with a trainable LLM (LoRA) the leading text must carry gradients: one pass too
+    table = torch.randn(3, tiny.hidden_size)
+    no_cache = SoftPromptRunner(tiny, [1, 2, 3], reuse_prefix=False, text_head=True)
+    no_cache.hidden_states(_text_first_seqs(), table)
+    assert no_cache.last_shape.head_len == 0
+    split = SoftPromptRunner(tiny, [1, 2, 3], text_head=True)
+    weight = tiny.backbone.layers[0].mlp.up_proj.weight
+    weight.requires_grad_(True)
+    try:
+        split.hidden_states(_text_first_seqs(), table)
+        assert split.last_shape.head_len == 0
+    finally:
+        weight.requires_grad_(False)
+    split.hidden_states(_text_first_seqs(), table)
+    assert split.last_shape.head_len == 3

@@ -15,6 +15,7 @@ __all__ = ["ADDED_SETTINGS", "HEADS", "LR_SCHEDULES", "RANKINGS", "AlignConfigEr
 
 HEADS = ("plain", "projected")
 RANKINGS = ("first_k", "first", "ar", "mean")
+PROMPT_ORDERS = ("paper", "text-first")
 _HEAD_INITS = ("zeros", "random", "item_tokens")
 _TARGETS = ("unseen", "any")
 LR_SCHEDULES = ("constant", "cosine")
@@ -25,6 +26,7 @@ LR_SCHEDULES = ("constant", "cosine")
 ADDED_SETTINGS: dict[str, Any] = {
     "history_text": False, "residual": False, "residual_init": "stage2", "mask_seen": False,
     "compile": False, "lr_schedule": "constant", "text_filler": False,
+    "prompt_order": "paper",
 }
 
 
@@ -189,6 +191,11 @@ class UserItemConfig(_StageConfig):
     residual_init: str = _help("[choice] starting point of the residual head's LLM part: zero "
                                "(GLTA starts as LightGCN's ranking exactly) or stage2 (the "
                                "stage-2 head's item map)", "zero")
+    prompt_order: str = _help("[choice] order of the stage-3 prompt: paper (user token, item "
+                              "tokens, then profile and prediction text) or text-first (the "
+                              "text before the soft tokens: with a frozen LLM that leading text "
+                              "runs without gradient, so a step back-propagates through the "
+                              "soft tokens and slots only)", "paper")
     mask_seen: bool = _help("[choice] leave the user's other train items out of each slot's "
                             "softmax (evaluation ranks only items the user has not seen, and "
                             "LightGCN's BPR never samples them as negatives); materialises "
@@ -220,6 +227,9 @@ class UserItemConfig(_StageConfig):
         if self.targets_from not in _TARGETS:
             raise AlignConfigError(
                 f"UserItemConfig.targets_from = {self.targets_from!r}: expected one of {_TARGETS}")
+        if self.prompt_order not in PROMPT_ORDERS:
+            raise AlignConfigError(f"UserItemConfig.prompt_order = {self.prompt_order!r}: "
+                                   f"expected one of {PROMPT_ORDERS}")
         if self.ranking not in RANKINGS:
             raise AlignConfigError(
                 f"UserItemConfig.ranking = {self.ranking!r}: expected one of {RANKINGS}")

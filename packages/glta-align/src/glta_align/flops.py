@@ -56,6 +56,9 @@ class BatchShape:
             (batch 1; 0 when a cached prefix was reused).
         prefix_grad: whether that prefix computation carried gradients (a LoRA adapter
             trains, so the prefix is recomputed with grad on every call).
+        head_len: H, positions per sequence run without gradient before the block (each
+            sample's leading text, left-padded; ``text_head``), behind ``past_len - H``
+            prefix positions; they are part of ``past_len``.
     """
 
     batch: int
@@ -63,6 +66,7 @@ class BatchShape:
     past_len: int = 0
     prefix_tokens: int = 0
     prefix_grad: bool = False
+    head_len: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,9 +181,10 @@ def step_flops(cost: DecoderCost, head: nn.Module, shape: BatchShape, rows: int,
                query_rows: int | None = None) -> float:
     """Model FLOPs of one training step (forward and backward) of stage 2 or 3.
 
-    The decoder on the padded ``(B, L)`` block behind ``P`` cached positions, the prefix
-    computed for that cache in this step (batch 1, forward only unless ``prefix_grad``), and
-    the head on the slots.
+    The decoder on the padded ``(B, L)`` block behind ``P`` cached positions, the samples'
+    leading text run before it (``(B, head_len)``, forward only), the prefix computed for that
+    cache in this step (batch 1, forward only unless ``prefix_grad``), and the head on the
+    slots.
 
     Args:
         cost: :meth:`DecoderCost.of` the LLM.
@@ -192,6 +197,9 @@ def step_flops(cost: DecoderCost, head: nn.Module, shape: BatchShape, rows: int,
     """
     total = decoder_flops(cost, batch=shape.batch, seq_len=shape.seq_len,
                           past_len=shape.past_len)
+    if shape.head_len:
+        total += decoder_flops(cost, batch=shape.batch, seq_len=shape.head_len,
+                               past_len=shape.past_len - shape.head_len, backward=False)
     if shape.prefix_tokens:
         total += decoder_flops(cost, batch=1, seq_len=shape.prefix_tokens,
                                backward=shape.prefix_grad)

@@ -25,7 +25,9 @@ __all__ = [
     "PROMPT_STYLES",
     "USER_ITEM_SYSTEM",
     "USER_ITEM_TEMPLATE",
+    "USER_ITEM_TEMPLATE_TEXT_FIRST",
     "USER_ITEM_USER",
+    "USER_ITEM_USER_TEXT_FIRST",
     "PromptLayout",
     "build_layout",
     "tokenize_texts",
@@ -54,6 +56,17 @@ USER_ITEM_USER = (
     "User's potential interest:{PREDICT_TOKEN}"
 )
 
+#: Stage 3 with the same lines reordered, the text first [choice] (``prompt_order =
+#: "text-first"``): everything before the user token is then fixed per user.
+USER_ITEM_TEMPLATE_TEXT_FIRST = (
+    "[INST] <<SYS>> Select items interacted by the user from given items. <</SYS>>\n"
+    "User tags: {PROFILE_TOKEN}\nUser's potential interest:{PREDICT_TOKEN}\n"
+    "User token: {USER_TOKEN}\nItem tokens: {ITEM_TOKEN}[/INST]"
+)
+USER_ITEM_USER_TEXT_FIRST = (
+    "User tags: {PROFILE_TOKEN}\nUser's potential interest:{PREDICT_TOKEN}\n"
+    "User token: {USER_TOKEN}\nItem tokens: {ITEM_TOKEN}"
+)
 #: Profile and prediction prompts (``{k}`` tags / words, ``{descriptions}`` joined by "; ").
 PROFILE_PROMPT = (
     "Use {k} tags to summarize descriptions of the user's interacted items as user profile: "

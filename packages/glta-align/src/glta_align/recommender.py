@@ -37,9 +37,13 @@ from glta_align.item_text import GLLM_HEAD_DIR, ITEM_PROJECTOR_DIR, LORA_DIR, sl
 from glta_align.llm import FrozenLLM, load_llm
 from glta_align.profiles import PROFILES_NAME, generate_profiles, read_profiles
 from glta_align.projector import NodeProjector
-from glta_align.prompts import USER_ITEM_SYSTEM, USER_ITEM_TEMPLATE, USER_ITEM_USER, build_layout
-from glta_align.splice import SoftPromptRunner
-from glta_align.user_item import USER_PROJECTOR_DIR, UserPrompter, eval_sample
+from glta_align.user_item import (
+    USER_PROJECTOR_DIR,
+    UserPrompter,
+    eval_sample,
+    user_item_layout,
+    user_item_runner,
+)
 
 __all__ = ["GLTARecommender", "pick_first_k"]
 
@@ -91,12 +95,9 @@ class GLTARecommender:
         self.user_projector = user_projector.to(dev).eval()
         self.item_projector = item_projector.to(dev).eval()
         self.head = head.to(dev).eval()
-        layout = build_layout(llm.tokenizer, USER_ITEM_SYSTEM, USER_ITEM_USER,
-                              USER_ITEM_TEMPLATE, style=config.prompt_style)
+        layout = user_item_layout(llm.tokenizer, config)
         self.prompter = UserPrompter(layout, data, llm.tokenizer, config, profiles)
-        self.runner = SoftPromptRunner(llm, layout.prefix_ids, reuse_prefix=config.reuse_prefix,
-                                       padding_side=config.padding_side,
-                                       compile=config.compile)
+        self.runner = user_item_runner(llm, layout, config)
         self.slot = slot_vector(llm).to(dev)
         self.run_dir: Path | None = None
 

@@ -129,6 +129,10 @@ class SoftPromptRunner:
         compile: [choice] run the per-batch call through ``torch.compile(dynamic=True)``.
         pad_multiple: pad each batch's length up to a multiple of this (default 16 when
             compiling, else 1): fewer distinct shapes, fewer recompiles.
+        text_head: run each sample's leading text (before its first soft token) without
+            gradient behind the cached prefix when the LLM is frozen or no gradient is
+            recorded (needs ``reuse_prefix`` and a prefix; same outputs, no backward
+            through that text).
 
     Attributes:
         last_shape: the :class:`~glta_align.flops.BatchShape` the last
@@ -144,6 +148,7 @@ class SoftPromptRunner:
         padding_side: str = "right",
         compile: bool = False,
         pad_multiple: int | None = None,
+        text_head: bool = False,
     ) -> None:
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -152,6 +157,7 @@ class SoftPromptRunner:
         self.llm = llm
         self.prefix_ids = [int(i) for i in prefix_ids]
         self.reuse_prefix = reuse_prefix
+        self.text_head = text_head
         self.padding_side = padding_side
         self.compile = compile
         self.pad_multiple = pad_multiple if pad_multiple is not None else (16 if compile else 1)
@@ -185,10 +191,55 @@ class SoftPromptRunner:
         """Forget the cached prefix (call after the LLM's weights change, e.g. LoRA steps)."""
         self._frozen_prefix = None
 
+    def _head_lengths(self, seqs: Sequence[SoftSequence], plen: int, past: int) -> list[int]:
+        """Per sample, the leading positions (prefix included when not reused) before its first
+        soft token or read position: all zeros unless ``text_head`` applies to this call (the
+        LLM frozen or no gradient recorded, and a cached prefix for padding to attend to)."""
+        frozen = not (torch.is_grad_enabled() and self.llm.trainable_parameters())
+        if not (self.text_head and frozen and past > 0):
+            return [0] * len(seqs)
+        heads = []
+        for s in seqs:
+            marks = [i for i, r in enumerate(s.soft) if r >= 0][:1] + list(s.read[:1])
+            heads.append(plen + (min(marks) if marks else len(s)))
+        return heads
+
+    def _run_head(self, rows: list[list[int]], kv: list[tuple[torch.Tensor, torch.Tensor]]
+                  ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """The samples' leading text behind the cached prefix, left-padded, without gradient:
+        ``(per-layer (keys, values) (B, heads, P + H, d) of prefix + head, head mask (B, H))``."""
+        from transformers import DynamicCache
+
+        dev = self.llm.device
+        B, H = len(rows), max(len(r) for r in rows)
+        pad = self.llm.tokenizer.pad_token_id or 0
+        ids = np.full((B, H), pad, dtype=np.int64)
+        mask = np.zeros((B, H), dtype=np.int64)
+        for b, r in enumerate(rows):
+            if r:
+                ids[b, H - len(r):] = r
+                mask[b, H - len(r):] = 1
+        P = kv[0][0].shape[-2]
+        mask_t = torch.from_numpy(mask).to(dev)
+        pos = P + (mask_t.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
+                                             for k, v in kv])
+        full_mask = torch.cat([torch.ones(B, P, dtype=mask_t.dtype, device=dev), mask_t], 1)
+        with torch.no_grad():
+            self.llm.backbone(inputs_embeds=self.llm.embed(torch.from_numpy(ids).to(dev)),
+                              attention_mask=full_mask, position_ids=pos, use_cache=True,
+                              **{_cache_kwarg(self.llm.backbone): cache})
+        return [(layer.keys, layer.values) for layer in cache.layers], mask_t
+
     def hidden_states(
         self, seqs: Sequence[SoftSequence], soft_table: torch.Tensor | None
     ) -> torch.Tensor:
         """Last-layer hidden states at each sample's ``read`` positions.
+
+        With ``text_head`` (and the LLM frozen or no gradient recorded) each sample's leading
+        text, up to its first soft token, first runs without gradient behind the prefix
+        (left-padded) and the rest attends to its keys/values: the same outputs as one pass,
+        with no backward through that text.
 
         Args:
             seqs: B samples; each must read the same number R of positions.
@@ -208,7 +259,18 @@ class SoftPromptRunner:
         dev, dt = self.llm.device, self.llm.dtype
         prefix = [] if self.reuse_prefix else self.prefix_ids
         plen = len(prefix)
-        lengths = [plen + len(s) for s in seqs]
+        kv = None
+        self._prefix_run = (0, False)
+        if self.reuse_prefix and self.prefix_ids:
+            kv = self._prefix_kv()
+        P = 0 if kv is None else kv[0][0].shape[-2]
+        heads = self._head_lengths(seqs, plen, P)
+        head_kv = head_mask = None
+        if any(heads):
+            head_kv, head_mask = self._run_head([(prefix + s.ids)[:h] for s, h in
+                                               zip(seqs, heads, strict=True)], kv)
+        H = 0 if head_mask is None else head_mask.shape[1]
+        lengths = [plen + len(s) - h for s, h in zip(seqs, heads, strict=True)]
         B, L = len(seqs), max(lengths)
         L = -(-L // self.pad_multiple) * self.pad_multiple
         pad = self.llm.tokenizer.pad_token_id or 0
@@ -218,11 +280,11 @@ class SoftPromptRunner:
         read = np.zeros((B, len(seqs[0].read)), dtype=np.int64)
         for b, s in enumerate(seqs):
             off = 0 if self.padding_side == "right" else L - lengths[b]
-            n = lengths[b]
-            ids[b, off : off + n] = prefix + s.ids
-            soft[b, off + plen : off + n] = s.soft
+            n, h = lengths[b], heads[b]
+            ids[b, off : off + n] = (prefix + s.ids)[h:]
+            soft[b, off : off + n] = ([-1] * plen + s.soft)[h:]
             mask[b, off : off + n] = 1
-            read[b] = np.asarray(s.read, dtype=np.int64) + off + plen
+            read[b] = np.asarray(s.read, dtype=np.int64) + off + plen - h
         ids_t = torch.from_numpy(ids).to(dev)
         with torch.no_grad():  # token embeddings are frozen
             emb = self.llm.embed(ids_t)
@@ -241,24 +303,27 @@ class SoftPromptRunner:
             emb = emb.index_put((bi, pi), soft_table.to(device=dev, dtype=dt).index_select(0, rows))
         mask_t = torch.from_numpy(mask).to(dev)
         pos = (mask_t.cumsum(-1) - 1).clamp(min=0)
-        kv = None
         past = 0
-        self._prefix_run = (0, False)
-        if self.reuse_prefix and self.prefix_ids:
-            kv = self._prefix_kv()
-            P = kv[0][0].shape[-2]
-            mask_t = torch.cat([torch.ones(B, P, dtype=mask_t.dtype, device=dev), mask_t], 1)
+        if kv is not None:
+            before = [torch.ones(B, P, dtype=mask_t.dtype, device=dev)]
+            if head_mask is not None:
+                before.append(head_mask)
+                pos = pos + torch.tensor(heads, dtype=pos.dtype, device=dev)[:, None]
+            mask_t = torch.cat([*before, mask_t], 1)
             pos = pos + P
-            past = P
-        self.last_shape = BatchShape(B, L, past, *self._prefix_run)
+            past = P + H
+        self.last_shape = BatchShape(B, L, past, *self._prefix_run, head_len=H)
 
         def call(model: Callable[..., object]) -> object:
             # a fresh cache per call: the forward appends the body's keys/values to it
-            cache = None if kv is None else DynamicCache(
-                ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in kv])
+            if head_kv is not None:
+                fresh = DynamicCache(ddp_cache_data=head_kv)
+            else:
+                fresh = None if kv is None else DynamicCache(ddp_cache_data=[
+                    (k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in kv])
             return model(inputs_embeds=emb, attention_mask=mask_t, position_ids=pos,
-                         use_cache=cache is not None,
-                         **{_cache_kwarg(self.llm.backbone): cache})
+                         use_cache=fresh is not None,
+                         **{_cache_kwarg(self.llm.backbone): fresh})
 
         model = self._model()
         scope = self.llm.attention_scope

@@ -48,14 +48,17 @@ from glta_align.projector import NodeProjector
 from glta_align.prompts import (
     USER_ITEM_SYSTEM,
     USER_ITEM_TEMPLATE,
+    USER_ITEM_TEMPLATE_TEXT_FIRST,
     USER_ITEM_USER,
+    USER_ITEM_USER_TEXT_FIRST,
     PromptLayout,
     build_layout,
 )
 from glta_align.splice import SoftPromptRunner, SoftSequence, bucket_batches
 
 __all__ = ["USER_PROJECTOR_DIR", "UserItemResult", "UserPrompter", "UserSample",
-           "masked_slot_loss", "stage2_outputs", "train_user_item"]
+           "masked_slot_loss", "stage2_outputs", "train_user_item", "user_item_layout",
+           "user_item_runner"]
 
 USER_PROJECTOR_DIR = "user_projector"
 IGNORE = -100
@@ -76,6 +79,25 @@ class UserSample:
     history: list[int]
     targets: list[int] = field(default_factory=list)
     slot_items: list[int] = field(default_factory=list)
+
+
+def user_item_layout(tokenizer, cfg: UserItemConfig) -> PromptLayout:
+    """The stage-3 template rendered for ``tokenizer`` in ``cfg.prompt_style``, its lines in
+    ``cfg.prompt_order`` (the paper's, or the text first [choice])."""
+    if cfg.prompt_order == "text-first":
+        return build_layout(tokenizer, USER_ITEM_SYSTEM, USER_ITEM_USER_TEXT_FIRST,
+                            USER_ITEM_TEMPLATE_TEXT_FIRST, style=cfg.prompt_style)
+    return build_layout(tokenizer, USER_ITEM_SYSTEM, USER_ITEM_USER, USER_ITEM_TEMPLATE,
+                        style=cfg.prompt_style)
+
+
+def user_item_runner(llm: FrozenLLM, layout: PromptLayout, cfg: UserItemConfig
+                     ) -> SoftPromptRunner:
+    """The stage-3 :class:`SoftPromptRunner` for ``layout``; with ``prompt_order =
+    "text-first"`` each sample's leading text runs without gradient (``text_head``)."""
+    return SoftPromptRunner(llm, layout.prefix_ids, reuse_prefix=cfg.reuse_prefix,
+                            padding_side=cfg.padding_side, compile=cfg.compile,
+                            text_head=cfg.prompt_order == "text-first")
 
 
 class UserPrompter:
@@ -405,12 +427,9 @@ def train_user_item(
         wanted = np.unique(np.concatenate(wanted))
         profiles = generate_profiles(data, run_dir, llm, cfg, users=wanted.tolist(),
                                      progress=progress, resume=resume)
-    layout = build_layout(llm.tokenizer, USER_ITEM_SYSTEM, USER_ITEM_USER, USER_ITEM_TEMPLATE,
-                          style=cfg.prompt_style)
+    layout = user_item_layout(llm.tokenizer, cfg)
     prompter = UserPrompter(layout, data, llm.tokenizer, cfg, profiles)
-    runner = SoftPromptRunner(llm, layout.prefix_ids, reuse_prefix=cfg.reuse_prefix,
-                              padding_side=cfg.padding_side,
-                              compile=cfg.compile)
+    runner = user_item_runner(llm, layout, cfg)
 
     def make_batches(epoch: int) -> list[list[UserSample]]:
         rng = rng_for(cfg.seed, 4, epoch)
