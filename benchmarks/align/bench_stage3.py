@@ -30,11 +30,19 @@ the vocabulary logits plain computes and discards are not counted (no ``lm_head`
 eager), interleaved with the two, and ``attention_train_speedup`` / ``attention_infer_speedup``
 (ours over ours_alt). Inference passes record no gradients, so both run sdpa there
 (``FrozenLLM.attention_scope``): ``attention_infer_speedup`` shows the run's noise.
+
+``--compare-prompt-order`` adds ``ours_text_first``: ours on the same samples and batches with
+``prompt_order = "text-first"`` (the profile and prediction text before the soft tokens, run
+without gradient by the runner's text head, recomputed in every call as in a first epoch),
+and ``ours_text_first_cached``: the same with the stage's key/value cache filled by an untimed
+pass over the same users first (a later epoch, or ranking after training), all interleaved;
+``text_first[_cached]_train_speedup`` / ``..._infer_speedup`` are each over ours.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -51,7 +59,13 @@ from glta_align.llm import _linear_shapes, _time_products, load_llm
 from glta_align.projector import NodeProjector
 from glta_align.prompts import USER_ITEM_SYSTEM, USER_ITEM_TEMPLATE, USER_ITEM_USER, build_layout
 from glta_align.splice import SoftPromptRunner, bucket_batches
-from glta_align.user_item import UserPrompter, eval_sample, train_sample
+from glta_align.user_item import (
+    UserPrompter,
+    eval_sample,
+    train_sample,
+    user_item_layout,
+    user_item_runner,
+)
 from glta_gllm import GLLMHead
 from glta_graph.data import load_dataset
 from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
@@ -113,6 +127,8 @@ def main() -> None:
                     help="attention kernels of 'ours' (plain: transformers' default sdpa)")
     ap.add_argument("--compare-attention", action="store_true",
                     help="add 'ours_alt': ours with the other attention kernels, interleaved")
+    ap.add_argument("--compare-prompt-order", action="store_true",
+                    help="add 'ours_text_first': ours with prompt_order text-first, interleaved")
     args = ap.parse_args()
     torch.manual_seed(0)
     data = load_dataset("ml-100k")
@@ -170,10 +186,10 @@ def main() -> None:
 
     costs = {id(llm): DecoderCost.of(llm) for llm in (llm_ours, llm_plain, llm_alt) if llm}
 
-    def train_step(llm, state, b, fn):
+    def train_step(llm, state, b, fn, name):
         uproj, iproj, head, opt = state
         batch = [pool[i] for i in b]
-        seqs, us, its = prompter.build(batch)
+        seqs, us, its = prompters.get(name, prompter).build(batch)
         t0 = time.perf_counter()
         hid = fn(seqs, table(llm, uproj, iproj, us, its))
         targets = [t for s in batch for t in s.targets]
@@ -185,10 +201,8 @@ def main() -> None:
         if args.plain_weight_grads and llm is llm_plain:
             llm.causal_lm.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - t0
-        if llm is llm_ours:
-            shape = runner.last_shape
-        elif llm is llm_alt:
-            shape = runner_alt.last_shape
+        if name in runners:
+            shape = runners[name].last_shape
         else:  # the prefix in every row, padded to the longest
             shape = BatchShape(len(seqs), max(len(prefix) + len(s) for s in seqs))
         flops = step_flops(costs[id(llm)], head, shape, rows=sum(t >= 0 for t in targets),
@@ -201,9 +215,33 @@ def main() -> None:
         "ours": (llm_ours, ours_batches, lambda s, t: runner.hidden_states(s, t)),
         "plain": (llm_plain, plain_batches, lambda s, t: plain_hidden(llm_plain, prefix, s, t)),
     }
+    runners, prompters = {"ours": runner}, {}
     if llm_alt is not None:
         runner_alt = SoftPromptRunner(llm_alt, layout.prefix_ids, reuse_prefix=True)
+        runners["ours_alt"] = runner_alt
         paths["ours_alt"] = (llm_alt, ours_batches, lambda s, t: runner_alt.hidden_states(s, t))
+    if args.compare_prompt_order:
+        tf_cfg = dataclasses.replace(cfg, prompt_order="text-first")
+        tf_layout = user_item_layout(llm_ours.tokenizer, tf_cfg)
+        prompters["ours_text_first"] = UserPrompter(tf_layout, data, llm_ours.tokenizer, tf_cfg,
+                                                    profiles)
+        prompters["ours_text_first_cached"] = prompters["ours_text_first"]
+        runner_tf = user_item_runner(llm_ours, tf_layout, tf_cfg)
+        runner_tf.head_cache_mb = 0  # every call computes the text (as a first epoch does)
+        runner_tfc = user_item_runner(llm_ours, tf_layout, tf_cfg)  # the stage's own cache
+        runners["ours_text_first"] = runner_tf
+        runners["ours_text_first_cached"] = runner_tfc
+        paths["ours_text_first"] = (llm_ours, ours_batches,
+                                    lambda s, t: runner_tf.hidden_states(s, t))
+        paths["ours_text_first_cached"] = (llm_ours, ours_batches,
+                                           lambda s, t: runner_tfc.hidden_states(s, t))
+        # an untimed first epoch fills the cache with the texts of every user timed below
+        warm = [pool[i] for b in ours_batches for i in b]
+        warm += [eval_sample(data, cfg, int(u)) for u in range(args.infer_users)]
+        with torch.no_grad():
+            for j in range(0, len(warm), 32):
+                seqs, us, its = prompters["ours_text_first"].build(warm[j:j + 32])
+                runner_tfc.hidden_states(seqs, torch.zeros(1 + len(us) + len(its), H))
     states = {k: setup(v[0]) for k, v in paths.items()}
     spent = dict.fromkeys(paths, 0.0)
     seen = dict.fromkeys(paths, 0)
@@ -212,7 +250,7 @@ def main() -> None:
     # both alike; the first batch of each is a warm-up
     for n in range(args.train_batches):
         for name, (llm, batches, fn) in paths.items():
-            dt, count, step = train_step(llm, states[name], batches[n], fn)
+            dt, count, step = train_step(llm, states[name], batches[n], fn, name)
             if n:
                 spent[name] += dt
                 seen[name] += count
@@ -224,18 +262,19 @@ def main() -> None:
     ev = [eval_sample(data, cfg, int(u)) for u in users[: args.infer_users]]
     orders = {"ours": np.argsort([prompter.length(s) for s in ev], kind="stable"),
               "plain": np.arange(len(ev))}
-    orders["ours_alt"] = orders["ours"]
+    orders["ours_alt"] = orders["ours_text_first"] = orders["ours"]
+    orders["ours_text_first_cached"] = orders["ours"]
     spent = dict.fromkeys(paths, 0.0)
     with torch.no_grad():
         for name, (llm, _, fn) in paths.items():  # warm-up
-            seqs, us, its = prompter.build(ev[:2])
+            seqs, us, its = prompters.get(name, prompter).build(ev[:2])
             fn(seqs, table(llm, *states[name][:2], us, its))
         for j in range(0, len(ev), args.infer_batch):
             for name, (llm, _, fn) in paths.items():
                 uproj, iproj, head, _ = states[name]
                 batch = [ev[i] for i in orders[name][j:j + args.infer_batch]]
                 t0 = time.perf_counter()
-                seqs, us, its = prompter.build(batch)
+                seqs, us, its = prompters.get(name, prompter).build(batch)
                 hid = fn(seqs, table(llm, uproj, iproj, us, its))
                 head.recommend(hid.reshape(-1, H), 20)
                 spent[name] += time.perf_counter() - t0
@@ -255,6 +294,14 @@ def main() -> None:
                                               / results["train_samples_per_s_ours_alt"])
         results["attention_infer_speedup"] = (results["infer_users_per_s_ours"]
                                               / results["infer_users_per_s_ours_alt"])
+    for tf in ("text_first", "text_first_cached"):  # ours with the text first over ours
+        if f"ours_{tf}" not in paths:
+            continue
+        results[f"train_gemm_fraction_ours_{tf}"] = (
+            results[f"train_gflops_ours_{tf}"] / results["gemm_gflops_ours"])
+        for kind, key in (("train", "train_samples_per_s"), ("infer", "infer_users_per_s")):
+            results[f"{tf}_{kind}_speedup"] = (results[f"{key}_ours_{tf}"]
+                                               / results[f"{key}_ours"])
     results["train_speedup"] = (results["train_samples_per_s_ours"]
                                 / results["train_samples_per_s_plain"])
     results["infer_speedup"] = (results["infer_users_per_s_ours"]

@@ -89,6 +89,12 @@ def test_step_flops_counts_a_text_head_forward_only(tiny):
             + decoder_flops(cost, batch=2, seq_len=2, past_len=4, backward=False)
             + head_flops(head, 6))
     assert step_flops(cost, head, shape, rows=6) == want
+    # texts computed alone (the rest from the runner's cache): only those are counted
+    alone = BatchShape(batch=2, seq_len=3, past_len=6, head_len=2, head_rows=(2,))
+    assert step_flops(cost, head, alone, rows=6) == (
+        decoder_flops(cost, batch=2, seq_len=3, past_len=6)
+        + decoder_flops(cost, batch=1, seq_len=2, past_len=4, backward=False)
+        + head_flops(head, 6))
     runner = SoftPromptRunner(tiny, [1, 2, 3, 4, 5, 6, 7], text_head=True)
     seqs = [SoftSequence().add_text([10, 11, 12]).add_soft([1, 2], read=True),
             SoftSequence().add_text([10]).add_soft([1, 2], read=True)]

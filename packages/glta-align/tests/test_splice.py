@@ -279,3 +279,34 @@ def test_text_head_needs_a_cached_prefix_and_a_frozen_llm(tiny):
         weight.requires_grad_(False)
     split.hidden_states(_text_first_seqs(), table)
     assert split.last_shape.head_len == 3
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_text_head_cache_reuses_each_text_and_changes_nothing(tiny, padding_side):
+    # each leading text computed alone once; later calls (other batches, ranking) reuse its
+    # keys/values: outputs and gradients those of one pass, FLOPs only for what was computed
+    torch.manual_seed(0)
+    prefix = [1, 2, 3, 4, 5]
+    table = torch.randn(3, tiny.hidden_size, requires_grad=True)
+    plain = SoftPromptRunner(tiny, prefix, padding_side=padding_side)
+    cached = SoftPromptRunner(tiny, prefix, padding_side=padding_side, text_head=True,
+                              head_cache_mb=1)
+    want = plain.hidden_states(_text_first_seqs(), table)
+    (gw,) = torch.autograd.grad(want.square().sum(), table)
+    for call in range(2):
+        got = cached.hidden_states(_text_first_seqs(), table)
+        (gg,) = torch.autograd.grad(got.square().sum(), table)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(gg, gw, atol=1e-5, rtol=1e-4)
+        assert cached.last_shape.head_len == 3
+        assert cached.last_shape.head_rows == ((3, 1) if call == 0 else ())
+    assert len(cached._head_cache) == 2 and cached._head_cache_bytes > 0
+    # one sample alone reuses its text too, and matches its batched result
+    alone = cached.hidden_states(_text_first_seqs()[1:2], table)
+    torch.testing.assert_close(alone[0], want[1], atol=1e-5, rtol=1e-4)
+    cached.reset()
+    assert not cached._head_cache and cached._head_cache_bytes == 0
+    tight = SoftPromptRunner(tiny, prefix, text_head=True, head_cache_mb=1e-9)
+    torch.testing.assert_close(tight.hidden_states(_text_first_seqs(), table), want,
+                               atol=1e-5, rtol=1e-4)
+    assert not tight._head_cache  # over budget: computed, not kept

@@ -59,6 +59,9 @@ class BatchShape:
         head_len: H, positions per sequence run without gradient before the block (each
             sample's leading text, left-padded; ``text_head``), behind ``past_len - H``
             prefix positions; they are part of ``past_len``.
+        head_rows: ``None`` when that ``(B, H)`` block was computed in this call; else the
+            lengths of the leading texts computed alone (batch 1) in it, the others' keys and
+            values having come from the runner's cache.
     """
 
     batch: int
@@ -67,6 +70,7 @@ class BatchShape:
     prefix_tokens: int = 0
     prefix_grad: bool = False
     head_len: int = 0
+    head_rows: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -182,7 +186,8 @@ def step_flops(cost: DecoderCost, head: nn.Module, shape: BatchShape, rows: int,
     """Model FLOPs of one training step (forward and backward) of stage 2 or 3.
 
     The decoder on the padded ``(B, L)`` block behind ``P`` cached positions, the samples'
-    leading text run before it (``(B, head_len)``, forward only), the prefix computed for that
+    leading text run before it (``(B, head_len)``, or only the rows in ``head_rows`` alone;
+    forward only), the prefix computed for that
     cache in this step (batch 1, forward only unless ``prefix_grad``), and the head on the
     slots.
 
@@ -198,8 +203,13 @@ def step_flops(cost: DecoderCost, head: nn.Module, shape: BatchShape, rows: int,
     total = decoder_flops(cost, batch=shape.batch, seq_len=shape.seq_len,
                           past_len=shape.past_len)
     if shape.head_len:
-        total += decoder_flops(cost, batch=shape.batch, seq_len=shape.head_len,
-                               past_len=shape.past_len - shape.head_len, backward=False)
+        behind = shape.past_len - shape.head_len
+        if shape.head_rows is None:
+            total += decoder_flops(cost, batch=shape.batch, seq_len=shape.head_len,
+                                   past_len=behind, backward=False)
+        else:
+            total += sum(decoder_flops(cost, batch=1, seq_len=h, past_len=behind,
+                                       backward=False) for h in shape.head_rows)
     if shape.prefix_tokens:
         total += decoder_flops(cost, batch=1, seq_len=shape.prefix_tokens,
                                backward=shape.prefix_grad)

@@ -133,6 +133,10 @@ class SoftPromptRunner:
             gradient behind the cached prefix when the LLM is frozen or no gradient is
             recorded (needs ``reuse_prefix`` and a prefix; same outputs, no backward
             through that text).
+        head_cache_mb: with ``text_head``, keep each distinct leading text's keys/values
+            (computed alone, batch 1) up to this many MiB and reuse them in later calls
+            (later epochs, ranking); 0 = recompute in every call. Never used while the LLM
+            has trainable weights.
 
     Attributes:
         last_shape: the :class:`~glta_align.flops.BatchShape` the last
@@ -149,6 +153,7 @@ class SoftPromptRunner:
         compile: bool = False,
         pad_multiple: int | None = None,
         text_head: bool = False,
+        head_cache_mb: float = 0,
     ) -> None:
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -158,6 +163,10 @@ class SoftPromptRunner:
         self.prefix_ids = [int(i) for i in prefix_ids]
         self.reuse_prefix = reuse_prefix
         self.text_head = text_head
+        self.head_cache_mb = float(head_cache_mb)
+        self._head_cache: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._head_cache_bytes = 0
+        self._head_rows: tuple[int, ...] | None = None
         self.padding_side = padding_side
         self.compile = compile
         self.pad_multiple = pad_multiple if pad_multiple is not None else (16 if compile else 1)
@@ -188,8 +197,11 @@ class SoftPromptRunner:
         return self._compiled
 
     def reset(self) -> None:
-        """Forget the cached prefix (call after the LLM's weights change, e.g. LoRA steps)."""
+        """Forget the cached prefix and text heads (call after the LLM's weights change, e.g.
+        LoRA steps)."""
         self._frozen_prefix = None
+        self._head_cache.clear()
+        self._head_cache_bytes = 0
 
     def _head_lengths(self, seqs: Sequence[SoftSequence], plen: int, past: int) -> list[int]:
         """Per sample, the leading positions (prefix included when not reused) before its first
@@ -204,23 +216,75 @@ class SoftPromptRunner:
             heads.append(plen + (min(marks) if marks else len(s)))
         return heads
 
+    def _row_head(self, row: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]]
+                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One sample's leading text behind the prefix (batch 1, no padding, no gradient):
+        per-layer ``(keys, values)`` of the text alone, ``(heads, h, d)``. Computed alone, a
+        row's keys/values do not depend on the batch it came with (cache hits are exact)."""
+        from transformers import DynamicCache
+
+        dev = self.llm.device
+        P = kv[0][0].shape[-2]
+        ids = torch.tensor([row], device=dev)
+        cache = DynamicCache(ddp_cache_data=[(k, v) for k, v in kv])
+        with torch.no_grad():
+            self.llm.backbone(inputs_embeds=self.llm.embed(ids), use_cache=True,
+                              position_ids=torch.arange(P, P + len(row), device=dev)[None],
+                              **{_cache_kwarg(self.llm.backbone): cache})
+        return [(layer.keys[0, :, P:].clone(), layer.values[0, :, P:].clone())
+                for layer in cache.layers]
+
     def _run_head(self, rows: list[list[int]], kv: list[tuple[torch.Tensor, torch.Tensor]]
                   ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
         """The samples' leading text behind the cached prefix, left-padded, without gradient:
-        ``(per-layer (keys, values) (B, heads, P + H, d) of prefix + head, head mask (B, H))``."""
+        ``(per-layer (keys, values) (B, heads, P + H, d) of prefix + head, head mask (B, H))``.
+
+        With ``head_cache_mb`` (and no trainable LLM weights) each distinct text is computed
+        alone once and its keys/values kept, up to that many MiB; later calls reuse them.
+        """
         from transformers import DynamicCache
 
         dev = self.llm.device
         B, H = len(rows), max(len(r) for r in rows)
+        mask = np.zeros((B, H), dtype=np.int64)
+        for b, r in enumerate(rows):
+            mask[b, H - len(r):] = 1
+        mask_t = torch.from_numpy(mask).to(dev)
+        P = kv[0][0].shape[-2]
+        self._head_rows = None
+        if self.head_cache_mb > 0 and not self.llm.trainable_parameters():
+            per_row, computed = [], []
+            for r in rows:
+                key = tuple(r)
+                got = self._head_cache.get(key)
+                if got is None:
+                    got = self._row_head(r, kv) if r else None
+                    computed.extend([len(r)] if r else [])
+                    size = sum(k.numel() * k.element_size() * 2 for k, _ in got or [])
+                    if got is not None and self._head_cache_bytes + size <= \
+                            self.head_cache_mb * 2**20:
+                        self._head_cache[key] = got
+                        self._head_cache_bytes += size
+                per_row.append(got)
+            out = []
+            for li, (pk, pv) in enumerate(kv):
+                keys = pk.new_zeros((B, pk.shape[1], P + H, pk.shape[-1]))
+                values = pv.new_zeros((B, pv.shape[1], P + H, pv.shape[-1]))
+                keys[:, :, :P] = pk[0]
+                values[:, :, :P] = pv[0]
+                for b, got in enumerate(per_row):
+                    if got is not None:
+                        h = got[li][0].shape[1]
+                        keys[b, :, P + H - h:] = got[li][0]
+                        values[b, :, P + H - h:] = got[li][1]
+                out.append((keys, values))
+            self._head_rows = tuple(computed)
+            return out, mask_t
         pad = self.llm.tokenizer.pad_token_id or 0
         ids = np.full((B, H), pad, dtype=np.int64)
-        mask = np.zeros((B, H), dtype=np.int64)
         for b, r in enumerate(rows):
             if r:
                 ids[b, H - len(r):] = r
-                mask[b, H - len(r):] = 1
-        P = kv[0][0].shape[-2]
-        mask_t = torch.from_numpy(mask).to(dev)
         pos = P + (mask_t.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
                                              for k, v in kv])
@@ -312,7 +376,8 @@ class SoftPromptRunner:
             mask_t = torch.cat([*before, mask_t], 1)
             pos = pos + P
             past = P + H
-        self.last_shape = BatchShape(B, L, past, *self._prefix_run, head_len=H)
+        self.last_shape = BatchShape(B, L, past, *self._prefix_run, head_len=H,
+                                     head_rows=self._head_rows if H else None)
 
         def call(model: Callable[..., object]) -> object:
             # a fresh cache per call: the forward appends the body's keys/values to it
