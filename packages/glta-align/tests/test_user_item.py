@@ -267,15 +267,24 @@ def test_text_first_prompt_puts_the_text_before_the_soft_tokens(toy, tokenizer):
         UserItemConfig(prompt_order="last")
 
 
-def test_stage3_text_first_trains_and_ranks_as_saved(toy_run, toy, tiny):
-    # the text runs without gradient (the runner's text head); the saved model, reloaded,
-    # ranks valid exactly as the best epoch recorded
+def test_stage3_text_first_trains_and_ranks_as_saved(toy_run, toy, tiny, tmp_path):
+    # the text runs without gradient (the runner's text head, its keys/values kept across
+    # epochs); the saved model, reloaded, ranks valid exactly as the best epoch recorded, and
+    # a run resumed after one epoch (an empty cache) ends exactly where a straight one does
     from glta_align.recommender import GLTARecommender
 
     train_item_text(toy, toy_run, ItemTextConfig(epochs=1, items_per_instance=3), llm=tiny)
-    cfg = UserItemConfig(epochs=2, batch_size=4, num_slots=3, profile_new_tokens=2, lr=1e-2,
-                         prompt_order="text-first", patience=2, select_metric="ndcg@5")
+    other = tmp_path / "other"
+    shutil.copytree(toy_run, other)
+    kw = dict(batch_size=4, num_slots=3, profile_new_tokens=2, lr=1e-2,
+              prompt_order="text-first", patience=2, select_metric="ndcg@5")
+    cfg = UserItemConfig(epochs=2, **kw)
     res = train_user_item(toy, toy_run, cfg, llm=tiny)
+    train_user_item(toy, other, UserItemConfig(epochs=1, **kw), llm=tiny)
+    train_user_item(toy, other, cfg, llm=tiny)
+    for name in ("gllm_head", "user_projector"):
+        a, b = load_artifact(toy_run / name)[0], load_artifact(other / name)[0]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
     assert res.steps == 2 * 6 and res.epoch_losses[-1] < res.epoch_losses[0]
     _, config, _ = load_artifact(toy_run / "user_projector", expected_fingerprint=toy.fingerprint)
     assert config["stage_config"]["prompt_order"] == "text-first"
