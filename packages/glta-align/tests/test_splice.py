@@ -236,25 +236,37 @@ def _text_first_seqs():
     return [a, b, c]
 
 
+def _one_pass(tiny, prefix, padding_side):
+    """The text-first samples' outputs and squared-sum soft-table gradient in one pass (the
+    reference the split runners must equal): ``(table, want, grad)``."""
+    torch.manual_seed(0)
+    table = torch.randn(3, tiny.hidden_size, requires_grad=True)
+    plain = SoftPromptRunner(tiny, prefix, padding_side=padding_side)
+    want = plain.hidden_states(_text_first_seqs(), table)
+    (grad,) = torch.autograd.grad(want.square().sum(), table)
+    assert plain.last_shape.head_len == 0 and plain.last_shape.seq_len == 8
+    return table, want, grad
+
+
+def _assert_same_as_one_pass(runner, table, want, grad):
+    got = runner.hidden_states(_text_first_seqs(), table)
+    (gg,) = torch.autograd.grad(got.square().sum(), table)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(gg, grad, atol=1e-5, rtol=1e-4)
+    return got
+
+
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_text_head_matches_one_pass_and_trains_only_the_rest(tiny, padding_side):
     # the leading text runs without gradient behind the prefix: the outputs and the soft
     # table's gradient are those of the single pass; the FLOP shape records the split
-    torch.manual_seed(0)
     prefix = [1, 2, 3, 4, 5]
-    table = torch.randn(3, tiny.hidden_size, requires_grad=True)
-    plain = SoftPromptRunner(tiny, prefix, padding_side=padding_side)
+    table, want, gw = _one_pass(tiny, prefix, padding_side)
     split = SoftPromptRunner(tiny, prefix, padding_side=padding_side, text_head=True)
-    want = plain.hidden_states(_text_first_seqs(), table)
-    (gw,) = torch.autograd.grad(want.square().sum(), table)
-    got = split.hidden_states(_text_first_seqs(), table)
-    (gg,) = torch.autograd.grad(got.square().sum(), table)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(gg, gw, atol=1e-5, rtol=1e-4)
+    got = _assert_same_as_one_pass(split, table, want, gw)
     for b, s in enumerate(_text_first_seqs()):
         torch.testing.assert_close(got[b], _hand_built(tiny, prefix, s, table.detach()),
                                    atol=1e-5, rtol=1e-4)
-    assert plain.last_shape.head_len == 0 and plain.last_shape.seq_len == 8
     assert split.last_shape.head_len == 3  # the longest leading text
     assert split.last_shape.seq_len == 5 and split.last_shape.past_len == 5 + 3
     with torch.no_grad():  # ranking: the same split
@@ -285,19 +297,12 @@ def test_text_head_needs_a_cached_prefix_and_a_frozen_llm(tiny):
 def test_text_head_cache_reuses_each_text_and_changes_nothing(tiny, padding_side):
     # each leading text computed alone once; later calls (other batches, ranking) reuse its
     # keys/values: outputs and gradients those of one pass, FLOPs only for what was computed
-    torch.manual_seed(0)
     prefix = [1, 2, 3, 4, 5]
-    table = torch.randn(3, tiny.hidden_size, requires_grad=True)
-    plain = SoftPromptRunner(tiny, prefix, padding_side=padding_side)
+    table, want, gw = _one_pass(tiny, prefix, padding_side)
     cached = SoftPromptRunner(tiny, prefix, padding_side=padding_side, text_head=True,
                               head_cache_mb=1)
-    want = plain.hidden_states(_text_first_seqs(), table)
-    (gw,) = torch.autograd.grad(want.square().sum(), table)
     for call in range(2):
-        got = cached.hidden_states(_text_first_seqs(), table)
-        (gg,) = torch.autograd.grad(got.square().sum(), table)
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(gg, gw, atol=1e-5, rtol=1e-4)
+        _assert_same_as_one_pass(cached, table, want, gw)
         assert cached.last_shape.head_len == 3
         assert cached.last_shape.head_rows == ((3, 1) if call == 0 else ())
     assert len(cached._head_cache) == 2 and cached._head_cache_bytes > 0

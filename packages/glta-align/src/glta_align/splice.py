@@ -226,7 +226,7 @@ class SoftPromptRunner:
         dev = self.llm.device
         P = kv[0][0].shape[-2]
         ids = torch.tensor([row], device=dev)
-        cache = DynamicCache(ddp_cache_data=[(k, v) for k, v in kv])
+        cache = DynamicCache(ddp_cache_data=list(kv))
         with torch.no_grad():
             self.llm.backbone(inputs_embeds=self.llm.embed(ids), use_cache=True,
                               position_ids=torch.arange(P, P + len(row), device=dev)[None],
