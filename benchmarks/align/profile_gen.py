@@ -18,6 +18,7 @@ run directory), with a plain progress line per batch. Writes one JSON file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -125,6 +126,11 @@ def main() -> None:
     ap.add_argument("--profile-items", type=int, default=10)
     ap.add_argument("--description-tokens", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=24)
+    ap.add_argument("--compare-batch-sizes", default=None,
+                    help="comma-separated users-per-batch values (e.g. 32,64,128): time GLTA's "
+                         "path at each on the same --subset users, in alternating rounds, "
+                         "instead of the baseline comparison and the full run")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of --compare-batch-sizes")
     ap.add_argument("--note", default="", help="free text stored with the result (machine load)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -156,6 +162,13 @@ def main() -> None:
     prompts = user_prompts(data, llm, cfg, all_users)
     lens = [len(p) for u in all_users for p in prompts[u]]
     result["prompt_tokens_mean"] = float(np.mean(lens))
+    if args.compare_batch_sizes:
+        result["batch_sizes"] = compare_batch_sizes(
+            llm, prompts, subset, cfg, [int(b) for b in args.compare_batch_sizes.split(",")],
+            args.rounds)
+        result["loadavg_end"] = list(os.getloadavg())
+        write_result(result, args.json)
+        return
     # warm-up (one tiny batch of each)
     ours_on(llm, prompts, subset[:2], UserItemConfig(profile_new_tokens=2, profile_batch_size=2))
     baseline_on(llm, prompts, subset[:2], UserItemConfig(profile_new_tokens=2), 2)
@@ -200,10 +213,47 @@ def main() -> None:
                       "baseline_estimate_s": result["subset"]["baseline_s_per_user"] * n}
     result["examples"] = {str(u): rows[u] for u in users[:5]}
     result["loadavg_end"] = list(os.getloadavg())
+    write_result(result, args.json)
+
+
+def compare_batch_sizes(llm, prompts: dict, users: list[int], cfg: UserItemConfig,
+                        sizes: list[int], rounds: int) -> dict:
+    """Seconds of GLTA's path over ``users`` at each users-per-batch value in ``sizes``.
+
+    The sizes alternate within each of ``rounds`` rounds (load from other processes hits
+    them alike); the texts of each size are compared with the first size's.
+
+    Returns:
+        ``{"users", "rounds", "seconds": {size: [per round]}, "s_per_user": {size: mean},
+        "ratio_to_first": {size: mean seconds of first / mean of size},
+        "users_with_identical_texts": {size: count vs the first size}}``.
+    """
+    ours_on(llm, prompts, users[:2], UserItemConfig(profile_new_tokens=2, profile_batch_size=2))
+    secs: dict[int, list[float]] = {b: [] for b in sizes}
+    texts: dict[int, dict[int, list[str]]] = {}
+    for r in range(rounds):
+        for b in sizes:
+            t = time.perf_counter()
+            texts[b] = ours_on(llm, prompts, users, dataclasses.replace(cfg, profile_batch_size=b))
+            secs[b].append(time.perf_counter() - t)
+            print(f"round {r + 1}: batch {b}: {secs[b][-1]:.1f} s on {len(users)} users",
+                  flush=True)
+    mean = {b: sum(v) / len(v) for b, v in secs.items()}
+    first = sizes[0]
+    return {"users": len(users), "rounds": rounds,
+            "seconds": {str(b): v for b, v in secs.items()},
+            "s_per_user": {str(b): mean[b] / len(users) for b in sizes},
+            "ratio_to_first": {str(b): mean[first] / mean[b] for b in sizes},
+            "users_with_identical_texts": {
+                str(b): sum(texts[b][u] == texts[first][u] for u in users) for b in sizes}}
+
+
+def write_result(result: dict, json_path: str | None) -> None:
+    """Print ``result`` and write it atomically to ``json_path`` (when given)."""
     text = json.dumps(result, indent=2)
     print(text)
-    if args.json:
-        path = Path(args.json)
+    if json_path:
+        path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text + "\n", encoding="utf-8")

@@ -1,0 +1,43 @@
+"""benchmarks/align/profile_gen.py: the users-per-batch comparison times and compares texts."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "align" / "profile_gen.py"
+
+
+@pytest.fixture
+def profile_gen():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        yield importlib.import_module("profile_gen")
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+
+
+def test_compare_batch_sizes_times_every_size_on_the_same_users(profile_gen, tmp_path):
+    from glta_align.config import UserItemConfig
+    from glta_align.llm import load_tokenizer, tiny_llm
+    from glta_align.profiles import user_prompts
+    from glta_cli.testing import write_ratings_csv
+    from glta_graph.data import load_dataset
+
+    data = load_dataset(write_ratings_csv(tmp_path / "r.csv", users=12), format="csv",
+                        text_col="text")
+    llm = tiny_llm(load_tokenizer(), hidden_size=32, num_layers=1, seed=0)
+    cfg = UserItemConfig(profile_items=3, description_tokens=8, profile_new_tokens=3)
+    users = list(range(data.num_users))
+    prompts = user_prompts(data, llm, cfg, users)
+    out = profile_gen.compare_batch_sizes(llm, prompts, users, cfg, [4, 12], rounds=2)
+    assert out["users"] == len(users) and out["rounds"] == 2
+    assert set(out["seconds"]) == {"4", "12"}
+    assert all(len(v) == 2 and min(v) > 0 for v in out["seconds"].values())
+    assert out["ratio_to_first"]["4"] == pytest.approx(1.0)
+    assert out["s_per_user"]["12"] == pytest.approx(sum(out["seconds"]["12"]) / 2 / len(users))
+    # fp32: batching changes no greedy token of this tiny model
+    assert out["users_with_identical_texts"] == {"4": len(users), "12": len(users)}
