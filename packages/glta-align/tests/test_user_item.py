@@ -293,3 +293,25 @@ def test_stage3_text_first_trains_and_ranks_as_saved(toy_run, toy, tiny, tmp_pat
     again = rec.evaluate("valid", ks=(5, 10, 20))
     assert again["ndcg@5"] == pytest.approx(res.best_valid["ndcg@5"], abs=1e-6)
     assert rec.runner.last_shape.head_len > 0
+
+
+def test_stage3_text_first_validation_reuses_the_texts_training_kept(
+        toy_run, toy, tiny, monkeypatch):
+    # each epoch's valid ranking runs on the stage's own runner, so a user's text, computed
+    # once in training, is never computed again (a fresh runner per validation recomputed all)
+    from glta_align.splice import SoftPromptRunner
+
+    computed: list[tuple[int, ...]] = []
+    row_head = SoftPromptRunner._row_head
+
+    def counting(self, row, kv):
+        computed.append(tuple(row))
+        return row_head(self, row, kv)
+
+    monkeypatch.setattr(SoftPromptRunner, "_row_head", counting)
+    train_item_text(toy, toy_run, ItemTextConfig(epochs=1, items_per_instance=3), llm=tiny)
+    res = train_user_item(toy, toy_run, UserItemConfig(
+        epochs=2, batch_size=4, num_slots=3, profile_new_tokens=2, lr=1e-2,
+        prompt_order="text-first", patience=2, select_metric="ndcg@5"), llm=tiny)
+    assert len(res.valid_history) == 2  # validated after each epoch
+    assert computed and len(computed) == len(set(computed))

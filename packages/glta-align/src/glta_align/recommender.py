@@ -37,6 +37,7 @@ from glta_align.item_text import GLLM_HEAD_DIR, ITEM_PROJECTOR_DIR, LORA_DIR, sl
 from glta_align.llm import FrozenLLM, load_llm
 from glta_align.profiles import PROFILES_NAME, generate_profiles, read_profiles
 from glta_align.projector import NodeProjector
+from glta_align.splice import SoftPromptRunner
 from glta_align.user_item import (
     USER_PROJECTOR_DIR,
     UserPrompter,
@@ -82,13 +83,17 @@ class GLTARecommender:
     """A trained GLTA model: frozen LLM + projectors + GLLM head over one dataset.
 
     Build it with :meth:`from_run`. Attributes: ``data`` (the run's dataset), ``config``
-    (the stage-3 :class:`UserItemConfig`), ``llm``.
+    (the stage-3 :class:`UserItemConfig`), ``llm``. ``runner``: the
+    :class:`~glta_align.splice.SoftPromptRunner` to run the LLM with (default: a new one for
+    the stage-3 layout; stage 3's validation passes its own, whose kept text keys/values
+    then serve the ranking).
     """
 
     def __init__(self, *, data: Interactions, llm: FrozenLLM, config: UserItemConfig,
                  user_emb: torch.Tensor, item_emb: torch.Tensor, user_projector: NodeProjector,
                  item_projector: NodeProjector, head: torch.nn.Module,
-                 profiles: dict[int, dict[str, str]]) -> None:
+                 profiles: dict[int, dict[str, str]],
+                 runner: SoftPromptRunner | None = None) -> None:
         self.data, self.llm, self.config = data, llm, config
         dev = llm.device
         self.user_emb, self.item_emb = user_emb.float().to(dev), item_emb.float().to(dev)
@@ -97,7 +102,7 @@ class GLTARecommender:
         self.head = head.to(dev).eval()
         layout = user_item_layout(llm.tokenizer, config)
         self.prompter = UserPrompter(layout, data, llm.tokenizer, config, profiles)
-        self.runner = user_item_runner(llm, layout, config)
+        self.runner = user_item_runner(llm, layout, config) if runner is None else runner
         self.slot = slot_vector(llm).to(dev)
         self.run_dir: Path | None = None
 

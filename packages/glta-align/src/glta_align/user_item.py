@@ -481,7 +481,7 @@ def train_user_item(
                           UserWarning, stacklevel=2)
         else:
             validate = _validator(data, llm, cfg, user_emb, item_emb, user_proj, item_proj,
-                                  head, profiles, modules, progress)
+                                  head, profiles, modules, progress, runner)
 
     loop: LoopResult = run_loop(
         stage="user_item", run_dir=run_dir, fingerprint=data.fingerprint, config=cfg,
@@ -514,11 +514,14 @@ def train_user_item(
 def _validator(data: Interactions, llm: FrozenLLM, cfg: UserItemConfig, user_emb: torch.Tensor,
                item_emb: torch.Tensor, user_proj: NodeProjector, item_proj: NodeProjector,
                head: torch.nn.Module, profiles: dict[int, dict[str, str]],
-               modules: dict[str, torch.nn.Module], progress: ProgressCallback | None):
+               modules: dict[str, torch.nn.Module], progress: ProgressCallback | None,
+               runner: SoftPromptRunner):
     """``epoch -> valid metrics`` of the modules being trained (full ranking, train excluded).
 
     Ranks with a :class:`~glta_align.recommender.GLTARecommender` built around the very
-    modules in training (no copy), then puts them back in training mode.
+    modules in training (no copy) and the stage's ``runner`` (so the text keys/values it
+    keeps for ``prompt_order = "text-first"`` serve the ranking too; a kept row equals a
+    recomputed one), then puts them back in training mode.
     """
     from glta_align.recommender import GLTARecommender
 
@@ -531,7 +534,8 @@ def _validator(data: Interactions, llm: FrozenLLM, cfg: UserItemConfig, user_emb
         modes = [(m, m.training) for owner in owners for m in owner.modules()]
         rec = GLTARecommender(data=data, llm=llm, config=cfg, user_emb=user_emb,
                               item_emb=item_emb, user_projector=user_proj,
-                              item_projector=item_proj, head=head, profiles=profiles)
+                              item_projector=item_proj, head=head, profiles=profiles,
+                              runner=runner)
         try:
             metrics = rec.evaluate("valid", ks=ks, progress=progress)
         finally:
