@@ -145,11 +145,15 @@ def test_every_extra_row_resolves_to_the_setting_it_names():
         import ablations
     finally:
         sys.path.remove(str(SCRIPT.parent))
-    base = load_config("default")
+    # every run of the grid adds GRID_BASE first (the paper's prompt order, which the default
+    # preset has since replaced); the rows' own overrides come after it and win
+    base = load_config("default", overrides=ablations.GRID_BASE)
+    assert base.sections["user_item"].prompt_order == "paper"
+    assert load_config("default").sections["user_item"].prompt_order == "text-first"
     for row, args in ablations.EXTRA_ROWS.items():
         pairs = [(args[i], args[i + 1]) for i in range(0, len(args), 2)]
         overrides = [x for k, v in pairs if k != "--ablation" for x in (k, v)]
-        cfg = load_config("default", overrides=overrides)
+        cfg = load_config("default", overrides=[*ablations.GRID_BASE, *overrides])
         for key, _ in pairs:
             if key == "--ablation" or row in ADOPTED:
                 continue

@@ -210,6 +210,9 @@ def test_paper_preset_is_a_gpu_llama2_config():
     assert cfg.graph.device == "cuda" and cfg.user_item.llm == cfg.llm.model
     assert cfg.data.source == "ml-1m"
     assert cfg.eval.ks == [5, 10, 20]
+    # the paper's prompt; the default preset puts the text first ([choice])
+    assert cfg.user_item.prompt_order == "paper"
+    assert load_config("default").user_item.prompt_order == "text-first"
 
 
 def test_smoke_preset_is_small():
