@@ -14,6 +14,13 @@ setting, next to ``w = 1`` (LightGCN alone) and ``w = 0`` (GLTA alone). If the c
 is below 1 and test improves on LightGCN, the LLM's scores carry something LightGCN's do not;
 running it on a ``--ablation random-llm`` run of the same seed is the control.
 
+``--over candidates`` standardises each row over the items the split can rank (those not
+excluded) instead of the whole catalogue, so the scores of the user's train items, which are
+never ranked, do not set the scale. ``--scorer lightgcn+`` is the control without an LLM: the
+run's LightGCN+ (``RUN/baselines/lightgcn+``, LightGCN aligned with a sentence encoder's item
+embeddings) in GLTA's place, fused the same way; a fusion gain GLTA shares with it is the
+gain of a second model in an ensemble, not the LLM's.
+
     uv run python benchmarks/align/fusion.py RUN [RUN ...] --json OUT.json
 
 An existing ``OUT.json`` is added to (a run analysed again replaces its entry); each entry
@@ -43,11 +50,19 @@ GRID = tuple(round(x, 2) for x in np.linspace(0.0, 1.0, 21))
 KS = (5, 10, 20)
 
 
-def standardise(scores: torch.Tensor) -> torch.Tensor:
-    """Per-row zero mean and unit variance of ``scores`` (U, I) -> (U, I)."""
-    mean = scores.mean(dim=1, keepdim=True)
-    std = scores.std(dim=1, keepdim=True).clamp_min(1e-12)
-    return (scores - mean) / std
+def standardise(scores: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row zero mean and unit variance of ``scores`` (U, I) -> (U, I), over every item,
+    or over the items not in ``exclude`` (U x I CSR) when given (excluded entries become 0)."""
+    if exclude is None:
+        mean = scores.mean(dim=1, keepdim=True)
+        std = scores.std(dim=1, keepdim=True).clamp_min(1e-12)
+        return (scores - mean) / std
+    mask = exclude.to_dense().bool()
+    s = scores.float().masked_fill(mask, float("nan"))
+    mean = torch.nanmean(s, dim=1, keepdim=True)
+    keep = (~mask).sum(dim=1, keepdim=True).clamp_min(2)
+    var = torch.nansum((s - mean) ** 2, dim=1, keepdim=True) / (keep - 1)
+    return ((s - mean) / var.sqrt().clamp_min(1e-12)).masked_fill(mask, 0.0)
 
 
 @torch.no_grad()
@@ -99,16 +114,36 @@ def run_record(run: Path) -> dict:
     return out
 
 
-def analyse(run: Path) -> dict:
-    """Scores, the valid grid, the chosen setting and its test metrics for one run."""
-    from glta_align.recommender import GLTARecommender
+CONTROL = "lightgcn+"
+
+
+def analyse(run: Path, scorer: str = "glta", over: str = "catalogue") -> dict:
+    """Scores, the valid grid, the chosen setting and its test metrics for one run.
+
+    Args:
+        run: a finished ``glta pipeline`` run directory.
+        scorer: ``glta`` (the run's GLTA model) or ``lightgcn+`` (the run's LightGCN+
+            baseline in its place: the control without an LLM).
+        over: standardise each user's scores over the whole ``catalogue`` or over the
+            split's ``candidates`` (items not excluded).
+    """
+    from glta_graph.data import Interactions
 
     t0 = time.perf_counter()
-    rec = GLTARecommender.from_run(run)
-    data = rec.data
+    out: dict = {"run": str(run), "scorer": scorer, "over": over}
+    if scorer == "glta":
+        from glta_align.recommender import GLTARecommender
+
+        rec = GLTARecommender.from_run(run)
+        data = rec.data
+        out.update({"llm_init": rec.config.llm_init,
+                    "residual": bool(getattr(rec.config, "residual", False))})
+    elif scorer == CONTROL:
+        data = Interactions.load(run / "dataset")
+        cu, ci = load_graph_embeddings(run / "baselines" / CONTROL, data.fingerprint)
+    else:
+        raise ValueError(f"scorer must be 'glta' or {CONTROL!r}, got {scorer!r}")
     ue, ie = load_graph_embeddings(run, data.fingerprint)
-    out: dict = {"run": str(run), "llm_init": rec.config.llm_init,
-                 "residual": bool(getattr(rec.config, "residual", False))}
     splits = {}
     for split in ("valid", "test"):
         relevant = data.split(split)
@@ -117,32 +152,35 @@ def analyse(run: Path) -> dict:
         splits[split] = (users, select_rows(ex, torch.as_tensor(users)),
                          select_rows(relevant, torch.as_tensor(users)))
     all_users = np.union1d(splits["valid"][0], splits["test"][0])
-    g_all = glta_scores(rec, all_users)
-    l_all = standardise(ue.float()[torch.as_tensor(all_users)] @ ie.float().T)
+    u_all = torch.as_tensor(all_users)
+    g_all = (glta_scores(rec, all_users) if scorer == "glta"
+             else {"graph": cu.float()[u_all] @ ci.float().T})
+    l_all = ue.float()[u_all] @ ie.float().T
     pos = {int(u): i for i, u in enumerate(all_users)}
 
-    def rows(split: str) -> torch.Tensor:
-        return torch.as_tensor([pos[int(u)] for u in splits[split][0]])
+    def part(split: str, scores: torch.Tensor) -> torch.Tensor:
+        """The split's rows of ``scores``, standardised as ``over`` says."""
+        r = torch.as_tensor([pos[int(u)] for u in splits[split][0]])
+        return standardise(scores[r], splits[split][1] if over == "candidates" else None)
 
     grid: dict = {}
+    _, ex, rel = splits["valid"]
+    lv = part("valid", l_all)
     for mode, g in g_all.items():
-        gs = standardise(g)
-        _, ex, rel = splits["valid"]
-        r = rows("valid")
-        grid[mode] = {str(w): fuse_eval(gs[r], l_all[r], w, ex, rel)["ndcg@10"] for w in GRID}
+        gs = part("valid", g)
+        grid[mode] = {str(w): fuse_eval(gs, lv, w, ex, rel)["ndcg@10"] for w in GRID}
     best_mode, best_w = max(((m, float(w)) for m in grid for w in grid[m]),
                             key=lambda mw: (grid[mw[0]][str(mw[1])], -mw[1]))
     out["valid_ndcg10_grid"] = grid
     out["chosen"] = {"slots": best_mode, "w": best_w, "valid_ndcg@10": grid[best_mode][str(best_w)]}
-    gs = standardise(g_all[best_mode])
     res: dict = {}
     for split in ("valid", "test"):
         _, ex, rel = splits[split]
-        r = rows(split)
+        gs, ls = part(split, g_all[best_mode]), part(split, l_all)
         res[split] = {
-            "fused": fuse_eval(gs[r], l_all[r], best_w, ex, rel),
-            "lightgcn_alone": fuse_eval(gs[r], l_all[r], 1.0, ex, rel),
-            "glta_scores_alone": fuse_eval(gs[r], l_all[r], 0.0, ex, rel),
+            "fused": fuse_eval(gs, ls, best_w, ex, rel),
+            "lightgcn_alone": fuse_eval(gs, ls, 1.0, ex, rel),
+            "glta_scores_alone": fuse_eval(gs, ls, 0.0, ex, rel),
         }
     out["metrics"] = res
     metrics_json = run / "metrics.json"
@@ -157,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="finished glta pipeline run folders")
     ap.add_argument("--json", type=Path, required=True, help="results file (written atomically)")
+    ap.add_argument("--scorer", choices=("glta", CONTROL), default="glta",
+                    help=f"fuse GLTA's scores, or the run's {CONTROL} baseline's (the control)")
+    ap.add_argument("--over", choices=("catalogue", "candidates"), default="catalogue",
+                    help="standardise over every item, or over the split's rankable items")
     ap.add_argument("--note", default="")
     args = ap.parse_args(argv)
     doc = {"what": "score fusion of GLTA (LLM) and LightGCN, weight chosen on valid N@10",
@@ -169,13 +211,15 @@ def main(argv: list[str] | None = None) -> int:
               "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
               "note": args.note}
     for run in args.runs:
-        res = {**analyse(run), **header}
-        doc["runs"] = [r for r in doc["runs"] if r["run"] != str(run)] + [res]
+        res = {**analyse(run, args.scorer, args.over), **header}
+        same = (str(run), args.scorer, args.over)
+        doc["runs"] = [r for r in doc["runs"] if (r["run"], r.get("scorer", "glta"),
+                                                   r.get("over", "catalogue")) != same] + [res]
         c, t = res["chosen"], res["metrics"]["test"]
         print(f"{run}: chosen {c['slots']} w={c['w']} valid N@10 {c['valid_ndcg@10']:.4f}; "
               f"test N@10 fused {t['fused']['ndcg@10']:.4f} LightGCN "
               f"{t['lightgcn_alone']['ndcg@10']:.4f} "
-              f"GLTA-scores {t['glta_scores_alone']['ndcg@10']:.4f}")
+              f"{args.scorer} alone {t['glta_scores_alone']['ndcg@10']:.4f}")
         tmp = args.json.with_name(f".{args.json.name}.tmp")
         args.json.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(doc, indent=1) + "\n")
