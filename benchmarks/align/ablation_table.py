@@ -31,7 +31,8 @@ from profile_gen import git_commit
 ORDER = ("full", "full-repeat", "random-llm", "random-llm-repeat", "no-text", "filler-text",
          "no-pf", "no-pd", "no-ia", "no-ua", "fl", "ar", "plain-head")
 WHAT = {
-    "full": "today's default (pretrained SmolLM2, profile and prediction text on)",
+    "full": "the default preset with the paper's prompt order (pretrained SmolLM2, profile and "
+            "prediction text on; the default until 2026-12-05)",
     "full-repeat": "a second run of full (run-to-run variation)",
     "random-llm-repeat": "a second run of random-llm, copied from full-repeat",
     "random-llm": "randomly initialised LLM of the same shape (control)",

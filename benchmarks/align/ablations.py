@@ -53,7 +53,7 @@ configuration, in the run's final evaluation. Extra rows:
 - ``mask-seen`` [extra]: each slot's softmax leaves out the user's other train items
   (``[user_item] mask_seen``): the objective then matches the evaluation, which ranks unseen
   items only; ``mask-seen-random-llm`` its control (copied from ``random-llm``). The default
-  preset turned ``mask_seen`` on after these rows (2026-12-04); on today's default they
+  preset turned ``mask_seen`` on after these rows (2026-12-04); on that default they
   equal ``full`` / ``random-llm``, and the recorded ``full`` runs before that date are the
   plain softmax (each run's ``command`` and ``commit`` say which).
 - ``lightgcn-softmax`` [baseline]: LightGCN with the project's sampled-softmax loss
