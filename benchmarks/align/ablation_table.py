@@ -55,6 +55,7 @@ WHAT = {
     "residual-lr1e-4": "residual head with stage 3 at lr 1e-4 instead of 1e-3 [extra]",
     "residual-lora": "residual head and the LoRA adapter together [extra]",
     "residual-lr1e-4-random-llm": "residual-lr1e-4 with the randomly initialised LLM [extra]",
+    "residual-lr1e-4-text-first": "residual-lr1e-4 with the text first in the prompt [extra]",
     "text-first": "profile and prediction text before the soft tokens in the prompt [extra]",
 }
 METRICS = {"valid N@10": ("valid", "ndcg@10"), "test P@10": ("test", "precision@10"),

@@ -44,7 +44,8 @@ configuration, in the run's final evaluation. Extra rows:
   1e-3: the residual head starts as LightGCN's ranking exactly, and one epoch at 1e-3 already
   takes valid N@10 below it; a smaller step keeps the correction small.
   ``residual-lr1e-4-random-llm`` the same with the randomly initialised LLM (copied from the
-  seed's ``random-llm`` run, so only stage 3 reruns): its control.
+  seed's ``random-llm`` run, so only stage 3 reruns): its control;
+  ``residual-lr1e-4-text-first`` the same with the text first (today's default order).
 - ``residual-lora`` [extra]: the residual head and the LoRA adapter together (the two rows
   ahead of ``full`` on valid N@10 at seed 0).
 - ``text-first`` [extra]: the stage-3 prompt with the profile and prediction text before
@@ -95,7 +96,7 @@ ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-
              "mask-seen-random-llm", "attention-eager", "attention-sdpa", "lr-cosine",
              "lr-cosine-random-llm", "filler-text", "no-text-random-llm", "history-30",
              "lora", "lora-random-llm", "residual-lr1e-4", "residual-lora",
-             "text-first", "residual-lr1e-4-random-llm")
+             "text-first", "residual-lr1e-4-random-llm", "residual-lr1e-4-text-first")
 # The `lora` rows' adapter: peft's usual rank and targets (glta_align.llm.LoraSettings).
 _LORA = "{r = 8, alpha = 16, target_modules = ['q_proj', 'v_proj']}"
 # Rows that are not the paper's ablations: the overrides they add to the full run's command.
@@ -125,6 +126,8 @@ EXTRA_ROWS = {
     "residual-lr1e-4": ["--user_item.residual", "true", "--user_item.lr", "1e-4"],
     "residual-lr1e-4-random-llm": ["--user_item.residual", "true", "--user_item.lr", "1e-4",
                                    "--ablation", "random-llm"],
+    "residual-lr1e-4-text-first": ["--user_item.residual", "true", "--user_item.lr", "1e-4",
+                                   "--user_item.prompt_order", "text-first"],
     "residual-lora": ["--user_item.residual", "true", "--user_item.lora", _LORA],
     "text-first": ["--user_item.prompt_order", "text-first"],
 }
