@@ -101,14 +101,10 @@ def test_merge_can_take_some_rows_under_new_names(tmp_path):
     assert bad.returncode == 2 and "ROW=NEW" in bad.stderr
 
 
-def test_rows_of_execution_settings_retrain_stage3_in_their_copy(tmp_path):
+def test_rows_of_execution_settings_retrain_stage3_in_their_copy(tmp_path, align_script):
     # `attention-eager` leaves every stage key alone: its copy of `full` forgets stage 3 and
     # the evaluation (records, histories, resumable state, metrics) so both run again
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import ablations
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    ablations = align_script("ablations")
     assert "attention-eager" in ablations.RETRAIN_STAGE3
     assert ablations.EXTRA_ROWS["attention-eager"] == ["--llm.attention", "eager"]
     run = tmp_path / "copy"
@@ -135,16 +131,12 @@ def test_rows_of_execution_settings_retrain_stage3_in_their_copy(tmp_path):
 ADOPTED = ("mask-seen", "mask-seen-random-llm")
 
 
-def test_every_extra_row_resolves_to_the_setting_it_names():
+def test_every_extra_row_resolves_to_the_setting_it_names(align_script):
     # a row's overrides are what the driver passes to `glta pipeline`: each must parse and
     # resolve against the default preset (a typo would only show hours into a grid)
     from glta_cli.config import load_config
 
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        import ablations
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    ablations = align_script("ablations")
     # every run of the grid adds GRID_BASE first (the paper's prompt order, which the default
     # preset has since replaced); the rows' own overrides come after it and win
     base = load_config("default", overrides=ablations.GRID_BASE)

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import copy
-import importlib
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "align" / "eager_fusion_ab.py"
-
 
 @pytest.fixture
-def fusion():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        yield importlib.import_module("eager_fusion_ab")
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+def fusion(align_script):
+    return align_script("eager_fusion_ab")
 
 
 @pytest.mark.parametrize("rms,fuse", [(True, False), (False, True), (True, True)])

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "align" / "fusion.py"
-
 
 @pytest.fixture
-def fusion():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        yield importlib.import_module("fusion")
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+def fusion(align_script):
+    return align_script("fusion")
 
 
 def test_standardise_over_the_catalogue_or_the_candidates(fusion):

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "align" / "profile_gen.py"
 
 
 @pytest.fixture
-def profile_gen():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        yield importlib.import_module("profile_gen")
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+def profile_gen(align_script):
+    return align_script("profile_gen")
 
 
 def test_compare_batch_sizes_times_every_size_on_the_same_users(profile_gen, tmp_path):
@@ -41,3 +31,13 @@ def test_compare_batch_sizes_times_every_size_on_the_same_users(profile_gen, tmp
     assert out["s_per_user"]["12"] == pytest.approx(sum(out["seconds"]["12"]) / 2 / len(users))
     # fp32: batching changes no greedy token of this tiny model
     assert out["users_with_identical_texts"] == {"4": len(users), "12": len(users)}
+
+
+def test_write_result_prints_and_writes_the_json(profile_gen, tmp_path, capsys):
+    import json
+
+    doc = {"batch_sizes": {"users": 3}, "cpu": "x"}
+    profile_gen.write_result(doc, str(tmp_path / "new" / "r.json"))  # folder created
+    assert json.loads((tmp_path / "new" / "r.json").read_text()) == doc
+    assert json.loads(capsys.readouterr().out) == doc
+    assert list(tmp_path.joinpath("new").iterdir()) == [tmp_path / "new" / "r.json"]

@@ -165,10 +165,10 @@ def analyse(run: Path, scorer: str = "glta", over: str = "catalogue") -> dict:
 
     grid: dict = {}
     _, ex, rel = splits["valid"]
-    lv = part("valid", l_all)
-    for mode, g in g_all.items():
-        gs = part("valid", g)
-        grid[mode] = {str(w): fuse_eval(gs, lv, w, ex, rel)["ndcg@10"] for w in GRID}
+    lz = {split: part(split, l_all) for split in ("valid", "test")}
+    gz_valid = {mode: part("valid", g) for mode, g in g_all.items()}
+    for mode, gs in gz_valid.items():
+        grid[mode] = {str(w): fuse_eval(gs, lz["valid"], w, ex, rel)["ndcg@10"] for w in GRID}
     best_mode, best_w = max(((m, float(w)) for m in grid for w in grid[m]),
                             key=lambda mw: (grid[mw[0]][str(mw[1])], -mw[1]))
     out["valid_ndcg10_grid"] = grid
@@ -176,7 +176,8 @@ def analyse(run: Path, scorer: str = "glta", over: str = "catalogue") -> dict:
     res: dict = {}
     for split in ("valid", "test"):
         _, ex, rel = splits[split]
-        gs, ls = part(split, g_all[best_mode]), part(split, l_all)
+        gs = gz_valid[best_mode] if split == "valid" else part(split, g_all[best_mode])
+        ls = lz[split]
         res[split] = {
             "fused": fuse_eval(gs, ls, best_w, ex, rel),
             "lightgcn_alone": fuse_eval(gs, ls, 1.0, ex, rel),

@@ -39,6 +39,7 @@ from glta_align.profiles import (
     greedy_generate,
     user_prompts,
 )
+from glta_gllm.checkpoint import atomic_write_json
 from glta_graph.data import load_dataset
 
 
@@ -250,14 +251,9 @@ def compare_batch_sizes(llm, prompts: dict, users: list[int], cfg: UserItemConfi
 
 def write_result(result: dict, json_path: str | None) -> None:
     """Print ``result`` and write it atomically to ``json_path`` (when given)."""
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if json_path:
-        path = Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_json(json_path, result)
 
 
 if __name__ == "__main__":
