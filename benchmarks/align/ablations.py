@@ -141,8 +141,11 @@ COPY_FROM = {"history-text-random-llm": "random-llm", "lr3e-4-random-llm": "rand
              "residual-lr1e-4-random-llm": "random-llm"}
 # Every pipeline run of the grid pins what the default preset has changed since the grid's
 # first runs, so the rows stay comparable with the recorded ones: the paper's prompt order
-# (the default preset's until 2026-12-05, then text-first; the `text-first` row overrides it).
-GRID_BASE = ["--user_item.prompt_order", "paper"]
+# (the default preset's until 2026-12-05, then text-first; the `text-first` row overrides it)
+# and the projected head without the residual at lr 1e-3 (the default preset's until
+# 2026-12-05, then the residual at 1e-4; the `residual*` rows override it).
+GRID_BASE = ["--user_item.prompt_order", "paper", "--user_item.residual", "false",
+             "--user_item.lr", "1e-3"]
 BASELINES = ("lightgcn-softmax",)
 DATASETS = {
     "ml-100k": ["--data.source", "ml-100k"],

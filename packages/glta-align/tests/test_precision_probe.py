@@ -20,6 +20,7 @@ def _tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("GLTA_DTYPE_PROBE", raising=False)
     monkeypatch.setattr(llm_mod, "_busy_load", lambda: None)  # a quiet machine
+    monkeypatch.setattr(llm_mod, "_others_share", lambda before, after=None: 0.0)
 
 
 def test_cache_path_respects_xdg(tmp_path):
@@ -92,6 +93,47 @@ def test_busy_load_compares_with_the_cpu_count(monkeypatch):
     assert llm_mod._busy_load() == 6.3
     monkeypatch.setattr(llm_mod.os, "getloadavg", lambda: (1.2, 1.0, 1.0))
     assert llm_mod._busy_load() is None
+
+
+def test_others_share_from_two_snapshots(monkeypatch):
+    monkeypatch.undo()
+    monkeypatch.setattr(llm_mod.os, "cpu_count", lambda: 2)
+    # 1 s of wall on 2 CPUs: the machine was busy 1.5 CPU-s, 0.4 of them this process's
+    assert llm_mod._others_share((10.0, 100.0, 5.0), (11.0, 101.5, 5.4)) == 0.55
+    assert llm_mod._others_share((10.0, 100.0, 5.0), (11.0, 100.3, 5.4)) == 0.0  # tick noise
+    assert llm_mod._others_share(None, (11.0, 1.0, 1.0)) is None
+    assert llm_mod._others_share((10.0, 1.0, 1.0), (10.001, 1.0, 1.0)) is None  # too short
+
+
+@pytest.mark.skipif(llm_mod._cpu_snapshot() is None, reason="no /proc/stat (not Linux)")
+def test_others_share_sees_a_competing_process(monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.undo()  # the real reading, not the autouse fixture's quiet machine
+    before = llm_mod._cpu_snapshot()
+    # another process spinning one CPU for ~1 s while this one sleeps
+    subprocess.run([sys.executable, "-c",
+                    "import time\nt = time.perf_counter()\n"
+                    "while time.perf_counter() - t < 1.0: pass"], check=True)
+    share = llm_mod._others_share(before)
+    assert share is not None and share >= 0.6 / (llm_mod.os.cpu_count() or 1), share
+
+
+def test_probe_during_a_burst_of_other_work_is_not_cached(monkeypatch):
+    # the 1-minute load stays below the CPU count, but other processes took half the CPUs
+    monkeypatch.setattr(llm_mod, "_time_products",
+                        lambda s, p, r, n: {"float32": 100.0, "bfloat16": 600.0}[p])
+    monkeypatch.setattr(llm_mod, "_cpu_supports", lambda name: True)
+    monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: False)
+    monkeypatch.setattr(llm_mod, "_others_share", lambda before, after=None: 0.5)
+    busy = precision_probe(SHAPE, repeats=1)
+    assert busy["choice"] == "bfloat16" and busy["busy_share"] == 0.5
+    assert "busy_load" not in busy and not probe_cache_path().exists()
+    monkeypatch.setattr(llm_mod, "_others_share",
+                        lambda before, after=None: llm_mod.OTHERS_SHARE_LIMIT)
+    assert "busy_share" not in precision_probe(SHAPE, repeats=1)
+    assert precision_probe(SHAPE)["source"] == "cache"
 
 
 def test_small_gains_keep_fp32(monkeypatch):
@@ -188,6 +230,12 @@ def test_attention_probe_picks_the_faster_kernel_and_caches_it(tiny, monkeypatch
     fast.update(eager=0.001)
     busy = attention_probe(tiny.model, refresh=True)
     assert busy["choice"] == "eager" and busy["busy_load"] == 9.0
+    assert json.loads(path.read_text())[first["key"]]["choice"] == "sdpa"
+    # ... and so are those of a probe that a short burst of other work overlapped
+    monkeypatch.setattr(llm_mod, "_busy_load", lambda: None)
+    monkeypatch.setattr(llm_mod, "_others_share", lambda before, after=None: 0.6)
+    burst = attention_probe(tiny.model, refresh=True)
+    assert burst["choice"] == "eager" and burst["busy_share"] == 0.6
     assert json.loads(path.read_text())[first["key"]]["choice"] == "sdpa"
 
 

@@ -340,6 +340,61 @@ def _busy_load() -> float | None:
     return round(load, 2) if load > (os.cpu_count() or 1) else None
 
 
+# Share of the machine's CPU time that other processes may take during a probe before its
+# result is kept out of the cache (a short burst of other work leaves the 1-minute load
+# average below the CPU count yet slows one kernel's rounds more than the other's).
+OTHERS_SHARE_LIMIT = 0.25
+
+
+def _cpu_snapshot() -> tuple[float, float, float] | None:
+    """``(wall s, machine busy CPU s, this process's CPU s)`` now, from ``/proc/stat`` and
+    :func:`os.times`; ``None`` where ``/proc/stat`` is missing (not Linux)."""
+    import time
+
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    busy = sum(ticks) - ticks[3] - ticks[4] - ticks[7]
+    own = os.times()
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return time.perf_counter(), busy / hz, own.user + own.system
+
+
+def _others_share(before: tuple[float, float, float] | None,
+                  after: tuple[float, float, float] | None = None) -> float | None:
+    """Share (0..1) of the machine's CPU capacity that processes other than this one used
+    between two :func:`_cpu_snapshot` readings (``after`` = now); ``None`` without
+    readings or over an interval too short to say (under 20 ms)."""
+    after = _cpu_snapshot() if after is None else after
+    if before is None or after is None:
+        return None
+    wall = after[0] - before[0]
+    if wall < 0.02:
+        return None
+    others = (after[1] - before[1]) - (after[2] - before[2])
+    return round(min(1.0, max(0.0, others / (wall * (os.cpu_count() or 1)))), 3)
+
+
+def _busy_marks(before: tuple[float, float, float] | None) -> dict[str, float]:
+    """Why a probe that started at snapshot ``before`` ran on a busy machine:
+    ``{"busy_load": 1-minute load}`` when it exceeds the CPU count and/or
+    ``{"busy_share": others' CPU share}`` when other processes took more than
+    :data:`OTHERS_SHARE_LIMIT` of the machine meanwhile; ``{}`` on a quiet machine."""
+    marks: dict[str, float] = {}
+    load = _busy_load()
+    if load is not None:
+        marks["busy_load"] = load
+    share = _others_share(before)
+    if share is not None and share > OTHERS_SHARE_LIMIT:
+        marks["busy_share"] = share
+    return marks
+
+
 def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeats: int = 3,
                     refresh: bool = False) -> dict[str, Any]:
     """The CPU precision ``dtype="auto"`` uses for an LLM of ``config``'s shape, by measurement.
@@ -349,8 +404,10 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     float weights), once per machine: the result is cached in :func:`probe_cache_path`,
     keyed by CPU model, torch version, thread count and the shapes. The candidates are timed
     interleaved; the fastest is chosen when it beats fp32 by at least 10% (else fp32). A
-    probe run while the load average exceeds the CPU count is used but not cached
-    (``"busy_load"`` in the result), so a quiet run measures again. If the probe fails, the
+    probe run while the load average exceeds the CPU count, or while other processes take
+    more than a quarter of the machine's CPU time (read from ``/proc/stat`` around the
+    probe), is used but not cached (``"busy_load"`` / ``"busy_share"`` in the result), so a
+    quiet run measures again. If the probe fails, the
     CPU flag rule decides (bf16 with AMX, else int8 with VNNI, else fp32).
 
     Args:
@@ -381,6 +438,7 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     if (not refresh and isinstance(hit, dict) and "choice" in hit
             and hit.get("version") == PROBE_CACHE_VERSION):
         return {**hit, "source": "cache", "key": key}
+    snap = _cpu_snapshot()
     try:
         # candidates interleaved, best of `repeats` each: load from other processes then
         # slows every candidate alike instead of whichever ran while it lasted
@@ -398,9 +456,9 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
              "cpu": key_parts[0], "torch": torch.__version__,
              "threads": key_parts[2], "shapes": shapes, "rows": rows,
              "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
-    load = _busy_load()
-    if load is not None:  # measured on a busy machine: used now, measured again next time
-        return {**entry, "source": "probe", "key": key, "busy_load": load}
+    busy = _busy_marks(snap)
+    if busy:  # measured on a busy machine: used now, measured again next time
+        return {**entry, "source": "probe", "key": key, **busy}
     _write_cache(path, key, entry)
     return {**entry, "source": "probe", "key": key}
 
@@ -479,8 +537,9 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
     10% faster, else sdpa (transformers' default). Cached once per machine like
     :func:`precision_probe` (``$XDG_CACHE_HOME/glta/attention-probe.json``, keyed by CPU
     model, torch and transformers versions, thread count, head layout and dtype); a probe
-    on a busy machine is used but not cached. Which is faster depends on the precision and
-    the CPU: on a Xeon with AMX eager trained stage 3 1.46x faster than sdpa in bf16, sdpa
+    on a busy machine (load average above the CPU count, or other processes taking more
+    than :data:`OTHERS_SHARE_LIMIT` of the CPU time while it ran) is used but not cached.
+    Which is faster depends on the precision and the CPU: on a Xeon with AMX eager trained stage 3 1.46x faster than sdpa in bf16, sdpa
     1.21x faster than eager in fp32 (``benchmarks/RESULTS.md``).
 
     Args:
@@ -519,6 +578,7 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
     if (not refresh and isinstance(hit, dict) and hit.get("choice") in ("sdpa", "eager")
             and hit.get("version") == ATTENTION_PROBE_VERSION):
         return {**hit, "source": "cache", "key": key}
+    snap = _cpu_snapshot()
     try:
         gen = torch.Generator().manual_seed(0)
         total = prefix + queries
@@ -551,9 +611,9 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
              "transformers": transformers.__version__, "threads": key_parts[4],
              "heads": key_parts[5], "dtype": str(dtype), "shape": key_parts[7],
              "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
-    load = _busy_load()
-    if load is not None:
-        return {**entry, "source": "probe", "key": key, "busy_load": load}
+    busy = _busy_marks(snap)
+    if busy:
+        return {**entry, "source": "probe", "key": key, **busy}
     _write_cache(path, key, entry)
     return {**entry, "source": "probe", "key": key}
 
