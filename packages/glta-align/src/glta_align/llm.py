@@ -539,8 +539,9 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
     model, torch and transformers versions, thread count, head layout and dtype); a probe
     on a busy machine (load average above the CPU count, or other processes taking more
     than :data:`OTHERS_SHARE_LIMIT` of the CPU time while it ran) is used but not cached.
-    Which is faster depends on the precision and the CPU: on a Xeon with AMX eager trained stage 3 1.46x faster than sdpa in bf16, sdpa
-    1.21x faster than eager in fp32 (``benchmarks/RESULTS.md``).
+    Which is faster depends on the precision and the CPU: on a Xeon with AMX eager trained
+    stage 3 1.46x faster than sdpa in bf16, sdpa 1.21x faster than eager in fp32
+    (``benchmarks/RESULTS.md``).
 
     Args:
         model: the loaded transformers model (a causal LM or its decoder).
