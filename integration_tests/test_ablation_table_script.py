@@ -106,3 +106,48 @@ def test_the_first_file_recording_a_run_wins_and_bad_input_is_named(tmp_path):
     assert proc.returncode == 2 and "bad.json" in proc.stderr
     proc = _run(str(tmp_path / "absent.json"))
     assert proc.returncode == 2 and "absent.json" in proc.stderr
+
+
+def test_pretrained_rows_set_beside_their_random_weight_controls(tmp_path):
+    def with_tail(entry: dict, hits: float) -> dict:
+        entry["result"]["breakdown"]["models"]["glta"]["popularity"] = {
+            "head (> 5)": {"hit_rate@20": 0.9},
+            "tail (<= 5 train interactions)": {"hit_rate@20": hits}}
+        return entry
+
+    runs = [
+        with_tail(_entry(0, "full", 0.40, 0.20), 0.01),
+        with_tail(_entry(0, "random-llm", 0.42, 0.19), 0.03),
+        _entry(1, "full", 0.36, 0.21), _entry(1, "random-llm", 0.35, 0.22),
+        _entry(2, "full", 0.30, 0.20),  # no control at seed 2: left out of the pair
+        _entry(0, "lora", 0.41, 0.22), _entry(0, "lora-random-llm", 0.40, 0.20),
+        _entry(0, "no-text-random-llm", 0.40, 0.20),  # its pretrained row not recorded
+    ]
+    src = tmp_path / "abl.json"
+    src.write_text(json.dumps({"runs": runs}))
+    out = tmp_path / "table.json"
+    proc = _run(str(src), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    pairs = json.loads(out.read_text())["pretrained_vs_random"]["ml-100k"]
+    assert set(pairs) == {"full", "lora"}
+    full = pairs["full"]
+    assert full["control"] == "random-llm" and full["seeds"] == [0, 1]
+    assert full["test N@10"]["values"] == pytest.approx([-0.02, 0.01])
+    assert full["valid N@10"]["values"] == pytest.approx([0.01, -0.01])
+    assert full["pretrained ahead on valid"] == 1
+    # activity quintiles: Q1 holds half the test value, Q2 twice it (see _entry)
+    assert full["activity"]["Q1"]["values"] == pytest.approx([-0.01, 0.005])
+    assert full["activity"]["Q2"]["values"] == pytest.approx([-0.04, 0.02])
+    assert full["tail hit@20"]["values"] == pytest.approx([-0.02])  # seed 0 only has it
+    assert pairs["lora"]["control"] == "lora-random-llm"
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("| `full` (`random-llm`)"))
+    assert "| 1 of 2 |" in line and "-0.0050 (0.0300)" in line
+
+
+def test_pretrained_of_names_the_row_a_control_belongs_to(align_script):
+    table = align_script("ablation_table")
+    assert table.pretrained_of("random-llm") == "full"
+    assert table.pretrained_of("random-llm-repeat") == "full-repeat"
+    assert table.pretrained_of("residual-lr1e-4-text-first-random-llm") == \
+        "residual-lr1e-4-text-first"
+    assert table.pretrained_of("no-ua") is None

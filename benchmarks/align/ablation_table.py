@@ -10,6 +10,10 @@ one seed differ by as much as seeds do, so a row's mean alone mixes its effect w
 ``full`` run it was copied from. ``full-repeat`` (a second run of ``full``) is paired with
 ``full``: its difference is the run-to-run variation, the yardstick for every other row.
 The paper's ablation figures (MovieLens = ML-1M) are beside, as ratios to its GLTA row.
+A second table sets every pretrained-LLM row beside its random-weight control (``X`` and
+``X-random-llm``, ``full`` and ``random-llm``) seed by seed: pretrained minus random on
+valid and test N@10, by user-activity quintile and on the long-tail items, the question of
+whether and where SmolLM2's pretrained weights add anything.
 
     uv run python benchmarks/align/ablation_table.py \\
         benchmarks/align/results/ablation_default_cpu_xeon_amx_2026-12-04.json \\
@@ -31,8 +35,9 @@ from profile_gen import git_commit
 ORDER = ("full", "full-repeat", "random-llm", "random-llm-repeat", "no-text", "filler-text",
          "no-pf", "no-pd", "no-ia", "no-ua", "fl", "ar", "plain-head")
 WHAT = {
-    "full": "the default preset with the paper's prompt order (pretrained SmolLM2, profile and "
-            "prediction text on; the default until 2026-12-05)",
+    "full": "the default preset with the paper's prompt order and head (pretrained SmolLM2, "
+            "profile and prediction text on, no residual, lr 1e-3; the default until "
+            "2026-12-05)",
     "full-repeat": "a second run of full (run-to-run variation)",
     "random-llm-repeat": "a second run of random-llm, copied from full-repeat",
     "random-llm": "randomly initialised LLM of the same shape (control)",
@@ -55,7 +60,10 @@ WHAT = {
     "residual-lr1e-4": "residual head with stage 3 at lr 1e-4 instead of 1e-3 [extra]",
     "residual-lora": "residual head and the LoRA adapter together [extra]",
     "residual-lr1e-4-random-llm": "residual-lr1e-4 with the randomly initialised LLM [extra]",
-    "residual-lr1e-4-text-first": "residual-lr1e-4 with the text first in the prompt [extra]",
+    "residual-lr1e-4-text-first": "residual-lr1e-4 with the text first in the prompt (the "
+                                  "default preset since 2026-12-05) [extra]",
+    "residual-lr1e-4-text-first-random-llm": "residual-lr1e-4-text-first with the randomly "
+                                             "initialised LLM [extra]",
     "text-first": "profile and prediction text before the soft tokens in the prompt [extra]",
 }
 METRICS = {"valid N@10": ("valid", "ndcg@10"), "test P@10": ("test", "precision@10"),
@@ -166,6 +174,73 @@ def table(runs: list[dict]) -> dict:
     return out
 
 
+def _tail_hits(run: dict) -> float | None:
+    """GLTA's test hit rate@20 on the long-tail items (the popularity breakdown's bucket
+    of items with few train interactions; ``None`` if absent)."""
+    buckets = (run["result"].get("breakdown") or {}).get("models", {}).get("glta", {}).get(
+        "popularity", {})
+    for name, v in buckets.items():
+        if name.startswith("tail") and "hit_rate@20" in v:
+            return float(v["hit_rate@20"])
+    return None
+
+
+def pretrained_of(row: str) -> str | None:
+    """The pretrained-LLM row a random-weight control row is the control of (``None`` for
+    a row that is no such control): ``random-llm`` -> ``full``, ``random-llm-repeat`` ->
+    ``full-repeat``, ``X-random-llm`` -> ``X``."""
+    if row == "random-llm":
+        return "full"
+    if row == "random-llm-repeat":
+        return "full-repeat"
+    if row.endswith("-random-llm"):
+        return row[: -len("-random-llm")]
+    return None
+
+
+def control_pairs(runs: list[dict]) -> dict:
+    """Per dataset, each pretrained-LLM row against its random-weight control, seed by seed.
+
+    Returns:
+        ``{dataset: {row: {"control": control row, "seeds": [...], "valid N@10": stats,
+        "test N@10": stats, "pretrained ahead on valid": int, "activity": {quintile:
+        stats}, "tail hit@20": stats}}}`` with stats ``{"mean", "spread", "values"}`` of
+        pretrained minus random over the seeds where both rows are recorded; rows without a
+        recorded pair are left out.
+    """
+    out: dict = {}
+    by_key = {(r["dataset"], r["seed"], r["row"]): r for r in runs}
+    for ds, seed, control in sorted(by_key, key=lambda k: (k[0], k[2], k[1])):
+        row = pretrained_of(control)
+        mine, theirs = by_key.get((ds, seed, row)), by_key[(ds, seed, control)]
+        if row is None or mine is None:
+            continue
+        entry = out.setdefault(ds, {}).setdefault(row, {"control": control, "seeds": [],
+                                                         "_d": {}})
+        entry["seeds"].append(seed)
+        for name, (split, metric) in (("valid N@10", ("valid", "ndcg@10")),
+                                      ("test N@10", ("test", "ndcg@10"))):
+            a, b = _value(mine, split, metric), _value(theirs, split, metric)
+            if a is not None and b is not None:
+                entry["_d"].setdefault(name, []).append(a - b)
+        qa, qb = _activity(mine), _activity(theirs)
+        for q in sorted(set(qa) & set(qb)):
+            entry["_d"].setdefault(f"activity {q}", []).append(qa[q] - qb[q])
+        ta, tb = _tail_hits(mine), _tail_hits(theirs)
+        if ta is not None and tb is not None:
+            entry["_d"].setdefault("tail hit@20", []).append(ta - tb)
+    for rows in out.values():
+        for entry in rows.values():
+            d = entry.pop("_d")
+            for name in ("valid N@10", "test N@10", "tail hit@20"):
+                if name in d:
+                    entry[name] = spread_stats(d[name])
+            entry["pretrained ahead on valid"] = sum(x > 0 for x in d.get("valid N@10", []))
+            entry["activity"] = {k.split()[1]: spread_stats(v) for k, v in d.items()
+                                 if k.startswith("activity ")}
+    return out
+
+
 def _cell(stats: dict | None, signed: bool = False, digits: int = 4) -> str:
     """``mean (spread)`` over several seeds, the value alone for one, or ``-``."""
     if not stats:
@@ -212,6 +287,28 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def control_markdown(pairs: dict) -> str:
+    """One table per dataset: pretrained minus random-weight LLM, paired by seed (mean
+    (spread) over seeds), overall, by user-activity quintile and on the long-tail items."""
+    lines = []
+    for ds, rows in pairs.items():
+        quintiles = sorted({q for e in rows.values() for q in e["activity"]})
+        lines += [f"Pretrained SmolLM2 minus its random-weight control ({ds}; same seed, "
+                  "mean (spread) over seeds; test N@10 unless named):", "",
+                  "| row (control) | seeds | pretrained ahead on valid | valid N@10 | "
+                  "test N@10 | " + " | ".join(quintiles) + " | tail items: test hit@20 |",
+                  "|---|---|---:|---:|---:|" + "---:|" * len(quintiles) + "---:|"]
+        for row, e in rows.items():
+            lines.append(
+                f"| `{row}` (`{e['control']}`) | {','.join(map(str, e['seeds']))} | "
+                f"{e['pretrained ahead on valid']} of {len(e['seeds'])} | "
+                f"{_cell(e.get('valid N@10'), True)} | {_cell(e.get('test N@10'), True)} | "
+                + " | ".join(_cell(e["activity"].get(q), True) for q in quintiles)
+                + f" | {_cell(e.get('tail hit@20'), True)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("ablations", type=Path, nargs="+", help="ablation JSONs (ablations.py)")
@@ -235,14 +332,18 @@ def main(argv: list[str] | None = None) -> int:
     result = table(runs)
     if not result:
         ap.error("no GLTA runs with test metrics in " + ", ".join(map(str, args.ablations)))
+    pairs = control_pairs(runs)
     print(markdown(result))
+    print(control_markdown(pairs))
     if args.out:
         from glta_gllm.checkpoint import atomic_write_json
 
         doc = {
             "what": "GLTA's ablation rows over seeds: valid N@10 and test P@10 / N@10 mean, "
                     "spread and values, and each run's paired difference from the run it was "
-                    "copied from; the paper's ablations as ratios to its GLTA row",
+                    "copied from; the paper's ablations as ratios to its GLTA row; "
+                    "pretrained_vs_random: each pretrained-LLM row minus its random-weight "
+                    "control, seed by seed, overall, by activity quintile and on tail items",
             "command": "python benchmarks/align/ablation_table.py " + " ".join(
                 a if " " not in a else repr(a)
                 for a in (argv if argv is not None else sys.argv[1:])),
@@ -250,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"),
             "sources": [str(p) for p in args.ablations],
             "table": result,
+            "pretrained_vs_random": pairs,
         }
         atomic_write_json(args.out, doc)
         print(f"wrote {args.out}")

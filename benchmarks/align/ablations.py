@@ -45,7 +45,9 @@ configuration, in the run's final evaluation. Extra rows:
   takes valid N@10 below it; a smaller step keeps the correction small.
   ``residual-lr1e-4-random-llm`` the same with the randomly initialised LLM (copied from the
   seed's ``random-llm`` run, so only stage 3 reruns): its control;
-  ``residual-lr1e-4-text-first`` the same with the text first (today's default order).
+  ``residual-lr1e-4-text-first`` the same with the text first (the default preset since
+  2026-12-05); ``residual-lr1e-4-text-first-random-llm`` its control (copied from
+  ``random-llm``).
 - ``residual-lora`` [extra]: the residual head and the LoRA adapter together (the two rows
   ahead of ``full`` on valid N@10 at seed 0).
 - ``text-first`` [extra]: the stage-3 prompt with the profile and prediction text before
@@ -96,7 +98,8 @@ ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-
              "mask-seen-random-llm", "attention-eager", "attention-sdpa", "lr-cosine",
              "lr-cosine-random-llm", "filler-text", "no-text-random-llm", "history-30",
              "lora", "lora-random-llm", "residual-lr1e-4", "residual-lora",
-             "text-first", "residual-lr1e-4-random-llm", "residual-lr1e-4-text-first")
+             "text-first", "residual-lr1e-4-random-llm", "residual-lr1e-4-text-first",
+             "residual-lr1e-4-text-first-random-llm")
 # The `lora` rows' adapter: peft's usual rank and targets (glta_align.llm.LoraSettings).
 _LORA = "{r = 8, alpha = 16, target_modules = ['q_proj', 'v_proj']}"
 # Rows that are not the paper's ablations: the overrides they add to the full run's command.
@@ -128,6 +131,9 @@ EXTRA_ROWS = {
                                    "--ablation", "random-llm"],
     "residual-lr1e-4-text-first": ["--user_item.residual", "true", "--user_item.lr", "1e-4",
                                    "--user_item.prompt_order", "text-first"],
+    "residual-lr1e-4-text-first-random-llm": [
+        "--user_item.residual", "true", "--user_item.lr", "1e-4",
+        "--user_item.prompt_order", "text-first", "--ablation", "random-llm"],
     "residual-lora": ["--user_item.residual", "true", "--user_item.lora", _LORA],
     "text-first": ["--user_item.prompt_order", "text-first"],
 }
@@ -138,7 +144,8 @@ RETRAIN_STAGE3 = ("attention-eager", "attention-sdpa")
 COPY_FROM = {"history-text-random-llm": "random-llm", "lr3e-4-random-llm": "random-llm",
              "mask-seen-random-llm": "random-llm", "lr-cosine-random-llm": "random-llm",
              "no-text-random-llm": "random-llm", "lora-random-llm": "random-llm",
-             "residual-lr1e-4-random-llm": "random-llm"}
+             "residual-lr1e-4-random-llm": "random-llm",
+             "residual-lr1e-4-text-first-random-llm": "random-llm"}
 # Every pipeline run of the grid pins what the default preset has changed since the grid's
 # first runs, so the rows stay comparable with the recorded ones: the paper's prompt order
 # (the default preset's until 2026-12-05, then text-first; the `text-first` row overrides it)

@@ -16,6 +16,8 @@ from glta_align.user_item import (
     eval_sample,
     train_sample,
     train_user_item,
+    user_item_layout,
+    user_item_runner,
 )
 
 
@@ -315,3 +317,30 @@ def test_stage3_text_first_validation_reuses_the_texts_training_kept(
         prompt_order="text-first", patience=2, select_metric="ndcg@5"), llm=tiny)
     assert len(res.valid_history) == 2  # validated after each epoch
     assert computed and len(computed) == len(set(computed))
+
+
+def test_a_runner_handed_in_must_fit_the_stage(toy_run, toy, tiny, tokenizer):
+    # a runner of another prompt prefix or another LLM object would serve kept keys/values
+    # that belong to another prompt: refused, naming why
+    from glta_align.llm import tiny_llm
+    from glta_align.recommender import GLTARecommender
+
+    train_item_text(toy, toy_run, ItemTextConfig(epochs=1, items_per_instance=3), llm=tiny)
+    cfg = UserItemConfig(epochs=1, batch_size=4, num_slots=3, profile_new_tokens=2,
+                         prompt_order="text-first")
+    layout = user_item_layout(tiny.tokenizer, cfg)
+    other_llm = tiny_llm(tokenizer, hidden_size=64, num_layers=2, seed=0)
+    with pytest.raises(ValueError, match="another LLM object"):
+        train_user_item(toy, toy_run, cfg, llm=tiny,
+                        runner=user_item_runner(other_llm, layout, cfg))
+    paper = user_item_layout(tiny.tokenizer, UserItemConfig(prompt_style="paper"))
+    assert paper.prefix_ids != layout.prefix_ids
+    with pytest.raises(ValueError, match="another prompt prefix"):
+        train_user_item(toy, toy_run, cfg, llm=tiny, runner=user_item_runner(tiny, paper, cfg))
+    runner = user_item_runner(tiny, layout, cfg)
+    train_user_item(toy, toy_run, cfg, llm=tiny, runner=runner)
+    assert runner._head_cache  # the texts stage 3 kept, in the caller's runner
+    rec = GLTARecommender.from_run(toy_run, llm=tiny, runner=runner)
+    assert rec.runner is runner
+    with pytest.raises(ValueError, match="another LLM object"):
+        GLTARecommender.from_run(toy_run, llm=other_llm, runner=runner)

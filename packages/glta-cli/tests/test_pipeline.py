@@ -342,6 +342,38 @@ def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_p
     assert mine.read_text() == "mine" and ratings_csv.is_file()
 
 
+def test_pipeline_evaluation_reuses_the_texts_stage3_kept(runner, ratings_csv, tiny_model_dir,
+                                                          tmp_path, tiny_pipeline_args,
+                                                          monkeypatch):
+    # text first (the default preset): stage 3 computes each user's text once and keeps its
+    # keys/values; the evaluation ranks valid and test on that runner instead of a new one
+    from glta_align.splice import SoftPromptRunner
+
+    computed: list[tuple[int, ...]] = []
+    row_head = SoftPromptRunner._row_head
+
+    def counting(self, row, kv):
+        computed.append(tuple(row))
+        return row_head(self, row, kv)
+
+    monkeypatch.setattr(SoftPromptRunner, "_row_head", counting)
+    run = tmp_path / "run"
+    args = tiny_pipeline_args(ratings_csv, tiny_model_dir, run)
+    result = runner.invoke(app, ["pipeline", *args, "--user_item.patience", "1"])
+    assert result.exit_code == 0, result.output
+    cfg = load_config("default", run / "resolved-config.toml").user_item
+    assert cfg.prompt_order == "text-first" and cfg.use_profile and cfg.use_predict
+    assert computed and len(computed) == len(set(computed))
+    # ... and the ranking it gave is the one a fresh runner gives (`glta evaluate`)
+    metrics = json.loads((run / "metrics.json").read_text())["glta"]
+    evaluated = runner.invoke(app, ["evaluate", str(run), "--model", "glta", "--split", "valid",
+                                    "--quiet"])
+    assert evaluated.exit_code == 0, evaluated.output
+    again = json.loads((run / "metrics.json").read_text())["glta"]["valid"]
+    assert again["ndcg@10"] == pytest.approx(metrics["valid"]["ndcg@10"], abs=1e-6)
+    assert len(computed) > len(set(computed))  # the fresh runner computed them again
+
+
 def test_pipeline_bad_override_exit_2_nothing_written(runner, tmp_path):
     run = tmp_path / "run"
     result = runner.invoke(app, ["pipeline", "--out", str(run), "--graph.epochz", "3"])

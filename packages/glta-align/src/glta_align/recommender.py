@@ -41,6 +41,7 @@ from glta_align.splice import SoftPromptRunner
 from glta_align.user_item import (
     USER_PROJECTOR_DIR,
     UserPrompter,
+    check_runner,
     eval_sample,
     user_item_layout,
     user_item_runner,
@@ -86,7 +87,8 @@ class GLTARecommender:
     (the stage-3 :class:`UserItemConfig`), ``llm``. ``runner``: the
     :class:`~glta_align.splice.SoftPromptRunner` to run the LLM with (default: a new one for
     the stage-3 layout; stage 3's validation passes its own, whose kept text keys/values
-    then serve the ranking).
+    then serve the ranking; one running another LLM object or another prompt prefix raises
+    ``ValueError``).
     """
 
     def __init__(self, *, data: Interactions, llm: FrozenLLM, config: UserItemConfig,
@@ -102,7 +104,11 @@ class GLTARecommender:
         self.head = head.to(dev).eval()
         layout = user_item_layout(llm.tokenizer, config)
         self.prompter = UserPrompter(layout, data, llm.tokenizer, config, profiles)
-        self.runner = user_item_runner(llm, layout, config) if runner is None else runner
+        if runner is None:
+            runner = user_item_runner(llm, layout, config)
+        else:
+            check_runner(runner, llm, layout)
+        self.runner = runner
         self.slot = slot_vector(llm).to(dev)
         self.run_dir: Path | None = None
 
@@ -122,13 +128,17 @@ class GLTARecommender:
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike[str], llm: FrozenLLM | None = None, *,
-                 device: str | None = None) -> GLTARecommender:
+                 device: str | None = None,
+                 runner: SoftPromptRunner | None = None) -> GLTARecommender:
         """Load ``RUN/dataset``, ``RUN/graph``, both projectors, ``RUN/gllm_head``,
         ``RUN/profiles.jsonl`` and (unless ``llm`` is given) the LLM named in the run.
+        ``runner``: stage 3's runner of this ``llm`` (``train_user_item(runner=...)``), so
+        the text keys/values it kept are not computed again (default: a new runner).
 
         Raises:
             CheckpointError: an artifact is missing or its shapes do not fit (named).
             FingerprintMismatchError: an artifact belongs to another dataset (both named).
+            ValueError: ``runner`` runs another LLM object or another prompt prefix.
         """
         run_dir = Path(run_dir)
         data = Interactions.load(run_dir / "dataset")
@@ -170,7 +180,8 @@ class GLTARecommender:
                     f"{run_dir / PROFILES_NAME}: made for dataset fingerprint "
                     f"{meta.get('fingerprint')}, but the run's dataset has fingerprint {fp}")
         rec = cls(data=data, llm=llm, config=config, user_emb=user_emb, item_emb=item_emb,
-                  user_projector=uproj, item_projector=iproj, head=head, profiles=profiles)
+                  user_projector=uproj, item_projector=iproj, head=head, profiles=profiles,
+                  runner=runner)
         rec.run_dir = run_dir
         return rec
 

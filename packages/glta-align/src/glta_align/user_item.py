@@ -56,9 +56,18 @@ from glta_align.prompts import (
 )
 from glta_align.splice import SoftPromptRunner, SoftSequence, bucket_batches
 
-__all__ = ["USER_PROJECTOR_DIR", "UserItemResult", "UserPrompter", "UserSample",
-           "masked_slot_loss", "stage2_outputs", "train_user_item", "user_item_layout",
-           "user_item_runner"]
+__all__ = [
+    "USER_PROJECTOR_DIR",
+    "UserItemResult",
+    "UserPrompter",
+    "UserSample",
+    "check_runner",
+    "masked_slot_loss",
+    "stage2_outputs",
+    "train_user_item",
+    "user_item_layout",
+    "user_item_runner",
+]
 
 USER_PROJECTOR_DIR = "user_projector"
 IGNORE = -100
@@ -106,6 +115,17 @@ def user_item_runner(llm: FrozenLLM, layout: PromptLayout, cfg: UserItemConfig
     return SoftPromptRunner(llm, layout.prefix_ids, reuse_prefix=cfg.reuse_prefix,
                             padding_side=cfg.padding_side, compile=cfg.compile,
                             text_head=first, head_cache_mb=TEXT_HEAD_CACHE_MB if first else 0)
+
+
+def check_runner(runner: SoftPromptRunner, llm: FrozenLLM, layout: PromptLayout) -> None:
+    """Raise ``ValueError`` unless ``runner`` runs ``llm`` behind ``layout``'s instruction
+    prefix (a runner handed from one user of the stage-3 layout to another, so its kept text
+    keys/values are valid for it)."""
+    if runner.llm is not llm:
+        raise ValueError("the runner given runs another LLM object than this stage's")
+    if list(runner.prefix_ids) != [int(i) for i in layout.prefix_ids]:
+        raise ValueError("the runner given was built for another prompt prefix than this "
+                         "stage's layout (user_item_runner(llm, layout, config))")
 
 
 class UserPrompter:
@@ -345,6 +365,7 @@ def train_user_item(
     llm: FrozenLLM | None = None,
     progress: ProgressCallback | None = None,
     resume: bool = True,
+    runner: SoftPromptRunner | None = None,
 ) -> UserItemResult:
     """Run stage 3 and save ``RUN/user_projector`` and ``RUN/gllm_head`` (+ ``item_projector``
     when trained here, ``RUN/lora`` with LoRA).
@@ -360,9 +381,16 @@ def train_user_item(
         llm: an already loaded LLM (default: ``load_llm(config.llm, ...)``).
         progress: receives ``"profiles"`` and ``"user_item"`` ProgressEvents.
         resume: continue from ``RUN/state/user_item`` (and a partial profiles file).
+        runner: the :class:`SoftPromptRunner` to run ``llm`` with, built by
+            :func:`user_item_runner` for this stage's layout (default: a new one). Passing
+            one lets the caller keep it: with ``prompt_order = "text-first"`` the text
+            keys/values it kept then serve a later ``GLTARecommender(runner=...)``.
 
     Returns:
         A :class:`UserItemResult`.
+
+    Raises:
+        ValueError: ``runner`` runs another LLM object or another prompt prefix.
     """
     from glta_gllm.checkpoint import CheckpointError
 
@@ -437,7 +465,10 @@ def train_user_item(
                                      progress=progress, resume=resume)
     layout = user_item_layout(llm.tokenizer, cfg)
     prompter = UserPrompter(layout, data, llm.tokenizer, cfg, profiles)
-    runner = user_item_runner(llm, layout, cfg)
+    if runner is None:
+        runner = user_item_runner(llm, layout, cfg)
+    else:
+        check_runner(runner, llm, layout)
 
     def make_batches(epoch: int) -> list[list[UserSample]]:
         rng = rng_for(cfg.seed, 4, epoch)

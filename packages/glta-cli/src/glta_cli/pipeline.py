@@ -623,6 +623,9 @@ class _Run:
     log: Callable[[str], None]
     skipped: list[str] = field(default_factory=list)
     llm: Any = None
+    # stage 3's SoftPromptRunner when stage 3 ran in this process on the shared LLM: the
+    # evaluation ranks with it, so the text keys/values it kept are not computed again
+    runner: Any = None
 
     @property
     def stages(self) -> dict[str, Any]:
@@ -825,8 +828,15 @@ def _alignment_steps(run: _Run, data: Any) -> None:
         run.begin(name)
         # With LoRA the stage loads its own LLM (the adapter is trained and saved by it).
         shared = None if getattr(section, "lora", None) else run.get_llm()
-        result = func(data, run_dir, section,
-                      **_kwargs_for(func, llm=shared, progress=run.progress, resume=True))
+        extra = {}
+        if name == "user_item" and shared is not None:
+            from glta_align.user_item import user_item_layout, user_item_runner
+
+            run.runner = user_item_runner(
+                shared, user_item_layout(shared.tokenizer, section), section)
+            extra["runner"] = run.runner
+        result = func(data, run_dir, section, **_kwargs_for(
+            func, llm=shared, progress=run.progress, resume=True, **extra))
         run.histories[name] = _stage_history(result, run.recorded.get(name))
         run.done(name, _seconds(result, time.perf_counter() - t0))
     missing = [a for a in GLTA_ARTIFACTS if not (run_dir / a).is_dir()]
@@ -852,8 +862,16 @@ def _evaluate_step(run: _Run, data: Any) -> None:
     t0 = time.perf_counter()
 
     def get_recommender() -> Any:
-        lora = (run_dir / "lora").is_dir()
-        return GLTARecommender.from_run(run_dir, llm=None if lora else run.get_llm())
+        if (run_dir / "lora").is_dir():
+            return GLTARecommender.from_run(run_dir)
+        llm = run.get_llm()
+        # stage 3's runner, when it ran here: its kept text keys/values serve the ranking
+        if run.runner is not None:
+            try:
+                return GLTARecommender.from_run(run_dir, llm=llm, runner=run.runner)
+            except ValueError:  # built for another prompt: rank with a runner of its own
+                pass
+        return GLTARecommender.from_run(run_dir, llm=llm)
 
     emit(run.progress, ProgressEvent("evaluate", "start", total=None,
                                      message="ranking valid and test with both models"))
