@@ -120,6 +120,11 @@ def test_pretrained_rows_set_beside_their_random_weight_controls(tmp_path):
         with_tail(_entry(0, "random-llm", 0.42, 0.19), 0.03),
         _entry(1, "full", 0.36, 0.21), _entry(1, "random-llm", 0.35, 0.22),
         _entry(2, "full", 0.30, 0.20),  # no control at seed 2: left out of the pair
+        # seed 3: random-llm was copied from seed3/full, where a second full run (recorded
+        # as full-repeat) ran: that is the run it is set against, as in the main table
+        _entry(3, "full", 0.20, 0.10, out="/runs/ml-100k/seed3/mask-seen"),
+        _entry(3, "full-repeat", 0.34, 0.20, out="/runs/ml-100k/seed3/full"),
+        _entry(3, "random-llm", 0.33, 0.19),
         _entry(0, "lora", 0.41, 0.22), _entry(0, "lora-random-llm", 0.40, 0.20),
         _entry(0, "no-text-random-llm", 0.40, 0.20),  # its pretrained row not recorded
     ]
@@ -131,17 +136,17 @@ def test_pretrained_rows_set_beside_their_random_weight_controls(tmp_path):
     pairs = json.loads(out.read_text())["pretrained_vs_random"]["ml-100k"]
     assert set(pairs) == {"full", "lora"}
     full = pairs["full"]
-    assert full["control"] == "random-llm" and full["seeds"] == [0, 1]
-    assert full["test N@10"]["values"] == pytest.approx([-0.02, 0.01])
-    assert full["valid N@10"]["values"] == pytest.approx([0.01, -0.01])
-    assert full["pretrained ahead on valid"] == 1
+    assert full["control"] == "random-llm" and full["seeds"] == [0, 1, 3]
+    assert full["test N@10"]["values"] == pytest.approx([-0.02, 0.01, 0.01])
+    assert full["valid N@10"]["values"] == pytest.approx([0.01, -0.01, 0.01])
+    assert full["pretrained ahead on valid"] == 2
     # activity quintiles: Q1 holds half the test value, Q2 twice it (see _entry)
-    assert full["activity"]["Q1"]["values"] == pytest.approx([-0.01, 0.005])
-    assert full["activity"]["Q2"]["values"] == pytest.approx([-0.04, 0.02])
+    assert full["activity"]["Q1"]["values"] == pytest.approx([-0.01, 0.005, 0.005])
+    assert full["activity"]["Q2"]["values"] == pytest.approx([-0.04, 0.02, 0.02])
     assert full["tail hit@20"]["values"] == pytest.approx([-0.02])  # seed 0 only has it
     assert pairs["lora"]["control"] == "lora-random-llm"
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("| `full` (`random-llm`)"))
-    assert "| 1 of 2 |" in line and "-0.0050 (0.0300)" in line
+    assert "| 2 of 3 |" in line and "+0.0000 (0.0300)" in line
 
 
 def test_pretrained_of_names_the_row_a_control_belongs_to(align_script):

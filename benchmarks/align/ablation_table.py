@@ -201,6 +201,10 @@ def pretrained_of(row: str) -> str | None:
 def control_pairs(runs: list[dict]) -> dict:
     """Per dataset, each pretrained-LLM row against its random-weight control, seed by seed.
 
+    ``random-llm`` (and ``random-llm-repeat``) is set against the run it was copied from
+    (:func:`source_of`, as the main table pairs it: a ``full`` run of the same seed); every
+    other control ``X-random-llm`` against the seed's recorded ``X`` run.
+
     Returns:
         ``{dataset: {row: {"control": control row, "seeds": [...], "valid N@10": stats,
         "test N@10": stats, "pretrained ahead on valid": int, "activity": {quintile:
@@ -212,8 +216,15 @@ def control_pairs(runs: list[dict]) -> dict:
     by_key = {(r["dataset"], r["seed"], r["row"]): r for r in runs}
     for ds, seed, control in sorted(by_key, key=lambda k: (k[0], k[2], k[1])):
         row = pretrained_of(control)
-        mine, theirs = by_key.get((ds, seed, row)), by_key[(ds, seed, control)]
-        if row is None or mine is None:
+        if row is None:
+            continue
+        theirs = by_key[(ds, seed, control)]
+        if row in ("full", "full-repeat"):
+            mine = source_of(theirs, runs)
+            mine = mine if mine is not None and mine["row"] in ("full", "full-repeat") else None
+        else:
+            mine = by_key.get((ds, seed, row))
+        if mine is None:
             continue
         entry = out.setdefault(ds, {}).setdefault(row, {"control": control, "seeds": [],
                                                          "_d": {}})
