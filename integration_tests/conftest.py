@@ -25,19 +25,30 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return save_tiny_llm(tmp_path_factory.mktemp("tiny-llama"))
 
 
-ALIGN_BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks" / "align"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _script_loader(folder: Path) -> Callable[[str], ModuleType]:
+    """Import a script of ``folder`` by module name: the folder is on ``sys.path`` while it
+    imports, so its imports of the folder's helpers resolve."""
+
+    def load(name: str) -> ModuleType:
+        sys.path.insert(0, str(folder))
+        try:
+            return importlib.import_module(name)
+        finally:
+            sys.path.remove(str(folder))
+
+    return load
 
 
 @pytest.fixture
 def align_script() -> Callable[[str], ModuleType]:
-    """Import a script of ``benchmarks/align`` by module name (``"fusion"``): its folder is on
-    ``sys.path`` while it imports, so its imports of the folder's helpers resolve."""
+    """Import a script of ``benchmarks/align`` by module name (``"fusion"``)."""
+    return _script_loader(BENCHMARKS / "align")
 
-    def load(name: str) -> ModuleType:
-        sys.path.insert(0, str(ALIGN_BENCHMARKS))
-        try:
-            return importlib.import_module(name)
-        finally:
-            sys.path.remove(str(ALIGN_BENCHMARKS))
 
-    return load
+@pytest.fixture
+def graph_script() -> Callable[[str], ModuleType]:
+    """Import a script of ``benchmarks/graph`` by module name (``"text_baselines"``)."""
+    return _script_loader(BENCHMARKS / "graph")

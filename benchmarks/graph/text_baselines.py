@@ -9,7 +9,9 @@ Selection (valid only, the test split is read once per reported run):
 
 1. ``tune`` (seed 0): LightGCN over ``lr x l2`` (4 settings); then LightGCN+ and RLMRec-Con
    on LightGCN's selected lr/l2 over ``text_weight x text_temperature`` (6 settings each),
-   every model picked by the preset's early-stopping metric on valid.
+   and ``lightgcn-softmax`` (LightGCN trained with the project's sampled-softmax loss, the
+   objective family of GLTA's stage 3) on LightGCN's selected l2 over ``lr x temperature``
+   (6 settings), every model picked by the preset's early-stopping metric on valid.
 2. ``final`` (seeds 0, 1, 2): each model's selected setting, test metrics of the best-valid
    epoch. Seed 0 resumes the tuning run (no retraining).
 
@@ -50,10 +52,24 @@ from glta_graph import evaluate_embeddings, load_graph_embeddings, train_lightgc
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "graph" / "results"
-MODELS = {"lightgcn": "none", "lightgcn+": "infonce", "rlmrec-con": "rlmrec-con"}
+MODELS = {"lightgcn": "none", "lightgcn+": "infonce", "rlmrec-con": "rlmrec-con",
+          "lightgcn-softmax": "none"}
 LIGHTGCN_GRID = [{"lr": lr, "l2": l2} for lr, l2 in itertools.product((0.01, 0.02), (1e-4, 1e-3))]
 TEXT_GRID = [{"text_weight": w, "text_temperature": t}
              for w, t in itertools.product((0.005, 0.02, 0.2), (0.1, 0.5))]
+SOFTMAX_GRID = [{"loss": "softmax", "lr": lr, "temperature": t}
+                for lr, t in itertools.product((0.001, 0.01), (0.05, 0.1, 0.2))]
+
+
+def tuning_grid(model: str, lightgcn: dict) -> list[dict]:
+    """The settings ``model`` is tuned over, given LightGCN's selected ``lightgcn`` setting
+    (``{"lr", "l2"}``): the text models keep its lr and l2 and add the text grid; the
+    softmax-loss LightGCN keeps its l2 and tunes lr and temperature."""
+    if model == "lightgcn":
+        return LIGHTGCN_GRID
+    if model == "lightgcn-softmax":
+        return [{**lightgcn, **g} for g in SOFTMAX_GRID]
+    return [{**lightgcn, **g} for g in TEXT_GRID]
 
 
 def shared_data() -> Path:
@@ -288,8 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             chosen = {"lightgcn": bench.best("lightgcn", LIGHTGCN_GRID)}
             for model in group:
                 if model != "lightgcn":
-                    chosen[model] = bench.best(
-                        model, [{**chosen["lightgcn"], **g} for g in TEXT_GRID])
+                    chosen[model] = bench.best(model, tuning_grid(model, chosen["lightgcn"]))
             log(f"{dataset}: selected {chosen}")
             for seed in seeds:
                 for model in group:
