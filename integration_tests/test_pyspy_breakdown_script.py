@@ -1,0 +1,39 @@
+"""benchmarks/align/pyspy_breakdown.py: phase and operator shares of a py-spy raw profile."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+RAW = """\
+main (app.py:1);train_user_item (user_item.py:9);validate (user_item.py:5);Linear.forward (linear.py:2) 25
+main (app.py:1);train_user_item (user_item.py:9);Tensor.backward (_tensor.py:3);_engine_run_backward (graph.py:4) 40
+main (app.py:1);loss_fn (user_item.py:7);SoftPromptRunner.hidden_states (splice.py:8);Linear.forward (linear.py:2) 20
+main (app.py:1);loss_fn (user_item.py:7);SoftPromptRunner.hidden_states (splice.py:8);repeat_kv (llama.py:5) 10
+main (app.py:1);loss_fn (user_item.py:7);masked_slot_loss (user_item.py:3) 5
+"""
+
+
+def test_shares_by_phase_and_forward_operator(align_script, tmp_path):
+    spy = align_script("pyspy_breakdown")
+    raw = tmp_path / "raw.txt"
+    raw.write_text(RAW)
+    got = spy.breakdown(spy.read_stacks(raw))
+    assert got["samples"] == 100
+    assert got["phases"] == {"backward": 0.4, "forward": 0.3, "valid ranking": 0.25,
+                             "loss": 0.05}
+    # the validation's Linear is not the training forward's
+    assert got["forward_ops"] == {"Linear.forward": pytest.approx(2 / 3, abs=1e-4),
+                                  "repeat_kv": pytest.approx(1 / 3, abs=1e-4)}
+    out = tmp_path / "out.json"
+    assert spy.main([str(raw), "--json", str(out), "--note", "toy"]) == 0
+    assert json.loads(out.read_text())["phases"]["backward"] == 0.4
+
+
+def test_a_malformed_line_is_named(align_script, tmp_path):
+    spy = align_script("pyspy_breakdown")
+    raw = tmp_path / "raw.txt"
+    raw.write_text("main (app.py:1) 3\nnot a stack line\n")
+    with pytest.raises(ValueError, match="raw.txt:2"):
+        spy.read_stacks(raw)
