@@ -6,14 +6,15 @@ import json
 
 import pytest
 
-RAW = """\
-main (app.py:1);train_user_item (user_item.py:9);validate (user_item.py:5);Linear.forward (linear.py:2) 25
-main (app.py:1);train_user_item (user_item.py:9);Tensor.backward (_tensor.py:3);_engine_run_backward (graph.py:4) 40
-main (app.py:1);loss_fn (user_item.py:7);SoftPromptRunner.hidden_states (splice.py:8);Linear.forward (linear.py:2) 20
-main (app.py:1);loss_fn (user_item.py:7);SoftPromptRunner.hidden_states (splice.py:8);repeat_kv (llama.py:5) 10
-main (app.py:1);loss_fn (user_item.py:7);masked_slot_loss (user_item.py:3) 5
-"""
-
+_MAIN = "main (app.py:1);"
+_FWD = "loss_fn (user_item.py:7);SoftPromptRunner.hidden_states (splice.py:8);"
+RAW = "".join(_MAIN + line + "\n" for line in (
+    "train_user_item (user_item.py:9);validate (user_item.py:5);Linear.forward (linear.py:2) 25",
+    "Tensor.backward (_tensor.py:3);_engine_run_backward (graph.py:4) 40",
+    _FWD + "Linear.forward (linear.py:2) 20",
+    _FWD + "repeat_kv (llama.py:5) 10",
+    "loss_fn (user_item.py:7);masked_slot_loss (user_item.py:3) 5",
+))
 
 def test_shares_by_phase_and_forward_operator(align_script, tmp_path):
     spy = align_script("pyspy_breakdown")
@@ -34,6 +35,6 @@ def test_shares_by_phase_and_forward_operator(align_script, tmp_path):
 def test_a_malformed_line_is_named(align_script, tmp_path):
     spy = align_script("pyspy_breakdown")
     raw = tmp_path / "raw.txt"
-    raw.write_text("main (app.py:1) 3\nnot a stack line\n")
-    with pytest.raises(ValueError, match="raw.txt:2"):
+    raw.write_text("main (app.py:1) 3\nnot a stack line\n")  # line 2: no count
+    with pytest.raises(ValueError, match=r"raw\.txt:2"):
         spy.read_stacks(raw)
