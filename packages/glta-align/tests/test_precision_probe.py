@@ -205,10 +205,11 @@ def test_attention_probe_picks_the_faster_kernel_and_caches_it(tiny, monkeypatch
     from glta_align.llm import attention_probe
 
     calls = []
-    fast = {"eager": 0.010, "sdpa": 0.020}
+    fast = {"eager": 0.010, "eager_grouped": 0.012, "sdpa": 0.020}
 
     def fake_time(module, fn, mask, q, k, v):
-        name = "sdpa" if mask.dtype == torch.bool else "eager"
+        name = ("sdpa" if mask.dtype == torch.bool else
+                "eager_grouped" if fn is llm_mod.grouped_eager_attention else "eager")
         calls.append(name)
         assert q.shape == (8, 4, 128, 16) and k.shape == (8, 2, 160, 16)
         return fast[name]
@@ -216,18 +217,23 @@ def test_attention_probe_picks_the_faster_kernel_and_caches_it(tiny, monkeypatch
     monkeypatch.setattr(llm_mod, "_time_attention", fake_time)
     first = attention_probe(tiny.model)
     assert first["source"] == "probe" and first["choice"] == "eager"
-    assert first["ms"] == {"eager": 10.0, "sdpa": 20.0} and len(calls) == 2 + 3 * 2
+    assert first["ms"] == {"eager": 10.0, "eager_grouped": 12.0, "sdpa": 20.0}
+    assert len(calls) == 3 + 3 * 3
     path = probe_cache_path().with_name("attention-probe.json")
     assert json.loads(path.read_text())[first["key"]]["choice"] == "eager"
     again = attention_probe(tiny.model)
-    assert again["source"] == "cache" and again["choice"] == "eager" and len(calls) == 8
-    # less than 10% faster: transformers' default stays
-    fast.update(eager=0.019)
+    assert again["source"] == "cache" and again["choice"] == "eager" and len(calls) == 12
+    # the faster eager kernel wins
+    fast.update(eager_grouped=0.008)
+    grouped = attention_probe(tiny.model, refresh=True)
+    assert grouped["choice"] == "eager_grouped"
+    # neither eager kernel 10% faster: transformers' default stays
+    fast.update(eager=0.019, eager_grouped=0.0195)
     close = attention_probe(tiny.model, refresh=True)
     assert close["source"] == "probe" and close["choice"] == "sdpa"
     # a busy machine's figures are used, not cached
     monkeypatch.setattr(llm_mod, "_busy_load", lambda: 9.0)
-    fast.update(eager=0.001)
+    fast.update(eager=0.001)  # eager_grouped stays at 19.5 ms
     busy = attention_probe(tiny.model, refresh=True)
     assert busy["choice"] == "eager" and busy["busy_load"] == 9.0
     assert json.loads(path.read_text())[first["key"]]["choice"] == "sdpa"
@@ -239,12 +245,13 @@ def test_attention_probe_picks_the_faster_kernel_and_caches_it(tiny, monkeypatch
     assert json.loads(path.read_text())[first["key"]]["choice"] == "sdpa"
 
 
-def test_attention_probe_really_times_both_kernels(tiny):
+def test_attention_probe_really_times_every_kernel(tiny):
     from glta_align.llm import attention_probe
 
     got = attention_probe(tiny.model, batch=2, queries=8, prefix=4, repeats=1)
-    assert got["source"] == "probe" and got["choice"] in ("eager", "sdpa")
-    assert set(got["ms"]) == {"eager", "sdpa"} and all(v > 0 for v in got["ms"].values())
+    assert got["source"] == "probe" and got["choice"] in ("eager", "eager_grouped", "sdpa")
+    assert set(got["ms"]) == {"eager", "eager_grouped", "sdpa"}
+    assert all(v > 0 for v in got["ms"].values())
     assert got["dtype"] == "torch.float32" and got["heads"] == [4, 2, 16]
 
 
@@ -279,3 +286,57 @@ def test_load_llm_attention_choice(tiny_dir, monkeypatch):
     assert off.train_attention == "sdpa" and off.attention_probe is None and calls == [1]
     with pytest.raises(llm_mod.LLMError, match=r"attention must be one of .*'flash'"):
         load_llm(tiny_dir, dtype="float32", device="cpu", attention="flash")
+
+
+@pytest.mark.parametrize("heads, kv", [(4, 2), (6, 2), (4, 4)])
+def test_grouped_eager_attention_equals_eager(heads, kv):
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    from glta_align.llm import grouped_eager_attention
+
+    module = torch.nn.Module()
+    module.num_key_value_groups = heads // kv
+    module.eval()
+    gen = torch.Generator().manual_seed(0)
+    B, L, P, d = 3, 5, 7, 8
+    S = P + L
+    q = torch.randn(B, heads, L, d, generator=gen)
+    k, v = (torch.randn(B, kv, S, d, generator=gen) for _ in range(2))
+    allowed = torch.arange(S)[None, :] <= torch.arange(L)[:, None] + P
+    allowed = allowed[None, None].repeat(B, 1, 1, 1)
+    allowed[1, ..., :3] = False  # a left-padded row
+    mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+
+    def run(fn):
+        qq, kk, vv = (t.clone().requires_grad_() for t in (q, k, v))
+        out, weights = fn(module, qq, kk, vv, mask, scaling=d ** -0.5, dropout=0.0)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return out, weights, qq.grad, kk.grad, vv.grad
+
+    ref, got = run(eager_attention_forward), run(grouped_eager_attention)
+    assert got[0].shape == (B, L, heads, d) and got[1].shape == (B, heads, L, S)
+    for a, b in zip(ref, got, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_trains_the_same_with_grouped_eager_attention(tiny):
+    # the registered kernel runs inside transformers' Llama layers (mask included) and gives
+    # eager's hidden states and input gradients
+    import dataclasses
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 6, tiny.hidden_size, generator=gen) * 0.02
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+
+    def run(impl):
+        llm = dataclasses.replace(tiny, train_attention=impl)
+        xe = x.clone().requires_grad_()
+        with llm.attention_scope():
+            out = llm.backbone(inputs_embeds=xe, attention_mask=mask).last_hidden_state
+        (out[:, 2:] ** 2).sum().backward()
+        return out[:, 2:].detach(), xe.grad[:, 2:]
+
+    eager, grouped = run("eager"), run("eager_grouped")
+    assert tiny.causal_lm.config._attn_implementation != "eager_grouped"  # scope restored
+    for a, b in zip(eager, grouped, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

@@ -82,6 +82,10 @@ def test_attention_kernels_never_rekey_a_stage(tmp_path):
     assert eager.user_item.attention == "eager" == eager.item_text.attention
     assert stage_keys(eager) == stage_keys(base)
     assert config_differences(base, eager) == []  # nothing to report, nothing to rerun
+    grouped = load_config("smoke", overrides=["--run.out", str(run), "--llm.attention",
+                                              "eager_grouped"])
+    assert grouped.user_item.attention == "eager_grouped"
+    assert stage_keys(grouped) == stage_keys(base) and config_differences(base, grouped) == []
     run.mkdir()
     write_config(base, run / "resolved-config.toml")
     saved = (run / "resolved-config.toml").read_text()
@@ -273,7 +277,8 @@ def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_p
     inspect = runner.invoke(app, ["inspect", str(run)]).stdout
     assert speed.group(0).strip() in inspect
     # the tiny model's attention kernels in training (chosen by the probe: dtype float32)
-    attention = re.search(r"LLM attention in training: (sdpa|eager) \(probe[^\n]*\)\.\n", report)
+    attention = re.search(
+        r"LLM attention in training: (sdpa|eager|eager_grouped) \(probe[^\n]*\)\.\n", report)
     assert attention and attention.group(0).strip().rstrip(".") in inspect
     assert load_config("default", run / "resolved-config.toml").graph.epochs == 4
 

@@ -47,10 +47,11 @@ class _StageConfig:
     dtype: str = _help("LLM dtype: auto (CUDA: bf16; CPU: bf16 with AMX, int8 with VNNI, "
                        "else fp32), float32, bfloat16, int8 (CPU: int8 linear layers)", "auto")
     device: str | None = _help("device: None = cuda when present, else cpu", None)
-    attention: str = _help("attention kernels: auto (CPU: the faster of eager and sdpa, "
-                           "measured once per machine; elsewhere sdpa), sdpa or eager (the "
-                           "same attention computed differently; not part of stage keys)",
-                           "auto")
+    attention: str = _help("attention kernels: auto (CPU: the fastest of eager, "
+                           "eager_grouped and sdpa, measured once per machine; elsewhere "
+                           "sdpa), sdpa, eager or eager_grouped (eager without copying "
+                           "grouped-query keys/values per head); the same attention computed "
+                           "differently, not part of stage keys", "auto")
     llm_init: str = _help("LLM weights: pretrained, or random (a randomly initialised model "
                           "of the same shape, seeded by `seed`: the 'random-llm' control)",
                           "pretrained")
@@ -92,7 +93,7 @@ class _StageConfig:
 
         choices = {"prompt_style": ("auto", "chat", "paper"), "padding_side": ("left", "right"),
                    "llm_init": ("pretrained", "random"),
-                   "attention": ("auto", "sdpa", "eager"),
+                   "attention": ("auto", "sdpa", "eager", "eager_grouped"),
                    "lr_schedule": LR_SCHEDULES,
                    "projector": ("linear", "mlp"), "head": HEADS, "head_init": _HEAD_INITS}
         for name, allowed in choices.items():

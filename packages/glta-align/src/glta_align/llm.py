@@ -28,6 +28,7 @@ from torch import nn
 __all__ = [
     "ATTENTION_CHOICES",
     "DEFAULT_GGUF_NAME",
+    "GROUPED",
     "LLM_INITS",
     "FrozenLLM",
     "LLMError",
@@ -35,12 +36,14 @@ __all__ = [
     "attention_probe",
     "cache_root",
     "default_gguf_path",
+    "grouped_eager_attention",
     "load_llm",
     "load_tokenizer",
     "precision_probe",
     "probe_cache_path",
     "quiet_transformers",
     "random_init_copy",
+    "register_grouped_attention",
     "resolve_dtype",
     "save_lora",
     "tiny_llm",
@@ -96,7 +99,8 @@ class FrozenLLM:
             of :func:`precision_probe`: choice, GFLOP/s per candidate, source), or ``None``
             when the dtype was given or the device is not a CPU.
         train_attention: transformers' attention implementation for forward passes that
-            record gradients (``"sdpa"`` or ``"eager"``; see :meth:`attention_scope`).
+            record gradients (``"sdpa"``, ``"eager"`` or ``"eager_grouped"``; see
+            :meth:`attention_scope` and :func:`grouped_eager_attention`).
         attention_probe: how ``attention="auto"`` chose ``train_attention`` on the CPU (the
             result of :func:`attention_probe`), or ``None`` when it was given.
     """
@@ -122,6 +126,8 @@ class FrozenLLM:
         if not torch.is_grad_enabled() or before == self.train_attention:
             yield
             return
+        if self.train_attention == GROUPED:
+            register_grouped_attention()
         config._attn_implementation = self.train_attention
         try:
             yield
@@ -488,9 +494,62 @@ def _write_cache(path: Path, key: str, entry: dict[str, Any]) -> None:
         pass  # a read-only cache only costs a probe next time
 
 
-ATTENTION_CHOICES = ("auto", "sdpa", "eager")
-# Format of a cached attention-probe entry (entries of another version are measured again).
-ATTENTION_PROBE_VERSION = 1
+# The grouped-query eager kernel's name in transformers' attention and mask registries.
+GROUPED = "eager_grouped"
+ATTENTION_CHOICES = ("auto", "sdpa", "eager", GROUPED)
+# Format of a cached attention-probe entry (entries of another version are measured again;
+# version 1 had no eager_grouped arm).
+ATTENTION_PROBE_VERSION = 2
+
+
+def grouped_eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                            value: torch.Tensor, attention_mask: torch.Tensor | None,
+                            scaling: float, dropout: float = 0.0, **kwargs: Any
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' eager attention without copying keys and values per query head.
+
+    Grouped-query attention (``H`` query heads sharing ``KV`` key/value heads, ``G = H / KV``)
+    in eager attention repeats every key/value head ``G`` times (``repeat_kv``: a copy of the
+    whole past per layer and call, and a reduction in the backward pass). Here each group's
+    ``G x L`` queries form one matrix against their shared keys and values instead: the same
+    products, the same additive mask and float32 softmax, outputs equal to eager's (the
+    gradient into the keys/values sums the group inside the product instead of after it).
+
+    Args:
+        module: the attention layer (``training`` decides dropout).
+        query: ``(B, H, L, d)``; key, value: ``(B, KV, S, d)``.
+        attention_mask: additive ``(B, 1, L, >= S)`` (transformers' eager mask) or ``None``.
+        scaling: the score scale (``d ** -0.5``); dropout: attention dropout probability.
+
+    Returns:
+        ``(output (B, L, H, d), attention weights (B, H, L, S))`` as eager's.
+    """
+    B, H, L, D = query.shape
+    KV, S = key.shape[1], key.shape[-2]
+    G = H // KV
+    q = query.reshape(B, KV, G * L, D)  # head h reads key/value head h // G, as repeat_kv
+    weights = torch.matmul(q, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = (weights.view(B, KV, G, L, S)
+                   + attention_mask[:, :, None, :, :S]).view(B, KV, G * L, S)
+    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    out = torch.matmul(weights, value).view(B, H, L, D).transpose(1, 2).contiguous()
+    return out, weights.view(B, H, L, S)
+
+
+def register_grouped_attention() -> None:
+    """Make ``config._attn_implementation = "eager_grouped"`` usable: register
+    :func:`grouped_eager_attention` with transformers' attention functions and eager's
+    additive mask with its mask functions (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if ALL_ATTENTION_FUNCTIONS.get(GROUPED) is not grouped_eager_attention:
+        AttentionInterface.register(GROUPED, grouped_eager_attention)
+    if GROUPED not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        AttentionMaskInterface.register(GROUPED, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
 
 
 def _attention_functions(model: nn.Module) -> tuple[nn.Module, Any, Any] | None:
@@ -530,13 +589,15 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
     """The attention implementation ``attention="auto"`` uses on the CPU, by measurement.
 
     Times one forward + backward (into queries, keys and values, as the soft-token stages
-    run) of transformers' ``eager`` and ``sdpa`` attention functions for the model's own
-    head layout and weight dtype, at a stage-3-like shape: ``batch`` rows of ``queries``
-    new positions behind a ``prefix``-token cached prefix, causal, the last rows padded.
-    The two are timed interleaved, best of ``repeats``; eager is chosen when it is at least
-    10% faster, else sdpa (transformers' default). Cached once per machine like
-    :func:`precision_probe` (``$XDG_CACHE_HOME/glta/attention-probe.json``, keyed by CPU
-    model, torch and transformers versions, thread count, head layout and dtype); a probe
+    run) of transformers' ``eager`` and ``sdpa`` attention functions and of
+    :func:`grouped_eager_attention` (``"eager_grouped"``) for the model's own head layout
+    and weight dtype, at a stage-3-like shape: ``batch`` rows of ``queries`` new positions
+    behind a ``prefix``-token cached prefix, causal, the last rows padded. The three are
+    timed interleaved, best of ``repeats``; the faster of the two eager kernels is chosen
+    when it is at least 10% faster than sdpa, else sdpa (transformers' default). Cached
+    once per machine like :func:`precision_probe`
+    (``$XDG_CACHE_HOME/glta/attention-probe.json``, keyed by CPU model, torch and
+    transformers versions, thread count, head layout and dtype); a probe
     on a busy machine (load average above the CPU count, or other processes taking more
     than :data:`OTHERS_SHARE_LIMIT` of the CPU time while it ran) is used but not cached.
     Which is faster depends on the precision and the CPU: on a Xeon with AMX eager trained
@@ -550,7 +611,8 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
         refresh: measure again even when a cached result exists.
 
     Returns:
-        ``{"choice": "sdpa" | "eager", "ms": {impl: best ms}, "source": "probe" | "cache" |
+        ``{"choice": "sdpa" | "eager" | "eager_grouped", "ms": {impl: best ms}, "source":
+        "probe" | "cache" |
         "none", "key": str, ...}``; ``source == "none"`` (choice sdpa, ``"error"`` says why)
         when the architecture has no eager/sdpa pair or the probe failed.
     """
@@ -576,7 +638,7 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
     key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
     path = probe_cache_path().with_name("attention-probe.json")
     hit = _read_cache(path).get(key)
-    if (not refresh and isinstance(hit, dict) and hit.get("choice") in ("sdpa", "eager")
+    if (not refresh and isinstance(hit, dict) and hit.get("choice") in ATTENTION_CHOICES[1:]
             and hit.get("version") == ATTENTION_PROBE_VERSION):
         return {**hit, "source": "cache", "key": key}
     snap = _cpu_snapshot()
@@ -595,7 +657,8 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
         allowed[..., 0] = True  # every query sees the first token (no all-masked rows)
         additive = torch.zeros(allowed.shape, dtype=dtype).masked_fill(
             ~allowed, torch.finfo(dtype).min)
-        arms = {"eager": (eager, additive), "sdpa": (sdpa, allowed)}
+        arms = {"eager": (eager, additive), GROUPED: (grouped_eager_attention, additive),
+                "sdpa": (sdpa, allowed)}
         best = {name: float("inf") for name in arms}
         for fn, mask in arms.values():  # warm-up
             _time_attention(module, fn, mask, q, k, v)
@@ -606,7 +669,8 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
         return {"choice": "sdpa", "ms": {}, "source": "none", "key": key,
                 "error": f"{type(exc).__name__}: {exc}"}
     ms = {name: round(t * 1e3, 3) for name, t in best.items()}
-    choice = "eager" if best["eager"] * 1.1 <= best["sdpa"] else "sdpa"
+    fastest = min(("eager", GROUPED), key=lambda name: best[name])
+    choice = fastest if best[fastest] * 1.1 <= best["sdpa"] else "sdpa"
     entry = {"version": ATTENTION_PROBE_VERSION, "choice": choice, "ms": ms,
              "cpu": key_parts[1], "torch": torch.__version__,
              "transformers": transformers.__version__, "threads": key_parts[4],
@@ -745,10 +809,11 @@ def load_llm(
             (``start``, ``info`` for the one-time GGUF conversion and the probes, ``end``
             naming what was loaded).
         attention: transformers' attention implementation in the forward passes that
-            train (:meth:`FrozenLLM.attention_scope`), ``"sdpa"`` or ``"eager"`` (the same
-            attention computed by different kernels), or ``"auto"``: on the CPU the faster
-            of the two measured by :func:`attention_probe` for this model's heads and
-            precision (once per machine, cached; ``GLTA_ATTENTION_PROBE=0`` or a failed
+            train (:meth:`FrozenLLM.attention_scope`), ``"sdpa"``, ``"eager"`` or
+            ``"eager_grouped"`` (:func:`grouped_eager_attention`; the same attention
+            computed by different kernels), or ``"auto"``: on the CPU the fastest measured
+            by :func:`attention_probe` for this model's heads and precision
+            (once per machine, cached; ``GLTA_ATTENTION_PROBE=0`` or a failed
             probe: sdpa), elsewhere sdpa. Passes without gradients always run sdpa.
 
     Returns:

@@ -165,9 +165,11 @@ class LLMConfig:
     )
     attention: str = field(
         default="auto",
-        metadata={"help": "Attention kernels: auto (CPU: the faster of eager and sdpa for this "
-                 "model and precision, measured once per machine; elsewhere sdpa), sdpa or "
-                 "eager. The same attention computed differently: not part of stage keys."},
+        metadata={"help": "Attention kernels: auto (CPU: the fastest of eager, eager_grouped "
+                 "and sdpa for this model and precision, measured once per machine; elsewhere "
+                 "sdpa), sdpa, eager or eager_grouped (eager without copying grouped-query "
+                 "keys/values per head). The same attention computed differently: not part "
+                 "of stage keys."},
     )
     init: str = field(
         default="pretrained",
@@ -185,9 +187,9 @@ class LLMConfig:
             )
         if not self.model:
             raise ConfigError("[llm] model: must be `default`, a hub id or a folder")
-        if self.attention not in ("auto", "sdpa", "eager"):
+        if self.attention not in ("auto", "sdpa", "eager", "eager_grouped"):
             raise ConfigError(f"[llm] attention: {self.attention!r} is not one of auto, sdpa, "
-                              "eager")
+                              "eager, eager_grouped")
 
     @property
     def model_name_or_path(self) -> str | None:
