@@ -718,6 +718,7 @@ def run_pipeline(
             _evaluate_step(run, data)
         else:
             run.skipped.append("evaluate")
+        run.runner = None  # its kept text keys/values (up to 2 GiB) are not needed past here
         return _finish(run, data, command)
 
 
