@@ -19,6 +19,15 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                           check=False, cwd=SCRIPT.parent)
 
 
+def _table(tmp_path: Path, runs: list[dict]) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run the script on an ablation JSON holding ``runs``: its process and written JSON."""
+    src, out = tmp_path / "abl.json", tmp_path / "table.json"
+    src.write_text(json.dumps({"runs": runs}))
+    proc = _run(str(src), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return proc, json.loads(out.read_text())
+
+
 def _entry(seed: int, row: str, test: float, valid: float, out: str | None = None) -> dict:
     cmd = ["glta_cli.app", "pipeline", "--out", out or f"/runs/ml-100k/seed{seed}/{row}"]
     activity = {"Q1 (1-5 train items)": {"ndcg@10": test / 2},
@@ -55,12 +64,8 @@ def test_rows_pair_with_the_run_they_were_copied_from(tmp_path):
         {**_entry(1, "random-llm-repeat", 0.33, 0.19, out="/runs/ml-100k/seed1/random-llm"),
          "renamed_from": "random-llm", "date": "2026-12-05"},
     ]
-    src = tmp_path / "abl.json"
-    src.write_text(json.dumps({"runs": runs}))
-    out = tmp_path / "table.json"
-    proc = _run(str(src), "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
-    table = json.loads(out.read_text())["table"]["ml-100k"]
+    proc, doc = _table(tmp_path, runs)
+    table = doc["table"]["ml-100k"]
     main_rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| `") and "`:" in ln]
     shown = [ln.split("`")[1] for ln in main_rows]
     assert shown == ["full", "full-repeat", "random-llm", "random-llm-repeat", "no-ua",
@@ -128,12 +133,8 @@ def test_pretrained_rows_set_beside_their_random_weight_controls(tmp_path):
         _entry(0, "lora", 0.41, 0.22), _entry(0, "lora-random-llm", 0.40, 0.20),
         _entry(0, "no-text-random-llm", 0.40, 0.20),  # its pretrained row not recorded
     ]
-    src = tmp_path / "abl.json"
-    src.write_text(json.dumps({"runs": runs}))
-    out = tmp_path / "table.json"
-    proc = _run(str(src), "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
-    pairs = json.loads(out.read_text())["pretrained_vs_random"]["ml-100k"]
+    proc, doc = _table(tmp_path, runs)
+    pairs = doc["pretrained_vs_random"]["ml-100k"]
     assert set(pairs) == {"full", "lora"}
     full = pairs["full"]
     assert full["control"] == "random-llm" and full["seeds"] == [0, 1, 3]

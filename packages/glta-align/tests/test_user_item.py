@@ -301,16 +301,9 @@ def test_stage3_text_first_validation_reuses_the_texts_training_kept(
         toy_run, toy, tiny, monkeypatch):
     # each epoch's valid ranking runs on the stage's own runner, so a user's text, computed
     # once in training, is never computed again (a fresh runner per validation recomputed all)
-    from glta_align.splice import SoftPromptRunner
+    from glta_align.testing import record_text_heads
 
-    computed: list[tuple[int, ...]] = []
-    row_head = SoftPromptRunner._row_head
-
-    def counting(self, row, kv):
-        computed.append(tuple(row))
-        return row_head(self, row, kv)
-
-    monkeypatch.setattr(SoftPromptRunner, "_row_head", counting)
+    computed = record_text_heads(monkeypatch)
     train_item_text(toy, toy_run, ItemTextConfig(epochs=1, items_per_instance=3), llm=tiny)
     res = train_user_item(toy, toy_run, UserItemConfig(
         epochs=2, batch_size=4, num_slots=3, profile_new_tokens=2, lr=1e-2,

@@ -352,16 +352,9 @@ def test_pipeline_evaluation_reuses_the_texts_stage3_kept(runner, ratings_csv, t
                                                           monkeypatch):
     # text first (the default preset): stage 3 computes each user's text once and keeps its
     # keys/values; the evaluation ranks valid and test on that runner instead of a new one
-    from glta_align.splice import SoftPromptRunner
+    from glta_align.testing import record_text_heads
 
-    computed: list[tuple[int, ...]] = []
-    row_head = SoftPromptRunner._row_head
-
-    def counting(self, row, kv):
-        computed.append(tuple(row))
-        return row_head(self, row, kv)
-
-    monkeypatch.setattr(SoftPromptRunner, "_row_head", counting)
+    computed = record_text_heads(monkeypatch)
     run = tmp_path / "run"
     args = tiny_pipeline_args(ratings_csv, tiny_model_dir, run)
     result = runner.invoke(app, ["pipeline", *args, "--user_item.patience", "1"])

@@ -865,14 +865,9 @@ def _evaluate_step(run: _Run, data: Any) -> None:
     def get_recommender() -> Any:
         if (run_dir / "lora").is_dir():
             return GLTARecommender.from_run(run_dir)
-        llm = run.get_llm()
-        # stage 3's runner, when it ran here: its kept text keys/values serve the ranking
-        if run.runner is not None:
-            try:
-                return GLTARecommender.from_run(run_dir, llm=llm, runner=run.runner)
-            except ValueError:  # built for another prompt: rank with a runner of its own
-                pass
-        return GLTARecommender.from_run(run_dir, llm=llm)
+        # stage 3's runner when it ran here (built from the settings the run saved, so it
+        # fits): its kept text keys/values serve the ranking; None: a runner of its own
+        return GLTARecommender.from_run(run_dir, llm=run.get_llm(), runner=run.runner)
 
     emit(run.progress, ProgressEvent("evaluate", "start", total=None,
                                      message="ranking valid and test with both models"))
