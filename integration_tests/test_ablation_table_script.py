@@ -113,6 +113,24 @@ def test_the_first_file_recording_a_run_wins_and_bad_input_is_named(tmp_path):
     assert proc.returncode == 2 and "absent.json" in proc.stderr
 
 
+def test_runs_from_another_machine_are_named_under_the_table(tmp_path):
+    src, out = tmp_path / "abl.json", tmp_path / "t.json"
+    amd = {"cpu": "AMD EPYC", "cores": 2, "threads": 1}
+    ar = {**_entry(0, "ar", 0.30, 0.15), "machine": amd}
+    src.write_text(json.dumps({"machine": {"cpu": "Intel Xeon", "cores": 2, "threads": 2},
+                               "runs": [_entry(0, "full", 0.40, 0.20),
+                                        _entry(1, "full", 0.42, 0.21), ar]}))
+    proc = _run(str(src), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    table = json.loads(out.read_text())["table"]["ml-100k"]
+    assert table["full"]["machines"] == ["Intel Xeon", "Intel Xeon"]
+    assert table["ar"]["machines"] == ["AMD EPYC"]
+    assert "Runs on Intel Xeon except `ar` seed 0: AMD EPYC." in proc.stdout
+    # one machine only: no such line
+    _, one = _table(tmp_path, [_entry(0, "full", 0.40, 0.20)])
+    assert one["table"]["ml-100k"]["full"]["machines"] == [None]
+
+
 def test_pretrained_rows_set_beside_their_random_weight_controls(tmp_path):
     def with_tail(entry: dict, hits: float) -> dict:
         entry["result"]["breakdown"]["models"]["glta"]["popularity"] = {

@@ -45,6 +45,27 @@ def test_merge_joins_parallel_drivers_without_duplicates(tmp_path):
     assert {"dataset": "ml-100k", "seed": 1, "row": "full"} not in doc["missing"]
 
 
+def test_merged_rows_keep_the_machine_they_ran_on(tmp_path):
+    # a file of Xeon rows merged with a file of AMD rows: each row names its own machine, and
+    # the joined file's machine (that of rows naming none) stays the first file's
+    xeon = {"cpu": "Intel(R) Xeon(R) Processor", "cores": 2, "threads": 2}
+    amd = {"cpu": "AMD EPYC", "cores": 2, "threads": 1}
+    out = tmp_path / "all.json"
+    out.write_text(json.dumps({"machine": xeon, "runs": [_run_entry(0, "full", 0.30)]}))
+    other = tmp_path / "amd.json"
+    other.write_text(json.dumps({"machine": amd, "runs": [_run_entry(0, "ar", 0.20)]}))
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--rows", "", "--root", str(tmp_path / "runs"),
+         "--out", str(out), "--merge", str(other)],
+        capture_output=True, text=True, check=False, cwd=SCRIPT.parent)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["machine"] == xeon
+    by_row = {r["row"]: r for r in doc["runs"]}
+    assert "machine" not in by_row["full"]  # the file's own machine
+    assert by_row["ar"]["machine"] == amd
+
+
 def test_reread_adds_the_stage3_curve_only_when_metrics_match(tmp_path):
     root = tmp_path / "runs"
     entries = []

@@ -26,6 +26,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from ablations import COPY_FROM, PAPER, run_dir, spread_stats  # this folder's scripts
@@ -131,7 +132,8 @@ def table(runs: list[dict]) -> dict:
         "ratio": {"test P@10" | "test N@10": stats}, "sources": [row per seed],
         "paper_ratio": [metric, value] | None}}}`` where stats is
         ``{"mean", "spread", "values"}`` over the row's seeds (``delta`` / ``ratio`` over
-        the seeds whose source is recorded).
+        the seeds whose source is recorded); ``"machines"``: each seed's CPU model (None
+        where its run names none).
     """
     out: dict = {}
     names = list(ORDER) + [r["row"] for r in runs if r["row"] not in ORDER]
@@ -166,6 +168,7 @@ def table(runs: list[dict]) -> dict:
                 for q in sorted(set(mine_q) & set(theirs_q)):
                     by_activity.setdefault(q, []).append(mine_q[q] - theirs_q[q])
             entry["sources"] = sources
+            entry["machines"] = [(r.get("machine") or {}).get("cpu") for r in mine]
             entry["delta"] = {k: spread_stats(v) for k, v in deltas.items()}
             entry["ratio"] = {k: spread_stats(v) for k, v in ratios.items()}
             entry["activity_delta"] = {k: spread_stats(v) for k, v in by_activity.items()}
@@ -284,6 +287,13 @@ def markdown(result: dict) -> str:
                 f"{metric + ' ' + _cell(ratio, digits=2) if ratio else '-'} | "
                 f"{f'{paper[0]} {paper[1]:.2f}' if paper else '-'} |")
         lines.append("")
+        cpus = Counter(m for e in rows.values() for m in e["machines"] if m)
+        if len(cpus) > 1:
+            usual = cpus.most_common(1)[0][0]
+            odd = [f"`{row}` seed {seed}: {m}" for row, e in rows.items()
+                   for seed, m in zip(e["seeds"], e["machines"], strict=True)
+                   if m and m != usual]
+            lines += [f"Runs on {usual} except " + "; ".join(odd) + ".", ""]
         quintiles = sorted({q for e in rows.values() for q in e["activity_delta"]})
         if quintiles:
             lines += [f"Paired test N@10 difference by user-activity quintile ({ds}; Q1 the "
@@ -339,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             key = (run["dataset"], run["seed"], run["row"])
             if key not in seen:  # the first file recording a run wins
                 seen.add(key)
-                runs.append(run)
+                runs.append({**run, "machine": run.get("machine", doc.get("machine"))})
     result = table(runs)
     if not result:
         ap.error("no GLTA runs with test metrics in " + ", ".join(map(str, args.ablations)))

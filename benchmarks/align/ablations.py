@@ -315,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             keep = {r.strip() for r in args.merge_rows.split(",")}
             theirs["runs"] = [r for r in theirs["runs"] if r["row"] in keep]
         for run in theirs["runs"]:
+            if "machine" in theirs:  # rows keep their machine when files are merged
+                run.setdefault("machine", theirs["machine"])
             if run["row"] in renames:
                 run["renamed_from"] = run["row"]
                 run["row"] = renames[run["row"]]
@@ -329,10 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     doc.update({
         "what": "GLTA ablations and LightGCN baselines, selected on valid, test read once",
         "commands": commands + ([command] if command not in commands else []),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
-                    "threads": int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))},
         "paper": PAPER,
     })
+    # The machine of the runs that carry none of their own (the file's first machine); every
+    # run this script adds names its own, so rows from several machines can share a file.
+    here = {"cpu": cpu_model(), "cores": os.cpu_count(),
+            "threads": int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))}
+    doc.setdefault("machine", here)
     import torch
 
     doc["versions"] = {"torch": torch.__version__, "python": platform.python_version()}
@@ -388,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["runs"].append({"dataset": args.dataset, "seed": seed, "row": row,
                             "seconds": round(seconds, 1), "commit": git_commit(),
                             "date": dt.date.today().isoformat(), "command": cmd[2:],
-                            "result": result})
+                            "machine": here, "result": result})
         doc["summary"] = _summary(doc["runs"])
         _atomic_json(args.out, doc)
         print(f"  done in {seconds:.0f} s", flush=True)
