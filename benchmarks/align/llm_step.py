@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from glta_align.llm import load_llm
+from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
 
 _TEXT = ("The user has watched Star Wars, Toy Story, Fargo and The Godfather. They enjoy "
          "science fiction, crime and animated comedy, and tend to rate older classics highly. "
@@ -43,14 +45,16 @@ def main() -> None:
     x = torch.randn(args.batch, args.tokens, llms[ref].hidden_size) * 0.02
 
     def fwd_bwd(llm, inputs):
-        xe = inputs.clone().requires_grad_()
-        out = llm.backbone(inputs_embeds=xe).last_hidden_state
-        out[:, -args.slots:].sum().backward()
-        return out.detach(), xe.grad
+        # in the model's dtype and with its training attention kernel, as stage 3 runs it
+        xe = inputs.to(llm.dtype).clone().requires_grad_()
+        with llm.attention_scope():
+            out = llm.backbone(inputs_embeds=xe).last_hidden_state
+        out[:, -args.slots:].float().sum().backward()
+        return out.detach().float(), xe.grad.float()
 
     def fwd(llm):
         with torch.no_grad():
-            llm.backbone(inputs_embeds=x)
+            llm.backbone(inputs_embeds=x.to(llm.dtype))
 
     res: dict[str, dict[str, float]] = {n: {"fwd_bwd_s": float("inf"), "fwd_s": float("inf")}
                                         for n in names}
@@ -84,7 +88,10 @@ def main() -> None:
             next_token_agreement=float((tok == tok_ref).float().mean()),
             input_grad_cos=float(F.cosine_similarity(g.flatten(), g_ref.flatten(), dim=0)),
         )
-    out = {"threads": torch.get_num_threads(), "torch": torch.__version__,
+    out = {"command": "python benchmarks/align/llm_step.py " + " ".join(sys.argv[1:]),
+           "commit": git_commit(), "cpu": cpu_model(),
+           "attention": {n: llms[n].train_attention for n in names},
+           "threads": torch.get_num_threads(), "torch": torch.__version__,
            "batch": args.batch, "tokens": args.tokens, "text_tokens": int(ids.shape[1]),
            "results": res}
     print(json.dumps(out, indent=2))

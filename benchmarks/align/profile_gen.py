@@ -131,7 +131,11 @@ def main() -> None:
                     help="comma-separated users-per-batch values (e.g. 32,64,128): time GLTA's "
                          "path at each on the same --subset users, in alternating rounds, "
                          "instead of the baseline comparison and the full run")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds of --compare-batch-sizes")
+    ap.add_argument("--compare-dtypes", default=None,
+                    help="comma-separated precisions (e.g. float32,bfloat16,int8): time GLTA's "
+                         "path on --subset users in each, interleaved over --rounds, and stop")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="rounds of --compare-batch-sizes / --compare-dtypes")
     ap.add_argument("--note", default="", help="free text stored with the result (machine load)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -146,6 +150,18 @@ def main() -> None:
 
     result["transformers"] = transformers.__version__
     data = load_dataset("ml-100k")
+    if args.compare_dtypes:
+        cfg = UserItemConfig(profile_items=args.profile_items,
+                             description_tokens=args.description_tokens,
+                             profile_new_tokens=args.new_tokens,
+                             profile_batch_size=args.batch_size)
+        subset = sorted(np.random.default_rng(0).choice(data.num_users, size=args.subset,
+                                                        replace=False).tolist())
+        result["dtypes"] = compare_dtypes(data, subset, cfg, args.compare_dtypes.split(","),
+                                          args.rounds)
+        result["loadavg_end"] = list(os.getloadavg())
+        write_result(result, args.json)
+        return
     t0 = time.perf_counter()
     llm = load_llm(dtype=args.dtype)
     result["llm_load_s"] = time.perf_counter() - t0
@@ -247,6 +263,42 @@ def compare_batch_sizes(llm, prompts: dict, users: list[int], cfg: UserItemConfi
             "ratio_to_first": {str(b): mean[first] / mean[b] for b in sizes},
             "users_with_identical_texts": {
                 str(b): sum(texts[b][u] == texts[first][u] for u in users) for b in sizes}}
+
+
+def compare_dtypes(data, users: list[int], cfg: UserItemConfig, dtypes: list[str],
+                   rounds: int) -> dict:
+    """Seconds of GLTA's generation path over ``users`` with the LLM loaded in each of
+    ``dtypes`` (``load_llm(dtype=...)``: float32, bfloat16, int8 or auto).
+
+    The precisions alternate within each of ``rounds`` rounds (load from other processes
+    hits them alike); the texts of each are compared with the first precision's.
+
+    Returns:
+        ``{"users", "rounds", "precision": {dtype: what loaded}, "seconds": {dtype: [per
+        round]}, "s_per_user": {dtype: mean}, "ratio_to_first": {dtype: mean seconds of the
+        first / mean of dtype}, "users_with_identical_texts": {dtype: count vs the first}}``.
+    """
+    llms = {d: load_llm(dtype=d) for d in dtypes}
+    prompts = user_prompts(data, llms[dtypes[0]], cfg, users)  # one tokenizer for all
+    warm = UserItemConfig(profile_new_tokens=2, profile_batch_size=2)
+    for llm in llms.values():  # warm-up (and the int8 layers' compilation)
+        ours_on(llm, prompts, users[:2], warm)
+    secs: dict[str, list[float]] = {d: [] for d in dtypes}
+    texts: dict[str, dict[int, list[str]]] = {}
+    for r in range(rounds):
+        for d in dtypes:
+            t = time.perf_counter()
+            texts[d] = ours_on(llms[d], prompts, users, cfg)
+            secs[d].append(time.perf_counter() - t)
+            print(f"round {r + 1}: {d}: {secs[d][-1]:.1f} s on {len(users)} users", flush=True)
+    mean = {d: sum(v) / len(v) for d, v in secs.items()}
+    first = dtypes[0]
+    return {"users": len(users), "rounds": rounds,
+            "precision": {d: llms[d].precision for d in dtypes},
+            "seconds": secs, "s_per_user": {d: mean[d] / len(users) for d in dtypes},
+            "ratio_to_first": {d: mean[first] / mean[d] for d in dtypes},
+            "users_with_identical_texts": {
+                d: sum(texts[d][u] == texts[first][u] for u in users) for d in dtypes}}
 
 
 def write_result(result: dict, json_path: str | None) -> None:
