@@ -33,6 +33,38 @@ def test_compare_batch_sizes_times_every_size_on_the_same_users(profile_gen, tmp
     assert out["users_with_identical_texts"] == {"4": len(users), "12": len(users)}
 
 
+def test_compare_dtypes_times_each_precision_on_the_same_users(profile_gen, tmp_path):
+    import torch
+    from glta_align.config import UserItemConfig
+    from glta_align.llm import load_tokenizer, tiny_llm
+    from glta_cli.testing import write_ratings_csv
+    from glta_graph.data import load_dataset
+
+    data = load_dataset(write_ratings_csv(tmp_path / "r.csv", users=10), format="csv",
+                        text_col="text")
+    tok = load_tokenizer()
+    loaded = []
+
+    def load(dtype):  # the same tiny weights in each precision
+        loaded.append(dtype)
+        return tiny_llm(tok, hidden_size=32, num_layers=1, seed=0,
+                        dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype])
+
+    cfg = UserItemConfig(profile_items=3, description_tokens=8, profile_new_tokens=3,
+                         profile_batch_size=4)
+    users = list(range(data.num_users))
+    out = profile_gen.compare_dtypes(data, users, cfg, ["float32", "bfloat16"],
+                                     rounds=2, load=load)
+    assert loaded == ["float32", "bfloat16"]
+    assert out["precision"] == {"float32": "float32", "bfloat16": "bfloat16"}
+    assert all(len(v) == 2 and min(v) > 0 for v in out["seconds"].values())
+    assert out["ratio_to_first"]["float32"] == pytest.approx(1.0)
+    assert out["s_per_user"]["bfloat16"] == pytest.approx(
+        sum(out["seconds"]["bfloat16"]) / 2 / len(users))
+    assert out["users_with_identical_texts"]["float32"] == len(users)
+    assert 0 <= out["users_with_identical_texts"]["bfloat16"] <= len(users)
+
+
 def test_write_result_prints_and_writes_the_json(profile_gen, tmp_path, capsys):
     import json
 

@@ -266,9 +266,10 @@ def compare_batch_sizes(llm, prompts: dict, users: list[int], cfg: UserItemConfi
 
 
 def compare_dtypes(data, users: list[int], cfg: UserItemConfig, dtypes: list[str],
-                   rounds: int) -> dict:
+                   rounds: int, load=load_llm) -> dict:
     """Seconds of GLTA's generation path over ``users`` with the LLM loaded in each of
-    ``dtypes`` (``load_llm(dtype=...)``: float32, bfloat16, int8 or auto).
+    ``dtypes`` (``load(dtype=...)``, by default :func:`load_llm`: float32, bfloat16, int8
+    or auto).
 
     The precisions alternate within each of ``rounds`` rounds (load from other processes
     hits them alike); the texts of each are compared with the first precision's.
@@ -278,7 +279,7 @@ def compare_dtypes(data, users: list[int], cfg: UserItemConfig, dtypes: list[str
         round]}, "s_per_user": {dtype: mean}, "ratio_to_first": {dtype: mean seconds of the
         first / mean of dtype}, "users_with_identical_texts": {dtype: count vs the first}}``.
     """
-    llms = {d: load_llm(dtype=d) for d in dtypes}
+    llms = {d: load(dtype=d) for d in dtypes}
     prompts = user_prompts(data, llms[dtypes[0]], cfg, users)  # one tokenizer for all
     warm = UserItemConfig(profile_new_tokens=2, profile_batch_size=2)
     for llm in llms.values():  # warm-up (and the int8 layers' compilation)

@@ -57,8 +57,9 @@ MODELS = {"lightgcn": "none", "lightgcn+": "infonce", "rlmrec-con": "rlmrec-con"
 LIGHTGCN_GRID = [{"lr": lr, "l2": l2} for lr, l2 in itertools.product((0.01, 0.02), (1e-4, 1e-3))]
 TEXT_GRID = [{"text_weight": w, "text_temperature": t}
              for w, t in itertools.product((0.005, 0.02, 0.2), (0.1, 0.5))]
+# Temperatures doubling from 0.05; 0.4 and 0.8 added after valid chose 0.2, then the largest.
 SOFTMAX_GRID = [{"loss": "softmax", "lr": lr, "temperature": t}
-                for lr, t in itertools.product((0.001, 0.01), (0.05, 0.1, 0.2))]
+                for lr, t in itertools.product((0.001, 0.01), (0.05, 0.1, 0.2, 0.4, 0.8))]
 
 
 def tuning_grid(model: str, lightgcn: dict) -> list[dict]:
@@ -222,13 +223,35 @@ def result_path(dataset: str, epochs: int) -> Path:
     return RESULTS / f"text_baselines_{dataset}_{epochs}ep_cpu.jsonl"
 
 
-def final_rows(path: Path) -> tuple[list[dict], dict[str, list[dict]]]:
-    """All rows of one result file, and per model its ``final`` rows in seed order."""
+def final_rows(path: Path, select: str | None = None) -> tuple[list[dict], dict[str, list[dict]]]:
+    """All rows of one result file, and per model the ``final`` rows (seed order) of the
+    setting valid selects today: where a grid grew and valid chose anew, the finals of the
+    setting chosen before stay in the file but are not the model's result.
+
+    The setting is that of the model's seed-0 ``tune`` row with the best valid ``select``
+    among the settings that have ``final`` rows (the last final row's setting when none has
+    a tune row). ``select`` defaults to the default preset's graph ``select_metric``, the
+    metric :meth:`Bench.best` selects by."""
+    if select is None:
+        from glta_cli.config import load_config
+
+        select = load_config("default", None, {}).graph.select_metric
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip()]
-    final = {m: sorted((r for r in rows if r["phase"] == "final" and r["model"] == m),
-                       key=lambda r: r["seed"]) for m in MODELS}
-    return rows, {m: f for m, f in final.items() if f}
+    out: dict[str, list[dict]] = {}
+    for m in MODELS:
+        finals = [r for r in rows if r["phase"] == "final" and r["model"] == m]
+        if not finals:
+            continue
+        tuned = {json.dumps(r["setting"], sort_keys=True): r["valid"].get(select, -1.0)
+                 for r in rows if r["phase"] == "tune" and r["model"] == m and r["seed"] == 0}
+        candidates = {json.dumps(r["setting"], sort_keys=True) for r in finals}
+        scored = [c for c in candidates if c in tuned]
+        chosen = (max(scored, key=lambda c: tuned[c]) if scored
+                  else json.dumps(finals[-1]["setting"], sort_keys=True))
+        out[m] = sorted((r for r in finals if json.dumps(r["setting"], sort_keys=True) == chosen),
+                        key=lambda r: r["seed"])
+    return rows, out
 
 
 def summary(path: Path) -> str:
