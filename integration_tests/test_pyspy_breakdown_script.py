@@ -21,7 +21,7 @@ def test_shares_by_phase_and_forward_operator(align_script, tmp_path):
     raw = tmp_path / "raw.txt"
     raw.write_text(RAW)
     got = spy.breakdown(spy.read_stacks(raw))
-    assert got["samples"] == 100
+    assert got["samples"] == 100 and got["other_threads"] == 0
     assert got["phases"] == {"backward": 0.4, "forward": 0.3, "valid ranking": 0.25,
                              "loss": 0.05}
     # the validation's Linear is not the training forward's
@@ -38,3 +38,13 @@ def test_a_malformed_line_is_named(align_script, tmp_path):
     raw.write_text("main (app.py:1) 3\nnot a stack line\n")  # line 2: no count
     with pytest.raises(ValueError, match=r"raw\.txt:2"):
         spy.read_stacks(raw)
+
+
+def test_samples_of_other_threads_are_counted_apart(align_script, tmp_path):
+    spy = align_script("pyspy_breakdown")
+    raw = tmp_path / "raw.txt"
+    # a thread with no Python frame (an empty stack) and tqdm's monitor thread
+    raw.write_text(RAW + " 30\nThread._bootstrap (threading.py:1);TMonitor.run (_monitor.py:2) 7\n")
+    got = spy.breakdown(spy.read_stacks(raw))
+    assert got["samples"] == 100 and got["other_threads"] == 37
+    assert got["phases"]["backward"] == 0.4  # shares of the Python samples only

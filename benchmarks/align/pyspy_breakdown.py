@@ -26,10 +26,15 @@ PHASES = (("valid ranking", "validate"), ("backward", "backward"),
 
 def read_stacks(path: Path) -> list[tuple[list[str], int]]:
     """``[(function names outermost first, samples)]`` of a py-spy raw file (file and line
-    stripped from each frame); malformed lines are named in a ``ValueError``."""
+    stripped from each frame); malformed lines are named in a ``ValueError``. A line that is
+    only a count (samples of a thread with no Python frame, which py-spy writes with an empty
+    stack) gives an empty name list."""
     out = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
+            continue
+        if line.strip().isdigit():
+            out.append(([], int(line.strip())))
             continue
         stack, _, count = line.rstrip().rpartition(" ")
         if not stack or not count.isdigit():
@@ -48,8 +53,17 @@ def phase_of(names: list[str]) -> str:
 
 
 def breakdown(stacks: list[tuple[list[str], int]], top: int = 12) -> dict:
-    """``{"samples", "phases": {phase: share}, "forward_ops": {innermost frame: share of the
-    training forward's samples}}`` (shares in 0..1, the ops the ``top`` largest)."""
+    """``{"samples", "other_threads", "phases": {phase: share}, "forward_ops": {innermost
+    frame: share of the training forward's samples}}`` (shares in 0..1, the ops the ``top``
+    largest). Samples of other threads than the main one (a stack with no Python frame, or
+    one started by ``threading``, e.g. tqdm's monitor) are counted apart and left out of
+    ``samples`` and the shares."""
+
+    def main_thread(names: list[str]) -> bool:
+        return bool(names) and not names[0].startswith("Thread._bootstrap")
+
+    bare = sum(n for names, n in stacks if not main_thread(names))
+    stacks = [(names, n) for names, n in stacks if main_thread(names)]
     total = sum(n for _, n in stacks)
     phases: collections.Counter = collections.Counter()
     ops: collections.Counter = collections.Counter()
@@ -59,7 +73,7 @@ def breakdown(stacks: list[tuple[list[str], int]], top: int = 12) -> dict:
         if phase == "forward":
             ops[names[-1]] += n
     fwd = phases["forward"] or 1
-    return {"samples": total,
+    return {"samples": total, "other_threads": bare,
             "phases": {k: round(v / total, 4) for k, v in phases.most_common()},
             "forward_ops": {k: round(v / fwd, 4) for k, v in ops.most_common(top)}}
 

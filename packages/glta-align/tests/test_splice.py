@@ -293,6 +293,35 @@ def test_text_head_needs_a_cached_prefix_and_a_frozen_llm(tiny):
     assert split.last_shape.head_len == 3
 
 
+def test_int8_llm_keeps_its_texts_in_bf16_half_the_bytes(tokenizer):
+    # an int8 LLM's keys/values are fp32 products of int8-rounded activations: kept in bf16
+    # they take half the budget; the outputs stay within int8's own rounding of the exact run
+    from glta_align.int8 import quantize_linears_int8
+    from glta_align.llm import tiny_llm
+
+    llm = tiny_llm(tokenizer, hidden_size=64, num_layers=2, seed=0)
+    quantize_linears_int8(llm.model)
+    assert llm.precision == "int8"
+    prefix = [1, 2, 3, 4, 5]
+    torch.manual_seed(0)
+    table = torch.randn(3, llm.hidden_size)
+    exact = SoftPromptRunner(llm, prefix, text_head=True, head_cache_mb=1,
+                             head_cache_dtype=torch.float32)
+    half = SoftPromptRunner(llm, prefix, text_head=True, head_cache_mb=1)
+    assert half.head_cache_dtype == torch.bfloat16
+    with torch.no_grad():
+        want = exact.hidden_states(_text_first_seqs(), table)
+        for _ in range(2):  # computed and kept, then read back from the cache
+            got = half.hidden_states(_text_first_seqs(), table)
+            torch.testing.assert_close(got, want, atol=0.05, rtol=0.05)
+    kept = [t for rows in half._head_cache.values() for pair in rows for t in pair]
+    assert kept and all(t.dtype == torch.bfloat16 for t in kept)
+    assert all(t.dtype == torch.float32 for rows in exact._head_cache.values()
+               for pair in rows for t in pair)
+    assert half._head_cache_bytes * 2 == exact._head_cache_bytes
+    assert half.last_shape.head_rows == ()  # the second call computed no text
+
+
 @pytest.mark.parametrize("padding_side", ["right", "left"])
 def test_text_head_cache_reuses_each_text_and_changes_nothing(tiny, padding_side):
     # each leading text computed alone once; later calls (other batches, ranking) reuse its

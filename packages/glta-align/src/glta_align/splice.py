@@ -137,6 +137,11 @@ class SoftPromptRunner:
             (computed alone, batch 1) up to this many MiB and reuse them in later calls
             (later epochs, ranking); 0 = recompute in every call. Never used while the LLM
             has trainable weights.
+        head_cache_dtype: dtype the kept keys/values are stored in (cast back to the
+            computing dtype when used). Default: bfloat16 for an int8 LLM (its keys/values
+            are fp32 products of int8-rounded activations, whose rounding is coarser than
+            bf16's: storing them in bf16 halves the memory, so twice the texts fit the
+            budget), else the dtype they are computed in.
 
     Attributes:
         last_shape: the :class:`~glta_align.flops.BatchShape` the last
@@ -154,6 +159,7 @@ class SoftPromptRunner:
         pad_multiple: int | None = None,
         text_head: bool = False,
         head_cache_mb: float = 0,
+        head_cache_dtype: torch.dtype | None = None,
     ) -> None:
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -164,6 +170,9 @@ class SoftPromptRunner:
         self.reuse_prefix = reuse_prefix
         self.text_head = text_head
         self.head_cache_mb = float(head_cache_mb)
+        if head_cache_dtype is None and head_cache_mb > 0 and llm.precision == "int8":
+            head_cache_dtype = torch.bfloat16
+        self.head_cache_dtype = head_cache_dtype
         self._head_cache: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._head_cache_bytes = 0
         self._head_rows: tuple[int, ...] | None = None
@@ -260,6 +269,9 @@ class SoftPromptRunner:
                 if got is None:
                     got = self._row_head(r, kv) if r else None
                     computed.extend([len(r)] if r else [])
+                    if got is not None and self.head_cache_dtype is not None:
+                        got = [(k.to(self.head_cache_dtype), v.to(self.head_cache_dtype))
+                               for k, v in got]
                     size = sum(k.numel() * k.element_size() * 2 for k, _ in got or [])
                     if got is not None and self._head_cache_bytes + size <= \
                             self.head_cache_mb * 2**20:
