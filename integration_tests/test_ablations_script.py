@@ -138,7 +138,7 @@ def test_rows_of_execution_settings_retrain_stage3_in_their_copy(tmp_path, align
         "stages": {s: {"done": True, "key": s} for s in stages},
         "histories": {"graph": [1], "user_item": [2]}}))
     (run / "metrics.json").write_text("{}")
-    ablations._forget_stage3(run)
+    ablations.forget_stage3(run)
     doc = json.loads((run / "state" / "pipeline" / "stages.json").read_text())
     assert sorted(doc["stages"]) == ["dataset", "graph", "item_text"]
     assert doc["histories"] == {"graph": [1]}

@@ -22,14 +22,14 @@ def test_times_a_fresh_run_and_records_stages_metrics_and_machine(
         tmp_path, tiny_model_dir, synthetic_csv):
     csv_path = synthetic_csv(tmp_path / "ratings.csv")
     out, result = tmp_path / "run", tmp_path / "timing.json"
+    settings = ("--data.source", str(csv_path), "--data.format", "csv",
+                "--data.options", '{text_col = "text"}',
+                "--llm.model", str(tiny_model_dir), "--llm.dtype", "float32",
+                "--graph.epochs", "5", "--graph.dim", "16", "--item_text.epochs", "1",
+                "--user_item.epochs", "1", "--user_item.profile_new_tokens", "4",
+                "--eval.ks", "5,10")
     proc = _time("--out", str(out), "--cache", str(tmp_path / "cache"), "--json", str(result),
-                 "--note", "test", "--",
-                 "--data.source", str(csv_path), "--data.format", "csv",
-                 "--data.options", '{text_col = "text"}',
-                 "--llm.model", str(tiny_model_dir), "--llm.dtype", "float32",
-                 "--graph.epochs", "5", "--graph.dim", "16", "--item_text.epochs", "1",
-                 "--user_item.epochs", "1", "--user_item.profile_new_tokens", "4",
-                 "--eval.ks", "5,10")
+                 "--note", "test", "--", *settings)
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(result.read_text())
     assert doc["returncode"] == 0 and doc["note"] == "test"
@@ -41,6 +41,24 @@ def test_times_a_fresh_run_and_records_stages_metrics_and_machine(
     assert doc["machine"]["cpu"] and doc["commit"]
     assert doc["pipeline_command"].startswith("glta pipeline --out ")
     assert (tmp_path / "cache").is_dir()  # the run's XDG_CACHE_HOME
+    # --from-run: a copy of that run from stage 3 on (stages 1-2 and profile text reused);
+    # the source run is left as it was
+    before = (out / "metrics.json").read_bytes()
+    again, result2 = tmp_path / "again", tmp_path / "timing2.json"
+    proc = _time("--out", str(again), "--from-run", str(out), "--cache", str(tmp_path / "cache"),
+                 "--json", str(result2), "--", *settings)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc2 = json.loads(result2.read_text())
+    assert "from stage 3 on" in doc2["what"] and doc2["returncode"] == 0
+    assert doc2["profile_generation_s"] is None  # the copied texts were reused
+    assert len(doc2["stage3"]["valid_history"]) == 1
+    assert doc2["metrics"]["glta"]["test"]["users"] == doc["metrics"]["glta"]["test"]["users"]
+    assert "[item_text]" not in (tmp_path / "again.log").read_text()  # stage 2 not rerun
+    assert (out / "metrics.json").read_bytes() == before
+    bad = _time("--out", str(tmp_path / "x"), "--from-run", str(tmp_path / "cache"),
+                "--json", str(tmp_path / "t3.json"))
+    assert bad.returncode == 2 and "not a pipeline run directory" in bad.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_refuses_an_existing_run_directory(tmp_path):
@@ -51,3 +69,10 @@ def test_refuses_an_existing_run_directory(tmp_path):
     assert proc.returncode == 2 and "exists" in proc.stderr
     assert (out / "keep.txt").read_text() == "a user's file"
     assert not (tmp_path / "t.json").exists()
+
+
+def test_the_commit_is_that_of_the_code_the_interpreter_runs(align_script, tmp_path):
+    tp = align_script("time_pipeline")
+    assert tp.code_commit() == tp.git_commit()  # this environment runs this checkout
+    # an interpreter that cannot tell: this script's checkout
+    assert tp.code_commit(str(tmp_path / "no-python")) == tp.git_commit()

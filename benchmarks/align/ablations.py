@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             if not run.exists():
                 shutil.copytree(source, run, ignore=shutil.ignore_patterns("*.previous"))
                 if row in RETRAIN_STAGE3:
-                    _forget_stage3(run)
+                    forget_stage3(run)
             extra = EXTRA_ROWS.get(row, ["--ablation", row])
             cmd = _glta("pipeline", "--out", str(run), *common, *extra)
         print(f"{dt.datetime.now():%H:%M:%S} {args.dataset} seed {seed} {row} ...", flush=True)
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _forget_stage3(run: Path) -> None:
+def forget_stage3(run: Path) -> None:
     """In ``run`` (a copy this script just made), drop stage 3's and the evaluation's
     records and resumable state, so the next ``glta pipeline`` retrains stage 3 from the
     copied stages 1-2 and evaluates again."""

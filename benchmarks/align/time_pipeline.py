@@ -25,6 +25,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -59,6 +60,23 @@ def profile_seconds(log: str) -> float | None:
     return float(total)
 
 
+def code_commit(python: str = sys.executable) -> str:
+    """The commit of the checkout whose ``glta_cli`` ``python`` imports (the code a timing
+    runs: another worktree's environment runs that worktree's code), ``+dirty`` with local
+    changes; this script's own checkout when it cannot be told."""
+    try:
+        where = subprocess.run([python, "-c", "import glta_cli; print(glta_cli.__file__)"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        folder = Path(where).parent
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=folder, capture_output=True, text=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return git_commit()
+
+
 def read_run(run: Path) -> dict:
     """Stage seconds, metrics and the report's timing lines of a finished run directory."""
     out: dict = {}
@@ -90,11 +108,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default=None, help="XDG_CACHE_HOME for the run (probes inside)")
     ap.add_argument("--json", required=True, help="where to write the result")
     ap.add_argument("--note", default="", help="free text kept with the result")
+    ap.add_argument("--from-run", default=None, metavar="RUN",
+                    help="copy the finished run RUN into --out without its stage 3 and "
+                         "evaluation, and time the pipeline from stage 3 on (stages 1-2 and "
+                         "the profile text reused)")
     ap.add_argument("pipeline_args", nargs="*", help="after --: extra `glta pipeline` options")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if out.exists():
         ap.error(f"--out {out} exists: the timing is of a fresh run, pick a new folder")
+    if args.from_run is not None:
+        source = Path(args.from_run)
+        if not (source / "state" / "pipeline" / "stages.json").is_file():
+            ap.error(f"--from-run {source}: not a pipeline run directory "
+                     "(state/pipeline/stages.json missing)")
+        from ablations import forget_stage3  # this folder's grid driver
+
+        shutil.copytree(source, out, ignore=shutil.ignore_patterns("*.previous"))
+        forget_stage3(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if args.cache:
@@ -102,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "glta_cli.app", "pipeline", "--out", str(out),
            *args.pipeline_args]
     log_path = out.parent / f"{out.name}.log"
-    commit = git_commit()  # the code that runs (read before: HEAD may move meanwhile)
+    commit = code_commit()  # the code that runs (read before: HEAD may move meanwhile)
     load_before = list(os.getloadavg())
     started = time.perf_counter()
     with log_path.open("w", encoding="utf-8") as log:
@@ -111,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     text = log_path.read_text(encoding="utf-8", errors="replace")
     result = {
-        "what": "one `glta pipeline` run timed from scratch (fresh run directory)"
+        "what": ("one `glta pipeline` run timed from scratch (fresh run directory)"
+                 if args.from_run is None else
+                 f"`glta pipeline` timed from stage 3 on, in a copy of {args.from_run} "
+                 "without its stage 3 and evaluation")
                 + ("; XDG_CACHE_HOME fresh, so the precision and attention probes are inside"
                    if args.cache else ""),
         "command": " ".join(["python", "benchmarks/align/time_pipeline.py",
