@@ -27,6 +27,7 @@ def test_shares_by_phase_and_forward_operator(align_script, tmp_path):
     # the validation's Linear is not the training forward's
     assert got["forward_ops"] == {"Linear.forward": pytest.approx(2 / 3, abs=1e-4),
                                   "repeat_kv": pytest.approx(1 / 3, abs=1e-4)}
+    assert got["ranking_ops"] == {"Linear.forward": 1.0}
     out = tmp_path / "out.json"
     assert spy.main([str(raw), "--json", str(out), "--note", "toy"]) == 0
     assert json.loads(out.read_text())["phases"]["backward"] == 0.4

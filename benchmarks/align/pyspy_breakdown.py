@@ -54,10 +54,11 @@ def phase_of(names: list[str]) -> str:
 
 def breakdown(stacks: list[tuple[list[str], int]], top: int = 12) -> dict:
     """``{"samples", "other_threads", "phases": {phase: share}, "forward_ops": {innermost
-    frame: share of the training forward's samples}}`` (shares in 0..1, the ops the ``top``
-    largest). Samples of other threads than the main one (a stack with no Python frame, or
-    one started by ``threading``, e.g. tqdm's monitor) are counted apart and left out of
-    ``samples`` and the shares."""
+    frame: share of the training forward's samples}, "ranking_ops": {the same within the
+    valid ranking}}`` (shares in 0..1, the ops the ``top`` largest). Samples of other
+    threads than the main one (a stack with no Python frame, or one started by
+    ``threading``, e.g. tqdm's monitor) are counted apart and left out of ``samples`` and
+    the shares."""
 
     def main_thread(names: list[str]) -> bool:
         return bool(names) and not names[0].startswith("Thread._bootstrap")
@@ -67,15 +68,20 @@ def breakdown(stacks: list[tuple[list[str], int]], top: int = 12) -> dict:
     total = sum(n for _, n in stacks)
     phases: collections.Counter = collections.Counter()
     ops: collections.Counter = collections.Counter()
+    ranking_ops: collections.Counter = collections.Counter()
     for names, n in stacks:
         phase = phase_of(names)
         phases[phase] += n
         if phase == "forward":
             ops[names[-1]] += n
+        elif phase == "valid ranking":
+            ranking_ops[names[-1]] += n
     fwd = phases["forward"] or 1
+    rank = phases["valid ranking"] or 1
     return {"samples": total, "other_threads": bare,
             "phases": {k: round(v / total, 4) for k, v in phases.most_common()},
-            "forward_ops": {k: round(v / fwd, 4) for k, v in ops.most_common(top)}}
+            "forward_ops": {k: round(v / fwd, 4) for k, v in ops.most_common(top)},
+            "ranking_ops": {k: round(v / rank, 4) for k, v in ranking_ops.most_common(top)}}
 
 
 def main(argv: list[str] | None = None) -> int:

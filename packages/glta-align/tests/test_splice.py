@@ -344,3 +344,5 @@ def test_text_head_cache_reuses_each_text_and_changes_nothing(tiny, padding_side
     torch.testing.assert_close(tight.hidden_states(_text_first_seqs(), table), want,
                                atol=1e-5, rtol=1e-4)
     assert not tight._head_cache  # over budget: computed, not kept
+    assert tight.head_cache_stats() == {"texts": 0, "not_kept": 2, "mib": 0.0,
+                                        "budget_mib": 1e-9, "dtype": None}

@@ -1,3 +1,4 @@
+import json
 import shutil
 import warnings
 
@@ -333,6 +334,11 @@ def test_a_runner_handed_in_must_fit_the_stage(toy_run, toy, tiny, tokenizer):
     runner = user_item_runner(tiny, layout, cfg)
     train_user_item(toy, toy_run, cfg, llm=tiny, runner=runner)
     assert runner._head_cache  # the texts stage 3 kept, in the caller's runner
+    # what it kept is saved with the stage (report.md says it)
+    saved = json.loads((toy_run / "user_projector" / "config.json").read_text())
+    assert saved["text_cache"] == runner.head_cache_stats()
+    assert saved["text_cache"]["texts"] == len(runner._head_cache) > 0
+    assert saved["text_cache"]["not_kept"] == 0 and saved["text_cache"]["dtype"] is None
     rec = GLTARecommender.from_run(toy_run, llm=tiny, runner=runner)
     assert rec.runner is runner
     with pytest.raises(ValueError, match="another LLM object"):

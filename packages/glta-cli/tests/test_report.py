@@ -103,6 +103,21 @@ def test_attention_text_names_the_training_kernels_and_the_probe():
     assert attention_text({}) is None  # runs made before it was recorded
 
 
+def test_text_cache_text_says_what_stage_3_kept_and_what_did_not_fit():
+    from glta_cli.report import text_cache_text
+
+    kept = {"texts": 943, "not_kept": 0, "mib": 1180.3, "budget_mib": 2048.0,
+            "dtype": "bfloat16"}
+    assert text_cache_text({"text_cache": kept}) == (
+        "Stage 3 kept the keys/values of 943 texts (1180.3 MiB in bfloat16 of its 2048 MiB "
+        "budget)")
+    over = {**kept, "texts": 812, "not_kept": 131, "mib": 2047.9, "dtype": None}
+    assert text_cache_text({"text_cache": over}) == (
+        "Stage 3 kept the keys/values of 812 texts (2047.9 MiB of its 2048 MiB budget); 131 "
+        "more did not fit and were computed again in every epoch and ranking")
+    assert text_cache_text({}) is None  # text off, or runs made before it was recorded
+
+
 def test_throughput_line_without_probe_figures_or_figure():
     plain = "Stage 3 trained at 0.19 GFLOP/s (model FLOPs / training time)."
     for probe in (None, {"choice": "bfloat16", "source": "flags", "gflops": {}},

@@ -175,6 +175,7 @@ class SoftPromptRunner:
         self.head_cache_dtype = head_cache_dtype
         self._head_cache: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self._head_cache_bytes = 0
+        self._head_not_kept: set[tuple[int, ...]] = set()
         self._head_rows: tuple[int, ...] | None = None
         self.padding_side = padding_side
         self.compile = compile
@@ -211,6 +212,17 @@ class SoftPromptRunner:
         self._frozen_prefix = None
         self._head_cache.clear()
         self._head_cache_bytes = 0
+        self._head_not_kept.clear()
+
+    def head_cache_stats(self) -> dict[str, object]:
+        """What the text-head cache holds: ``{"texts": kept, "not_kept": distinct texts met
+        but over the budget (recomputed each time they come back), "mib": kept MiB,
+        "budget_mib", "dtype": storage dtype or None (as computed)}``."""
+        return {"texts": len(self._head_cache), "not_kept": len(self._head_not_kept),
+                "mib": round(self._head_cache_bytes / 2**20, 1),
+                "budget_mib": self.head_cache_mb,
+                "dtype": None if self.head_cache_dtype is None
+                else str(self.head_cache_dtype).removeprefix("torch.")}
 
     def _head_lengths(self, seqs: Sequence[SoftSequence], plen: int, past: int) -> list[int]:
         """Per sample, the leading positions (prefix included when not reused) before its first
@@ -277,6 +289,8 @@ class SoftPromptRunner:
                             self.head_cache_mb * 2**20:
                         self._head_cache[key] = got
                         self._head_cache_bytes += size
+                    elif got is not None:  # over the budget: computed again when met again
+                        self._head_not_kept.add(key)
                 per_row.append(got)
             out = []
             for li, (pk, pv) in enumerate(kv):

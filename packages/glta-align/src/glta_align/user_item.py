@@ -531,6 +531,8 @@ def train_user_item(
                      "valid_history": loop.valid_history, "stopped_early": loop.stopped_early,
                      "epochs_run": len(loop.epoch_losses), "steps": loop.steps,
                      **throughput}
+        if runner.head_cache_mb > 0:
+            selection["text_cache"] = runner.head_cache_stats()
         _save_user_projector(user_proj, run_dir / USER_PROJECTOR_DIR, data.fingerprint, cfg,
                              llm, selection)
         save_lora(llm, run_dir / LORA_DIR)

@@ -123,6 +123,23 @@ def attention_text(meta: Mapping[str, Any]) -> str | None:
     return text
 
 
+def text_cache_text(meta: Mapping[str, Any]) -> str | None:
+    """``"Stage 3 kept the keys/values of 943 texts (1180.3 MiB in bfloat16 of its 2048 MiB
+    budget)"`` from stage 3's saved ``text_cache`` (plus how many texts did not fit and were
+    computed again whenever they came back); ``None`` when it has none (text off, or runs
+    made before it was recorded)."""
+    cache = meta.get("text_cache")
+    if not isinstance(cache, Mapping) or not cache.get("budget_mib"):
+        return None
+    dtype = f" in {cache['dtype']}" if cache.get("dtype") else ""
+    text = (f"Stage 3 kept the keys/values of {cache.get('texts', 0)} texts "
+            f"({cache.get('mib', 0)} MiB{dtype} of its {cache['budget_mib']:g} MiB budget)")
+    if cache.get("not_kept"):
+        text += (f"; {cache['not_kept']} more did not fit and were computed again in every "
+                 "epoch and ranking")
+    return text
+
+
 def summary_rows(
     metrics: Mapping[str, Mapping[str, Mapping[str, float]]],
     split: str,
