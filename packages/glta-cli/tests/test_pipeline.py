@@ -280,6 +280,9 @@ def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_p
     attention = re.search(
         r"LLM attention in training: (sdpa|eager|eager_grouped) \(probe[^\n]*\)\.\n", report)
     assert attention and attention.group(0).strip().rstrip(".") in inspect
+    # what stage 3's text cache kept (fp32 model: stored as computed, all within budget)
+    assert re.search(r"Stage 3 kept the keys/values of [1-9]\d* texts \([0-9.]+ MiB of its "
+                     r"2048 MiB budget\)\.\n", report), report
     assert load_config("default", run / "resolved-config.toml").graph.epochs == 4
 
     users_previous = previous_dir(run)  # a folder of the user's that happens to be named so

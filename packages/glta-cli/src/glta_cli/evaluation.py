@@ -169,10 +169,11 @@ def select_ranking(run_dir: Path, data: Any, ks: Sequence[int], rec: Any,
 
 def stage3_selection(run_dir: Path) -> dict[str, Any]:
     """Stage 3's epoch choice from ``RUN/user_projector/config.json`` (``best_epoch``,
-    ``valid_metrics``, ``stopped_early``, ``epochs_run``, ``valid_history``); ``{}``
-    before stage 3 or without early stopping."""
+    ``valid_metrics``, ``stopped_early``, ``epochs_run``, ``valid_history``), its speed and
+    what its text cache kept (``text_cache``); ``{}`` before stage 3 or without early
+    stopping."""
     path = Path(run_dir) / "user_projector" / "config.json"
-    return _config_keys(path, _SELECTION_KEYS + _SPEED_KEYS)
+    return _config_keys(path, _SELECTION_KEYS + _SPEED_KEYS + ("text_cache",))
 
 
 _SELECTION_KEYS = ("best_epoch", "valid_metrics", "stopped_early", "epochs_run",
