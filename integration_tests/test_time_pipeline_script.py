@@ -37,6 +37,7 @@ def test_times_a_fresh_run_and_records_stages_metrics_and_machine(
     assert set(doc["stage_seconds"]) >= {"dataset", "graph", "item_text", "user_item", "evaluate"}
     assert doc["metrics"]["glta"]["test"]["users"] > 0
     assert len(doc["stage3"]["valid_history"]) == doc["stage3"]["epochs_run"] == 1
+    assert doc["stage3"]["text_cache"]["texts"] > 0  # what stage 3's text cache kept
     assert doc["profile_generation_s"] is not None  # the log got plain [profiles] lines
     assert doc["machine"]["cpu"] and doc["commit"]
     assert doc["pipeline_command"].startswith("glta pipeline --out ")

@@ -91,7 +91,7 @@ def read_run(run: Path) -> dict:
     if stage3.exists():
         cfg = json.loads(stage3.read_text())
         out["stage3"] = {k: cfg.get(k) for k in ("best_epoch", "epochs_run", "llm_attention",
-                                                  "llm_precision")}
+                                                  "llm_precision", "text_cache")}
         out["stage3"]["valid_history"] = cfg.get("valid_history")
     report = run / "report.md"
     if report.exists():
