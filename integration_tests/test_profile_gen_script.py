@@ -65,6 +65,36 @@ def test_compare_dtypes_times_each_precision_on_the_same_users(profile_gen, tmp_
     assert 0 <= out["users_with_identical_texts"]["bfloat16"] <= len(users)
 
 
+def test_alternate_times_every_variant_each_round_against_the_first(profile_gen, capsys):
+    calls = []
+
+    def variant(name, texts):
+        def run():
+            calls.append(name)
+            return texts
+        return run
+
+    users = [0, 1, 2]
+    same = {u: [f"text {u}"] for u in users}
+    other = {**same, 2: ["changed"]}
+    out = profile_gen.alternate({"a": variant("a", same), "b": variant("b", other)}, users,
+                                rounds=2, label="v ")
+    assert calls == ["a", "b", "a", "b"]  # alternating, round by round
+    assert out["users"] == 3 and out["rounds"] == 2
+    assert all(len(v) == 2 and min(v) >= 0 for v in out["seconds"].values())
+    assert out["ratio_to_first"]["a"] == pytest.approx(1.0)
+    assert out["users_with_identical_texts"] == {"a": 3, "b": 2}
+    assert "round 2: v b:" in capsys.readouterr().out
+
+
+def test_git_commit_of_another_folder(profile_gen, tmp_path):
+    # this checkout: a 40-hex commit (dirty or not); a folder outside any repository: unknown
+    here = profile_gen.git_commit()
+    assert len(here.removesuffix("+dirty")) == 40
+    assert profile_gen.git_commit(profile_gen.__file__.rsplit("/", 1)[0]) == here
+    assert profile_gen.git_commit(tmp_path) == "unknown"
+
+
 def test_write_result_prints_and_writes_the_json(profile_gen, tmp_path, capsys):
     import json
 

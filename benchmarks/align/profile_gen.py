@@ -54,9 +54,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def git_commit() -> str:
-    """HEAD of the repository this script is in (``+dirty`` with local changes)."""
-    root = Path(__file__).resolve().parents[2]
+def git_commit(root: Path | None = None) -> str:
+    """HEAD of the repository at ``root`` (default: the one this script is in), ``+dirty``
+    with local changes; ``"unknown"`` when git cannot tell."""
+    root = Path(__file__).resolve().parents[2] if root is None else Path(root)
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                               text=True, check=True).stdout.strip()
@@ -246,23 +247,38 @@ def compare_batch_sizes(llm, prompts: dict, users: list[int], cfg: UserItemConfi
         "users_with_identical_texts": {size: count vs the first size}}``.
     """
     ours_on(llm, prompts, users[:2], UserItemConfig(profile_new_tokens=2, profile_batch_size=2))
-    secs: dict[int, list[float]] = {b: [] for b in sizes}
-    texts: dict[int, dict[int, list[str]]] = {}
+    runs = {str(b): (lambda b=b: ours_on(llm, prompts, users,
+                                         dataclasses.replace(cfg, profile_batch_size=b)))
+            for b in sizes}
+    return alternate(runs, users, rounds, "batch ")
+
+
+def alternate(runs: dict, users: list[int], rounds: int, label: str = "") -> dict:
+    """Time each variant of ``runs`` (``{name: () -> {user: texts}}``, the first the
+    reference) in alternating order over ``rounds`` rounds (load from other processes hits
+    them alike) and compare every variant's texts with the first's.
+
+    Returns:
+        ``{"users", "rounds", "seconds": {name: [per round]}, "s_per_user": {name: mean},
+        "ratio_to_first": {name: mean seconds of the first / mean of name},
+        "users_with_identical_texts": {name: count vs the first}}``.
+    """
+    secs: dict[str, list[float]] = {name: [] for name in runs}
+    texts: dict[str, dict[int, list[str]]] = {}
     for r in range(rounds):
-        for b in sizes:
+        for name, run in runs.items():
             t = time.perf_counter()
-            texts[b] = ours_on(llm, prompts, users, dataclasses.replace(cfg, profile_batch_size=b))
-            secs[b].append(time.perf_counter() - t)
-            print(f"round {r + 1}: batch {b}: {secs[b][-1]:.1f} s on {len(users)} users",
+            texts[name] = run()
+            secs[name].append(time.perf_counter() - t)
+            print(f"round {r + 1}: {label}{name}: {secs[name][-1]:.1f} s on {len(users)} users",
                   flush=True)
-    mean = {b: sum(v) / len(v) for b, v in secs.items()}
-    first = sizes[0]
-    return {"users": len(users), "rounds": rounds,
-            "seconds": {str(b): v for b, v in secs.items()},
-            "s_per_user": {str(b): mean[b] / len(users) for b in sizes},
-            "ratio_to_first": {str(b): mean[first] / mean[b] for b in sizes},
+    mean = {name: sum(v) / len(v) for name, v in secs.items()}
+    first = next(iter(runs))
+    return {"users": len(users), "rounds": rounds, "seconds": secs,
+            "s_per_user": {name: mean[name] / len(users) for name in runs},
+            "ratio_to_first": {name: mean[first] / mean[name] for name in runs},
             "users_with_identical_texts": {
-                str(b): sum(texts[b][u] == texts[first][u] for u in users) for b in sizes}}
+                name: sum(texts[name][u] == texts[first][u] for u in users) for name in runs}}
 
 
 def compare_dtypes(data, users: list[int], cfg: UserItemConfig, dtypes: list[str],
@@ -284,22 +300,9 @@ def compare_dtypes(data, users: list[int], cfg: UserItemConfig, dtypes: list[str
     warm = UserItemConfig(profile_new_tokens=2, profile_batch_size=2)
     for llm in llms.values():  # warm-up (and the int8 layers' compilation)
         ours_on(llm, prompts, users[:2], warm)
-    secs: dict[str, list[float]] = {d: [] for d in dtypes}
-    texts: dict[str, dict[int, list[str]]] = {}
-    for r in range(rounds):
-        for d in dtypes:
-            t = time.perf_counter()
-            texts[d] = ours_on(llms[d], prompts, users, cfg)
-            secs[d].append(time.perf_counter() - t)
-            print(f"round {r + 1}: {d}: {secs[d][-1]:.1f} s on {len(users)} users", flush=True)
-    mean = {d: sum(v) / len(v) for d, v in secs.items()}
-    first = dtypes[0]
-    return {"users": len(users), "rounds": rounds,
-            "precision": {d: llms[d].precision for d in dtypes},
-            "seconds": secs, "s_per_user": {d: mean[d] / len(users) for d in dtypes},
-            "ratio_to_first": {d: mean[first] / mean[d] for d in dtypes},
-            "users_with_identical_texts": {
-                d: sum(texts[d][u] == texts[first][u] for u in users) for d in dtypes}}
+    runs = {d: (lambda d=d: ours_on(llms[d], prompts, users, cfg)) for d in dtypes}
+    return {"precision": {d: llms[d].precision for d in dtypes},
+            **alternate(runs, users, rounds)}
 
 
 def write_result(result: dict, json_path: str | None) -> None:

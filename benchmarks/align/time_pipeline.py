@@ -67,14 +67,10 @@ def code_commit(python: str = sys.executable) -> str:
     try:
         where = subprocess.run([python, "-c", "import glta_cli; print(glta_cli.__file__)"],
                                capture_output=True, text=True, check=True).stdout.strip()
-        folder = Path(where).parent
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=folder, capture_output=True, text=True).stdout.strip()
-        return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return git_commit()
+    commit = git_commit(Path(where).parent)
+    return commit if commit != "unknown" else git_commit()
 
 
 def read_run(run: Path) -> dict:
