@@ -66,28 +66,6 @@ def test_int8_linear_is_exact_int8_arithmetic_and_close_to_fp32(shape, bias):
     assert _rel(gx, gy @ lin.weight) < 0.03
 
 
-def test_long_inputs_are_multiplied_in_row_blocks_with_the_same_result(monkeypatch):
-    torch.manual_seed(5)
-    lin = nn.Linear(24, 36).requires_grad_(False)
-    layer = Int8Linear.from_linear(lin)
-    # weights kept column-major (transposed views), the layout _int_mm multiplies fastest
-    assert layer.w_fwd.shape == (24, 36) and layer.w_fwd.stride() == (1, 24)
-    assert layer.w_bwd.shape == (36, 24) and layer.w_bwd.stride() == (1, 36)
-    x = torch.randn(2, 23, 24, requires_grad=True)
-    gy = torch.randn(2, 23, 36)
-    y_one = layer(x)
-    (gx_one,) = torch.autograd.grad(y_one, x, gy)
-    calls = []
-    into = int8._int8_into_kernel()  # the compiled one where compiling works
-    monkeypatch.setattr(int8, "ROW_BLOCK", 10)
-    monkeypatch.setattr(int8, "_int8_into_kernel",
-                        lambda: lambda a, *r: calls.append(a.shape[0]) or into(a, *r))
-    y_blocks = layer(x)
-    (gx_blocks,) = torch.autograd.grad(y_blocks, x, gy)
-    assert calls == [10, 10, 10, 10, 6] * 2  # 46 rows, forward then backward
-    assert torch.equal(y_blocks, y_one) and torch.equal(gx_blocks, gx_one)
-
-
 def test_int8_linear_is_frozen_and_checks_input():
     lin = nn.Linear(8, 4)
     with pytest.raises(ValueError, match="requires grad"):
@@ -229,7 +207,6 @@ def test_kernels_fall_back_to_eager_when_compiling_fails(monkeypatch):
         raise RuntimeError("no C++ compiler")
 
     int8.int8_kernels.cache_clear()
-    int8._int8_into_kernel.cache_clear()
     monkeypatch.setattr(torch, "compile", broken)
     try:
         with pytest.warns(RuntimeWarning, match="no C.. compiler.*eager"):
@@ -238,8 +215,5 @@ def test_kernels_fall_back_to_eager_when_compiling_fails(monkeypatch):
         monkeypatch.setenv("GLTA_INT8_COMPILE", "0")
         int8.int8_kernels.cache_clear()
         assert int8.int8_kernels() == (_matmul_2d, False)
-        int8._int8_into_kernel.cache_clear()
-        assert int8._int8_into_kernel() is int8._matmul_2d_into  # blocks: eager too
     finally:
         int8.int8_kernels.cache_clear()  # later tests compile again
-        int8._int8_into_kernel.cache_clear()

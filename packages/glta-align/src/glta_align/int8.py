@@ -71,22 +71,6 @@ def _matmul_2d(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor) -> torch
     return _rescale(torch._int_mm(xq, wq), xscale, wscale)
 
 
-def _matmul_2d_into(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor,
-                    out: torch.Tensor) -> None:
-    """:func:`_matmul_2d` written into ``out`` (M, N) float32 (compiled: the scale-back
-    writes straight into ``out``, no intermediate copy)."""
-    out.copy_(_matmul_2d(x, wq, wscale))
-
-
-@functools.cache
-def _int8_into_kernel() -> Callable:
-    """The compiled :func:`_matmul_2d_into` when :func:`int8_kernels` compiles, else the
-    eager one."""
-    if not int8_kernels()[1]:
-        return _matmul_2d_into
-    return torch.compile(_matmul_2d_into, dynamic=True)
-
-
 @functools.cache
 def int8_kernels() -> tuple[Callable, bool]:
     """The (M, K) x (K, N) int8 product in use and whether it is compiled.
@@ -118,30 +102,13 @@ def int8_kernels() -> tuple[Callable, bool]:
     return fn, True
 
 
-# Rows per int8 product. A long input (profile-text prefill: 64 prompts x ~165 tokens) is
-# multiplied in blocks of this many rows, so each block's int32 accumulator and its
-# scaled-back copy stay in cache (one 10k x 3072 accumulator is 130 MB of memory traffic);
-# measured on an AMD EPYC (Zen 4) by ``benchmarks/align/int8_layout.py``.
-ROW_BLOCK = 512
-
-
 def _int8_matmul(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor) -> torch.Tensor:
-    """(..., K) float @ (K, N) int8 with (1, N) scales -> (..., N) float32.
-
-    Inputs of more than :data:`ROW_BLOCK` rows are multiplied block by block into one
-    output (the same values: each row's product depends on that row only)."""
+    """(..., K) float @ (K, N) int8 with (1, N) scales -> (..., N) float32."""
     matmul, _ = int8_kernels()
     x2 = x.reshape(-1, x.shape[-1])
-    rows, n = x2.shape[0], wq.shape[1]
-    if rows == 0:
-        return x.new_zeros(*x.shape[:-1], n, dtype=torch.float32)
-    if rows <= ROW_BLOCK:
-        return matmul(x2, wq, wscale).reshape(*x.shape[:-1], n)
-    into = _int8_into_kernel()
-    out = torch.empty(rows, n, dtype=torch.float32, device=x.device)
-    for start in range(0, rows, ROW_BLOCK):
-        into(x2[start:start + ROW_BLOCK], wq, wscale, out[start:start + ROW_BLOCK])
-    return out.reshape(*x.shape[:-1], n)
+    if x2.shape[0] == 0:
+        return x.new_zeros(*x.shape[:-1], wq.shape[1], dtype=torch.float32)
+    return matmul(x2, wq, wscale).reshape(*x.shape[:-1], wq.shape[1])
 
 
 def _check_frozen(linear: nn.Linear) -> None:
@@ -188,18 +155,15 @@ class Int8Linear(nn.Module):
         w = weight.detach().float()
         q, s = quantize_rows(w)  # one scale per output channel
         qt, st = quantize_rows(w.t())  # one scale per input channel
-        # Both int8 weights are kept as transposed views of row-major storage (column-major
-        # operands): torch._int_mm multiplies by them faster than by row-major copies at
-        # wide outputs (gate/up, 3072 columns; benchmarks/align/int8_layout.py).
-        self._set(q.contiguous().t(), s.t().contiguous(), qt.contiguous().t(), st.t().contiguous(),
-                  None if bias is None else bias.detach().float().clone())
+        self._set(q.t().contiguous(), s.t().contiguous(), qt.t().contiguous(),
+                  st.t().contiguous(), None if bias is None else bias.detach().float().clone())
 
     def _set(self, w_fwd, s_fwd, w_bwd, s_bwd, bias) -> None:
         """Install the quantised buffers (shapes in the comments)."""
         self.in_features, self.out_features = int(w_fwd.shape[0]), int(w_fwd.shape[1])
-        self.register_buffer("w_fwd", w_fwd)  # (K, N) int8, column-major
+        self.register_buffer("w_fwd", w_fwd)  # (K, N) int8
         self.register_buffer("s_fwd", s_fwd)  # (1, N)
-        self.register_buffer("w_bwd", w_bwd)  # (N, K) int8, column-major
+        self.register_buffer("w_bwd", w_bwd)  # (N, K) int8
         self.register_buffer("s_bwd", s_bwd)  # (1, K)
         self.register_buffer("bias", bias)
         self._group: tuple[_SharedInput, int] | None = None

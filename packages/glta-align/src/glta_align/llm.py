@@ -269,9 +269,8 @@ def _flag_rule(lora: object) -> str:
 
 
 # Format of a cached probe entry; entries of another version are measured again (version 1,
-# written before busy-machine probes were kept out of the cache, may hold loaded figures;
-# version 2 timed int8 with row-major weights, before Int8Linear's column-major layout).
-PROBE_CACHE_VERSION = 3
+# written before busy-machine probes were kept out of the cache, may hold loaded figures).
+PROBE_CACHE_VERSION = 2
 
 
 def probe_cache_path() -> Path:
@@ -315,10 +314,12 @@ def _time_products(shapes: list[tuple[int, int]], precision: str, rows: int,
         x = torch.randn(rows, k, generator=gen)
         w = torch.randn(n, k, generator=gen) * k ** -0.5
         if precision == "int8":
-            from glta_align.int8 import Int8Linear
+            from glta_align.int8 import int8_kernels, quantize_rows
 
-            layer = Int8Linear(w)  # its own product path and weight layout
-            work.append(lambda x=x, layer=layer: layer(x))
+            matmul, _ = int8_kernels()
+            q, sc = quantize_rows(w)
+            wq, ws = q.t().contiguous(), sc.t().contiguous()
+            work.append(lambda x=x, wq=wq, ws=ws, mm=matmul: mm(x, wq, ws))
         else:
             dt = resolve_dtype(precision, torch.device("cpu"))
             xd, wd = x.to(dt), w.to(dt)
