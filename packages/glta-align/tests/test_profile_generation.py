@@ -112,3 +112,49 @@ def test_file_records_template_and_precision(tmp_path, toy, lively):
                                *lines[1:]]) + "\n")
     with pytest.raises(ProfileError, match="precision"):
         generate_profiles(toy, tmp_path, lively, cfg, users=[3])
+
+
+def test_text_precision_follows_the_generation_probe_only_under_dtype_auto(lively,
+                                                                           monkeypatch):
+    import glta_align.llm as llm_mod
+    from glta_align.profiles import text_precision
+
+    asked = []
+    monkeypatch.setattr(llm_mod, "precision_probe", lambda config, **kw: asked.append(kw)
+                        or {"choice": "bfloat16"})
+    assert text_precision(lively) == "float32" and not asked  # dtype given: its own
+    lively.precision_probe = {"choice": "float32", "source": "probe"}  # as dtype="auto"
+    assert text_precision(lively) == "bfloat16" and asked == [{"workload": "generate"}]
+    # a file already begun keeps the precision it was written in
+    begun = {"llm": lively.source, "precision": "int8"}
+    assert text_precision(lively, begun) == "int8"
+    assert text_precision(lively, {**begun, "llm": "another model"}) == "bfloat16"
+
+
+def test_texts_are_written_by_a_copy_in_the_faster_precision(tmp_path, toy, tiny_dir,
+                                                            monkeypatch):
+    import glta_align.llm as llm_mod
+    from glta_align.llm import load_llm
+
+    llm = load_llm(tiny_dir, dtype="float32", device="cpu", attention="sdpa")
+    llm.precision_probe = {"choice": "float32", "source": "probe"}  # as dtype="auto"
+    monkeypatch.setattr(llm_mod, "precision_probe", lambda config, **kw: {"choice": "bfloat16"})
+    loads = []
+    real_load = llm_mod.load_llm
+    monkeypatch.setattr(llm_mod, "load_llm", lambda *a, **kw: loads.append((a, kw))
+                        or real_load(*a, **kw))
+    cfg = UserItemConfig(profile_batch_size=4, profile_new_tokens=3)
+    events = []
+    texts = generate_profiles(toy, tmp_path, llm, cfg, users=[0, 1, 2], progress=events.append)
+    meta, rows = read_profiles(tmp_path / "profiles.jsonl")
+    assert meta["precision"] == "bfloat16" and sorted(rows) == sorted(texts) == [0, 1, 2]
+    assert loads == [((llm.source,), {"dtype": "bfloat16", "device": llm.device,
+                                      "attention": "sdpa"})]
+    assert any(e.kind == "info" and "bfloat16" in e.message for e in events)
+    assert llm.precision == "float32"  # the stages' LLM is untouched
+    # what a bf16 LLM writes itself: the same texts
+    bf16 = load_llm(tiny_dir, dtype="bfloat16", device="cpu", attention="sdpa")
+    again = generate_profiles(toy, tmp_path / "b", bf16, cfg, users=[0, 1, 2])
+    assert again == texts
+    # complete: read back without loading anything
+    assert generate_profiles(toy, tmp_path, llm, cfg, users=[0, 1]) == texts and len(loads) == 1
