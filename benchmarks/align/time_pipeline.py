@@ -34,7 +34,8 @@ from pathlib import Path
 from glta_gllm.checkpoint import atomic_write_json
 from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
 
-REPORT_PATTERNS = ("Stage 3 kept", "prediction mode", "GFLOP/s", "attention")
+REPORT_PATTERNS = ("Stage 3 kept", "prediction mode", "GFLOP/s", "attention",
+                   "Profile and prediction text")
 
 
 def cpu_flags() -> list[str]:
