@@ -379,9 +379,11 @@ def _busy_load() -> float | None:
     return round(load, 2) if load > (os.cpu_count() or 1) else None
 
 
-# The generation probe's shape: prompts x new tokens of one prefill (profile text's prompts
-# are ~165 tokens behind their shared instruction).
-GENERATE_PROBE_SHAPE = (8, 160)
+# The generation probe's shape: prompts x new tokens of one prefill, as profile text runs it
+# (64 users per batch, ~165 tokens behind the shared instruction). The rows matter: on an
+# AMD EPYC (Zen 4) int8 led bf16 at 8 x 160 but trailed it at 64 x 160, as whole
+# generation does (benchmarks/RESULTS.md, "Profile text in the precision ...").
+GENERATE_PROBE_SHAPE = (64, 160)
 
 
 # Share of the machine's CPU time that other processes may take during a probe before its
@@ -445,7 +447,7 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
 
     ``workload="train"`` (the alignment stages) times the products of one decoder layer's
     linear shapes (``rows`` tokens); ``workload="generate"`` (profile text, prefill-bound)
-    times one whole decoder layer without gradient on 8 x 160 new tokens, norms, attention
+    times one whole decoder layer without gradient on 64 x 160 new tokens, norms, attention
     and element-wise work included (where int8 runs them in fp32). Candidates: fp32, bf16
     (when the CPU has bf16 instructions) and int8 (with VNNI; not with LoRA, which needs
     float weights), timed once per machine: the result is cached in :func:`probe_cache_path`,
