@@ -340,37 +340,3 @@ def test_a_model_trains_the_same_with_grouped_eager_attention(tiny):
     assert tiny.causal_lm.config._attn_implementation != "eager_grouped"  # scope restored
     for a, b in zip(eager, grouped, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
-
-
-def test_generate_workload_times_whole_layers_under_its_own_key(monkeypatch):
-    import time
-
-    monkeypatch.setattr(llm_mod, "_time_products", lambda shapes, p, rows, repeats:
-                        {"float32": 100.0, "bfloat16": 300.0, "int8": 500.0}[p])
-    monkeypatch.setattr(llm_mod, "_cpu_supports", lambda name: True)
-    monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: True)
-    built = []
-
-    def fake_layer(config, precision, batch, tokens):
-        built.append((precision, batch, tokens))
-        pause = {"float32": 0.03, "bfloat16": 0.005, "int8": 0.015}[precision]
-        return (lambda: time.sleep(pause)), 1e9
-
-    monkeypatch.setattr(llm_mod, "_layer_forward", fake_layer)
-    train = precision_probe(SHAPE)
-    gen = precision_probe(SHAPE, workload="generate")
-    assert train["choice"] == "int8" and gen["choice"] == "bfloat16"
-    assert gen["workload"] == "generate" and gen["key"] != train["key"]
-    assert built == [(p, *llm_mod.GENERATE_PROBE_SHAPE)
-                     for p in ("float32", "bfloat16", "int8")]  # built once, timed 3 rounds
-    assert gen["gflops"]["bfloat16"] > gen["gflops"]["int8"] > gen["gflops"]["float32"]
-    again = precision_probe(SHAPE, workload="generate")
-    assert again["source"] == "cache" and again["choice"] == "bfloat16" and len(built) == 3
-    with pytest.raises(ValueError, match="workload 'decode'"):
-        precision_probe(SHAPE, workload="decode")
-
-
-def test_real_generate_probe_on_a_tiny_model(tiny):
-    out = precision_probe(tiny.causal_lm.config, workload="generate", repeats=1)
-    assert out["choice"] in out["gflops"] and all(v > 0 for v in out["gflops"].values())
-    assert out["rows"] == "x".join(map(str, llm_mod.GENERATE_PROBE_SHAPE))

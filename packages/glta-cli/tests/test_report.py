@@ -127,12 +127,3 @@ def test_throughput_line_without_probe_figures_or_figure():
     assert throughput_line({"achieved_gflops": 0.19, "llm_precision": "int8",
                             "llm_precision_probe": PROBE}) == plain  # int8 not measured
     assert throughput_line({}) is None and throughput_line({"achieved_gflops": None}) is None
-
-
-def test_profile_precision_text_only_when_text_was_generated_in_another_precision():
-    from glta_cli.report import profile_precision_text
-
-    assert profile_precision_text({"profile_precision": "bfloat16", "llm_precision": "int8"}) \
-        == "Profile and prediction text generated in bfloat16 (the LLM trained in int8)"
-    assert profile_precision_text({"profile_precision": "int8", "llm_precision": "int8"}) is None
-    assert profile_precision_text({"llm_precision": "int8"}) is None  # text off, older runs

@@ -16,7 +16,7 @@ import importlib.util
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -336,39 +336,6 @@ def _time_products(shapes: list[tuple[int, int]], precision: str, rows: int,
     return flops / best / 1e9
 
 
-def _layer_forward(config: Any, precision: str, batch: int,
-                   tokens: int) -> tuple[Callable[[], Any], float]:
-    """``(run, flops)``: ``run()`` runs one randomly initialised decoder layer of
-    ``config``'s shape without gradient on ``batch`` x ``tokens`` new tokens (text
-    generation's prefill) in ``precision``, norms, attention and element-wise work included;
-    ``flops`` counts its linear products (model FLOPs)."""
-    import copy
-
-    from transformers import AutoModelForCausalLM
-
-    cfg = copy.deepcopy(config)
-    cfg.num_hidden_layers = 1
-    torch.manual_seed(0)
-    with quiet_transformers():
-        model = AutoModelForCausalLM.from_config(cfg).requires_grad_(False).eval()
-    if precision == "int8":
-        from glta_align.int8 import quantize_linears_int8
-
-        quantize_linears_int8(model)
-        dtype = torch.float32
-    else:
-        dtype = resolve_dtype(precision, torch.device("cpu"))
-        model.to(dtype)
-    x = torch.randn(batch, tokens, int(cfg.hidden_size), dtype=dtype) * 0.02
-
-    def run() -> Any:
-        with torch.no_grad():
-            return model.model(inputs_embeds=x)
-
-    run()  # warm-up (and int8's compilation)
-    return run, 2.0 * batch * tokens * sum(k * n for k, n in _linear_shapes(cfg))
-
-
 def _busy_load() -> float | None:
     """The 1-minute load average when it exceeds the CPU count (other work competes), else
     ``None``."""
@@ -377,13 +344,6 @@ def _busy_load() -> float | None:
     except (AttributeError, OSError):
         return None
     return round(load, 2) if load > (os.cpu_count() or 1) else None
-
-
-# The generation probe's shape: prompts x new tokens of one prefill, as profile text runs it
-# (64 users per batch, ~165 tokens behind the shared instruction). The rows matter: on an
-# AMD EPYC (Zen 4) int8 led bf16 at 8 x 160 but trailed it at 64 x 160, as whole
-# generation does (benchmarks/RESULTS.md, "Profile text in the precision ...").
-GENERATE_PROBE_SHAPE = (64, 160)
 
 
 # Share of the machine's CPU time that other processes may take during a probe before its
@@ -442,17 +402,13 @@ def _busy_marks(before: tuple[float, float, float] | None) -> dict[str, float]:
 
 
 def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeats: int = 3,
-                    refresh: bool = False, workload: str = "train") -> dict[str, Any]:
+                    refresh: bool = False) -> dict[str, Any]:
     """The CPU precision ``dtype="auto"`` uses for an LLM of ``config``'s shape, by measurement.
 
-    ``workload="train"`` (the alignment stages) times the products of one decoder layer's
-    linear shapes (``rows`` tokens); ``workload="generate"`` (profile text, prefill-bound)
-    times one whole decoder layer without gradient on 64 x 160 new tokens, norms, attention
-    and element-wise work included (where int8 runs them in fp32). Candidates: fp32, bf16
+    Times the products of one decoder layer's linear shapes (``rows`` tokens) in fp32, bf16
     (when the CPU has bf16 instructions) and int8 (with VNNI; not with LoRA, which needs
-    float weights), timed once per machine: the result is cached in :func:`probe_cache_path`,
-    keyed by CPU model, torch version, thread count, the shapes and the workload. The
-    candidates are timed
+    float weights), once per machine: the result is cached in :func:`probe_cache_path`,
+    keyed by CPU model, torch version, thread count and the shapes. The candidates are timed
     interleaved; the fastest is chosen when it beats fp32 by at least 10% (else fp32). A
     probe run while the load average exceeds the CPU count, or while other processes take
     more than a quarter of the machine's CPU time (read from ``/proc/stat`` around the
@@ -465,7 +421,6 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
         lora: LoRA settings or ``None`` (with LoRA int8 is not a candidate).
         rows: tokens per product; repeats: timed repetitions (best kept).
         refresh: measure again even when a cached result exists.
-        workload: ``"train"`` or ``"generate"`` (see above).
 
     Returns:
         ``{"choice": "float32" | "bfloat16" | "int8", "gflops": {precision: GFLOP/s},
@@ -474,20 +429,14 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     """
     import datetime as _dt
     import hashlib
-    import time
 
     candidates = ["float32"]
     if _cpu_supports("_is_avx512_bf16_supported") or _bf16_faster_on_cpu():
         candidates.append("bfloat16")
     if lora is None and _int8_faster_on_cpu():
         candidates.append("int8")
-    if workload not in ("train", "generate"):
-        raise ValueError(f"precision_probe: workload {workload!r} is not train or generate")
     shapes = _linear_shapes(config)
     key_parts = [_cpu_model(), torch.__version__, torch.get_num_threads(), shapes, candidates]
-    if workload == "generate":  # (train keys stay as before the workloads existed)
-        key_parts += ["generate", int(getattr(config, "num_attention_heads", 0)),
-                      int(getattr(config, "num_key_value_heads", 0) or 0)]
     key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
     path = probe_cache_path()
     cached = _read_cache(path)
@@ -500,18 +449,9 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
         # candidates interleaved, best of `repeats` each: load from other processes then
         # slows every candidate alike instead of whichever ran while it lasted
         rates = {c: 0.0 for c in candidates}
-        layers = ({c: _layer_forward(config, c, *GENERATE_PROBE_SHAPE) for c in candidates}
-                  if workload == "generate" else {})
         for _ in range(max(1, repeats)):
             for c in candidates:
-                if workload == "train":
-                    rate = _time_products(shapes, c, rows, 1)
-                else:
-                    run, flops = layers[c]
-                    t0 = time.perf_counter()
-                    run()
-                    rate = flops / (time.perf_counter() - t0) / 1e9
-                rates[c] = max(rates[c], rate)
+                rates[c] = max(rates[c], _time_products(shapes, c, rows, 1))
         gflops = {c: round(v, 3) for c, v in rates.items()}
     except Exception as exc:  # a failing kernel must not stop the load
         return {"choice": _flag_rule(lora), "gflops": {}, "source": "flags", "key": key,
@@ -520,8 +460,7 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     choice = best if gflops[best] >= 1.1 * gflops["float32"] else "float32"
     entry = {"version": PROBE_CACHE_VERSION, "choice": choice, "gflops": gflops,
              "cpu": key_parts[0], "torch": torch.__version__,
-             "threads": key_parts[2], "shapes": shapes, "workload": workload,
-             "rows": rows if workload == "train" else "x".join(map(str, GENERATE_PROBE_SHAPE)),
+             "threads": key_parts[2], "shapes": shapes, "rows": rows,
              "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     busy = _busy_marks(snap)
     if busy:  # measured on a busy machine: used now, measured again next time

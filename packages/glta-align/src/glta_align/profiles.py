@@ -12,9 +12,7 @@ generation continues where it stopped (a torn last line is discarded), and since
 are fixed over all requested users a partly written batch is regenerated with the same rows
 (the same texts). The first line records the settings (dataset fingerprint, LLM, prompt
 template hash, precision, generation settings); a file made with other settings or for
-another dataset is refused with a clear message. With ``dtype="auto"`` on the CPU the texts
-are generated in the precision a generation probe measures fastest
-(:func:`text_precision`), by a copy of the LLM when that differs from the stages' precision.
+another dataset is refused with a clear message.
 """
 
 from __future__ import annotations
@@ -43,7 +41,6 @@ __all__ = [
     "greedy_generate",
     "profile_items",
     "read_profiles",
-    "text_precision",
     "user_prompts",
 ]
 
@@ -343,9 +340,8 @@ def generate_profiles(
     path = Path(run_dir) / PROFILES_NAME
     rank, world = dist_info()
     wanted = list(range(data.num_users)) if users is None else [int(u) for u in users]
+    meta_now = _meta(data, llm, cfg)
     meta, done = read_profiles(path) if resume else (None, {})
-    precision = text_precision(llm, meta)
-    meta_now = {**_meta(data, llm, cfg), "precision": precision}
     if meta is not None:
         if meta.get("fingerprint") != data.fingerprint:
             raise FingerprintMismatchError(
@@ -357,45 +353,9 @@ def generate_profiles(
             raise ProfileError(f"{path}: made with other settings {diff}; delete it to regenerate")
     todo = [u for u in wanted if u not in done]
     if rank == 0 and todo:
-        writer = llm
-        if precision != llm.precision:  # dtype auto: a copy in the faster precision
-            from glta_align.llm import load_llm
-
-            emit(progress, ProgressEvent("profiles", "info", message=(
-                f"profile text in {precision}, the precision this CPU generates fastest "
-                f"(the stages train in {llm.precision})")))
-            writer = load_llm(llm.source, dtype=precision, device=llm.device,
-                              attention=llm.train_attention)
-        _write(path, meta_now, done, data, writer, cfg, wanted, progress)
-        del writer
+        _write(path, meta_now, done, data, llm, cfg, wanted, progress)
     barrier(world)
     return read_profiles(path)[1]
-
-
-def text_precision(llm: FrozenLLM, meta: dict[str, Any] | None = None) -> str:
-    """The precision profile and prediction text are generated in for ``llm``'s run.
-
-    ``llm``'s own, unless its precision was chosen by ``dtype="auto"`` on the CPU (it has
-    a ``precision_probe``): then the precision :func:`~glta_align.llm.precision_probe`
-    measures fastest for generation (``workload="generate"``; prefill-bound, where e.g.
-    bf16 beats int8 on CPUs whose int8 path runs norms and attention in fp32). A profiles
-    file already begun (its ``meta``) keeps the precision it was written in, so a resumed
-    run completes it with the same kind of text.
-
-    Args:
-        llm: the stage's loaded LLM.
-        meta: the first line of an existing ``profiles.jsonl`` (``None``: none yet).
-
-    Returns:
-        ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"int8"``.
-    """
-    if llm.precision_probe is None or llm.device.type != "cpu":
-        return llm.precision
-    if meta is not None and meta.get("llm") == llm.source and meta.get("precision"):
-        return str(meta["precision"])
-    from glta_align.llm import precision_probe
-
-    return precision_probe(llm.causal_lm.config, workload="generate")["choice"]
 
 
 def _write(path: Path, meta: dict, done: dict, data: Interactions, llm: FrozenLLM,

@@ -43,7 +43,7 @@ from glta_align.item_text import (
     slot_vector,
 )
 from glta_align.llm import FrozenLLM, load_llm, save_lora
-from glta_align.profiles import PROFILES_NAME, generate_profiles, read_profiles
+from glta_align.profiles import generate_profiles
 from glta_align.projector import NodeProjector
 from glta_align.prompts import (
     USER_ITEM_SYSTEM,
@@ -533,9 +533,6 @@ def train_user_item(
                      **throughput}
         if runner.head_cache_mb > 0:
             selection["text_cache"] = runner.head_cache_stats()
-        if profiles:  # the precision the texts were generated in (text_precision)
-            meta = read_profiles(Path(run_dir) / PROFILES_NAME)[0] or {}
-            selection["profile_precision"] = meta.get("precision")
         _save_user_projector(user_proj, run_dir / USER_PROJECTOR_DIR, data.fingerprint, cfg,
                              llm, selection)
         save_lora(llm, run_dir / LORA_DIR)

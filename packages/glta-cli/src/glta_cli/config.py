@@ -151,10 +151,9 @@ class LLMConfig:
     )
     dtype: str = field(
         default="auto",
-        metadata={"help": "Weights dtype: auto (CUDA: bf16; CPU: the fastest of float32, "
-                 "bfloat16, int8 by a probe of the model's shapes, and profile text in the "
-                 "fastest for generation, which may differ), float32, bfloat16, float16, or "
-                 "int8 (CPU: int8 products in the frozen linear layers)."},
+        metadata={"help": "Weights dtype: auto (CUDA: bf16; CPU: bf16 with AMX, int8 with "
+                 "VNNI, else float32), float32, bfloat16, float16, or int8 (CPU: int8 "
+                 "products in the frozen linear layers)."},
     )
     device: str | None = field(
         default=None,

@@ -18,12 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from glta_cli.report import (
-    attention_text,
-    profile_precision_text,
-    text_cache_text,
-    throughput_line,
-)
+from glta_cli.report import attention_text, text_cache_text, throughput_line
 
 __all__ = ["BREAKDOWN_NAME", "BY_CHOICES", "SELECT", "SELECT_RANKINGS", "breakdown_markdown",
            "breakdown_run", "evaluate_run_models", "ranked_lists", "select_ranking",
@@ -241,9 +236,9 @@ def breakdown_markdown(breakdown: dict[str, Any], selection: dict[str, Any] | No
     attention = attention_text(selection or {})
     if attention:
         lines += [attention + ".", ""]
-    for line in (text_cache_text(selection or {}), profile_precision_text(selection or {})):
-        if line:
-            lines += [line + ".", ""]
+    cached = text_cache_text(selection or {})
+    if cached:
+        lines += [cached + ".", ""]
     models = breakdown.get("models") or {}
     if not models:
         return "\n".join(lines)

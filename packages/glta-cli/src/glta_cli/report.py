@@ -123,17 +123,6 @@ def attention_text(meta: Mapping[str, Any]) -> str | None:
     return text
 
 
-def profile_precision_text(meta: Mapping[str, Any]) -> str | None:
-    """``"Profile and prediction text generated in bfloat16 (the LLM trained in int8)"``
-    from stage 3's saved ``profile_precision`` when it differs from ``llm_precision`` (the
-    CPU generates faster in another precision, :func:`glta_align.profiles.text_precision`);
-    ``None`` otherwise."""
-    gen, train = meta.get("profile_precision"), meta.get("llm_precision")
-    if not gen or not train or gen == train:
-        return None
-    return f"Profile and prediction text generated in {gen} (the LLM trained in {train})"
-
-
 def text_cache_text(meta: Mapping[str, Any]) -> str | None:
     """``"Stage 3 kept the keys/values of 943 texts (1180.3 MiB in bfloat16 of its 2048 MiB
     budget)"`` from stage 3's saved ``text_cache`` (plus how many texts did not fit and were
