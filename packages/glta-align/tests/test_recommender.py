@@ -54,6 +54,57 @@ def test_recommend_excludes_train_and_is_valid(trained, toy, tiny, ranking):
     assert i2.tolist() == [items[2].tolist(), items[0].tolist()]
 
 
+@pytest.fixture(scope="module")
+def trained_text_first(tmp_path_factory, tokenizer):
+    """A toy run trained with the profile and prediction text first in the prompt."""
+    toy = toy_data()
+    run = make_run(tmp_path_factory.mktemp("rec_tf") / "run", toy)
+    tiny = tiny_llm(tokenizer, seed=0)
+    train_item_text(toy, run, ItemTextConfig(epochs=1, items_per_instance=3), llm=tiny)
+    train_user_item(toy, run, UserItemConfig(epochs=1, num_slots=3, profile_new_tokens=2,
+                                             eval_batch_size=5, prompt_order="text-first"),
+                    llm=tiny)
+    return run
+
+
+@pytest.mark.parametrize("text_head", [False, True])
+def test_autoregressive_ranking_equals_running_the_prompt_at_every_rank(
+        trained, trained_text_first, toy, tiny, text_head):
+    """``ar`` appends each pick to the prompt's kept keys/values: the same lists and scores
+    as running the whole prompt again with the picks as slot tokens at every rank (also
+    when the leading text runs apart and its keys/values are kept, as with text first)."""
+    from glta_graph.evaluate import select_rows
+
+    from glta_align.heads import head_topk
+    from glta_align.user_item import eval_sample
+
+    rec = GLTARecommender.from_run(trained_text_first if text_head else trained, llm=tiny)
+    users, k = [3, 0, 7, 5], 6
+    scores, items = rec.recommend(users, k, ranking="ar")
+    ex = select_rows(toy.train, torch.tensor(users))
+    picked: list[list[int]] = [[] for _ in users]
+    want = torch.empty(len(users), k)
+    with torch.no_grad():
+        for t in range(k):
+            hidden = rec._slot_hidden(users, picked, num_slots=t + 1)[:, t]
+            s, i = head_topk(rec.head, hidden, t + 1, ex)
+            for b in range(len(users)):
+                for j in range(t + 1):
+                    if int(i[b, j]) not in picked[b]:
+                        picked[b].append(int(i[b, j]))
+                        want[b, t] = s[b, j]
+                        break
+    assert (rec.runner.last_shape.head_len > 0) == text_head  # the leading text ran apart
+    assert items.tolist() == picked
+    torch.testing.assert_close(scores, want, rtol=1e-4, atol=1e-4)
+    # what extend() needs: a kept batch, made without gradient
+    seqs, _, _ = rec.prompter.build([eval_sample(toy, rec.config, 0)], 1)
+    with torch.enable_grad(), pytest.raises(ValueError, match="keep_cache needs no gradient"):
+        rec.runner.hidden_states(seqs, torch.zeros(2, tiny.hidden_size), keep_cache=True)
+    with pytest.raises(RuntimeError, match="extend"):
+        rec.runner.extend(torch.zeros(1, tiny.hidden_size))
+
+
 def test_mean_ranking_is_the_slots_mean_log_softmax(trained, toy, tiny):
     """``mean`` ranks by the k slots' mean log-softmax over the whole catalogue."""
     rec = GLTARecommender.from_run(trained, llm=tiny)

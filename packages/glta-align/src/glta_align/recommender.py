@@ -195,7 +195,7 @@ class GLTARecommender:
 
     @torch.no_grad()
     def _slot_hidden(self, users: list[int], slot_items: list[list[int]] | None = None,
-                     num_slots: int | None = None) -> torch.Tensor:
+                     num_slots: int | None = None, keep_cache: bool = False) -> torch.Tensor:
         samples = [eval_sample(self.data, self.config, u) for u in users]
         if slot_items is not None:
             for s, extra in zip(samples, slot_items, strict=True):
@@ -205,8 +205,18 @@ class GLTARecommender:
         parts = [self.slot[None], self.user_projector(self.user_emb[torch.tensor(us, device=dev)])]
         if items:
             parts.append(self.item_projector(self.item_emb[torch.tensor(items, device=dev)]))
-        hidden = self.runner.hidden_states(seqs, torch.cat(parts))
+        hidden = self.runner.hidden_states(seqs, torch.cat(parts), keep_cache=keep_cache)
         return slot_inputs(self.head, hidden, self.user_emb[torch.tensor(us, device=dev)])
+
+    def _next_slot_hidden(self, users: list[int], items: list[int]) -> torch.Tensor:
+        """Autoregressive ranking's next step: each user's last picked item appended as a
+        soft token to the batch of the last ``_slot_hidden(..., keep_cache=True)`` call; the
+        slot input read there ``(B, H)`` (the same as ``_slot_hidden`` with that item added
+        to the slots, without running the prompt again)."""
+        dev = self.llm.device
+        vectors = self.item_projector(self.item_emb[torch.tensor(items, device=dev)])
+        hidden = self.runner.extend(vectors)[:, None]
+        return slot_inputs(self.head, hidden, self.user_emb[torch.tensor(users, device=dev)])[:, 0]
 
     @torch.no_grad()
     def recommend(self, users: Sequence[int] | torch.Tensor | np.ndarray, k: int = 10, *,
@@ -273,11 +283,15 @@ class GLTARecommender:
             rows = torch.arange(B).repeat_interleave(S)
             s, i = head_topk(self.head, hidden.reshape(B * S, -1), k, select_rows(ex, rows))
             return pick_first_k(i.reshape(B, S, k), s.reshape(B, S, k), k)
-        # autoregressive: one forward per rank, feeding back the picked items' tokens
+        # autoregressive: each rank's pick fed back as the next slot's soft token; the prompt
+        # runs once and every later step appends one position to its keys/values
         picked: list[list[int]] = [[] for _ in range(B)]
         out_s = torch.empty(B, k)
         for t in range(k):
-            hidden = self._slot_hidden(batch, picked, num_slots=t + 1)[:, t]
+            if t == 0:
+                hidden = self._slot_hidden(batch, picked, num_slots=1, keep_cache=True)[:, 0]
+            else:
+                hidden = self._next_slot_hidden(batch, [p[-1] for p in picked])
             s, i = head_topk(self.head, hidden, t + 1, ex)
             for b in range(B):
                 for j in range(t + 1):

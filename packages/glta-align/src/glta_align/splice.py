@@ -321,8 +321,38 @@ class SoftPromptRunner:
                               **{_cache_kwarg(self.llm.backbone): cache})
         return [(layer.keys, layer.values) for layer in cache.layers], mask_t
 
+    def extend(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Append one soft token per row to the batch of the last :meth:`hidden_states` call
+        made with ``keep_cache=True`` and return the last layer's hidden state there: the
+        same as running that call's sequences with the token appended (up to rounding), at
+        the cost of one position (autoregressive ranking).
+
+        Args:
+            vectors: (B, H) soft-token vectors, one per row of that call.
+
+        Returns:
+            (B, H) float32 hidden states at the appended positions.
+        """
+        state = getattr(self, "_kept", None)
+        if state is None:
+            raise RuntimeError("extend() needs a hidden_states(..., keep_cache=True) call first")
+        cache, mask, pos = state
+        if vectors.shape[0] != mask.shape[0]:
+            raise ValueError(f"extend: {vectors.shape[0]} vectors for a batch of {mask.shape[0]}")
+        dev = self.llm.device
+        mask = torch.cat([mask, torch.ones(mask.shape[0], 1, dtype=mask.dtype, device=dev)], 1)
+        pos = pos + 1
+        with torch.no_grad():
+            out = self.llm.backbone(
+                inputs_embeds=vectors.to(device=dev, dtype=self.llm.dtype)[:, None],
+                attention_mask=mask, position_ids=pos, use_cache=True,
+                **{_cache_kwarg(self.llm.backbone): cache})
+        self._kept = (cache, mask, pos)
+        return out.last_hidden_state[:, -1].float()
+
     def hidden_states(
-        self, seqs: Sequence[SoftSequence], soft_table: torch.Tensor | None
+        self, seqs: Sequence[SoftSequence], soft_table: torch.Tensor | None,
+        keep_cache: bool = False,
     ) -> torch.Tensor:
         """Last-layer hidden states at each sample's ``read`` positions.
 
@@ -335,6 +365,9 @@ class SoftPromptRunner:
             seqs: B samples; each must read the same number R of positions.
             soft_table: (S, H) vectors referenced by the samples' ``soft`` rows (any float
                 dtype; cast to the LLM's dtype); gradients flow back into it.
+            keep_cache: keep this batch's keys/values (no gradient, each sample ending with
+                its last read position) so that :meth:`extend` can append tokens to it (a
+                new last column: padding is masked, positions continue each row's own).
 
         Returns:
             (B, R, H) float32 hidden states.
@@ -343,6 +376,11 @@ class SoftPromptRunner:
 
         if not seqs:
             raise ValueError("hidden_states needs at least one sequence")
+        self._kept = None
+        if keep_cache and (torch.is_grad_enabled()
+                           or any(not s.read or s.read[-1] != len(s) - 1 for s in seqs)):
+            raise ValueError("keep_cache needs no gradient and sequences ending with their "
+                             "last read position")
         reads = {len(s.read) for s in seqs}
         if len(reads) != 1:
             raise ValueError(f"all sequences must read the same number of positions, got {reads}")
@@ -412,9 +450,14 @@ class SoftPromptRunner:
             else:
                 fresh = None if kv is None else DynamicCache(ddp_cache_data=[
                     (k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in kv])
-            return model(inputs_embeds=emb, attention_mask=mask_t, position_ids=pos,
-                         use_cache=fresh is not None,
-                         **{_cache_kwarg(self.llm.backbone): fresh})
+            if keep_cache and fresh is None:
+                fresh = DynamicCache()
+            out = model(inputs_embeds=emb, attention_mask=mask_t, position_ids=pos,
+                        use_cache=fresh is not None,
+                        **{_cache_kwarg(self.llm.backbone): fresh})
+            if keep_cache:
+                self._kept = (fresh, mask_t, pos[:, -1:])
+            return out
 
         model = self._model()
         scope = self.llm.attention_scope
