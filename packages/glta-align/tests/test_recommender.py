@@ -81,6 +81,7 @@ def test_autoregressive_ranking_equals_running_the_prompt_at_every_rank(
     rec = GLTARecommender.from_run(trained_text_first if text_head else trained, llm=tiny)
     users, k = [3, 0, 7, 5], 6
     scores, items = rec.recommend(users, k, ranking="ar")
+    assert rec.runner._kept is None  # the kept keys/values released after ranking
     ex = select_rows(toy.train, torch.tensor(users))
     picked: list[list[int]] = [[] for _ in users]
     want = torch.empty(len(users), k)

@@ -299,6 +299,7 @@ class GLTARecommender:
                         picked[b].append(int(i[b, j]))
                         out_s[b, t] = s[b, j]
                         break
+        self.runner.release()
         return out_s, torch.tensor(picked, dtype=torch.int64)
 
     def evaluate(self, split: str = "test", ks: Sequence[int] = (5, 10, 20), *,

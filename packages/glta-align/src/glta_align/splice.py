@@ -321,6 +321,10 @@ class SoftPromptRunner:
                               **{_cache_kwarg(self.llm.backbone): cache})
         return [(layer.keys, layer.values) for layer in cache.layers], mask_t
 
+    def release(self) -> None:
+        """Drop the keys/values kept by ``hidden_states(..., keep_cache=True)`` (memory)."""
+        self._kept = None
+
     def extend(self, vectors: torch.Tensor) -> torch.Tensor:
         """Append one soft token per row to the batch of the last :meth:`hidden_states` call
         made with ``keep_cache=True`` and return the last layer's hidden state there: the
