@@ -3,7 +3,8 @@
 ``GLTARecommender`` ranks ``ar`` by feeding each rank's pick back as the next slot's soft
 token. It runs the prompt once and appends one position per rank to its kept keys/values
 (``SoftPromptRunner.hidden_states(keep_cache=True)`` / ``extend``); the earlier way ran the
-whole prompt again at every rank (``reference_ar`` below, the same arithmetic). Both rank the
+whole prompt again at every rank (``GLTARecommender._rank_ar(kept_cache=False)``, the same
+picks from the same arithmetic). Both rank the
 same ``--users`` valid users of a finished run, alternating over ``--rounds``; the lists are
 compared. Writes one JSON file:
 
@@ -22,32 +23,9 @@ from pathlib import Path
 
 import profile_gen  # this folder's benchmark helpers: cpu_model, git_commit
 import torch
-from glta_align.heads import head_topk
 from glta_align.recommender import GLTARecommender
 from glta_gllm.checkpoint import atomic_write_json
 from glta_graph.evaluate import exclusion_matrix, select_rows
-
-
-@torch.no_grad()
-def reference_ar(rec: GLTARecommender, users: list[int], k: int,
-                 ex: torch.Tensor) -> tuple[torch.Tensor, list[list[int]]]:
-    """The earlier ``ar``: the whole prompt again at every rank, the picks as slot tokens.
-
-    Returns:
-        ``(scores (U, k), items)`` for ``users`` in one batch.
-    """
-    picked: list[list[int]] = [[] for _ in users]
-    out = torch.empty(len(users), k)
-    for t in range(k):
-        hidden = rec._slot_hidden(users, picked, num_slots=t + 1)[:, t]
-        s, i = head_topk(rec.head, hidden, t + 1, ex)
-        for b in range(len(users)):
-            for j in range(t + 1):
-                if int(i[b, j]) not in picked[b]:
-                    picked[b].append(int(i[b, j]))
-                    out[b, t] = s[b, j]
-                    break
-    return out, picked
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,13 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     secs: dict[str, list[float]] = {"rerun_prompt": [], "kept_cache": []}
     lists = {}
     for _ in range(args.rounds):
-        t = time.perf_counter()
-        _, lists["rerun_prompt"] = reference_ar(rec, users, args.k, ex)
-        secs["rerun_prompt"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        _, items = rec._rank_batch(users, args.k, ex, "ar")
-        secs["kept_cache"].append(time.perf_counter() - t)
-        lists["kept_cache"] = items.tolist()
+        for name in secs:
+            t = time.perf_counter()
+            with torch.no_grad():
+                _, items = rec._rank_ar(users, args.k, ex, kept_cache=name == "kept_cache")
+            secs[name].append(time.perf_counter() - t)
+            lists[name] = items.tolist()
         print({name: round(v[-1], 2) for name, v in secs.items()}, flush=True)
     mean = {name: sum(v) / len(v) for name, v in secs.items()}
     result.update({

@@ -26,16 +26,21 @@ def test_pick_first_k_takes_each_slots_best_untaken():
     assert s.tolist() == [[-0.0, -5.0, -10.0, -11.0]]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tokenizer):
-    """One trained toy run shared by this module's tests (they only read it)."""
+def _train_toy_run(folder, tokenizer, **stage3):
+    """A toy run trained through stages 2 and 3 (``stage3``: extra UserItemConfig fields)."""
     toy = toy_data()
-    run = make_run(tmp_path_factory.mktemp("rec") / "run", toy)
+    run = make_run(folder / "run", toy)
     tiny = tiny_llm(tokenizer, seed=0)
     train_item_text(toy, run, ItemTextConfig(epochs=1, items_per_instance=3), llm=tiny)
     train_user_item(toy, run, UserItemConfig(epochs=1, num_slots=3, profile_new_tokens=2,
-                                             eval_batch_size=5), llm=tiny)
+                                             eval_batch_size=5, **stage3), llm=tiny)
     return run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tokenizer):
+    """One trained toy run shared by this module's tests (they only read it)."""
+    return _train_toy_run(tmp_path_factory.mktemp("rec"), tokenizer)
 
 
 @pytest.mark.parametrize("ranking", ["first_k", "first", "ar", "mean"])
@@ -57,14 +62,8 @@ def test_recommend_excludes_train_and_is_valid(trained, toy, tiny, ranking):
 @pytest.fixture(scope="module")
 def trained_text_first(tmp_path_factory, tokenizer):
     """A toy run trained with the profile and prediction text first in the prompt."""
-    toy = toy_data()
-    run = make_run(tmp_path_factory.mktemp("rec_tf") / "run", toy)
-    tiny = tiny_llm(tokenizer, seed=0)
-    train_item_text(toy, run, ItemTextConfig(epochs=1, items_per_instance=3), llm=tiny)
-    train_user_item(toy, run, UserItemConfig(epochs=1, num_slots=3, profile_new_tokens=2,
-                                             eval_batch_size=5, prompt_order="text-first"),
-                    llm=tiny)
-    return run
+    return _train_toy_run(tmp_path_factory.mktemp("rec_tf"), tokenizer,
+                          prompt_order="text-first")
 
 
 @pytest.mark.parametrize("text_head", [False, True])
@@ -75,7 +74,6 @@ def test_autoregressive_ranking_equals_running_the_prompt_at_every_rank(
     when the leading text runs apart and its keys/values are kept, as with text first)."""
     from glta_graph.evaluate import select_rows
 
-    from glta_align.heads import head_topk
     from glta_align.user_item import eval_sample
 
     rec = GLTARecommender.from_run(trained_text_first if text_head else trained, llm=tiny)
@@ -83,20 +81,10 @@ def test_autoregressive_ranking_equals_running_the_prompt_at_every_rank(
     scores, items = rec.recommend(users, k, ranking="ar")
     assert rec.runner._kept is None  # the kept keys/values released after ranking
     ex = select_rows(toy.train, torch.tensor(users))
-    picked: list[list[int]] = [[] for _ in users]
-    want = torch.empty(len(users), k)
     with torch.no_grad():
-        for t in range(k):
-            hidden = rec._slot_hidden(users, picked, num_slots=t + 1)[:, t]
-            s, i = head_topk(rec.head, hidden, t + 1, ex)
-            for b in range(len(users)):
-                for j in range(t + 1):
-                    if int(i[b, j]) not in picked[b]:
-                        picked[b].append(int(i[b, j]))
-                        want[b, t] = s[b, j]
-                        break
+        want, picked = rec._rank_ar(users, k, ex, kept_cache=False)
     assert (rec.runner.last_shape.head_len > 0) == text_head  # the leading text ran apart
-    assert items.tolist() == picked
+    assert items.tolist() == picked.tolist()
     torch.testing.assert_close(scores, want, rtol=1e-4, atol=1e-4)
     # what extend() needs: a kept batch, made without gradient
     seqs, _, _ = rec.prompter.build([eval_sample(toy, rec.config, 0)], 1)

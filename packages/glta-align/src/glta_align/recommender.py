@@ -283,12 +283,27 @@ class GLTARecommender:
             rows = torch.arange(B).repeat_interleave(S)
             s, i = head_topk(self.head, hidden.reshape(B * S, -1), k, select_rows(ex, rows))
             return pick_first_k(i.reshape(B, S, k), s.reshape(B, S, k), k)
-        # autoregressive: each rank's pick fed back as the next slot's soft token; the prompt
-        # runs once and every later step appends one position to its keys/values
+        return self._rank_ar(batch, k, ex)
+
+    def _rank_ar(self, batch: list[int], k: int, ex: torch.Tensor, *,
+                 kept_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Autoregressive top-``k``: each rank's pick fed back as the next slot's soft token.
+
+        With ``kept_cache`` the prompt runs once and every later rank appends one position
+        to its keys/values (:meth:`SoftPromptRunner.extend`); without it the whole prompt
+        runs again at every rank with the picks as slot tokens (the earlier way, kept as the
+        reference tests and ``benchmarks/align/ar_ranking.py`` compare against).
+
+        Returns:
+            ``(scores (B, k), items (B, k))``.
+        """
+        B = len(batch)
         picked: list[list[int]] = [[] for _ in range(B)]
         out_s = torch.empty(B, k)
         for t in range(k):
-            if t == 0:
+            if not kept_cache:
+                hidden = self._slot_hidden(batch, picked, num_slots=t + 1)[:, t]
+            elif t == 0:
                 hidden = self._slot_hidden(batch, picked, num_slots=1, keep_cache=True)[:, 0]
             else:
                 hidden = self._next_slot_hidden(batch, [p[-1] for p in picked])

@@ -28,6 +28,7 @@ import inspect
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -177,6 +178,7 @@ class SoftPromptRunner:
         self._head_cache_bytes = 0
         self._head_not_kept: set[tuple[int, ...]] = set()
         self._head_rows: tuple[int, ...] | None = None
+        self._kept: tuple[Any, torch.Tensor, torch.Tensor] | None = None  # keep_cache's batch
         self.padding_side = padding_side
         self.compile = compile
         self.pad_multiple = pad_multiple if pad_multiple is not None else (16 if compile else 1)
@@ -213,6 +215,7 @@ class SoftPromptRunner:
         self._head_cache.clear()
         self._head_cache_bytes = 0
         self._head_not_kept.clear()
+        self.release()
 
     def head_cache_stats(self) -> dict[str, object]:
         """What the text-head cache holds: ``{"texts": kept, "not_kept": distinct texts met
@@ -337,7 +340,7 @@ class SoftPromptRunner:
         Returns:
             (B, H) float32 hidden states at the appended positions.
         """
-        state = getattr(self, "_kept", None)
+        state = self._kept
         if state is None:
             raise RuntimeError("extend() needs a hidden_states(..., keep_cache=True) call first")
         cache, mask, pos = state
