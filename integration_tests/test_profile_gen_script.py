@@ -65,6 +65,27 @@ def test_compare_dtypes_times_each_precision_on_the_same_users(profile_gen, tmp_
     assert 0 <= out["users_with_identical_texts"]["bfloat16"] <= len(users)
 
 
+def test_compare_profile_prompts_times_each_layout(profile_gen, tmp_path):
+    from glta_align.config import UserItemConfig
+    from glta_align.llm import load_tokenizer, tiny_llm
+    from glta_cli.testing import write_ratings_csv
+    from glta_graph.data import load_dataset
+
+    data = load_dataset(write_ratings_csv(tmp_path / "r.csv", users=10), format="csv",
+                        text_col="text")
+    llm = tiny_llm(load_tokenizer(), hidden_size=32, num_layers=1, seed=0)
+    cfg = UserItemConfig(profile_items=3, description_tokens=8, profile_new_tokens=3,
+                         profile_batch_size=4)
+    users = list(range(data.num_users))
+    out = profile_gen.compare_profile_prompts(data, llm, users, cfg, ["paper", "shared"],
+                                              rounds=2)
+    assert set(out["seconds"]) == {"paper", "shared"} and out["users"] == len(users)
+    assert all(len(v) == 2 and min(v) > 0 for v in out["seconds"].values())
+    # shared runs each user's descriptions once: fewer prompt tokens than both paper prompts
+    assert 0 < out["prompt_tokens"]["shared"] < out["prompt_tokens"]["paper"]
+    assert out["users_with_identical_texts"]["paper"] == len(users)
+
+
 def test_alternate_times_every_variant_each_round_against_the_first(profile_gen, capsys):
     calls = []
 

@@ -1,5 +1,8 @@
 """Profile/prediction text generation on MovieLens-100K: GLTA's path vs the earlier one.
 
+``--compare-profile-prompts paper,shared`` times ``generate_profiles`` with each
+``[user_item] profile_prompt`` (the descriptions run once per user with ``shared``).
+
 GLTA's path (``glta_align.profiles``): one kind of prompt per batch, the shared instruction
 prefix run once and its key/value cache reused, bodies left-padded after it, keys/values
 written into preallocated buffers, finished rows dropped. The baseline is the implementation
@@ -135,6 +138,9 @@ def main() -> None:
     ap.add_argument("--compare-dtypes", default=None,
                     help="comma-separated precisions (e.g. float32,bfloat16,int8): time GLTA's "
                          "path on --subset users in each, interleaved over --rounds, and stop")
+    ap.add_argument("--compare-profile-prompts", default=None,
+                    help="e.g. paper,shared: time generate_profiles on --subset users with each "
+                    "[user_item] profile_prompt, alternating (texts differ: other prompts)")
     ap.add_argument("--rounds", type=int, default=2,
                     help="rounds of --compare-batch-sizes / --compare-dtypes")
     ap.add_argument("--note", default="", help="free text stored with the result (machine load)")
@@ -180,6 +186,12 @@ def main() -> None:
     prompts = user_prompts(data, llm, cfg, all_users)
     lens = [len(p) for u in all_users for p in prompts[u]]
     result["prompt_tokens_mean"] = float(np.mean(lens))
+    if args.compare_profile_prompts:
+        result["profile_prompts"] = compare_profile_prompts(
+            data, llm, subset, cfg, args.compare_profile_prompts.split(","), args.rounds)
+        result["loadavg_end"] = list(os.getloadavg())
+        write_result(result, args.json)
+        return
     if args.compare_batch_sizes:
         result["batch_sizes"] = compare_batch_sizes(
             llm, prompts, subset, cfg, [int(b) for b in args.compare_batch_sizes.split(",")],
@@ -251,6 +263,40 @@ def compare_batch_sizes(llm, prompts: dict, users: list[int], cfg: UserItemConfi
                                          dataclasses.replace(cfg, profile_batch_size=b)))
             for b in sizes}
     return alternate(runs, users, rounds, "batch ")
+
+
+def compare_profile_prompts(data, llm, users: list[int], cfg: UserItemConfig,
+                            layouts: list[str], rounds: int) -> dict:
+    """Seconds of :func:`generate_profiles` (a fresh run directory each time) over ``users``
+    with each ``profile_prompt`` in ``layouts``, alternating over ``rounds`` rounds.
+
+    Returns:
+        :func:`alternate`'s dict, plus ``"prompt_tokens"``: ``{layout: mean prompt tokens run
+        per user}`` (paper: both prompts; shared: the common part once plus both endings).
+    """
+    from glta_align.profiles import _shared_split
+
+    tokens = {}
+    for layout in layouts:
+        c = dataclasses.replace(cfg, profile_prompt=layout)
+        prompts = user_prompts(data, llm, c, users)
+        if layout == "shared":
+            bodies, ends = _shared_split(prompts, users)
+            tokens[layout] = float(np.mean([len(bodies[u]) for u in users])
+                                   + sum(len(e) for e in ends))
+        else:
+            tokens[layout] = float(np.mean([len(prompts[u][0]) + len(prompts[u][1])
+                                            for u in users]))
+
+    def one(layout: str) -> dict[int, list[str]]:
+        c = dataclasses.replace(cfg, profile_prompt=layout)
+        with tempfile.TemporaryDirectory() as run:
+            rows = generate_profiles(data, run, llm, c, users=users)
+        return {u: [rows[u]["profile"], rows[u]["predict"]] for u in users}
+
+    one(layouts[0])  # warm-up
+    runs = {layout: (lambda layout=layout: one(layout)) for layout in layouts}
+    return {"prompt_tokens": tokens, **alternate(runs, users, rounds, "profile_prompt ")}
 
 
 def alternate(runs: dict, users: list[int], rounds: int, label: str = "") -> dict:

@@ -57,6 +57,23 @@ def test_batched_equals_one_prompt_at_a_time(lively, prefix):
     assert len(set(map(tuple, out))) == len(out) and len(set(out[0])) > 1
 
 
+@pytest.mark.parametrize("prefix", [True, False])
+def test_suffixes_equal_the_whole_prompts(lively, prefix):
+    """Rows b * S + s continue prompt b with suffix s: equal to generating each whole prompt
+    alone (suffixes of different lengths, bodies of different lengths)."""
+    prompts = _prompts()
+    ends = [[900, 901, 902], [903], [904, 905]]
+    P = 4 if prefix else 0
+    out = greedy_generate(lively, prompts, 6, prefix_len=P, stop_ids=set(), suffixes=ends)
+    assert len(out) == len(prompts) * len(ends)
+    for b, p in enumerate(prompts):
+        for s, end in enumerate(ends):
+            ref = greedy_generate(lively, [p + end], 6, stop_ids=set())[0]
+            assert out[b * len(ends) + s] == ref, (b, s)
+    with pytest.raises(ValueError, match="non-empty"):
+        greedy_generate(lively, prompts, 2, suffixes=[[1], []])
+
+
 def test_rows_stop_at_their_stop_token(lively):
     prompts = _prompts()
     full = greedy_generate(lively, prompts, 8, prefix_len=4, stop_ids=set())
@@ -112,3 +129,55 @@ def test_file_records_template_and_precision(tmp_path, toy, lively):
                                *lines[1:]]) + "\n")
     with pytest.raises(ProfileError, match="precision"):
         generate_profiles(toy, tmp_path, lively, cfg, users=[3])
+
+
+def test_shared_prompts_differ_only_in_their_ending(toy, lively):
+    from glta_align.profiles import user_prompts
+
+    cfg = UserItemConfig(profile_prompt="shared")
+    prompts = user_prompts(toy, lively, cfg, range(toy.num_users))
+    tok = lively.tokenizer
+    ends = None
+    for u in range(toy.num_users):
+        a, b = prompts[u]
+        n = common_prefix_length([a, b])
+        assert ends is None or [a[n:], b[n:]] == ends  # the same two endings for every user
+        ends = [a[n:], b[n:]]
+        assert "Descriptions of the user's interacted items: " in tok.decode(a[:n])
+        whole = tok.decode(a)
+        assert whole.index("; ") < whole.index("Use 5 tags") and "Use 5 words" in tok.decode(b)
+    paper = user_prompts(toy, lively, UserItemConfig(), [0])[0]
+    assert tok.decode(paper[0]).index("Use 5 tags") < tok.decode(paper[0]).index(";")
+
+
+def test_shared_generation_equals_each_prompt_alone(tmp_path, toy, lively):
+    """profile_prompt = "shared": one run of each user's descriptions, both texts continue
+    from it; the texts equal generating each whole prompt alone (fp32), and the file records
+    the layout (a paper-layout file is refused, and an older file without the key reads as
+    the paper layout)."""
+    from glta_align.profiles import user_prompts
+
+    cfg = UserItemConfig(profile_prompt="shared", profile_batch_size=3, profile_new_tokens=5)
+    got = generate_profiles(toy, tmp_path / "s", lively, cfg)
+    prompts = user_prompts(toy, lively, cfg, range(toy.num_users))
+    for u in (0, 4, toy.num_users - 1):
+        for k, name in enumerate(("profile", "predict")):
+            ids = greedy_generate(lively, [prompts[u][k]], 5)[0]
+            want = " ".join(lively.tokenizer.decode(ids, skip_special_tokens=True).split())
+            assert got[u][name] == want, (u, name)
+    meta, _ = read_profiles(tmp_path / "s" / "profiles.jsonl")
+    assert meta["profile_prompt"] == "shared"
+    paper = UserItemConfig(profile_batch_size=3, profile_new_tokens=5)
+    with pytest.raises(ProfileError, match="profile_prompt"):
+        generate_profiles(toy, tmp_path / "s", lively, paper)
+    # a file from before the setting existed holds paper-layout texts
+    generate_profiles(toy, tmp_path / "p", lively, paper, users=[0, 1])
+    path = tmp_path / "p" / "profiles.jsonl"
+    lines = path.read_text().splitlines()
+    meta, _ = read_profiles(path)
+    old = {k: v for k, v in meta.items() if k != "profile_prompt"}
+    path.write_text("\n".join([json.dumps({"meta": old}), *lines[1:]]) + "\n")
+    assert sorted(generate_profiles(toy, tmp_path / "p", lively, paper, users=[0, 1, 2])) \
+        == [0, 1, 2]
+    with pytest.raises(ProfileError, match="profile_prompt"):
+        generate_profiles(toy, tmp_path / "p", lively, cfg, users=[0])

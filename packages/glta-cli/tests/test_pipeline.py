@@ -132,6 +132,19 @@ def test_stage_keys_chain_and_reconcile(tmp_path):
     _reconcile_stages(run, profiles, stages, notes.append)
     assert not (run / "profiles.jsonl").exists()
 
+    # a run saved before [user_item] profile_prompt existed made its texts with "paper"
+    old_toml = (run / "resolved-config.toml").read_text()
+    assert 'profile_prompt = "paper"' in old_toml
+    (run / "resolved-config.toml").write_text(old_toml.replace('profile_prompt = "paper"\n', ""))
+    for over, kept in ((["--user_item.lr", "0.01"], True),
+                       (["--user_item.profile_prompt", "shared"], False)):
+        (run / "profiles.jsonl").write_text("{}\n")
+        stages = {s: {"done": True, "key": keys[s]} for s in STAGES}
+        _reconcile_stages(run, load_config("smoke", overrides=["--run.out", str(run), *over]),
+                          stages, notes.append)
+        assert "user_item" not in stages and (run / "profiles.jsonl").is_file() == kept, over
+    write_config(old, run / "resolved-config.toml")
+
     same = {s: {"done": True, "key": keys[s]} for s in STAGES}
     _reconcile_stages(run, old, same, notes.append)
     assert sorted(same) == sorted(STAGES)

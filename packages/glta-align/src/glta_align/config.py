@@ -16,6 +16,7 @@ __all__ = ["ADDED_SETTINGS", "HEADS", "LR_SCHEDULES", "RANKINGS", "AlignConfigEr
 HEADS = ("plain", "projected")
 RANKINGS = ("first_k", "first", "ar", "mean")
 PROMPT_ORDERS = ("paper", "text-first")
+PROFILE_PROMPTS = ("paper", "shared")
 _HEAD_INITS = ("zeros", "random", "item_tokens")
 _TARGETS = ("unseen", "any")
 LR_SCHEDULES = ("constant", "cosine")
@@ -26,7 +27,7 @@ LR_SCHEDULES = ("constant", "cosine")
 ADDED_SETTINGS: dict[str, Any] = {
     "history_text": False, "residual": False, "residual_init": "stage2", "mask_seen": False,
     "compile": False, "lr_schedule": "constant", "text_filler": False,
-    "prompt_order": "paper",
+    "prompt_order": "paper", "profile_prompt": "paper",
 }
 
 
@@ -172,8 +173,14 @@ class UserItemConfig(_StageConfig):
     predict_words: int = _help("k in the prediction prompt ('Use k words ...')", 5)
     profile_items: int = _help("item descriptions given to the profile/prediction prompts", 10)
     profile_new_tokens: int = _help("max new tokens generated per profile/prediction", 24)
-    profile_batch_size: int = _help("users per generation batch (one prompt kind per batch)",
-                                    64)
+    profile_batch_size: int = _help("users per generation batch (paper prompts: one prompt "
+                                    "kind per batch; shared: both kinds, two rows per user)", 64)
+    profile_prompt: str = _help("[choice] profile/prediction prompts: paper (the paper's two, "
+                                "each instruction before the item descriptions: every user's "
+                                "descriptions run twice) or shared (the descriptions first, "
+                                "then each instruction: they run once per user and both texts "
+                                "continue from their keys/values, ~40% less prompt compute)",
+                                "paper")
     profile_text_tokens: int = _help("token budget of profile / prediction text in the prompt",
                                      32)
     max_users: int | None = _help("cap on training users per epoch (None = all)", None)
@@ -228,6 +235,9 @@ class UserItemConfig(_StageConfig):
         if self.targets_from not in _TARGETS:
             raise AlignConfigError(
                 f"UserItemConfig.targets_from = {self.targets_from!r}: expected one of {_TARGETS}")
+        if self.profile_prompt not in PROFILE_PROMPTS:
+            raise AlignConfigError(f"UserItemConfig.profile_prompt = {self.profile_prompt!r}: "
+                                   f"expected one of {PROFILE_PROMPTS}")
         if self.prompt_order not in PROMPT_ORDERS:
             raise AlignConfigError(f"UserItemConfig.prompt_order = {self.prompt_order!r}: "
                                    f"expected one of {PROMPT_ORDERS}")

@@ -31,7 +31,13 @@ from glta_graph.progress import ProgressCallback, ProgressEvent, emit
 from glta_align._common import barrier, dist_info, rng_for
 from glta_align.config import UserItemConfig
 from glta_align.llm import FrozenLLM
-from glta_align.prompts import PREDICT_PROMPT, PROFILE_PROMPT
+from glta_align.prompts import (
+    PREDICT_PROMPT,
+    PREDICT_SHARED,
+    PROFILE_PROMPT,
+    PROFILE_SHARED,
+    PROFILE_SHARED_CONTEXT,
+)
 
 __all__ = [
     "PROFILES_NAME",
@@ -60,12 +66,15 @@ def profile_items(data: Interactions, user: int, count: int, seed: int) -> list[
     return [int(items[j]) for j in sorted(pick)]
 
 
-def _template_hash(llm: FrozenLLM) -> str:
-    """16 hex of the two prompts and the tokenizer's chat template (what the LLM is asked)."""
+def _template_hash(llm: FrozenLLM, layout: str = "paper") -> str:
+    """16 hex of the two prompts (of ``layout``) and the tokenizer's chat template (what the
+    LLM is asked)."""
     import hashlib
 
     chat = getattr(llm.tokenizer, "chat_template", None) or ""
-    blob = json.dumps([PROFILE_PROMPT, PREDICT_PROMPT, chat if isinstance(chat, str) else
+    prompts = ([PROFILE_PROMPT, PREDICT_PROMPT] if layout == "paper" else
+               [PROFILE_SHARED_CONTEXT, PROFILE_SHARED, PREDICT_SHARED])
+    blob = json.dumps([*prompts, chat if isinstance(chat, str) else
                        json.dumps(chat, sort_keys=True)]).encode("utf-8")
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -75,11 +84,14 @@ def _meta(data: Interactions, llm: FrozenLLM, cfg: UserItemConfig) -> dict[str, 
             "words": cfg.predict_words, "items": cfg.profile_items,
             "new_tokens": cfg.profile_new_tokens, "description_tokens": cfg.description_tokens,
             "seed": cfg.seed, "prompt_style": cfg.prompt_style,
-            "template": _template_hash(llm), "precision": llm.precision}
+            "template": _template_hash(llm, cfg.profile_prompt), "precision": llm.precision,
+            "profile_prompt": cfg.profile_prompt}
 
 
 # Keys older files lack: such a file is still accepted (its texts came from the same prompts).
 _NEWER_META_KEYS = ("template", "precision")
+# Keys older files lack that read as the value those files were made with.
+_OLDER_META_VALUES = {"profile_prompt": "paper"}
 
 
 def read_profiles(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, dict[int, dict]]:
@@ -109,15 +121,16 @@ def read_profiles(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, 
     return meta, rows
 
 
-def _prompt_ids(llm: FrozenLLM, text: str, style: str) -> list[int]:
+def _render(llm: FrozenLLM, text: str, style: str) -> str:
     tok = llm.tokenizer
-    chat = style == "chat" or (style == "auto" and getattr(tok, "chat_template", None))
-    if chat:
-        rendered = tok.apply_chat_template(
+    if style == "chat" or (style == "auto" and getattr(tok, "chat_template", None)):
+        return tok.apply_chat_template(
             [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-    else:
-        rendered = f"[INST] {text} [/INST]"
-    return list(tok(rendered, add_special_tokens=False)["input_ids"])
+    return f"[INST] {text} [/INST]"
+
+
+def _prompt_ids(llm: FrozenLLM, text: str, style: str) -> list[int]:
+    return list(llm.tokenizer(_render(llm, text, style), add_special_tokens=False)["input_ids"])
 
 
 # -- batched greedy generation -------------------------------------------------------------
@@ -221,12 +234,16 @@ def greedy_generate(
     prefix_len: int = 0,
     prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     stop_ids: set[int] | None = None,
+    suffixes: Sequence[Sequence[int]] | None = None,
 ) -> list[list[int]]:
     """Greedy continuations of a batch of prompts with a key/value cache.
 
     The first ``prefix_len`` tokens (identical in every prompt) run once with batch 1 and
     their cache is shared; the rest (the bodies) are left-padded *after* the prefix, with a
-    2-D attention mask and explicit position ids so each row equals its unpadded forward. New
+    2-D attention mask and explicit position ids so each row equals its unpadded forward. With
+    ``suffixes`` (S token lists), each prompt's keys/values are repeated S times and row
+    ``b * S + s`` continues prompt ``b`` with suffix ``s`` (left-padded the same way) before
+    generating: prompts that differ only in their ending run their common part once. New
     keys/values are written into preallocated buffers; a row stops at its first stop token,
     and finished rows are dropped from the batch once a quarter of it has finished.
 
@@ -237,9 +254,11 @@ def greedy_generate(
         prefix_len: shared prefix length (0: none).
         prefix_kv: the prefix's per-layer (keys, values), batch 1 (computed when ``None``).
         stop_ids: token ids that end a row (default: the model's EOS ids).
+        suffixes: None, or S non-empty token-id lists appended to every prompt.
 
     Returns:
-        B lists of generated token ids (stop token excluded), at most ``max_new_tokens`` each.
+        B (B * S with ``suffixes``, prompt-major) lists of generated token ids (stop token
+        excluded), at most ``max_new_tokens`` each.
     """
     from glta_align.splice import _cache_kwarg, _output_cache
 
@@ -251,17 +270,29 @@ def greedy_generate(
     bodies = [list(p[P:]) for p in prompts]
     if any(not b for b in bodies):
         raise ValueError("every prompt must be longer than prefix_len")
+    ends = [list(x) for x in suffixes] if suffixes is not None else []
+    if suffixes is not None and (not ends or any(not x for x in ends)):
+        raise ValueError("suffixes must be non-empty token lists")
+    S, Ls = max(len(ends), 1), max((len(x) for x in ends), default=0)
     B, Lb = len(bodies), max(len(b) for b in bodies)
     pad = llm.tokenizer.pad_token_id or 0
     ids = torch.full((B, Lb), pad, dtype=torch.long)
-    total = P + Lb + max_new_tokens
+    total = P + Lb + Ls + max_new_tokens
     mask = torch.zeros((B, total), dtype=torch.long)
     mask[:, :P] = 1
     for b, body in enumerate(bodies):
         ids[b, Lb - len(body):] = torch.tensor(body, dtype=torch.long)
         mask[b, P + Lb - len(body): P + Lb] = 1
-    mask[:, P + Lb:] = 1
+    mask[:, P + Lb + Ls:] = 1
     pos = (mask[:, P:P + Lb].cumsum(-1) - 1).clamp(min=0) + P
+    if ends:  # row b * S + s: prompt b, then suffix s (left-padded after the body)
+        mask = mask.repeat_interleave(S, 0)
+        end_ids = torch.full((B * S, Ls), pad, dtype=torch.long)
+        for r in range(B * S):
+            end = ends[r % S]
+            end_ids[r, Ls - len(end):] = torch.tensor(end, dtype=torch.long)
+            mask[r, P + Lb + Ls - len(end): P + Lb + Ls] = 1
+        end_pos = (mask.cumsum(-1) - 1)[:, P + Lb: P + Lb + Ls].clamp(min=0)
     key = _cache_kwarg(lm)
     if P and prefix_kv is None:
         out = llm.backbone(input_ids=torch.tensor([list(prompts[0][:P])], device=dev),
@@ -277,12 +308,19 @@ def greedy_generate(
         kv = [(empty, empty)] * cfg.num_hidden_layers
     cache = _grow_cache(kv, total)
     mask, pos = mask.to(dev), pos.to(dev)
-    out = lm(input_ids=ids.to(dev), attention_mask=mask[:, :P + Lb], position_ids=pos,
+    first = mask[::S, :P + Lb]
+    out = lm(input_ids=ids.to(dev), attention_mask=first, position_ids=pos,
              use_cache=True, logits_to_keep=1, **{key: cache})
-    nxt = out.logits[:, -1].argmax(-1)
-    rows = torch.arange(B)           # original row of each live batch position
     last = pos[:, -1:]
-    result: list[list[int]] = [[] for _ in range(B)]
+    if ends:
+        cache.batch_select_indices(torch.arange(B, device=dev).repeat_interleave(S))
+        end_pos = end_pos.to(dev)
+        out = lm(input_ids=end_ids.to(dev), attention_mask=mask[:, :P + Lb + Ls],
+                 position_ids=end_pos, use_cache=True, logits_to_keep=1, **{key: cache})
+        last = end_pos[:, -1:]
+    nxt = out.logits[:, -1].argmax(-1)
+    rows = torch.arange(B * S)       # original row of each live batch position
+    result: list[list[int]] = [[] for _ in range(B * S)]
     stop_t = torch.tensor(sorted(stops), dtype=torch.long, device=dev)
     for step in range(max_new_tokens):
         done = torch.isin(nxt, stop_t) if len(stop_t) else torch.zeros_like(nxt, dtype=torch.bool)
@@ -298,7 +336,7 @@ def greedy_generate(
             done = done[keep]
         # finished rows still in the batch keep decoding; their tokens are never read
         rows_alive = ~done
-        cur = P + Lb + step + 1
+        cur = P + Lb + Ls + step + 1
         last = last + 1
         out = lm(input_ids=nxt[:, None], attention_mask=mask[:, :cur], position_ids=last,
                  use_cache=True, **{key: cache})
@@ -343,6 +381,7 @@ def generate_profiles(
     meta_now = _meta(data, llm, cfg)
     meta, done = read_profiles(path) if resume else (None, {})
     if meta is not None:
+        meta = {**_OLDER_META_VALUES, **meta}
         if meta.get("fingerprint") != data.fingerprint:
             raise FingerprintMismatchError(
                 f"{path}: made for dataset fingerprint {meta.get('fingerprint')}, but the "
@@ -374,7 +413,12 @@ def _write(path: Path, meta: dict, done: dict, data: Interactions, llm: FrozenLL
     bs = cfg.profile_batch_size
     batches = [order[i:i + bs] for i in range(0, len(order), bs)]
     todo = [b for b in batches if any(u not in done for u in b)]
-    prefix = [common_prefix_length([prompts[u][k] for u in wanted]) for k in (0, 1)]
+    shared = _shared_split(prompts, wanted) if cfg.profile_prompt == "shared" else None
+    if shared is not None:  # one common part per user, both kinds continue from it
+        bodies, ends = shared
+        prefix = [common_prefix_length([bodies[u] for u in wanted])]
+    else:
+        prefix = [common_prefix_length([prompts[u][k] for u in wanted]) for k in (0, 1)]
     prefix_kv: list[Any] = [None, None]
     total = len(wanted)
     finished = total - sum(1 for u in wanted if u not in done)
@@ -383,13 +427,20 @@ def _write(path: Path, meta: dict, done: dict, data: Interactions, llm: FrozenLL
     with path.open("a", encoding="utf-8") as fh:
         for chunk in todo:
             texts = []
-            for k in (0, 1):
+            for k in range(len(prefix)):
                 if prefix[k] and prefix_kv[k] is None:
                     prefix_kv[k] = _prefix_cache(llm, prompts[wanted[0]][k][:prefix[k]])
-                out = greedy_generate(llm, [prompts[u][k] for u in chunk], cfg.profile_new_tokens,
-                                      prefix_len=prefix[k], prefix_kv=prefix_kv[k])
-                texts.append([" ".join(t.split()) for t in
-                              llm.tokenizer.batch_decode(out, skip_special_tokens=True)])
+                if shared is not None:
+                    out = greedy_generate(llm, [bodies[u] for u in chunk],
+                                          cfg.profile_new_tokens, prefix_len=prefix[k],
+                                          prefix_kv=prefix_kv[k], suffixes=ends)
+                    outs = [out[0::2], out[1::2]]
+                else:
+                    outs = [greedy_generate(llm, [prompts[u][k] for u in chunk],
+                                            cfg.profile_new_tokens, prefix_len=prefix[k],
+                                            prefix_kv=prefix_kv[k])]
+                texts += [[" ".join(t.split()) for t in
+                           llm.tokenizer.batch_decode(o, skip_special_tokens=True)] for o in outs]
             for j, u in enumerate(chunk):
                 if u in done:
                     continue
@@ -401,6 +452,25 @@ def _write(path: Path, meta: dict, done: dict, data: Interactions, llm: FrozenLL
             emit(progress, ProgressEvent("profiles", "step", step=finished, total=total,
                                          message="profile/prediction text"))
     emit(progress, ProgressEvent("profiles", "end", step=total, total=total))
+
+
+def _shared_split(prompts: dict[int, tuple[list[int], list[int]]], users: Sequence[int],
+                  ) -> tuple[dict[int, list[int]], list[list[int]]]:
+    """Each user's common part of its two ``shared`` prompts and the two endings (the same
+    for every user): ``prompts[u][k] == body[u] + ends[k]``."""
+    bodies: dict[int, list[int]] = {}
+    ends: list[list[int]] | None = None
+    for u in users:
+        two = prompts[u]
+        n = common_prefix_length(two)
+        mine = [list(two[0][n:]), list(two[1][n:])]
+        if ends is None:
+            ends = mine
+        elif mine != ends:
+            raise ProfileError(f"user {u}: the shared prompts' endings differ between users "
+                               f"({mine} vs {ends})")
+        bodies[u] = list(two[0][:n])
+    return bodies, ends or [[], []]
 
 
 @torch.no_grad()
@@ -419,7 +489,9 @@ def user_prompts(data: Interactions, llm: FrozenLLM, cfg: UserItemConfig,
     Returns:
         ``{user: (profile prompt ids, prediction prompt ids)}``, each rendered in
         ``cfg.prompt_style`` from the user's :func:`profile_items` descriptions, each cut to
-        ``cfg.description_tokens`` tokens and joined by ``"; "``.
+        ``cfg.description_tokens`` tokens and joined by ``"; "``. With ``cfg.profile_prompt =
+        "shared"`` the descriptions come first and the two prompts of a user differ only in
+        their ending (the instruction), token for token.
     """
     from glta_align.prompts import tokenize_texts
 
@@ -430,6 +502,13 @@ def user_prompts(data: Interactions, llm: FrozenLLM, cfg: UserItemConfig,
                                              cfg.description_tokens), strict=True))
     text = {i: tok.decode(desc[i]) for i in item_set}
     prompts: dict[int, tuple[list[int], list[int]]] = {}
+    if cfg.profile_prompt == "shared":
+        head, tails = _shared_parts(llm, cfg)
+        for u in users:
+            mid = list(tok(" " + "; ".join(text[i] for i in picks[u]),
+                           add_special_tokens=False)["input_ids"])
+            prompts[u] = (head + mid + tails[0], head + mid + tails[1])
+        return prompts
     for u in users:
         joined = "; ".join(text[i] for i in picks[u])
         prompts[u] = (
@@ -439,3 +518,22 @@ def user_prompts(data: Interactions, llm: FrozenLLM, cfg: UserItemConfig,
                         cfg.prompt_style),
         )
     return prompts
+
+
+def _shared_parts(llm: FrozenLLM, cfg: UserItemConfig) -> tuple[list[int], list[list[int]]]:
+    """The ``shared`` prompts around the descriptions, as token ids: the part before them
+    (ending at the ':' before the descriptions' leading space) and the two endings (a new line,
+    the profile / prediction instruction, the chat template's closing)."""
+    mark = "\u2063GLTA-DESCRIPTIONS\u2063"
+    heads, tails = [], []
+    for ask in (PROFILE_SHARED.format(k=cfg.profile_tags),
+                PREDICT_SHARED.format(k=cfg.predict_words)):
+        text = PROFILE_SHARED_CONTEXT.format(descriptions=mark) + "\n" + ask
+        rendered = _render(llm, text, cfg.prompt_style)
+        head, _, tail = rendered.partition(mark)
+        heads.append(head.removesuffix(" "))
+        tails.append(tail)
+    if heads[0] != heads[1]:
+        raise ProfileError(f"the shared prompts' beginnings differ: {heads}")
+    ids = [list(llm.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in heads[:1] + tails]
+    return ids[0], ids[1:]

@@ -21,7 +21,10 @@ __all__ = [
     "ITEM_TEXT_TEMPLATE",
     "ITEM_TEXT_USER",
     "PREDICT_PROMPT",
+    "PREDICT_SHARED",
     "PROFILE_PROMPT",
+    "PROFILE_SHARED",
+    "PROFILE_SHARED_CONTEXT",
     "PROMPT_STYLES",
     "USER_ITEM_SYSTEM",
     "USER_ITEM_TEMPLATE",
@@ -75,6 +78,18 @@ PROFILE_PROMPT = (
 PREDICT_PROMPT = (
     "Use {k} words to predict the user's interests based on descriptions of items "
     "interacted: {descriptions}"
+)
+#: The same two requests with the descriptions first [choice] (``profile_prompt =
+#: "shared"``): ``PROFILE_SHARED_CONTEXT`` then a new line and one of the two instructions, so
+#: a user's descriptions run once and both texts continue from their keys/values.
+PROFILE_SHARED_CONTEXT = "Descriptions of the user's interacted items: {descriptions}"
+PROFILE_SHARED = (
+    "Use {k} tags to summarize the descriptions of the user's interacted items above as "
+    "user profile."
+)
+PREDICT_SHARED = (
+    "Use {k} words to predict the user's interests based on the descriptions of items "
+    "interacted above."
 )
 
 _MARK = "\u2063GLTA{}\u2063"  # invisible separator: never produced by real item text

@@ -416,7 +416,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 # Stage-3 settings baked into RUN/profiles.jsonl (a change means regenerating it).
 _PROFILE_KEYS = ("profile_tags", "predict_words", "profile_items", "profile_new_tokens",
-                 "description_tokens", "seed", "prompt_style", "llm", "dtype", "llm_init")
+                 "description_tokens", "seed", "prompt_style", "llm", "dtype", "llm_init",
+                 "profile_prompt")
 # Stage-2 outputs removed when the no-ia ablation skips stage 2 (all written by glta).
 _STAGE2_OUTPUTS = ("item_text", "item_projector", "gllm_head")
 
@@ -574,7 +575,8 @@ def _reconcile_stages(
         shutil.rmtree(run_dir / "state" / name, ignore_errors=True)
         if name == "user_item" and old is not None:
             a, b = old.to_dict().get("user_item", {}), config.to_dict().get("user_item", {})
-            if any(a.get(k) != b.get(k) for k in _PROFILE_KEYS):
+            earlier = _added_settings()  # a key an older run lacks reads as its old value
+            if any(a.get(k, earlier.get(("user_item", k))) != b.get(k) for k in _PROFILE_KEYS):
                 (run_dir / "profiles.jsonl").unlink(missing_ok=True)
     return keys
 
