@@ -113,6 +113,18 @@ def test_the_first_file_recording_a_run_wins_and_bad_input_is_named(tmp_path):
     assert proc.returncode == 2 and "absent.json" in proc.stderr
 
 
+def test_what_renames_a_rows_description(tmp_path):
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps({"runs": [_entry(0, "full", 0.40, 0.20)]}))
+    out = tmp_path / "t.json"
+    proc = _run(str(a), "--out", str(out), "--what", "full=today's default preset")
+    assert proc.returncode == 0 and "`full`: today's default preset |" in proc.stdout
+    assert json.loads(out.read_text())["table"]["ml-100k"]["full"]["what"] == (
+        "today's default preset")
+    proc = _run(str(a), "--what", "full")
+    assert proc.returncode == 2 and "ROW=TEXT" in proc.stderr
+
+
 def test_runs_from_another_machine_are_named_under_the_table(tmp_path):
     src, out = tmp_path / "abl.json", tmp_path / "t.json"
     amd = {"cpu": "AMD EPYC", "cores": 2, "threads": 1}

@@ -66,6 +66,8 @@ WHAT = {
     "residual-lr1e-4-text-first-random-llm": "residual-lr1e-4-text-first with the randomly "
                                              "initialised LLM [extra]",
     "text-first": "profile and prediction text before the soft tokens in the prompt [extra]",
+    "profile-shared": "profile/prediction prompts with the item descriptions first, run once "
+                      "for both texts [extra]",
 }
 METRICS = {"valid N@10": ("valid", "ndcg@10"), "test P@10": ("test", "precision@10"),
            "test N@10": ("test", "ndcg@10")}
@@ -123,9 +125,9 @@ def _activity(run: dict) -> dict[str, float]:
             if "ndcg@10" in v}
 
 
-def table(runs: list[dict]) -> dict:
+def table(runs: list[dict], what: dict[str, str] | None = None) -> dict:
     """Per dataset and row: seeds, the metrics' mean / spread / values, and the paired
-    differences from each run's source.
+    differences from each run's source (``what``: row descriptions, default :data:`WHAT`).
 
     Returns:
         ``{dataset: {row: {"seeds", "what", metric: stats, "delta": {metric: stats},
@@ -144,7 +146,7 @@ def table(runs: list[dict]) -> dict:
                           key=lambda r: r["seed"])
             if not mine:
                 continue
-            entry: dict = {"seeds": [r["seed"] for r in mine], "what": WHAT.get(row, row)}
+            entry: dict = {"seeds": [r["seed"] for r in mine], "what": (what or WHAT).get(row, row)}
             for name, (split, metric) in METRICS.items():
                 xs = [v for r in mine if (v := _value(r, split, metric)) is not None]
                 if xs:
@@ -334,7 +336,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("ablations", type=Path, nargs="+", help="ablation JSONs (ablations.py)")
     ap.add_argument("--out", type=Path, help="write the JSON here (else print only)")
+    ap.add_argument("--what", nargs="+", default=[], metavar="ROW=TEXT",
+                    help="describe ROW as TEXT (e.g. full=... for a file whose `full` runs "
+                    "another preset)")
     args = ap.parse_args(argv)
+    what = dict(WHAT)
+    for pair in args.what:
+        row, eq, text = pair.partition("=")
+        if not eq or not row or not text:
+            ap.error(f"--what takes ROW=TEXT, got {pair!r}")
+        what[row] = text
     missing = [str(p) for p in args.ablations if not p.is_file()]
     if missing:
         ap.error(f"no such file: {', '.join(missing)}")
@@ -350,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             if key not in seen:  # the first file recording a run wins
                 seen.add(key)
                 runs.append({**run, "machine": run.get("machine", doc.get("machine"))})
-    result = table(runs)
+    result = table(runs, what)
     if not result:
         ap.error("no GLTA runs with test metrics in " + ", ".join(map(str, args.ablations)))
     pairs = control_pairs(runs)
