@@ -70,6 +70,13 @@ def test_suffixes_equal_the_whole_prompts(lively, prefix):
         for s, end in enumerate(ends):
             ref = greedy_generate(lively, [p + end], 6, stop_ids=set())[0]
             assert out[b * len(ends) + s] == ref, (b, s)
+    # rows that stop early leave the batch (a quarter finished): the others go on unchanged
+    stops = {o[1] for o in out[:4]}  # rows 0-3 (at least) end by their second token
+    cut = greedy_generate(lively, prompts, 6, prefix_len=P, stop_ids=stops, suffixes=ends)
+    for o, c in zip(out, cut, strict=True):
+        n = next((i for i, t in enumerate(o) if t in stops), len(o))
+        assert c == o[:n]
+    assert sum(len(c) < 6 for c in cut) >= 4
     with pytest.raises(ValueError, match="non-empty"):
         greedy_generate(lively, prompts, 2, suffixes=[[1], []])
 
