@@ -281,7 +281,7 @@ def compare_profile_prompts(data, llm, users: list[int], cfg: UserItemConfig,
         c = dataclasses.replace(cfg, profile_prompt=layout)
         prompts = user_prompts(data, llm, c, users)
         if layout == "shared":
-            bodies, ends = _shared_split(prompts, users)
+            bodies, ends = _shared_split(llm, c, prompts, users)
             tokens[layout] = float(np.mean([len(bodies[u]) for u in users])
                                    + sum(len(e) for e in ends))
         else:

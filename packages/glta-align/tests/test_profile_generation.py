@@ -153,6 +153,12 @@ def test_shared_prompts_differ_only_in_their_ending(toy, lively):
         assert "Descriptions of the user's interacted items: " in tok.decode(a[:n])
         whole = tok.decode(a)
         assert whole.index("; ") < whole.index("Use 5 tags") and "Use 5 words" in tok.decode(b)
+    from glta_align.profiles import _shared_split
+
+    bodies, split_ends = _shared_split(lively, cfg, prompts, range(toy.num_users))
+    assert split_ends == ends  # where the two prompts part, for every user
+    for u in range(toy.num_users):
+        assert [bodies[u] + e for e in split_ends] == list(prompts[u])
     paper = user_prompts(toy, lively, UserItemConfig(), [0])[0]
     assert tok.decode(paper[0]).index("Use 5 tags") < tok.decode(paper[0]).index(";")
 

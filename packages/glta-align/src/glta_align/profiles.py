@@ -413,7 +413,7 @@ def _write(path: Path, meta: dict, done: dict, data: Interactions, llm: FrozenLL
     bs = cfg.profile_batch_size
     batches = [order[i:i + bs] for i in range(0, len(order), bs)]
     todo = [b for b in batches if any(u not in done for u in b)]
-    shared = _shared_split(prompts, wanted) if cfg.profile_prompt == "shared" else None
+    shared = _shared_split(llm, cfg, prompts, wanted) if cfg.profile_prompt == "shared" else None
     if shared is not None:  # one common part per user, both kinds continue from it
         bodies, ends = shared
         prefix = [common_prefix_length([bodies[u] for u in wanted])]
@@ -454,23 +454,16 @@ def _write(path: Path, meta: dict, done: dict, data: Interactions, llm: FrozenLL
     emit(progress, ProgressEvent("profiles", "end", step=total, total=total))
 
 
-def _shared_split(prompts: dict[int, tuple[list[int], list[int]]], users: Sequence[int],
+def _shared_split(llm: FrozenLLM, cfg: UserItemConfig,
+                  prompts: dict[int, tuple[list[int], list[int]]], users: Sequence[int],
                   ) -> tuple[dict[int, list[int]], list[list[int]]]:
     """Each user's common part of its two ``shared`` prompts and the two endings (the same
-    for every user): ``prompts[u][k] == body[u] + ends[k]``."""
-    bodies: dict[int, list[int]] = {}
-    ends: list[list[int]] | None = None
-    for u in users:
-        two = prompts[u]
-        n = common_prefix_length(two)
-        mine = [list(two[0][n:]), list(two[1][n:])]
-        if ends is None:
-            ends = mine
-        elif mine != ends:
-            raise ProfileError(f"user {u}: the shared prompts' endings differ between users "
-                               f"({mine} vs {ends})")
-        bodies[u] = list(two[0][:n])
-    return bodies, ends or [[], []]
+    for every user, the instructions from where they differ): ``prompts[u][k] == body[u] +
+    ends[k]``."""
+    tails = _shared_parts(llm, cfg)[1]
+    n = common_prefix_length(tails)
+    ends = [t[n:] for t in tails]
+    return {u: prompts[u][0][:len(prompts[u][0]) - len(ends[0])] for u in users}, ends
 
 
 @torch.no_grad()
