@@ -92,6 +92,44 @@ def test_compiled_and_eager_kernels_agree():
         torch.testing.assert_close(got, want, rtol=0.02, atol=0.05)
 
 
+def test_views_and_grad_inputs_share_one_compiled_graph():
+    """Inputs that are views of differently shaped bases (q/k/v splits, transposed attention
+    outputs), with and without requires_grad, must not each compile a graph of their own:
+    past dynamo's recompile limit the rest would run as eager Python."""
+    if not int8_kernels()[1]:
+        pytest.skip("torch.compile unavailable here: nothing is compiled")
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    int8.int8_kernels.cache_clear()
+    torch.manual_seed(3)
+    layer = Int8Linear(torch.randn(13, 24))
+    big = torch.randn(6, 5, 2, 24)
+    leaf = torch.randn(5, 2, 24, requires_grad=True)
+    inputs = [
+        torch.randn(4, 24),                                   # plain
+        torch.randn(3, 7, 24),                                # batch x length
+        torch.randn(2, 9, 48)[..., 24:],                      # a column split (q/k/v)
+        big[1:4].reshape(3, 10, 24),                          # a row slice of a 4-d base
+        torch.randn(2, 24, 5).transpose(1, 2),                # transposed (attention out)
+        big.transpose(0, 1)[2],                               # a strided view
+        torch.randn(8, 24, requires_grad=True),               # training input
+        leaf[1:],                                             # training input, a view
+    ]
+    try:
+        with torch._dynamo.config.patch(recompile_limit=3, fail_on_recompile_limit_hit=True):
+            for x in inputs:
+                y = layer(x)
+                want = _matmul_2d(x.reshape(-1, 24).detach(), layer.w_fwd, layer.s_fwd)
+                torch.testing.assert_close(y.reshape(-1, 13), want, rtol=0.02, atol=0.05)
+                if x.requires_grad:
+                    (gx,) = torch.autograd.grad(y.sum(), x)
+                    assert gx.shape == x.shape and bool(gx.abs().sum() > 0)
+    finally:
+        torch._dynamo.reset()
+        int8.int8_kernels.cache_clear()
+
+
 def test_quantized_tiny_llm_tracks_fp32_and_repeats(tiny):
     ref = tiny.backbone
     model = copy.deepcopy(tiny.causal_lm)

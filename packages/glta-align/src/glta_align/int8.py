@@ -61,12 +61,14 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _rescale(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor) -> torch.Tensor:
-    """(rows, cols) int32 accumulator -> float32, times (rows, 1) and (1, cols) scales."""
+    """(rows, cols) int32 accumulator -> float32, times (rows, 1) and (cols,) or (1, cols)
+    scales."""
     return acc.to(torch.float32) * row_scale * col_scale
 
 
 def _matmul_2d(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor) -> torch.Tensor:
-    """(M, K) float @ (K, N) int8 with (1, N) scales -> (M, N) float32 (eager reference)."""
+    """(M, K) float @ (K, N) int8 with (N,) or (1, N) scales -> (M, N) float32 (eager
+    reference)."""
     xq, xscale = quantize_rows(x)
     return _rescale(torch._int_mm(xq, wq), xscale, wscale)
 
@@ -90,9 +92,10 @@ def int8_kernels() -> tuple[Callable, bool]:
     probe_log.setLevel(logging.ERROR)
     try:
         fn = torch.compile(_matmul_2d, dynamic=True)
-        # compile now (a few seconds, cached on disk) so a missing compiler shows up here
-        x = torch.randn(3, 5)
-        fn(x, quantize_rows(x)[0].t().contiguous(), torch.ones(1, 3))
+        # compile now (a few seconds, cached on disk) so a missing compiler shows up here;
+        # M, K, N all different, so no size is specialised as equal to another
+        x, w = torch.randn(7, 5), torch.randn(3, 5)
+        fn(x, quantize_rows(w)[0].t().contiguous(), torch.ones(3))
     except Exception as exc:
         warnings.warn(f"int8: torch.compile unavailable ({type(exc).__name__}: {exc}); "
                       "using the slower eager quantisation", RuntimeWarning, stacklevel=2)
@@ -105,10 +108,14 @@ def int8_kernels() -> tuple[Callable, bool]:
 def _int8_matmul(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor) -> torch.Tensor:
     """(..., K) float @ (K, N) int8 with (1, N) scales -> (..., N) float32."""
     matmul, _ = int8_kernels()
-    x2 = x.reshape(-1, x.shape[-1])
+    # One compiled graph for every call: a view's base (q/k/v splits, transposed attention
+    # outputs...), requires_grad, strides and the scales' layout would otherwise enter its
+    # guards, one recompilation per variant until dynamo's recompile limit sends the rest to
+    # eager Python. Detached (the Function gives the gradient), contiguous, 1-d scales.
+    x2 = x.reshape(-1, x.shape[-1]).detach().contiguous()
     if x2.shape[0] == 0:
         return x.new_zeros(*x.shape[:-1], wq.shape[1], dtype=torch.float32)
-    return matmul(x2, wq, wscale).reshape(*x.shape[:-1], wq.shape[1])
+    return matmul(x2, wq, wscale.reshape(-1)).reshape(*x.shape[:-1], wq.shape[1])
 
 
 def _check_frozen(linear: nn.Linear) -> None:
