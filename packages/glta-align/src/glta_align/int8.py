@@ -61,16 +61,19 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _rescale(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor) -> torch.Tensor:
-    """(rows, cols) int32 accumulator -> float32, times (rows, 1) and (cols,) or (1, cols)
-    scales."""
+    """(rows, cols) int32 accumulator -> float32, times (rows, 1) and (1, cols) scales."""
     return acc.to(torch.float32) * row_scale * col_scale
 
 
 def _matmul_2d(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor) -> torch.Tensor:
-    """(M, K) float @ (K, N) int8 with (N,) or (1, N) scales -> (M, N) float32 (eager
-    reference)."""
+    """(M, K) float @ (K, N) int8 with (1, N) scales -> (M, N) float32 (eager reference)."""
     xq, xscale = quantize_rows(x)
     return _rescale(torch._int_mm(xq, wq), xscale, wscale)
+
+
+def _scale_row(scale: torch.Tensor) -> torch.Tensor:
+    """A (1, N) or (N,) scale as a (1, N) view with strides (1, 1) (one layout: one graph)."""
+    return scale.reshape(-1, 1).t()
 
 
 @functools.cache
@@ -95,7 +98,7 @@ def int8_kernels() -> tuple[Callable, bool]:
         # compile now (a few seconds, cached on disk) so a missing compiler shows up here;
         # M, K, N all different, so no size is specialised as equal to another
         x, w = torch.randn(7, 5), torch.randn(3, 5)
-        fn(x, quantize_rows(w)[0].t().contiguous(), torch.ones(3))
+        fn(x, quantize_rows(w)[0].t().contiguous(), _scale_row(torch.ones(1, 3)))
     except Exception as exc:
         warnings.warn(f"int8: torch.compile unavailable ({type(exc).__name__}: {exc}); "
                       "using the slower eager quantisation", RuntimeWarning, stacklevel=2)
@@ -111,11 +114,13 @@ def _int8_matmul(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor) -> tor
     # One compiled graph for every call: a view's base (q/k/v splits, transposed attention
     # outputs...), requires_grad, strides and the scales' layout would otherwise enter its
     # guards, one recompilation per variant until dynamo's recompile limit sends the rest to
-    # eager Python. Detached (the Function gives the gradient), contiguous, 1-d scales.
+    # eager Python. Detached (the Function gives the gradient), contiguous, and the (1, N)
+    # scales with strides (1, 1), as quantize_rows(w).t() makes them (with strides (N, 1),
+    # or 1-d, inductor's kernel is 10-20% slower).
     x2 = x.reshape(-1, x.shape[-1]).detach().contiguous()
     if x2.shape[0] == 0:
         return x.new_zeros(*x.shape[:-1], wq.shape[1], dtype=torch.float32)
-    return matmul(x2, wq, wscale.reshape(-1)).reshape(*x.shape[:-1], wq.shape[1])
+    return matmul(x2, wq, _scale_row(wscale)).reshape(*x.shape[:-1], wq.shape[1])
 
 
 def _check_frozen(linear: nn.Linear) -> None:
