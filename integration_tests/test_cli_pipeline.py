@@ -64,6 +64,21 @@ def test_pipeline_resumes_after_sigkill_mid_stage(tmp_path, tiny_model_dir, synt
     stages = json.loads((run / "state" / "pipeline" / "stages.json").read_text())["stages"]
     assert all(stages[s]["done"] for s in ("dataset", "graph", "item_text", "user_item"))
 
+    # texts made in another precision (as when LoRA moves an int8 LLM to bf16) are the
+    # pipeline's own file: a rerun of stage 3 regenerates them instead of stopping
+    profiles = run / "profiles.jsonl"
+    lines = profiles.read_text(encoding="utf-8").splitlines()
+    meta = json.loads(lines[0])
+    assert meta["meta"]["precision"] == "float32"
+    meta["meta"]["precision"] = "int8"
+    profiles.write_text("\n".join([json.dumps(meta), *lines[1:]]) + "\n", encoding="utf-8")
+    again = subprocess.run([*args, "--user_item.lr", "0.002"], env=_env(), capture_output=True,
+                           text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "regenerating it" in again.stderr + again.stdout
+    assert json.loads(profiles.read_text(encoding="utf-8").splitlines()[0])["meta"][
+        "precision"] == "float32"
+
 
 @pytest.mark.slow
 def test_smoke_preset_end_to_end(tmp_path):

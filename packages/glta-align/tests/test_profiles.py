@@ -27,6 +27,32 @@ def test_generation_writes_and_is_reused(tmp_path, toy, tiny):
         generate_profiles(toy, tmp_path, tiny, UserItemConfig(profile_new_tokens=3), users=[5])
 
 
+def test_stale_file_is_regenerated_when_asked(tmp_path, toy, tiny):
+    """A file made in another precision (here: its meta says int8) is refused by default
+    and, with ``stale="regenerate"``, started afresh with the settings in use."""
+    cfg = UserItemConfig(profile_batch_size=5, profile_new_tokens=2)
+    generate_profiles(toy, tmp_path, tiny, cfg, users=[0, 1])
+    path = tmp_path / "profiles.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    meta = json.loads(lines[0])["meta"]
+    assert meta["precision"] == tiny.precision != "int8"
+    other = {**meta, "precision": "int8"}
+    planted = {"user": 0, "profile": "int8 text", "predict": "int8 text"}
+    path.write_text("\n".join([json.dumps({"meta": other}), json.dumps(planted)]) + "\n",
+                    encoding="utf-8")
+    with pytest.raises(ProfileError, match="precision"):
+        generate_profiles(toy, tmp_path, tiny, cfg, users=[0, 1])
+    events = []
+    out = generate_profiles(toy, tmp_path, tiny, cfg, users=[0, 1], stale="regenerate",
+                            progress=events.append)
+    assert sorted(out) == [0, 1] and out[0]["profile"] != "int8 text"
+    assert read_profiles(path)[0]["precision"] == tiny.precision
+    assert any(e.kind == "info" and "regenerating" in e.message for e in events)
+    # an unknown choice is refused
+    with pytest.raises(ValueError, match="stale"):
+        generate_profiles(toy, tmp_path, tiny, cfg, users=[0], stale="keep")
+
+
 def test_torn_last_line_is_dropped(tmp_path):
     path = tmp_path / "profiles.jsonl"
     path.write_text(json.dumps({"meta": {"fingerprint": "f"}}) + "\n"

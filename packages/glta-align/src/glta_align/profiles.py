@@ -354,6 +354,7 @@ def generate_profiles(
     users: Sequence[int] | None = None,
     progress: ProgressCallback | None = None,
     resume: bool = True,
+    stale: str = "raise",
 ) -> dict[int, dict[str, str]]:
     """Generate (or complete) the profile and prediction texts of ``users``.
 
@@ -366,14 +367,21 @@ def generate_profiles(
         users: internal user indices (default: every user).
         progress: receives ``ProgressEvent(stage="profiles")``.
         resume: keep the users already in the file (False: start the file afresh).
+        stale: a file made for this dataset with other settings (prompts, LLM, the
+            precision it ran in...): ``"raise"`` (ProfileError) or ``"regenerate"`` (start
+            it afresh, saying so through ``progress``; for a caller that owns the file,
+            e.g. the pipeline after LoRA moved the LLM from int8 to bf16).
 
     Returns:
         ``{user: {"profile": text, "predict": text}}`` for at least the requested users.
 
     Raises:
-        FingerprintMismatchError / ProfileError: the file was made for another dataset or
-            with other settings.
+        FingerprintMismatchError: the file was made for another dataset (either ``stale``).
+        ProfileError: the file was made with other settings and ``stale="raise"``.
+        ValueError: ``stale`` is neither value.
     """
+    if stale not in ("raise", "regenerate"):
+        raise ValueError(f"stale = {stale!r}: expected 'raise' or 'regenerate'")
     cfg = config or UserItemConfig()
     path = Path(run_dir) / PROFILES_NAME
     rank, world = dist_info()
@@ -388,8 +396,12 @@ def generate_profiles(
                 f"dataset in use has fingerprint {data.fingerprint}")
         diff = {k: (meta.get(k), v) for k, v in meta_now.items() if meta.get(k) != v
                 and not (k in _NEWER_META_KEYS and k not in meta)}
-        if diff:
+        if diff and stale == "raise":
             raise ProfileError(f"{path}: made with other settings {diff}; delete it to regenerate")
+        if diff:
+            emit(progress, ProgressEvent("profiles", "info", message=(
+                f"{path.name}: made with other settings {diff}; regenerating it")))
+            done = {}
     todo = [u for u in wanted if u not in done]
     if rank == 0 and todo:
         _write(path, meta_now, done, data, llm, cfg, wanted, progress)

@@ -366,6 +366,7 @@ def train_user_item(
     progress: ProgressCallback | None = None,
     resume: bool = True,
     runner: SoftPromptRunner | None = None,
+    stale_profiles: str = "raise",
 ) -> UserItemResult:
     """Run stage 3 and save ``RUN/user_projector`` and ``RUN/gllm_head`` (+ ``item_projector``
     when trained here, ``RUN/lora`` with LoRA).
@@ -385,6 +386,8 @@ def train_user_item(
             :func:`user_item_runner` for this stage's layout (default: a new one). Passing
             one lets the caller keep it: with ``prompt_order = "text-first"`` the text
             keys/values it kept then serve a later ``GLTARecommender(runner=...)``.
+        stale_profiles: what to do with a ``RUN/profiles.jsonl`` made with other settings
+            (``"raise"`` or ``"regenerate"``; see :func:`generate_profiles`).
 
     Returns:
         A :class:`UserItemResult`.
@@ -462,7 +465,7 @@ def train_user_item(
             wanted.append(data.users_with("valid"))
         wanted = np.unique(np.concatenate(wanted))
         profiles = generate_profiles(data, run_dir, llm, cfg, users=wanted.tolist(),
-                                     progress=progress, resume=resume)
+                                     progress=progress, resume=resume, stale=stale_profiles)
     layout = user_item_layout(llm.tokenizer, cfg)
     prompter = UserPrompter(layout, data, llm.tokenizer, cfg, profiles)
     if runner is None:

@@ -838,8 +838,11 @@ def _alignment_steps(run: _Run, data: Any) -> None:
             run.runner = user_item_runner(
                 shared, user_item_layout(shared.tokenizer, section), section)
             extra["runner"] = run.runner
+        # profiles.jsonl is the pipeline's own: texts made with other settings (e.g. in int8
+        # before LoRA, which needs bf16, was turned on) are regenerated, not refused
         result = func(data, run_dir, section, **_kwargs_for(
-            func, llm=shared, progress=run.progress, resume=True, **extra))
+            func, llm=shared, progress=run.progress, resume=True, stale_profiles="regenerate",
+            **extra))
         run.histories[name] = _stage_history(result, run.recorded.get(name))
         run.done(name, _seconds(result, time.perf_counter() - t0))
     missing = [a for a in GLTA_ARTIFACTS if not (run_dir / a).is_dir()]
