@@ -116,7 +116,8 @@ def _int8_matmul(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor) -> tor
     # guards, one recompilation per variant until dynamo's recompile limit sends the rest to
     # eager Python. Detached (the Function gives the gradient), contiguous, and the (1, N)
     # scales with strides (1, 1), as quantize_rows(w).t() makes them (with strides (N, 1),
-    # or 1-d, inductor's kernel is 10-20% slower).
+    # or 1-d, inductor compiles a slower kernel: benchmarks/RESULTS.md, "One compiled graph
+    # for the int8 layers").
     x2 = x.reshape(-1, x.shape[-1]).detach().contiguous()
     if x2.shape[0] == 0:
         return x.new_zeros(*x.shape[:-1], wq.shape[1], dtype=torch.float32)
