@@ -169,6 +169,19 @@ def test_stage3_early_stopping_saves_the_best_epoch(toy_run, toy, tiny):
     rec = GLTARecommender.from_run(toy_run, llm=tiny)
     again = rec.evaluate("valid", ks=(5, 10, 20))
     assert again["ndcg@5"] == pytest.approx(max(scores), abs=1e-6)
+    # the kept epoch's slot inputs: the saved model's, for every valid user
+    assert sorted(res.slot_cache) == toy.users_with("valid").tolist()
+    users = sorted(res.slot_cache)
+    fresh = rec._slot_hidden(users)
+    kept = torch.stack([res.slot_cache[u] for u in users])
+    assert kept.shape == fresh.shape and torch.allclose(kept, fresh, atol=1e-5)
+    # ranked from them, valid gives the recorded figures without running the LLM
+    primed = GLTARecommender.from_run(toy_run, llm=tiny)
+    primed.slots = dict(res.slot_cache)
+    primed._slot_hidden = None  # any LLM pass would fail
+    for mode in ("first_k", "mean", "first"):
+        assert primed.evaluate("valid", ks=(5, 10), ranking=mode) == pytest.approx(
+            rec.evaluate("valid", ks=(5, 10), ranking=mode), abs=1e-6)
 
 
 def test_stage3_with_text_and_few_training_users_validates_every_user(toy_run, toy, tiny):

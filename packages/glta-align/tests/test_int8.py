@@ -255,3 +255,98 @@ def test_kernels_fall_back_to_eager_when_compiling_fails(monkeypatch):
         assert int8.int8_kernels() == (_matmul_2d, False)
     finally:
         int8.int8_kernels.cache_clear()  # later tests compile again
+
+
+class _MLP(nn.Module):
+    """Llama's gated MLP: down(act(gate(x)) * up(x))."""
+
+    def __init__(self, act: nn.Module | None = None, bias: bool = False):
+        super().__init__()
+        self.gate_proj = nn.Linear(24, 40, bias=bias)
+        self.up_proj = nn.Linear(24, 40, bias=bias)
+        self.down_proj = nn.Linear(40, 24, bias=bias)
+        self.act_fn = nn.SiLU() if act is None else act
+
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+def _layer_by_layer(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+
+
+@pytest.mark.parametrize("compile_env", ["1", "0"])
+def test_gated_mlp_runs_as_one_block_and_matches_the_layers(monkeypatch, compile_env):
+    monkeypatch.setenv("GLTA_INT8_COMPILE", compile_env)
+    real_kernel = int8.int8_mlp_kernel
+    int8.int8_kernels.cache_clear()
+    real_kernel.cache_clear()
+    try:
+        torch.manual_seed(5)
+        block = nn.Sequential(_MLP()).requires_grad_(False)
+        fp32 = copy.deepcopy(block[0])
+        quantize_linears_int8(block)
+        mlp = block[0]
+        assert isinstance(mlp, int8.Int8GatedMLP)
+        assert set(dict(mlp.named_buffers())) >= {"gate_proj.w_fwd", "down_proj.w_fwd"}
+        ran = []
+        kernel = int8.int8_mlp_kernel()[0]
+        monkeypatch.setattr(int8, "int8_mlp_kernel",
+                            lambda: (lambda *a: ran.append(a[0].shape) or kernel(*a), True))
+        for shape in [(3, 7, 24), (5, 24), (1, 1, 24), (0, 24)]:
+            x = torch.randn(*shape)
+            with torch.no_grad():
+                y = mlp(x)
+                want = _layer_by_layer(mlp, x)
+            assert y.shape == want.shape and y.dtype == x.dtype
+            # the same arithmetic: equal up to x/s vs x*(1/s) rounding in the compiled graph
+            torch.testing.assert_close(y, want, rtol=1e-3, atol=2e-3)
+            if x.numel():
+                assert _rel(y, fp32(x)) < 0.05
+        assert ran == [(21, 24), (5, 24), (1, 24)]  # the fused block, not the layers
+        # a gradient to the input: the layers one by one (the autograd Functions)
+        x = torch.randn(2, 6, 24, requires_grad=True)
+        y = mlp(x)
+        assert len(ran) == 3
+        (gx,) = torch.autograd.grad(y.sum(), x)
+        (gw,) = torch.autograd.grad(fp32(x).sum(), x)
+        assert _rel(gx, gw) < 0.05
+        with torch.no_grad():  # other dtypes keep the layers' rounding
+            xb = torch.randn(4, 24, dtype=torch.bfloat16)
+            assert mlp(xb).dtype == torch.bfloat16 and len(ran) == 3
+    finally:
+        int8.int8_kernels.cache_clear()
+        real_kernel.cache_clear()
+
+
+def test_only_bias_free_silu_gated_mlps_are_fused():
+    for act, bias in [(nn.GELU(), False), (None, True)]:
+        block = nn.Sequential(_MLP(act, bias)).requires_grad_(False)
+        quantize_linears_int8(block)
+        assert not isinstance(block[0], int8.Int8GatedMLP)
+        assert isinstance(block[0].down_proj, Int8Linear)
+    with pytest.raises(ValueError, match="not a bias-free silu gated MLP"):
+        int8.Int8GatedMLP(_MLP().requires_grad_(False))  # float layers
+
+
+def test_gated_mlp_compiles_one_graph_for_every_row_count():
+    if not int8.int8_mlp_kernel()[1]:
+        pytest.skip("torch.compile unavailable here: nothing is compiled")
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    int8.int8_mlp_kernel.cache_clear()
+    block = nn.Sequential(_MLP(), _MLP()).requires_grad_(False)
+    quantize_linears_int8(block)
+    try:
+        with torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True), \
+                torch.no_grad():
+            for rows in (64 * 37, 64, 5, 2, 300):  # prefill, decode, ... both layers
+                x = torch.randn(rows, 24)
+                for mlp in block:
+                    torch.testing.assert_close(mlp(x), _layer_by_layer(mlp, x),
+                                               rtol=1e-3, atol=2e-3)
+                block(torch.randn(3, 9, 48)[..., :24])  # a view of a wider base
+    finally:
+        torch._dynamo.reset()
+        int8.int8_mlp_kernel.cache_clear()

@@ -59,6 +59,32 @@ def test_recommend_excludes_train_and_is_valid(trained, toy, tiny, ranking):
     assert i2.tolist() == [items[2].tolist(), items[0].tolist()]
 
 
+def test_kept_slots_serve_later_rankings_and_other_users_still_run(trained, tiny):
+    rec = GLTARecommender.from_run(trained, llm=tiny)
+    rec.keep_slots = True
+    _, first = rec.recommend([3, 0, 7], 6, ranking="first_k")
+    assert sorted(rec.slots) == [0, 3, 7] and rec.slots[3].shape[0] == 3  # (S, D)
+    ran: list[list[int]] = []
+    slot_hidden = rec._slot_hidden
+
+    def spy(users, *args, **kwargs):
+        ran.append(list(users))
+        return slot_hidden(users, *args, **kwargs)
+
+    rec._slot_hidden = spy
+    _, mean = rec.recommend([7, 3], 6, ranking="mean")
+    assert ran == []  # both users' slots were kept
+    _, mixed = rec.recommend([0, 5, 3], 6, ranking="first_k")
+    assert ran == [[5]] and 5 in rec.slots  # only the new user ran
+    assert mixed[0].tolist() == first[1].tolist() and mixed[2].tolist() == first[0].tolist()
+    fresh = GLTARecommender.from_run(trained, llm=tiny)
+    assert fresh.recommend([7, 3], 6, ranking="mean")[1].tolist() == mean.tolist()
+    assert fresh.recommend([5], 6, ranking="first_k")[1].tolist() == [mixed[1].tolist()]
+    # ar feeds picks back through the LLM: never from the kept slots
+    rec.recommend([3], 4, ranking="ar")
+    assert ran[-1] == [3]
+
+
 @pytest.fixture(scope="module")
 def trained_text_first(tmp_path_factory, tokenizer):
     """A toy run trained with the profile and prediction text first in the prompt."""

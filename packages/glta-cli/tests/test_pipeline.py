@@ -388,6 +388,50 @@ def test_pipeline_evaluation_reuses_the_texts_stage3_kept(runner, ratings_csv, t
     assert len(computed) > len(set(computed))  # the fresh runner computed them again
 
 
+def test_pipeline_evaluation_ranks_from_the_slot_inputs_stage3_kept(
+        runner, ratings_csv, tiny_model_dir, tmp_path, tiny_pipeline_args, monkeypatch):
+    # valid and test prompts are the same (train history only), so the evaluation ranks
+    # every split and mode from the slot inputs of the epoch stage 3 kept: no LLM pass
+    from glta_align.recommender import GLTARecommender
+
+    passes: list[tuple[bool, int]] = []  # (validation's recommender, users run)
+    slot_hidden = GLTARecommender._slot_hidden
+
+    def spy(self, users, *args, **kwargs):
+        passes.append((self.keep_slots, len(users)))
+        return slot_hidden(self, users, *args, **kwargs)
+
+    monkeypatch.setattr(GLTARecommender, "_slot_hidden", spy)
+    run = tmp_path / "run"
+    args = tiny_pipeline_args(ratings_csv, tiny_model_dir, run)
+    result = runner.invoke(app, ["pipeline", *args, "--user_item.patience", "1"])
+    assert result.exit_code == 0, result.output
+    assert load_config("default", run / "resolved-config.toml").eval.ranking == "select"
+    assert any(kept for kept, _ in passes)  # stage 3's validation ran the LLM ...
+    assert [n for kept, n in passes if not kept] == []  # ... the evaluation never did
+    breakdown = json.loads((run / "breakdown.json").read_text())
+    assert set(breakdown["glta_ranking"]["valid"]) == {"first_k", "mean"}
+    # the figures are the ones a fresh recommender gives by running the LLM (`glta evaluate`
+    # ranks in the mode the pipeline chose on valid)
+    metrics = json.loads((run / "metrics.json").read_text())["glta"]
+    for split in ("valid", "test"):
+        evaluated = runner.invoke(app, ["evaluate", str(run), "--model", "glta", "--split",
+                                        split, "--quiet"])
+        assert evaluated.exit_code == 0, evaluated.output
+        again = json.loads((run / "metrics.json").read_text())["glta"][split]
+        for name in ("ndcg@10", "precision@10", "recall@10"):
+            assert again[name] == pytest.approx(metrics[split][name], abs=1e-6), (split, name)
+    assert [n for kept, n in passes if not kept]  # those did run it
+    # with the other mode chosen, `glta evaluate` gives that mode's valid figure
+    other = next(m for m in ("first_k", "mean") if m != breakdown["glta_ranking"]["chosen"])
+    breakdown["glta_ranking"]["chosen"] = other
+    (run / "breakdown.json").write_text(json.dumps(breakdown))
+    assert runner.invoke(app, ["evaluate", str(run), "--model", "glta", "--split", "valid",
+                               "--quiet"]).exit_code == 0
+    again = json.loads((run / "metrics.json").read_text())["glta"]["valid"]
+    assert again["ndcg@10"] == pytest.approx(breakdown["glta_ranking"]["valid"][other], abs=1e-6)
+
+
 def test_pipeline_bad_override_exit_2_nothing_written(runner, tmp_path):
     run = tmp_path / "run"
     result = runner.invoke(app, ["pipeline", "--out", str(run), "--graph.epochz", "3"])

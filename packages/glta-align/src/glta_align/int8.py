@@ -39,7 +39,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["Int8Linear", "int8_kernels", "quantize_linears_int8", "quantize_rows"]
+__all__ = ["Int8GatedMLP", "Int8Linear", "fusable_mlp", "int8_kernels", "int8_mlp_kernel",
+           "quantize_linears_int8", "quantize_rows"]
 
 _QMAX = 127.0
 
@@ -76,6 +77,67 @@ def _scale_row(scale: torch.Tensor) -> torch.Tensor:
     return scale.reshape(-1, 1).t()
 
 
+def _gated_mlp_2d(x: torch.Tensor, w_gu: torch.Tensor, s_gu: torch.Tensor, w_down: torch.Tensor,
+                  s_down: torch.Tensor) -> torch.Tensor:
+    """``down(silu(gate(x)) * up(x))`` in int8 products (eager reference).
+
+    Args:
+        x: (M, K) float input.
+        w_gu: (K, 2F) int8, the gate's F output channels then the up projection's.
+        s_gu: (1, 2F) their scales.
+        w_down: (F, N) int8; s_down: (1, N).
+
+    Returns:
+        (M, N) float32: the same arithmetic, step for step, as the three layers run one by
+        one (quantise x, one product for gate and up, scale back, silu times up, quantise,
+        product, scale back).
+    """
+    F = w_gu.shape[1] // 2
+    h = _matmul_2d(x, w_gu, s_gu)
+    return _matmul_2d(torch.nn.functional.silu(h[:, :F]) * h[:, F:], w_down, s_down)
+
+
+def _compiled(fn: Callable, warm: Callable[[Callable], object]) -> tuple[Callable, bool]:
+    """``(torch.compile(fn, dynamic=True), True)`` once ``warm(compiled)`` ran, or ``(fn,
+    False)`` with a warning when compiling fails or ``GLTA_INT8_COMPILE=0``."""
+    if os.environ.get("GLTA_INT8_COMPILE", "1") == "0":
+        return fn, False
+    # inductor's C++ toolchain probe logs "No CUDA runtime is found" on CPU-only hosts
+    probe_log = logging.getLogger("torch.utils.cpp_extension")
+    level = probe_log.level
+    probe_log.setLevel(logging.ERROR)
+    try:
+        compiled = torch.compile(fn, dynamic=True)
+        warm(compiled)  # compile now (cached on disk) so a missing compiler shows up here
+    except Exception as exc:
+        warnings.warn(f"int8: torch.compile unavailable ({type(exc).__name__}: {exc}); "
+                      "using the slower eager quantisation", RuntimeWarning, stacklevel=3)
+        return fn, False
+    finally:
+        probe_log.setLevel(level)
+    return compiled, True
+
+
+@functools.cache
+def int8_mlp_kernel() -> tuple[Callable, bool]:
+    """The gated MLP of :class:`Int8GatedMLP` without gradients and whether it is compiled.
+
+    Returns:
+        ``(mlp, compiled)``: ``mlp(x, w_gu, s_gu, w_down, s_down)`` as
+        :func:`_gated_mlp_2d`, compiled into one graph (``torch.compile(dynamic=True)``:
+        the scale-back, silu, product and quantisation between the two int8 products fuse,
+        so the (M, 2F) intermediates are not written and read back step by step); eager
+        under the same conditions as :func:`int8_kernels`.
+    """
+    def warm(fn: Callable) -> None:  # M, K, F, N all different: no size specialised equal
+        w_gu, s_gu = quantize_rows(torch.randn(6, 5))
+        w_dn, s_dn = quantize_rows(torch.randn(4, 3))
+        fn(torch.randn(7, 5), w_gu.t().contiguous(), _scale_row(s_gu),
+           w_dn.t().contiguous(), _scale_row(s_dn))
+
+    return _compiled(_gated_mlp_2d, warm)
+
+
 @functools.cache
 def int8_kernels() -> tuple[Callable, bool]:
     """The (M, K) x (K, N) int8 product in use and whether it is compiled.
@@ -87,25 +149,11 @@ def int8_kernels() -> tuple[Callable, bool]:
         ``GLTA_INT8_COMPILE=0`` or compiling fails (no C++ compiler, ...): then the eager
         :func:`_matmul_2d` is used and a warning says why.
     """
-    if os.environ.get("GLTA_INT8_COMPILE", "1") == "0":
-        return _matmul_2d, False
-    # inductor's C++ toolchain probe logs "No CUDA runtime is found" on CPU-only hosts
-    probe_log = logging.getLogger("torch.utils.cpp_extension")
-    level = probe_log.level
-    probe_log.setLevel(logging.ERROR)
-    try:
-        fn = torch.compile(_matmul_2d, dynamic=True)
-        # compile now (a few seconds, cached on disk) so a missing compiler shows up here;
-        # M, K, N all different, so no size is specialised as equal to another
+    def warm(fn: Callable) -> None:  # M, K, N all different: no size specialised equal
         x, w = torch.randn(7, 5), torch.randn(3, 5)
         fn(x, quantize_rows(w)[0].t().contiguous(), _scale_row(torch.ones(1, 3)))
-    except Exception as exc:
-        warnings.warn(f"int8: torch.compile unavailable ({type(exc).__name__}: {exc}); "
-                      "using the slower eager quantisation", RuntimeWarning, stacklevel=2)
-        return _matmul_2d, False
-    finally:
-        probe_log.setLevel(level)
-    return fn, True
+
+    return _compiled(_matmul_2d, warm)
 
 
 def _int8_matmul(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor) -> torch.Tensor:
@@ -252,6 +300,58 @@ class _SharedInput:
         return part
 
 
+class Int8GatedMLP(nn.Module):
+    """A Llama-style gated MLP, ``down(silu(gate(x)) * up(x))``, over int8 layers.
+
+    Holds the original module's ``gate_proj`` / ``up_proj`` (members of one
+    :class:`_SharedInput` group, gate first) and ``down_proj`` (:class:`Int8Linear`, no
+    biases) and its ``act_fn`` under the same names, so parameter and buffer names do not
+    change. Where no gradient is needed (text generation, ranking) and the input is float32,
+    the whole block runs as one graph (:func:`int8_mlp_kernel`): the same arithmetic as the
+    layers one by one, with the intermediates fused away. Where a gradient flows to the
+    input (training the soft tokens) it runs the layers one by one, as before.
+
+    Shapes: forward (..., hidden) -> (..., hidden), in the input's dtype.
+    """
+
+    def __init__(self, mlp: nn.Module) -> None:
+        super().__init__()
+        if not fusable_mlp(mlp):
+            raise ValueError(f"Int8GatedMLP: {type(mlp).__name__} is not a bias-free silu "
+                             "gated MLP over grouped int8 gate/up and int8 down layers")
+        self.gate_proj, self.up_proj = mlp.gate_proj, mlp.up_proj
+        self.down_proj, self.act_fn = mlp.down_proj, mlp.act_fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or (torch.is_grad_enabled() and x.requires_grad):
+            return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        fused, down = self.gate_proj._group[0].fused, self.down_proj
+        mlp, _ = int8_mlp_kernel()
+        x2 = x.reshape(-1, x.shape[-1]).contiguous()  # one layout: one compiled graph
+        if x2.shape[0] == 0:
+            return x.new_zeros(*x.shape[:-1], down.out_features)
+        y = mlp(x2, fused.w_fwd, _scale_row(fused.s_fwd), down.w_fwd, _scale_row(down.s_fwd))
+        return y.reshape(*x.shape[:-1], down.out_features)
+
+
+def fusable_mlp(mlp: nn.Module) -> bool:
+    """Whether ``mlp`` is a gated silu MLP :class:`Int8GatedMLP` can run fused: ``gate_proj``
+    and ``up_proj`` the two members of one int8 group (in that order, same width), an
+    :class:`Int8Linear` ``down_proj`` reading their width, no biases, ``act_fn`` a SiLU."""
+    gate, up, down = (getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj"))
+    act = getattr(mlp, "act_fn", None)
+    if not all(isinstance(m, Int8Linear) for m in (gate, up, down)):
+        return False
+    if gate._group is None or up._group is None or down._group is not None:
+        return False
+    group = gate._group[0]
+    return (up._group[0] is group and gate._group[1] == 0 and up._group[1] == 1
+            and len(group.sizes) == 2 and group.sizes[0] == group.sizes[1]
+            and down.in_features == gate.out_features and group.fused.bias is None
+            and down.bias is None
+            and (isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"))
+
+
 _SHARED_INPUT_NAMES = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 
@@ -260,6 +360,8 @@ def quantize_linears_int8(module: nn.Module, *, skip: tuple[str, ...] = ("lm_hea
 
     Siblings named like Llama's q/k/v and gate/up projections (same parent, same input
     width) are fused: they read the same input, so one quantised product serves them all.
+    A gated silu MLP over them (Llama's ``mlp``) becomes an :class:`Int8GatedMLP`, which
+    runs as one compiled graph where no gradient is needed.
 
     Args:
         module: e.g. a ``*ForCausalLM``; all its ``nn.Linear`` weights must be frozen.
@@ -289,4 +391,8 @@ def quantize_linears_int8(module: nn.Module, *, skip: tuple[str, ...] = ("lm_hea
         for n, c in children.items():
             setattr(parent, n, Int8Linear.from_linear(c))
             count += 1
+    for parent in list(module.modules()):
+        for n, child in list(parent.named_children()):
+            if fusable_mlp(child):
+                setattr(parent, n, Int8GatedMLP(child))
     return count

@@ -89,6 +89,18 @@ class GLTARecommender:
     the stage-3 layout; stage 3's validation passes its own, whose kept text keys/values
     then serve the ranking; one running another LLM object or another prompt prefix raises
     ``ValueError``).
+
+    ``slots``: ``{user: (S, D) slot inputs}``, what the head scores at each of the ``S``
+    slots (:func:`~glta_align.heads.slot_inputs` of the LLM's hidden states). The ``first``,
+    ``first_k`` and ``mean`` modes read a user's entry instead of running the LLM, so valid
+    and test (whose prompts are the same: :func:`~glta_align.user_item.eval_sample`) and
+    every mode cost one LLM pass per user. Filled while ``keep_slots`` is on, or given by
+    the caller (stage 3's validation of the epoch that was kept); entries are only right
+    for this recommender's modules and LLM, and are never saved.
+
+    ``ranking``: the prediction mode :meth:`recommend` and :meth:`evaluate` use when none is
+    given (default: ``config.ranking``, the one stage 3 trained for; ``glta`` commands set
+    the one the pipeline chose on valid).
     """
 
     def __init__(self, *, data: Interactions, llm: FrozenLLM, config: UserItemConfig,
@@ -111,6 +123,9 @@ class GLTARecommender:
         self.runner = runner
         self.slot = slot_vector(llm).to(dev)
         self.run_dir: Path | None = None
+        self.slots: dict[int, torch.Tensor] = {}
+        self.ranking: str = config.ranking
+        self.keep_slots = False
 
     def _ensure_profiles(self, users: np.ndarray, progress: ProgressCallback | None) -> None:
         """Generate the profile texts of users the run has none for (written to the run)."""
@@ -208,6 +223,20 @@ class GLTARecommender:
         hidden = self.runner.hidden_states(seqs, torch.cat(parts), keep_cache=keep_cache)
         return slot_inputs(self.head, hidden, self.user_emb[torch.tensor(us, device=dev)])
 
+    def _slots_for(self, users: list[int]) -> torch.Tensor:
+        """Slot inputs ``(B, S, D)`` of ``users``: from :attr:`slots` where present, the rest
+        computed in one batch (and kept when :attr:`keep_slots` is on)."""
+        have = {u: self.slots[u] for u in users if u in self.slots}
+        missing = [u for u in users if u not in have]
+        if missing:
+            fresh = self._slot_hidden(missing)
+            if self.keep_slots:
+                self.slots.update(zip(missing, fresh, strict=True))
+            if not have:
+                return fresh
+            have.update(zip(missing, fresh, strict=True))
+        return torch.stack([have[u] for u in users])
+
     def _next_slot_hidden(self, users: list[int], items: list[int]) -> torch.Tensor:
         """Autoregressive ranking's next step: each user's last picked item appended as a
         soft token to the batch of the last ``_slot_hidden(..., keep_cache=True)`` call; the
@@ -229,14 +258,14 @@ class GLTARecommender:
             users: (U,) internal user indices.
             k: list length (<= catalogue size minus the most items excluded for a user).
             exclude: (num_users x I) CSR of items never to return (default: train split).
-            ranking: override of the configured ``first_k | first | ar | mean`` (``mean``
+            ranking: ``first_k | first | ar | mean`` instead of :attr:`ranking` (``mean``
                 [choice]: top-``k`` of the slots' mean log-softmax, one list from all slots).
             progress: receives ``ProgressEvent(stage="evaluate")`` per batch.
 
         Returns:
             ``(scores (U, k) float32, items (U, k) int64)``, best first.
         """
-        mode = ranking or self.config.ranking
+        mode = ranking or self.ranking
         if mode not in RANKINGS:
             raise ValueError(f"ranking must be one of {RANKINGS}, got {mode!r}")
         arr = self._check_users(users)
@@ -269,16 +298,16 @@ class GLTARecommender:
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         B = len(batch)
         if mode == "first":
-            hidden = self._slot_hidden(batch)[:, 0]
+            hidden = self._slots_for(batch)[:, 0]
             return head_topk(self.head, hidden, k, ex)
         if mode == "mean":
             # The slots' mean log-softmax over the catalogue: the head's logits are linear in
             # its input and each slot's log-normaliser is one constant per row, so ranking by
             # it equals ranking by the head applied to the slots' mean input.
-            hidden = self._slot_hidden(batch).float().mean(dim=1)
+            hidden = self._slots_for(batch).float().mean(dim=1)
             return head_topk(self.head, hidden, k, ex)
         if mode == "first_k":
-            hidden = self._slot_hidden(batch)
+            hidden = self._slots_for(batch)
             S = hidden.shape[1]
             rows = torch.arange(B).repeat_interleave(S)
             s, i = head_topk(self.head, hidden.reshape(B * S, -1), k, select_rows(ex, rows))

@@ -314,6 +314,11 @@ class UserItemResult:
         throughput: this attempt's training speed (:func:`~glta_align.flops.throughput_record`:
             ``train_seconds``, ``model_flops``, ``achieved_gflops``, ``timed_steps``; rank
             0's share under torchrun).
+        slot_cache: the kept epoch's slot inputs ``{user: (S, D)}`` from its valid ranking
+            in this process (for :attr:`GLTARecommender.slots
+            <glta_align.recommender.GLTARecommender.slots>` of the same modules and LLM:
+            later rankings of those users then run no LLM pass), or ``None`` (no early
+            stopping, or the kept epoch ran before a resume).
     """
 
     steps: int
@@ -324,6 +329,7 @@ class UserItemResult:
     best_valid: dict[str, float] | None = None
     stopped_early: bool = False
     throughput: dict[str, float | int | None] = field(default_factory=dict)
+    slot_cache: dict[int, torch.Tensor] | None = field(default=None, repr=False)
 
 
 def needs_profiles(cfg: UserItemConfig) -> bool:
@@ -508,6 +514,7 @@ def train_user_item(
         return head.loss(hidden.reshape(-1, hidden.shape[-1]), targets)
 
     validate = None
+    kept_slots: dict[int, tuple[float, dict[int, torch.Tensor]]] = {}
     if cfg.patience is not None:
         if data.valid._nnz() == 0:
             warnings.warn(f"dataset {data.name!r} has an empty valid split: stage 3 runs all "
@@ -515,7 +522,7 @@ def train_user_item(
                           UserWarning, stacklevel=2)
         else:
             validate = _validator(data, llm, cfg, user_emb, item_emb, user_proj, item_proj,
-                                  head, profiles, modules, progress, runner)
+                                  head, profiles, modules, progress, runner, kept_slots)
 
     loop: LoopResult = run_loop(
         stage="user_item", run_dir=run_dir, fingerprint=data.fingerprint, config=cfg,
@@ -542,22 +549,26 @@ def train_user_item(
     emit(progress, ProgressEvent("user_item", "end", step=loop.steps, total=loop.steps,
                                  metrics={"loss": loop.epoch_losses[-1]}
                                  if loop.epoch_losses else {}))
+    kept = kept_slots.get(loop.best_epoch) if loop.best_epoch is not None else None
     return UserItemResult(loop.steps, loop.epoch_losses, loop.resumed_from,
                           loop.valid_history, loop.best_epoch, loop.best_metrics,
-                          loop.stopped_early, throughput)
+                          loop.stopped_early, throughput, kept[1] if kept else None)
 
 
 def _validator(data: Interactions, llm: FrozenLLM, cfg: UserItemConfig, user_emb: torch.Tensor,
                item_emb: torch.Tensor, user_proj: NodeProjector, item_proj: NodeProjector,
                head: torch.nn.Module, profiles: dict[int, dict[str, str]],
                modules: dict[str, torch.nn.Module], progress: ProgressCallback | None,
-               runner: SoftPromptRunner):
+               runner: SoftPromptRunner,
+               kept: dict[int, tuple[float, dict[int, torch.Tensor]]] | None = None):
     """``epoch -> valid metrics`` of the modules being trained (full ranking, train excluded).
 
     Ranks with a :class:`~glta_align.recommender.GLTARecommender` built around the very
     modules in training (no copy) and the stage's ``runner`` (so the text keys/values it
     keeps for ``prompt_order = "text-first"`` serve the ranking too; a kept row equals a
-    recomputed one), then puts them back in training mode.
+    recomputed one), then puts them back in training mode. With ``kept``, each epoch's slot
+    inputs go into ``kept[epoch] = (select metric, {user: (S, D)})``; epochs below the best
+    so far are dropped (the kept epoch, whichever tie rule picks it, stays).
     """
     from glta_align.recommender import GLTARecommender
 
@@ -572,12 +583,19 @@ def _validator(data: Interactions, llm: FrozenLLM, cfg: UserItemConfig, user_emb
                               item_emb=item_emb, user_projector=user_proj,
                               item_projector=item_proj, head=head, profiles=profiles,
                               runner=runner)
+        rec.keep_slots = kept is not None
         try:
             metrics = rec.evaluate("valid", ks=ks, progress=progress)
         finally:
             for module, training in modes:
                 module.training = training
-        return {name: float(v) for name, v in metrics.items()}
+        metrics = {name: float(v) for name, v in metrics.items()}
+        if kept is not None:
+            kept[epoch] = (metrics.get(cfg.select_metric, float("-inf")), rec.slots)
+            best = max(value for value, _ in kept.values())
+            for e in [e for e, (value, _) in kept.items() if value < best]:
+                del kept[e]
+        return metrics
 
     return validate
 

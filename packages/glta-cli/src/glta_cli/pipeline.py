@@ -628,6 +628,9 @@ class _Run:
     # stage 3's SoftPromptRunner when stage 3 ran in this process on the shared LLM: the
     # evaluation ranks with it, so the text keys/values it kept are not computed again
     runner: Any = None
+    # stage 3's kept-epoch slot inputs ({user: (S, D)}) when it ran here on the shared LLM:
+    # the evaluation ranks those users in first / first_k / mean without an LLM pass
+    slots: Any = None
 
     @property
     def stages(self) -> dict[str, Any]:
@@ -721,6 +724,7 @@ def run_pipeline(
         else:
             run.skipped.append("evaluate")
         run.runner = None  # its kept text keys/values (up to 2 GiB) are not needed past here
+        run.slots = None
         return _finish(run, data, command)
 
 
@@ -843,6 +847,8 @@ def _alignment_steps(run: _Run, data: Any) -> None:
         result = func(data, run_dir, section, **_kwargs_for(
             func, llm=shared, progress=run.progress, resume=True, stale_profiles="regenerate",
             **extra))
+        if name == "user_item" and shared is not None:
+            run.slots = getattr(result, "slot_cache", None)
         run.histories[name] = _stage_history(result, run.recorded.get(name))
         run.done(name, _seconds(result, time.perf_counter() - t0))
     missing = [a for a in GLTA_ARTIFACTS if not (run_dir / a).is_dir()]
@@ -872,7 +878,10 @@ def _evaluate_step(run: _Run, data: Any) -> None:
             return GLTARecommender.from_run(run_dir)
         # stage 3's runner when it ran here (built from the settings the run saved, so it
         # fits): its kept text keys/values serve the ranking; None: a runner of its own
-        return GLTARecommender.from_run(run_dir, llm=run.get_llm(), runner=run.runner)
+        rec = GLTARecommender.from_run(run_dir, llm=run.get_llm(), runner=run.runner)
+        if run.slots:  # the same modules (saved at that epoch) and the same LLM
+            rec.slots = dict(run.slots)
+        return rec
 
     emit(run.progress, ProgressEvent("evaluate", "start", total=None,
                                      message="ranking valid and test with both models"))

@@ -22,6 +22,7 @@ __all__ = [
     "RESOLVED_CONFIG_NAME",
     "RunError",
     "available_models",
+    "chosen_ranking",
     "evaluate_run",
     "inspect_run",
     "load_dataset_dir",
@@ -102,10 +103,35 @@ def _check_model(run_dir: Path, model: str) -> str:
 
 
 def _glta_recommender(run_dir: Path, llm: Any | None) -> Any:
-    """``GLTARecommender.from_run``; without ``llm`` it loads the LLM the run was trained with."""
+    """``GLTARecommender.from_run``; without ``llm`` it loads the LLM the run was trained with.
+    It ranks in the prediction mode the pipeline chose on valid (:func:`chosen_ranking`),
+    so ``glta evaluate`` / ``recommend`` give the model ``metrics.json`` reports."""
     from glta_align import GLTARecommender
 
-    return GLTARecommender.from_run(run_dir, llm=llm)
+    rec = GLTARecommender.from_run(run_dir, llm=llm)
+    rec.ranking = chosen_ranking(run_dir) or rec.ranking
+    return rec
+
+
+def chosen_ranking(run_dir: str | os.PathLike[str]) -> str | None:
+    """The prediction mode the pipeline's evaluation chose on valid for GLTA
+    (``[eval] ranking = "select"``, recorded in ``RUN/breakdown.json``), or ``None`` (no
+    such record: the mode stage 3 trained for applies).
+
+    Raises:
+        RunError: ``breakdown.json`` is not readable JSON (named).
+    """
+    from glta_cli.evaluation import BREAKDOWN_NAME
+
+    path = Path(run_dir) / BREAKDOWN_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path}: not readable JSON ({exc})") from exc
+    choice = record.get("glta_ranking") if isinstance(record, dict) else None
+    return choice.get("chosen") if isinstance(choice, dict) else None
 
 
 def evaluate_run(
