@@ -124,3 +124,32 @@ def test_write_result_prints_and_writes_the_json(profile_gen, tmp_path, capsys):
     assert json.loads((tmp_path / "new" / "r.json").read_text()) == doc
     assert json.loads(capsys.readouterr().out) == doc
     assert list(tmp_path.joinpath("new").iterdir()) == [tmp_path / "new" / "r.json"]
+
+
+def test_compare_mlp_times_layers_and_the_fused_block(profile_gen, tmp_path):
+    import copy
+
+    from glta_align.config import UserItemConfig
+    from glta_align.int8 import Int8GatedMLP, quantize_linears_int8
+    from glta_align.llm import load_tokenizer, tiny_llm
+    from glta_cli.testing import write_ratings_csv
+    from glta_graph.data import load_dataset
+
+    data = load_dataset(write_ratings_csv(tmp_path / "r.csv", users=8), format="csv",
+                        text_col="text")
+    llm = tiny_llm(load_tokenizer(), hidden_size=32, num_layers=2, seed=0)
+    cfg = UserItemConfig(profile_items=3, description_tokens=8, profile_new_tokens=3,
+                         profile_batch_size=4)
+    users = list(range(data.num_users))
+    with pytest.raises(ValueError, match="no int8 gated MLP"):
+        profile_gen.compare_mlp(data, llm, users, cfg, rounds=1)
+    q = copy.copy(llm)
+    q.model = copy.deepcopy(llm.model)
+    quantize_linears_int8(q.causal_lm)
+    forward = Int8GatedMLP.forward
+    out = profile_gen.compare_mlp(data, q, users, cfg, rounds=2)
+    assert Int8GatedMLP.forward is forward  # put back
+    assert out["mlps"] == 2 and list(out["seconds"]) == ["layers", "fused"]
+    assert all(len(v) == 2 and min(v) > 0 for v in out["seconds"].values())
+    assert out["ratio_to_first"]["layers"] == pytest.approx(1.0)
+    assert 0 <= out["users_with_identical_texts"]["fused"] <= len(users)

@@ -2,6 +2,8 @@
 
 ``--compare-profile-prompts paper,shared`` times ``generate_profiles`` with each
 ``[user_item] profile_prompt`` (the descriptions run once per user with ``shared``).
+``--compare-mlp`` (int8) times it with the gated MLPs layer by layer and as one compiled
+graph (``glta_align.int8.Int8GatedMLP``).
 
 GLTA's path (``glta_align.profiles``): one kind of prompt per batch, the shared instruction
 prefix run once and its key/value cache reused, bodies left-padded after it, keys/values
@@ -141,6 +143,10 @@ def main() -> None:
     ap.add_argument("--compare-profile-prompts", default=None,
                     help="e.g. paper,shared: time generate_profiles on --subset users with each "
                     "[user_item] profile_prompt, alternating (texts differ: other prompts)")
+    ap.add_argument("--compare-mlp", action="store_true",
+                    help="int8 only: time generate_profiles on --subset users with each gated "
+                         "MLP run layer by layer and as one compiled graph (Int8GatedMLP), "
+                         "alternating over --rounds, and stop")
     ap.add_argument("--rounds", type=int, default=2,
                     help="rounds of --compare-batch-sizes / --compare-dtypes")
     ap.add_argument("--note", default="", help="free text stored with the result (machine load)")
@@ -189,6 +195,11 @@ def main() -> None:
     if args.compare_profile_prompts:
         result["profile_prompts"] = compare_profile_prompts(
             data, llm, subset, cfg, args.compare_profile_prompts.split(","), args.rounds)
+        result["loadavg_end"] = list(os.getloadavg())
+        write_result(result, args.json)
+        return
+    if args.compare_mlp:
+        result["mlp"] = compare_mlp(data, llm, subset, cfg, args.rounds)
         result["loadavg_end"] = list(os.getloadavg())
         write_result(result, args.json)
         return
@@ -297,6 +308,44 @@ def compare_profile_prompts(data, llm, users: list[int], cfg: UserItemConfig,
     one(layouts[0])  # warm-up
     runs = {layout: (lambda layout=layout: one(layout)) for layout in layouts}
     return {"prompt_tokens": tokens, **alternate(runs, users, rounds, "profile_prompt ")}
+
+
+def compare_mlp(data, llm, users: list[int], cfg: UserItemConfig, rounds: int) -> dict:
+    """Seconds of :func:`generate_profiles` (a fresh run directory each time) over ``users``
+    with the int8 LLM's gated MLPs run layer by layer (``layers``: gate/up product, silu
+    times up, down product, as before :class:`~glta_align.int8.Int8GatedMLP`) and as one
+    compiled graph (``fused``), alternating over ``rounds`` rounds.
+
+    Returns:
+        :func:`alternate`'s dict with ``layers`` first (``ratio_to_first["fused"]``: the
+        fused block's speed-up), plus ``"mlps"``: how many gated MLPs the LLM has.
+
+    Raises:
+        ValueError: the LLM has no :class:`~glta_align.int8.Int8GatedMLP` (not int8).
+    """
+    from glta_align import int8
+
+    mlps = sum(isinstance(m, int8.Int8GatedMLP) for m in llm.causal_lm.modules())
+    if not mlps:
+        raise ValueError(f"--compare-mlp: the LLM ({llm.precision}) has no int8 gated MLP")
+    fused = int8.Int8GatedMLP.forward
+
+    def layers(self, x):
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+    def one(forward) -> dict[int, list[str]]:
+        int8.Int8GatedMLP.forward = forward
+        try:
+            with tempfile.TemporaryDirectory() as run:
+                rows = generate_profiles(data, run, llm, cfg, users=users)
+        finally:
+            int8.Int8GatedMLP.forward = fused
+        return {u: [rows[u]["profile"], rows[u]["predict"]] for u in users}
+
+    one(layers)  # warm-up (compiles both)
+    one(fused)
+    runs = {"layers": lambda: one(layers), "fused": lambda: one(fused)}
+    return {"mlps": mlps, **alternate(runs, users, rounds, "mlp ")}
 
 
 def alternate(runs: dict, users: list[int], rounds: int, label: str = "") -> dict:
