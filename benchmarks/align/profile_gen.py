@@ -333,17 +333,17 @@ def compare_mlp(data, llm, users: list[int], cfg: UserItemConfig, rounds: int) -
     def layers(self, x):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
-    def one(forward) -> dict[int, list[str]]:
+    def one(forward, who: list[int] = users) -> dict[int, list[str]]:
         int8.Int8GatedMLP.forward = forward
         try:
             with tempfile.TemporaryDirectory() as run:
-                rows = generate_profiles(data, run, llm, cfg, users=users)
+                rows = generate_profiles(data, run, llm, cfg, users=who)
         finally:
             int8.Int8GatedMLP.forward = fused
-        return {u: [rows[u]["profile"], rows[u]["predict"]] for u in users}
+        return {u: [rows[u]["profile"], rows[u]["predict"]] for u in who}
 
-    one(layers)  # warm-up (compiles both)
-    one(fused)
+    one(layers, users[:4])  # warm-up (compiles both)
+    one(fused, users[:4])
     runs = {"layers": lambda: one(layers), "fused": lambda: one(fused)}
     return {"mlps": mlps, **alternate(runs, users, rounds, "mlp ")}
 
