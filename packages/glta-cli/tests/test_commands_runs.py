@@ -130,3 +130,17 @@ def test_graph_train_softmax_loss(runner, prepared, tmp_path):
                               "--loss", "hinge"])
     assert bad.exit_code == 2 and "loss" in bad.stderr and "hinge" in bad.stderr
     assert not (tmp_path / "x" / "graph").exists()
+
+
+def test_chosen_ranking_reads_the_pipelines_valid_choice(tmp_path):
+    from glta_cli.runs import RunError, chosen_ranking
+
+    assert chosen_ranking(tmp_path) is None  # no evaluation yet: the trained mode applies
+    record = tmp_path / "breakdown.json"
+    record.write_text(json.dumps({"split": "test", "models": {}}))
+    assert chosen_ranking(tmp_path) is None  # evaluated without [eval] ranking = "select"
+    record.write_text(json.dumps({"glta_ranking": {"chosen": "mean", "metric": "ndcg@10"}}))
+    assert chosen_ranking(tmp_path) == "mean"
+    record.write_text("{not json")
+    with pytest.raises(RunError, match=r"breakdown\.json: not readable JSON"):
+        chosen_ranking(tmp_path)
