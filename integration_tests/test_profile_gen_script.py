@@ -65,18 +65,24 @@ def test_compare_dtypes_times_each_precision_on_the_same_users(profile_gen, tmp_
     assert 0 <= out["users_with_identical_texts"]["bfloat16"] <= len(users)
 
 
-def test_compare_profile_prompts_times_each_layout(profile_gen, tmp_path):
+def _tiny_setup(tmp_path, users: int, num_layers: int = 1):
+    """A small CSV dataset, a tiny fp32 LLM and 4-user generation batches:
+    ``(data, llm, cfg, user indices)``."""
     from glta_align.config import UserItemConfig
     from glta_align.llm import load_tokenizer, tiny_llm
     from glta_cli.testing import write_ratings_csv
     from glta_graph.data import load_dataset
 
-    data = load_dataset(write_ratings_csv(tmp_path / "r.csv", users=10), format="csv",
+    data = load_dataset(write_ratings_csv(tmp_path / "r.csv", users=users), format="csv",
                         text_col="text")
-    llm = tiny_llm(load_tokenizer(), hidden_size=32, num_layers=1, seed=0)
+    llm = tiny_llm(load_tokenizer(), hidden_size=32, num_layers=num_layers, seed=0)
     cfg = UserItemConfig(profile_items=3, description_tokens=8, profile_new_tokens=3,
                          profile_batch_size=4)
-    users = list(range(data.num_users))
+    return data, llm, cfg, list(range(data.num_users))
+
+
+def test_compare_profile_prompts_times_each_layout(profile_gen, tmp_path):
+    data, llm, cfg, users = _tiny_setup(tmp_path, users=10)
     out = profile_gen.compare_profile_prompts(data, llm, users, cfg, ["paper", "shared"],
                                               rounds=2)
     assert set(out["seconds"]) == {"paper", "shared"} and out["users"] == len(users)
@@ -126,29 +132,30 @@ def test_write_result_prints_and_writes_the_json(profile_gen, tmp_path, capsys):
     assert list(tmp_path.joinpath("new").iterdir()) == [tmp_path / "new" / "r.json"]
 
 
-def test_compare_mlp_times_layers_and_the_fused_block(profile_gen, tmp_path):
+def test_compare_mlp_times_layers_and_the_fused_block(profile_gen, tmp_path, monkeypatch):
     import copy
 
-    from glta_align.config import UserItemConfig
+    from glta_align import int8
     from glta_align.int8 import Int8GatedMLP, quantize_linears_int8
-    from glta_align.llm import load_tokenizer, tiny_llm
-    from glta_cli.testing import write_ratings_csv
-    from glta_graph.data import load_dataset
 
-    data = load_dataset(write_ratings_csv(tmp_path / "r.csv", users=8), format="csv",
-                        text_col="text")
-    llm = tiny_llm(load_tokenizer(), hidden_size=32, num_layers=2, seed=0)
-    cfg = UserItemConfig(profile_items=3, description_tokens=8, profile_new_tokens=3,
-                         profile_batch_size=4)
-    users = list(range(data.num_users))
+    data, llm, cfg, users = _tiny_setup(tmp_path, users=8, num_layers=2)
     with pytest.raises(ValueError, match="no int8 gated MLP"):
         profile_gen.compare_mlp(data, llm, users, cfg, rounds=1)
     q = copy.copy(llm)
     q.model = copy.deepcopy(llm.model)
     quantize_linears_int8(q.causal_lm)
+    fused_calls = []
+    kernel = int8.int8_mlp_kernel
+
+    def counted():
+        fused_calls.append(1)
+        return kernel()
+
+    monkeypatch.setattr(int8, "int8_mlp_kernel", counted)
     forward = Int8GatedMLP.forward
     out = profile_gen.compare_mlp(data, q, users, cfg, rounds=2)
     assert Int8GatedMLP.forward is forward  # put back
+    assert fused_calls  # the "fused" variant ran the one-graph kernel
     assert out["mlps"] == 2 and list(out["seconds"]) == ["layers", "fused"]
     assert all(len(v) == 2 and min(v) > 0 for v in out["seconds"].values())
     assert out["ratio_to_first"]["layers"] == pytest.approx(1.0)

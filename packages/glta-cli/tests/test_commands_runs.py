@@ -142,5 +142,5 @@ def test_chosen_ranking_reads_the_pipelines_valid_choice(tmp_path):
     record.write_text(json.dumps({"glta_ranking": {"chosen": "mean", "metric": "ndcg@10"}}))
     assert chosen_ranking(tmp_path) == "mean"
     record.write_text("{not json")
-    with pytest.raises(RunError, match=r"breakdown\.json: not readable JSON"):
+    with pytest.raises(RunError, match=r"breakdown\.json: not valid JSON"):
         chosen_ranking(tmp_path)

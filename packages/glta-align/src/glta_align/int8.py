@@ -166,10 +166,16 @@ def _int8_matmul(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor) -> tor
     # scales with strides (1, 1), as quantize_rows(w).t() makes them (with strides (N, 1),
     # or 1-d, inductor compiles a slower kernel: benchmarks/RESULTS.md, "One compiled graph
     # for the int8 layers").
+    return _on_rows(matmul, x, wq.shape[1], wq, _scale_row(wscale))
+
+
+def _on_rows(fn: Callable, x: torch.Tensor, n_out: int, *args: torch.Tensor) -> torch.Tensor:
+    """``fn(rows, *args)`` on ``x`` (..., K) as (M, K) rows, detached and contiguous (one
+    layout, one compiled graph), reshaped back -> (..., n_out) float32; no call for M = 0."""
     x2 = x.reshape(-1, x.shape[-1]).detach().contiguous()
     if x2.shape[0] == 0:
-        return x.new_zeros(*x.shape[:-1], wq.shape[1], dtype=torch.float32)
-    return matmul(x2, wq, _scale_row(wscale)).reshape(*x.shape[:-1], wq.shape[1])
+        return x.new_zeros(*x.shape[:-1], n_out, dtype=torch.float32)
+    return fn(x2, *args).reshape(*x.shape[:-1], n_out)
 
 
 def _check_frozen(linear: nn.Linear) -> None:
@@ -326,12 +332,8 @@ class Int8GatedMLP(nn.Module):
         if x.dtype != torch.float32 or (torch.is_grad_enabled() and x.requires_grad):
             return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
         fused, down = self.gate_proj._group[0].fused, self.down_proj
-        mlp, _ = int8_mlp_kernel()
-        x2 = x.reshape(-1, x.shape[-1]).contiguous()  # one layout: one compiled graph
-        if x2.shape[0] == 0:
-            return x.new_zeros(*x.shape[:-1], down.out_features)
-        y = mlp(x2, fused.w_fwd, _scale_row(fused.s_fwd), down.w_fwd, _scale_row(down.s_fwd))
-        return y.reshape(*x.shape[:-1], down.out_features)
+        return _on_rows(int8_mlp_kernel()[0], x, down.out_features, fused.w_fwd,
+                        _scale_row(fused.s_fwd), down.w_fwd, _scale_row(down.s_fwd))
 
 
 def fusable_mlp(mlp: nn.Module) -> bool:

@@ -560,15 +560,15 @@ def _validator(data: Interactions, llm: FrozenLLM, cfg: UserItemConfig, user_emb
                head: torch.nn.Module, profiles: dict[int, dict[str, str]],
                modules: dict[str, torch.nn.Module], progress: ProgressCallback | None,
                runner: SoftPromptRunner,
-               kept: dict[int, tuple[float, dict[int, torch.Tensor]]] | None = None):
+               kept: dict[int, tuple[float, dict[int, torch.Tensor]]]):
     """``epoch -> valid metrics`` of the modules being trained (full ranking, train excluded).
 
     Ranks with a :class:`~glta_align.recommender.GLTARecommender` built around the very
     modules in training (no copy) and the stage's ``runner`` (so the text keys/values it
     keeps for ``prompt_order = "text-first"`` serve the ranking too; a kept row equals a
-    recomputed one), then puts them back in training mode. With ``kept``, each epoch's slot
-    inputs go into ``kept[epoch] = (select metric, {user: (S, D)})``; epochs below the best
-    so far are dropped (the kept epoch, whichever tie rule picks it, stays).
+    recomputed one), then puts them back in training mode. Each epoch's slot inputs go
+    into ``kept[epoch] = (select metric, {user: (S, D)})``; epochs below the best so far are
+    dropped (the kept epoch, whichever tie rule picks it, stays).
     """
     from glta_align.recommender import GLTARecommender
 
@@ -583,18 +583,17 @@ def _validator(data: Interactions, llm: FrozenLLM, cfg: UserItemConfig, user_emb
                               item_emb=item_emb, user_projector=user_proj,
                               item_projector=item_proj, head=head, profiles=profiles,
                               runner=runner)
-        rec.keep_slots = kept is not None
+        rec.keep_slots = True
         try:
             metrics = rec.evaluate("valid", ks=ks, progress=progress)
         finally:
             for module, training in modes:
                 module.training = training
         metrics = {name: float(v) for name, v in metrics.items()}
-        if kept is not None:
-            kept[epoch] = (metrics.get(cfg.select_metric, float("-inf")), rec.slots)
-            best = max(value for value, _ in kept.values())
-            for e in [e for e, (value, _) in kept.items() if value < best]:
-                del kept[e]
+        kept[epoch] = (metrics.get(cfg.select_metric, float("-inf")), rec.slots)
+        best = max(value for value, _ in kept.values())
+        for e in [e for e, (value, _) in kept.items() if value < best]:
+            del kept[e]
         return metrics
 
     return validate

@@ -42,6 +42,7 @@ from glta_cli.runs import (
     RESOLVED_CONFIG_NAME,
     load_dataset_dir,
     read_metrics,
+    read_run_json,
 )
 
 __all__ = [
@@ -600,8 +601,7 @@ def _report_sections(run_dir: Path, config: GLTAConfig) -> str:
         stage3_selection,
     )
 
-    path = run_dir / BREAKDOWN_NAME
-    breakdown = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    breakdown = read_run_json(run_dir, BREAKDOWN_NAME)
     return breakdown_markdown(breakdown, stage3_selection(run_dir),
                               ablation=getattr(config.run, "ablation", None),
                               metric=config.user_item.select_metric,

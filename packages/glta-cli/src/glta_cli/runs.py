@@ -29,6 +29,7 @@ __all__ = [
     "load_run_dataset",
     "metric_rows",
     "read_metrics",
+    "read_run_json",
     "recommend_run",
     "resolve_users",
     "write_recommendations",
@@ -119,17 +120,11 @@ def chosen_ranking(run_dir: str | os.PathLike[str]) -> str | None:
     such record: the mode stage 3 trained for applies).
 
     Raises:
-        RunError: ``breakdown.json`` is not readable JSON (named).
+        RunError: ``breakdown.json`` is not valid JSON (named).
     """
     from glta_cli.evaluation import BREAKDOWN_NAME
 
-    path = Path(run_dir) / BREAKDOWN_NAME
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunError(f"{path}: not readable JSON ({exc})") from exc
+    record = read_run_json(run_dir, BREAKDOWN_NAME)
     choice = record.get("glta_ranking") if isinstance(record, dict) else None
     return choice.get("chosen") if isinstance(choice, dict) else None
 
@@ -269,15 +264,25 @@ def write_recommendations(
     return atomic_write_text(path, buf.getvalue())
 
 
-def read_metrics(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """``RUN/metrics.json`` as a dict (empty when absent)."""
-    path = Path(run_dir) / METRICS_NAME
+def read_run_json(run_dir: str | os.PathLike[str], name: str) -> dict[str, Any]:
+    """The run's JSON file ``RUN/name`` (``metrics.json``, ``breakdown.json``...) as a dict
+    (empty when absent).
+
+    Raises:
+        RunError: the file is not valid JSON (named).
+    """
+    path = Path(run_dir) / name
     if not path.is_file():
         return {}
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RunError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def read_metrics(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``RUN/metrics.json`` as a dict (empty when absent)."""
+    return read_run_json(run_dir, METRICS_NAME)
 
 
 _SPLIT_ORDER = ("train", "valid", "test")
