@@ -364,3 +364,74 @@ def test_text_head_cache_reuses_each_text_and_changes_nothing(tiny, padding_side
     assert not tight._head_cache  # over budget: computed, not kept
     assert tight.head_cache_stats() == {"texts": 0, "not_kept": 2, "mib": 0.0,
                                         "budget_mib": 1e-9, "dtype": None}
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8", "bfloat16"])
+def test_batched_heads_match_rows_alone(tokenizer, precision):
+    # texts of one length run as one batch with nothing to mask: in int8 (integer products,
+    # per-row scales) each row's keys/values are those of the row run alone, bit for bit; in
+    # fp32/bf16 the product's kernel may depend on the number of rows: float rounding apart
+    from glta_align.int8 import quantize_linears_int8
+    from glta_align.llm import tiny_llm
+
+    llm = tiny_llm(tokenizer, hidden_size=64, num_layers=2, seed=0)
+    if precision == "int8":
+        quantize_linears_int8(llm.model)
+    elif precision == "bfloat16":
+        llm.model.to(torch.bfloat16)
+    runner = SoftPromptRunner(llm, [1, 2, 3, 4, 5], text_head=True, head_cache_mb=1)
+    kv = runner._prefix_kv()
+    rows = torch.randint(100, 5000, (7, 11), generator=torch.Generator().manual_seed(0)).tolist()
+    together = runner._rows_head(rows, kv)
+    for b, row in enumerate(rows):
+        (alone,) = runner._rows_head([row], kv)
+        for pa, pt in zip(alone, together[b], strict=True):
+            for a, t in zip(pa, pt, strict=True):
+                if precision == "int8":
+                    assert torch.equal(a, t), b
+                else:
+                    torch.testing.assert_close(a, t)
+    with pytest.raises(ValueError, match="one length"):
+        runner._rows_head([[5, 6], [7]], kv)
+
+
+def _warm_seqs():
+    # leading texts of lengths 3, 3, 1, 3 (one repeated) before the first soft token
+    return [SoftSequence().add_text(t).add_soft([1]).add_soft([2, 2], read=True)
+            for t in ([100, 101, 102], [200, 201, 202], [55], [100, 101, 102])]
+
+
+def test_warm_heads_computes_each_text_once_batched_and_changes_nothing(tiny, monkeypatch):
+    # warming computes the distinct texts ahead, texts of one length in one call; the calls
+    # after it compute no text and give the outputs of a runner without the warm-up, exactly
+    from glta_align.testing import record_text_heads
+
+    prefix = [1, 2, 3, 4, 5]
+    table = torch.randn(3, tiny.hidden_size, generator=torch.Generator().manual_seed(0))
+    cold = SoftPromptRunner(tiny, prefix, text_head=True, head_cache_mb=1)
+    with torch.no_grad():
+        want = cold.hidden_states(_warm_seqs(), table)
+    calls: list[int] = []
+    rows_head = SoftPromptRunner._rows_head
+    monkeypatch.setattr(SoftPromptRunner, "_rows_head",
+                        lambda self, rows, kv: calls.append(len(rows)) or rows_head(self, rows, kv))
+    computed = record_text_heads(monkeypatch)
+    events = []
+    warm = SoftPromptRunner(tiny, prefix, text_head=True, head_cache_mb=1)
+    assert warm.warm_heads(_warm_seqs(), progress=events.append) == 3
+    assert sorted(calls) == [1, 2]  # the two 3-token texts in one call
+    assert sorted(computed) == sorted({(100, 101, 102), (200, 201, 202), (55,)})
+    assert [e.kind for e in events] == ["start", "step", "end"]
+    assert events[0].stage == "text_cache" and events[-1].step == events[-1].total == 3
+    assert warm.warm_heads(_warm_seqs()) == 0  # all kept already
+    with torch.no_grad():
+        got = warm.hidden_states(_warm_seqs(), table)
+    assert torch.equal(got, want)
+    assert warm.last_shape.head_rows == () and len(computed) == 3
+    # nothing to keep: a no-op
+    assert SoftPromptRunner(tiny, prefix, text_head=True).warm_heads(_warm_seqs()) == 0
+    assert SoftPromptRunner(tiny, prefix, head_cache_mb=1).warm_heads(_warm_seqs()) == 0
+    # over the budget: computed, noted, not kept
+    tight = SoftPromptRunner(tiny, prefix, text_head=True, head_cache_mb=1e-9)
+    assert tight.warm_heads(_warm_seqs()) == 3
+    assert tight.head_cache_stats()["texts"] == 0 and tight.head_cache_stats()["not_kept"] == 3

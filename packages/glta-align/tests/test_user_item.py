@@ -343,3 +343,32 @@ def test_a_runner_handed_in_must_fit_the_stage(toy_run, toy, tiny, tokenizer):
     assert rec.runner is runner
     with pytest.raises(ValueError, match="another LLM object"):
         GLTARecommender.from_run(toy_run, llm=other_llm, runner=runner)
+
+
+def test_stage3_computes_the_texts_ahead_batched_by_length(toy_run, toy, tiny, monkeypatch):
+    # text first: every text the first epoch and the validation meet is computed before the
+    # first training step (texts of one length together: test_splice); training and the
+    # validation then compute none
+    from glta_align.splice import SoftPromptRunner
+
+    log: list[object] = []
+    rows_head, hidden = SoftPromptRunner._rows_head, SoftPromptRunner.hidden_states
+
+    def rows_spy(self, rows, kv):
+        log.append(len(rows))
+        return rows_head(self, rows, kv)
+
+    def hidden_spy(self, seqs, table, **kw):
+        if torch.is_grad_enabled():
+            log.append("step")
+        return hidden(self, seqs, table, **kw)
+
+    monkeypatch.setattr(SoftPromptRunner, "_rows_head", rows_spy)
+    monkeypatch.setattr(SoftPromptRunner, "hidden_states", hidden_spy)
+    train_item_text(toy, toy_run, ItemTextConfig(epochs=1, items_per_instance=3), llm=tiny)
+    log.clear()
+    train_user_item(toy, toy_run, UserItemConfig(
+        epochs=2, batch_size=4, num_slots=3, profile_new_tokens=2, lr=1e-2,
+        prompt_order="text-first", patience=2, select_metric="ndcg@5"), llm=tiny)
+    first = log.index("step")
+    assert log[:first] and len(log[:first]) == len([n for n in log if n != "step"])

@@ -32,11 +32,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from glta_graph.progress import ProgressCallback, ProgressEvent, emit
 
 from glta_align.flops import BatchShape
 from glta_align.llm import FrozenLLM
 
-__all__ = ["SoftPromptRunner", "SoftSequence", "bucket_batches"]
+__all__ = ["HEAD_BATCH", "SoftPromptRunner", "SoftSequence", "bucket_batches"]
+
+# Most leading texts of one length computed in one call when they are kept (batch 1 runs the
+# int8 / bf16 products on a few dozen rows, far below their rate).
+HEAD_BATCH = 32
 
 
 @dataclass
@@ -135,9 +140,11 @@ class SoftPromptRunner:
             recorded (needs ``reuse_prefix`` and a prefix; same outputs, no backward
             through that text).
         head_cache_mb: with ``text_head``, keep each distinct leading text's keys/values
-            (computed alone, batch 1) up to this many MiB and reuse them in later calls
-            (later epochs, ranking); 0 = recompute in every call. Never used while the LLM
-            has trainable weights.
+            (computed without padding: alone, or batched with texts of the same length,
+            the same keys/values up to float rounding) up to this many MiB and reuse them in later
+            calls (later epochs, ranking; :meth:`warm_heads` computes them ahead in
+            batches); 0 = recompute in every call. Never used while the LLM has trainable
+            weights.
         head_cache_dtype: dtype the kept keys/values are stored in (cast back to the
             computing dtype when used). Default: bfloat16 for an int8 LLM (its keys/values
             are fp32 products of int8-rounded activations, whose rounding is coarser than
@@ -240,23 +247,97 @@ class SoftPromptRunner:
             heads.append(plen + (min(marks) if marks else len(s)))
         return heads
 
-    def _row_head(self, row: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]]
-                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """One sample's leading text behind the prefix (batch 1, no padding, no gradient):
-        per-layer ``(keys, values)`` of the text alone, ``(heads, h, d)``. Computed alone, a
-        row's keys/values do not depend on the batch it came with (cache hits are exact)."""
+    def _rows_head(self, rows: list[list[int]], kv: list[tuple[torch.Tensor, torch.Tensor]]
+                   ) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Leading texts of one length behind the prefix, no padding, no gradient: per row,
+        per-layer ``(keys, values)`` of that text, ``(heads, h, d)``. Rows of one length run as
+        one batch with nothing to mask, so each row's keys/values are those of the row run
+        alone: bit for bit with an int8 LLM (integer products, per-row scales), within float
+        rounding in fp32/bf16, whose products' kernels can depend on the number of rows
+        (``test_batched_heads_match_rows_alone``)."""
         from transformers import DynamicCache
 
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError("_rows_head needs rows of one length")
         dev = self.llm.device
-        P = kv[0][0].shape[-2]
-        ids = torch.tensor([row], device=dev)
-        cache = DynamicCache(ddp_cache_data=list(kv))
+        B, P, h = len(rows), kv[0][0].shape[-2], len(rows[0])
+        ids = torch.tensor(rows, device=dev)
+        cache = DynamicCache(ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
+                                             for k, v in kv])
         with torch.no_grad():
             self.llm.backbone(inputs_embeds=self.llm.embed(ids), use_cache=True,
-                              position_ids=torch.arange(P, P + len(row), device=dev)[None],
+                              position_ids=torch.arange(P, P + h, device=dev)[None].expand(B, -1),
                               **{_cache_kwarg(self.llm.backbone): cache})
-        return [(layer.keys[0, :, P:].clone(), layer.values[0, :, P:].clone())
-                for layer in cache.layers]
+        return [[(layer.keys[b, :, P:].clone(), layer.values[b, :, P:].clone())
+                 for layer in cache.layers] for b in range(B)]
+
+    def _compute_heads(self, rows: Sequence[tuple[int, ...]],
+                       kv: list[tuple[torch.Tensor, torch.Tensor]]
+                       ) -> dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Keys/values of distinct non-empty ``rows`` (in the storage dtype), rows of one
+        length batched together, at most :data:`HEAD_BATCH` per call."""
+        by_len: dict[int, list[tuple[int, ...]]] = {}
+        for r in dict.fromkeys(rows):
+            by_len.setdefault(len(r), []).append(r)
+        out = {}
+        for group in by_len.values():
+            for i in range(0, len(group), HEAD_BATCH):
+                chunk = group[i:i + HEAD_BATCH]
+                for r, got in zip(chunk, self._rows_head([list(r) for r in chunk], kv),
+                                  strict=True):
+                    if self.head_cache_dtype is not None:
+                        got = [(k.to(self.head_cache_dtype), v.to(self.head_cache_dtype))
+                               for k, v in got]
+                    out[r] = got
+        return out
+
+    def _keep_heads(self, got: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]]
+                    ) -> None:
+        """Keep computed texts while they fit ``head_cache_mb`` (in the given order); the
+        others are noted as not kept (computed again when met again)."""
+        for key, kvs in got.items():
+            size = sum(k.numel() * k.element_size() * 2 for k, _ in kvs)
+            if self._head_cache_bytes + size <= self.head_cache_mb * 2**20:
+                self._head_cache[key] = kvs
+                self._head_cache_bytes += size
+            else:
+                self._head_not_kept.add(key)
+
+    def warm_heads(self, seqs: Sequence[SoftSequence], *,
+                   progress: ProgressCallback | None = None) -> int:
+        """Compute and keep the leading texts of ``seqs`` that are not kept yet, texts of one
+        length batched together (:meth:`_rows_head`: what a batch meeting the text would
+        compute, up to float rounding; bit for bit in int8), so that later calls only read
+        them. A no-op unless texts are kept (``text_head``, ``head_cache_mb > 0``, a
+        prefix, no trainable LLM weights).
+
+        Args:
+            seqs: samples as :meth:`hidden_states` takes them (their soft rows are not read).
+            progress: receives ``ProgressEvent(stage="text_cache")`` start/step/end.
+
+        Returns:
+            The number of texts computed.
+        """
+        if not (self.text_head and self.head_cache_mb > 0 and self.reuse_prefix
+                and self.prefix_ids) or self.llm.trainable_parameters():
+            return 0
+        with torch.no_grad():
+            kv = self._prefix_kv()
+            heads = self._head_lengths(seqs, 0, kv[0][0].shape[-2])
+        todo = list(dict.fromkeys(
+            key for s, h in zip(seqs, heads, strict=True)
+            if h and (key := tuple(s.ids[:h])) not in self._head_cache))
+        todo.sort(key=len)
+        emit(progress, ProgressEvent("text_cache", "start", step=0, total=len(todo),
+                                     message="text keys/values"))
+        done = 0
+        for i in range(0, len(todo), 4 * HEAD_BATCH):
+            part = todo[i:i + 4 * HEAD_BATCH]
+            self._keep_heads(self._compute_heads(part, kv))
+            done += len(part)
+            emit(progress, ProgressEvent("text_cache", "step", step=done, total=len(todo)))
+        emit(progress, ProgressEvent("text_cache", "end", step=done, total=len(todo)))
+        return len(todo)
 
     def _run_head(self, rows: list[list[int]], kv: list[tuple[torch.Tensor, torch.Tensor]]
                   ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
@@ -277,24 +358,12 @@ class SoftPromptRunner:
         P = kv[0][0].shape[-2]
         self._head_rows = None
         if self.head_cache_mb > 0 and not self.llm.trainable_parameters():
-            per_row, computed = [], []
-            for r in rows:
-                key = tuple(r)
-                got = self._head_cache.get(key)
-                if got is None:
-                    got = self._row_head(r, kv) if r else None
-                    computed.extend([len(r)] if r else [])
-                    if got is not None and self.head_cache_dtype is not None:
-                        got = [(k.to(self.head_cache_dtype), v.to(self.head_cache_dtype))
-                               for k, v in got]
-                    size = sum(k.numel() * k.element_size() * 2 for k, _ in got or [])
-                    if got is not None and self._head_cache_bytes + size <= \
-                            self.head_cache_mb * 2**20:
-                        self._head_cache[key] = got
-                        self._head_cache_bytes += size
-                    elif got is not None:  # over the budget: computed again when met again
-                        self._head_not_kept.add(key)
-                per_row.append(got)
+            missing = [tuple(r) for r in rows if r and tuple(r) not in self._head_cache]
+            fresh = self._compute_heads(missing, kv)
+            self._keep_heads(fresh)
+            per_row = [self._head_cache.get(tuple(r), fresh.get(tuple(r))) if r else None
+                       for r in rows]
+            computed = [len(r) for r in fresh]
             out = []
             for li, (pk, pv) in enumerate(kv):
                 keys = pk.new_zeros((B, pk.shape[1], P + H, pk.shape[-1]))

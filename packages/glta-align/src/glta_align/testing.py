@@ -9,8 +9,8 @@ __all__ = ["record_text_heads"]
 
 def record_text_heads(monkeypatch: Any) -> list[tuple[int, ...]]:
     """Record every leading text a :class:`~glta_align.splice.SoftPromptRunner` computes
-    alone (its ``_row_head``: a text whose keys/values it had not kept), for tests that
-    check texts are computed once.
+    for its text-head cache (its ``_rows_head``: texts whose keys/values it had not kept),
+    for tests that check texts are computed once.
 
     Args:
         monkeypatch: pytest's ``monkeypatch`` fixture (the recording ends with the test).
@@ -21,11 +21,11 @@ def record_text_heads(monkeypatch: Any) -> list[tuple[int, ...]]:
     from glta_align.splice import SoftPromptRunner
 
     computed: list[tuple[int, ...]] = []
-    row_head = SoftPromptRunner._row_head
+    rows_head = SoftPromptRunner._rows_head
 
-    def recording(self: SoftPromptRunner, row: list[int], kv: Any) -> Any:
-        computed.append(tuple(row))
-        return row_head(self, row, kv)
+    def recording(self: SoftPromptRunner, rows: list[list[int]], kv: Any) -> Any:
+        computed.extend(tuple(r) for r in rows)
+        return rows_head(self, rows, kv)
 
-    monkeypatch.setattr(SoftPromptRunner, "_row_head", recording)
+    monkeypatch.setattr(SoftPromptRunner, "_rows_head", recording)
     return computed

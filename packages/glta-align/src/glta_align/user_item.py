@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,7 @@ __all__ = [
     "train_user_item",
     "user_item_layout",
     "user_item_runner",
+    "warm_text_heads",
 ]
 
 USER_PROJECTOR_DIR = "user_projector"
@@ -115,6 +117,28 @@ def user_item_runner(llm: FrozenLLM, layout: PromptLayout, cfg: UserItemConfig
     return SoftPromptRunner(llm, layout.prefix_ids, reuse_prefix=cfg.reuse_prefix,
                             padding_side=cfg.padding_side, compile=cfg.compile,
                             text_head=first, head_cache_mb=TEXT_HEAD_CACHE_MB if first else 0)
+
+
+def warm_text_heads(runner: SoftPromptRunner, prompter: UserPrompter, data: Interactions,
+                    cfg: UserItemConfig, users: Sequence[int],
+                    progress: ProgressCallback | None = None) -> int:
+    """Compute the leading texts of ``users``' prompts ahead, batched by length
+    (:meth:`SoftPromptRunner.warm_heads`; a no-op when the runner keeps no texts).
+
+    Args:
+        runner: the stage-3 runner (:func:`user_item_runner`).
+        prompter: builds the users' prompts (their profile texts included).
+        data, cfg: the dataset and stage settings.
+        users: (U,) internal user indices.
+        progress: receives ``ProgressEvent(stage="text_cache")``.
+
+    Returns:
+        The number of texts computed.
+    """
+    if not (runner.text_head and runner.head_cache_mb > 0) or not len(users):
+        return 0
+    seqs = prompter.build([eval_sample(data, cfg, int(u)) for u in users])[0]
+    return runner.warm_heads(seqs, progress=progress)
 
 
 def check_runner(runner: SoftPromptRunner, llm: FrozenLLM, layout: PromptLayout) -> None:
@@ -513,6 +537,12 @@ def train_user_item(
             return masked_slot_loss(head(rows), targets, seen)
         return head.loss(hidden.reshape(-1, hidden.shape[-1]), targets)
 
+    if llm.lora is None:  # every text epoch 1 and the validation meet, batched by length
+        warm = [epoch_users(0)]
+        if cfg.patience is not None:
+            warm.append(data.users_with("valid"))
+        warm_text_heads(runner, prompter, data, cfg, np.unique(np.concatenate(warm)).tolist(),
+                        progress)
     validate = None
     kept_slots: dict[int, tuple[float, dict[int, torch.Tensor]]] = {}
     if cfg.patience is not None:
