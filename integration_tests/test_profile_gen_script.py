@@ -160,3 +160,21 @@ def test_compare_mlp_times_layers_and_the_fused_block(profile_gen, tmp_path, mon
     assert all(len(v) == 2 and min(v) > 0 for v in out["seconds"].values())
     assert out["ratio_to_first"]["layers"] == pytest.approx(1.0)
     assert 0 <= out["users_with_identical_texts"]["fused"] <= len(users)
+
+
+def test_compare_attention_times_both_sdpa_paths_with_the_same_texts(profile_gen, tmp_path,
+                                                                     monkeypatch):
+    import transformers.integrations.sdpa_attention as sdpa_mod
+    from glta_align.llm import SDPA_GROUPED
+
+    data, llm, cfg, users = _tiny_setup(tmp_path, users=8, num_layers=2)
+    copies = []
+    repeat = sdpa_mod.repeat_kv
+    monkeypatch.setattr(sdpa_mod, "repeat_kv", lambda x, n: copies.append(n) or repeat(x, n))
+    out = profile_gen.compare_attention(data, llm, users, cfg, rounds=2)
+    assert llm.causal_lm.config._attn_implementation == SDPA_GROUPED  # put back
+    assert copies  # the "sdpa" variant ran transformers' own (heads repeated under a mask)
+    assert list(out["seconds"]) == ["sdpa", SDPA_GROUPED]
+    assert all(len(v) == 2 and min(v) > 0 for v in out["seconds"].values())
+    # the same kernel on the same numbers: every text identical
+    assert out["users_with_identical_texts"][SDPA_GROUPED] == len(users)

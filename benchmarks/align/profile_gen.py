@@ -4,6 +4,8 @@
 ``[user_item] profile_prompt`` (the descriptions run once per user with ``shared``).
 ``--compare-mlp`` (int8) times it with the gated MLPs layer by layer and as one compiled
 graph (``glta_align.int8.Int8GatedMLP``).
+``--compare-attention`` times it with transformers' sdpa attention and the LLM's own
+(grouped-query keys/values read in place, ``glta_align.llm.grouped_sdpa_attention``).
 
 GLTA's path (``glta_align.profiles``): one kind of prompt per batch, the shared instruction
 prefix run once and its key/value cache reused, bodies left-padded after it, keys/values
@@ -147,6 +149,8 @@ def main() -> None:
                     help="int8 only: time generate_profiles on --subset users with each gated "
                          "MLP run layer by layer and as one compiled graph (Int8GatedMLP), "
                          "alternating over --rounds, and stop")
+    ap.add_argument("--compare-attention", action="store_true",
+                    help="time the texts with transformers' sdpa and the LLM's grouped sdpa")
     ap.add_argument("--rounds", type=int, default=2,
                     help="rounds of --compare-batch-sizes / --compare-dtypes")
     ap.add_argument("--note", default="", help="free text stored with the result (machine load)")
@@ -200,6 +204,11 @@ def main() -> None:
         return
     if args.compare_mlp:
         result["mlp"] = compare_mlp(data, llm, subset, cfg, args.rounds)
+        result["loadavg_end"] = list(os.getloadavg())
+        write_result(result, args.json)
+        return
+    if args.compare_attention:
+        result["attention"] = compare_attention(data, llm, subset, cfg, args.rounds)
         result["loadavg_end"] = list(os.getloadavg())
         write_result(result, args.json)
         return
@@ -346,6 +355,36 @@ def compare_mlp(data, llm, users: list[int], cfg: UserItemConfig, rounds: int) -
     one(fused, users[:4])
     runs = {"layers": lambda: one(layers), "fused": lambda: one(fused)}
     return {"mlps": mlps, **alternate(runs, users, rounds, "mlp ")}
+
+
+def compare_attention(data, llm, users: list[int], cfg: UserItemConfig, rounds: int) -> dict:
+    """Seconds of :func:`generate_profiles` (a fresh run directory each time) over ``users``
+    with transformers' sdpa attention (``sdpa``: grouped-query keys/values repeated per head
+    under a mask) and the LLM's own (``sdpa_grouped``: read in place,
+    :func:`glta_align.llm.grouped_sdpa_attention`), alternating over ``rounds`` rounds.
+
+    Returns:
+        :func:`alternate`'s dict with ``sdpa`` first (``ratio_to_first["sdpa_grouped"]``:
+        the speed-up; ``users_with_identical_texts``: the same texts, as they must be).
+    """
+    from glta_align.llm import SDPA_GROUPED
+
+    config = llm.causal_lm.config
+    own = config._attn_implementation
+
+    def one(impl: str, who: list[int] = users) -> dict[int, list[str]]:
+        config._attn_implementation = impl
+        try:
+            with tempfile.TemporaryDirectory() as run:
+                rows = generate_profiles(data, run, llm, cfg, users=who)
+        finally:
+            config._attn_implementation = own
+        return {u: [rows[u]["profile"], rows[u]["predict"]] for u in who}
+
+    for impl in ("sdpa", SDPA_GROUPED):  # warm-up
+        one(impl, users[:4])
+    runs = {"sdpa": lambda: one("sdpa"), SDPA_GROUPED: lambda: one(SDPA_GROUPED)}
+    return alternate(runs, users, rounds, "attention ")
 
 
 def alternate(runs: dict, users: list[int], rounds: int, label: str = "") -> dict:

@@ -107,3 +107,41 @@ def test_lora_trains_only_adapter_and_round_trips(tmp_path, tiny_dir):
     torch.testing.assert_close(again.backbone(input_ids=ids).last_hidden_state,
                                llm.backbone(input_ids=ids).last_hidden_state)
     assert save_lora(load_llm(tiny_dir, dtype="float32"), tmp_path / "x") is None
+
+
+def test_grouped_sdpa_equals_transformers_sdpa(tiny, monkeypatch):
+    # the model's own attention without gradient reads the grouped-query keys/values in
+    # place (no repeat_kv copy) and gives transformers' sdpa outputs bit for bit, padded or
+    # not, prefill and decoding; passes with gradient are transformers' sdpa itself
+    import transformers.integrations.sdpa_attention as sdpa_mod
+
+    from glta_align.llm import SDPA_GROUPED
+
+    config = tiny.causal_lm.config
+    assert config._attn_implementation == SDPA_GROUPED
+    copies = []
+    repeat = sdpa_mod.repeat_kv
+    monkeypatch.setattr(sdpa_mod, "repeat_kv", lambda x, n: copies.append(n) or repeat(x, n))
+    ids = torch.randint(100, 5000, (3, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[0, :4] = 0  # left padding
+    mask[1, :1] = 0
+
+    def run(impl, grad=False):
+        config._attn_implementation = impl
+        try:
+            with torch.set_grad_enabled(grad):
+                out = tiny.causal_lm(input_ids=ids, attention_mask=mask, use_cache=True)
+                step = tiny.causal_lm(input_ids=ids[:, -1:], past_key_values=out.past_key_values,
+                                      attention_mask=torch.cat([mask, mask[:, -1:]], 1))
+            return out.logits, step.logits
+        finally:
+            config._attn_implementation = SDPA_GROUPED
+
+    want = run("sdpa")
+    assert copies  # transformers' sdpa repeats the heads under a mask
+    copies.clear()
+    got = run(SDPA_GROUPED)
+    assert not copies and all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    grad = run(SDPA_GROUPED, grad=True)  # with gradient: transformers' sdpa
+    assert copies and all(torch.equal(a.detach(), b) for a, b in zip(grad, want, strict=True))

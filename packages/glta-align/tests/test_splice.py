@@ -221,28 +221,31 @@ def test_eager_attention_matches_sdpa(tokenizer, padding_side, reuse_prefix):
 
 
 def test_training_attention_only_inside_gradient_passes(tiny, monkeypatch):
-    # eager runs the passes that train; generation and ranking (no grad) keep sdpa, so
-    # profile texts never depend on the machine's choice
+    # eager runs the passes that train; generation and ranking (no grad) keep the model's
+    # sdpa (grouped: glta_align.llm.grouped_sdpa_attention), so profile texts never depend
+    # on the machine's choice
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+    from glta_align.llm import SDPA_GROUPED
+
     seen = []
-    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    for name in ("sdpa", SDPA_GROUPED):
+        def spy(*args, _fn=ALL_ATTENTION_FUNCTIONS[name], _name=name, **kwargs):
+            seen.append(_name)
+            return _fn(*args, **kwargs)
 
-    def spy(*args, **kwargs):
-        seen.append("sdpa")
-        return sdpa(*args, **kwargs)
-
-    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", spy)
+        monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, name, spy)
     tiny.train_attention = "eager"
     runner = SoftPromptRunner(tiny, [1, 2, 3])
     table = torch.randn(3, tiny.hidden_size, requires_grad=True)
     with torch.no_grad():
         runner.hidden_states(_seqs(), table)
-    assert seen and tiny.causal_lm.config._attn_implementation == "sdpa"
+    assert set(seen) == {SDPA_GROUPED}
+    assert tiny.causal_lm.config._attn_implementation == SDPA_GROUPED
     seen.clear()
     runner.hidden_states(_seqs(), table).sum().backward()
-    assert not seen and table.grad is not None  # eager: the sdpa function never ran
-    assert tiny.causal_lm.config._attn_implementation == "sdpa"  # restored after the pass
+    assert not seen and table.grad is not None  # eager: no sdpa function ran
+    assert tiny.causal_lm.config._attn_implementation == SDPA_GROUPED  # restored
 
 
 def _text_first_seqs():
@@ -423,7 +426,9 @@ def test_warm_heads_computes_each_text_once_batched_and_changes_nothing(tiny, mo
     assert sorted(computed) == sorted({(100, 101, 102), (200, 201, 202), (55,)})
     assert [e.kind for e in events] == ["start", "step", "end"]
     assert events[0].stage == "text_cache" and events[-1].step == events[-1].total == 3
-    assert warm.warm_heads(_warm_seqs()) == 0  # all kept already
+    events.clear()
+    assert warm.warm_heads(_warm_seqs(), progress=events.append) == 0  # all kept already
+    assert not events
     with torch.no_grad():
         got = warm.hidden_states(_warm_seqs(), table)
     assert torch.equal(got, want)

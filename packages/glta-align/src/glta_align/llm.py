@@ -113,14 +113,20 @@ class FrozenLLM:
     train_attention: str = "sdpa"
     attention_probe: dict[str, Any] | None = None
 
+    def __post_init__(self) -> None:
+        config = self.causal_lm.config
+        if getattr(config, "_attn_implementation", None) == "sdpa":
+            register_grouped_attention()
+            config._attn_implementation = SDPA_GROUPED
+
     @contextlib.contextmanager
     def attention_scope(self) -> Iterator[None]:
         """Run the model's forward passes inside with :attr:`train_attention` when they
         record gradients; passes without gradients (generation, ranking) keep the model's
-        own implementation (transformers' default, sdpa): on the CPU eager attention trains
-        bf16 SmolLM2 faster but generates text 1.4-1.5x slower, and in bf16 greedy texts
-        follow the kernel's rounding (``benchmarks/RESULTS.md``), so profile texts never
-        depend on the choice."""
+        own implementation (sdpa, as :func:`grouped_sdpa_attention`): on the CPU eager
+        attention trains bf16 SmolLM2 faster but generates text 1.4-1.5x slower, and in
+        bf16 greedy texts follow the kernel's rounding (``benchmarks/RESULTS.md``), so
+        profile texts never depend on the choice."""
         config = self.causal_lm.config
         before = getattr(config, "_attn_implementation", None)
         if not torch.is_grad_enabled() or before == self.train_attention:
@@ -496,6 +502,9 @@ def _write_cache(path: Path, key: str, entry: dict[str, Any]) -> None:
 
 # The grouped-query eager kernel's name in transformers' attention and mask registries.
 GROUPED = "eager_grouped"
+# transformers' sdpa with grouped-query keys/values read in place (grouped_sdpa_attention): the
+# model's own implementation in every FrozenLLM whose model came with sdpa.
+SDPA_GROUPED = "sdpa_grouped"
 ATTENTION_CHOICES = ("auto", "sdpa", "eager", GROUPED)
 # Format of a cached attention-probe entry (entries of another version are measured again;
 # version 1 had no eager_grouped arm).
@@ -538,10 +547,48 @@ def grouped_eager_attention(module: nn.Module, query: torch.Tensor, key: torch.T
     return out, weights.view(B, H, L, S)
 
 
+def grouped_sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
+                           value: torch.Tensor, attention_mask: torch.Tensor | None,
+                           dropout: float = 0.0, scaling: float | None = None,
+                           is_causal: bool | None = None, **kwargs: Any
+                           ) -> tuple[torch.Tensor, None]:
+    """transformers' sdpa attention, without copying keys and values per query head on the CPU.
+
+    With a mask and several query tokens, transformers' sdpa repeats every grouped-query
+    key/value head (``repeat_kv``: a copy of the whole past per layer and call) because
+    CUDA's kernels fall back to the math kernel for masked ``enable_gqa``. On the CPU, without
+    gradient, the same call with ``enable_gqa=True`` reads the shared heads in place and gives
+    the same outputs bit for bit (the same kernel on the same numbers;
+    ``test_grouped_sdpa_equals_transformers_sdpa``). Every other call (a gradient, one query
+    token, no mask, another device) is transformers' own ``sdpa_attention_forward``.
+
+    Args:
+        module: the attention layer; query: ``(B, H, L, d)``; key, value: ``(B, KV, S, d)``;
+        attention_mask: transformers' sdpa mask (boolean or additive, ``(B, 1, L, S)``) or
+            ``None``; dropout, scaling, is_causal: as transformers passes them.
+
+    Returns:
+        ``(output (B, L, H, d), None)`` as transformers' sdpa.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if (query.device.type == "cpu" and attention_mask is not None and query.shape[2] > 1
+            and key.shape[1] != query.shape[1] and not torch.is_grad_enabled()
+            and not kwargs.get("output_attentions") and kwargs.get("softcap") is None
+            and kwargs.get("position_bias") is None):
+        out = nn.functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling,
+            is_causal=False, enable_gqa=True)
+        return out.transpose(1, 2).contiguous(), None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                  scaling=scaling, is_causal=is_causal, **kwargs)
+
+
 def register_grouped_attention() -> None:
-    """Make ``config._attn_implementation = "eager_grouped"`` usable: register
-    :func:`grouped_eager_attention` with transformers' attention functions and eager's
-    additive mask with its mask functions (idempotent)."""
+    """Make ``config._attn_implementation = "eager_grouped"`` (and ``"sdpa_grouped"``)
+    usable: register :func:`grouped_eager_attention` (:func:`grouped_sdpa_attention`) with
+    transformers' attention functions and eager's additive mask (sdpa's mask) with its mask
+    functions (idempotent)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -550,6 +597,10 @@ def register_grouped_attention() -> None:
         AttentionInterface.register(GROUPED, grouped_eager_attention)
     if GROUPED not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
         AttentionMaskInterface.register(GROUPED, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+    if ALL_ATTENTION_FUNCTIONS.get(SDPA_GROUPED) is not grouped_sdpa_attention:
+        AttentionInterface.register(SDPA_GROUPED, grouped_sdpa_attention)
+    if SDPA_GROUPED not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        AttentionMaskInterface.register(SDPA_GROUPED, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
 
 
 def _attention_functions(model: nn.Module) -> tuple[nn.Module, Any, Any] | None:

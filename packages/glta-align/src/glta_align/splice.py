@@ -328,6 +328,8 @@ class SoftPromptRunner:
             key for s, h in zip(seqs, heads, strict=True)
             if h and (key := tuple(s.ids[:h])) not in self._head_cache))
         todo.sort(key=len)
+        if not todo:
+            return 0
         emit(progress, ProgressEvent("text_cache", "start", step=0, total=len(todo),
                                      message="text keys/values"))
         done = 0
