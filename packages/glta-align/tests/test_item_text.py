@@ -47,6 +47,30 @@ def test_stage2_trains_saves_and_checks_fingerprint(toy_run, toy, tiny):
         train_item_text(other, toy_run, cfg, llm=tiny, resume=False)
 
 
+def test_stage2_runs_the_descriptions_without_gradient(toy_run, toy, tiny, monkeypatch):
+    # the shuffled descriptions lead each sample: they run without gradient behind the
+    # prefix (no backward through them); the outputs are those of one whole pass
+    from glta_align.splice import SoftPromptRunner
+
+    shapes, pairs = [], []
+    hidden = SoftPromptRunner.hidden_states
+
+    def spy(self, seqs, table, **kw):
+        out = hidden(self, seqs, table, **kw)
+        shapes.append(self.last_shape)
+        with torch.no_grad():  # one whole pass, for comparison
+            pairs.append((out.detach(), hidden(SoftPromptRunner(self.llm, self.prefix_ids),
+                                               seqs, table)))
+        return out
+
+    monkeypatch.setattr(SoftPromptRunner, "hidden_states", spy)
+    train_item_text(toy, toy_run, ItemTextConfig(epochs=1, batch_size=4, items_per_instance=3),
+                    llm=tiny)
+    assert shapes and all(s.head_len > 0 for s in shapes)
+    for split, whole in pairs:
+        torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-4)
+
+
 def test_stage2_projected_head(toy_run, toy, tiny):
     cfg = ItemTextConfig(epochs=1, batch_size=4, items_per_instance=3, head="projected")
     res = train_item_text(toy, toy_run, cfg, llm=tiny)

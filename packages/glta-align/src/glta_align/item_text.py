@@ -166,9 +166,12 @@ def train_item_text(
     projector = NodeProjector(item_emb.shape[1], llm.hidden_size, cfg.projector,
                               init_scale=tok_rms / in_rms).to(dev)
     head = build_head(cfg, llm.hidden_size, item_emb, projector).to(dev)
+    # the shuffled descriptions lead each sample: with the LLM frozen they run without
+    # gradient and the item tokens and slots attend to their keys/values (text_head: the
+    # same outputs and gradients up to float rounding, no backward through the text)
     runner = SoftPromptRunner(llm, layout.prefix_ids, reuse_prefix=cfg.reuse_prefix,
                               padding_side=cfg.padding_side,
-                              compile=cfg.compile)
+                              compile=cfg.compile, text_head=True)
     slot = slot_vector(llm).to(dev)
     modules = {"projector": projector, "head": head}
     if llm.lora is not None:
