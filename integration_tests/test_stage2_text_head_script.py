@@ -26,6 +26,8 @@ def test_times_both_variants_on_a_runs_graph_with_the_same_losses(
     assert doc["max_abs_loss_diff"] < 1e-4
     assert len(doc["losses"]["whole"]) == len(doc["losses"]["text_head"]) == doc["steps"]
     assert doc["precision"] == "float32" and doc["commit"]
+    assert doc["steps_with_descriptions_without_gradient"] == {"whole": 0,
+                                                               "text_head": doc["steps"]}
     # the module's runner class is put back after each variant
     from glta_align import item_text
     from glta_align.splice import SoftPromptRunner

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
-import functools
 import os
 import shutil
 import sys
@@ -39,27 +38,40 @@ from profile_gen import cpu_model, git_commit
 
 
 def stage2_seconds(data, run: Path, llm, cfg: ItemTextConfig, text_head: bool
-                   ) -> tuple[float, list[float]]:
-    """Train stage 2 into a fresh copy of ``run``'s graph; ``(seconds, per-step losses)``.
+                   ) -> tuple[float, list[float], int]:
+    """Train stage 2 into a fresh copy of ``run``'s graph.
 
     Args:
         data: the run's dataset; run: the finished run directory; llm: the loaded LLM;
         cfg: stage-2 settings; text_head: run the descriptions without gradient (GLTA's
         stage 2) or everything in one pass with gradient (before).
+
+    Returns:
+        ``(seconds, per-step losses, steps whose descriptions ran without gradient)``.
     """
     losses: list[float] = []
+    split = [0]
+
+    class Runner(SoftPromptRunner):
+        def __init__(self, *args, **kwargs) -> None:
+            kwargs["text_head"] = text_head
+            super().__init__(*args, **kwargs)
+
+        def hidden_states(self, *args, **kwargs):
+            out = super().hidden_states(*args, **kwargs)
+            split[0] += int(torch.is_grad_enabled() and self.last_shape.head_len > 0)
+            return out
+
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(run / "graph", Path(tmp) / "graph")
-        runner = functools.partial(SoftPromptRunner, text_head=False) if not text_head \
-            else SoftPromptRunner
-        item_text.SoftPromptRunner = runner  # the class stage 2 builds its runner from
+        item_text.SoftPromptRunner = Runner  # the class stage 2 builds its runner from
         try:
             start = time.perf_counter()
             item_text.train_item_text(
                 data, tmp, cfg, llm=llm, resume=False,
                 progress=lambda e: losses.append(e.metrics["loss"])
                 if e.kind == "step" and "loss" in e.metrics else None)
-            return time.perf_counter() - start, losses
+            return time.perf_counter() - start, losses, split[0]
         finally:
             item_text.SoftPromptRunner = SoftPromptRunner
 
@@ -90,9 +102,11 @@ def main(argv: list[str] | None = None) -> None:
     stage2_seconds(data, run, llm, warm, False)
     secs: dict[str, list[float]] = {"whole": [], "text_head": []}
     losses: dict[str, list[float]] = {}
+    split: dict[str, int] = {}
     for r in range(args.rounds):
         for name in secs:
-            s, losses[name] = stage2_seconds(data, run, llm, cfg, name == "text_head")
+            s, losses[name], split[name] = stage2_seconds(data, run, llm, cfg,
+                                                          name == "text_head")
             secs[name].append(s)
             print(f"round {r + 1}: {name}: {s:.1f} s", flush=True)
     mean = {k: sum(v) / len(v) for k, v in secs.items()}
@@ -105,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         "loadavg": list(os.getloadavg()), "instances": args.instances,
         "steps": len(losses["whole"]), "seconds": secs,
         "ratio_whole_over_text_head": mean["whole"] / mean["text_head"],
-        "losses": losses,
+        "losses": losses, "steps_with_descriptions_without_gradient": split,
         "max_abs_loss_diff": max(abs(a - b) for a, b in
                                  zip(losses["whole"], losses["text_head"], strict=True)),
     }
