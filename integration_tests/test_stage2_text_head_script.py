@@ -26,6 +26,9 @@ def test_times_both_variants_on_a_runs_graph_with_the_same_losses(
     assert doc["max_abs_loss_diff"] < 1e-4
     assert len(doc["losses"]["whole"]) == len(doc["losses"]["text_head"]) == doc["steps"]
     assert doc["precision"] == "float32" and doc["commit"]
+    # a run without a saved config: the default preset's stage 2, on --instances instances
+    assert doc["settings"]["head"] == "projected" and doc["settings"]["description_tokens"] == 16
+    assert doc["settings"]["max_instances"] == 16
     assert doc["steps_with_descriptions_without_gradient"] == {"whole": 0,
                                                                "text_head": doc["steps"]}
     # the module's runner class is put back after each variant

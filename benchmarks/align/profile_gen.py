@@ -285,6 +285,14 @@ def compare_batch_sizes(llm, prompts: dict, users: list[int], cfg: UserItemConfi
     return alternate(runs, users, rounds, "batch ")
 
 
+def texts_of(data, llm, cfg: UserItemConfig, users: list[int]) -> dict[int, list[str]]:
+    """``{user: [profile, prediction]}`` from :func:`generate_profiles` into a fresh, temporary
+    run directory (nothing reused from an earlier call)."""
+    with tempfile.TemporaryDirectory() as run:
+        rows = generate_profiles(data, run, llm, cfg, users=users)
+    return {u: [rows[u]["profile"], rows[u]["predict"]] for u in users}
+
+
 def compare_profile_prompts(data, llm, users: list[int], cfg: UserItemConfig,
                             layouts: list[str], rounds: int) -> dict:
     """Seconds of :func:`generate_profiles` (a fresh run directory each time) over ``users``
@@ -309,10 +317,7 @@ def compare_profile_prompts(data, llm, users: list[int], cfg: UserItemConfig,
                                             for u in users]))
 
     def one(layout: str) -> dict[int, list[str]]:
-        c = dataclasses.replace(cfg, profile_prompt=layout)
-        with tempfile.TemporaryDirectory() as run:
-            rows = generate_profiles(data, run, llm, c, users=users)
-        return {u: [rows[u]["profile"], rows[u]["predict"]] for u in users}
+        return texts_of(data, llm, dataclasses.replace(cfg, profile_prompt=layout), users)
 
     one(layouts[0])  # warm-up
     runs = {layout: (lambda layout=layout: one(layout)) for layout in layouts}
@@ -345,11 +350,9 @@ def compare_mlp(data, llm, users: list[int], cfg: UserItemConfig, rounds: int) -
     def one(forward, who: list[int] = users) -> dict[int, list[str]]:
         int8.Int8GatedMLP.forward = forward
         try:
-            with tempfile.TemporaryDirectory() as run:
-                rows = generate_profiles(data, run, llm, cfg, users=who)
+            return texts_of(data, llm, cfg, who)
         finally:
             int8.Int8GatedMLP.forward = fused
-        return {u: [rows[u]["profile"], rows[u]["predict"]] for u in who}
 
     one(layers, users[:4])  # warm-up (compiles both)
     one(fused, users[:4])
@@ -375,11 +378,9 @@ def compare_attention(data, llm, users: list[int], cfg: UserItemConfig, rounds: 
     def one(impl: str, who: list[int] = users) -> dict[int, list[str]]:
         config._attn_implementation = impl
         try:
-            with tempfile.TemporaryDirectory() as run:
-                rows = generate_profiles(data, run, llm, cfg, users=who)
+            return texts_of(data, llm, cfg, who)
         finally:
             config._attn_implementation = own
-        return {u: [rows[u]["profile"], rows[u]["predict"]] for u in who}
 
     for impl in ("sdpa", SDPA_GROUPED):  # warm-up
         one(impl, users[:4])

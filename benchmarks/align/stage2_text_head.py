@@ -30,6 +30,7 @@ from glta_align import item_text
 from glta_align.config import ItemTextConfig
 from glta_align.llm import load_llm, quiet_transformers
 from glta_align.splice import SoftPromptRunner
+from glta_cli.config import load_config
 from glta_gllm.checkpoint import atomic_write_json
 from glta_graph.data import Interactions
 
@@ -93,10 +94,12 @@ def main(argv: list[str] | None = None) -> None:
     run = Path(args.run)
     data = Interactions.load(run / "dataset")
     llm = load_llm(args.llm, dtype=args.dtype)
-    # the default preset's stage 2 (on as many items as there are instances, at most)
-    n = min(5, data.num_items)
-    cfg = ItemTextConfig(epochs=1, batch_size=8, description_tokens=16, head="projected",
-                         items_per_instance=n, max_instances=args.instances, save_every=10**6)
+    # the run's own stage-2 settings (the default preset's for a run without a saved config),
+    # on --instances instances, no state saved in between
+    saved = run / "resolved-config.toml"
+    base = load_config("default", saved if saved.is_file() else None).item_text
+    cfg = dataclasses.replace(base, epochs=1, max_instances=args.instances, save_every=10**6,
+                              items_per_instance=min(base.items_per_instance, data.num_items))
     warm = dataclasses.replace(cfg, max_instances=8)
     stage2_seconds(data, run, llm, warm, True)  # warm-up
     stage2_seconds(data, run, llm, warm, False)
@@ -117,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__, "precision": llm.precision, "note": args.note,
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "loadavg": list(os.getloadavg()), "instances": args.instances,
+        "settings": cfg.to_dict(),
         "steps": len(losses["whole"]), "seconds": secs,
         "ratio_whole_over_text_head": mean["whole"] / mean["text_head"],
         "losses": losses, "steps_with_descriptions_without_gradient": split,

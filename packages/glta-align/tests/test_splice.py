@@ -436,6 +436,14 @@ def test_warm_heads_computes_each_text_once_batched_and_changes_nothing(tiny, mo
     # nothing to keep: a no-op
     assert SoftPromptRunner(tiny, prefix, text_head=True).warm_heads(_warm_seqs()) == 0
     assert SoftPromptRunner(tiny, prefix, head_cache_mb=1).warm_heads(_warm_seqs()) == 0
+    lora_like = SoftPromptRunner(tiny, prefix, text_head=True, head_cache_mb=1)
+    assert lora_like.keeps_texts
+    weight = tiny.backbone.layers[0].mlp.up_proj.weight
+    weight.requires_grad_(True)  # trainable LLM weights (LoRA): texts are recomputed
+    try:
+        assert not lora_like.keeps_texts and lora_like.warm_heads(_warm_seqs()) == 0
+    finally:
+        weight.requires_grad_(False)
     # over the budget: computed, noted, not kept
     tight = SoftPromptRunner(tiny, prefix, text_head=True, head_cache_mb=1e-9)
     assert tight.warm_heads(_warm_seqs()) == 3

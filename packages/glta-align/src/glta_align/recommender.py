@@ -277,9 +277,8 @@ class GLTARecommender:
             raise ValueError(f"k = {k} is larger than the catalogue of {self.data.num_items} items "
                              f"minus the {worst} excluded for some user")
         self._ensure_profiles(arr, progress)
-        if self.llm.lora is None:
-            warm_text_heads(self.runner, self.prompter, self.data, self.config,
-                            [int(u) for u in arr if int(u) not in self.slots], progress)
+        warm_text_heads(self.runner, self.prompter, self.data, self.config,
+                        [int(u) for u in arr if int(u) not in self.slots], progress)
         order = np.argsort([self.prompter.length(eval_sample(self.data, self.config, int(u)))
                             for u in arr], kind="stable")
         scores = torch.empty(len(arr), k)

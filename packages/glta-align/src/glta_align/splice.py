@@ -224,6 +224,13 @@ class SoftPromptRunner:
         self._head_not_kept.clear()
         self.release()
 
+    @property
+    def keeps_texts(self) -> bool:
+        """Whether leading texts are computed once and kept: ``text_head`` with a cached
+        prefix, ``head_cache_mb > 0`` and no trainable LLM weights (LoRA recomputes them)."""
+        return bool(self.text_head and self.head_cache_mb > 0 and self.reuse_prefix
+                    and self.prefix_ids and not self.llm.trainable_parameters())
+
     def head_cache_stats(self) -> dict[str, object]:
         """What the text-head cache holds: ``{"texts": kept, "not_kept": distinct texts met
         but over the budget (recomputed each time they come back), "mib": kept MiB,
@@ -308,8 +315,7 @@ class SoftPromptRunner:
         """Compute and keep the leading texts of ``seqs`` that are not kept yet, texts of one
         length batched together (:meth:`_rows_head`: what a batch meeting the text would
         compute, up to float rounding; bit for bit in int8), so that later calls only read
-        them. A no-op unless texts are kept (``text_head``, ``head_cache_mb > 0``, a
-        prefix, no trainable LLM weights).
+        them. A no-op unless texts are kept (:attr:`keeps_texts`).
 
         Args:
             seqs: samples as :meth:`hidden_states` takes them (their soft rows are not read).
@@ -318,8 +324,7 @@ class SoftPromptRunner:
         Returns:
             The number of texts computed.
         """
-        if not (self.text_head and self.head_cache_mb > 0 and self.reuse_prefix
-                and self.prefix_ids) or self.llm.trainable_parameters():
+        if not self.keeps_texts:
             return 0
         with torch.no_grad():
             kv = self._prefix_kv()
@@ -359,7 +364,7 @@ class SoftPromptRunner:
         mask_t = torch.from_numpy(mask).to(dev)
         P = kv[0][0].shape[-2]
         self._head_rows = None
-        if self.head_cache_mb > 0 and not self.llm.trainable_parameters():
+        if self.keeps_texts:  # _run_head is only called with text_head and a prefix
             missing = [tuple(r) for r in rows if r and tuple(r) not in self._head_cache]
             fresh = self._compute_heads(missing, kv)
             self._keep_heads(fresh)

@@ -123,7 +123,8 @@ def warm_text_heads(runner: SoftPromptRunner, prompter: UserPrompter, data: Inte
                     cfg: UserItemConfig, users: Sequence[int],
                     progress: ProgressCallback | None = None) -> int:
     """Compute the leading texts of ``users``' prompts ahead, batched by length
-    (:meth:`SoftPromptRunner.warm_heads`; a no-op when the runner keeps no texts).
+    (:meth:`SoftPromptRunner.warm_heads`; a no-op, building no prompt, when the runner keeps
+    no texts: :attr:`SoftPromptRunner.keeps_texts`).
 
     Args:
         runner: the stage-3 runner (:func:`user_item_runner`).
@@ -135,7 +136,7 @@ def warm_text_heads(runner: SoftPromptRunner, prompter: UserPrompter, data: Inte
     Returns:
         The number of texts computed.
     """
-    if not (runner.text_head and runner.head_cache_mb > 0) or not len(users):
+    if not runner.keeps_texts or not len(users):
         return 0
     seqs = prompter.build([eval_sample(data, cfg, int(u)) for u in users])[0]
     return runner.warm_heads(seqs, progress=progress)
@@ -537,12 +538,10 @@ def train_user_item(
             return masked_slot_loss(head(rows), targets, seen)
         return head.loss(hidden.reshape(-1, hidden.shape[-1]), targets)
 
-    if llm.lora is None:  # every text epoch 1 and the validation meet, batched by length
-        warm = [epoch_users(0)]
-        if cfg.patience is not None:
-            warm.append(data.users_with("valid"))
-        warm_text_heads(runner, prompter, data, cfg, np.unique(np.concatenate(warm)).tolist(),
-                        progress)
+    # every text the first epoch and the validation meet, batched by length
+    warm = [epoch_users(0)] + ([data.users_with("valid")] if cfg.patience is not None else [])
+    warm_text_heads(runner, prompter, data, cfg, np.unique(np.concatenate(warm)).tolist(),
+                    progress)
     validate = None
     kept_slots: dict[int, tuple[float, dict[int, torch.Tensor]]] = {}
     if cfg.patience is not None:
