@@ -42,3 +42,19 @@ def test_summary_counts_epochs_and_the_valid_cost_per_patience(align_script, tmp
     assert one["valid_mean_diff_to_patience_2"] == pytest.approx((0.2 - 0.3) / 2)
     assert two["valid_mean_diff_to_patience_2"] == 0.0
     assert res["commit"] and "patience_replay.py" in res["command"]
+
+
+def test_rows_filter_keeps_only_the_named_rows(align_script, tmp_path):
+    script = align_script("patience_replay")
+
+    def run(row, seed):
+        return {"dataset": "ml-100k", "row": row, "seed": seed,
+                "result": {"stage3": {"valid_ndcg@10": [0.2, 0.1, 0.3]}}}
+
+    src = tmp_path / "ablation.json"
+    src.write_text(json.dumps({"runs": [run("full", 0), run("no-text", 0), run("no-text", 1)]}))
+    out = tmp_path / "replay.json"
+    script.main([str(src), "--rows", "no-text", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert [(r["row"], r["seed"]) for r in res["runs"]] == [("no-text", 0), ("no-text", 1)]
+    assert res["summary"]["1"]["runs"] == 2

@@ -56,8 +56,10 @@ def replay(curve: Sequence[float], patience: int) -> dict:
     return {"kept": kept, "valid": best, "epochs_run": len(curve)}
 
 
-def summarise(files: Sequence[str], patiences: Sequence[int]) -> dict:
-    """Every recorded stage-3 curve of ``files`` replayed at each of ``patiences``.
+def summarise(files: Sequence[str], patiences: Sequence[int],
+              rows: Sequence[str] | None = None) -> dict:
+    """Every recorded stage-3 curve of ``files`` (of the ``rows`` named, or all) replayed at
+    each of ``patiences``.
 
     The curves must have been recorded with a patience >= max(patiences) (or none): a run
     that stopped earlier would not show what a larger patience does.
@@ -73,7 +75,7 @@ def summarise(files: Sequence[str], patiences: Sequence[int]) -> dict:
         for r in data["runs"]:
             stage3 = r.get("result", {}).get("stage3", {})
             curve = stage3.get("valid_ndcg@10")
-            if not isinstance(curve, list) or not curve:
+            if not isinstance(curve, list) or not curve or (rows and r["row"] not in rows):
                 continue
             runs.append({"file": Path(f).name, "dataset": r["dataset"], "row": r["row"],
                          "seed": r["seed"], "curve": curve,
@@ -101,15 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("files", nargs="+", help="ablation JSONs (ablations.py --out)")
     ap.add_argument("--patience", default="1,2", help="comma-separated patiences to replay")
+    ap.add_argument("--rows", default="", help="comma-separated rows to replay (default: all)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     patiences = sorted({int(p) for p in args.patience.split(",")})
+    rows = [r for r in args.rows.split(",") if r]
     result = {"command": " ".join(["python", "benchmarks/align/patience_replay.py",
                                    *(argv if argv is not None else sys.argv[1:])]),
               "commit": git_commit(), "date": dt.date.today().isoformat(),
               "what": "stage 3's valid N@10 curves of the runs in the files, replayed with "
                       "each patience (kept epoch, its valid N@10, epochs run); valid only",
-              **summarise(args.files, patiences)}
+              **summarise(args.files, patiences, rows)}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     for p, s in result["summary"].items():
         print(f"patience {p}: {s}")
