@@ -58,3 +58,36 @@ def test_rows_filter_keeps_only_the_named_rows(align_script, tmp_path):
     res = json.loads(out.read_text())
     assert [(r["row"], r["seed"]) for r in res["runs"]] == [("no-text", 0), ("no-text", 1)]
     assert res["summary"]["1"]["runs"] == 2
+
+
+@pytest.mark.parametrize("curve", [[0.20, 0.22, 0.21, 0.23, 0.19, 0.18],
+                                   [0.3, 0.3, 0.4, 0.1, 0.1, 0.1],
+                                   [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])
+@pytest.mark.parametrize("patience", [1, 2, 3])
+def test_replay_agrees_with_the_stage_loop(align_script, tmp_path, curve, patience):
+    """The replay's rule is the training loop's: the same kept epoch and epochs trained as
+    ``glta_align._common.run_loop`` fed the curve as its validation scores."""
+    from dataclasses import asdict, dataclass
+
+    import torch
+    from glta_align._common import run_loop
+
+    @dataclass
+    class Cfg:
+        epochs: int = len(curve)
+        save_every: int = 1
+        seed: int = 0
+
+        def to_dict(self):
+            return asdict(self)
+
+    model = torch.nn.Linear(2, 1)
+    res = run_loop(stage="t", run_dir=tmp_path, fingerprint="fp", config=Cfg(),
+                   modules={"m": model}, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                   make_batches=lambda e: [[0]], loss_fn=lambda b: model(torch.ones(1, 2)).sum(),
+                   progress=None, resume=False, patience=patience,
+                   validate=lambda epoch: {"ndcg@10": curve[epoch]})
+    got = align_script("patience_replay").replay(curve, patience)
+    assert got["kept"] == res.best_epoch
+    assert got["epochs_run"] == len(res.epoch_losses)
+    assert got["valid"] == res.best_metrics["ndcg@10"]

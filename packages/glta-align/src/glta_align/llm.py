@@ -560,7 +560,10 @@ def grouped_sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Te
     gradient, the same call with ``enable_gqa=True`` reads the shared heads in place and gives
     the same outputs bit for bit (the same kernel on the same numbers;
     ``test_grouped_sdpa_equals_transformers_sdpa``). Every other call (a gradient, one query
-    token, no mask, another device) is transformers' own ``sdpa_attention_forward``.
+    token, no mask, another device) is transformers' own ``sdpa_attention_forward``: with one
+    query token and a padding mask ``enable_gqa`` takes another kernel path (on SmolLM2
+    outputs differ by up to 3e-6, enough to change most greedy texts) and measured no faster
+    in generation (2026-12-06, AMD EPYC).
 
     Args:
         module: the attention layer; query: ``(B, H, L, d)``; key, value: ``(B, KV, S, d)``;
