@@ -35,3 +35,10 @@ def test_config_show_errors(runner, tmp_path):
     broken.write_text("[graph\n", encoding="utf-8")
     bad_file = runner.invoke(app, ["config", "show", "--config", str(broken)])
     assert bad_file.exit_code == 2 and "broken.toml" in bad_file.stderr
+
+
+def test_bad_malloc_setting_exits_2_naming_the_variable(runner):
+    result = runner.invoke(app, ["config", "show", "--preset", "smoke"],
+                           env={"GLTA_MALLOC": "tcmalloc"})
+    assert result.exit_code == 2
+    assert "GLTA_MALLOC='tcmalloc'" in result.output and "system" in result.output

@@ -271,6 +271,8 @@ def test_pipeline_end_to_end_tiny_llm(runner, ratings_csv, tiny_model_dir, tmp_p
     result = runner.invoke(app, ["pipeline", *args])
     assert result.exit_code == 0, result.output
     assert "LightGCN" in result.stdout and "GLTA" in result.stdout and "P@10" in result.stdout
+    # what the allocator was set to (glta's start-up call; GLTA_MALLOC=system keeps glibc's)
+    assert re.search(r"memory: (glibc malloc keeps freed blocks|.*malloc defaults)", result.output)
     metrics = json.loads((run / "metrics.json").read_text())
     for model in ("lightgcn", "glta"):
         assert metrics[model]["test"]["users"] > 0

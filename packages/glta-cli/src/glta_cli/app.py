@@ -42,6 +42,13 @@ def _main(
     ] = False,
 ) -> None:
     """GLTA command line."""
+    from glta_graph.malloc import keep_freed_memory
+
+    try:  # before any tensor work: every command reuses freed memory (GLTA_MALLOC=system: not)
+        keep_freed_memory()
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
 
 
 app.add_typer(data.app, name="data")

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from glta_gllm.checkpoint import FingerprintMismatchError, atomic_write_json
+from glta_graph.malloc import last_setting
 
 from glta_cli.config import ConfigError, GLTAConfig, load_config, write_config
 from glta_cli.runs import (
@@ -740,6 +741,8 @@ def _open_run(config: GLTAConfig, restart: bool, progress: Any | None,
     note = _start_run_dir(run_dir, restart, inputs=[config.data.source], locks=locks)
     if note:
         log(note)
+    if (malloc := last_setting()) is not None:
+        log(f"memory: {malloc.detail}")
     state = _read_state(run_dir)
     stages: dict[str, Any] = state.setdefault("stages", {})
     state.setdefault("histories", {})
