@@ -156,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         "returncode": rc,
         "wall_s": round(wall, 1),
         "user_cpu_s": round(usage.ru_utime, 1), "system_cpu_s": round(usage.ru_stime, 1),
-        "peak_rss_kb": usage.ru_maxrss,
+        "peak_rss_kb": usage.ru_maxrss, "minor_page_faults": usage.ru_minflt,
+        "memory": next((line.strip() for line in text.splitlines()
+                        if line.strip().startswith("memory: ")), None),
         "profile_generation_s": profile_seconds(text),
         **read_run(out),
         "log_tail": text.splitlines()[-12:],
