@@ -37,6 +37,7 @@ def test_probe_measures_once_then_reads_the_cache(monkeypatch):
     monkeypatch.setattr(llm_mod, "_time_products", fake_time)
     monkeypatch.setattr(llm_mod, "_cpu_supports", lambda name: True)
     monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: True)
+    monkeypatch.setattr(llm_mod, "_flag_rule", lambda lora: "bfloat16")  # flags agree
     first = precision_probe(SHAPE)
     assert first["source"] == "probe" and first["choice"] == "bfloat16"
     assert first["gflops"] == {"float32": 100.0, "bfloat16": 600.0, "int8": 500.0}
@@ -75,6 +76,7 @@ def test_busy_machine_probe_is_used_but_not_cached(monkeypatch):
     monkeypatch.setattr(llm_mod, "_cpu_supports", lambda name: True)
     monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: False)
     monkeypatch.setattr(llm_mod, "_busy_load", lambda: 7.5)
+    monkeypatch.setattr(llm_mod, "_flag_rule", lambda lora: "bfloat16")
     busy = precision_probe(SHAPE, repeats=2)
     assert busy["choice"] == "bfloat16" and busy["gflops"] == {"float32": 100.0,
                                                               "bfloat16": 700.0}
@@ -84,6 +86,67 @@ def test_busy_machine_probe_is_used_but_not_cached(monkeypatch):
     quiet = precision_probe(SHAPE, repeats=1)
     assert quiet["source"] == "probe" and "busy_load" not in quiet
     assert precision_probe(SHAPE)["source"] == "cache"
+
+
+def test_a_choice_against_the_flags_is_measured_again(monkeypatch):
+    # an AMD EPYC's probe (int8 per its flags) once measured every candidate in a slow
+    # spell (fp32 123, bf16 311, int8 265 GFLOP/s) and cached bf16; measured again, int8
+    # takes its usual lead and is chosen
+    slow = {"float32": 123.0, "bfloat16": 311.0, "int8": 265.0}
+    usual = {"float32": 170.0, "bfloat16": 390.0, "int8": 600.0}
+    calls = []
+
+    def fake_time(shapes, precision, rows, repeats):
+        calls.append(precision)
+        return (slow if len(calls) <= 9 else usual)[precision]
+
+    monkeypatch.setattr(llm_mod, "_time_products", fake_time)
+    monkeypatch.setattr(llm_mod, "_cpu_supports", lambda name: True)
+    monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: True)
+    monkeypatch.setattr(llm_mod, "_flag_rule", lambda lora: "int8")
+    out = precision_probe(SHAPE)
+    assert out["choice"] == "int8" and out["gflops"] == usual and out["rounds"] == 6
+    assert len(calls) == 18 and out["flag_rule"] == "int8"
+    # agreeing with the flags the first time: no second measurement
+    calls.clear()
+    monkeypatch.setattr(llm_mod, "_time_products",
+                        lambda s, p, r, n: calls.append(p) or usual[p])
+    again = precision_probe(SHAPE, refresh=True)
+    assert again["choice"] == "int8" and again["rounds"] == 3 and len(calls) == 9
+
+
+def test_a_measurement_that_holds_twice_overrides_the_flags(monkeypatch):
+    calls = []
+    monkeypatch.setattr(llm_mod, "_time_products", lambda s, p, r, n: calls.append(p) or
+                        {"float32": 100.0, "bfloat16": 500.0, "int8": 300.0}[p])
+    monkeypatch.setattr(llm_mod, "_cpu_supports", lambda name: True)
+    monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: True)
+    monkeypatch.setattr(llm_mod, "_flag_rule", lambda lora: "int8")
+    out = precision_probe(SHAPE)
+    assert out["choice"] == "bfloat16" and out["rounds"] == 6 and len(calls) == 18
+    assert precision_probe(SHAPE)["source"] == "cache"
+
+
+def test_each_measurement_fills_the_probe_window(monkeypatch):
+    # a fake clock: every product takes 1 ms, so one pass over the 4 shapes takes 4 ms and
+    # a 50 ms window needs 13 passes
+    import time
+
+    clock = [0.0]
+    calls = []
+
+    def linear(x, w):
+        calls.append(1)
+        clock[0] += 1e-3
+        return x
+
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(torch.nn.functional, "linear", linear)
+    monkeypatch.setattr(llm_mod, "PROBE_WINDOW_S", 0.05)
+    shapes = llm_mod._linear_shapes(SHAPE)
+    rate = llm_mod._time_products(shapes, "float32", 16, 2)
+    assert len(calls) == 4 * (1 + 1 + 2 * 13)  # warm-up, one timed pass, 2 windows of 13
+    assert rate == pytest.approx(sum(2.0 * 16 * k * n for k, n in shapes) / 4e-3 / 1e9)
 
 
 def test_busy_load_compares_with_the_cpu_count(monkeypatch):

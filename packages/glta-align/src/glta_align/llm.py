@@ -275,8 +275,9 @@ def _flag_rule(lora: object) -> str:
 
 
 # Format of a cached probe entry; entries of another version are measured again (version 1,
-# written before busy-machine probes were kept out of the cache, may hold loaded figures).
-PROBE_CACHE_VERSION = 2
+# written before busy-machine probes were kept out of the cache, may hold loaded figures;
+# version 2, timed over single 3-10 ms passes, may hold one stall's figures).
+PROBE_CACHE_VERSION = 3
 
 
 def probe_cache_path() -> Path:
@@ -308,10 +309,18 @@ def _linear_shapes(config: Any) -> list[tuple[int, int]]:
     return [(h, heads * hd + 2 * kv * hd), (heads * hd, h), (h, 2 * inter), (inter, h)]
 
 
+# Shortest timed window of one probe measurement (the products repeated until it is
+# filled): one pass over a layer's products at 256 rows takes 3-10 ms, short enough for one
+# stall to halve a candidate's rate (an AMD EPYC's probe once measured int8 at 265 instead
+# of ~600 GFLOP/s and cached bf16).
+PROBE_WINDOW_S = 0.05
+
+
 def _time_products(shapes: list[tuple[int, int]], precision: str, rows: int,
                    repeats: int) -> float:
     """GFLOP/s of ``rows`` x (in, out) products over ``shapes`` in ``precision`` (best of
-    ``repeats``, after one warm-up)."""
+    ``repeats`` windows of at least :data:`PROBE_WINDOW_S` each, after one warm-up pass)."""
+    import math
     import time
 
     gen = torch.Generator().manual_seed(0)
@@ -331,14 +340,19 @@ def _time_products(shapes: list[tuple[int, int]], precision: str, rows: int,
             xd, wd = x.to(dt), w.to(dt)
             work.append(lambda xd=xd, wd=wd: torch.nn.functional.linear(xd, wd))
     flops = sum(2.0 * rows * k * n for k, n in shapes)
-    best = float("inf")
-    for rep in range(repeats + 1):
+
+    def one_pass() -> float:
         t0 = time.perf_counter()
         for fn in work:
             fn()
-        dt_s = time.perf_counter() - t0
-        if rep:
-            best = min(best, dt_s)
+        return time.perf_counter() - t0
+
+    one_pass()  # warm-up
+    single = one_pass()
+    best = single
+    passes = max(1, math.ceil(PROBE_WINDOW_S / max(single, 1e-6)))
+    for _ in range(max(1, repeats)):
+        best = min(best, sum(one_pass() for _ in range(passes)) / passes)
     return flops / best / 1e9
 
 
@@ -407,6 +421,13 @@ def _busy_marks(before: tuple[float, float, float] | None) -> dict[str, float]:
     return marks
 
 
+def _choose(gflops: dict[str, float]) -> str:
+    """The fastest precision of a probe's ``gflops`` when it beats fp32 by at least 10%,
+    else ``"float32"``."""
+    best = max(gflops, key=lambda c: gflops[c])
+    return best if gflops[best] >= 1.1 * gflops["float32"] else "float32"
+
+
 def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeats: int = 3,
                     refresh: bool = False) -> dict[str, Any]:
     """The CPU precision ``dtype="auto"`` uses for an LLM of ``config``'s shape, by measurement.
@@ -415,7 +436,10 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     (when the CPU has bf16 instructions) and int8 (with VNNI; not with LoRA, which needs
     float weights), once per machine: the result is cached in :func:`probe_cache_path`,
     keyed by CPU model, torch version, thread count and the shapes. The candidates are timed
-    interleaved; the fastest is chosen when it beats fp32 by at least 10% (else fp32). A
+    interleaved, each in windows of at least :data:`PROBE_WINDOW_S`; the fastest is chosen
+    when it beats fp32 by at least 10% (else fp32). When that differs from what the CPU flags
+    predict (bf16 with AMX, else int8 with VNNI), every candidate is measured again and each
+    keeps its best, so a measurement overrides the flags only when it holds twice. A
     probe run while the load average exceeds the CPU count, or while other processes take
     more than a quarter of the machine's CPU time (read from ``/proc/stat`` around the
     probe), is used but not cached (``"busy_load"`` / ``"busy_share"`` in the result), so a
@@ -451,22 +475,31 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
             and hit.get("version") == PROBE_CACHE_VERSION):
         return {**hit, "source": "cache", "key": key}
     snap = _cpu_snapshot()
+    expected = _flag_rule(lora)
+    rounds = max(1, repeats)
     try:
         # candidates interleaved, best of `repeats` each: load from other processes then
         # slows every candidate alike instead of whichever ran while it lasted
         rates = {c: 0.0 for c in candidates}
-        for _ in range(max(1, repeats)):
+        for _ in range(rounds):
             for c in candidates:
                 rates[c] = max(rates[c], _time_products(shapes, c, rows, 1))
+        if _choose(rates) != expected and expected in candidates:
+            # the measurement contradicts what the CPU's flags predict: measure every
+            # candidate again and keep each one's best, so one slow spell cannot decide
+            for _ in range(rounds):
+                for c in candidates:
+                    rates[c] = max(rates[c], _time_products(shapes, c, rows, 1))
+            rounds *= 2
         gflops = {c: round(v, 3) for c, v in rates.items()}
     except Exception as exc:  # a failing kernel must not stop the load
-        return {"choice": _flag_rule(lora), "gflops": {}, "source": "flags", "key": key,
+        return {"choice": expected, "gflops": {}, "source": "flags", "key": key,
                 "error": f"{type(exc).__name__}: {exc}"}
-    best = max(gflops, key=lambda c: gflops[c])
-    choice = best if gflops[best] >= 1.1 * gflops["float32"] else "float32"
+    choice = _choose(gflops)
     entry = {"version": PROBE_CACHE_VERSION, "choice": choice, "gflops": gflops,
              "cpu": key_parts[0], "torch": torch.__version__,
-             "threads": key_parts[2], "shapes": shapes, "rows": rows,
+             "threads": key_parts[2], "shapes": shapes, "rows": rows, "rounds": rounds,
+             "flag_rule": expected,
              "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     busy = _busy_marks(snap)
     if busy:  # measured on a busy machine: used now, measured again next time
