@@ -23,7 +23,6 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from profile_gen import cpu_model, git_commit, write_result  # this folder's helpers
 
