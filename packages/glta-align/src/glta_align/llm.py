@@ -477,19 +477,21 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     snap = _cpu_snapshot()
     expected = _flag_rule(lora)
     rounds = max(1, repeats)
-    try:
+    rates = {c: 0.0 for c in candidates}
+
+    def measure() -> None:
         # candidates interleaved, best of `repeats` each: load from other processes then
         # slows every candidate alike instead of whichever ran while it lasted
-        rates = {c: 0.0 for c in candidates}
-        for _ in range(rounds):
+        for _ in range(max(1, repeats)):
             for c in candidates:
                 rates[c] = max(rates[c], _time_products(shapes, c, rows, 1))
+
+    try:
+        measure()
         if _choose(rates) != expected and expected in candidates:
             # the measurement contradicts what the CPU's flags predict: measure every
             # candidate again and keep each one's best, so one slow spell cannot decide
-            for _ in range(rounds):
-                for c in candidates:
-                    rates[c] = max(rates[c], _time_products(shapes, c, rows, 1))
+            measure()
             rounds *= 2
         gflops = {c: round(v, 3) for c, v in rates.items()}
     except Exception as exc:  # a failing kernel must not stop the load
