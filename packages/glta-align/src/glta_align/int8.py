@@ -1,7 +1,8 @@
 """Int8 matrix products for the frozen LLM on CPUs without fast bf16 (``dtype="int8"``).
 
 On CPUs with AVX512-VNNI but no AMX, int8 matrix products (``torch._int_mm``) run several
-times faster than fp32 ones, while bf16 ones run slower than fp32 (measured with
+times faster than fp32 ones, and faster than bf16 ones (slower than fp32 on a Xeon without
+AMX, 2.4x fp32 on an AMD EPYC Zen 4; measured with
 ``benchmarks/gllm/compare.py sgemm --dtypes float32,bfloat16,int8``; figures in
 ``benchmarks/RESULTS.md``). Since GLTA's LLM is frozen,
 every ``nn.Linear`` of its decoder can be replaced by :class:`Int8Linear`:

@@ -776,8 +776,9 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     """Turn ``"auto" | "float32" | "bfloat16" | "float16" | torch.dtype`` into a dtype.
 
     ``"auto"``: bf16 on CUDA when supported (else fp16); on the CPU bf16 only with AMX
-    (where oneDNN's bf16 kernels are fast), fp32 otherwise: on the AVX512-BF16 CPU this was
-    built on, bf16 measured slower than fp32. (On such a CPU with VNNI, :func:`load_llm`'s
+    (where oneDNN's bf16 kernels are fast), fp32 otherwise: on the AVX512-BF16 Xeon without
+    AMX this was built on, bf16 measured slower than fp32 (on an AMD EPYC Zen 4 it is faster,
+    which :func:`precision_probe` measures). (On a CPU with VNNI, :func:`load_llm`'s
     ``"auto"`` then also turns the linear layers into int8 ones; this function only names the
     weight dtype, fp32 there.)
     """
