@@ -46,6 +46,7 @@ from glta_graph.adjacency import GraphPropagator, normalized_adjacency
 from glta_graph.data import PrepareConfig, load_dataset
 from glta_graph.evaluate import evaluate_embeddings, update_metrics
 from glta_graph.lightgcn import LightGCN
+from glta_graph.malloc import keep_freed_memory
 from glta_graph.train import (
     LightGCNConfig,
     NegativeSampler,
@@ -167,7 +168,8 @@ def cmd_speed(args: argparse.Namespace) -> None:
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    result = {"environment": environment(device), "command": " ".join(sys.argv), "rows": rows}
+    result = {"environment": {**environment(device), "malloc": args.malloc_detail},
+              "command": " ".join(sys.argv), "rows": rows}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -238,6 +240,9 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--layers", type=int, default=3)
         p.add_argument("--batch-size", type=int, default=2048)
         p.add_argument("--threads", type=int, default=None)
+        p.add_argument("--malloc", choices=("system", "keep"), default="system",
+                       help="glibc malloc as it is (system) or as `glta` sets it (keep: "
+                            "glta_graph.malloc.keep_freed_memory)")
     s = sub.choices["speed"]
     s.add_argument("--datasets", default="ml-100k,ml-latest-small,gowalla")
     s.add_argument("--backends", default="csr,coo")
@@ -268,6 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--run-dir", default=None)
     t.add_argument("--log", required=True)
     args = parser.parse_args(argv)
+    args.malloc_detail = keep_freed_memory(env={"GLTA_MALLOC": args.malloc}).detail
     if args.threads:
         torch.set_num_threads(args.threads)
     {"speed": cmd_speed, "train": cmd_train}[args.command](args)
