@@ -5,11 +5,12 @@ On Linux with glibc, every CPU tensor larger than glibc's ``mmap`` threshold (at
 freed. A transformer step allocates and frees such blocks dozens of times (the MLP's
 intermediate activations, attention scores, the logits), and each time the kernel zeroes the
 pages again on first touch: on a 2-core AMD EPYC the profile text of 128 ML-100K users spent
-24 s of system time in 8.1 million page faults out of 69 s (``benchmarks/RESULTS.md``,
-"Freed memory kept in the process"). :func:`keep_freed_memory` turns glibc's ``mmap`` path
-off and raises its trim threshold, so freed blocks stay in the heap and the next step reuses
-them; the results are bit-identical (only where memory comes from changes), the peak
-resident memory can grow by the blocks kept (a few hundred MiB in the default pipeline).
+16-19 s of system time in 7-8.6 million page faults out of 60-61 s, and the default pipeline
+53.5 million faults (``benchmarks/RESULTS.md``, "Freed memory kept in the process").
+:func:`keep_freed_memory` turns glibc's ``mmap`` path off and raises its trim threshold, so
+freed blocks stay in the heap and the next step reuses them; the results are bit-identical
+(only where memory comes from changes), the peak resident memory can grow by the blocks kept
+(0.1 GB in the default pipeline, 10 min 35 s -> 9 min 18 s there).
 
 The ``glta`` command calls it at start-up; ``GLTA_MALLOC=system`` keeps glibc's defaults.
 A library user can call it once at the start of their own process. Elsewhere (macOS,
