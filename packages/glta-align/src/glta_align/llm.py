@@ -310,16 +310,18 @@ def _linear_shapes(config: Any) -> list[tuple[int, int]]:
 
 
 # Shortest timed window of one probe measurement (the products repeated until it is
-# filled): one pass over a layer's products at 256 rows takes 3-10 ms, short enough for one
-# stall to halve a candidate's rate (an AMD EPYC's probe once measured int8 at 265 instead
-# of ~600 GFLOP/s and cached bf16).
+# filled): one pass over SmolLM2's layer products at 256 rows is 1.8 GFLOP, 3 ms in int8 at
+# the ~600 GFLOP/s an AMD EPYC's probe measures and 10 ms in fp32 at its ~175, short enough
+# for one stall to halve a candidate's rate (that probe once measured int8 at 265 and cached
+# bf16).
 PROBE_WINDOW_S = 0.05
 
 
 def _time_products(shapes: list[tuple[int, int]], precision: str, rows: int,
                    repeats: int) -> float:
     """GFLOP/s of ``rows`` x (in, out) products over ``shapes`` in ``precision`` (best of
-    ``repeats`` windows of at least :data:`PROBE_WINDOW_S` each, after one warm-up pass)."""
+    ``repeats`` windows of at least :data:`PROBE_WINDOW_S` each, after one warm-up pass and
+    one pass that sizes the windows)."""
     import math
     import time
 
@@ -348,11 +350,11 @@ def _time_products(shapes: list[tuple[int, int]], precision: str, rows: int,
         return time.perf_counter() - t0
 
     one_pass()  # warm-up
-    single = one_pass()
-    best = single
-    passes = max(1, math.ceil(PROBE_WINDOW_S / max(single, 1e-6)))
-    for _ in range(max(1, repeats)):
-        best = min(best, sum(one_pass() for _ in range(passes)) / passes)
+    # one more pass sizes the window; only whole windows are timed (a lone short pass is the
+    # noisy measurement the window replaces)
+    passes = max(1, math.ceil(PROBE_WINDOW_S / max(one_pass(), 1e-6)))
+    best = min(sum(one_pass() for _ in range(passes)) / passes
+               for _ in range(max(1, repeats)))
     return flops / best / 1e9
 
 

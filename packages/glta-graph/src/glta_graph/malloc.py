@@ -2,9 +2,9 @@
 
 On Linux with glibc, every CPU tensor larger than glibc's ``mmap`` threshold (at most
 32 MiB) gets fresh pages from the kernel when it is allocated and hands them back when it is
-freed. A transformer step allocates and frees such blocks dozens of times (the MLP's
-intermediate activations, attention scores, the logits), and each time the kernel zeroes the
-pages again on first touch: on a 2-core AMD EPYC the profile text of 128 ML-100K users spent
+freed. A transformer step over a batch of prompts allocates and frees such blocks many times
+(e.g. its MLP's intermediate activations), and each time the kernel zeroes the pages again
+on first touch: on a 2-core AMD EPYC the profile text of 128 ML-100K users spent
 16-19 s of system time in 7-8.6 million page faults out of 60-61 s, and the default pipeline
 53.5 million faults (``benchmarks/RESULTS.md``, "Freed memory kept in the process").
 :func:`keep_freed_memory` turns glibc's ``mmap`` path off and raises its trim threshold, so
