@@ -178,3 +178,37 @@ def test_every_extra_row_resolves_to_the_setting_it_names(align_script):
     assert lora.lora == {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}
     assert ablations.COPY_FROM["lora-random-llm"] == "random-llm"
     assert ablations.EXTRA_ROWS["lora-random-llm"][-2:] == ["--ablation", "random-llm"]
+
+
+def test_from_scratch_runs_a_row_without_its_full_run(tmp_path, align_script, monkeypatch):
+    # without `full`, a row is skipped unless --from-scratch asks for it as its own pipeline:
+    # then nothing is copied, the command carries the row's overrides after GRID_BASE, and
+    # the recorded run says `from_scratch`
+    ablations = align_script("ablations")
+    calls: list[list[str]] = []
+
+    def fake_run(cmd, log):
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(
+            {"glta": {"valid": {"ndcg@10": 0.1}, "test": {"ndcg@10": 0.2}}}))
+        return 1.0
+
+    monkeypatch.setattr(ablations, "_run", fake_run)
+    row = "residual-lr1e-4-text-first-random-llm"
+    common = ["--seeds", "1", "--rows", row, "--root", str(tmp_path / "runs")]
+    skipped = tmp_path / "skipped.json"
+    assert ablations.main([*common, "--out", str(skipped)]) == 0
+    assert calls == [] and json.loads(skipped.read_text())["runs"] == []
+    out = tmp_path / "scratch.json"
+    assert ablations.main([*common, "--out", str(out), "--from-scratch"]) == 0
+    assert len(calls) == 1
+    cmd = calls[0]
+    assert cmd[cmd.index("--out") + 1] == str(tmp_path / "runs" / "ml-100k" / "seed1" / row)
+    assert cmd[-len(ablations.EXTRA_ROWS[row]):] == ablations.EXTRA_ROWS[row]
+    assert ablations.GRID_BASE[0] in cmd
+    assert not (tmp_path / "runs" / "ml-100k" / "seed1" / "full").exists()
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["from_scratch"] is True and run["row"] == row and run["seed"] == 1
+    assert run["result"]["metrics"]["glta"]["test"]["ndcg@10"] == 0.2

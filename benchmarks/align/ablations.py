@@ -303,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="re-read recorded runs of --dataset from their run directories under "
                     "--root (fields the reader gained since they were recorded); a run whose "
                     "metrics differ from the recorded ones is left as it is")
+    ap.add_argument("--from-scratch", action="store_true",
+                    help="run each row as its own pipeline (stages 1-3 and the profile text) "
+                    "instead of a copy of its seed's `full` run: for rows that change the "
+                    "profile text or stage 2 anyway, when `full` was not run (the runs' "
+                    "`from_scratch` says so)")
     ap.add_argument("extra", nargs="*", help="extra pipeline overrides (after --)")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -373,9 +378,13 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             cmd = _glta("graph", "train", str(prepared), "--out", str(run), "--loss", "softmax",
                         "--epochs", "400", "--seed", str(seed))
+        elif args.from_scratch:
+            cmd = _glta("pipeline", "--out", str(run), *common,
+                        *EXTRA_ROWS.get(row, ["--ablation", row]))
         else:
             if not (full / "metrics.json").is_file():
-                print(f"skip {row} seed {seed}: run `full` first", flush=True)
+                print(f"skip {row} seed {seed}: run `full` first (or --from-scratch)",
+                      flush=True)
                 continue
             source = base / f"seed{seed}" / COPY_FROM.get(row, "full")
             if not (source / "metrics.json").is_file():
@@ -400,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         doc["runs"].append({"dataset": args.dataset, "seed": seed, "row": row,
                             "seconds": round(seconds, 1), "commit": git_commit(),
                             "date": dt.date.today().isoformat(), "command": cmd[2:],
-                            "machine": here, "result": result})
+                            "machine": here, "result": result,
+                            **({"from_scratch": True} if args.from_scratch else {})})
         doc["summary"] = _summary(doc["runs"])
         _atomic_json(args.out, doc)
         print(f"  done in {seconds:.0f} s", flush=True)
