@@ -81,6 +81,7 @@ def test_busy_machine_probe_is_used_but_not_cached(monkeypatch):
     monkeypatch.setattr(llm_mod, "_busy_load", lambda: 7.5)
     monkeypatch.setattr(llm_mod, "_flag_rule", lambda lora: "bfloat16")
     busy = precision_probe(SHAPE, repeats=2)
+    assert busy["measured_choice"] == "bfloat16"
     assert busy["choice"] == "bfloat16" and busy["gflops"] == {"float32": 100.0,
                                                               "bfloat16": 700.0}
     assert busy["busy_load"] == 7.5 and not probe_cache_path().exists()
@@ -110,6 +111,24 @@ def test_a_probe_overlapped_by_other_work_measures_again_after_a_pause(monkeypat
                                                             "bfloat16": 650.0}
     assert out["attempts"] == 2 and slept == [1.5] and "busy_share" not in out
     assert precision_probe(SHAPE)["source"] == "cache"
+
+
+def test_a_probe_busy_throughout_leaves_the_choice_to_the_flags(monkeypatch):
+    # the AMD EPYC's slow spell (bf16 ahead of int8) on a machine busy in every attempt:
+    # the flags' int8 is used, the measured winner reported, nothing cached
+    slow = {"float32": 123.0, "bfloat16": 311.0, "int8": 265.0}
+    monkeypatch.setattr(llm_mod, "_time_products", lambda s, p, r, n: slow[p])
+    monkeypatch.setattr(llm_mod, "_cpu_supports", lambda name: True)
+    monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: True)
+    monkeypatch.setattr(llm_mod, "_flag_rule", lambda lora: "int8")
+    monkeypatch.setattr(llm_mod, "_others_share", lambda before, after=None: 0.7)
+    out = precision_probe(SHAPE)
+    assert out["choice"] == "int8" and out["measured_choice"] == "bfloat16"
+    assert out["gflops"] == slow and out["busy_share"] == 0.7
+    assert out["attempts"] == 1 + llm_mod.PROBE_BUSY_RETRIES and not probe_cache_path().exists()
+    assert llm_mod._busy_note(out) == (
+        "; busy machine (share 0.7) in 3 attempts: measured bfloat16, used int8, not cached")
+    assert llm_mod._busy_note({"choice": "int8", "gflops": slow}) == ""
 
 
 def test_a_choice_against_the_flags_is_measured_again(monkeypatch):
@@ -214,6 +233,7 @@ def test_probe_during_a_burst_of_other_work_is_not_cached(monkeypatch):
     monkeypatch.setattr(llm_mod, "_cpu_supports", lambda name: True)
     monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: False)
     monkeypatch.setattr(llm_mod, "_others_share", lambda before, after=None: 0.5)
+    monkeypatch.setattr(llm_mod, "_flag_rule", lambda lora: "bfloat16")
     busy = precision_probe(SHAPE, repeats=1)
     assert busy["choice"] == "bfloat16" and busy["busy_share"] == 0.5
     assert "busy_load" not in busy and not probe_cache_path().exists()
@@ -320,19 +340,24 @@ def test_attention_probe_picks_the_faster_kernel_and_caches_it(tiny, monkeypatch
     fast.update(eager=0.019, eager_grouped=0.0195)
     close = attention_probe(tiny.model, refresh=True)
     assert close["source"] == "probe" and close["choice"] == "sdpa"
-    # a busy machine's figures are used, not cached
+    # a machine busy through every attempt: the figures are reported, the dtype rule
+    # decides (the tiny model is fp32: sdpa), nothing is cached
     monkeypatch.setattr(llm_mod, "_busy_load", lambda: 9.0)
     fast.update(eager=0.001)  # eager_grouped stays at 19.5 ms
     busy = attention_probe(tiny.model, refresh=True)
-    assert busy["choice"] == "eager" and busy["busy_load"] == 9.0
+    assert busy["measured_choice"] == "eager" and busy["choice"] == "sdpa"
+    assert busy["busy_load"] == 9.0 and busy["ms"]["eager"] == 1.0
     assert busy["attempts"] == 1 + llm_mod.PROBE_BUSY_RETRIES
     assert json.loads(path.read_text())[first["key"]]["choice"] == "sdpa"
-    # ... and so are those of a probe that a short burst of other work overlapped
+    # ... and so is a probe that a burst of other work overlapped throughout
     monkeypatch.setattr(llm_mod, "_busy_load", lambda: None)
     monkeypatch.setattr(llm_mod, "_others_share", lambda before, after=None: 0.6)
     burst = attention_probe(tiny.model, refresh=True)
-    assert burst["choice"] == "eager" and burst["busy_share"] == 0.6
+    assert burst["measured_choice"] == "eager" and burst["busy_share"] == 0.6
     assert json.loads(path.read_text())[first["key"]]["choice"] == "sdpa"
+    # in bf16 the rule picks the grouped eager kernel (sdpa was 3.2x slower on the Xeon)
+    assert llm_mod.attention_rule(torch.bfloat16) == "eager_grouped"
+    assert llm_mod.attention_rule(torch.float32) == "sdpa"
 
 
 def test_attention_probe_keeps_each_kernels_best_over_a_busy_attempt(tiny, monkeypatch):

@@ -453,6 +453,17 @@ def _measure_until_quiet(measure: Callable[[], None]) -> tuple[dict[str, float],
     raise AssertionError("unreachable")
 
 
+def _busy_note(probe: dict[str, Any]) -> str:
+    """``"; busy machine: measured X, the rule's Y used"`` for a probe result that stayed
+    busy through its retries (``""`` otherwise), for the load messages."""
+    if "measured_choice" not in probe:
+        return ""
+    marks = ", ".join(f"{k.removeprefix('busy_')} {v}" for k, v in probe.items()
+                      if k in ("busy_load", "busy_share"))
+    return (f"; busy machine ({marks}) in {probe.get('attempts', 1)} attempts: measured "
+            f"{probe['measured_choice']}, used {probe['choice']}, not cached")
+
+
 def _choose(gflops: dict[str, float]) -> str:
     """The fastest precision of a probe's ``gflops`` when it beats fp32 by at least 10%,
     else ``"float32"``."""
@@ -475,8 +486,9 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     measurement made while the load average exceeds the CPU count, or while other processes
     take more than a quarter of the machine's CPU time (read from ``/proc/stat`` around
     it), is repeated after a pause (:func:`_measure_until_quiet`); when the last attempt is
-    still busy the result is used but not cached (``"busy_load"`` / ``"busy_share"`` in the
-    result), so a quiet run measures again. If the probe fails, the
+    still busy the flags' prediction is used (the measured winner kept as
+    ``"measured_choice"``) and nothing is cached (``"busy_load"`` / ``"busy_share"`` in
+    the result), so a quiet run measures again. If the probe fails, the
     CPU flag rule decides (bf16 with AMX, else int8 with VNNI, else fp32).
 
     Args:
@@ -532,13 +544,17 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
         return {"choice": expected, "gflops": {}, "source": "flags", "key": key,
                 "error": f"{type(exc).__name__}: {exc}"}
     choice = _choose(gflops)
+    measured = choice
+    if busy and expected in candidates:
+        # still busy after the retries: the figures are one slow spell's, the flags decide
+        choice = expected
     entry = {"version": PROBE_CACHE_VERSION, "choice": choice, "gflops": gflops,
              "cpu": key_parts[0], "torch": torch.__version__,
              "threads": key_parts[2], "shapes": shapes, "rows": rows, "rounds": rounds,
              "flag_rule": expected, "attempts": attempts,
              "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
-    if busy:  # measured on a busy machine: used now, measured again next time
-        return {**entry, "source": "probe", "key": key, **busy}
+    if busy:  # measured on a busy machine: not cached, measured again next time
+        return {**entry, "source": "probe", "key": key, "measured_choice": measured, **busy}
     _write_cache(path, key, entry)
     return {**entry, "source": "probe", "key": key}
 
@@ -723,8 +739,9 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
     transformers versions, thread count, head layout and dtype); a probe
     on a busy machine (load average above the CPU count, or other processes taking more
     than :data:`OTHERS_SHARE_LIMIT` of the CPU time while it ran) measures again after a
-    pause (:func:`_measure_until_quiet`), and if its last attempt is still busy it is used
-    but not cached.
+    pause (:func:`_measure_until_quiet`); if its last attempt is still busy,
+    :func:`attention_rule` decides (the measured winner kept as ``"measured_choice"``) and
+    nothing is cached.
     Which is faster depends on the precision and the CPU: on a Xeon with AMX eager trained
     stage 3 1.46x faster than sdpa in bf16, sdpa 1.21x faster than eager in fp32
     (``benchmarks/RESULTS.md``).
@@ -805,6 +822,9 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
     ms = {name: round(t * 1e3, 3) for name, t in best.items()}
     fastest = min(("eager", GROUPED), key=lambda name: best[name])
     choice = fastest if best[fastest] * 1.1 <= best["sdpa"] else "sdpa"
+    measured = choice
+    if busy:  # still busy after the retries: one slow spell's figures, the rule decides
+        choice = attention_rule(dtype)
     entry = {"version": ATTENTION_PROBE_VERSION, "choice": choice, "ms": ms,
              "cpu": key_parts[1], "torch": torch.__version__,
              "transformers": transformers.__version__, "threads": key_parts[4],
@@ -812,9 +832,29 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
              "passes": passes, "attempts": attempts,
              "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     if busy:
-        return {**entry, "source": "probe", "key": key, **busy}
+        return {**entry, "source": "probe", "key": key, "measured_choice": measured, **busy}
     _write_cache(path, key, entry)
     return {**entry, "source": "probe", "key": key}
+
+
+def attention_rule(dtype: torch.dtype) -> str:
+    """The attention kernel ``attention="auto"`` uses when its probe ran on a busy machine:
+    ``"sdpa"`` (transformers' default) for fp32 attention, else ``"eager_grouped"``.
+
+    Measured (``benchmarks/RESULTS.md``): in bf16 a quiet Intel Xeon with AMX timed sdpa at
+    3.2x eager_grouped (14.6 against 4.6 ms), and a run whose loaded probe picked sdpa spent
+    2.9x as long in stage 2. In fp32 (also the attention of the int8 layers' models) the
+    CPU kinds disagree and by less: sdpa trained stage 3 1.21x faster than eager on the Xeon,
+    while an AMD EPYC's quiet probe chose eager_grouped (11.0 against 14.0 ms), so the
+    default stays.
+
+    Args:
+        dtype: the floating-point dtype of the model's weights.
+
+    Returns:
+        ``"sdpa"`` or ``"eager_grouped"``.
+    """
+    return "sdpa" if dtype == torch.float32 else GROUPED
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -979,7 +1019,7 @@ def load_llm(
             figures = ", ".join(f"{k} {v:.0f}" for k, v in probe.get("gflops", {}).items())
             emit(progress, ProgressEvent("llm", "info", message=(
                 f"precision {dtype} ({probe['source']}"
-                + (f"; GFLOP/s {figures}" if figures else "") + ")")))
+                + (f"; GFLOP/s {figures}" if figures else "") + _busy_note(probe) + ")")))
     emit(progress, ProgressEvent("llm", "step", step=1, total=3))
     int8 = _auto_int8(dtype, dev, lora)
     if int8 and dev.type != "cpu":
@@ -1019,7 +1059,7 @@ def load_llm(
             times = ", ".join(f"{k} {v:.1f} ms" for k, v in attn_probe.get("ms", {}).items())
             emit(progress, ProgressEvent("llm", "info", message=(
                 f"attention {attention} ({attn_probe['source']}"
-                + (f"; {times}" if times else "") + ")")))
+                + (f"; {times}" if times else "") + _busy_note(attn_probe) + ")")))
     settings = None
     if lora is not None:
         from peft import LoraConfig, PeftModel, get_peft_model
