@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                     "threads": torch.get_num_threads()},
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
-        "dtype": args.dtype, "window_s": window_s,
+        "dtype": args.dtype, "window_s": window_s, "probes_per_setting": args.probes,
         "load_before": load_before, "load_after": os.getloadavg(),
         "picks": {name: dict(c) for name, c in picks.items()},
         "seconds_per_probe": {name: round(s / args.probes, 3) for name, s in seconds.items()},

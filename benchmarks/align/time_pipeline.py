@@ -87,6 +87,8 @@ def read_run(run: Path) -> dict:
     if stage3.exists():
         cfg = json.loads(stage3.read_text())
         out["stage3"] = {k: cfg.get(k) for k in ("best_epoch", "epochs_run", "llm_attention",
+                                                  "train_seconds", "timed_steps", "model_flops",
+                                                  "achieved_gflops",
                                                   "llm_precision", "text_cache")}
         out["stage3"]["valid_history"] = cfg.get("valid_history")
     report = run / "report.md"
