@@ -88,6 +88,10 @@ def test_throughput_line_against_the_probe_rate_of_the_precision_run():
     fp32 = throughput_line({**meta, "llm_precision": "float32"}, "Stage 2")
     assert fp32.startswith("Stage 2 trained at 412 GFLOP/s") and "124% of the float32" in fp32
     assert "(333 GFLOP/s)" in fp32
+    busy = {**meta, "llm_precision_probe": {**meta["llm_precision_probe"],
+                                            "measured_choice": "float32"}}
+    assert ("on a machine that stayed busy (it measured float32 fastest; the CPU flags chose"
+            in throughput_line(busy))
     resumed = throughput_line({**meta, "timed_steps": 15})
     assert resumed.endswith("; over the last 15 of its 40 steps (the run was resumed).")
 
@@ -101,6 +105,11 @@ def test_attention_text_names_the_training_kernels_and_the_probe():
     assert attention_text({"llm_attention": "sdpa", "llm_attention_probe": None}) == (
         "LLM attention in training: sdpa")
     assert attention_text({}) is None  # runs made before it was recorded
+    busy = {**probe, "source": "probe", "choice": "eager_grouped", "measured_choice": "sdpa"}
+    assert attention_text({"llm_attention": "eager_grouped", "llm_attention_probe": busy}) == (
+        "LLM attention in training: eager_grouped (probe: eager 34.5 ms, sdpa 42.2 ms); the "
+        "machine stayed busy through the probe (it measured sdpa fastest): eager_grouped by "
+        "the rule for its dtype")
 
 
 def test_text_cache_text_says_what_stage_3_kept_and_what_did_not_fit():

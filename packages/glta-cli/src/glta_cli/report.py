@@ -98,6 +98,9 @@ def throughput_line(meta: Mapping[str, Any], stage: str = "Stage 3") -> str | No
     if isinstance(gemm, int | float) and not isinstance(gemm, bool) and gemm > 0:
         line += (f", {100 * rate / gemm:.0f}% of the {precision} GEMM rate the precision "
                  f"probe measured ({_rate_text(gemm)} GFLOP/s)")
+        if probe.get("measured_choice"):
+            line += (f" on a machine that stayed busy (it measured "
+                     f"{probe['measured_choice']} fastest; the CPU flags chose {precision})")
     timed, steps = meta.get("timed_steps"), meta.get("steps")
     if isinstance(timed, int) and isinstance(steps, int) and 0 < timed < steps:
         line += f"; over the last {timed} of its {steps} steps (the run was resumed)"
@@ -120,6 +123,9 @@ def attention_text(meta: Mapping[str, Any]) -> str | None:
         how = {"probe": "probe", "cache": "probe, cached", "none": "no probe"}.get(
             str(probe.get("source")), str(probe.get("source")))
         text += f" ({how}" + (f": {ms}" if ms else "") + ")"
+        if probe.get("measured_choice"):
+            text += (f"; the machine stayed busy through the probe (it measured "
+                     f"{probe['measured_choice']} fastest): {impl} by the rule for its dtype")
     return text
 
 
