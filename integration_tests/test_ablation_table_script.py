@@ -187,3 +187,31 @@ def test_pretrained_of_names_the_row_a_control_belongs_to(align_script):
     assert table.pretrained_of("residual-lr1e-4-text-first-random-llm") == \
         "residual-lr1e-4-text-first"
     assert table.pretrained_of("no-ua") is None
+
+
+def test_glta_set_against_the_baselines_of_its_own_run(tmp_path):
+    def with_baselines(entry: dict, lightgcn: tuple[float, float],
+                       plus: tuple[float, float] | None = None) -> dict:
+        metrics = entry["result"]["metrics"]
+        metrics["lightgcn"] = {"valid": {"ndcg@10": lightgcn[0]},
+                               "test": {"ndcg@10": lightgcn[1]}}
+        if plus is not None:
+            metrics["lightgcn+"] = {"valid": {"ndcg@10": plus[0]}, "test": {"ndcg@10": plus[1]}}
+        return entry
+
+    runs = [with_baselines(_entry(0, "full", 0.40, 0.20), (0.21, 0.42), (0.22, 0.43)),
+            with_baselines(_entry(1, "full", 0.36, 0.21), (0.20, 0.35), (0.20, 0.37)),
+            with_baselines(_entry(2, "full", 0.30, 0.20), (0.19, 0.31)),  # no LightGCN+
+            _entry(0, "ar", 0.10, 0.05)]  # no baselines recorded: left out
+    proc, doc = _table(tmp_path, runs)
+    full = doc["glta_vs_baselines"]["ml-100k"]["full"]
+    assert set(doc["glta_vs_baselines"]["ml-100k"]) == {"full"}
+    assert full["lightgcn"]["seeds"] == [0, 1, 2]
+    assert full["lightgcn"]["test N@10"]["values"] == pytest.approx([-0.02, 0.01, -0.01])
+    assert full["lightgcn"]["valid N@10"]["values"] == pytest.approx([-0.01, 0.01, 0.01])
+    assert full["lightgcn"]["ahead on test"] == 1 and full["lightgcn"]["ahead on valid"] == 2
+    assert full["lightgcn+"]["seeds"] == [0, 1]
+    assert full["lightgcn+"]["test N@10"]["values"] == pytest.approx([-0.03, -0.01])
+    line = next(ln for ln in proc.stdout.splitlines()
+                if ln.startswith("| `full` | LightGCN |"))
+    assert "| 0,1,2 |" in line and "| 2 of 3 |" in line and "| 1 of 3 |" in line

@@ -257,6 +257,52 @@ def control_pairs(runs: list[dict]) -> dict:
     return out
 
 
+BASELINES = ("lightgcn", "lightgcn+")
+
+
+def baseline_pairs(runs: list[dict]) -> dict:
+    """Per dataset and row, GLTA minus the baselines trained in the same run (LightGCN, and
+    LightGCN+ where the run has it), seed by seed: the question of whether GLTA is ahead.
+
+    Returns:
+        ``{dataset: {row: {baseline: {"seeds": [...], "valid N@10": stats, "test N@10":
+        stats, "ahead on valid": int, "ahead on test": int}}}}`` with stats ``{"mean",
+        "spread", "values"}`` of GLTA minus the baseline over the seeds where both are
+        recorded; baselines a row's runs lack are left out.
+    """
+    out: dict = {}
+    names = list(ORDER) + [r["row"] for r in runs if r["row"] not in ORDER]
+    for ds in dict.fromkeys(r["dataset"] for r in runs):
+        for row in dict.fromkeys(names):
+            mine = sorted((r for r in runs if r["dataset"] == ds and r["row"] == row),
+                          key=lambda r: r["seed"])
+            for base in BASELINES:
+                d: dict[str, list[float]] = {}
+                seeds = []
+                for r in mine:
+                    metrics = r["result"]["metrics"]
+                    if base not in metrics or "glta" not in metrics:
+                        continue
+                    pair = {}
+                    for name, split in (("valid N@10", "valid"), ("test N@10", "test")):
+                        a = metrics["glta"].get(split, {}).get("ndcg@10")
+                        b = metrics[base].get(split, {}).get("ndcg@10")
+                        if a is not None and b is not None:
+                            pair[name] = float(a) - float(b)
+                    if len(pair) == 2:
+                        seeds.append(r["seed"])
+                        for name, x in pair.items():
+                            d.setdefault(name, []).append(x)
+                if not seeds:
+                    continue
+                out.setdefault(ds, {}).setdefault(row, {})[base] = {
+                    "seeds": seeds,
+                    **{name: spread_stats(xs) for name, xs in d.items()},
+                    "ahead on valid": sum(x > 0 for x in d["valid N@10"]),
+                    "ahead on test": sum(x > 0 for x in d["test N@10"])}
+    return out
+
+
 def _cell(stats: dict | None, signed: bool = False, digits: int = 4) -> str:
     """``mean (spread)`` over several seeds, the value alone for one, or ``-``."""
     if not stats:
@@ -332,6 +378,28 @@ def control_markdown(pairs: dict) -> str:
     return "\n".join(lines)
 
 
+def baseline_markdown(pairs: dict) -> str:
+    """One table per dataset: GLTA minus the LightGCN (and LightGCN+) of the same run,
+    valid and test N@10, mean (spread) over seeds, and at how many seeds GLTA is ahead."""
+    lines = []
+    for ds, rows in pairs.items():
+        lines += [f"GLTA minus the baselines of the same run ({ds}; N@10, mean (spread) over "
+                  "seeds):", "",
+                  "| row | baseline | seeds | valid | GLTA ahead on valid | test | "
+                  "GLTA ahead on test |",
+                  "|---|---|---|---:|---:|---:|---:|"]
+        for row, bases in rows.items():
+            for base, e in bases.items():
+                n = len(e["seeds"])
+                lines.append(
+                    f"| `{row}` | {'LightGCN' if base == 'lightgcn' else 'LightGCN+'} | "
+                    f"{','.join(map(str, e['seeds']))} | {_cell(e.get('valid N@10'), True)} | "
+                    f"{e['ahead on valid']} of {n} | {_cell(e.get('test N@10'), True)} | "
+                    f"{e['ahead on test']} of {n} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("ablations", type=Path, nargs="+", help="ablation JSONs (ablations.py)")
@@ -365,8 +433,10 @@ def main(argv: list[str] | None = None) -> int:
     if not result:
         ap.error("no GLTA runs with test metrics in " + ", ".join(map(str, args.ablations)))
     pairs = control_pairs(runs)
+    baselines = baseline_pairs(runs)
     print(markdown(result))
     print(control_markdown(pairs))
+    print(baseline_markdown(baselines))
     if args.out:
         from glta_gllm.checkpoint import atomic_write_json
 
@@ -375,7 +445,9 @@ def main(argv: list[str] | None = None) -> int:
                     "spread and values, and each run's paired difference from the run it was "
                     "copied from; the paper's ablations as ratios to its GLTA row; "
                     "pretrained_vs_random: each pretrained-LLM row minus its random-weight "
-                    "control, seed by seed, overall, by activity quintile and on tail items",
+                    "control, seed by seed, overall, by activity quintile and on tail "
+                    "items; glta_vs_baselines: GLTA minus the LightGCN (and LightGCN+) "
+                    "trained in the same run, seed by seed",
             "command": "python benchmarks/align/ablation_table.py " + " ".join(
                 a if " " not in a else repr(a)
                 for a in (argv if argv is not None else sys.argv[1:])),
@@ -384,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
             "sources": [str(p) for p in args.ablations],
             "table": result,
             "pretrained_vs_random": pairs,
+            "glta_vs_baselines": baselines,
         }
         atomic_write_json(args.out, doc)
         print(f"wrote {args.out}")
