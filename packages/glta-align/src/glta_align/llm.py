@@ -423,9 +423,11 @@ def _busy_marks(before: tuple[float, float, float] | None) -> dict[str, float]:
     return marks
 
 
-# A probe that other work overlapped measures again after a pause, up to this many more
-# times: each candidate keeps its best over every attempt (a slow spell lowers only the
-# attempts it overlapped), and the result is cached only when the last attempt ran quietly.
+# A probe that other processes competed with while it measured (``busy_share``) measures
+# again after a pause, up to this many more times: each candidate keeps its best over every
+# attempt (a slow spell lowers only the attempts it overlapped). A 1-minute load average
+# above the CPU count alone (``busy_load``: the last minute was busy, not necessarily the
+# measurement) keeps the result out of the cache but neither retries nor overrides it.
 # On the 2-core Intel Xeon with AMX an 18 s burst of other work during start-up made the
 # attention probe time eager at 171.9 ms instead of 5.5 ms and pick sdpa, and stage 2 took
 # 74.6 s instead of 25.9 s (`benchmarks/RESULTS.md`).
@@ -435,8 +437,9 @@ PROBE_BUSY_PAUSE_S = 2.0
 
 def _measure_until_quiet(measure: Callable[[], None]) -> tuple[dict[str, float], int]:
     """Run ``measure`` (which keeps each candidate's best itself), then again after
-    :data:`PROBE_BUSY_PAUSE_S` while other work competed (:func:`_busy_marks`), at most
-    :data:`PROBE_BUSY_RETRIES` more times.
+    :data:`PROBE_BUSY_PAUSE_S` while other processes took more than
+    :data:`OTHERS_SHARE_LIMIT` of the CPU time during it (``busy_share`` in
+    :func:`_busy_marks`), at most :data:`PROBE_BUSY_RETRIES` more times.
 
     Returns:
         (the last attempt's busy marks, ``{}`` when it ran quietly; the number of attempts).
@@ -447,15 +450,16 @@ def _measure_until_quiet(measure: Callable[[], None]) -> tuple[dict[str, float],
         snap = _cpu_snapshot()
         measure()
         busy = _busy_marks(snap)
-        if not busy or attempt == PROBE_BUSY_RETRIES:
+        if "busy_share" not in busy or attempt == PROBE_BUSY_RETRIES:
             return busy, attempt + 1
         time.sleep(PROBE_BUSY_PAUSE_S)
     raise AssertionError("unreachable")
 
 
 def _busy_note(probe: dict[str, Any]) -> str:
-    """``"; busy machine: measured X, the rule's Y used"`` for a probe result that stayed
-    busy through its retries (``""`` otherwise), for the load messages."""
+    """``"; busy machine (share 0.7) in 3 attempts: measured X, used Y, not cached"`` for
+    a probe result that other processes competed with through its retries (``""``
+    otherwise), for the load messages."""
     if "measured_choice" not in probe:
         return ""
     marks = ", ".join(f"{k.removeprefix('busy_')} {v}" for k, v in probe.items()
@@ -486,9 +490,9 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     measurement made while the load average exceeds the CPU count, or while other processes
     take more than a quarter of the machine's CPU time (read from ``/proc/stat`` around
     it), is repeated after a pause (:func:`_measure_until_quiet`); when the last attempt is
-    still busy the flags' prediction is used (the measured winner kept as
-    ``"measured_choice"``) and nothing is cached (``"busy_load"`` / ``"busy_share"`` in
-    the result), so a quiet run measures again. If the probe fails, the
+    still competed with, the flags' prediction is used (the measured winner kept as
+    ``"measured_choice"``). A busy result (``"busy_load"`` / ``"busy_share"``) is not
+    cached, so a quiet run measures again. If the probe fails, the
     CPU flag rule decides (bf16 with AMX, else int8 with VNNI, else fp32).
 
     Args:
@@ -545,8 +549,9 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
                 "error": f"{type(exc).__name__}: {exc}"}
     choice = _choose(gflops)
     measured = choice
-    if busy and expected in candidates:
-        # still busy after the retries: the figures are one slow spell's, the flags decide
+    overridden = "busy_share" in busy and expected in candidates
+    if overridden:
+        # competed with through every retry: the figures are a slow spell's, the flags decide
         choice = expected
     entry = {"version": PROBE_CACHE_VERSION, "choice": choice, "gflops": gflops,
              "cpu": key_parts[0], "torch": torch.__version__,
@@ -554,7 +559,8 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
              "flag_rule": expected, "attempts": attempts,
              "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     if busy:  # measured on a busy machine: not cached, measured again next time
-        return {**entry, "source": "probe", "key": key, "measured_choice": measured, **busy}
+        return {**entry, "source": "probe", "key": key, **busy,
+                **({"measured_choice": measured} if overridden else {})}
     _write_cache(path, key, entry)
     return {**entry, "source": "probe", "key": key}
 
@@ -739,9 +745,9 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
     transformers versions, thread count, head layout and dtype); a probe
     on a busy machine (load average above the CPU count, or other processes taking more
     than :data:`OTHERS_SHARE_LIMIT` of the CPU time while it ran) measures again after a
-    pause (:func:`_measure_until_quiet`); if its last attempt is still busy,
-    :func:`attention_rule` decides (the measured winner kept as ``"measured_choice"``) and
-    nothing is cached.
+    pause (:func:`_measure_until_quiet`); if other processes still competed with its last
+    attempt, :func:`attention_rule` decides (the measured winner kept as
+    ``"measured_choice"``); a busy result is not cached.
     Which is faster depends on the precision and the CPU: on a Xeon with AMX eager trained
     stage 3 1.46x faster than sdpa in bf16, sdpa 1.21x faster than eager in fp32
     (``benchmarks/RESULTS.md``).
@@ -823,7 +829,8 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
     fastest = min(("eager", GROUPED), key=lambda name: best[name])
     choice = fastest if best[fastest] * 1.1 <= best["sdpa"] else "sdpa"
     measured = choice
-    if busy:  # still busy after the retries: one slow spell's figures, the rule decides
+    overridden = "busy_share" in busy
+    if overridden:  # competed with through every retry: a slow spell's figures, rule decides
         choice = attention_rule(dtype)
     entry = {"version": ATTENTION_PROBE_VERSION, "choice": choice, "ms": ms,
              "cpu": key_parts[1], "torch": torch.__version__,
@@ -832,7 +839,8 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
              "passes": passes, "attempts": attempts,
              "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     if busy:
-        return {**entry, "source": "probe", "key": key, "measured_choice": measured, **busy}
+        return {**entry, "source": "probe", "key": key, **busy,
+                **({"measured_choice": measured} if overridden else {})}
     _write_cache(path, key, entry)
     return {**entry, "source": "probe", "key": key}
 
