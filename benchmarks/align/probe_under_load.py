@@ -22,6 +22,7 @@ import collections
 import datetime as dt
 import os
 import platform
+import sys
 import time
 
 from profile_gen import cpu_model, git_commit, write_result  # this folder's helpers
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"share {got.get('busy_share')}", flush=True)
     result = {
         "what": "attention-probe choices, single calls against windows, retries off",
-        "command": "python probe_under_load.py " + " ".join(argv or os.sys.argv[1:]),
+        "command": "python probe_under_load.py " + " ".join(
+            sys.argv[1:] if argv is None else argv),
         "commit": git_commit(), "date": dt.date.today().isoformat(), "note": args.note,
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                     "threads": torch.get_num_threads()},

@@ -317,12 +317,24 @@ def _linear_shapes(config: Any) -> list[tuple[int, int]]:
 PROBE_WINDOW_S = 0.05
 
 
+def _window_passes(seconds: float) -> int:
+    """How many calls of ``seconds`` each fill one :data:`PROBE_WINDOW_S` window (>= 1)."""
+    import math
+
+    return max(1, math.ceil(PROBE_WINDOW_S / max(seconds, 1e-6)))
+
+
+def _window_seconds(call: Callable[[], float], passes: int) -> float:
+    """Mean seconds per call over one window of ``passes`` calls of ``call`` (which returns
+    its own seconds)."""
+    return sum(call() for _ in range(passes)) / passes
+
+
 def _time_products(shapes: list[tuple[int, int]], precision: str, rows: int,
                    repeats: int) -> float:
     """GFLOP/s of ``rows`` x (in, out) products over ``shapes`` in ``precision`` (best of
     ``repeats`` windows of at least :data:`PROBE_WINDOW_S` each, after one warm-up pass and
     one pass that sizes the windows)."""
-    import math
     import time
 
     gen = torch.Generator().manual_seed(0)
@@ -352,9 +364,8 @@ def _time_products(shapes: list[tuple[int, int]], precision: str, rows: int,
     one_pass()  # warm-up
     # one more pass sizes the window; only whole windows are timed (a lone short pass is the
     # noisy measurement the window replaces)
-    passes = max(1, math.ceil(PROBE_WINDOW_S / max(one_pass(), 1e-6)))
-    best = min(sum(one_pass() for _ in range(passes)) / passes
-               for _ in range(max(1, repeats)))
+    passes = _window_passes(one_pass())
+    best = min(_window_seconds(one_pass, passes) for _ in range(max(1, repeats)))
     return flops / best / 1e9
 
 
@@ -446,14 +457,15 @@ def _measure_until_quiet(measure: Callable[[], None]) -> tuple[dict[str, float],
     """
     import time
 
-    for attempt in range(PROBE_BUSY_RETRIES + 1):
+    attempts = 0
+    while True:
         snap = _cpu_snapshot()
         measure()
+        attempts += 1
         busy = _busy_marks(snap)
-        if "busy_share" not in busy or attempt == PROBE_BUSY_RETRIES:
-            return busy, attempt + 1
+        if "busy_share" not in busy or attempts > PROBE_BUSY_RETRIES:
+            return busy, attempts
         time.sleep(PROBE_BUSY_PAUSE_S)
-    raise AssertionError("unreachable")
 
 
 def _busy_note(probe: dict[str, Any]) -> str:
@@ -539,9 +551,8 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
         if _choose(rates) != expected and expected in candidates:
             # the measurement contradicts what the CPU's flags predict: measure every
             # candidate again and keep each one's best, so one slow spell cannot decide
-            snap = _cpu_snapshot()
-            measure()
-            busy = _busy_marks(snap)
+            busy, more = _measure_until_quiet(measure)
+            attempts += more
             rounds *= 2
         gflops = {c: round(v, 3) for c, v in rates.items()}
     except Exception as exc:  # a failing kernel must not stop the load
@@ -766,7 +777,6 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
     """
     import datetime as _dt
     import hashlib
-    import math
 
     import transformers
 
@@ -810,16 +820,15 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
         best = {name: float("inf") for name in arms}
         # the warm-up call sizes each kernel's window: a measurement repeats the call until
         # it fills PROBE_WINDOW_S (one call is ~5 ms, as short as a scheduler's time slice)
-        passes = {name: max(1, math.ceil(PROBE_WINDOW_S / max(
-            _time_attention(module, fn, mask, q, k, v), 1e-6)))
-            for name, (fn, mask) in arms.items()}
+        passes = {name: _window_passes(_time_attention(module, fn, mask, q, k, v))
+                  for name, (fn, mask) in arms.items()}
 
         def measure() -> None:
             for _ in range(max(1, repeats)):
                 for name, (fn, mask) in arms.items():
-                    n = passes[name]
-                    took = sum(_time_attention(module, fn, mask, q, k, v) for _ in range(n))
-                    best[name] = min(best[name], took / n)
+                    best[name] = min(best[name], _window_seconds(
+                        lambda fn=fn, mask=mask: _time_attention(module, fn, mask, q, k, v),
+                        passes[name]))
 
         busy, attempts = _measure_until_quiet(measure)
     except Exception as exc:  # a failing kernel must not stop the load
