@@ -105,7 +105,8 @@ ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-
              "lr-cosine-random-llm", "filler-text", "no-text-random-llm", "history-30",
              "lora", "lora-random-llm", "residual-lr1e-4", "residual-lora",
              "text-first", "residual-lr1e-4-random-llm", "residual-lr1e-4-text-first",
-             "residual-lr1e-4-text-first-random-llm", "profile-shared")
+             "residual-lr1e-4-text-first-random-llm", "profile-shared", "item-text-head",
+             "item-text-head-random-llm")
 # The `lora` rows' adapter: peft's usual rank and targets (glta_align.llm.LoraSettings).
 _LORA = "{r = 8, alpha = 16, target_modules = ['q_proj', 'v_proj']}"
 # Rows that are not the paper's ablations: the overrides they add to the full run's command.
@@ -143,6 +144,11 @@ EXTRA_ROWS = {
     "residual-lora": ["--user_item.residual", "true", "--user_item.lora", _LORA],
     "text-first": ["--user_item.prompt_order", "text-first"],
     "profile-shared": ["--user_item.profile_prompt", "shared"],
+    # for a `full` with the residual head (the default preset's): its head also scores the
+    # LLM's reading of each item's description
+    "item-text-head": ["--user_item.item_text_features", "true"],
+    "item-text-head-random-llm": ["--user_item.item_text_features", "true", "--ablation",
+                                  "random-llm"],
 }
 # Rows whose overrides leave the stage keys alone (execution settings): their copy of the
 # `full` run forgets stage 3 and the evaluation, so both run again under the override.
@@ -152,7 +158,8 @@ COPY_FROM = {"history-text-random-llm": "random-llm", "lr3e-4-random-llm": "rand
              "mask-seen-random-llm": "random-llm", "lr-cosine-random-llm": "random-llm",
              "no-text-random-llm": "random-llm", "lora-random-llm": "random-llm",
              "residual-lr1e-4-random-llm": "random-llm",
-             "residual-lr1e-4-text-first-random-llm": "random-llm"}
+             "residual-lr1e-4-text-first-random-llm": "random-llm",
+             "item-text-head-random-llm": "random-llm"}
 # Every pipeline run of the grid pins what the default preset has changed since the grid's
 # first runs, so the rows stay comparable with the recorded ones: the paper's prompt order
 # (the default preset's until 2026-12-05, then text-first; the `text-first` row overrides it)

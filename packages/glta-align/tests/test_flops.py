@@ -67,6 +67,10 @@ def test_head_flops_by_hand():
     proj.requires_grad_(True)
     assert head_flops(projected, 4, query_rows=6) == 3 * query + 2 * logits
     assert head_flops(ResidualHead(projected), 4, query_rows=6) == 3 * query + 2 * logits
+    # item text features widen the scored width from d = 8 to 8 + 3
+    text = ResidualHead(projected, text_items=torch.randn(30, 3))
+    query, logits = 2 * 6 * 64 * 11, 2 * 4 * 11 * 30
+    assert head_flops(text, 4, query_rows=6) == 3 * query + 2 * logits
 
 
 def test_step_flops_adds_prefix_and_head():

@@ -27,7 +27,8 @@ LR_SCHEDULES = ("constant", "cosine")
 ADDED_SETTINGS: dict[str, Any] = {
     "history_text": False, "residual": False, "residual_init": "stage2", "mask_seen": False,
     "compile": False, "lr_schedule": "constant", "text_filler": False,
-    "prompt_order": "paper", "profile_prompt": "paper",
+    "prompt_order": "paper", "profile_prompt": "paper", "item_text_features": False,
+    "item_text_dim": 64,
 }
 
 
@@ -199,6 +200,14 @@ class UserItemConfig(_StageConfig):
     residual_init: str = _help("[choice] starting point of the residual head's LLM part: zero "
                                "(GLTA starts as LightGCN's ranking exactly) or stage2 (the "
                                "stage-2 head's item map)", "zero")
+    item_text_features: bool = _help("[choice] residual head only: also score every item by the "
+                                     "frozen LLM's mean last hidden state over the item's "
+                                     "description (`description_tokens` at most), reduced to "
+                                     "`item_text_dim` principal components, through a trained "
+                                     "map from the slot's hidden state that starts at zero (the "
+                                     "LLM's own reading of the items reaches the scores)", False)
+    item_text_dim: int = _help("principal components of the item text features kept "
+                               "(`item_text_features`)", 64)
     prompt_order: str = _help("[choice] order of the stage-3 prompt: paper (user token, item "
                               "tokens, then profile and prediction text) or text-first (the "
                               "text before the soft tokens: with a frozen LLM that leading text "
@@ -220,6 +229,12 @@ class UserItemConfig(_StageConfig):
         if self.residual and self.head != "projected":
             raise AlignConfigError(
                 f"UserItemConfig.residual = True needs head = 'projected', got {self.head!r}")
+        if self.item_text_features and not self.residual:
+            raise AlignConfigError("UserItemConfig.item_text_features = True needs residual = "
+                                   "True (the text features extend the residual head)")
+        if self.item_text_dim < 1:
+            raise AlignConfigError(
+                f"UserItemConfig.item_text_dim = {self.item_text_dim!r}: must be >= 1")
         name, _, k = self.select_metric.partition("@")
         if name not in ("precision", "recall", "ndcg", "hit_rate") or not k.isdigit() \
                 or int(k) < 1:

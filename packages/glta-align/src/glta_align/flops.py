@@ -146,7 +146,8 @@ def head_flops(head: nn.Module, rows: int, *, query_rows: int | None = None,
     Args:
         head: a ``GLLMHead`` (``weight`` (I, H)), a ``ProjectedItemHead`` (projector ``P``
             (H, d), frozen ``item_embeddings`` (I, d)) or a
-            :class:`~glta_align.heads.ResidualHead` around one; another module with
+            :class:`~glta_align.heads.ResidualHead` around one (its ``text_dim`` item text
+            features widen ``d``); another module with
             ``hidden_size`` and ``num_items`` is counted as a plain head.
         rows: slots with a target (N valid rows of the (N, H) hidden states).
         query_rows: all slots (the query ``h P`` of a projected head is computed for every
@@ -164,6 +165,7 @@ def head_flops(head: nn.Module, rows: int, *, query_rows: int | None = None,
     items_tensor = getattr(base, "item_embeddings", None)
     if proj is not None and items_tensor is not None:
         h, d = proj.weight.shape
+        d += int(getattr(head, "text_dim", 0))  # a residual head's item text features
         items = int(items_tensor.shape[0])
         query, logits = 2.0 * q_rows * h * d, 2.0 * rows * d * items
         total = query + logits

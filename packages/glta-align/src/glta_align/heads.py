@@ -12,7 +12,11 @@ the head's own ``save_pretrained`` with the dataset fingerprint.
 gets the user's own LightGCN embedding added, scaled by a trained ``alpha``: GLTA's score is
 LightGCN's score plus the LLM's correction, so the LLM spends its capacity on what the graph
 misses. Its input is the slot hidden states with the user's graph embedding appended
-(:func:`slot_inputs`).
+(:func:`slot_inputs`). With ``text_items`` (``[user_item] item_text_features``, [choice]) it
+also scores each item by the frozen LLM's reading of the item's description
+(:func:`reduce_item_features`), through a trained map from the slot's hidden state that
+starts at zero: the one channel through which the LLM's own view of an item, not only its
+graph embedding, reaches the ranking.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ from torch import nn
 
 from glta_align.projector import NodeProjector
 
-__all__ = ["ResidualHead", "build_head", "head_topk", "load_head", "save_head",
-           "slot_inputs"]
+__all__ = ["ResidualHead", "build_head", "head_topk", "load_head", "reduce_item_features",
+           "save_head", "slot_inputs"]
 
 _RESIDUAL_TYPE = "residual_projected_item_head"
 
@@ -105,15 +109,51 @@ def head_topk(head: nn.Module, hidden: torch.Tensor, k: int,
     return head.recommend(hidden.float(), k, exclude=exclude)
 
 
+def reduce_item_features(features: torch.Tensor, dim: int, like: torch.Tensor
+                         ) -> torch.Tensor:
+    """Item text features for :class:`ResidualHead`: centred, their top ``dim`` principal
+    components, scaled to the graph item table's size.
+
+    Args:
+        features: (I, F) one row per item (e.g. the LLM's mean hidden state of the item's
+            description).
+        dim: components kept (at most ``min(I, F)``).
+        like: (I, d) the graph item embeddings; the result's mean row norm equals theirs, so
+            the text scores start on the graph scores' scale.
+
+    Returns:
+        (I, min(dim, I, F)) float32; each component's sign fixed (its largest-magnitude entry
+        positive), so equal features give equal tables.
+    """
+    if features.dim() != 2 or like.dim() != 2 or features.shape[0] != like.shape[0]:
+        raise ValueError(f"features {tuple(features.shape)} and item embeddings "
+                         f"{tuple(like.shape)} must be (I, F) and (I, d) over the same items")
+    if dim < 1:
+        raise ValueError(f"dim must be >= 1, got {dim}")
+    x = features.detach().double()
+    x = x - x.mean(dim=0, keepdim=True)
+    u, sv, _ = torch.linalg.svd(x, full_matrices=False)
+    keep = min(dim, int(sv.shape[0]))
+    comps = u[:, :keep] * sv[:keep]
+    idx = comps.abs().argmax(dim=0)
+    comps = comps * torch.where(comps[idx, torch.arange(keep)] < 0, -1.0, 1.0).double()
+    target = like.detach().double().norm(dim=1).mean()
+    current = comps.norm(dim=1).mean().clamp_min(1e-12)
+    return (comps * (target / current)).float()
+
+
 class ResidualHead(nn.Module):
     r"""Residual matching head: LightGCN's score plus the LLM's correction [choice].
 
     .. math::  \mathrm{logits} = (h P + \alpha\, e_u)\, E^\top + (h \cdot c)\,\mathbf{1}^\top
+               + (h W)\, T^\top
 
     with ``h P`` the query of a :class:`~glta_gllm.ProjectedItemHead` (``P`` its projector
     weight, ``c`` its bias, ``E`` its frozen item embeddings), ``e_u`` the user's frozen
     LightGCN embedding and ``alpha`` a trained scalar (starting at ``alpha``). With ``h P = 0``
-    and ``alpha = 1`` the ranking is exactly LightGCN's.
+    and ``alpha = 1`` the ranking is exactly LightGCN's. The last term is there only with
+    ``text_items``: ``T`` (I, r) frozen item text features, ``W`` (H, r) trained, starting at
+    zero (so it too starts at LightGCN's ranking).
 
     Inputs are ``(..., H + d)``: the LLM's hidden state with ``e_u`` appended (see
     :func:`slot_inputs`).
@@ -123,10 +163,12 @@ class ResidualHead(nn.Module):
         alpha: initial weight of the graph score.
         zero_correction: start ``P`` (and ``c``) at zero, so the untrained head ranks exactly
             as LightGCN does and training adds the LLM's correction from there.
+        text_items: optional (I, r) item text features (:func:`reduce_item_features`).
     """
 
     def __init__(self, base: ProjectedItemHead, alpha: float = 1.0,
-                 zero_correction: bool = False) -> None:
+                 zero_correction: bool = False, text_items: torch.Tensor | None = None
+                 ) -> None:
         super().__init__()
         if not isinstance(base, ProjectedItemHead):
             raise ValueError(f"ResidualHead needs a ProjectedItemHead, got {type(base).__name__}")
@@ -137,6 +179,18 @@ class ResidualHead(nn.Module):
         self.base = base
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
         self.num_items, self.graph_dim = base.num_items, base.graph_dim
+        self.text_dim = 0
+        self.text_query: nn.Linear | None = None
+        if text_items is not None:
+            emb = base.item_embeddings
+            if text_items.dim() != 2 or text_items.shape[0] != emb.shape[0]:
+                raise ValueError(f"text_items must be ({emb.shape[0]}, r), one row per item of "
+                                 f"the head, got {tuple(text_items.shape)}")
+            self.text_dim = int(text_items.shape[1])
+            self.register_buffer("text_items", text_items.detach().to(emb.device, emb.dtype))
+            self.text_query = nn.Linear(self.hidden_size, self.text_dim, bias=False,
+                                        device=emb.device, dtype=emb.dtype)
+            nn.init.zeros_(self.text_query.weight)
 
     @property
     def hidden_size(self) -> int:
@@ -151,18 +205,25 @@ class ResidualHead(nn.Module):
         flat = x.reshape(-1, H + d)
         return flat[:, :H], flat[:, H:]
 
+    def _table(self) -> torch.Tensor:
+        """(I, d [+ r]): the item rows the queries score against."""
+        emb = self.base.item_embeddings
+        return emb if self.text_query is None else torch.cat([emb, self.text_items], dim=1)
+
     def _queries(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, e = self._split(x)
         proj = self.base.projector
         emb = self.base.item_embeddings
         q = (h @ proj.weight.to(h.dtype)).to(emb.dtype) + self.alpha.to(emb.dtype) * e.to(
             emb.dtype)
+        if self.text_query is not None:
+            q = torch.cat([q, (h @ self.text_query.weight.T.to(h.dtype)).to(emb.dtype)], dim=1)
         return q, h
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Full logits ``(..., I)`` (materialised: small catalogues only)."""
         q, h = self._queries(x)
-        logits = q @ self.base.item_embeddings.T
+        logits = q @ self._table().T
         if self.base.projector.bias is not None:
             logits = logits + (h @ self.base.projector.bias.to(h.dtype)).to(logits.dtype)[:, None]
         return logits.reshape(*x.shape[:-1], self.num_items)
@@ -173,7 +234,7 @@ class ResidualHead(nn.Module):
         """Cross-entropy over all items (fused: the logits are never held); ``x`` (..., H+d),
         ``targets`` (...) item indices or ``ignore_index``."""
         q, _ = self._queries(x)
-        out = linear_cross_entropy(q, self.base.item_embeddings, targets.reshape(-1),
+        out = linear_cross_entropy(q, self._table(), targets.reshape(-1),
                                    ignore_index=ignore_index, reduction=reduction,
                                    chunk_size=chunk_size, backend=backend).to(x.dtype)
         return out.reshape(targets.shape) if reduction == "none" else out
@@ -183,24 +244,30 @@ class ResidualHead(nn.Module):
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-``k`` items per row of ``x`` ``(U, H + d)``: ``(scores (U, k), items (U, k))``."""
         q, h = self._queries(x)
-        scores, idx = topk_excluding(q, self.base.item_embeddings, k, exclude=exclude)
+        scores, idx = topk_excluding(q, self._table(), k, exclude=exclude)
         if self.base.projector.bias is not None:
             scores = scores + (h @ self.base.projector.bias.to(h.dtype)).to(scores.dtype)[:, None]
         return scores, idx
 
     def save_pretrained(self, directory: str | os.PathLike[str], *,
                         dataset_fingerprint: str | None = None) -> Path:
-        """Save the base head's tensors plus ``alpha`` (``config.json`` + safetensors)."""
+        """Save the base head's tensors plus ``alpha`` (and the text table and its query map
+        when present) as ``config.json`` + safetensors."""
         proj = self.base.projector
         tensors = {"item_embeddings": self.base.item_embeddings,
                    "projector.weight": proj.weight, "alpha": self.alpha.detach().reshape(1)}
         if proj.bias is not None:
             tensors["projector.bias"] = proj.bias
+        if self.text_query is not None:
+            tensors["text_items"] = self.text_items
+            tensors["text_query.weight"] = self.text_query.weight
         config = {"model_type": _RESIDUAL_TYPE, "num_items": self.num_items,
                   "graph_dim": self.graph_dim, "hidden_size": self.hidden_size,
-                  "projector_bias": proj.bias is not None}
+                  "projector_bias": proj.bias is not None, "text_dim": self.text_dim}
         card = (f"# Residual projected item head\n\nLightGCN's score plus the LLM's "
-                f"correction over {self.num_items} items: logits = (h P + alpha e_u) E^T.\n")
+                f"correction over {self.num_items} items: logits = (h P + alpha e_u) E^T"
+                + (" + (h W) T^T, T the items' text features" if self.text_dim else "")
+                + ".\n")
         return save_artifact(directory, tensors, config, dataset_fingerprint=dataset_fingerprint,
                              card=card)
 
@@ -215,6 +282,9 @@ class ResidualHead(nn.Module):
         if config.get("model_type") != _RESIDUAL_TYPE or "alpha" not in tensors:
             raise CheckpointError(f"{directory}: not a residual head (model_type "
                                   f"{config.get('model_type')!r})")
+        if ("text_items" in tensors) != ("text_query.weight" in tensors):
+            raise CheckpointError(f"{directory}: has only one of text_items and "
+                                  "text_query.weight (both or neither)")
         weight = tensors["projector.weight"]
         proj = nn.Linear(weight.shape[1], weight.shape[0], bias="projector.bias" in tensors,
                          device=device, dtype=weight.dtype)
@@ -222,8 +292,17 @@ class ResidualHead(nn.Module):
             proj.weight.copy_(weight)
             if proj.bias is not None:
                 proj.bias.copy_(tensors["projector.bias"])
-        return cls(ProjectedItemHead(tensors["item_embeddings"], proj),
-                   float(tensors["alpha"].reshape(-1)[0]))
+        head = cls(ProjectedItemHead(tensors["item_embeddings"], proj),
+                   float(tensors["alpha"].reshape(-1)[0]), text_items=tensors.get("text_items"))
+        if head.text_query is not None:
+            query = tensors["text_query.weight"]
+            if tuple(query.shape) != tuple(head.text_query.weight.shape):
+                raise CheckpointError(f"{directory}: text_query.weight has shape "
+                                      f"{tuple(query.shape)}, expected "
+                                      f"{tuple(head.text_query.weight.shape)}")
+            with torch.no_grad():
+                head.text_query.weight.copy_(query)
+        return head
 
 
 def slot_inputs(head: nn.Module, hidden: torch.Tensor, user_graph: torch.Tensor

@@ -35,7 +35,14 @@ from glta_align._common import (
 )
 from glta_align.config import UserItemConfig
 from glta_align.flops import DecoderCost, step_flops, throughput_record
-from glta_align.heads import ResidualHead, build_head, load_head, save_head, slot_inputs
+from glta_align.heads import (
+    ResidualHead,
+    build_head,
+    load_head,
+    reduce_item_features,
+    save_head,
+    slot_inputs,
+)
 from glta_align.item_text import (
     GLLM_HEAD_DIR,
     ITEM_PROJECTOR_DIR,
@@ -54,6 +61,7 @@ from glta_align.prompts import (
     USER_ITEM_USER_TEXT_FIRST,
     PromptLayout,
     build_layout,
+    tokenize_texts,
 )
 from glta_align.splice import SoftPromptRunner, SoftSequence, bucket_batches
 
@@ -63,6 +71,7 @@ __all__ = [
     "UserPrompter",
     "UserSample",
     "check_runner",
+    "item_text_features",
     "masked_slot_loss",
     "stage2_outputs",
     "train_user_item",
@@ -357,6 +366,44 @@ class UserItemResult:
     slot_cache: dict[int, torch.Tensor] | None = field(default=None, repr=False)
 
 
+@torch.no_grad()
+def item_text_features(llm: FrozenLLM, texts: Sequence[str], max_tokens: int,
+                       batch_size: int = 64) -> torch.Tensor:
+    """The frozen LLM's reading of each item: the mean last hidden state over the item's
+    description tokens (no instruction, no special tokens; an empty description reads as the
+    end-of-sequence token).
+
+    Args:
+        llm: the frozen LLM (its precision; runs without gradient).
+        texts: (I,) one description per item.
+        max_tokens: token budget per description.
+        batch_size: descriptions per forward pass (batched by length, right-padded).
+
+    Returns:
+        (I, H) float32 on the LLM's device.
+    """
+    tok = llm.tokenizer
+    fallback = tok.eos_token_id if tok.eos_token_id is not None else 0
+    ids = [t or [fallback] for t in tokenize_texts(tok, list(texts), max_tokens)]
+    out = torch.empty(len(ids), llm.hidden_size, device=llm.device)
+    order = np.argsort([len(t) for t in ids], kind="stable")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else fallback
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        width = max(len(ids[r]) for r in rows)
+        batch = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for j, r in enumerate(rows):
+            batch[j, :len(ids[r])] = torch.tensor(ids[r])
+            mask[j, :len(ids[r])] = 1
+        mask = mask.to(llm.device)
+        hidden = llm.backbone(input_ids=batch.to(llm.device), attention_mask=mask,
+                              use_cache=False).last_hidden_state.float()
+        w = mask.to(hidden.dtype)[:, :, None]
+        out[torch.as_tensor(rows, device=llm.device)] = (hidden * w).sum(1) / w.sum(1)
+    return out
+
+
 def needs_profiles(cfg: UserItemConfig) -> bool:
     """Whether the prompt uses generated text."""
     return cfg.use_profile or cfg.use_predict
@@ -459,7 +506,12 @@ def train_user_item(
     else:
         head = build_head(cfg, llm.hidden_size, item_emb, item_proj)
     if cfg.residual and not isinstance(head, ResidualHead):
-        head = ResidualHead(head, zero_correction=cfg.residual_init == "zero")
+        text_items = None
+        if cfg.item_text_features:
+            feats = item_text_features(llm, data.item_text, cfg.description_tokens)
+            text_items = reduce_item_features(feats, cfg.item_text_dim, item_emb)
+        head = ResidualHead(head, zero_correction=cfg.residual_init == "zero",
+                            text_items=text_items)
     head = head.to(dev)
     rms_u = float(user_emb.pow(2).mean().sqrt()) or 1.0
     user_proj = NodeProjector(user_emb.shape[1], llm.hidden_size, cfg.projector,
