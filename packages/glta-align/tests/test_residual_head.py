@@ -256,3 +256,14 @@ def test_stage3_with_item_text_features(toy_run, toy, tiny):
     want = reduce_item_features(item_text_features(tiny, toy.item_text, cfg.description_tokens),
                                 5, head.base.item_embeddings)
     assert torch.allclose(head.text_items, want, atol=1e-5)
+
+
+def test_item_text_features_of_a_middle_layer(tiny):
+    texts = ["Heat (1995). Genres: Action", "Up"]
+    ids = tiny.tokenizer(texts[1], add_special_tokens=False)["input_ids"]
+    emb = tiny.embed(torch.tensor([ids])).float().mean(1)
+    assert torch.allclose(item_text_features(tiny, texts, 8, layer=0)[1], emb[0], atol=1e-5)
+    first = item_text_features(tiny, texts, 8, layer=1)
+    assert not torch.allclose(first, item_text_features(tiny, texts, 8))  # not the last
+    assert torch.allclose(first, torch.cat([item_text_features(tiny, [t], 8, layer=1)
+                                            for t in texts]), atol=1e-4)

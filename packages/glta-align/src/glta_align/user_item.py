@@ -368,7 +368,7 @@ class UserItemResult:
 
 @torch.no_grad()
 def item_text_features(llm: FrozenLLM, texts: Sequence[str], max_tokens: int,
-                       batch_size: int = 64) -> torch.Tensor:
+                       batch_size: int = 64, layer: int | None = None) -> torch.Tensor:
     """The frozen LLM's reading of each item: the mean last hidden state over the item's
     description tokens (no instruction, no special tokens; an empty description reads as the
     end-of-sequence token).
@@ -378,6 +378,8 @@ def item_text_features(llm: FrozenLLM, texts: Sequence[str], max_tokens: int,
         texts: (I,) one description per item.
         max_tokens: token budget per description.
         batch_size: descriptions per forward pass (batched by length, right-padded).
+        layer: read this decoder layer's output instead of the last hidden state (0 = the
+            token embeddings, ``n`` = the n-th layer's output before the final norm).
 
     Returns:
         (I, H) float32 on the LLM's device.
@@ -397,8 +399,9 @@ def item_text_features(llm: FrozenLLM, texts: Sequence[str], max_tokens: int,
             batch[j, :len(ids[r])] = torch.tensor(ids[r])
             mask[j, :len(ids[r])] = 1
         mask = mask.to(llm.device)
-        hidden = llm.backbone(input_ids=batch.to(llm.device), attention_mask=mask,
-                              use_cache=False).last_hidden_state.float()
+        out_ = llm.backbone(input_ids=batch.to(llm.device), attention_mask=mask,
+                            use_cache=False, output_hidden_states=layer is not None)
+        hidden = (out_.last_hidden_state if layer is None else out_.hidden_states[layer]).float()
         w = mask.to(hidden.dtype)[:, :, None]
         out[torch.as_tensor(rows, device=llm.device)] = (hidden * w).sum(1) / w.sum(1)
     return out
