@@ -142,6 +142,31 @@ def analyse(run: Path, dtype: str = "auto", components: int = 64) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
+def _mean(entries: list[dict], split: str, what: str, minus: str | None = None) -> float:
+    """Mean N@10 of ``what`` (minus ``minus``) over the runs' entries of one feature set."""
+    vals = [e[split][what]["ndcg@10"] - (e[split][minus]["ndcg@10"] if minus else 0.0)
+            for e in entries]
+    return round(sum(vals) / len(vals), 6)
+
+
+def summarise(doc: dict) -> dict:
+    """Means over the file's runs, per feature set: N@10 ranked alone (valid, test) and the
+    fused ranking minus LightGCN's (valid, test), with how many runs chose a weight below 1."""
+    runs = doc["runs"]
+    out = {"runs": len(runs)}
+    for name in runs[0]["features"] if runs else []:
+        entries = [r["features"][name] for r in runs if name in r["features"]]
+
+        out[name] = {"valid_alone": _mean(entries, "valid", "text_alone"),
+                     "test_alone": _mean(entries, "test", "text_alone"),
+                     "valid_fused_minus_lightgcn": _mean(entries, "valid", "fused",
+                                                         "lightgcn_alone"),
+                     "test_fused_minus_lightgcn": _mean(entries, "test", "fused",
+                                                        "lightgcn_alone"),
+                     "fused_below_1": sum(e["chosen_w"] < 1.0 for e in entries)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="finished glta pipeline run folders")
@@ -162,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                       torch.get_num_threads(), "date": dt.date.today().isoformat(),
                       "load_average": os.getloadavg()[0]})
         doc["runs"] = [r for r in doc["runs"] if r["run"] != entry["run"]] + [entry]
+        doc["summary_ndcg10"] = summarise(doc)
         tmp = args.json.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, indent=1))
         tmp.replace(args.json)
