@@ -144,10 +144,12 @@ EXTRA_ROWS = {
     "residual-lora": ["--user_item.residual", "true", "--user_item.lora", _LORA],
     "text-first": ["--user_item.prompt_order", "text-first"],
     "profile-shared": ["--user_item.profile_prompt", "shared"],
-    # for a `full` with the residual head (the default preset's): its head also scores the
-    # LLM's reading of each item's description
-    "item-text-head": ["--user_item.item_text_features", "true"],
-    "item-text-head-random-llm": ["--user_item.item_text_features", "true", "--ablation",
+    # the residual head also scores the LLM's reading of each item's description; run on a
+    # root whose `full` is the default preset (residual head on, as recorded), this row
+    # changes that alone; on the grid's paper-order `full` it also turns the residual head on
+    "item-text-head": ["--user_item.residual", "true", "--user_item.item_text_features", "true"],
+    "item-text-head-random-llm": ["--user_item.residual", "true",
+                                  "--user_item.item_text_features", "true", "--ablation",
                                   "random-llm"],
 }
 # Rows whose overrides leave the stage keys alone (execution settings): their copy of the
