@@ -74,3 +74,20 @@ def test_control_fuses_lightgcn_plus_and_w_1_is_lightgcn(fusion, tmp_path, synth
     # run again: each (run, scorer, over) entry is replaced, not repeated
     assert fusion.main([str(run), "--json", str(out), "--scorer", "lightgcn+"]) == 0
     assert len(json.loads(out.read_text())["runs"]) == 2
+
+
+def test_eval_splits_rank_each_splits_users_without_what_they_have_seen(fusion, tmp_path,
+                                                                       synthetic_csv):
+    from glta_graph.data import load_dataset
+
+    data = load_dataset(synthetic_csv(tmp_path / "r.csv"), format="csv", text_col="text")
+    splits = fusion.eval_splits(data)
+    for split, seen in (("valid", ("train",)), ("test", ("train", "valid"))):
+        users, ex, rel = splits[split]
+        assert users.tolist() == data.users_with(split).tolist()
+        for row, u in enumerate(users[:5]):
+            want = set().union(*(data.user_items(s, int(u)).tolist() for s in seen))
+            cols = ex.col_indices()[ex.crow_indices()[row]:ex.crow_indices()[row + 1]]
+            assert set(cols.tolist()) == want
+            got = rel.col_indices()[rel.crow_indices()[row]:rel.crow_indices()[row + 1]]
+            assert set(got.tolist()) == set(data.user_items(split, int(u)).tolist())

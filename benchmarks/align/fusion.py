@@ -97,6 +97,20 @@ def fuse_eval(g: torch.Tensor, lgcn: torch.Tensor, w: float, ex: torch.Tensor,
     return ranking_metrics(rank((1 - w) * g + w * lgcn, ex, max(KS)), rel, ks=KS)
 
 
+def eval_splits(data) -> dict[str, tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """``{"valid" | "test": (users (U,), excluded items (U x I CSR), relevant items (U x I
+    CSR))}``: the users with at least one item in the split, the items their ranking skips
+    (train; for test also valid) and the split's items, one row per user."""
+    splits = {}
+    for split in ("valid", "test"):
+        relevant = data.split(split)
+        users = np.flatnonzero(np.diff(relevant.crow_indices().numpy()) > 0)
+        ex = exclusion_matrix(data, ("train",) if split == "valid" else ("train", "valid"))
+        splits[split] = (users, select_rows(ex, torch.as_tensor(users)),
+                         select_rows(relevant, torch.as_tensor(users)))
+    return splits
+
+
 def run_record(run: Path) -> dict:
     """What the run itself recorded: its metrics.json, stage 3's epoch choice and settings."""
     out: dict = {}
@@ -144,13 +158,7 @@ def analyse(run: Path, scorer: str = "glta", over: str = "catalogue") -> dict:
     else:
         raise ValueError(f"scorer must be 'glta' or {CONTROL!r}, got {scorer!r}")
     ue, ie = load_graph_embeddings(run, data.fingerprint)
-    splits = {}
-    for split in ("valid", "test"):
-        relevant = data.split(split)
-        users = np.flatnonzero(np.diff(relevant.crow_indices().numpy()) > 0)
-        ex = exclusion_matrix(data, ("train",) if split == "valid" else ("train", "valid"))
-        splits[split] = (users, select_rows(ex, torch.as_tensor(users)),
-                         select_rows(relevant, torch.as_tensor(users)))
+    splits = eval_splits(data)
     all_users = np.union1d(splits["valid"][0], splits["test"][0])
     u_all = torch.as_tensor(all_users)
     g_all = (glta_scores(rec, all_users) if scorer == "glta"

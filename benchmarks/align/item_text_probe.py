@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from glta_graph import load_graph_embeddings
-from glta_graph.evaluate import exclusion_matrix, select_rows
+from glta_graph.evaluate import select_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fusion import GRID, fuse_eval, standardise  # this folder's benchmark helpers
+from fusion import GRID, eval_splits, fuse_eval, standardise  # this folder's helpers
 from profile_gen import cpu_model, git_commit
 
 DESCRIPTION_TOKENS = 24  # the stage configs' default budget per description
@@ -56,15 +56,15 @@ def content_scores(features: torch.Tensor, train: torch.Tensor, users: np.ndarra
     return profile @ f.T
 
 
-def read_items(run: Path, init: str, dtype: str) -> dict[str, torch.Tensor]:
-    """``{"hidden": (I, H), ["embedding": (I, H)]}``: the LLM's reading of each description
-    (pretrained or random weights), and for pretrained also the mean input embedding."""
+def read_items(data, init: str, dtype: str) -> dict[str, torch.Tensor]:
+    """The LLM's reading of each of ``data``'s item descriptions (the prepared dataset) with
+    pretrained or random weights: ``{"hidden": (I, H), "layerN": (I, H)}`` (the last hidden
+    state and the middle layer's output, token means), for pretrained also ``"embedding"``
+    (I, H) (mean input embedding) and ``"tfidf"`` (I, V'), and ``"precision"`` (a str)."""
     from glta_align.llm import load_llm
     from glta_align.prompts import tokenize_texts
     from glta_align.user_item import item_text_features
-    from glta_graph.data import Interactions
 
-    data = Interactions.load(run / "dataset")
     llm = load_llm(None, dtype=dtype, init=init, init_seed=0)
     out = {"hidden": item_text_features(llm, data.item_text, DESCRIPTION_TOKENS)}
     middle = llm.causal_lm.config.num_hidden_layers // 2
@@ -103,19 +103,13 @@ def analyse(run: Path, dtype: str = "auto", components: int = 64) -> dict:
     feats: dict[str, torch.Tensor] = {}
     precision = {}
     for init in ("pretrained", "random"):
-        got = read_items(run, init, dtype)
+        got = read_items(data, init, dtype)
         precision[init] = got.pop("precision")
         for kind, f in got.items():
             name = kind if kind == "tfidf" else f"{init}-{kind}"
             feats[name] = f
             feats[f"{name}-pca{components}"] = reduce_item_features(f, components, ie.float())
-    splits = {}
-    for split in ("valid", "test"):
-        relevant = data.split(split)
-        users = np.flatnonzero(np.diff(relevant.crow_indices().numpy()) > 0)
-        ex = exclusion_matrix(data, ("train",) if split == "valid" else ("train", "valid"))
-        splits[split] = (users, select_rows(ex, torch.as_tensor(users)),
-                         select_rows(relevant, torch.as_tensor(users)))
+    splits = eval_splits(data)
     graph = {s: standardise(ue.float()[torch.as_tensor(u)] @ ie.float().T)
              for s, (u, _, _) in splits.items()}
     results: dict = {}

@@ -187,7 +187,10 @@ class ResidualHead(nn.Module):
                 raise ValueError(f"text_items must be ({emb.shape[0]}, r), one row per item of "
                                  f"the head, got {tuple(text_items.shape)}")
             self.text_dim = int(text_items.shape[1])
-            self.register_buffer("text_items", text_items.detach().to(emb.device, emb.dtype))
+            # the rows every query scores against, [E | T], built once: the loss and the
+            # ranking use it on every call (E is frozen, so the copy of it never goes stale)
+            self.register_buffer("item_table", torch.cat(
+                [emb, text_items.detach().to(emb.device, emb.dtype)], dim=1))
             self.text_query = nn.Linear(self.hidden_size, self.text_dim, bias=False,
                                         device=emb.device, dtype=emb.dtype)
             nn.init.zeros_(self.text_query.weight)
@@ -205,10 +208,14 @@ class ResidualHead(nn.Module):
         flat = x.reshape(-1, H + d)
         return flat[:, :H], flat[:, H:]
 
+    @property
+    def text_items(self) -> torch.Tensor | None:
+        """(I, r) the item text features (a view of the scoring table), or ``None``."""
+        return None if self.text_query is None else self.item_table[:, self.graph_dim:]
+
     def _table(self) -> torch.Tensor:
         """(I, d [+ r]): the item rows the queries score against."""
-        emb = self.base.item_embeddings
-        return emb if self.text_query is None else torch.cat([emb, self.text_items], dim=1)
+        return self.base.item_embeddings if self.text_query is None else self.item_table
 
     def _queries(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, e = self._split(x)
@@ -259,7 +266,7 @@ class ResidualHead(nn.Module):
         if proj.bias is not None:
             tensors["projector.bias"] = proj.bias
         if self.text_query is not None:
-            tensors["text_items"] = self.text_items
+            tensors["text_items"] = self.text_items.contiguous()
             tensors["text_query.weight"] = self.text_query.weight
         config = {"model_type": _RESIDUAL_TYPE, "num_items": self.num_items,
                   "graph_dim": self.graph_dim, "hidden_size": self.hidden_size,

@@ -378,8 +378,9 @@ def item_text_features(llm: FrozenLLM, texts: Sequence[str], max_tokens: int,
         texts: (I,) one description per item.
         max_tokens: token budget per description.
         batch_size: descriptions per forward pass (batched by length, right-padded).
-        layer: read this decoder layer's output instead of the last hidden state (0 = the
-            token embeddings, ``n`` = the n-th layer's output before the final norm).
+        layer: read ``hidden_states[layer]`` instead of the last hidden state: 0 = the
+            token embeddings, ``0 < n <`` the layer count = the n-th layer's output (before
+            the final norm, which only the last hidden state has).
 
     Returns:
         (I, H) float32 on the LLM's device.
