@@ -1,0 +1,180 @@
+"""Where stage 3's training time goes: torch.profiler over the real stage on a run's inputs.
+
+For a run whose stages 1-2 and profile text have finished, this copies the inputs stage 3
+reads into a scratch folder and runs ``glta_align.train_user_item`` with the run's own
+stage-3 settings for one epoch over ``--max-users`` training users, without validation (so
+only the optimiser steps are profiled; with ``prompt_order = "text-first"`` the users' text
+keys/values are computed before the loop, as a later epoch finds them). The training loop
+runs under ``torch.profiler`` (CPU activities), and the operators' self time is summed by
+kind (:func:`kind_of`): the linear layers' products (``aten::mm``/``addmm``/``_int_mm``), the
+attention products (``aten::bmm``/``baddbmm``), fused attention kernels and softmax,
+dtype casts and copies, element-wise arithmetic, and the framework's bookkeeping (views,
+allocation, autograd's engine). Reported: the stage's own throughput record (model FLOPs /
+training time, as ``report.md`` gives it), the GEMM rate of the LLM's layer shapes in the
+run's precision measured in the same process afterwards (the probe ``dtype="auto"`` runs),
+the achieved fraction of it, the share of each kind and the top operators.
+
+    uv run python benchmarks/align/profile_stage3.py RUN --max-users 96 --json OUT.json
+
+The profiler adds a little overhead per operator, so the profiled throughput is a lower
+bound of the unprofiled one; the shares are what to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# (kind, operator names) checked in this order; anything else is "framework"
+KINDS = (
+    ("linear products", ("aten::mm", "aten::addmm", "aten::_int_mm", "aten::_weight_int8pack_mm")),
+    ("attention products", ("aten::bmm", "aten::baddbmm")),
+    ("attention kernels and softmax", ("aten::_softmax", "aten::_softmax_backward_data",
+                                       "aten::_safe_softmax", "scaled_dot_product",
+                                       "flash_attention")),
+    ("casts and copies", ("aten::copy_", "aten::_to_copy", "aten::cat", "aten::clone",
+                          "aten::index_select", "aten::index", "aten::gather",
+                          "aten::index_put_", "aten::_index_put_impl_", "aten::scatter")),
+    ("element-wise", ("aten::mul", "aten::add", "aten::sub", "aten::div", "aten::pow",
+                      "aten::silu", "aten::silu_backward", "aten::neg", "aten::rsqrt",
+                      "aten::sqrt", "aten::mean", "aten::sum", "aten::fill_", "aten::zero_",
+                      "aten::where", "aten::addcdiv_", "aten::addcmul_", "aten::lerp_",
+                      "aten::exp", "aten::log", "aten::logsumexp", "aten::max", "aten::clamp",
+                      "aten::masked_fill", "aten::eq", "aten::ne", "aten::lt", "aten::gt",
+                      "aten::nll_loss", "aten::_log_softmax", "aten::threshold",
+                      "aten::_foreach", "aten::_fused_rms_norm", "aten::rms_norm")),
+)
+
+
+def kind_of(name: str) -> str:
+    """The kind of a profiler event name (see :data:`KINDS`).
+
+    An operator belongs to a kind when its name equals one of the kind's names or starts
+    with it followed by ``_`` or ``.`` (``aten::add_``, ``aten::mul.Tensor``,
+    ``aten::_foreach_add_``), or, for names without ``aten::``, contains it
+    (``scaled_dot_product``). Autograd's wrapper events (``...Backward0``,
+    ``autograd::engine::...``) and everything else are ``"framework"``.
+    """
+    if "Backward" in name or name.startswith("autograd::"):
+        return "framework"
+    for kind, names in KINDS:
+        for op in names:
+            if op.startswith("aten::"):
+                if name == op or (name.startswith(op) and name[len(op)] in "_."):
+                    return kind
+            elif op in name:
+                return kind
+    return "framework"
+
+
+def breakdown(events: list[tuple[str, float, int]], top: int = 15) -> dict:
+    """Self time by kind and the top operators.
+
+    Args:
+        events: ``(name, self seconds, calls)`` per operator (the profiler's key averages).
+        top: how many operators to list.
+
+    Returns:
+        ``{"total_self_s", "kinds": {kind: {"self_s", "share"}}, "top": [{"name", "kind",
+        "self_s", "share", "calls"}]}``, kinds in :data:`KINDS` order then ``framework``;
+        the shares sum to 1 over the kinds.
+    """
+    total = sum(s for _, s, _ in events)
+    by_kind: dict[str, float] = collections.OrderedDict(
+        (k, 0.0) for k in [*(k for k, _ in KINDS), "framework"])
+    for name, s, _ in events:
+        by_kind[kind_of(name)] += s
+    ranked = sorted(events, key=lambda e: -e[1])[:top]
+    share = (lambda s: s / total) if total > 0 else (lambda s: 0.0)
+    return {"total_self_s": total,
+            "kinds": {k: {"self_s": s, "share": share(s)} for k, s in by_kind.items()},
+            "top": [{"name": n, "kind": kind_of(n), "self_s": s, "share": share(s),
+                     "calls": c} for n, s, c in ranked]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run", type=Path, help="a run directory with stages 1-2 finished")
+    ap.add_argument("--max-users", type=int, default=96)
+    ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    if not (args.run / "resolved-config.toml").is_file():
+        print(f"error: {args.run}: not a run directory (no resolved-config.toml)",
+              file=sys.stderr)
+        return 2
+
+    import torch
+    import torch.profiler as tp
+    from glta_align import load_llm, train_user_item
+    from glta_align import user_item as stage3
+    from glta_align.item_text import GLLM_HEAD_DIR, ITEM_PROJECTOR_DIR, STAGE2_OUTPUT_DIR
+    from glta_align.llm import _linear_shapes, _time_products
+    from glta_align.profiles import PROFILES_NAME
+    from glta_cli.config import load_config
+    from glta_cli.runs import load_dataset_dir
+    from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
+
+    config = load_config("default", args.run / "resolved-config.toml")
+    data = load_dataset_dir(args.run / "dataset")
+    cfg = dataclasses.replace(config.user_item, epochs=1, max_users=args.max_users,
+                              patience=None)
+    lc = config.llm
+    load_before = round(os.getloadavg()[0], 2)
+    llm = load_llm(lc.model_name_or_path, dtype=lc.dtype, device=lc.device,
+                   cache_dir=lc.cache_dir, init=lc.init, init_seed=cfg.seed)
+    caught: dict = {}
+    run_loop = stage3.run_loop
+
+    def profiled_loop(**kwargs):  # the optimiser steps only, not the set-up before them
+        with tp.profile(activities=[tp.ProfilerActivity.CPU]) as prof:
+            t = time.perf_counter()
+            result = run_loop(**kwargs)
+            caught["seconds"] = time.perf_counter() - t
+        caught["events"] = [(e.key, e.self_cpu_time_total / 1e6, e.count)
+                            for e in prof.key_averages()]
+        return result
+
+    stage3.run_loop = profiled_loop
+    try:
+        with tempfile.TemporaryDirectory(prefix="glta-profile-stage3-") as scratch:
+            for name in ("dataset", "graph", STAGE2_OUTPUT_DIR, ITEM_PROJECTOR_DIR,
+                         GLLM_HEAD_DIR, PROFILES_NAME):
+                src = args.run / name
+                if src.is_dir():
+                    shutil.copytree(src, Path(scratch) / name)
+                elif src.is_file():
+                    shutil.copy2(src, Path(scratch) / name)
+            res = train_user_item(data, scratch, cfg, llm=llm, resume=False)
+    finally:
+        stage3.run_loop = run_loop
+    gemm = _time_products(_linear_shapes(llm.causal_lm.config), llm.precision, 256, 3)
+    achieved = res.throughput.get("achieved_gflops")
+    out = {"command": "python " + " ".join([Path(__file__).name, *sys.argv[1:]]),
+           "commit": git_commit(), "date": dt.date.today().isoformat(), "cpu": cpu_model(),
+           "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "load_before": load_before, "load_after": round(os.getloadavg()[0], 2),
+           "run": str(args.run), "max_users": args.max_users, "precision": llm.precision,
+           "train_attention": llm.train_attention, "prompt_order": cfg.prompt_order,
+           "residual": cfg.residual, "loop_seconds": caught["seconds"],
+           "throughput": res.throughput, "gemm_gflops": gemm,
+           "gemm_fraction": achieved / gemm if achieved and gemm else None,
+           **breakdown(caught["events"], args.top)}
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

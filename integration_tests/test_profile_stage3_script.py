@@ -1,0 +1,58 @@
+"""benchmarks/align/profile_stage3.py: torch.profiler operators grouped by kind."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def prof(align_script):
+    return align_script("profile_stage3")
+
+
+@pytest.mark.parametrize(("name", "kind"), [
+    ("aten::mm", "linear products"),
+    ("aten::addmm", "linear products"),
+    ("aten::_int_mm", "linear products"),
+    ("aten::bmm", "attention products"),
+    ("aten::_softmax_backward_data", "attention kernels and softmax"),
+    ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention kernels and softmax"),
+    ("aten::copy_", "casts and copies"),
+    ("aten::_to_copy", "casts and copies"),
+    ("aten::mul", "element-wise"),
+    ("aten::add_", "element-wise"),
+    ("aten::addcdiv_", "element-wise"),
+    ("aten::_foreach_add_", "element-wise"),
+    ("aten::silu_backward", "element-wise"),
+    # near-misses of the names above are not taken for them
+    ("aten::matmul", "framework"),
+    ("aten::expand", "framework"),
+    ("aten::empty_strided", "framework"),
+    ("MulBackward0", "framework"),
+    ("autograd::engine::evaluate_function: MmBackward0", "framework"),
+])
+def test_kind_of(prof, name, kind):
+    assert prof.kind_of(name) == kind
+
+
+def test_breakdown_shares_sum_to_one_and_rank_the_top(prof):
+    events = [("aten::mm", 3.0, 10), ("aten::mul", 1.0, 50), ("aten::bmm", 0.5, 5),
+              ("aten::view", 0.5, 100)]
+    out = prof.breakdown(events, top=2)
+    assert out["total_self_s"] == pytest.approx(5.0)
+    shares = {k: v["share"] for k, v in out["kinds"].items()}
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert shares["linear products"] == pytest.approx(0.6)
+    assert shares["element-wise"] == pytest.approx(0.2)
+    assert shares["framework"] == pytest.approx(0.1)
+    assert shares["casts and copies"] == 0.0
+    assert [t["name"] for t in out["top"]] == ["aten::mm", "aten::mul"]
+    assert out["top"][1] == {"name": "aten::mul", "kind": "element-wise", "self_s": 1.0,
+                             "share": pytest.approx(0.2), "calls": 50}
+    empty = prof.breakdown([])
+    assert empty["total_self_s"] == 0 and empty["top"] == []
+
+
+def test_rejects_a_folder_that_is_not_a_run(prof, tmp_path, capsys):
+    assert prof.main([str(tmp_path)]) == 2
+    assert str(tmp_path) in capsys.readouterr().err
