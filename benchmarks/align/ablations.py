@@ -48,6 +48,8 @@ configuration, in the run's final evaluation. Extra rows:
   ``residual-lr1e-4-text-first`` the same with the text first (the default preset since
   2026-12-05); ``residual-lr1e-4-text-first-random-llm`` its control (copied from
   ``random-llm``).
+- ``no-pd-random-llm`` [extra]: ``no-pd`` with the randomly initialised LLM (copied from the
+  seed's ``random-llm`` run, so only stage 3 reruns): its control.
 - ``residual-lora`` [extra]: the residual head and the LoRA adapter together (the two rows
   ahead of ``full`` on valid N@10 at seed 0).
 - ``text-first`` [extra]: the stage-3 prompt with the profile and prediction text before
@@ -106,7 +108,7 @@ ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-
              "lora", "lora-random-llm", "residual-lr1e-4", "residual-lora",
              "text-first", "residual-lr1e-4-random-llm", "residual-lr1e-4-text-first",
              "residual-lr1e-4-text-first-random-llm", "profile-shared", "item-text-head",
-             "item-text-head-random-llm")
+             "item-text-head-random-llm", "no-pd-random-llm")
 # The `lora` rows' adapter: peft's usual rank and targets (glta_align.llm.LoraSettings).
 _LORA = "{r = 8, alpha = 16, target_modules = ['q_proj', 'v_proj']}"
 # Rows that are not the paper's ablations: the overrides they add to the full run's command.
@@ -148,6 +150,8 @@ EXTRA_ROWS = {
     # root whose `full` is the default preset (residual head on, as recorded), this row
     # changes that alone; on the grid's paper-order `full` it also turns the residual head on
     "item-text-head": ["--user_item.residual", "true", "--user_item.item_text_features", "true"],
+    # w/o PD's random-weight control (the paper's ablation itself is `--ablation no-pd`)
+    "no-pd-random-llm": ["--user_item.use_predict", "false", "--ablation", "random-llm"],
     "item-text-head-random-llm": ["--user_item.residual", "true",
                                   "--user_item.item_text_features", "true", "--ablation",
                                   "random-llm"],
@@ -161,7 +165,7 @@ COPY_FROM = {"history-text-random-llm": "random-llm", "lr3e-4-random-llm": "rand
              "no-text-random-llm": "random-llm", "lora-random-llm": "random-llm",
              "residual-lr1e-4-random-llm": "random-llm",
              "residual-lr1e-4-text-first-random-llm": "random-llm",
-             "item-text-head-random-llm": "random-llm"}
+             "item-text-head-random-llm": "random-llm", "no-pd-random-llm": "random-llm"}
 # Every pipeline run of the grid pins what the default preset has changed since the grid's
 # first runs, so the rows stay comparable with the recorded ones: the paper's prompt order
 # (the default preset's until 2026-12-05, then text-first; the `text-first` row overrides it)
