@@ -1,11 +1,18 @@
 import json
 import subprocess
+import zlib
 
 import pytest
 from align_testutil import PY, TESTS, subprocess_env, toy_data
 
 from glta_align.config import UserItemConfig
-from glta_align.profiles import ProfileError, generate_profiles, profile_items, read_profiles
+from glta_align.profiles import (
+    ProfileError,
+    generate_profiles,
+    profile_items,
+    read_profiles,
+    text_kinds,
+)
 
 
 def test_profile_items_fixed_sample(toy):
@@ -51,6 +58,75 @@ def test_stale_file_is_regenerated_when_asked(tmp_path, toy, tiny):
     # an unknown choice is refused
     with pytest.raises(ValueError, match="stale"):
         generate_profiles(toy, tmp_path, tiny, cfg, users=[0], stale="keep")
+
+
+def test_text_kinds_follow_the_prompt():
+    assert text_kinds(UserItemConfig()) == ["profile", "predict"]
+    assert text_kinds(UserItemConfig(use_predict=False)) == ["profile"]
+    assert text_kinds(UserItemConfig(use_profile=False)) == ["predict"]
+    # neither used (a baseline reading the file wants both), or the shared prompts (one
+    # pass over the descriptions serves both): both
+    assert text_kinds(UserItemConfig(use_profile=False, use_predict=False)) == [
+        "profile", "predict"]
+    assert text_kinds(UserItemConfig(use_predict=False, profile_prompt="shared")) == [
+        "profile", "predict"]
+
+
+def test_only_the_texts_the_prompt_uses_are_generated(tmp_path, toy, tiny, monkeypatch):
+    """Without the prediction text only the profile prompts run (half the generation); the
+    profile texts equal those written next to the prediction texts; a file holding both
+    serves a profile-only run (users added to it get both), and a profile-only file is
+    regenerated for a run that uses the prediction text."""
+    import glta_align.profiles as profiles
+
+    calls = []
+    generate = profiles.greedy_generate
+
+    def counting(llm, prompts, *args, **kwargs):
+        # the real generation runs; its rows are replaced by a word naming the prompt (the
+        # tiny random LLM writes empty texts), so texts of different prompts differ
+        calls.append(len(prompts))
+        assert len(generate(llm, prompts, *args, **kwargs)) == len(prompts)
+        return [llm.tokenizer.encode(f" w{zlib.crc32(str(list(p)).encode()) % 99991}",
+                                     add_special_tokens=False) for p in prompts]
+
+    monkeypatch.setattr(profiles, "greedy_generate", counting)
+    both = UserItemConfig(profile_batch_size=5, profile_new_tokens=3)
+    only = UserItemConfig(profile_batch_size=5, profile_new_tokens=3, use_predict=False)
+    full = generate_profiles(toy, tmp_path / "both", tiny, both, users=[0, 1, 2])
+    assert sum(calls) == 6
+    calls.clear()
+    pf = generate_profiles(toy, tmp_path / "pf", tiny, only, users=[0, 1, 2])
+    assert sum(calls) == 3  # the profile prompts alone
+    assert {u: r["profile"] for u, r in pf.items()} == {u: r["profile"] for u, r in full.items()}
+    assert all(r["predict"] == "" for r in pf.values())
+    assert all(r["profile"] and r["predict"] and r["profile"] != r["predict"]
+               for r in full.values())
+    assert read_profiles(tmp_path / "pf" / "profiles.jsonl")[0]["texts"] == ["profile"]
+    # a both-text file serves the profile-only run; a user added to it gets both texts
+    calls.clear()
+    more = generate_profiles(toy, tmp_path / "both", tiny, only, users=[0, 1, 2, 3])
+    # (the batch holding the new user, all four users here, runs again, for both kinds)
+    assert all(more[u] == full[u] for u in full) and calls == [4, 4] and more[3]["predict"]
+    assert read_profiles(tmp_path / "both" / "profiles.jsonl")[0]["texts"] == [
+        "profile", "predict"]
+    # a profile-only file lacks what a run with the prediction text needs
+    with pytest.raises(ProfileError, match="texts"):
+        generate_profiles(toy, tmp_path / "pf", tiny, both, users=[0, 1, 2])
+    again = generate_profiles(toy, tmp_path / "pf", tiny, both, users=[0, 1, 2],
+                              stale="regenerate")
+    assert again == full
+    # a file written before the kinds were recorded holds both
+    path = tmp_path / "both" / "profiles.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    meta = json.loads(lines[0])["meta"]
+    del meta["texts"]
+    path.write_text("\n".join([json.dumps({"meta": meta}), *lines[1:]]) + "\n",
+                    encoding="utf-8")
+    calls.clear()
+    assert generate_profiles(toy, tmp_path / "both", tiny, only, users=[0, 1, 2]) == {
+        u: more[u] for u in (0, 1, 2, 3)}
+    assert calls == []
 
 
 def test_torn_last_line_is_dropped(tmp_path):

@@ -47,6 +47,7 @@ __all__ = [
     "greedy_generate",
     "profile_items",
     "read_profiles",
+    "text_kinds",
     "user_prompts",
 ]
 
@@ -79,19 +80,34 @@ def _template_hash(llm: FrozenLLM, layout: str = "paper") -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+TEXT_KINDS = ("profile", "predict")
+
+
+def text_kinds(cfg: UserItemConfig) -> list[str]:
+    """Which texts :func:`generate_profiles` writes for ``cfg``: those the stage-3 prompt
+    uses (``use_profile`` -> ``"profile"``, ``use_predict`` -> ``"predict"``), in that
+    order; both when it uses neither (a caller such as the RLMRec-Con baseline reads both)
+    or with ``profile_prompt = "shared"`` (one pass over each user's descriptions serves
+    both). A text not written is stored as ``""``."""
+    kinds = [k for k, on in zip(TEXT_KINDS, (cfg.use_profile, cfg.use_predict), strict=True) if on]
+    if not kinds or cfg.profile_prompt == "shared":
+        return list(TEXT_KINDS)
+    return kinds
+
+
 def _meta(data: Interactions, llm: FrozenLLM, cfg: UserItemConfig) -> dict[str, Any]:
     return {"fingerprint": data.fingerprint, "llm": llm.source, "tags": cfg.profile_tags,
             "words": cfg.predict_words, "items": cfg.profile_items,
             "new_tokens": cfg.profile_new_tokens, "description_tokens": cfg.description_tokens,
             "seed": cfg.seed, "prompt_style": cfg.prompt_style,
             "template": _template_hash(llm, cfg.profile_prompt), "precision": llm.precision,
-            "profile_prompt": cfg.profile_prompt}
+            "profile_prompt": cfg.profile_prompt, "texts": text_kinds(cfg)}
 
 
 # Keys older files lack: such a file is still accepted (its texts came from the same prompts).
 _NEWER_META_KEYS = ("template", "precision")
 # Keys older files lack that read as the value those files were made with.
-_OLDER_META_VALUES = {"profile_prompt": "paper"}
+_OLDER_META_VALUES = {"profile_prompt": "paper", "texts": list(TEXT_KINDS)}
 
 
 def read_profiles(path: str | os.PathLike[str]) -> tuple[dict[str, Any] | None, dict[int, dict]]:
@@ -358,6 +374,11 @@ def generate_profiles(
 ) -> dict[int, dict[str, str]]:
     """Generate (or complete) the profile and prediction texts of ``users``.
 
+    Only the texts :func:`text_kinds` names for ``config`` are generated (the others are
+    stored as ``""``); a file already holding more kinds keeps them, and users added to it
+    get the same kinds. A file lacking a kind ``config`` uses counts as made with other
+    settings (``stale``).
+
     Args:
         data: the dataset (train split and item texts are used).
         run_dir: run directory; results go to ``RUN/profiles.jsonl``.
@@ -395,7 +416,12 @@ def generate_profiles(
                 f"{path}: made for dataset fingerprint {meta.get('fingerprint')}, but the "
                 f"dataset in use has fingerprint {data.fingerprint}")
         diff = {k: (meta.get(k), v) for k, v in meta_now.items() if meta.get(k) != v
-                and not (k in _NEWER_META_KEYS and k not in meta)}
+                and k != "texts" and not (k in _NEWER_META_KEYS and k not in meta)}
+        have = list(meta.get("texts") or TEXT_KINDS)
+        if set(meta_now["texts"]) <= set(have):
+            meta_now["texts"] = have  # the file holds what is needed; users added match it
+        else:  # a text this run uses was not written
+            diff["texts"] = (have, meta_now["texts"])
         if diff and stale == "raise":
             raise ProfileError(f"{path}: made with other settings {diff}; delete it to regenerate")
         if diff:
@@ -426,33 +452,35 @@ def _write(path: Path, meta: dict, done: dict, data: Interactions, llm: FrozenLL
     batches = [order[i:i + bs] for i in range(0, len(order), bs)]
     todo = [b for b in batches if any(u not in done for u in b)]
     shared = _shared_split(llm, cfg, prompts, wanted) if cfg.profile_prompt == "shared" else None
+    kinds = [TEXT_KINDS.index(k) for k in meta["texts"]]  # the prompts to generate from
     if shared is not None:  # one common part per user, both kinds continue from it
         bodies, ends = shared
-        prefix = [common_prefix_length([bodies[u] for u in wanted])]
+        prefix = {0: common_prefix_length([bodies[u] for u in wanted])}
     else:
-        prefix = [common_prefix_length([prompts[u][k] for u in wanted]) for k in (0, 1)]
-    prefix_kv: list[Any] = [None, None]
+        prefix = {k: common_prefix_length([prompts[u][k] for u in wanted]) for k in kinds}
+    prefix_kv: dict[int, Any] = dict.fromkeys(prefix)
     total = len(wanted)
     finished = total - sum(1 for u in wanted if u not in done)
     emit(progress, ProgressEvent("profiles", "start", step=finished, total=total,
                                  message="profile/prediction text"))
     with path.open("a", encoding="utf-8") as fh:
         for chunk in todo:
-            texts = []
-            for k in range(len(prefix)):
+            texts = {k: [""] * len(chunk) for k in range(len(TEXT_KINDS))}
+            for k in prefix:
                 if prefix[k] and prefix_kv[k] is None:
                     prefix_kv[k] = _prefix_cache(llm, prompts[wanted[0]][k][:prefix[k]])
                 if shared is not None:
                     out = greedy_generate(llm, [bodies[u] for u in chunk],
                                           cfg.profile_new_tokens, prefix_len=prefix[k],
                                           prefix_kv=prefix_kv[k], suffixes=ends)
-                    outs = [out[0::2], out[1::2]]
+                    outs = {0: out[0::2], 1: out[1::2]}
                 else:
-                    outs = [greedy_generate(llm, [prompts[u][k] for u in chunk],
-                                            cfg.profile_new_tokens, prefix_len=prefix[k],
-                                            prefix_kv=prefix_kv[k])]
-                texts += [[" ".join(t.split()) for t in
-                           llm.tokenizer.batch_decode(o, skip_special_tokens=True)] for o in outs]
+                    outs = {k: greedy_generate(llm, [prompts[u][k] for u in chunk],
+                                               cfg.profile_new_tokens, prefix_len=prefix[k],
+                                               prefix_kv=prefix_kv[k])}
+                for kind, o in outs.items():
+                    texts[kind] = [" ".join(t.split()) for t in
+                                   llm.tokenizer.batch_decode(o, skip_special_tokens=True)]
             for j, u in enumerate(chunk):
                 if u in done:
                     continue
