@@ -180,6 +180,39 @@ def test_every_extra_row_resolves_to_the_setting_it_names(align_script):
     assert ablations.EXTRA_ROWS["lora-random-llm"][-2:] == ["--ablation", "random-llm"]
 
 
+def test_every_row_command_resolves_with_the_grid_pins(align_script):
+    # the grid pins what the default preset changed (GRID_BASE), but an `--ablation NAME`
+    # contradicted on its own command line is refused (exit 2), so a row whose ablation sets
+    # a pinned key (no-pd: use_predict) drops that pin; every other pin stays
+    from glta_cli.config import ABLATIONS, load_config
+
+    ablations = align_script("ablations")
+    pinned = load_config("default", overrides=ablations.GRID_BASE).sections["user_item"]
+    assert pinned.use_predict is True
+    assert load_config("default").sections["user_item"].use_predict is False
+    for row in ablations.ABLATIONS:
+        if row == "full":
+            continue
+        args = ablations.EXTRA_ROWS.get(row, ["--ablation", row])
+        base = ablations.grid_base(args)
+        overrides = [x for k, v in zip(args[0::2], args[1::2], strict=True) if k != "--ablation"
+                     for x in (k, v)]
+        name = args[args.index("--ablation") + 1] if "--ablation" in args else None
+        cfg = load_config("default", overrides=[*base, *overrides, *(
+            ["--run.ablation", name] if name else [])])  # raises on a contradiction
+        if name is None or name == "random-llm":
+            assert base == ablations.GRID_BASE, row
+        ui = cfg.sections["user_item"]
+        if row == "no-pd":
+            assert "--user_item.use_predict" not in base and ui.use_predict is False
+            assert (ui.prompt_order, ui.residual, ui.lr) == ("paper", False, 1e-3)
+        for flag, value in zip(base[0::2], base[1::2], strict=True):  # the pins left stand
+            section, key = flag[2:].split(".")
+            if flag not in overrides and key not in ABLATIONS.get(name, {}).get(section, {}):
+                assert str(getattr(cfg.sections[section], key)).lower() == value.lower() or \
+                    float(getattr(cfg.sections[section], key)) == float(value), (row, flag)
+
+
 def test_from_scratch_runs_a_row_without_its_full_run(tmp_path, align_script, monkeypatch):
     # without `full`, a row is skipped unless --from-scratch asks for it as its own pipeline:
     # then nothing is copied, the command carries the row's overrides after GRID_BASE, and

@@ -172,7 +172,27 @@ COPY_FROM = {"history-text-random-llm": "random-llm", "lr3e-4-random-llm": "rand
 # and the projected head without the residual at lr 1e-3 (the default preset's until
 # 2026-12-05, then the residual at 1e-4; the `residual*` rows override it).
 GRID_BASE = ["--user_item.prompt_order", "paper", "--user_item.residual", "false",
-             "--user_item.lr", "1e-3"]
+             "--user_item.lr", "1e-3", "--user_item.use_predict", "true"]
+# (the prediction text too: on in the default preset until 2026-12-06, then off; the
+# `no-pd` row's ablation turns it off, see grid_base)
+
+
+def grid_base(row_args: list[str]) -> list[str]:
+    """:data:`GRID_BASE` without the pins that the row's ``--ablation NAME`` sets itself
+    (the CLI refuses an ablation contradicted by an option on the same command line: ``no-pd``
+    sets ``[user_item] use_predict = false``, which the grid otherwise pins on)."""
+    if "--ablation" not in row_args:
+        return list(GRID_BASE)
+    from glta_cli.config import ABLATIONS as SETS
+
+    name = row_args[row_args.index("--ablation") + 1]
+    taken = {f"--{section}.{key}" for section, keys in SETS.get(name, {}).items()
+             for key in keys}
+    out: list[str] = []
+    for flag, value in zip(GRID_BASE[0::2], GRID_BASE[1::2], strict=True):
+        if flag not in taken:
+            out += [flag, value]
+    return out
 BASELINES = ("lightgcn-softmax",)
 DATASETS = {
     "ml-100k": ["--data.source", "ml-100k"],
@@ -381,7 +401,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         full = base / f"seed{seed}" / "full"
         run = base / f"seed{seed}" / row
-        common = [*data_args, "--run.seed", str(seed), "--quiet", *GRID_BASE, *args.extra]
+        row_args = ([] if row in ("full", "lightgcn-softmax")
+                    else EXTRA_ROWS.get(row, ["--ablation", row]))
+        common = [*data_args, "--run.seed", str(seed), "--quiet", *grid_base(row_args),
+                  *args.extra]
         if row == "full":
             cmd = _glta("pipeline", "--out", str(run), *common)
         elif row == "lightgcn-softmax":

@@ -18,16 +18,23 @@ def _flat(config):
     return {(s, k): v for s, keys in config.to_dict().items() for k, v in keys.items()}
 
 
+@pytest.mark.parametrize("preset", ["default", "paper"])
 @pytest.mark.parametrize("name", [n for n in ABLATIONS if n != "full"])
-def test_each_ablation_changes_only_what_it_names(name):
-    full, abl = _flat(load_config("default")), _flat(load_config("default",
-                                                                 None, ["--run.ablation", name]))
+def test_each_ablation_changes_only_what_it_names(name, preset):
+    full, abl = _flat(load_config(preset)), _flat(load_config(preset,
+                                                              None, ["--run.ablation", name]))
     changed = {key for key in full if full[key] != abl[key]} - {("run", "ablation")}
-    named = {(s, k) for s, keys in ABLATIONS[name].items() for k in keys}
+    # what it names and the preset does not already set that way
+    named = {(s, k) for s, keys in ABLATIONS[name].items() for k, v in keys.items()
+             if full[(s, k)] != v}
     if name == "random-llm":  # [llm] init is followed by both stages' llm_init
         named |= {("item_text", "llm_init"), ("user_item", "llm_init")}
     assert changed == named, name
     assert abl[("run", "ablation")] == name
+    if name == "no-pd":  # the default preset has the prediction text off already
+        assert named == (set() if preset == "default" else {("user_item", "use_predict")})
+    elif preset == "default":
+        assert named, name
 
 
 def test_ablation_stage_keys_rerun_only_what_they_change():
@@ -38,8 +45,9 @@ def test_ablation_stage_keys_rerun_only_what_they_change():
         return [s for s in keys if keys[s] != full[s]]
 
     assert changed("fl") == changed("ar") == ["evaluate"]
-    for name in ("no-ua", "no-pf", "no-pd"):
+    for name in ("no-ua", "no-pf"):
         assert changed(name) == ["user_item", "evaluate"], name
+    assert changed("no-pd") == []  # the default preset's prediction text is off already
     for name in ("no-ia", "plain-head", "random-llm"):
         assert changed(name) == ["item_text", "user_item", "evaluate"], name
 

@@ -378,7 +378,7 @@ def test_pipeline_evaluation_reuses_the_texts_stage3_kept(runner, ratings_csv, t
     result = runner.invoke(app, ["pipeline", *args, "--user_item.patience", "1"])
     assert result.exit_code == 0, result.output
     cfg = load_config("default", run / "resolved-config.toml").user_item
-    assert cfg.prompt_order == "text-first" and cfg.use_profile and cfg.use_predict
+    assert cfg.prompt_order == "text-first" and cfg.use_profile and not cfg.use_predict
     assert computed and len(computed) == len(set(computed))
     # ... and the ranking it gave is the one a fresh runner gives (`glta evaluate`)
     metrics = json.loads((run / "metrics.json").read_text())["glta"]
