@@ -96,8 +96,11 @@ def test_only_the_texts_the_prompt_uses_are_generated(tmp_path, toy, tiny, monke
     full = generate_profiles(toy, tmp_path / "both", tiny, both, users=[0, 1, 2])
     assert sum(calls) == 6
     calls.clear()
-    pf = generate_profiles(toy, tmp_path / "pf", tiny, only, users=[0, 1, 2])
+    events = []
+    pf = generate_profiles(toy, tmp_path / "pf", tiny, only, users=[0, 1, 2],
+                           progress=events.append)
     assert sum(calls) == 3  # the profile prompts alone
+    assert {e.message for e in events if e.kind == "start"} == {"profile text"}
     assert {u: r["profile"] for u, r in pf.items()} == {u: r["profile"] for u, r in full.items()}
     assert all(r["predict"] == "" for r in pf.values())
     assert all(r["profile"] and r["predict"] and r["profile"] != r["predict"]

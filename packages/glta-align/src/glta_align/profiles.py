@@ -453,6 +453,8 @@ def _write(path: Path, meta: dict, done: dict, data: Interactions, llm: FrozenLL
     todo = [b for b in batches if any(u not in done for u in b)]
     shared = _shared_split(llm, cfg, prompts, wanted) if cfg.profile_prompt == "shared" else None
     kinds = [TEXT_KINDS.index(k) for k in meta["texts"]]  # the prompts to generate from
+    label = {(0,): "profile text", (1,): "prediction text"}.get(tuple(kinds),
+                                                                "profile/prediction text")
     if shared is not None:  # one common part per user, both kinds continue from it
         bodies, ends = shared
         prefix = {0: common_prefix_length([bodies[u] for u in wanted])}
@@ -462,7 +464,7 @@ def _write(path: Path, meta: dict, done: dict, data: Interactions, llm: FrozenLL
     total = len(wanted)
     finished = total - sum(1 for u in wanted if u not in done)
     emit(progress, ProgressEvent("profiles", "start", step=finished, total=total,
-                                 message="profile/prediction text"))
+                                 message=label))
     with path.open("a", encoding="utf-8") as fh:
         for chunk in todo:
             texts = {k: [""] * len(chunk) for k in range(len(TEXT_KINDS))}
@@ -490,7 +492,7 @@ def _write(path: Path, meta: dict, done: dict, data: Interactions, llm: FrozenLL
             fh.flush()
             os.fsync(fh.fileno())
             emit(progress, ProgressEvent("profiles", "step", step=finished, total=total,
-                                         message="profile/prediction text"))
+                                         message=label))
     emit(progress, ProgressEvent("profiles", "end", step=total, total=total))
 
 
