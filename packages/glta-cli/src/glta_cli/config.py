@@ -402,7 +402,9 @@ _PRESET_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     # preset (ML-100K, seeds 0-2, patience 2, Intel Xeon with AMX) put it level with or ahead
     # of the prediction text on valid N@10 at every seed (+0.0020, 0.0000, +0.0036), the
     # best valid of the rows run on this preset, and it halves the text generation (only the
-    # profile prompts run). Profile text stays on (w/o PF is below it on valid).
+    # profile prompts run). A 2-thread run at seed 0 was below on stage 3's valid (0.2088 vs
+    # 0.2113): level within run-to-run variation, and faster, the rule that made text-first
+    # the default. Profile text stays on (w/o PF is below it on valid).
     # Stage-3 patience 1 (default preset): with the residual head at lr 1e-4 the valid curve
     # peaks early; replayed on the 15 recorded curves of this preset (5 rows x seeds 0-2 on
     # ML-100K, recorded with patience 2) patience 1 keeps the same epoch in 11, costs 0.00045
