@@ -170,29 +170,12 @@ COPY_FROM = {"history-text-random-llm": "random-llm", "lr3e-4-random-llm": "rand
 # first runs, so the rows stay comparable with the recorded ones: the paper's prompt order
 # (the default preset's until 2026-12-05, then text-first; the `text-first` row overrides it)
 # and the projected head without the residual at lr 1e-3 (the default preset's until
-# 2026-12-05, then the residual at 1e-4; the `residual*` rows override it).
+# 2026-12-05, then the residual at 1e-4; the `residual*` rows override it); the prediction
+# text on (the default preset's until 2026-12-06; the `no-pd` row's ablation turns it off,
+# see grid_base).
 GRID_BASE = ["--user_item.prompt_order", "paper", "--user_item.residual", "false",
              "--user_item.lr", "1e-3", "--user_item.use_predict", "true"]
-# (the prediction text too: on in the default preset until 2026-12-06, then off; the
-# `no-pd` row's ablation turns it off, see grid_base)
 
-
-def grid_base(row_args: list[str]) -> list[str]:
-    """:data:`GRID_BASE` without the pins that the row's ``--ablation NAME`` sets itself
-    (the CLI refuses an ablation contradicted by an option on the same command line: ``no-pd``
-    sets ``[user_item] use_predict = false``, which the grid otherwise pins on)."""
-    if "--ablation" not in row_args:
-        return list(GRID_BASE)
-    from glta_cli.config import ABLATIONS as SETS
-
-    name = row_args[row_args.index("--ablation") + 1]
-    taken = {f"--{section}.{key}" for section, keys in SETS.get(name, {}).items()
-             for key in keys}
-    out: list[str] = []
-    for flag, value in zip(GRID_BASE[0::2], GRID_BASE[1::2], strict=True):
-        if flag not in taken:
-            out += [flag, value]
-    return out
 BASELINES = ("lightgcn-softmax",)
 DATASETS = {
     "ml-100k": ["--data.source", "ml-100k"],
@@ -212,6 +195,24 @@ PAPER = {
 # against it, whatever rows or seeds one invocation asked for).
 GRID_SEEDS = {"ml-100k": (0, 1, 2), "ml-latest-small": (0,)}
 SUMMARY_METRICS = ("precision@10", "ndcg@10", "precision@5", "ndcg@5", "recall@20")
+
+
+def grid_base(row_args: list[str]) -> list[str]:
+    """:data:`GRID_BASE` without the pins that the row's ``--ablation NAME`` sets itself
+    (the CLI refuses an ablation contradicted by an option on the same command line: ``no-pd``
+    sets ``[user_item] use_predict = false``, which the grid otherwise pins on)."""
+    if "--ablation" not in row_args:
+        return list(GRID_BASE)
+    from glta_cli.config import ABLATIONS as SETS
+
+    name = row_args[row_args.index("--ablation") + 1]
+    taken = {f"--{section}.{key}" for section, keys in SETS.get(name, {}).items()
+             for key in keys}
+    out: list[str] = []
+    for flag, value in zip(GRID_BASE[0::2], GRID_BASE[1::2], strict=True):
+        if flag not in taken:
+            out += [flag, value]
+    return out
 
 
 def _atomic_json(path: Path, data: dict) -> None:
@@ -415,8 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = _glta("graph", "train", str(prepared), "--out", str(run), "--loss", "softmax",
                         "--epochs", "400", "--seed", str(seed))
         elif args.from_scratch:
-            cmd = _glta("pipeline", "--out", str(run), *common,
-                        *EXTRA_ROWS.get(row, ["--ablation", row]))
+            cmd = _glta("pipeline", "--out", str(run), *common, *row_args)
         else:
             if not (full / "metrics.json").is_file():
                 print(f"skip {row} seed {seed}: run `full` first (or --from-scratch)",
@@ -429,8 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copytree(source, run, ignore=shutil.ignore_patterns("*.previous"))
                 if row in RETRAIN_STAGE3:
                     forget_stage3(run)
-            extra = EXTRA_ROWS.get(row, ["--ablation", row])
-            cmd = _glta("pipeline", "--out", str(run), *common, *extra)
+            cmd = _glta("pipeline", "--out", str(run), *common, *row_args)
         print(f"{dt.datetime.now():%H:%M:%S} {args.dataset} seed {seed} {row} ...", flush=True)
         seconds = _run(cmd, log)
         if row == "lightgcn-softmax":

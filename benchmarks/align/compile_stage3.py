@@ -37,6 +37,17 @@ from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
 INPUTS = ("dataset", "graph", STAGE2_OUTPUT_DIR, ITEM_PROJECTOR_DIR, GLLM_HEAD_DIR, PROFILES_NAME)
 
 
+def copy_inputs(run: Path, dest: Path) -> None:
+    """Copy what stage 3 reads from the finished ``run`` (:data:`INPUTS`, those present) into
+    the existing folder ``dest``."""
+    for name in INPUTS:
+        src = run / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name)
+        elif src.is_file():
+            shutil.copy2(src, dest / name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path, help="a run directory with stages 1-2 finished")
@@ -59,12 +70,7 @@ def main() -> None:
         for variant in args.order.split(","):
             run = Path(scratch) / variant
             run.mkdir()
-            for name in INPUTS:
-                src = args.run / name
-                if src.is_dir():
-                    shutil.copytree(src, run / name)
-                elif src.is_file():
-                    shutil.copy2(src, run / name)
+            copy_inputs(args.run, run)
             cfg = dataclasses.replace(base, compile=variant == "compiled")
             t = time.perf_counter()
             res = train_user_item(data, run, cfg, llm=llm, resume=False)

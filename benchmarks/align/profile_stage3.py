@@ -28,7 +28,6 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -106,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run", type=Path, help="a run directory with stages 1-2 finished")
     ap.add_argument("--max-users", type=int, default=96)
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--shapes", action="store_true",
+                    help="also record input shapes: the top operators by shape (more overhead)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if not (args.run / "resolved-config.toml").is_file():
@@ -115,11 +116,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     import torch.profiler as tp
+    from compile_stage3 import copy_inputs  # this folder's scripts
     from glta_align import load_llm, train_user_item
     from glta_align import user_item as stage3
-    from glta_align.item_text import GLLM_HEAD_DIR, ITEM_PROJECTOR_DIR, STAGE2_OUTPUT_DIR
     from glta_align.llm import _linear_shapes, _time_products
-    from glta_align.profiles import PROFILES_NAME
     from glta_cli.config import load_config
     from glta_cli.runs import load_dataset_dir
     from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
@@ -136,24 +136,25 @@ def main(argv: list[str] | None = None) -> int:
     run_loop = stage3.run_loop
 
     def profiled_loop(**kwargs):  # the optimiser steps only, not the set-up before them
-        with tp.profile(activities=[tp.ProfilerActivity.CPU]) as prof:
+        with tp.profile(activities=[tp.ProfilerActivity.CPU],
+                        record_shapes=args.shapes) as prof:
             t = time.perf_counter()
             result = run_loop(**kwargs)
             caught["seconds"] = time.perf_counter() - t
         caught["events"] = [(e.key, e.self_cpu_time_total / 1e6, e.count)
                             for e in prof.key_averages()]
+        if args.shapes:
+            by_shape = sorted(prof.key_averages(group_by_input_shape=True),
+                              key=lambda e: -e.self_cpu_time_total)[:args.top]
+            caught["top_shapes"] = [{"name": e.key, "input_shapes": str(e.input_shapes),
+                                     "self_s": e.self_cpu_time_total / 1e6, "calls": e.count}
+                                    for e in by_shape]
         return result
 
     stage3.run_loop = profiled_loop
     try:
         with tempfile.TemporaryDirectory(prefix="glta-profile-stage3-") as scratch:
-            for name in ("dataset", "graph", STAGE2_OUTPUT_DIR, ITEM_PROJECTOR_DIR,
-                         GLLM_HEAD_DIR, PROFILES_NAME):
-                src = args.run / name
-                if src.is_dir():
-                    shutil.copytree(src, Path(scratch) / name)
-                elif src.is_file():
-                    shutil.copy2(src, Path(scratch) / name)
+            copy_inputs(args.run, Path(scratch))
             res = train_user_item(data, scratch, cfg, llm=llm, resume=False)
     finally:
         stage3.run_loop = run_loop
@@ -168,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
            "residual": cfg.residual, "loop_seconds": caught["seconds"],
            "throughput": res.throughput, "gemm_gflops": gemm,
            "gemm_fraction": achieved / gemm if achieved and gemm else None,
-           **breakdown(caught["events"], args.top)}
+           **breakdown(caught["events"], args.top),
+           **({"top_shapes": caught["top_shapes"]} if args.shapes else {})}
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:

@@ -147,7 +147,7 @@ def _key(graph: Any, data: Any, name: str, user_item: Any, split: str, ks: Seque
             from glta_align.profiles import TEXT_KINDS, text_kinds
 
             kinds = text_kinds(user_item)
-            if list(kinds) != list(TEXT_KINDS):  # keys of both-text runs stay as they were
+            if kinds != list(TEXT_KINDS):  # keys of both-text runs stay as they were
                 blob["profiles"]["texts"] = kinds
     text = json.dumps(blob, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
