@@ -180,8 +180,8 @@ def main() -> None:
         opt = torch.optim.Adam([*uproj.parameters(), *head.parameters()], lr=1e-3)
         return uproj, iproj, head, opt
 
-    # the slot placeholder is computed once per LLM, as stage 3 does (a mean over the whole
-    # vocabulary embedding: ~0.1 s per call in bf16, which once ran inside every timed step)
+    # the slot placeholder is computed once per LLM, as stage 3 does (a cast and mean of the
+    # whole token-embedding table, which once ran inside every timed step)
     slots = {id(llm): slot_vector(llm) for llm in (llm_ours, llm_plain, llm_alt) if llm}
 
     def table(llm, uproj, iproj, us, its):

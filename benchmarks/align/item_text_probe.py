@@ -150,7 +150,6 @@ def summarise(doc: dict) -> dict:
     out = {"runs": len(runs)}
     for name in runs[0]["features"] if runs else []:
         entries = [r["features"][name] for r in runs if name in r["features"]]
-
         out[name] = {"valid_alone": _mean(entries, "valid", "text_alone"),
                      "test_alone": _mean(entries, "test", "text_alone"),
                      "valid_fused_minus_lightgcn": _mean(entries, "valid", "fused",
