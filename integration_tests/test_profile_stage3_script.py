@@ -56,3 +56,16 @@ def test_breakdown_shares_sum_to_one_and_rank_the_top(prof):
 def test_rejects_a_folder_that_is_not_a_run(prof, tmp_path, capsys):
     assert prof.main([str(tmp_path)]) == 2
     assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_profiled_config_one_epoch_and_batch_size(prof):
+    from glta_align import UserItemConfig
+
+    run = UserItemConfig(epochs=12, patience=1, batch_size=8, lr=1e-4)
+    same = prof.profiled_config(run, 96)
+    assert (same.epochs, same.patience, same.max_users, same.batch_size) == (1, None, 96, 8)
+    assert same.lr == run.lr
+    wider = prof.profiled_config(run, 256, batch_size=32)
+    assert (wider.max_users, wider.batch_size) == (256, 32)
+    with pytest.raises(ValueError, match="batch_size"):
+        prof.profiled_config(run, 96, batch_size=0)

@@ -100,6 +100,21 @@ def breakdown(events: list[tuple[str, float, int]], top: int = 15) -> dict:
                      "calls": c} for n, s, c in ranked]}
 
 
+def profiled_config(cfg, max_users: int, batch_size: int | None = None):
+    """The run's stage-3 settings for one profiled epoch.
+
+    Args:
+        cfg: the run's ``glta_align.UserItemConfig``.
+        max_users: training users in the epoch.
+        batch_size: instances per optimiser step; ``None`` keeps the run's.
+
+    Returns:
+        ``cfg`` with one epoch over ``max_users`` users, no early stopping, and the batch size.
+    """
+    cfg = dataclasses.replace(cfg, epochs=1, max_users=max_users, patience=None)
+    return cfg if batch_size is None else dataclasses.replace(cfg, batch_size=batch_size)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path, help="a run directory with stages 1-2 finished")
@@ -107,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=15)
     ap.add_argument("--shapes", action="store_true",
                     help="also record input shapes: the top operators by shape (more overhead)")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="instances per optimiser step (default: the run's own)")
+    ap.add_argument("--no-profiler", action="store_true",
+                    help="time the loop without torch.profiler (throughput only, no shares)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if not (args.run / "resolved-config.toml").is_file():
@@ -126,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = load_config("default", args.run / "resolved-config.toml")
     data = load_dataset_dir(args.run / "dataset")
-    cfg = dataclasses.replace(config.user_item, epochs=1, max_users=args.max_users,
-                              patience=None)
+    cfg = profiled_config(config.user_item, args.max_users, args.batch_size)
     lc = config.llm
     load_before = round(os.getloadavg()[0], 2)
     llm = load_llm(lc.model_name_or_path, dtype=lc.dtype, device=lc.device,
@@ -136,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     run_loop = stage3.run_loop
 
     def profiled_loop(**kwargs):  # the optimiser steps only, not the set-up before them
+        if args.no_profiler:
+            t = time.perf_counter()
+            result = run_loop(**kwargs)
+            caught["seconds"] = time.perf_counter() - t
+            caught["events"] = []
+            return result
         with tp.profile(activities=[tp.ProfilerActivity.CPU],
                         record_shapes=args.shapes) as prof:
             t = time.perf_counter()
@@ -164,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
            "commit": git_commit(), "date": dt.date.today().isoformat(), "cpu": cpu_model(),
            "threads": torch.get_num_threads(), "torch": torch.__version__,
            "load_before": load_before, "load_after": round(os.getloadavg()[0], 2),
-           "run": str(args.run), "max_users": args.max_users, "precision": llm.precision,
+           "run": str(args.run), "max_users": args.max_users, "batch_size": cfg.batch_size,
+           "profiled": not args.no_profiler, "precision": llm.precision,
            "train_attention": llm.train_attention, "prompt_order": cfg.prompt_order,
            "residual": cfg.residual, "loop_seconds": caught["seconds"],
            "throughput": res.throughput, "gemm_gflops": gemm,
