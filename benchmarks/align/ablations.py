@@ -69,6 +69,11 @@ configuration, in the run's final evaluation. Extra rows:
   preset turned ``mask_seen`` on after these rows (2026-12-04); on that default they
   equal ``full`` / ``random-llm``, and the recorded ``full`` runs before that date are the
   plain softmax (each run's ``command`` and ``commit`` say which).
+- ``no-pd-bB-lrL`` [extra] (B 32 or 64, L 2e-4/4e-4 or 4e-4/8e-4): ``no-pd`` with ``B``
+  instances per stage-3 optimiser step at Adam lr ``L`` instead of 8 at 1e-4: a step over 4-8x
+  the rows runs at a larger share of the matrix units' rate (fewer, larger products, the same
+  element-wise and framework work per row), and the larger lr keeps the distance stage 3
+  moves per epoch; whether the larger batch costs quality on valid.
 - ``lightgcn-softmax`` [baseline]: LightGCN with the project's sampled-softmax loss
   (``glta graph train``), early-stopped on valid, the fair baseline for GLTA's full-catalogue
   softmax objective.
@@ -108,7 +113,8 @@ ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-
              "lora", "lora-random-llm", "residual-lr1e-4", "residual-lora",
              "text-first", "residual-lr1e-4-random-llm", "residual-lr1e-4-text-first",
              "residual-lr1e-4-text-first-random-llm", "profile-shared", "item-text-head",
-             "item-text-head-random-llm", "no-pd-random-llm")
+             "item-text-head-random-llm", "no-pd-random-llm", "no-pd-b32-lr2e-4",
+             "no-pd-b32-lr4e-4", "no-pd-b64-lr4e-4", "no-pd-b64-lr8e-4")
 # The `lora` rows' adapter: peft's usual rank and targets (glta_align.llm.LoraSettings).
 _LORA = "{r = 8, alpha = 16, target_modules = ['q_proj', 'v_proj']}"
 # Rows that are not the paper's ablations: the overrides they add to the full run's command.
@@ -155,6 +161,10 @@ EXTRA_ROWS = {
     "item-text-head-random-llm": ["--user_item.residual", "true",
                                   "--user_item.item_text_features", "true", "--ablation",
                                   "random-llm"],
+    # w/o PD with larger stage-3 batches at larger learning rates
+    **{f"no-pd-b{b}-lr{lr}": ["--user_item.use_predict", "false", "--user_item.batch_size",
+                              str(b), "--user_item.lr", lr]
+       for b, lrs in ((32, ("2e-4", "4e-4")), (64, ("4e-4", "8e-4"))) for lr in lrs},
 }
 # Rows whose overrides leave the stage keys alone (execution settings): their copy of the
 # `full` run forgets stage 3 and the evaluation, so both run again under the override.
