@@ -125,6 +125,27 @@ def test_what_renames_a_rows_description(tmp_path):
     assert proc.returncode == 2 and "ROW=TEXT" in proc.stderr
 
 
+def test_pair_sets_a_row_against_another_rows_run_of_its_seed(tmp_path):
+    # both rows copied from `full`; --pair sets the batch row against `no-pd` instead
+    runs = [_entry(0, "full", 0.40, 0.20), _entry(0, "no-pd", 0.42, 0.21),
+            _entry(0, "no-pd-b32-lr2e-4", 0.43, 0.25), _entry(1, "full", 0.38, 0.19),
+            _entry(1, "no-pd-b32-lr2e-4", 0.37, 0.18)]  # seed 1 has no no-pd run
+    src, out = tmp_path / "a.json", tmp_path / "t.json"
+    src.write_text(json.dumps({"runs": runs}))
+    assert _run(str(src), "--out", str(out)).returncode == 0
+    row = json.loads(out.read_text())["table"]["ml-100k"]["no-pd-b32-lr2e-4"]
+    assert row["sources"] == ["full", "full"]
+    assert _run(str(src), "--out", str(out), "--pair", "no-pd-b32-lr2e-4=no-pd").returncode == 0
+    table = json.loads(out.read_text())["table"]["ml-100k"]
+    row = table["no-pd-b32-lr2e-4"]
+    assert row["sources"] == ["no-pd", None]
+    assert row["delta"]["valid N@10"]["values"] == pytest.approx([0.04])
+    assert row["delta"]["test N@10"]["values"] == pytest.approx([0.01])
+    assert table["no-pd"]["sources"] == ["full"]  # other rows keep their copy source
+    proc = _run(str(src), "--pair", "no-pd-b32-lr2e-4")
+    assert proc.returncode == 2 and "ROW=BASE" in proc.stderr
+
+
 def test_runs_from_another_machine_are_named_under_the_table(tmp_path):
     src, out = tmp_path / "abl.json", tmp_path / "t.json"
     amd = {"cpu": "AMD EPYC", "cores": 2, "threads": 1}

@@ -82,8 +82,14 @@ PAPER_RATIO = {
 }
 
 
-def source_of(run: dict, runs: list[dict]) -> dict | None:
+def source_of(run: dict, runs: list[dict],
+              pair_with: dict[str, str] | None = None) -> dict | None:
     """The recorded run ``run`` was copied from (same dataset and seed), or ``None``.
+
+    ``pair_with`` (``{row: other row}``, ``--pair``) pairs a row with the seed's run of
+    another row instead (a row that differs from that one in a single setting, e.g. a batch
+    size tried on top of ``no-pd``, while both were copied from ``full``); ``None`` when the
+    seed has no run of it.
 
     ``full`` has none; ``full-repeat`` pairs with ``full``; every other row with the run
     recorded at ``RUN_ROOT/seedS/<COPY_FROM.get(row, "full")>`` beside its own run directory
@@ -98,6 +104,8 @@ def source_of(run: dict, runs: list[dict]) -> dict | None:
     same = [r for r in runs if r["dataset"] == run["dataset"] and r["seed"] == run["seed"]
             and r is not run and r.get("date", "") <= run.get("date", "")]
     by_row = {r["row"]: r for r in same}
+    if pair_with and row in pair_with:
+        return by_row.get(pair_with[row])
     if row == "full-repeat":
         return by_row.get("full")
     # a run merged under a new name (``renamed_from``) was copied as its old row was
@@ -125,9 +133,11 @@ def _activity(run: dict) -> dict[str, float]:
             if "ndcg@10" in v}
 
 
-def table(runs: list[dict], what: dict[str, str] | None = None) -> dict:
+def table(runs: list[dict], what: dict[str, str] | None = None,
+          pair_with: dict[str, str] | None = None) -> dict:
     """Per dataset and row: seeds, the metrics' mean / spread / values, and the paired
-    differences from each run's source (``what``: row descriptions, default :data:`WHAT`).
+    differences from each run's source (``what``: row descriptions, default :data:`WHAT`;
+    ``pair_with``: rows paired with another row's runs, see :func:`source_of`).
 
     Returns:
         ``{dataset: {row: {"seeds", "what", metric: stats, "delta": {metric: stats},
@@ -156,7 +166,7 @@ def table(runs: list[dict], what: dict[str, str] | None = None) -> dict:
             by_activity: dict[str, list[float]] = {}
             sources = []
             for r in mine:
-                src = source_of(r, runs)
+                src = source_of(r, runs, pair_with)
                 sources.append(None if src is None else src["row"])
                 if src is None:
                     continue
@@ -407,7 +417,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--what", nargs="+", default=[], metavar="ROW=TEXT",
                     help="describe ROW as TEXT (e.g. full=... for a file whose `full` runs "
                     "another preset)")
+    ap.add_argument("--pair", nargs="+", default=[], metavar="ROW=BASE",
+                    help="pair ROW's runs with BASE's runs of the same seed instead of the "
+                    "run ROW was copied from")
     args = ap.parse_args(argv)
+    pair_with = {}
+    for pair in args.pair:
+        row, eq, base = pair.partition("=")
+        if not eq or not row or not base:
+            ap.error(f"--pair takes ROW=BASE, got {pair!r}")
+        pair_with[row] = base
     what = dict(WHAT)
     for pair in args.what:
         row, eq, text = pair.partition("=")
@@ -429,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
             if key not in seen:  # the first file recording a run wins
                 seen.add(key)
                 runs.append({**run, "machine": run.get("machine", doc.get("machine"))})
-    result = table(runs, what)
+    result = table(runs, what, pair_with)
     if not result:
         ap.error("no GLTA runs with test metrics in " + ", ".join(map(str, args.ablations)))
     pairs = control_pairs(runs)
