@@ -162,8 +162,10 @@ def test_every_extra_row_resolves_to_the_setting_it_names(align_script):
     # preset has since replaced); the rows' own overrides come after it and win
     base = load_config("default", overrides=ablations.GRID_BASE)
     grid, default = base.sections["user_item"], load_config("default").sections["user_item"]
-    assert (grid.prompt_order, grid.residual, grid.lr) == ("paper", False, 1e-3)
-    assert (default.prompt_order, default.residual, default.lr) == ("text-first", True, 1e-4)
+    assert (grid.prompt_order, grid.residual, grid.lr, grid.batch_size) == (
+        "paper", False, 1e-3, 8)
+    assert (default.prompt_order, default.residual, default.lr, default.batch_size) == (
+        "text-first", True, 2e-4, 32)
     for row, args in ablations.EXTRA_ROWS.items():
         pairs = [(args[i], args[i + 1]) for i in range(0, len(args), 2)]
         overrides = [x for k, v in pairs if k != "--ablation" for x in (k, v)]

@@ -182,9 +182,11 @@ COPY_FROM = {"history-text-random-llm": "random-llm", "lr3e-4-random-llm": "rand
 # and the projected head without the residual at lr 1e-3 (the default preset's until
 # 2026-12-05, then the residual at 1e-4; the `residual*` rows override it); the prediction
 # text on (the default preset's until 2026-12-06; the `no-pd` row's ablation turns it off,
-# see grid_base).
+# see grid_base); 8 instances per stage-3 step (the default preset's until 2026-12-06, then
+# 32 at lr 2e-4; the `no-pd-b*` rows override it).
 GRID_BASE = ["--user_item.prompt_order", "paper", "--user_item.residual", "false",
-             "--user_item.lr", "1e-3", "--user_item.use_predict", "true"]
+             "--user_item.lr", "1e-3", "--user_item.use_predict", "true",
+             "--user_item.batch_size", "8"]
 
 BASELINES = ("lightgcn-softmax",)
 DATASETS = {

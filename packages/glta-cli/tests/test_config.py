@@ -213,10 +213,12 @@ def test_paper_preset_is_a_gpu_llama2_config():
     # the paper's prompt; the default preset puts the text first ([choice])
     assert cfg.user_item.prompt_order == "paper"
     assert load_config("default").user_item.prompt_order == "text-first"
-    # the paper's head and Adam step; the default preset adds the residual at lr 1e-4 ([choice])
+    # the paper's head and Adam step; the default preset adds the residual ([choice]) and
+    # trains 32 instances per step at lr 2e-4
     assert cfg.user_item.residual is False and cfg.user_item.lr == 1e-3
     default = load_config("default").user_item
-    assert default.residual is True and default.lr == 1e-4 and default.head == "projected"
+    assert default.residual is True and default.lr == 2e-4 and default.head == "projected"
+    assert default.batch_size == 32
     assert load_config("smoke").user_item.residual is False
 
 
@@ -224,7 +226,7 @@ def test_plain_head_ablation_drops_the_residual():
     # the residual needs the projected head: --ablation plain-head on the default preset
     # must resolve (not fail on residual = true with head = plain)
     cfg = load_config("default", None, ["--run.ablation", "plain-head"]).user_item
-    assert cfg.head == "plain" and cfg.residual is False and cfg.lr == 1e-4
+    assert cfg.head == "plain" and cfg.residual is False and cfg.lr == 2e-4
     with pytest.raises(ConfigError, match="--ablation plain-head"):
         load_config("default", None, ["--run.ablation", "plain-head",
                                       "--user_item.residual", "true"])
