@@ -69,3 +69,12 @@ def test_profiled_config_one_epoch_and_batch_size(prof):
     assert (wider.max_users, wider.batch_size) == (256, 32)
     with pytest.raises(ValueError, match="batch_size"):
         prof.profiled_config(run, 96, batch_size=0)
+
+
+def test_rows_list_parses_the_probe_rows(prof):
+    assert prof.rows_list("256") == [256]
+    assert prof.rows_list("256,864") == [256, 864]
+    with pytest.raises(ValueError, match="'x'"):
+        prof.rows_list("256,x")
+    with pytest.raises(ValueError, match=">= 1"):
+        prof.rows_list("0")

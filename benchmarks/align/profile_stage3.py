@@ -11,7 +11,8 @@ attention products (``aten::bmm``/``baddbmm``), fused attention kernels and soft
 dtype casts and copies, element-wise arithmetic, and the framework's bookkeeping (views,
 allocation, autograd's engine). Reported: the stage's own throughput record (model FLOPs /
 training time, as ``report.md`` gives it), the GEMM rate of the LLM's layer shapes in the
-run's precision measured in the same process afterwards (the probe ``dtype="auto"`` runs),
+run's precision measured in the same process afterwards (the probe ``dtype="auto"`` runs, on
+256 rows; ``--probe-rows`` measures others too, e.g. the step's own 32 x 27),
 the achieved fraction of it, the share of each kind and the top operators.
 
     uv run python benchmarks/align/profile_stage3.py RUN --max-users 96 --json OUT.json
@@ -100,6 +101,24 @@ def breakdown(events: list[tuple[str, float, int]], top: int = 15) -> dict:
                      "calls": c} for n, s, c in ranked]}
 
 
+def rows_list(text: str) -> list[int]:
+    """``"256,864"`` -> ``[256, 864]``: the GEMM probe's row counts, each >= 1.
+
+    Raises:
+        ValueError: an entry that is not a positive integer.
+    """
+    out = []
+    for part in text.split(","):
+        try:
+            rows = int(part)
+        except ValueError:
+            raise ValueError(f"{part.strip()!r} is not a whole number of rows") from None
+        if rows < 1:
+            raise ValueError(f"{rows} rows: must be >= 1")
+        out.append(rows)
+    return out
+
+
 def profiled_config(cfg, max_users: int, batch_size: int | None = None):
     """The run's stage-3 settings for one profiled epoch.
 
@@ -126,8 +145,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="instances per optimiser step (default: the run's own)")
     ap.add_argument("--no-profiler", action="store_true",
                     help="time the loop without torch.profiler (throughput only, no shares)")
+    ap.add_argument("--probe-rows", default="256",
+                    help="rows of the GEMM probe's products (the precision probe's: 256); a "
+                         "comma-separated list measures each, the first is the reference")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    try:
+        probe_rows = rows_list(args.probe_rows)
+    except ValueError as exc:
+        ap.error(f"--probe-rows {args.probe_rows!r}: {exc}")
     if not (args.run / "resolved-config.toml").is_file():
         print(f"error: {args.run}: not a run directory (no resolved-config.toml)",
               file=sys.stderr)
@@ -182,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             res = train_user_item(data, scratch, cfg, llm=llm, resume=False)
     finally:
         stage3.run_loop = run_loop
-    gemm = _time_products(_linear_shapes(llm.causal_lm.config), llm.precision, 256, 3)
+    by_rows = {rows: _time_products(_linear_shapes(llm.causal_lm.config), llm.precision, rows, 3)
+               for rows in probe_rows}
+    gemm = by_rows[probe_rows[0]]
     achieved = res.throughput.get("achieved_gflops")
     out = {"command": "python " + " ".join([Path(__file__).name, *sys.argv[1:]]),
            "commit": git_commit(), "date": dt.date.today().isoformat(), "cpu": cpu_model(),
@@ -192,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
            "profiled": not args.no_profiler, "precision": llm.precision,
            "train_attention": llm.train_attention, "prompt_order": cfg.prompt_order,
            "residual": cfg.residual, "loop_seconds": caught["seconds"],
-           "throughput": res.throughput, "gemm_gflops": gemm,
+           "throughput": res.throughput, "gemm_gflops": gemm, "probe_rows": probe_rows[0],
+           "gemm_gflops_by_rows": {str(r): g for r, g in by_rows.items()},
            "gemm_fraction": achieved / gemm if achieved and gemm else None,
            **breakdown(caught["events"], args.top),
            **({"top_shapes": caught["top_shapes"]} if args.shapes else {})}
