@@ -411,7 +411,8 @@ _PRESET_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     # (32 at 4e-4, 64 at 4e-4 and 8e-4 level or below), with patience 1 keeping the same
     # epochs as patience 2 at every seed; a training epoch 1.38x as fast on a 2-core Xeon
     # (products of 4x the rows, the same element-wise and framework calls per step; ablation
-    # rows no-pd-b32-lr2e-4 ..., profile_stage3.py --batch-size; benchmarks/RESULTS.md).
+    # rows no-pd-b32-lr2e-4 ..., profile_stage3.py --batch-size; benchmarks/RESULTS.md). The
+    # choice is valid's; its speed-up is measured on the Xeon only, not on an AMD EPYC (int8).
     # Stage-3 patience 1 (default preset): with the residual head at lr 1e-4 the valid curve
     # peaks early; replayed on the 15 recorded curves of this preset (5 rows x seeds 0-2 on
     # ML-100K, recorded with patience 2) patience 1 keeps the same epoch in 11, costs 0.00045
