@@ -76,6 +76,8 @@ configuration, in the run's final evaluation. Extra rows:
   moves per epoch; whether the larger batch costs quality on valid. ``no-pd-b32-lr2e-4``
   became the default preset (2026-12-06); ``no-pd-b32-lr2e-4-random-llm`` is its
   random-weight control (copied from ``random-llm``, so only stage 3 reruns).
+  ``b32-lr2e-4`` (and its ``-random-llm`` control) is the same batch and lr with the
+  prediction text kept: whether dropping it still holds at the new batch.
 - ``lightgcn-softmax`` [baseline]: LightGCN with the project's sampled-softmax loss
   (``glta graph train``), early-stopped on valid, the fair baseline for GLTA's full-catalogue
   softmax objective.
@@ -117,7 +119,7 @@ ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-
              "residual-lr1e-4-text-first-random-llm", "profile-shared", "item-text-head",
              "item-text-head-random-llm", "no-pd-random-llm", "no-pd-b32-lr2e-4",
              "no-pd-b32-lr4e-4", "no-pd-b64-lr4e-4", "no-pd-b64-lr8e-4",
-             "no-pd-b32-lr2e-4-random-llm")
+             "no-pd-b32-lr2e-4-random-llm", "b32-lr2e-4", "b32-lr2e-4-random-llm")
 # The `lora` rows' adapter: peft's usual rank and targets (glta_align.llm.LoraSettings).
 _LORA = "{r = 8, alpha = 16, target_modules = ['q_proj', 'v_proj']}"
 # Rows that are not the paper's ablations: the overrides they add to the full run's command.
@@ -172,6 +174,10 @@ EXTRA_ROWS = {
     "no-pd-b32-lr2e-4-random-llm": ["--user_item.use_predict", "false",
                                     "--user_item.batch_size", "32", "--user_item.lr", "2e-4",
                                     "--ablation", "random-llm"],
+    # the same batch and lr with the prediction text kept (the paper's full prompt)
+    "b32-lr2e-4": ["--user_item.batch_size", "32", "--user_item.lr", "2e-4"],
+    "b32-lr2e-4-random-llm": ["--user_item.batch_size", "32", "--user_item.lr", "2e-4",
+                              "--ablation", "random-llm"],
 }
 # Rows whose overrides leave the stage keys alone (execution settings): their copy of the
 # `full` run forgets stage 3 and the evaluation, so both run again under the override.
@@ -183,7 +189,7 @@ COPY_FROM = {"history-text-random-llm": "random-llm", "lr3e-4-random-llm": "rand
              "residual-lr1e-4-random-llm": "random-llm",
              "residual-lr1e-4-text-first-random-llm": "random-llm",
              "item-text-head-random-llm": "random-llm", "no-pd-random-llm": "random-llm",
-             "no-pd-b32-lr2e-4-random-llm": "random-llm"}
+             "no-pd-b32-lr2e-4-random-llm": "random-llm", "b32-lr2e-4-random-llm": "random-llm"}
 # Every pipeline run of the grid pins what the default preset has changed since the grid's
 # first runs, so the rows stay comparable with the recorded ones: the paper's prompt order
 # (the default preset's until 2026-12-05, then text-first; the `text-first` row overrides it)
