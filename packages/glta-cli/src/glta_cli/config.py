@@ -404,7 +404,8 @@ _PRESET_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
     # best valid of the rows run on this preset, and it halves the text generation (only the
     # profile prompts run). A 2-thread run at seed 0 was below on stage 3's valid (0.2088 vs
     # 0.2113): level within run-to-run variation, and faster, the rule that made text-first
-    # the default. Profile text stays on (w/o PF is below it on valid).
+    # the default. Profile text stays on (w/o PF is below it on valid). At 32 per step, lr 2e-4
+    # (below) the prediction text kept was again below on valid (-0.0012, 2 of 3 seeds).
     # Stage-3 batch 32 at lr 2e-4 (default preset): 4x the instances per step at twice the
     # Adam step; over seeds 0-2 on ML-100K (w/o PD rows, Intel Xeon with AMX) valid N@10
     # 0.2191 against 8 at 1e-4's 0.2183, the best valid of the four larger-batch rows
