@@ -58,6 +58,15 @@ def test_rejects_a_folder_that_is_not_a_run(prof, tmp_path, capsys):
     assert str(tmp_path) in capsys.readouterr().err
 
 
+def test_shapes_need_the_profiler(prof, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        prof.main([str(tmp_path), "--shapes", "--no-profiler"])
+    assert exc.value.code == 2 and "--shapes" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        prof.main([str(tmp_path), "--probe-rows", "256,0"])
+    assert exc.value.code == 2 and "--probe-rows" in capsys.readouterr().err
+
+
 def test_profiled_config_one_epoch_and_batch_size(prof):
     from glta_align import UserItemConfig
 

@@ -421,18 +421,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="pair ROW's runs with BASE's runs of the same seed instead of the "
                     "run ROW was copied from")
     args = ap.parse_args(argv)
-    pair_with = {}
-    for pair in args.pair:
-        row, eq, base = pair.partition("=")
-        if not eq or not row or not base:
-            ap.error(f"--pair takes ROW=BASE, got {pair!r}")
-        pair_with[row] = base
-    what = dict(WHAT)
-    for pair in args.what:
-        row, eq, text = pair.partition("=")
-        if not eq or not row or not text:
-            ap.error(f"--what takes ROW=TEXT, got {pair!r}")
-        what[row] = text
+
+    def by_row(items: list[str], flag: str, form: str) -> dict[str, str]:  # ROW=X -> {ROW: X}
+        out = {}
+        for item in items:
+            row, eq, value = item.partition("=")
+            if not eq or not row or not value:
+                ap.error(f"{flag} takes {form}, got {item!r}")
+            out[row] = value
+        return out
+
+    pair_with = by_row(args.pair, "--pair", "ROW=BASE")
+    what = {**WHAT, **by_row(args.what, "--what", "ROW=TEXT")}
     missing = [str(p) for p in args.ablations if not p.is_file()]
     if missing:
         ap.error(f"no such file: {', '.join(missing)}")

@@ -122,6 +122,9 @@ ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-
              "no-pd-b32-lr2e-4-random-llm", "b32-lr2e-4", "b32-lr2e-4-random-llm")
 # The `lora` rows' adapter: peft's usual rank and targets (glta_align.llm.LoraSettings).
 _LORA = "{r = 8, alpha = 16, target_modules = ['q_proj', 'v_proj']}"
+# The larger-batch rows' overrides: no prediction text; 32 per stage-3 step at lr 2e-4.
+_NO_PD = ["--user_item.use_predict", "false"]
+_B32 = ["--user_item.batch_size", "32", "--user_item.lr", "2e-4"]
 # Rows that are not the paper's ablations: the overrides they add to the full run's command.
 EXTRA_ROWS = {
     "no-text": ["--user_item.use_profile", "false", "--user_item.use_predict", "false"],
@@ -166,18 +169,14 @@ EXTRA_ROWS = {
     "item-text-head-random-llm": ["--user_item.residual", "true",
                                   "--user_item.item_text_features", "true", "--ablation",
                                   "random-llm"],
-    # w/o PD with larger stage-3 batches at larger learning rates
-    **{f"no-pd-b{b}-lr{lr}": ["--user_item.use_predict", "false", "--user_item.batch_size",
-                              str(b), "--user_item.lr", lr]
-       for b, lrs in ((32, ("2e-4", "4e-4")), (64, ("4e-4", "8e-4"))) for lr in lrs},
-    # the default preset since 2026-12-06 (no-pd-b32-lr2e-4) with the random-weight LLM
-    "no-pd-b32-lr2e-4-random-llm": ["--user_item.use_predict", "false",
-                                    "--user_item.batch_size", "32", "--user_item.lr", "2e-4",
-                                    "--ablation", "random-llm"],
-    # the same batch and lr with the prediction text kept (the paper's full prompt)
-    "b32-lr2e-4": ["--user_item.batch_size", "32", "--user_item.lr", "2e-4"],
-    "b32-lr2e-4-random-llm": ["--user_item.batch_size", "32", "--user_item.lr", "2e-4",
-                              "--ablation", "random-llm"],
+    # stage 3 at a larger batch and lr without the prediction text (no-pd-b32-lr2e-4: the
+    # default preset since 2026-12-06), its random-weight control, and the same with the
+    # prediction text kept
+    **{f"no-pd-b{b}-lr{lr}": [*_NO_PD, "--user_item.batch_size", str(b), "--user_item.lr", lr]
+       for b, lr in ((32, "2e-4"), (32, "4e-4"), (64, "4e-4"), (64, "8e-4"))},
+    "no-pd-b32-lr2e-4-random-llm": [*_NO_PD, *_B32, "--ablation", "random-llm"],
+    "b32-lr2e-4": [*_B32],
+    "b32-lr2e-4-random-llm": [*_B32, "--ablation", "random-llm"],
 }
 # Rows whose overrides leave the stage keys alone (execution settings): their copy of the
 # `full` run forgets stage 3 and the evaluation, so both run again under the override.

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -130,8 +131,8 @@ def profiled_config(cfg, max_users: int, batch_size: int | None = None):
     Returns:
         ``cfg`` with one epoch over ``max_users`` users, no early stopping, and the batch size.
     """
-    cfg = dataclasses.replace(cfg, epochs=1, max_users=max_users, patience=None)
-    return cfg if batch_size is None else dataclasses.replace(cfg, batch_size=batch_size)
+    return dataclasses.replace(cfg, epochs=1, max_users=max_users, patience=None,
+                               batch_size=cfg.batch_size if batch_size is None else batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                          "comma-separated list measures each, the first is the reference")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.shapes and args.no_profiler:
+        ap.error("--shapes needs the profiler: drop --no-profiler")
     try:
         probe_rows = rows_list(args.probe_rows)
     except ValueError as exc:
@@ -180,19 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     run_loop = stage3.run_loop
 
     def profiled_loop(**kwargs):  # the optimiser steps only, not the set-up before them
-        if args.no_profiler:
+        profiler = (contextlib.nullcontext() if args.no_profiler else
+                    tp.profile(activities=[tp.ProfilerActivity.CPU], record_shapes=args.shapes))
+        with profiler as prof:
             t = time.perf_counter()
             result = run_loop(**kwargs)
             caught["seconds"] = time.perf_counter() - t
-            caught["events"] = []
-            return result
-        with tp.profile(activities=[tp.ProfilerActivity.CPU],
-                        record_shapes=args.shapes) as prof:
-            t = time.perf_counter()
-            result = run_loop(**kwargs)
-            caught["seconds"] = time.perf_counter() - t
-        caught["events"] = [(e.key, e.self_cpu_time_total / 1e6, e.count)
-                            for e in prof.key_averages()]
+        caught["events"] = [] if prof is None else [
+            (e.key, e.self_cpu_time_total / 1e6, e.count) for e in prof.key_averages()]
         if args.shapes:
             by_shape = sorted(prof.key_averages(group_by_input_shape=True),
                               key=lambda e: -e.self_cpu_time_total)[:args.top]
