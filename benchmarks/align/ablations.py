@@ -119,7 +119,8 @@ ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-
              "residual-lr1e-4-text-first-random-llm", "profile-shared", "item-text-head",
              "item-text-head-random-llm", "no-pd-random-llm", "no-pd-b32-lr2e-4",
              "no-pd-b32-lr4e-4", "no-pd-b64-lr4e-4", "no-pd-b64-lr8e-4",
-             "no-pd-b32-lr2e-4-random-llm", "b32-lr2e-4", "b32-lr2e-4-random-llm")
+             "no-pd-b32-lr2e-4-random-llm", "b32-lr2e-4", "b32-lr2e-4-random-llm",
+             "no-pd-b32-lr2e-4-lora", "no-pd-b32-lr2e-4-lora-random-llm")
 # The `lora` rows' adapter: peft's usual rank and targets (glta_align.llm.LoraSettings).
 _LORA = "{r = 8, alpha = 16, target_modules = ['q_proj', 'v_proj']}"
 # The larger-batch rows' overrides: no prediction text; 32 per stage-3 step at lr 2e-4.
@@ -177,6 +178,11 @@ EXTRA_ROWS = {
     "no-pd-b32-lr2e-4-random-llm": [*_NO_PD, *_B32, "--ablation", "random-llm"],
     "b32-lr2e-4": [*_B32],
     "b32-lr2e-4-random-llm": [*_B32, "--ablation", "random-llm"],
+    # the default preset of 2026-12-06 with a LoRA adapter trained in stage 3, and its
+    # random-weight control (the adapter is where pretraining showed on the paper's order)
+    "no-pd-b32-lr2e-4-lora": [*_NO_PD, *_B32, "--user_item.lora", _LORA],
+    "no-pd-b32-lr2e-4-lora-random-llm": [*_NO_PD, *_B32, "--user_item.lora", _LORA,
+                                         "--ablation", "random-llm"],
 }
 # Rows whose overrides leave the stage keys alone (execution settings): their copy of the
 # `full` run forgets stage 3 and the evaluation, so both run again under the override.
@@ -188,7 +194,8 @@ COPY_FROM = {"history-text-random-llm": "random-llm", "lr3e-4-random-llm": "rand
              "residual-lr1e-4-random-llm": "random-llm",
              "residual-lr1e-4-text-first-random-llm": "random-llm",
              "item-text-head-random-llm": "random-llm", "no-pd-random-llm": "random-llm",
-             "no-pd-b32-lr2e-4-random-llm": "random-llm", "b32-lr2e-4-random-llm": "random-llm"}
+             "no-pd-b32-lr2e-4-random-llm": "random-llm", "b32-lr2e-4-random-llm": "random-llm",
+             "no-pd-b32-lr2e-4-lora-random-llm": "random-llm"}
 # Every pipeline run of the grid pins what the default preset has changed since the grid's
 # first runs, so the rows stay comparable with the recorded ones: the paper's prompt order
 # (the default preset's until 2026-12-05, then text-first; the `text-first` row overrides it)
