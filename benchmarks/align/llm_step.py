@@ -1,6 +1,7 @@
 """The frozen LLM's cost and fidelity per dtype: SmolLM2 forward, forward + backward.
 
-For each ``--dtypes`` entry (first = reference, normally float32): seconds per forward
+For each ``--dtypes`` entry (first = reference, normally float32; ``DTYPE:POINTWISE``, e.g.
+``bfloat16:compiled``, also sets ``load_llm``'s ``pointwise``): seconds per forward
 (no grad) and per forward + backward into ``inputs_embeds`` (the loss reads the last
 ``--slots`` positions, as stage 3 does), best of ``--repeats`` rounds, the dtypes
 interleaved round by round so that machine load hits them alike. Fidelity against the
@@ -40,7 +41,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     names = args.dtypes.split(",")
-    llms = {n: load_llm(dtype=n) for n in names}
+    llms = {n: load_llm(dtype=n.partition(":")[0], pointwise=n.partition(":")[2] or "auto")
+            for n in names}
     ref = names[0]
     x = torch.randn(args.batch, args.tokens, llms[ref].hidden_size) * 0.02
 
@@ -91,6 +93,7 @@ def main() -> None:
     out = {"command": "python benchmarks/align/llm_step.py " + " ".join(sys.argv[1:]),
            "commit": git_commit(), "cpu": cpu_model(),
            "attention": {n: llms[n].train_attention for n in names},
+           "pointwise": {n: llms[n].pointwise for n in names},
            "threads": torch.get_num_threads(), "torch": torch.__version__,
            "batch": args.batch, "tokens": args.tokens, "text_tokens": int(ids.shape[1]),
            "results": res}

@@ -53,6 +53,9 @@ KINDS = (
                       "aten::masked_fill", "aten::eq", "aten::ne", "aten::lt", "aten::gt",
                       "aten::nll_loss", "aten::_log_softmax", "aten::threshold",
                       "aten::_foreach", "aten::_fused_rms_norm", "aten::rms_norm")),
+    # inductor's kernels (glta_align.pointwise): fused element-wise loops
+    ("compiled element-wise", ("cpp_fused", "CompiledFunction", "Torch-Compiled Region",
+                               "CompiledFxGraph")),
 )
 
 
@@ -149,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probe-rows", default="256",
                     help="rows of the GEMM probe's products (the precision probe's: 256); a "
                          "comma-separated list measures each, the first is the reference")
+    ap.add_argument("--pointwise", choices=("auto", "compiled", "eager"), default="auto",
+                    help="the LLM's element-wise parts in training (load_llm's pointwise)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.shapes and args.no_profiler:
@@ -178,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     lc = config.llm
     load_before = round(os.getloadavg()[0], 2)
     llm = load_llm(lc.model_name_or_path, dtype=lc.dtype, device=lc.device,
-                   cache_dir=lc.cache_dir, init=lc.init, init_seed=cfg.seed)
+                   cache_dir=lc.cache_dir, init=lc.init, init_seed=cfg.seed,
+                   pointwise=args.pointwise)
     caught: dict = {}
     run_loop = stage3.run_loop
 
@@ -216,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
            "load_before": load_before, "load_after": round(os.getloadavg()[0], 2),
            "run": str(args.run), "max_users": args.max_users, "batch_size": cfg.batch_size,
            "profiled": not args.no_profiler, "precision": llm.precision,
-           "train_attention": llm.train_attention, "prompt_order": cfg.prompt_order,
+           "train_attention": llm.train_attention, "pointwise": llm.pointwise,
+           "prompt_order": cfg.prompt_order,
            "residual": cfg.residual, "loop_seconds": caught["seconds"],
            "throughput": res.throughput, "gemm_gflops": gemm, "probe_rows": probe_rows[0],
            "gemm_gflops_by_rows": {str(r): g for r, g in by_rows.items()},

@@ -100,6 +100,32 @@ def test_attention_kernels_never_rekey_a_stage(tmp_path):
         load_config("smoke", overrides=["--llm.attention", "flash"])
 
 
+def test_pointwise_kernels_never_rekey_a_stage(tmp_path):
+    """[llm] pointwise (compiled or eager element-wise parts) is an execution setting like
+    attention: keys ignore it, and a run saved before the key existed keeps every stage."""
+    from glta_cli.pipeline import STAGES, _reconcile_stages, stage_keys
+
+    run = tmp_path / "run"
+    base = load_config("smoke", overrides=["--run.out", str(run)])
+    assert base.llm.pointwise == "auto" == base.user_item.pointwise
+    for value in ("compiled", "eager"):
+        other = load_config("smoke", overrides=["--run.out", str(run), "--llm.pointwise", value])
+        assert other.user_item.pointwise == value == other.item_text.pointwise
+        assert stage_keys(other) == stage_keys(base) and config_differences(base, other) == []
+    run.mkdir()
+    write_config(base, run / "resolved-config.toml")
+    saved = (run / "resolved-config.toml").read_text()
+    (run / "resolved-config.toml").write_text(
+        "\n".join(line for line in saved.splitlines() if not line.startswith("pointwise")))
+    keys = stage_keys(base)
+    stages = {s: {"done": True, "key": keys[s]} for s in STAGES}
+    notes: list[str] = []
+    _reconcile_stages(run, other, stages, notes.append)
+    assert sorted(stages) == sorted(STAGES) and not notes
+    with pytest.raises(ConfigError, match=r"\[llm\] pointwise: 'fast'"):
+        load_config("smoke", overrides=["--llm.pointwise", "fast"])
+
+
 def test_stage_keys_chain_and_reconcile(tmp_path):
     from glta_cli.pipeline import STAGES, _reconcile_stages, stage_keys
 

@@ -32,9 +32,9 @@ __all__ = ["LoopResult", "TrainableParameters", "average_gradients", "average_sc
            "dist_info", "embedding_rms", "rng_for", "run_loop"]
 
 # config fields that may change between a killed run and its resumption
-# "attention" is an execution setting (the same attention computed by other kernels).
+# "attention" and "pointwise" are execution settings (the same math by other kernels).
 RESUMABLE_CHANGES = frozenset({"epochs", "save_every", "device", "eval_batch_size", "patience",
-                               "attention"})
+                               "attention", "pointwise"})
 
 
 class TrainableParameters(nn.Module):

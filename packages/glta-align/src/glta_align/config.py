@@ -54,6 +54,10 @@ class _StageConfig:
                            "sdpa), sdpa, eager or eager_grouped (eager without copying "
                            "grouped-query keys/values per head); the same attention computed "
                            "differently, not part of stage keys", "auto")
+    pointwise: str = _help("element-wise parts of the LLM's training passes (RMSNorm, SiLU x "
+                           "up, rotary): auto (compiled for bf16 on the CPU), compiled "
+                           "(torch.compile; eager with a warning when compiling fails) or "
+                           "eager; the same math, not part of stage keys", "auto")
     llm_init: str = _help("LLM weights: pretrained, or random (a randomly initialised model "
                           "of the same shape, seeded by `seed`: the 'random-llm' control)",
                           "pretrained")
@@ -96,6 +100,7 @@ class _StageConfig:
         choices = {"prompt_style": ("auto", "chat", "paper"), "padding_side": ("left", "right"),
                    "llm_init": ("pretrained", "random"),
                    "attention": ("auto", "sdpa", "eager", "eager_grouped"),
+                   "pointwise": ("auto", "compiled", "eager"),
                    "lr_schedule": LR_SCHEDULES,
                    "projector": ("linear", "mlp"), "head": HEADS, "head_init": _HEAD_INITS}
         for name, allowed in choices.items():

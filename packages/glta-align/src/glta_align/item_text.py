@@ -153,7 +153,8 @@ def train_item_text(
     torch.manual_seed(cfg.seed)
     if llm is None:
         llm = load_llm(cfg.llm, dtype=cfg.dtype, device=cfg.device, lora=cfg.lora,
-                       init=cfg.llm_init, init_seed=cfg.seed, attention=cfg.attention)
+                       init=cfg.llm_init, init_seed=cfg.seed, attention=cfg.attention,
+                       pointwise=cfg.pointwise)
     dev = llm.device
     _, item_emb = load_graph_embeddings(run_dir, data.fingerprint)
     item_emb = item_emb.float().to(dev)
@@ -231,6 +232,7 @@ def train_item_text(
             "llm_precision_probe": getattr(llm, "precision_probe", None),
             "llm_attention": llm.train_attention,
             "llm_attention_probe": getattr(llm, "attention_probe", None),
+            "llm_pointwise": bool(getattr(llm, "pointwise", False)),
             "steps": loop.steps, **throughput}
     if rank == 0:
         for base in (run_dir / STAGE2_OUTPUT_DIR, run_dir):  # the copy first: see its comment

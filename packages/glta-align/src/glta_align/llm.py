@@ -103,6 +103,9 @@ class FrozenLLM:
             :meth:`attention_scope` and :func:`grouped_eager_attention`).
         attention_probe: how ``attention="auto"`` chose ``train_attention`` on the CPU (the
             result of :func:`attention_probe`), or ``None`` when it was given.
+        pointwise: whether the forward passes that record gradients run the RMSNorms, the
+            gated MLPs' activation and the rotary embedding compiled
+            (:mod:`glta_align.pointwise`, installed by :func:`load_llm`).
     """
 
     model: nn.Module
@@ -112,6 +115,7 @@ class FrozenLLM:
     precision_probe: dict[str, Any] | None = None
     train_attention: str = "sdpa"
     attention_probe: dict[str, Any] | None = None
+    pointwise: bool = False
 
     def __post_init__(self) -> None:
         config = self.causal_lm.config
@@ -126,19 +130,26 @@ class FrozenLLM:
         own implementation (sdpa, as :func:`grouped_sdpa_attention`): on the CPU eager
         attention trains bf16 SmolLM2 faster but generates text 1.4-1.5x slower, and in
         bf16 greedy texts follow the kernel's rounding (``benchmarks/RESULTS.md``), so
-        profile texts never depend on the choice."""
+        profile texts never depend on the choice. The same holds for :attr:`pointwise`:
+        compiled element-wise parts in passes that record gradients only."""
+        from glta_align.pointwise import active
+
         config = self.causal_lm.config
         before = getattr(config, "_attn_implementation", None)
-        if not torch.is_grad_enabled() or before == self.train_attention:
+        if not torch.is_grad_enabled():
             yield
             return
-        if self.train_attention == GROUPED:
-            register_grouped_attention()
-        config._attn_implementation = self.train_attention
-        try:
-            yield
-        finally:
-            config._attn_implementation = before
+        with active(self.pointwise):
+            if before == self.train_attention:
+                yield
+                return
+            if self.train_attention == GROUPED:
+                register_grouped_attention()
+            config._attn_implementation = self.train_attention
+            try:
+                yield
+            finally:
+                config._attn_implementation = before
 
     @property
     def causal_lm(self) -> nn.Module:
@@ -974,6 +985,7 @@ def load_llm(
     init_seed: int = 0,
     progress: Any = None,
     attention: str = "auto",
+    pointwise: str = "auto",
 ) -> FrozenLLM:
     """Load a causal LM with all weights frozen.
 
@@ -1007,6 +1019,11 @@ def load_llm(
             by :func:`attention_probe` for this model's heads and precision
             (once per machine, cached; ``GLTA_ATTENTION_PROBE=0`` or a failed
             probe: sdpa), elsewhere sdpa. Passes without gradients always run sdpa.
+        pointwise: the element-wise parts (RMSNorm, SiLU x up, rotary) of the passes that
+            train: ``"compiled"`` (``torch.compile``, :mod:`glta_align.pointwise`; eager
+            with a warning when compiling fails), ``"eager"`` (transformers' code), or
+            ``"auto"``: compiled for bf16 on the CPU (``GLTA_POINTWISE_COMPILE=0``: eager),
+            eager otherwise. Passes without gradients always run eager.
 
     Returns:
         A :class:`FrozenLLM`; only LoRA parameters (if any) require grad.
@@ -1021,6 +1038,10 @@ def load_llm(
         raise LLMError(f"init must be one of {LLM_INITS}, got {init!r}")
     if attention not in ATTENTION_CHOICES:
         raise LLMError(f"attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
+    from glta_align.pointwise import POINTWISE_CHOICES, install, resolve
+
+    if pointwise not in POINTWISE_CHOICES:
+        raise LLMError(f"pointwise must be one of {POINTWISE_CHOICES}, got {pointwise!r}")
     dev = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu"
     )
@@ -1077,6 +1098,13 @@ def load_llm(
             emit(progress, ProgressEvent("llm", "info", message=(
                 f"attention {attention} ({attn_probe['source']}"
                 + (f"; {times}" if times else "") + _busy_note(attn_probe) + ")")))
+    compiled = resolve(pointwise, dev, next(model.parameters()).dtype,
+                       "int8" if int8 else str(dt).removeprefix("torch."))
+    if compiled:
+        compiled = any(install(model).values())
+        if compiled:
+            emit(progress, ProgressEvent("llm", "info", message=(
+                "element-wise parts compiled for training (RMSNorm, SiLU x up, rotary)")))
     settings = None
     if lora is not None:
         from peft import LoraConfig, PeftModel, get_peft_model
@@ -1100,7 +1128,7 @@ def load_llm(
         model.to(dev)
     llm = FrozenLLM(model=model, tokenizer=tok, source=source, lora=settings,
                     precision_probe=probe, train_attention=attention,
-                    attention_probe=attn_probe)
+                    attention_probe=attn_probe, pointwise=compiled)
     emit(progress, ProgressEvent("llm", "end", step=3, total=3,
                                  message=f"{Path(source).name} ({llm.precision}, "
                                          f"{llm.train_attention} attention in training)"))

@@ -484,7 +484,8 @@ def train_user_item(
     torch.manual_seed(cfg.seed)
     if llm is None:
         llm = load_llm(cfg.llm, dtype=cfg.dtype, device=cfg.device, lora=cfg.lora,
-                       init=cfg.llm_init, init_seed=cfg.seed, attention=cfg.attention)
+                       init=cfg.llm_init, init_seed=cfg.seed, attention=cfg.attention,
+                       pointwise=cfg.pointwise)
     dev = llm.device
     user_emb, item_emb = load_graph_embeddings(run_dir, data.fingerprint)
     user_emb, item_emb = user_emb.float().to(dev), item_emb.float().to(dev)
@@ -700,5 +701,6 @@ def _save_user_projector(proj: NodeProjector, directory: Path, fingerprint: str,
                    "llm_precision_probe": getattr(llm, "precision_probe", None),
                    "llm_attention": llm.train_attention,
                    "llm_attention_probe": getattr(llm, "attention_probe", None),
+                   "llm_pointwise": bool(getattr(llm, "pointwise", False)),
                    "stage_config": cfg.to_dict(), **(selection or {})},
                   dataset_fingerprint=fingerprint, card=card)

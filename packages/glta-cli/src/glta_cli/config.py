@@ -172,6 +172,13 @@ class LLMConfig:
                  "keys/values per head). The same attention computed differently: not part "
                  "of stage keys."},
     )
+    pointwise: str = field(
+        default="auto",
+        metadata={"help": "Element-wise parts of the LLM's training passes (RMSNorm, SiLU x up, "
+                 "rotary): auto (compiled for bf16 on the CPU, eager otherwise), compiled "
+                 "(torch.compile; eager with a warning when compiling fails) or eager. The "
+                 "same math: not part of stage keys."},
+    )
     init: str = field(
         default="pretrained",
         metadata={"help": "LLM weights: pretrained, or random (a randomly initialised model of "
@@ -191,6 +198,9 @@ class LLMConfig:
         if self.attention not in ("auto", "sdpa", "eager", "eager_grouped"):
             raise ConfigError(f"[llm] attention: {self.attention!r} is not one of auto, sdpa, "
                               "eager, eager_grouped")
+        if self.pointwise not in ("auto", "compiled", "eager"):
+            raise ConfigError(f"[llm] pointwise: {self.pointwise!r} is not one of auto, "
+                              "compiled, eager")
 
     @property
     def model_name_or_path(self) -> str | None:
@@ -853,7 +863,8 @@ def _build_section(name: str, cls: type, values: Mapping[str, Any], origin: str)
 # Stage sections that repeat the [llm] settings (glta_align's stage configs): they always
 # follow [llm], so the model is named in one place.
 _LLM_FOLLOWERS = {"llm": "model_name_or_path", "dtype": "dtype", "device": "device",
-                  "llm_init": "init", "attention": "attention"}
+                  "llm_init": "init", "attention": "attention",
+                  "pointwise": "pointwise"}
 _LLM_SECTIONS = ("item_text", "user_item")
 
 

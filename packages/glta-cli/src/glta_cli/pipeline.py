@@ -121,7 +121,7 @@ def resolve_pipeline_config(
 # Settings of how a stage computes, not what: the same attention by other kernels. They are
 # left out of the stage keys and of configuration differences, so changing them (or "auto"
 # choosing otherwise on another machine) never reruns a stage, like the thread count.
-_EXECUTION_KEYS = ("attention",)
+_EXECUTION_KEYS = ("attention", "pointwise")
 
 
 def config_differences(old: GLTAConfig, new: GLTAConfig, limit: int = 4) -> list[str]:
@@ -673,7 +673,7 @@ class _Run:
             self.llm = load_llm(
                 cfg.model_name_or_path, dtype=cfg.dtype, device=cfg.device,
                 cache_dir=cfg.cache_dir, init=cfg.init, init_seed=self.config.user_item.seed,
-                progress=self.progress, attention=cfg.attention,
+                progress=self.progress, attention=cfg.attention, pointwise=cfg.pointwise,
             )
             self.log(f"loaded LLM {cfg.model} ({self.llm.precision}, {self.llm.train_attention} "
                      f"attention in training, on {self.llm.device}) in "

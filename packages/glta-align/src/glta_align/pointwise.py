@@ -1,0 +1,289 @@
+"""Compiled element-wise parts of a Llama-style decoder for the passes that train.
+
+In bf16 on the CPU a stage-3 step of SmolLM2 spends about as long in element-wise work
+(RMSNorm's fp32 round trip, rotary embedding, SiLU x up, and each one's backward) as in its
+matrix products (``benchmarks/align/profile_stage3.py``): every eager op reads and writes
+the whole activation once. :func:`install` swaps, in place, three pure functions of tensors
+for ``torch.compile(dynamic=True)`` versions (one graph each, fused forward and backward,
+shared by every layer and every batch shape):
+
+- every RMSNorm: ``w * (x.float() * rsqrt(mean(x.float()**2) + eps)).to(x.dtype)``;
+- every gated MLP's ``silu(gate(x)) * up(x)`` (the products stay eager);
+- ``apply_rotary_pos_emb`` of the model's modelling module.
+
+The math is transformers' own (checked against the module on a small input when
+installing: a class whose output differs is left alone), so only the rounding of bf16
+intermediates changes. The compiled versions run only inside :func:`active` with gradients
+enabled (the LLM's training passes, :meth:`glta_align.llm.FrozenLLM.attention_scope`); passes
+without gradients (generation, ranking) and other models in the process run the eager code,
+so profile texts do not depend on the choice.
+
+The modules keep their parameters and state-dict keys (their class is swapped for a
+subclass); the rotary function is replaced by a dispatcher that calls the original outside
+:func:`active`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["POINTWISE_CHOICES", "active", "install", "kernels", "resolve", "rms_norm",
+           "rotary", "silu_mul"]
+
+POINTWISE_CHOICES = ("auto", "compiled", "eager")
+_ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("glta_pointwise", default=False)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Llama's RMSNorm: (..., H), weight (H,) -> (..., H) in ``x``'s dtype (statistics in
+    fp32, as transformers computes them)."""
+    dtype = x.dtype
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(dtype)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """The gated MLP's activation: ``silu(gate) * up``, both (..., F) -> (..., F)."""
+    return F.silu(gate) * up
+
+
+def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+           sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary position embedding as transformers' ``apply_rotary_pos_emb`` (half-split
+    layout, ``unsqueeze_dim=1``): q (B, Hq, T, D), k (B, Hk, T, D), cos/sin (B, T, D) ->
+    the rotated (q, k)."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    half = q.shape[-1] // 2
+
+    def turn(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+    return q * cos + turn(q) * sin, k * cos + turn(k) * sin
+
+
+def _shapes(model: nn.Module, hidden: int) -> dict[str, int]:
+    """The warm-up's sizes: the model config's, else hidden from the norm, the rest made up."""
+    cfg = getattr(model, "config", None)
+    heads = int(getattr(cfg, "num_attention_heads", 2))
+    return {"hidden": hidden, "inter": int(getattr(cfg, "intermediate_size", 2 * hidden)),
+            "heads": heads, "kv": int(getattr(cfg, "num_key_value_heads", None) or heads),
+            "head_dim": int(getattr(cfg, "head_dim", None) or max(2, hidden // heads // 2 * 2))}
+
+
+def _warm(fns: dict[str, Callable], dtype: torch.dtype, norm_weight: torch.Tensor,
+          shapes: dict[str, int]) -> None:
+    """Compile each kernel's forward and backward now, on inputs laid out as the model's
+    (a frozen ``nn.Parameter`` weight, q/k transposed views of (B, T, heads * D)), so the
+    training loop does not recompile and a missing compiler shows up here."""
+    with torch.enable_grad(), active():
+        x = torch.randn(3, 5, shapes["hidden"], dtype=dtype, requires_grad=True)
+        fns["rms_norm"](x, norm_weight, 1e-6).float().sum().backward()
+        g = torch.randn(3, 5, shapes["inter"], dtype=dtype, requires_grad=True)
+        u = torch.randn(3, 5, shapes["inter"], dtype=dtype, requires_grad=True)
+        fns["silu_mul"](g, u).float().sum().backward()
+        d = shapes["head_dim"]
+        q = torch.randn(2, 5, shapes["heads"] * d, dtype=dtype, requires_grad=True)
+        k = torch.randn(2, 5, shapes["kv"] * d, dtype=dtype, requires_grad=True)
+        a, b = fns["rotary"](q.view(2, 5, -1, d).transpose(1, 2),
+                             k.view(2, 5, -1, d).transpose(1, 2),
+                             torch.randn(2, 5, d, dtype=dtype), torch.randn(2, 5, d, dtype=dtype))
+        (a.float().sum() + b.float().sum()).backward()
+
+
+@functools.cache
+def kernels() -> dict[str, Callable]:
+    """``torch.compile(dynamic=True)`` of :func:`rms_norm`, :func:`silu_mul` and
+    :func:`rotary`, by name (compiled lazily, on first call)."""
+    return {f.__name__: torch.compile(f, dynamic=True) for f in (rms_norm, silu_mul, rotary)}
+
+
+def resolve(choice: str, device: torch.device, dtype: torch.dtype, precision: str) -> bool:
+    """Whether ``choice`` (one of :data:`POINTWISE_CHOICES`) compiles the element-wise parts:
+    ``"compiled"`` always, ``"eager"`` never, ``"auto"`` for bf16 weights on the CPU (the
+    case measured, ``benchmarks/RESULTS.md``; not int8, whose gated MLP is compiled already)
+    unless ``GLTA_POINTWISE_COMPILE=0``."""
+    if choice not in POINTWISE_CHOICES:
+        raise ValueError(f"pointwise must be one of {POINTWISE_CHOICES}, got {choice!r}")
+    if choice != "auto":
+        return choice == "compiled"
+    if os.environ.get("GLTA_POINTWISE_COMPILE", "1") == "0":
+        return False
+    return device.type == "cpu" and dtype == torch.bfloat16 and precision == "bfloat16"
+
+
+@contextlib.contextmanager
+def active(on: bool = True) -> Iterator[None]:
+    """Inside, installed modules and rotary dispatchers use the compiled kernels in passes
+    that record gradients (``on=False``: the eager code, whatever was installed)."""
+    token = _ACTIVE.set(on)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def _use() -> bool:
+    return _ACTIVE.get() and torch.is_grad_enabled()
+
+
+_SUBCLASSES: dict[type, type] = {}
+
+
+def _subclass(cls: type, forward: Callable) -> type:
+    if cls not in _SUBCLASSES:
+        _SUBCLASSES[cls] = type(f"Compiled{cls.__name__}", (cls,), {
+            "forward": forward, "__module__": __name__,
+            "__doc__": f"{cls.__name__} whose training passes run compiled (glta_align."
+                       "pointwise)."})
+    return _SUBCLASSES[cls]
+
+
+def _norm_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if _use():
+        fns = self._glta_kernels
+        return fns["rms_norm"](x, self.weight, self.variance_epsilon)
+    return super(type(self), self).forward(x)
+
+
+def _mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if _use():
+        fns = self._glta_kernels
+        return self.down_proj(fns["silu_mul"](self.gate_proj(x), self.up_proj(x)))
+    return super(type(self), self).forward(x)
+
+
+def _same(a: torch.Tensor | tuple, b: torch.Tensor | tuple) -> bool:
+    a = a if isinstance(a, tuple) else (a,)
+    b = b if isinstance(b, tuple) else (b,)
+    return len(a) == len(b) and all(
+        x.shape == y.shape and torch.allclose(x.float(), y.float(), rtol=1e-4, atol=1e-5)
+        for x, y in zip(a, b, strict=True))
+
+
+@torch.no_grad()
+def _is_norm(m: nn.Module) -> bool:
+    w, eps = getattr(m, "weight", None), getattr(m, "variance_epsilon", None)
+    if not isinstance(w, torch.Tensor) or w.dim() != 1 or not isinstance(eps, float):
+        return False
+    x = torch.randn(2, 3, w.shape[0], generator=torch.Generator().manual_seed(0)).to(w)
+    return _same(m(x), rms_norm(x, w, eps))
+
+
+@torch.no_grad()
+def _is_gated_mlp(m: nn.Module) -> bool:
+    parts = [getattr(m, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+    if not all(isinstance(p, nn.Module) for p in parts) or not hasattr(m, "act_fn"):
+        return False
+    w = getattr(parts[0], "weight", None)
+    if not isinstance(w, torch.Tensor) or w.dtype not in (torch.float32, torch.bfloat16,
+                                                          torch.float16):
+        return False  # int8 layers: their gated MLP is compiled already
+    x = torch.randn(2, 3, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w)
+    gate, up, down = parts
+    return _same(m(x), down(silu_mul(gate(x), up(x))))
+
+
+def _dispatcher(original: Callable, fns: dict[str, Callable]) -> Callable:
+    def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+                             sin: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        plain = not args and set(kwargs) <= {"unsqueeze_dim"} and kwargs.get(
+            "unsqueeze_dim", 1) == 1
+        if plain and _use():
+            return fns["rotary"](q, k, cos, sin)
+        return original(q, k, cos, sin, *args, **kwargs)
+
+    apply_rotary_pos_emb._glta_original = original  # type: ignore[attr-defined]
+    apply_rotary_pos_emb.__doc__ = original.__doc__
+    return apply_rotary_pos_emb
+
+
+@torch.no_grad()
+def _install_rotary(module_name: str, fns: dict[str, Callable]) -> bool:
+    mod = sys.modules.get(module_name)
+    fn = getattr(mod, "apply_rotary_pos_emb", None)
+    if fn is None:
+        return False
+    if hasattr(fn, "_glta_original"):
+        return True
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, 4, 3, 8, generator=gen), torch.randn(2, 2, 3, 8, generator=gen)
+    cos, sin = torch.randn(2, 3, 8, generator=gen), torch.randn(2, 3, 8, generator=gen)
+    if not _same(fn(q, k, cos, sin), rotary(q, k, cos, sin)):
+        return False
+    mod.apply_rotary_pos_emb = _dispatcher(fn, fns)
+    return True
+
+
+def install(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, int]:
+    """Swap ``model``'s RMSNorms, gated MLPs and rotary embedding for compiled versions used
+    inside :func:`active` (in place; parameters and state-dict keys unchanged).
+
+    Args:
+        model: a transformers causal LM or decoder (Llama-style: SmolLM2, Llama, Qwen2,
+            Mistral); other architectures' modules that do not compute the same are left
+            alone.
+        dtype: the dtype the kernels are compiled for (default: the model's parameters').
+
+    Returns:
+        How many modules use the compiled code: ``{"rms_norm": n, "gated_mlp": m,
+        "rotary": r}`` (``r`` counts modelling modules); all zero, the model untouched and a
+        warning when compiling fails (no C++ compiler, ...).
+    """
+    dtype = dtype or next(model.parameters()).dtype
+    counts = {"rms_norm": 0, "gated_mlp": 0, "rotary": 0}
+    fns = kernels()
+    norm = next((m for m in model.modules() if type(m).__name__.endswith("RMSNorm")
+                 and isinstance(getattr(m, "weight", None), nn.Parameter)), None)
+    hidden = int(getattr(getattr(model, "config", None), "hidden_size", 0)) or (
+        norm.weight.shape[0] if norm is not None else 8)
+    weight = norm.weight if norm is not None else nn.Parameter(
+        torch.ones(hidden, dtype=dtype), requires_grad=False)
+    probe_log = logging.getLogger("torch.utils.cpp_extension")  # "No CUDA runtime is found"
+    level = probe_log.level
+    probe_log.setLevel(logging.ERROR)
+    try:
+        _warm(fns, dtype, weight, _shapes(model, hidden))
+    except Exception as exc:
+        warnings.warn(f"pointwise: torch.compile unavailable ({type(exc).__name__}: "
+                      f"{str(exc)[:200]}); the LLM's element-wise parts stay eager",
+                      RuntimeWarning, stacklevel=2)
+        return counts
+    finally:
+        probe_log.setLevel(level)
+    checked: dict[type, bool] = {}
+    modules: set[str] = set()
+    for m in model.modules():
+        cls = type(m)
+        if cls in _SUBCLASSES.values():
+            kind = "rms_norm" if cls.forward is _norm_forward else "gated_mlp"
+            counts[kind] += 1
+            continue
+        if cls.__name__.endswith("Attention"):
+            modules.add(cls.__module__)
+        if cls.__name__.endswith("RMSNorm"):
+            kind, check, forward = "rms_norm", _is_norm, _norm_forward
+        elif cls.__name__.endswith("MLP"):
+            kind, check, forward = "gated_mlp", _is_gated_mlp, _mlp_forward
+        else:
+            continue
+        if cls not in checked:
+            checked[cls] = check(m)
+        if checked[cls]:
+            m.__class__ = _subclass(cls, forward)
+            m._glta_kernels = fns
+            counts[kind] += 1
+    counts["rotary"] = sum(_install_rotary(name, fns) for name in sorted(modules))
+    return counts
