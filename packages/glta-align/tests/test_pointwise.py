@@ -97,15 +97,18 @@ def test_passes_without_gradients_or_outside_the_scope_run_eager(tiny_bf16, monk
 
 
 def test_one_graph_per_kernel_for_every_layer_and_length(tiny_bf16):
-    """After install's warm-up no batch shape compiles again: past dynamo's recompile limit
-    the kernels would silently run as eager Python."""
+    """After install's warm-up no batch shape compiles again (a size of 1 too: dynamo would
+    specialise it into a graph of its own, seconds of compiling mid-stage; such calls run
+    eager), and past dynamo's recompile limit the kernels would silently run as eager
+    Python."""
     twin, _ = _installed(tiny_bf16)
     import torch._dynamo
 
     with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
-        for b, t in ((2, 5), (4, 9), (3, 17)):
+        for b, t in ((2, 5), (4, 9), (3, 17), (1, 6), (2, 1), (1, 1)):
             x = torch.randn(b, t, 64).to(torch.bfloat16)
-            _fwd_bwd(twin, x)
+            h, _ = _fwd_bwd(twin, x)
+            torch.testing.assert_close(h, _fwd_bwd(tiny_bf16, x)[0], rtol=0.05, atol=0.05)
 
 
 def test_failed_compile_leaves_the_model_eager(tiny_bf16, monkeypatch):

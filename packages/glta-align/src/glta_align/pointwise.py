@@ -89,10 +89,10 @@ def _warm(fns: dict[str, Callable], dtype: torch.dtype, norm_weight: torch.Tenso
     (a frozen ``nn.Parameter`` weight, q/k transposed views of (B, T, heads * D)), so the
     training loop does not recompile and a missing compiler shows up here."""
     with torch.enable_grad(), active():
-        x = torch.randn(3, 5, shapes["hidden"], dtype=dtype, requires_grad=True)
+        x = torch.randn(15, shapes["hidden"], dtype=dtype, requires_grad=True)
         fns["rms_norm"](x, norm_weight, 1e-6).float().sum().backward()
-        g = torch.randn(3, 5, shapes["inter"], dtype=dtype, requires_grad=True)
-        u = torch.randn(3, 5, shapes["inter"], dtype=dtype, requires_grad=True)
+        g = torch.randn(15, shapes["inter"], dtype=dtype, requires_grad=True)
+        u = torch.randn(15, shapes["inter"], dtype=dtype, requires_grad=True)
         fns["silu_mul"](g, u).float().sum().backward()
         d = shapes["head_dim"]
         q = torch.randn(2, 5, shapes["heads"] * d, dtype=dtype, requires_grad=True)
@@ -151,18 +151,31 @@ def _subclass(cls: type, forward: Callable) -> type:
     return _SUBCLASSES[cls]
 
 
+# The kernels see rows x features (leading dimensions flattened, a view) and run only with
+# at least 2 rows (and rotary with at least 2 sequences of 2 positions): dynamo specialises a
+# size of 1 into a graph of its own, and compiling one in the middle of a stage costs seconds.
+def _rows(x: torch.Tensor) -> int:
+    return x.numel() // x.shape[-1] if x.dim() >= 2 and x.shape[-1] else 0
+
+
 def _norm_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if _use():
-        fns = self._glta_kernels
-        return fns["rms_norm"](x, self.weight, self.variance_epsilon)
+    rows = _rows(x)
+    if rows >= 2 and x.is_contiguous() and _use():
+        out = self._glta_kernels["rms_norm"](x.view(rows, x.shape[-1]), self.weight,
+                                             self.variance_epsilon)
+        return out.view(*x.shape[:-1], out.shape[-1])
     return super(type(self), self).forward(x)
 
 
 def _mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if _use():
-        fns = self._glta_kernels
-        return self.down_proj(fns["silu_mul"](self.gate_proj(x), self.up_proj(x)))
-    return super(type(self), self).forward(x)
+    if not _use():
+        return super(type(self), self).forward(x)
+    gate, up = self.gate_proj(x), self.up_proj(x)
+    rows = _rows(gate)
+    if rows >= 2 and gate.is_contiguous() and up.is_contiguous():
+        h = self._glta_kernels["silu_mul"](gate.view(rows, -1), up.view(rows, -1))
+        return self.down_proj(h.view(gate.shape))
+    return self.down_proj(silu_mul(gate, up))
 
 
 def _same(a: torch.Tensor | tuple, b: torch.Tensor | tuple) -> bool:
@@ -200,7 +213,7 @@ def _dispatcher(original: Callable, fns: dict[str, Callable]) -> Callable:
     def apply_rotary_pos_emb(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
                              sin: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         plain = not args and set(kwargs) <= {"unsqueeze_dim"} and kwargs.get(
-            "unsqueeze_dim", 1) == 1
+            "unsqueeze_dim", 1) == 1 and q.dim() == 4 and q.shape[0] >= 2 and q.shape[2] >= 2
         if plain and _use():
             return fns["rotary"](q, k, cos, sin)
         return original(q, k, cos, sin, *args, **kwargs)
