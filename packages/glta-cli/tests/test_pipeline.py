@@ -70,60 +70,37 @@ def test_config_differences_and_saved_config_resume(tmp_path):
     assert fresh.data.max_users is None and fresh.run.out == str(run)
 
 
-def test_attention_kernels_never_rekey_a_stage(tmp_path):
-    """[llm] attention says how attention is computed, not what: keys ignore it, and a run
+@pytest.mark.parametrize(("key", "values", "bad"), [
+    ("attention", ("eager", "eager_grouped"), "flash"),
+    ("pointwise", ("compiled", "eager"), "fast"),
+])
+def test_execution_settings_never_rekey_a_stage(tmp_path, key, values, bad):
+    """[llm] attention (which kernels compute attention) and [llm] pointwise (compiled or
+    eager element-wise parts) say how a stage computes, not what: keys ignore them, and a run
     resumed with another value (or one whose saved configuration predates the key) keeps
     every stage."""
     from glta_cli.pipeline import STAGES, _reconcile_stages, stage_keys
 
     run = tmp_path / "run"
     base = load_config("smoke", overrides=["--run.out", str(run)])
-    eager = load_config("smoke", overrides=["--run.out", str(run), "--llm.attention", "eager"])
-    assert eager.user_item.attention == "eager" == eager.item_text.attention
-    assert stage_keys(eager) == stage_keys(base)
-    assert config_differences(base, eager) == []  # nothing to report, nothing to rerun
-    grouped = load_config("smoke", overrides=["--run.out", str(run), "--llm.attention",
-                                              "eager_grouped"])
-    assert grouped.user_item.attention == "eager_grouped"
-    assert stage_keys(grouped) == stage_keys(base) and config_differences(base, grouped) == []
+    assert getattr(base.llm, key) == "auto" == getattr(base.user_item, key)
+    for value in values:
+        other = load_config("smoke", overrides=["--run.out", str(run), f"--llm.{key}", value])
+        assert getattr(other.user_item, key) == value == getattr(other.item_text, key)
+        assert stage_keys(other) == stage_keys(base)
+        assert config_differences(base, other) == []  # nothing to report, nothing to rerun
     run.mkdir()
     write_config(base, run / "resolved-config.toml")
     saved = (run / "resolved-config.toml").read_text()
     (run / "resolved-config.toml").write_text(
-        "\n".join(line for line in saved.splitlines() if not line.startswith("attention")))
-    keys = stage_keys(base)
-    stages = {s: {"done": True, "key": keys[s]} for s in STAGES}
-    notes: list[str] = []
-    _reconcile_stages(run, eager, stages, notes.append)
-    assert sorted(stages) == sorted(STAGES) and not notes
-    with pytest.raises(ConfigError, match=r"\[llm\] attention: 'flash'"):
-        load_config("smoke", overrides=["--llm.attention", "flash"])
-
-
-def test_pointwise_kernels_never_rekey_a_stage(tmp_path):
-    """[llm] pointwise (compiled or eager element-wise parts) is an execution setting like
-    attention: keys ignore it, and a run saved before the key existed keeps every stage."""
-    from glta_cli.pipeline import STAGES, _reconcile_stages, stage_keys
-
-    run = tmp_path / "run"
-    base = load_config("smoke", overrides=["--run.out", str(run)])
-    assert base.llm.pointwise == "auto" == base.user_item.pointwise
-    for value in ("compiled", "eager"):
-        other = load_config("smoke", overrides=["--run.out", str(run), "--llm.pointwise", value])
-        assert other.user_item.pointwise == value == other.item_text.pointwise
-        assert stage_keys(other) == stage_keys(base) and config_differences(base, other) == []
-    run.mkdir()
-    write_config(base, run / "resolved-config.toml")
-    saved = (run / "resolved-config.toml").read_text()
-    (run / "resolved-config.toml").write_text(
-        "\n".join(line for line in saved.splitlines() if not line.startswith("pointwise")))
+        "\n".join(line for line in saved.splitlines() if not line.startswith(key)))
     keys = stage_keys(base)
     stages = {s: {"done": True, "key": keys[s]} for s in STAGES}
     notes: list[str] = []
     _reconcile_stages(run, other, stages, notes.append)
     assert sorted(stages) == sorted(STAGES) and not notes
-    with pytest.raises(ConfigError, match=r"\[llm\] pointwise: 'fast'"):
-        load_config("smoke", overrides=["--llm.pointwise", "fast"])
+    with pytest.raises(ConfigError, match=rf"\[llm\] {key}: '{bad}'"):
+        load_config("smoke", overrides=[f"--llm.{key}", bad])
 
 
 def test_stage_keys_chain_and_reconcile(tmp_path):
