@@ -29,6 +29,11 @@ def prof(align_script):
     ("aten::expand", "framework"),
     ("aten::empty_strided", "framework"),
     ("MulBackward0", "framework"),
+    # inductor's compiled kernels (glta_align.pointwise), not their autograd wrappers
+    ("## Call CompiledFxGraph f73ox2674ooo7lhohvn7o5m7nwoznaewus4t", "compiled element-wise"),
+    ("cpp_fused_add_mul_0", "compiled element-wise"),
+    ("CompiledFunction", "framework"),
+    ("CompiledFunctionBackward", "framework"),
     ("autograd::engine::evaluate_function: MmBackward0", "framework"),
 ])
 def test_kind_of(prof, name, kind):

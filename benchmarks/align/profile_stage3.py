@@ -53,9 +53,10 @@ KINDS = (
                       "aten::masked_fill", "aten::eq", "aten::ne", "aten::lt", "aten::gt",
                       "aten::nll_loss", "aten::_log_softmax", "aten::threshold",
                       "aten::_foreach", "aten::_fused_rms_norm", "aten::rms_norm")),
-    # inductor's kernels (glta_align.pointwise): fused element-wise loops
-    ("compiled element-wise", ("cpp_fused", "CompiledFunction", "Torch-Compiled Region",
-                               "CompiledFxGraph")),
+    # inductor's kernels (glta_align.pointwise): the fused element-wise loops run inside
+    # "## Call CompiledFxGraph ..." ("cpp_fused_*" with inductor's kernel profiling on); the
+    # autograd wrappers around them (CompiledFunction, ...) are framework
+    ("compiled element-wise", ("cpp_fused", "CompiledFxGraph")),
 )
 
 

@@ -149,24 +149,25 @@ def test_modules_computing_something_else_are_left_alone():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         counts = pointwise.install(model, dtype=torch.float32)
-    # compiling worked: the check, not a failure, said no
-    assert not [w for w in caught if str(w.message).startswith("pointwise:")]
+    failed = [str(w.message) for w in caught if str(w.message).startswith("pointwise:")]
+    if failed:  # nothing was checked: the model stayed eager because compiling failed
+        pytest.skip(f"torch.compile unavailable here: {failed}")
     assert counts == {"rms_norm": 0, "gated_mlp": 0, "rotary": 0}
     assert type(model[0]) is GemmaLikeRMSNorm and type(model[1]) is GeluMLP
 
 
 def test_resolve(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert pointwise.resolve("auto", cpu, torch.bfloat16, "bfloat16")
-    assert not pointwise.resolve("auto", cpu, torch.float32, "float32")
-    assert not pointwise.resolve("auto", cpu, torch.float32, "int8")
-    assert not pointwise.resolve("auto", cuda, torch.bfloat16, "bfloat16")
-    assert pointwise.resolve("compiled", cpu, torch.float32, "float32")
-    assert not pointwise.resolve("eager", cpu, torch.bfloat16, "bfloat16")
+    assert pointwise.resolve("auto", cpu, "bfloat16")
+    assert not pointwise.resolve("auto", cpu, "float32")
+    assert not pointwise.resolve("auto", cpu, "int8")
+    assert not pointwise.resolve("auto", cuda, "bfloat16")
+    assert pointwise.resolve("compiled", cpu, "float32")
+    assert not pointwise.resolve("eager", cpu, "bfloat16")
     monkeypatch.setenv("GLTA_POINTWISE_COMPILE", "0")
-    assert not pointwise.resolve("auto", cpu, torch.bfloat16, "bfloat16")
+    assert not pointwise.resolve("auto", cpu, "bfloat16")
     with pytest.raises(ValueError, match=r"pointwise must be one of.*'fast'"):
-        pointwise.resolve("fast", cpu, torch.bfloat16, "bfloat16")
+        pointwise.resolve("fast", cpu, "bfloat16")
 
 
 def test_scope_turns_the_kernels_on_only_with_gradients(tiny_bf16):

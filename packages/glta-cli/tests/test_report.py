@@ -106,7 +106,11 @@ def test_attention_text_names_the_training_kernels_and_the_probe():
         "LLM attention in training: sdpa")
     assert attention_text({}) is None  # runs made before it was recorded
     assert attention_text({"llm_attention": "sdpa", "llm_pointwise": True}) == (
-        "LLM attention in training: sdpa, element-wise parts compiled")
+        "LLM attention in training: sdpa; element-wise parts compiled")
+    assert attention_text({"llm_attention": "eager", "llm_attention_probe": probe,
+                           "llm_pointwise": True}) == (
+        "LLM attention in training: eager (probe, cached: eager 34.5 ms, sdpa 42.2 ms); "
+        "element-wise parts compiled")
     assert attention_text({"llm_attention": "sdpa", "llm_pointwise": False}) == (
         "LLM attention in training: sdpa")
     busy = {**probe, "source": "probe", "choice": "eager_grouped", "measured_choice": "sdpa"}

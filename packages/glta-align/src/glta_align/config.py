@@ -20,6 +20,8 @@ PROFILE_PROMPTS = ("paper", "shared")
 _HEAD_INITS = ("zeros", "random", "item_tokens")
 _TARGETS = ("unseen", "any")
 LR_SCHEDULES = ("constant", "cosine")
+# [llm] pointwise / load_llm(pointwise=...): the LLM's element-wise parts in training
+POINTWISE_CHOICES = ("auto", "compiled", "eager")
 # Settings added to the stage configs after their first resume states and runs, with the
 # value that gives the behaviour those had: a resume state (or a run's resolved config)
 # written before a setting existed reads as this value (glta_align._common.run_loop,
@@ -100,7 +102,7 @@ class _StageConfig:
         choices = {"prompt_style": ("auto", "chat", "paper"), "padding_side": ("left", "right"),
                    "llm_init": ("pretrained", "random"),
                    "attention": ("auto", "sdpa", "eager", "eager_grouped"),
-                   "pointwise": ("auto", "compiled", "eager"),
+                   "pointwise": POINTWISE_CHOICES,
                    "lr_schedule": LR_SCHEDULES,
                    "projector": ("linear", "mlp"), "head": HEADS, "head_init": _HEAD_INITS}
         for name, allowed in choices.items():

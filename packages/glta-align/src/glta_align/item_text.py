@@ -232,7 +232,7 @@ def train_item_text(
             "llm_precision_probe": getattr(llm, "precision_probe", None),
             "llm_attention": llm.train_attention,
             "llm_attention_probe": getattr(llm, "attention_probe", None),
-            "llm_pointwise": bool(getattr(llm, "pointwise", False)),
+            "llm_pointwise": llm.pointwise,
             "steps": loop.steps, **throughput}
     if rank == 0:
         for base in (run_dir / STAGE2_OUTPUT_DIR, run_dir):  # the copy first: see its comment

@@ -25,6 +25,8 @@ import torch
 from glta_gllm.checkpoint import staging_dir
 from torch import nn
 
+from glta_align.pointwise import POINTWISE_CHOICES, active, install, resolve
+
 __all__ = [
     "ATTENTION_CHOICES",
     "DEFAULT_GGUF_NAME",
@@ -132,8 +134,6 @@ class FrozenLLM:
         bf16 greedy texts follow the kernel's rounding (``benchmarks/RESULTS.md``), so
         profile texts never depend on the choice. The same holds for :attr:`pointwise`:
         compiled element-wise parts in passes that record gradients only."""
-        from glta_align.pointwise import active
-
         config = self.causal_lm.config
         before = getattr(config, "_attn_implementation", None)
         if not torch.is_grad_enabled():
@@ -1038,8 +1038,6 @@ def load_llm(
         raise LLMError(f"init must be one of {LLM_INITS}, got {init!r}")
     if attention not in ATTENTION_CHOICES:
         raise LLMError(f"attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
-    from glta_align.pointwise import POINTWISE_CHOICES, install, resolve
-
     if pointwise not in POINTWISE_CHOICES:
         raise LLMError(f"pointwise must be one of {POINTWISE_CHOICES}, got {pointwise!r}")
     dev = torch.device(device) if device is not None else torch.device(
@@ -1098,8 +1096,7 @@ def load_llm(
             emit(progress, ProgressEvent("llm", "info", message=(
                 f"attention {attention} ({attn_probe['source']}"
                 + (f"; {times}" if times else "") + _busy_note(attn_probe) + ")")))
-    compiled = resolve(pointwise, dev, next(model.parameters()).dtype,
-                       "int8" if int8 else str(dt).removeprefix("torch."))
+    compiled = resolve(pointwise, dev, "int8" if int8 else str(dt).removeprefix("torch."))
     if compiled:
         compiled = any(install(model).values())
         if compiled:

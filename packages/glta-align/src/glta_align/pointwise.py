@@ -39,10 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glta_align.config import POINTWISE_CHOICES
+
 __all__ = ["POINTWISE_CHOICES", "active", "install", "kernels", "resolve", "rms_norm",
            "rotary", "silu_mul"]
 
-POINTWISE_CHOICES = ("auto", "compiled", "eager")
 _ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("glta_pointwise", default=False)
 
 
@@ -110,18 +111,19 @@ def kernels() -> dict[str, Callable]:
     return {f.__name__: torch.compile(f, dynamic=True) for f in (rms_norm, silu_mul, rotary)}
 
 
-def resolve(choice: str, device: torch.device, dtype: torch.dtype, precision: str) -> bool:
-    """Whether ``choice`` (one of :data:`POINTWISE_CHOICES`) compiles the element-wise parts:
-    ``"compiled"`` always, ``"eager"`` never, ``"auto"`` for bf16 weights on the CPU (the
-    case measured, ``benchmarks/RESULTS.md``; not int8, whose gated MLP is compiled already)
-    unless ``GLTA_POINTWISE_COMPILE=0``."""
+def resolve(choice: str, device: torch.device, precision: str) -> bool:
+    """Whether ``choice`` (one of :data:`POINTWISE_CHOICES`) compiles the element-wise parts
+    of a model whose linear layers run in ``precision`` (``FrozenLLM.precision``: "bfloat16",
+    "float32", "int8", ...): ``"compiled"`` always, ``"eager"`` never, ``"auto"`` for bf16
+    on the CPU (the case measured, ``benchmarks/RESULTS.md``; not int8, whose gated MLP is
+    compiled already) unless ``GLTA_POINTWISE_COMPILE=0``."""
     if choice not in POINTWISE_CHOICES:
         raise ValueError(f"pointwise must be one of {POINTWISE_CHOICES}, got {choice!r}")
     if choice != "auto":
         return choice == "compiled"
     if os.environ.get("GLTA_POINTWISE_COMPILE", "1") == "0":
         return False
-    return device.type == "cpu" and dtype == torch.bfloat16 and precision == "bfloat16"
+    return device.type == "cpu" and precision == "bfloat16"
 
 
 @contextlib.contextmanager

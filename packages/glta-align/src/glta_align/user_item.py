@@ -701,6 +701,6 @@ def _save_user_projector(proj: NodeProjector, directory: Path, fingerprint: str,
                    "llm_precision_probe": getattr(llm, "precision_probe", None),
                    "llm_attention": llm.train_attention,
                    "llm_attention_probe": getattr(llm, "attention_probe", None),
-                   "llm_pointwise": bool(getattr(llm, "pointwise", False)),
+                   "llm_pointwise": llm.pointwise,
                    "stage_config": cfg.to_dict(), **(selection or {})},
                   dataset_fingerprint=fingerprint, card=card)

@@ -198,9 +198,11 @@ class LLMConfig:
         if self.attention not in ("auto", "sdpa", "eager", "eager_grouped"):
             raise ConfigError(f"[llm] attention: {self.attention!r} is not one of auto, sdpa, "
                               "eager, eager_grouped")
-        if self.pointwise not in ("auto", "compiled", "eager"):
-            raise ConfigError(f"[llm] pointwise: {self.pointwise!r} is not one of auto, "
-                              "compiled, eager")
+        from glta_align.config import POINTWISE_CHOICES  # the dataclasses only
+
+        if self.pointwise not in POINTWISE_CHOICES:
+            raise ConfigError(f"[llm] pointwise: {self.pointwise!r} is not one of "
+                              f"{', '.join(POINTWISE_CHOICES)}")
 
     @property
     def model_name_or_path(self) -> str | None:

@@ -110,15 +110,13 @@ def throughput_line(meta: Mapping[str, Any], stage: str = "Stage 3") -> str | No
 def attention_text(meta: Mapping[str, Any]) -> str | None:
     """``"LLM attention in training: eager (probe: eager 34.5 ms, sdpa 42.1 ms)"`` from a
     stage's saved ``llm_attention`` and ``llm_attention_probe`` (the probe's figures only
-    when ``attention="auto"`` measured them; ", element-wise parts compiled" after the kernel
-    when ``llm_pointwise`` is true); ``None`` for runs made before it was recorded."""
+    when ``attention="auto"`` measured them; "; element-wise parts compiled" at the end when
+    ``llm_pointwise`` is true); ``None`` for runs made before it was recorded."""
     impl = meta.get("llm_attention")
     if not isinstance(impl, str) or not impl:
         return None
     text = f"LLM attention in training: {impl}"
     probe = meta.get("llm_attention_probe")
-    if meta.get("llm_pointwise") is True:
-        text += ", element-wise parts compiled"
     if isinstance(probe, Mapping):
         ms = ", ".join(f"{k} {v:.1f} ms" for k, v in (probe.get("ms") or {}).items()
                        if isinstance(v, int | float) and not isinstance(v, bool))
@@ -128,6 +126,8 @@ def attention_text(meta: Mapping[str, Any]) -> str | None:
         if probe.get("measured_choice"):
             text += (f"; the machine stayed busy through the probe (it measured "
                      f"{probe['measured_choice']} fastest): {impl} by the rule for its dtype")
+    if meta.get("llm_pointwise") is True:
+        text += "; element-wise parts compiled"
     return text
 
 
