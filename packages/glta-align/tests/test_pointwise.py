@@ -7,16 +7,20 @@ import warnings
 
 import pytest
 import torch
+import torch._dynamo
 from torch import nn
 
 from glta_align import pointwise
-from glta_align.llm import FrozenLLM, LLMError, load_llm, tiny_llm
+from glta_align.llm import GROUPED, FrozenLLM, LLMError, load_llm, tiny_llm
 
 
 @pytest.fixture
 def tiny_bf16(tokenizer):
-    """A frozen random Llama (hidden 64, 2 layers, 4 heads, 2 kv heads) in bf16."""
-    return tiny_llm(tokenizer, hidden_size=64, num_layers=2, seed=0, dtype=torch.bfloat16)
+    """A frozen random Llama (hidden 64, 2 layers, 4 heads, 2 kv heads) in bf16, training
+    with grouped eager attention (as bf16 does on the CPU: ``attention_rule``)."""
+    llm = tiny_llm(tokenizer, hidden_size=64, num_layers=2, seed=0, dtype=torch.bfloat16)
+    llm.train_attention = GROUPED
+    return llm
 
 
 def _installed(llm: FrozenLLM) -> tuple[FrozenLLM, dict[str, int]]:
@@ -57,8 +61,8 @@ def _counting(monkeypatch) -> dict[str, int]:
 
 def test_install_counts_and_keeps_parameters(tiny_bf16):
     twin, counts = _installed(tiny_bf16)
-    # 2 layers x 2 norms + the final norm; 2 MLPs; one modelling module's rotary
-    assert counts == {"rms_norm": 5, "gated_mlp": 2, "rotary": 1}
+    # 2 layers x 2 norms + the final norm; 2 MLPs; one modelling module's rotary; 2 layers
+    assert counts == {"rms_norm": 5, "gated_mlp": 2, "rotary": 1, "decoder_layer": 2}
     assert twin.model.state_dict().keys() == tiny_bf16.model.state_dict().keys()
     from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 
@@ -74,7 +78,8 @@ def test_compiled_training_pass_matches_eager(tiny_bf16, monkeypatch):
     x = torch.randn(3, 7, 64, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
     h_ref, g_ref = _fwd_bwd(tiny_bf16, x)
     h, g = _fwd_bwd(twin, x)
-    assert calls == {"rms_norm": 5, "silu_mul": 2, "rotary": 2}  # every layer, compiled
+    # both layers as two compiled regions each; the final norm on its own
+    assert calls == {"rms_norm": 1, "silu_mul": 0, "rotary": 0, "layer_in": 2, "layer_out": 2}
     # the same math; only bf16 rounding of the intermediates differs
     torch.testing.assert_close(h, h_ref, rtol=0.05, atol=0.05)
     cos = torch.nn.functional.cosine_similarity(g.flatten(), g_ref.flatten(), dim=0)
@@ -93,7 +98,7 @@ def test_passes_without_gradients_or_outside_the_scope_run_eager(tiny_bf16, monk
     off = copy.copy(twin)
     off.pointwise = False  # the scope of an LLM without the compiled parts
     _fwd_bwd(off, x)
-    assert calls == {"rms_norm": 0, "silu_mul": 0, "rotary": 0}
+    assert set(calls.values()) == {0}
 
 
 def test_one_graph_per_kernel_for_every_layer_and_length(tiny_bf16):
@@ -102,13 +107,93 @@ def test_one_graph_per_kernel_for_every_layer_and_length(tiny_bf16):
     eager), and past dynamo's recompile limit the kernels would silently run as eager
     Python."""
     twin, _ = _installed(tiny_bf16)
-    import torch._dynamo
-
     with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
         for b, t in ((2, 5), (4, 9), (3, 17), (1, 6), (2, 1), (1, 1)):
             x = torch.randn(b, t, 64).to(torch.bfloat16)
             h, _ = _fwd_bwd(twin, x)
             torch.testing.assert_close(h, _fwd_bwd(tiny_bf16, x)[0], rtol=0.05, atol=0.05)
+
+
+def _with_prefix(llm: FrozenLLM, x: torch.Tensor, prefix: torch.Tensor):
+    """Like :func:`_fwd_bwd` behind a cache of ``prefix`` (P, H) computed without gradient
+    (stage 3's instruction prefix and profile text): (B, T, H) hidden states and gradient."""
+    from transformers import DynamicCache
+
+    b, t, p = x.shape[0], x.shape[1], prefix.shape[0]
+    with torch.no_grad():
+        cache = DynamicCache()
+        llm.backbone(inputs_embeds=prefix[None], use_cache=True, cache=cache)
+    cache = DynamicCache(ddp_cache_data=[(layer.keys.expand(b, -1, -1, -1),
+                                          layer.values.expand(b, -1, -1, -1))
+                                         for layer in cache.layers])
+    xe = x.clone().requires_grad_()
+    mask = torch.ones(b, p + t, dtype=torch.long)
+    pos = (torch.arange(t) + p)[None].expand(b, -1)
+    with llm.attention_scope():
+        out = llm.backbone(inputs_embeds=xe, attention_mask=mask, position_ids=pos,
+                           use_cache=True, cache=cache).last_hidden_state
+    out[:, -3:].float().sum().backward()
+    return out.detach().float(), xe.grad.float()
+
+
+def test_layers_behind_a_cache_match_eager_without_recompiling(tiny_bf16, monkeypatch):
+    """Stage 3's pass: the trained tokens attend to a cached prefix. The regions run, match
+    the eager layer, and no prefix or batch length compiles a graph after install."""
+    twin, _ = _installed(tiny_bf16)
+    calls = _counting(monkeypatch)
+    gen = torch.Generator().manual_seed(3)
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        for b, t, p in ((3, 6, 9), (2, 4, 13), (4, 9, 5)):
+            x = torch.randn(b, t, 64, generator=gen).to(torch.bfloat16)
+            prefix = torch.randn(p, 64, generator=gen).to(torch.bfloat16)
+            h, g = _with_prefix(twin, x, prefix)
+            h_ref, g_ref = _with_prefix(tiny_bf16, x, prefix)
+            torch.testing.assert_close(h, h_ref, rtol=0.05, atol=0.05)
+            cos = torch.nn.functional.cosine_similarity(g.flatten(), g_ref.flatten(), dim=0)
+            assert cos > 0.99
+    assert calls["layer_in"] == calls["layer_out"] == 2 * 3
+
+
+def test_layers_with_adapted_linears_run_eager(tiny_bf16, monkeypatch):
+    """A layer whose linear layers were replaced after install (a LoRA adapter injected,
+    int8) runs transformers' code; the other layers keep their regions."""
+    twin, _ = _installed(tiny_bf16)
+    calls = _counting(monkeypatch)
+
+    class Adapted(nn.Linear):
+        pass
+
+    attn = twin.backbone.layers[0].self_attn
+    attn.q_proj.__class__ = Adapted
+    x = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    h, _ = _fwd_bwd(twin, x)
+    assert calls["layer_in"] == calls["layer_out"] == 1
+    torch.testing.assert_close(h, _fwd_bwd(tiny_bf16, x)[0], rtol=0.05, atol=0.05)
+
+
+def test_layers_env_switch_keeps_the_element_wise_kernels_alone(tiny_bf16, monkeypatch):
+    monkeypatch.setenv("GLTA_POINTWISE_LAYERS", "0")
+    twin, counts = _installed(tiny_bf16)
+    assert counts == {"rms_norm": 5, "gated_mlp": 2, "rotary": 1, "decoder_layer": 0}
+    calls = _counting(monkeypatch)
+    _fwd_bwd(twin, torch.randn(3, 7, 64).to(torch.bfloat16))
+    assert calls == {"rms_norm": 5, "silu_mul": 2, "rotary": 2, "layer_in": 0, "layer_out": 0}
+
+
+def test_a_layer_that_fails_to_compile_keeps_the_element_wise_kernels(tiny_bf16, monkeypatch):
+    twin = copy.deepcopy(tiny_bf16)
+
+    def broken(*_a, **_k):
+        raise RuntimeError("an op inductor lacks")
+
+    monkeypatch.setattr(pointwise, "_warm_layer", broken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        counts = pointwise.install(twin.model)
+    if not counts["rms_norm"]:
+        pytest.skip(f"torch.compile unavailable here: {[str(w.message) for w in caught]}")
+    assert counts == {"rms_norm": 5, "gated_mlp": 2, "rotary": 1, "decoder_layer": 0}
+    assert any("compiling LlamaDecoderLayer failed" in str(w.message) for w in caught)
 
 
 def test_failed_compile_leaves_the_model_eager(tiny_bf16, monkeypatch):
@@ -120,7 +205,7 @@ def test_failed_compile_leaves_the_model_eager(tiny_bf16, monkeypatch):
     monkeypatch.setattr(pointwise, "_warm", broken)
     with pytest.warns(RuntimeWarning, match="pointwise: torch.compile unavailable.*compiler"):
         counts = pointwise.install(twin.model)
-    assert counts == {"rms_norm": 0, "gated_mlp": 0, "rotary": 0}
+    assert counts == {"rms_norm": 0, "gated_mlp": 0, "rotary": 0, "decoder_layer": 0}
     assert [type(m) for m in twin.model.modules()] == [type(m) for m in
                                                         tiny_bf16.model.modules()]
 
@@ -152,7 +237,7 @@ def test_modules_computing_something_else_are_left_alone():
     failed = [str(w.message) for w in caught if str(w.message).startswith("pointwise:")]
     if failed:  # nothing was checked: the model stayed eager because compiling failed
         pytest.skip(f"torch.compile unavailable here: {failed}")
-    assert counts == {"rms_norm": 0, "gated_mlp": 0, "rotary": 0}
+    assert counts == {"rms_norm": 0, "gated_mlp": 0, "rotary": 0, "decoder_layer": 0}
     assert type(model[0]) is GemmaLikeRMSNorm and type(model[1]) is GeluMLP
 
 

@@ -1019,9 +1019,12 @@ def load_llm(
             by :func:`attention_probe` for this model's heads and precision
             (once per machine, cached; ``GLTA_ATTENTION_PROBE=0`` or a failed
             probe: sdpa), elsewhere sdpa. Passes without gradients always run sdpa.
-        pointwise: the element-wise parts (RMSNorm, SiLU x up, rotary) of the passes that
-            train: ``"compiled"`` (``torch.compile``, :mod:`glta_align.pointwise`; eager
-            with a warning when compiling fails), ``"eager"`` (transformers' code), or
+        pointwise: the decoder layers and element-wise parts (RMSNorm, SiLU x up, rotary)
+            of the passes that train: ``"compiled"`` (``torch.compile``,
+            :mod:`glta_align.pointwise`: with grouped eager attention each Llama layer as
+            two compiled regions around its cache, ``GLTA_POINTWISE_LAYERS=0`` the
+            element-wise kernels alone; eager with a warning when compiling fails),
+            ``"eager"`` (transformers' code), or
             ``"auto"``: compiled for bf16 on the CPU (``GLTA_POINTWISE_COMPILE=0``: eager),
             eager otherwise. Passes without gradients always run eager.
 
@@ -1098,9 +1101,13 @@ def load_llm(
                 + (f"; {times}" if times else "") + _busy_note(attn_probe) + ")")))
     compiled = resolve(pointwise, dev, "int8" if int8 else str(dt).removeprefix("torch."))
     if compiled:
-        compiled = any(install(model).values())
+        counts = install(model)
+        compiled = any(counts.values())
         if compiled:
+            layers = counts["decoder_layer"]
             emit(progress, ProgressEvent("llm", "info", message=(
+                f"compiled for training: {layers} decoder layers as two regions each, "
+                "element-wise parts (RMSNorm, SiLU x up, rotary)" if layers else
                 "element-wise parts compiled for training (RMSNorm, SiLU x up, rotary)")))
     settings = None
     if lora is not None:

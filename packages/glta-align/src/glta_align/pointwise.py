@@ -1,22 +1,29 @@
-"""Compiled element-wise parts of a Llama-style decoder for the passes that train.
+"""Compiled element-wise parts and decoder layers of a Llama-style LLM for the passes that train.
 
 In bf16 on the CPU a stage-3 step of SmolLM2 spends about as long in element-wise work
-(RMSNorm's fp32 round trip, rotary embedding, SiLU x up, and each one's backward) as in its
-matrix products (``benchmarks/align/profile_stage3.py``): every eager op reads and writes
-the whole activation once. :func:`install` swaps, in place, three pure functions of tensors
-for ``torch.compile(dynamic=True)`` versions (one graph each, fused forward and backward,
-shared by every layer and every batch shape):
+(RMSNorm's fp32 round trip, rotary embedding, SiLU x up, residual adds, the attention's
+softmax and mask, each one's backward) as in its matrix products
+(``benchmarks/align/profile_stage3.py``): every eager op reads and writes the whole
+activation once. :func:`install` swaps, in place, pure functions of tensors for
+``torch.compile(dynamic=True)`` versions (one graph each, fused forward and backward, shared
+by every layer and every batch shape):
 
+- every Llama decoder layer as two regions around its key/value cache (which stays eager,
+  being Python state): :func:`layer_in` (RMSNorm, the q/k/v products, rotary) and
+  :func:`layer_out` (grouped eager attention, o_proj, residual, RMSNorm, gated MLP,
+  residual), used when training runs grouped eager attention (bf16 on the CPU);
 - every RMSNorm: ``w * (x.float() * rsqrt(mean(x.float()**2) + eps)).to(x.dtype)``;
 - every gated MLP's ``silu(gate(x)) * up(x)`` (the products stay eager);
 - ``apply_rotary_pos_emb`` of the model's modelling module.
 
-The math is transformers' own (checked against the module on a small input when
-installing: a class whose output differs is left alone), so only the rounding of bf16
-intermediates changes. The compiled versions run only inside :func:`active` with gradients
-enabled (the LLM's training passes, :meth:`glta_align.llm.FrozenLLM.attention_scope`); passes
-without gradients (generation, ranking) and other models in the process run the eager code,
-so profile texts do not depend on the choice.
+The last three serve the calls the regions do not take (the final norm, other attention
+kernels, a batch of one, layers whose linear layers were replaced). The math is
+transformers' own (checked against the module on a small input when installing: a class
+whose output differs is left alone), so only the rounding of bf16 intermediates changes.
+The compiled versions run only inside :func:`active` with gradients enabled (the LLM's
+training passes, :meth:`glta_align.llm.FrozenLLM.attention_scope`); passes without
+gradients (generation, ranking) and other models in the process run the eager code, so
+profile texts do not depend on the choice.
 
 The modules keep their parameters and state-dict keys (their class is swapped for a
 subclass); the rotary function is replaced by a dispatcher that calls the original outside
@@ -41,8 +48,8 @@ from torch import nn
 
 from glta_align.config import POINTWISE_CHOICES
 
-__all__ = ["POINTWISE_CHOICES", "active", "install", "kernels", "resolve", "rms_norm",
-           "rotary", "silu_mul"]
+__all__ = ["POINTWISE_CHOICES", "active", "install", "kernels", "layer_in", "layer_out",
+           "resolve", "rms_norm", "rotary", "silu_mul"]
 
 _ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("glta_pointwise", default=False)
 
@@ -73,6 +80,33 @@ def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
         return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
     return q * cos + turn(q) * sin, k * cos + turn(k) * sin
+
+
+def layer_in(layer: nn.Module, x: torch.Tensor, cos: torch.Tensor,
+             sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A Llama decoder layer up to its key/value cache: RMSNorm, the q/k/v products and the
+    rotary embedding. x (B, T, H), cos/sin (B, T, D) -> q (B, Hq, T, D), k and v
+    (B, Hk, T, D)."""
+    a, n = layer.self_attn, layer.input_layernorm
+    h = rms_norm(x, n.weight, n.variance_epsilon)
+    shape = (*x.shape[:-1], -1, a.head_dim)
+    q = a.q_proj(h).view(shape).transpose(1, 2)
+    k = a.k_proj(h).view(shape).transpose(1, 2)
+    v = a.v_proj(h).view(shape).transpose(1, 2)
+    return (*rotary(q, k, cos, sin), v)
+
+
+def layer_out(layer: nn.Module, attend: Callable, q: torch.Tensor, k: torch.Tensor,
+              v: torch.Tensor, mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The rest of the layer after its cache: attention (``attend``, transformers'
+    interface), o_proj, residual, RMSNorm, gated MLP, residual. q (B, Hq, T, D), k/v
+    (B, Hk, S, D) with the cached positions first, mask (B, 1, T, S) additive, x (B, T, H)
+    the layer's input -> (B, T, H)."""
+    a, n, m = layer.self_attn, layer.post_attention_layernorm, layer.mlp
+    o, _ = attend(a, q, k, v, mask, dropout=0.0, scaling=a.scaling)
+    s = x + a.o_proj(o.reshape(*x.shape[:-1], -1).contiguous())
+    h = rms_norm(s, n.weight, n.variance_epsilon)
+    return s + m.down_proj(silu_mul(m.gate_proj(h), m.up_proj(h)))
 
 
 def _shapes(model: nn.Module, hidden: int) -> dict[str, int]:
@@ -106,9 +140,10 @@ def _warm(fns: dict[str, Callable], dtype: torch.dtype, norm_weight: torch.Tenso
 
 @functools.cache
 def kernels() -> dict[str, Callable]:
-    """``torch.compile(dynamic=True)`` of :func:`rms_norm`, :func:`silu_mul` and
-    :func:`rotary`, by name (compiled lazily, on first call)."""
-    return {f.__name__: torch.compile(f, dynamic=True) for f in (rms_norm, silu_mul, rotary)}
+    """``torch.compile(dynamic=True)`` of :func:`rms_norm`, :func:`silu_mul`, :func:`rotary`,
+    :func:`layer_in` and :func:`layer_out`, by name (compiled lazily, on first call)."""
+    return {f.__name__: torch.compile(f, dynamic=True)
+            for f in (rms_norm, silu_mul, rotary, layer_in, layer_out)}
 
 
 def resolve(choice: str, device: torch.device, precision: str) -> bool:
@@ -144,10 +179,12 @@ def _use() -> bool:
 _SUBCLASSES: dict[type, type] = {}
 
 
-def _subclass(cls: type, forward: Callable) -> type:
+def _subclass(cls: type, forward: Callable, kind: str) -> type:
+    # ``_glta_kind`` names what the subclass compiles (transformers wraps the ``forward`` of
+    # a decoder layer's subclasses, so the function is not the one given here)
     if cls not in _SUBCLASSES:
         _SUBCLASSES[cls] = type(f"Compiled{cls.__name__}", (cls,), {
-            "forward": forward, "__module__": __name__,
+            "forward": forward, "_glta_kind": kind, "_glta_base": cls, "__module__": __name__,
             "__doc__": f"{cls.__name__} whose training passes run compiled (glta_align."
                        "pointwise)."})
     return _SUBCLASSES[cls]
@@ -166,18 +203,60 @@ def _norm_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
         out = self._glta_kernels["rms_norm"](x.view(rows, x.shape[-1]), self.weight,
                                              self.variance_epsilon)
         return out.view(*x.shape[:-1], out.shape[-1])
-    return super(type(self), self).forward(x)
+    return self._glta_base.forward(self, x)
 
 
 def _mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if not _use():
-        return super(type(self), self).forward(x)
+        return self._glta_base.forward(self, x)
     gate, up = self.gate_proj(x), self.up_proj(x)
     rows = _rows(gate)
     if rows >= 2 and gate.is_contiguous() and up.is_contiguous():
         h = self._glta_kernels["silu_mul"](gate.view(rows, -1), up.view(rows, -1))
         return self.down_proj(h.view(gate.shape))
     return self.down_proj(silu_mul(gate, up))
+
+
+_PLAIN = (nn.Linear,)
+
+
+def _regions_apply(self: nn.Module, x: torch.Tensor, mask: Any, cache: Any,
+                   position_embeddings: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether a decoder-layer call can run as :func:`layer_in` / :func:`layer_out`: a
+    training pass, the layer's attention kernel the regions were built for, an additive
+    mask, cos/sin per row or shared, at least 2 rows and 2 positions (a size of 1 would compile a
+    graph of its own), and plain linear layers (a LoRA adapter injected later runs the
+    eager code)."""
+    a, m = self.self_attn, self.mlp
+    return (_use() and not kwargs and mask is not None and position_embeddings is not None
+            and x.dim() == 3 and x.shape[0] >= 2 and x.shape[1] >= 2 and x.is_contiguous()
+            and position_embeddings[0].dim() == 3
+            and position_embeddings[0].shape[0] in (1, x.shape[0]) and mask.dim() == 4
+            and getattr(a.config, "_attn_implementation", None) == self._glta_attention[0]
+            and all(type(p) in _PLAIN for p in (a.q_proj, a.k_proj, a.v_proj, a.o_proj,
+                                                  m.gate_proj, m.up_proj, m.down_proj)))
+
+
+def _layer_forward(self: nn.Module, hidden_states: torch.Tensor,
+                   attention_mask: torch.Tensor | None = None,
+                   position_ids: torch.Tensor | None = None, cache: Any = None,
+                   use_cache: bool | None = False, position_embeddings: Any = None,
+                   **kwargs: Any) -> torch.Tensor:
+    if not _regions_apply(self, hidden_states, attention_mask, cache, position_embeddings,
+                          kwargs):
+        return self._glta_base.forward(
+            self, hidden_states, attention_mask=attention_mask, position_ids=position_ids,
+            cache=cache, use_cache=use_cache, position_embeddings=position_embeddings, **kwargs)
+    fns = self._glta_kernels
+    rows = hidden_states.shape[0]
+    cos, sin = (t if t.shape[0] == rows else t.expand(rows, -1, -1).contiguous()
+                for t in position_embeddings)  # (1, T, D) without position ids: one graph
+    q, k, v = fns["layer_in"](self, hidden_states, cos, sin)
+    if cache is not None:  # eager: the cache is Python state
+        k, v = cache.update(k, v, self.self_attn.layer_idx,
+                            kwargs={"position_ids": position_ids, "use_cache": use_cache})
+    return fns["layer_out"](self, self._glta_attention[1], q, k, v, attention_mask,
+                            hidden_states)
 
 
 def _same(a: torch.Tensor | tuple, b: torch.Tensor | tuple) -> bool:
@@ -209,6 +288,71 @@ def _is_gated_mlp(m: nn.Module) -> bool:
     x = torch.randn(2, 3, w.shape[1], generator=torch.Generator().manual_seed(0)).to(w)
     gate, up, down = parts
     return _same(m(x), down(silu_mul(gate(x), up(x))))
+
+
+def _layer_inputs(layer: nn.Module, rows: int, length: int, past: int,
+                  grad: bool = False) -> tuple[Any, ...]:
+    """A decoder-layer call's inputs in the layer's dtype: x (rows, length, H) (requiring
+    grad if ``grad``), cos/sin (rows, length, D), an additive mask (rows, 1, length,
+    past + length) and a cache holding ``past`` random positions (``None`` for 0)."""
+    from transformers import DynamicCache
+
+    a = layer.self_attn
+    w = a.q_proj.weight
+    gen = torch.Generator().manual_seed(0)
+    kv_heads = a.k_proj.weight.shape[0] // a.head_dim
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen).to(w.dtype)
+
+    x = rand(rows, length, w.shape[1]).requires_grad_(grad)
+    cos, sin = rand(rows, length, a.head_dim), rand(rows, length, a.head_dim)
+    mask = torch.zeros(rows, 1, length, past + length, dtype=w.dtype)
+    mask[..., past:] = torch.full((length, length), float("-inf"), dtype=w.dtype).triu(1)
+    cache = None
+    if past:
+        cache = DynamicCache()
+        cache.update(rand(rows, kv_heads, past, a.head_dim), rand(rows, kv_heads, past,
+                                                                   a.head_dim), a.layer_idx)
+    return x, (cos, sin), mask, cache
+
+
+def _regions(layer: nn.Module, x: torch.Tensor, pe: tuple, mask: torch.Tensor, cache: Any,
+             fns: dict[str, Callable], attend: Callable) -> torch.Tensor:
+    q, k, v = fns["layer_in"](layer, x, *pe)
+    if cache is not None:
+        k, v = cache.update(k, v, layer.self_attn.layer_idx)
+    return fns["layer_out"](layer, attend, q, k, v, mask, x)
+
+
+@torch.no_grad()
+def _is_llama_layer(layer: nn.Module, attention: tuple[str, Callable]) -> bool:
+    """Whether ``layer`` computes :func:`layer_in` + cache + :func:`layer_out` (checked on a
+    small input with a cache, under attention kernel ``attention``)."""
+    a, m = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    n1, n2 = (getattr(layer, k, None) for k in ("input_layernorm", "post_attention_layernorm"))
+    if a is None or m is None or n1 is None or n2 is None:
+        return False
+    parts = [getattr(a, k, None) for k in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    if not all(type(p) in _PLAIN for p in parts) or not all(
+            hasattr(a, k) for k in ("head_dim", "scaling", "layer_idx", "config")):
+        return False
+    if not (_is_norm(n1) and _is_norm(n2) and _is_gated_mlp(m)):
+        return False
+    config = a.config
+    before = getattr(config, "_attn_implementation", None)
+    config._attn_implementation = attention[0]
+    eager = {"layer_in": layer_in, "layer_out": layer_out}
+    try:
+        x, pe, mask, cache = _layer_inputs(layer, 2, 3, 2)
+        _, _, _, cache2 = _layer_inputs(layer, 2, 3, 2)
+        ref = type(layer).forward(layer, x, attention_mask=mask, cache=cache,
+                                  position_embeddings=pe)
+        return _same(ref, _regions(layer, x, pe, mask, cache2, eager, attention[1]))
+    except Exception:  # another signature or cache protocol: leave the layer alone
+        return False
+    finally:
+        config._attn_implementation = before
 
 
 def _dispatcher(original: Callable, fns: dict[str, Callable]) -> Callable:
@@ -243,8 +387,9 @@ def _install_rotary(module_name: str, fns: dict[str, Callable]) -> bool:
 
 
 def install(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, int]:
-    """Swap ``model``'s RMSNorms, gated MLPs and rotary embedding for compiled versions used
-    inside :func:`active` (in place; parameters and state-dict keys unchanged).
+    """Swap ``model``'s decoder layers, RMSNorms, gated MLPs and rotary embedding for
+    compiled versions used inside :func:`active` (in place; parameters and state-dict keys
+    unchanged).
 
     Args:
         model: a transformers causal LM or decoder (Llama-style: SmolLM2, Llama, Qwen2,
@@ -254,11 +399,12 @@ def install(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, int
 
     Returns:
         How many modules use the compiled code: ``{"rms_norm": n, "gated_mlp": m,
-        "rotary": r}`` (``r`` counts modelling modules); all zero, the model untouched and a
-        warning when compiling fails (no C++ compiler, ...).
+        "rotary": r, "decoder_layer": d}`` (``r`` counts modelling modules); all zero, the
+        model untouched and a warning when compiling fails (no C++ compiler, ...); a
+        warning and ``d = 0`` when only the layers' regions fail to compile.
     """
     dtype = dtype or next(model.parameters()).dtype
-    counts = {"rms_norm": 0, "gated_mlp": 0, "rotary": 0}
+    counts = {"rms_norm": 0, "gated_mlp": 0, "rotary": 0, "decoder_layer": 0}
     fns = kernels()
     norm = next((m for m in model.modules() if type(m).__name__.endswith("RMSNorm")
                  and isinstance(getattr(m, "weight", None), nn.Parameter)), None)
@@ -283,8 +429,8 @@ def install(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, int
     for m in model.modules():
         cls = type(m)
         if cls in _SUBCLASSES.values():
-            kind = "rms_norm" if cls.forward is _norm_forward else "gated_mlp"
-            counts[kind] += 1
+            if cls._glta_kind != "decoder_layer":
+                counts[cls._glta_kind] += 1
             continue
         if cls.__name__.endswith("Attention"):
             modules.add(cls.__module__)
@@ -297,8 +443,62 @@ def install(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, int
         if cls not in checked:
             checked[cls] = check(m)
         if checked[cls]:
-            m.__class__ = _subclass(cls, forward)
+            m.__class__ = _subclass(cls, forward, kind)
             m._glta_kernels = fns
             counts[kind] += 1
     counts["rotary"] = sum(_install_rotary(name, fns) for name in sorted(modules))
+    counts["decoder_layer"] = _install_layers(model, fns)
     return counts
+
+
+def _warm_layer(layer: nn.Module, fns: dict[str, Callable], attention: tuple) -> None:
+    """Compile :func:`layer_in` / :func:`layer_out` forward and backward on ``layer`` without
+    and with a cache (two graphs: keys as long as the queries, or longer), at sizes that
+    equal none of the model's (dynamo would tie equal sizes together)."""
+    config = layer.self_attn.config
+    before = getattr(config, "_attn_implementation", None)
+    config._attn_implementation = attention[0]
+    try:
+        with torch.enable_grad(), active():
+            for past in (0, 11):
+                x, pe, mask, cache = _layer_inputs(layer, 5, 7, past, grad=True)
+                _regions(layer, x, pe, mask, cache, fns, attention[1]).float().sum().backward()
+    finally:
+        config._attn_implementation = before
+
+
+def _install_layers(model: nn.Module, fns: dict[str, Callable]) -> int:
+    """Swap the decoder layers that compute :func:`layer_in` + cache + :func:`layer_out` for
+    a subclass running the two compiled regions in training passes with transformers'
+    grouped eager attention (the kernel bf16 training uses on the CPU); returns how many
+    (0 with ``GLTA_POINTWISE_LAYERS=0``: the element-wise kernels alone, as before
+    2026-12-07's regions)."""
+    if os.environ.get("GLTA_POINTWISE_LAYERS", "1") == "0":
+        return 0
+    from glta_align.llm import GROUPED, grouped_eager_attention, register_grouped_attention
+
+    register_grouped_attention()
+    attention = (GROUPED, grouped_eager_attention)
+    count, checked = 0, {}
+    for m in model.modules():
+        cls = type(m)
+        if cls in _SUBCLASSES.values() and cls._glta_kind == "decoder_layer":
+            count += 1
+            continue
+        if not cls.__name__.endswith("DecoderLayer"):
+            continue
+        if cls not in checked:
+            checked[cls] = _is_llama_layer(m, attention)
+            if checked[cls]:
+                try:
+                    _warm_layer(m, fns, attention)
+                except Exception as exc:
+                    warnings.warn(f"pointwise: compiling {cls.__name__} failed "
+                                  f"({type(exc).__name__}: {str(exc)[:200]}); its element-wise "
+                                  "parts stay compiled one by one", RuntimeWarning, stacklevel=3)
+                    checked[cls] = False
+        if checked[cls]:
+            m.__class__ = _subclass(cls, _layer_forward, "decoder_layer")
+            m._glta_kernels, m._glta_attention = fns, attention
+            count += 1
+    return count
