@@ -106,6 +106,7 @@ def test_one_graph_per_kernel_for_every_layer_and_length(tiny_bf16):
     specialise it into a graph of its own, seconds of compiling mid-stage; such calls run
     eager), and past dynamo's recompile limit the kernels would silently run as eager
     Python."""
+    torch._dynamo.reset()  # what install compiles, not what earlier tests left cached
     twin, _ = _installed(tiny_bf16)
     with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
         for b, t in ((2, 5), (4, 9), (3, 17), (1, 6), (2, 1), (1, 1)):
@@ -139,6 +140,7 @@ def _with_prefix(llm: FrozenLLM, x: torch.Tensor, prefix: torch.Tensor):
 def test_layers_behind_a_cache_match_eager_without_recompiling(tiny_bf16, monkeypatch):
     """Stage 3's pass: the trained tokens attend to a cached prefix. The regions run, match
     the eager layer, and no prefix or batch length compiles a graph after install."""
+    torch._dynamo.reset()  # what install compiles, not what earlier tests left cached
     twin, _ = _installed(tiny_bf16)
     calls = _counting(monkeypatch)
     gen = torch.Generator().manual_seed(3)

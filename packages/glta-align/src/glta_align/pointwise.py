@@ -490,9 +490,14 @@ def _install_layers(model: nn.Module, fns: dict[str, Callable]) -> int:
         if cls not in checked:
             checked[cls] = _is_llama_layer(m, attention)
             if checked[cls]:
+                # warmed as the subclass the training passes will call (dynamo guards on the
+                # layer's type: warming the original class would compile again later)
+                m.__class__ = _subclass(cls, _layer_forward, "decoder_layer")
+                m._glta_kernels, m._glta_attention = fns, attention
                 try:
                     _warm_layer(m, fns, attention)
                 except Exception as exc:
+                    m.__class__ = cls
                     warnings.warn(f"pointwise: compiling {cls.__name__} failed "
                                   f"({type(exc).__name__}: {str(exc)[:200]}); its element-wise "
                                   "parts stay compiled one by one", RuntimeWarning, stacklevel=3)
