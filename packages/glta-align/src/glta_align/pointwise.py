@@ -452,17 +452,17 @@ def install(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, int
 
 
 def _warm_layer(layer: nn.Module, fns: dict[str, Callable], attention: tuple) -> None:
-    """Compile :func:`layer_in` / :func:`layer_out` forward and backward on ``layer`` without
-    and with a cache (two graphs: keys as long as the queries, or longer), at sizes that
-    equal none of the model's (dynamo would tie equal sizes together)."""
+    """Compile :func:`layer_in` / :func:`layer_out` forward and backward on ``layer``, with a
+    cache and at sizes that equal none of the model's: dynamo ties sizes equal when it
+    traces into one symbol, so a first call without a cache (keys as long as the queries)
+    would give a graph that calls with a cache cannot use, while this one serves both."""
     config = layer.self_attn.config
     before = getattr(config, "_attn_implementation", None)
     config._attn_implementation = attention[0]
     try:
         with torch.enable_grad(), active():
-            for past in (0, 11):
-                x, pe, mask, cache = _layer_inputs(layer, 5, 7, past, grad=True)
-                _regions(layer, x, pe, mask, cache, fns, attention[1]).float().sum().backward()
+            x, pe, mask, cache = _layer_inputs(layer, 5, 7, 11, grad=True)
+            _regions(layer, x, pe, mask, cache, fns, attention[1]).float().sum().backward()
     finally:
         config._attn_implementation = before
 
