@@ -6,7 +6,7 @@ kernels), ``elementwise`` (``GLTA_POINTWISE_LAYERS=0``), ``eager`` (nothing comp
 precision and attention probes are read from ``--xdg`` (a cache a pipeline run filled), so
 the figures are loading and compiling alone.
 
-    uv run python benchmarks/align/llm_load_time.py --xdg /tmp/glta-time/cache-rh --json /tmp/load.json
+    uv run python benchmarks/align/llm_load_time.py --xdg CACHE --json /tmp/load.json
 """
 
 from __future__ import annotations

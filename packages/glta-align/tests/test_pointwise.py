@@ -173,6 +173,28 @@ def test_layers_with_adapted_linears_run_eager(tiny_bf16, monkeypatch):
     torch.testing.assert_close(h, _fwd_bwd(tiny_bf16, x)[0], rtol=0.05, atol=0.05)
 
 
+def test_layer_in_and_layer_out_compute_the_llama_layer(tiny_bf16):
+    """The eager regions with a cache between them are the decoder layer's forward."""
+    from glta_align.llm import grouped_eager_attention, register_grouped_attention
+
+    register_grouped_attention()
+    layer = tiny_bf16.backbone.layers[1]
+    x, (cos, sin), mask, cache = pointwise._layer_inputs(layer, 3, 4, 5)
+    _, _, _, cache_ref = pointwise._layer_inputs(layer, 3, 4, 5)
+    q, k, v = pointwise.layer_in(layer, x, cos, sin)
+    assert q.shape == (3, 4, 4, 16) and k.shape == v.shape == (3, 2, 4, 16)
+    k, v = cache.update(k, v, layer.self_attn.layer_idx)
+    out = pointwise.layer_out(layer, grouped_eager_attention, q, k, v, mask, x)
+    config = layer.self_attn.config
+    before, config._attn_implementation = config._attn_implementation, GROUPED
+    try:
+        ref = layer(x, attention_mask=mask, cache=cache_ref, position_embeddings=(cos, sin))
+    finally:
+        config._attn_implementation = before
+    assert out.shape == (3, 4, 64)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
 def test_layers_env_switch_keeps_the_element_wise_kernels_alone(tiny_bf16, monkeypatch):
     monkeypatch.setenv("GLTA_POINTWISE_LAYERS", "0")
     twin, counts = _installed(tiny_bf16)
