@@ -29,13 +29,12 @@ cosine of the last hidden states and of the input gradient.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
-from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
+from profile_gen import cpu_model, git_commit, write_result  # this folder's benchmark helpers
 
 _TEXT = ("You are a movie recommender. The user has watched Star Wars, Toy Story, Fargo and "
          "The Godfather. They enjoy science fiction, crime and animated comedy, and tend to "
@@ -188,10 +187,7 @@ def main() -> None:
            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
            "train_attention": llm.train_attention, "batch": B, "tokens": T, "prefix": P,
            "rounds": args.rounds, "results": results}
-    print(json.dumps(out, indent=2))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=2)
+    write_result(out, args.json)
 
 
 if __name__ == "__main__":

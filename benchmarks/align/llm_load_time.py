@@ -12,14 +12,13 @@ the figures are loading and compiling alone.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 
-from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
+from profile_gen import cpu_model, git_commit, write_result  # this folder's benchmark helpers
 
 _CHILD = ("import time; t0 = time.perf_counter(); from glta_align.llm import load_llm; "
           "llm = load_llm(dtype='bfloat16', pointwise='{pw}'); "
@@ -49,9 +48,7 @@ def main() -> None:
     out = {"command": "python benchmarks/align/llm_load_time.py " + " ".join(sys.argv[1:]),
            "commit": git_commit(), "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d"),
            "threads": os.environ.get("OMP_NUM_THREADS"), "results": rows}
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(out, f, indent=2)
+    write_result(out, args.json)
 
 
 if __name__ == "__main__":
