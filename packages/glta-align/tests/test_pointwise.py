@@ -297,4 +297,13 @@ def test_load_llm_and_configs_reject_a_bad_pointwise(tiny_dir):
     with pytest.raises(AlignConfigError, match="pointwise = 'fast'"):
         UserItemConfig(pointwise="fast")
     eager = load_llm(str(tiny_dir), dtype="bfloat16", pointwise="eager")
-    assert not eager.pointwise
+    assert not eager.pointwise and eager.compiled_layers == 0
+
+
+def test_load_llm_counts_the_compiled_layers(tiny_dir):
+    llm = load_llm(str(tiny_dir), dtype="bfloat16", pointwise="compiled",
+                   attention="eager_grouped")
+    if not llm.pointwise:
+        pytest.skip("torch.compile unavailable here")
+    assert llm.compiled_layers == 2  # the tiny Llama's two layers
+    assert all(type(m)._glta_kind == "decoder_layer" for m in llm.backbone.layers)

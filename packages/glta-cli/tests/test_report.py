@@ -113,6 +113,13 @@ def test_attention_text_names_the_training_kernels_and_the_probe():
         "element-wise parts compiled")
     assert attention_text({"llm_attention": "sdpa", "llm_pointwise": False}) == (
         "LLM attention in training: sdpa")
+    assert attention_text({"llm_attention": "eager_grouped", "llm_pointwise": True,
+                           "llm_compiled_layers": 30}) == (
+        "LLM attention in training: eager_grouped; 30 decoder layers as two compiled regions "
+        "each; element-wise parts compiled")
+    assert attention_text({"llm_attention": "sdpa", "llm_pointwise": True,
+                           "llm_compiled_layers": 0}) == (
+        "LLM attention in training: sdpa; element-wise parts compiled")
     busy = {**probe, "source": "probe", "choice": "eager_grouped", "measured_choice": "sdpa"}
     assert attention_text({"llm_attention": "eager_grouped", "llm_attention_probe": busy}) == (
         "LLM attention in training: eager_grouped (probe: eager 34.5 ms, sdpa 42.2 ms); the "

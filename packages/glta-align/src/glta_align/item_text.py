@@ -233,6 +233,7 @@ def train_item_text(
             "llm_attention": llm.train_attention,
             "llm_attention_probe": getattr(llm, "attention_probe", None),
             "llm_pointwise": llm.pointwise,
+            "llm_compiled_layers": llm.compiled_layers,
             "steps": loop.steps, **throughput}
     if rank == 0:
         for base in (run_dir / STAGE2_OUTPUT_DIR, run_dir):  # the copy first: see its comment

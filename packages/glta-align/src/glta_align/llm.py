@@ -108,6 +108,8 @@ class FrozenLLM:
         pointwise: whether the forward passes that record gradients run the RMSNorms, the
             gated MLPs' activation and the rotary embedding compiled
             (:mod:`glta_align.pointwise`, installed by :func:`load_llm`).
+        compiled_layers: how many decoder layers those passes run as two compiled regions
+            (``pointwise.layer_in`` / ``layer_out``; 0 when only the element-wise parts are).
     """
 
     model: nn.Module
@@ -118,6 +120,7 @@ class FrozenLLM:
     train_attention: str = "sdpa"
     attention_probe: dict[str, Any] | None = None
     pointwise: bool = False
+    compiled_layers: int = 0
 
     def __post_init__(self) -> None:
         config = self.causal_lm.config
@@ -1100,11 +1103,12 @@ def load_llm(
                 f"attention {attention} ({attn_probe['source']}"
                 + (f"; {times}" if times else "") + _busy_note(attn_probe) + ")")))
     compiled = resolve(pointwise, dev, "int8" if int8 else str(dt).removeprefix("torch."))
+    layers = 0
     if compiled:
         counts = install(model)
         compiled = any(counts.values())
+        layers = counts["decoder_layer"]
         if compiled:
-            layers = counts["decoder_layer"]
             emit(progress, ProgressEvent("llm", "info", message=(
                 f"compiled for training: {layers} decoder layers as two regions each, "
                 "element-wise parts (RMSNorm, SiLU x up, rotary)" if layers else
@@ -1132,7 +1136,7 @@ def load_llm(
         model.to(dev)
     llm = FrozenLLM(model=model, tokenizer=tok, source=source, lora=settings,
                     precision_probe=probe, train_attention=attention,
-                    attention_probe=attn_probe, pointwise=compiled)
+                    attention_probe=attn_probe, pointwise=compiled, compiled_layers=layers)
     emit(progress, ProgressEvent("llm", "end", step=3, total=3,
                                  message=f"{Path(source).name} ({llm.precision}, "
                                          f"{llm.train_attention} attention in training)"))

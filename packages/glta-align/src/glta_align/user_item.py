@@ -702,5 +702,6 @@ def _save_user_projector(proj: NodeProjector, directory: Path, fingerprint: str,
                    "llm_attention": llm.train_attention,
                    "llm_attention_probe": getattr(llm, "attention_probe", None),
                    "llm_pointwise": llm.pointwise,
+                   "llm_compiled_layers": llm.compiled_layers,
                    "stage_config": cfg.to_dict(), **(selection or {})},
                   dataset_fingerprint=fingerprint, card=card)

@@ -111,7 +111,8 @@ def attention_text(meta: Mapping[str, Any]) -> str | None:
     """``"LLM attention in training: eager (probe: eager 34.5 ms, sdpa 42.1 ms)"`` from a
     stage's saved ``llm_attention`` and ``llm_attention_probe`` (the probe's figures only
     when ``attention="auto"`` measured them; "; element-wise parts compiled" at the end when
-    ``llm_pointwise`` is true); ``None`` for runs made before it was recorded."""
+    ``llm_pointwise`` is true, preceded by "; 30 decoder layers as two compiled regions each"
+    when ``llm_compiled_layers`` is 30); ``None`` for runs made before it was recorded."""
     impl = meta.get("llm_attention")
     if not isinstance(impl, str) or not impl:
         return None
@@ -127,6 +128,9 @@ def attention_text(meta: Mapping[str, Any]) -> str | None:
             text += (f"; the machine stayed busy through the probe (it measured "
                      f"{probe['measured_choice']} fastest): {impl} by the rule for its dtype")
     if meta.get("llm_pointwise") is True:
+        layers = meta.get("llm_compiled_layers")
+        if isinstance(layers, int) and not isinstance(layers, bool) and layers > 0:
+            text += f"; {layers} decoder layers as two compiled regions each"
         text += "; element-wise parts compiled"
     return text
 
