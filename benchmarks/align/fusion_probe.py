@@ -126,7 +126,7 @@ def main() -> None:
     _install(llm, state)
     B, T, P = args.batch, args.tokens, args.prefix
     # real text throughout: on random keys/values the 30 layers amplify any rounding change
-    # (eager bf16 against the same ops reordered: cosine near 0), so fidelity needs text
+    # until eager bf16 and the same ops reordered no longer agree, so fidelity needs text
     words = args.text.split()
     ids = llm.tokenizer(" ".join(words * (1 + 4 * (P + T) // len(words))),
                         return_tensors="pt").input_ids[0]

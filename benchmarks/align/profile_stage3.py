@@ -53,7 +53,8 @@ KINDS = (
                       "aten::masked_fill", "aten::eq", "aten::ne", "aten::lt", "aten::gt",
                       "aten::nll_loss", "aten::_log_softmax", "aten::threshold",
                       "aten::_foreach", "aten::_fused_rms_norm", "aten::rms_norm")),
-    # inductor's kernels (glta_align.pointwise): the fused element-wise loops run inside
+    # inductor's code (glta_align.pointwise: the element-wise kernels, or the decoder layers'
+    # regions less the products they call, which profile as aten::mm) runs inside
     # "## Call CompiledFxGraph ..." ("cpp_fused_*" with inductor's kernel profiling on); the
     # autograd wrappers around them (CompiledFunction, ...) are framework
     ("compiled element-wise", ("cpp_fused", "CompiledFxGraph")),

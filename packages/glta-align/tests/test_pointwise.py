@@ -165,8 +165,10 @@ def test_layers_with_adapted_linears_run_eager(tiny_bf16, monkeypatch):
     class Adapted(nn.Linear):
         pass
 
+    assert twin.compiled_layers == 2
     attn = twin.backbone.layers[0].self_attn
     attn.q_proj.__class__ = Adapted
+    assert twin.compiled_layers == 1  # what report.md says the stage ran
     x = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
     h, _ = _fwd_bwd(twin, x)
     assert calls["layer_in"] == calls["layer_out"] == 1
@@ -307,3 +309,6 @@ def test_load_llm_counts_the_compiled_layers(tiny_dir):
         pytest.skip("torch.compile unavailable here")
     assert llm.compiled_layers == 2  # the tiny Llama's two layers
     assert all(type(m)._glta_kind == "decoder_layer" for m in llm.backbone.layers)
+    sdpa = copy.copy(llm)
+    sdpa.train_attention = "sdpa"  # the regions are built for grouped eager attention only
+    assert sdpa.compiled_layers == 0

@@ -26,6 +26,7 @@ from glta_gllm.checkpoint import staging_dir
 from torch import nn
 
 from glta_align.pointwise import POINTWISE_CHOICES, active, install, resolve
+from glta_align.pointwise import compiled_layers as _compiled_layers
 
 __all__ = [
     "ATTENTION_CHOICES",
@@ -108,8 +109,6 @@ class FrozenLLM:
         pointwise: whether the forward passes that record gradients run the RMSNorms, the
             gated MLPs' activation and the rotary embedding compiled
             (:mod:`glta_align.pointwise`, installed by :func:`load_llm`).
-        compiled_layers: how many decoder layers those passes run as two compiled regions
-            (``pointwise.layer_in`` / ``layer_out``; 0 when only the element-wise parts are).
     """
 
     model: nn.Module
@@ -120,7 +119,6 @@ class FrozenLLM:
     train_attention: str = "sdpa"
     attention_probe: dict[str, Any] | None = None
     pointwise: bool = False
-    compiled_layers: int = 0
 
     def __post_init__(self) -> None:
         config = self.causal_lm.config
@@ -153,6 +151,14 @@ class FrozenLLM:
                 yield
             finally:
                 config._attn_implementation = before
+
+    @property
+    def compiled_layers(self) -> int:
+        """How many decoder layers the training passes run as two compiled regions
+        (:func:`glta_align.pointwise.compiled_layers` under :attr:`train_attention`; 0 when
+        :attr:`pointwise` is off, a LoRA adapter replaced the layers' products, or the
+        training attention is not the regions' grouped eager kernel)."""
+        return _compiled_layers(self.causal_lm, self.train_attention) if self.pointwise else 0
 
     @property
     def causal_lm(self) -> nn.Module:
@@ -1103,7 +1109,6 @@ def load_llm(
                 f"attention {attention} ({attn_probe['source']}"
                 + (f"; {times}" if times else "") + _busy_note(attn_probe) + ")")))
     compiled = resolve(pointwise, dev, "int8" if int8 else str(dt).removeprefix("torch."))
-    layers = 0
     if compiled:
         counts = install(model)
         compiled = any(counts.values())
@@ -1136,7 +1141,7 @@ def load_llm(
         model.to(dev)
     llm = FrozenLLM(model=model, tokenizer=tok, source=source, lora=settings,
                     precision_probe=probe, train_attention=attention,
-                    attention_probe=attn_probe, pointwise=compiled, compiled_layers=layers)
+                    attention_probe=attn_probe, pointwise=compiled)
     emit(progress, ProgressEvent("llm", "end", step=3, total=3,
                                  message=f"{Path(source).name} ({llm.precision}, "
                                          f"{llm.train_attention} attention in training)"))

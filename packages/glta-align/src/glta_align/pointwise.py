@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import functools
 import logging
 import os
@@ -48,8 +49,8 @@ from torch import nn
 
 from glta_align.config import POINTWISE_CHOICES
 
-__all__ = ["POINTWISE_CHOICES", "active", "install", "kernels", "layer_in", "layer_out",
-           "resolve", "rms_norm", "rotary", "silu_mul"]
+__all__ = ["POINTWISE_CHOICES", "active", "compiled_layers", "install", "kernels", "layer_in",
+           "layer_out", "resolve", "rms_norm", "rotary", "silu_mul"]
 
 _ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("glta_pointwise", default=False)
 
@@ -217,24 +218,29 @@ def _mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return self.down_proj(silu_mul(gate, up))
 
 
-_PLAIN = (nn.Linear,)
+def _plain_linears(layer: nn.Module) -> bool:
+    """Whether the layer's seven products are plain ``nn.Linear`` (not a LoRA adapter's or
+    int8 layers, which the regions would trace into or cannot run)."""
+    a, m = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    return all(type(getattr(mod, name, None)) is nn.Linear
+               for mod, names in ((a, ("q_proj", "k_proj", "v_proj", "o_proj")),
+                                  (m, ("gate_proj", "up_proj", "down_proj")))
+               for name in names)
 
 
-def _regions_apply(self: nn.Module, x: torch.Tensor, mask: Any, cache: Any,
-                   position_embeddings: Any, kwargs: dict[str, Any]) -> bool:
+def _regions_apply(self: nn.Module, x: torch.Tensor, mask: Any, position_embeddings: Any,
+                   kwargs: dict[str, Any]) -> bool:
     """Whether a decoder-layer call can run as :func:`layer_in` / :func:`layer_out`: a
     training pass, the layer's attention kernel the regions were built for, an additive
     mask, cos/sin per row or shared, at least 2 rows and 2 positions (a size of 1 would compile a
     graph of its own), and plain linear layers (a LoRA adapter injected later runs the
     eager code)."""
-    a, m = self.self_attn, self.mlp
     return (_use() and not kwargs and mask is not None and position_embeddings is not None
             and x.dim() == 3 and x.shape[0] >= 2 and x.shape[1] >= 2 and x.is_contiguous()
             and position_embeddings[0].dim() == 3
             and position_embeddings[0].shape[0] in (1, x.shape[0]) and mask.dim() == 4
-            and getattr(a.config, "_attn_implementation", None) == self._glta_attention[0]
-            and all(type(p) in _PLAIN for p in (a.q_proj, a.k_proj, a.v_proj, a.o_proj,
-                                                  m.gate_proj, m.up_proj, m.down_proj)))
+            and getattr(self.self_attn.config, "_attn_implementation", None)
+            == self._glta_attention[0] and _plain_linears(self))
 
 
 def _layer_forward(self: nn.Module, hidden_states: torch.Tensor,
@@ -242,21 +248,16 @@ def _layer_forward(self: nn.Module, hidden_states: torch.Tensor,
                    position_ids: torch.Tensor | None = None, cache: Any = None,
                    use_cache: bool | None = False, position_embeddings: Any = None,
                    **kwargs: Any) -> torch.Tensor:
-    if not _regions_apply(self, hidden_states, attention_mask, cache, position_embeddings,
-                          kwargs):
+    if not _regions_apply(self, hidden_states, attention_mask, position_embeddings, kwargs):
         return self._glta_base.forward(
             self, hidden_states, attention_mask=attention_mask, position_ids=position_ids,
             cache=cache, use_cache=use_cache, position_embeddings=position_embeddings, **kwargs)
-    fns = self._glta_kernels
     rows = hidden_states.shape[0]
-    cos, sin = (t if t.shape[0] == rows else t.expand(rows, -1, -1).contiguous()
-                for t in position_embeddings)  # (1, T, D) without position ids: one graph
-    q, k, v = fns["layer_in"](self, hidden_states, cos, sin)
-    if cache is not None:  # eager: the cache is Python state
-        k, v = cache.update(k, v, self.self_attn.layer_idx,
-                            kwargs={"position_ids": position_ids, "use_cache": use_cache})
-    return fns["layer_out"](self, self._glta_attention[1], q, k, v, attention_mask,
-                            hidden_states)
+    pe = tuple(t if t.shape[0] == rows else t.expand(rows, -1, -1).contiguous()
+               for t in position_embeddings)  # (1, T, D) without position ids: one graph
+    return _regions(self, hidden_states, pe, attention_mask, cache, self._glta_kernels,
+                    self._glta_attention[1],
+                    {"position_ids": position_ids, "use_cache": use_cache})
 
 
 def _same(a: torch.Tensor | tuple, b: torch.Tensor | tuple) -> bool:
@@ -318,10 +319,13 @@ def _layer_inputs(layer: nn.Module, rows: int, length: int, past: int,
 
 
 def _regions(layer: nn.Module, x: torch.Tensor, pe: tuple, mask: torch.Tensor, cache: Any,
-             fns: dict[str, Callable], attend: Callable) -> torch.Tensor:
+             fns: dict[str, Callable], attend: Callable,
+             cache_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
+    """``fns["layer_in"]``, the cache update (eager: Python state; ``cache_kwargs`` as the
+    attention module passes them), ``fns["layer_out"]``: x (B, T, H) -> (B, T, H)."""
     q, k, v = fns["layer_in"](layer, x, *pe)
     if cache is not None:
-        k, v = cache.update(k, v, layer.self_attn.layer_idx)
+        k, v = cache.update(k, v, layer.self_attn.layer_idx, kwargs=cache_kwargs or {})
     return fns["layer_out"](layer, attend, q, k, v, mask, x)
 
 
@@ -331,10 +335,7 @@ def _is_llama_layer(layer: nn.Module, attention: tuple[str, Callable]) -> bool:
     small input with a cache, under attention kernel ``attention``)."""
     a, m = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
     n1, n2 = (getattr(layer, k, None) for k in ("input_layernorm", "post_attention_layernorm"))
-    if a is None or m is None or n1 is None or n2 is None:
-        return False
-    parts = [getattr(a, k, None) for k in ("q_proj", "k_proj", "v_proj", "o_proj")]
-    if not all(type(p) in _PLAIN for p in parts) or not all(
+    if n1 is None or n2 is None or not _plain_linears(layer) or not all(
             hasattr(a, k) for k in ("head_dim", "scaling", "layer_idx", "config")):
         return False
     if not (_is_norm(n1) and _is_norm(n2) and _is_gated_mlp(m)):
@@ -345,10 +346,10 @@ def _is_llama_layer(layer: nn.Module, attention: tuple[str, Callable]) -> bool:
     eager = {"layer_in": layer_in, "layer_out": layer_out}
     try:
         x, pe, mask, cache = _layer_inputs(layer, 2, 3, 2)
-        _, _, _, cache2 = _layer_inputs(layer, 2, 3, 2)
+        mine = _regions(layer, x, pe, mask, copy.deepcopy(cache), eager, attention[1])
         ref = type(layer).forward(layer, x, attention_mask=mask, cache=cache,
                                   position_embeddings=pe)
-        return _same(ref, _regions(layer, x, pe, mask, cache2, eager, attention[1]))
+        return _same(ref, mine)
     except Exception:  # another signature or cache protocol: leave the layer alone
         return False
     finally:
@@ -479,6 +480,10 @@ def _install_layers(model: nn.Module, fns: dict[str, Callable]) -> int:
 
     register_grouped_attention()
     attention = (GROUPED, grouped_eager_attention)
+    def swap(m: nn.Module, cls: type) -> None:
+        m.__class__ = _subclass(cls, _layer_forward, "decoder_layer")
+        m._glta_kernels, m._glta_attention = fns, attention
+
     count, checked = 0, {}
     for m in model.modules():
         cls = type(m)
@@ -492,8 +497,7 @@ def _install_layers(model: nn.Module, fns: dict[str, Callable]) -> int:
             if checked[cls]:
                 # warmed as the subclass the training passes will call (dynamo guards on the
                 # layer's type: warming the original class would compile again later)
-                m.__class__ = _subclass(cls, _layer_forward, "decoder_layer")
-                m._glta_kernels, m._glta_attention = fns, attention
+                swap(m, cls)
                 try:
                     _warm_layer(m, fns, attention)
                 except Exception as exc:
@@ -503,7 +507,15 @@ def _install_layers(model: nn.Module, fns: dict[str, Callable]) -> int:
                                   "parts stay compiled one by one", RuntimeWarning, stacklevel=3)
                     checked[cls] = False
         if checked[cls]:
-            m.__class__ = _subclass(cls, _layer_forward, "decoder_layer")
-            m._glta_kernels, m._glta_attention = fns, attention
+            swap(m, cls)
             count += 1
     return count
+
+
+def compiled_layers(model: nn.Module, attention: str) -> int:
+    """How many of ``model``'s decoder layers run their training passes as the two regions
+    when training uses transformers' attention implementation ``attention``: installed,
+    with plain linear layers (not a LoRA adapter injected after :func:`install`), and the
+    kernel they were built for (0 for any other)."""
+    return sum(getattr(type(m), "_glta_kind", None) == "decoder_layer" and _plain_linears(m)
+               and m._glta_attention[0] == attention for m in model.modules())
