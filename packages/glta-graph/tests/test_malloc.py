@@ -44,10 +44,11 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     system, kept = _faults("system"), _faults("keep")
     assert not system["applied"] and kept["applied"]
     assert system["total"] == kept["total"]  # same computation, same result
-    # 7 x 64 MiB of 4 KiB pages (~115k faults) with glibc's defaults; at most one round
-    # (~16k) when the blocks are reused
+    # 7 x 64 MiB of 4 KiB pages (~115k faults) with glibc's defaults; one round (~16k) when
+    # the blocks are reused, seen at two (32,816) inside a long pytest process: the bound
+    # allows three and a half of the seven rounds
     assert system["faults"] > 50_000, system
-    assert kept["faults"] < system["faults"] / 4, (kept, system)
+    assert kept["faults"] < system["faults"] / 2, (kept, system)
 
 
 def test_system_mode_and_bad_values(monkeypatch):
