@@ -78,6 +78,10 @@ configuration, in the run's final evaluation. Extra rows:
   random-weight control (copied from ``random-llm``, so only stage 3 reruns).
   ``b32-lr2e-4`` (and its ``-random-llm`` control) is the same batch and lr with the
   prediction text kept: whether dropping it still holds at the new batch.
+  ``no-pd-b32-lr2e-4-lora`` / ``-history-text`` (each with its ``-random-llm`` control) add a
+  LoRA adapter / each history item's description after its soft token to that preset; the
+  history-text pair is copied from ``no-pd-b32-lr2e-4`` and its control, so only stage 3
+  reruns.
 - ``lightgcn-softmax`` [baseline]: LightGCN with the project's sampled-softmax loss
   (``glta graph train``), early-stopped on valid, the fair baseline for GLTA's full-catalogue
   softmax objective.
@@ -120,7 +124,8 @@ ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-
              "item-text-head-random-llm", "no-pd-random-llm", "no-pd-b32-lr2e-4",
              "no-pd-b32-lr4e-4", "no-pd-b64-lr4e-4", "no-pd-b64-lr8e-4",
              "no-pd-b32-lr2e-4-random-llm", "b32-lr2e-4", "b32-lr2e-4-random-llm",
-             "no-pd-b32-lr2e-4-lora", "no-pd-b32-lr2e-4-lora-random-llm")
+             "no-pd-b32-lr2e-4-lora", "no-pd-b32-lr2e-4-lora-random-llm",
+             "no-pd-b32-lr2e-4-history-text", "no-pd-b32-lr2e-4-history-text-random-llm")
 # The `lora` rows' adapter: peft's usual rank and targets (glta_align.llm.LoraSettings).
 _LORA = "{r = 8, alpha = 16, target_modules = ['q_proj', 'v_proj']}"
 # The larger-batch rows' overrides: no prediction text; 32 per stage-3 step at lr 2e-4.
@@ -183,6 +188,12 @@ EXTRA_ROWS = {
     "no-pd-b32-lr2e-4-lora": [*_NO_PD, *_B32, "--user_item.lora", _LORA],
     "no-pd-b32-lr2e-4-lora-random-llm": [*_NO_PD, *_B32, "--user_item.lora", _LORA,
                                          "--ablation", "random-llm"],
+    # the default preset of 2026-12-06 with each history item's description (title, year,
+    # genres) written after its soft token, and its random-weight control: the words a
+    # pretrained LLM could know something about, next to the tokens it cannot
+    "no-pd-b32-lr2e-4-history-text": [*_NO_PD, *_B32, "--user_item.history_text", "true"],
+    "no-pd-b32-lr2e-4-history-text-random-llm": [*_NO_PD, *_B32, "--user_item.history_text",
+                                                 "true", "--ablation", "random-llm"],
 }
 # Rows whose overrides leave the stage keys alone (execution settings): their copy of the
 # `full` run forgets stage 3 and the evaluation, so both run again under the override.
@@ -195,7 +206,10 @@ COPY_FROM = {"history-text-random-llm": "random-llm", "lr3e-4-random-llm": "rand
              "residual-lr1e-4-text-first-random-llm": "random-llm",
              "item-text-head-random-llm": "random-llm", "no-pd-random-llm": "random-llm",
              "no-pd-b32-lr2e-4-random-llm": "random-llm", "b32-lr2e-4-random-llm": "random-llm",
-             "no-pd-b32-lr2e-4-lora-random-llm": "random-llm"}
+             "no-pd-b32-lr2e-4-lora-random-llm": "random-llm",
+             # only stage 3 reruns: copied from the run of the same preset without the text
+             "no-pd-b32-lr2e-4-history-text": "no-pd-b32-lr2e-4",
+             "no-pd-b32-lr2e-4-history-text-random-llm": "no-pd-b32-lr2e-4-random-llm"}
 # Every pipeline run of the grid pins what the default preset has changed since the grid's
 # first runs, so the rows stay comparable with the recorded ones: the paper's prompt order
 # (the default preset's until 2026-12-05, then text-first; the `text-first` row overrides it)
