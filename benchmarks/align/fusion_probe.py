@@ -97,6 +97,30 @@ def _install(llm, state: dict[str, str]) -> None:
         layer.__class__ = swapped
 
 
+def _inductor_settings(ap: argparse.ArgumentParser, pairs: list[str]) -> dict[str, object]:
+    """Apply ``KEY=VALUE`` pairs to ``torch._inductor.config`` (dotted keys reach its
+    sub-configs, e.g. ``cpp.simdlen=256``); returns what was set, parsed."""
+    import torch._inductor.config as config
+
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            ap.error(f"--inductor {pair!r}: expected KEY=VALUE")
+        value: object = {"true": True, "false": False}.get(raw.lower(), raw)
+        if isinstance(value, str) and value.lstrip("-").isdigit():
+            value = int(value)
+        owner, _, leaf = key.rpartition(".")
+        target = config
+        for part in filter(None, owner.split(".")):
+            target = getattr(target, part, None)
+        if target is None or not hasattr(target, leaf):
+            ap.error(f"--inductor {pair!r}: torch._inductor.config has no {key!r}")
+        setattr(target, leaf, value)
+        out[key] = value
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=32, help="users per step (the default's 32)")
@@ -108,7 +132,11 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--text", default=_TEXT, help="source of the prefix and trained tokens")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                    help="set torch._inductor.config KEY before compiling (repeatable; "
+                         "true/false/integers parsed), e.g. max_autotune_gemm=true")
     args = ap.parse_args()
+    settings = _inductor_settings(ap, args.inductor)
     names = args.variants.split(",")
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown or names[0] != "eager":
@@ -186,7 +214,7 @@ def main() -> None:
            "commit": git_commit(), "cpu": cpu_model(), "threads": torch.get_num_threads(),
            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
            "train_attention": llm.train_attention, "batch": B, "tokens": T, "prefix": P,
-           "rounds": args.rounds, "results": results}
+           "rounds": args.rounds, "inductor": settings, "results": results}
     write_result(out, args.json)
 
 
