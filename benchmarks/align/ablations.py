@@ -78,10 +78,12 @@ configuration, in the run's final evaluation. Extra rows:
   random-weight control (copied from ``random-llm``, so only stage 3 reruns).
   ``b32-lr2e-4`` (and its ``-random-llm`` control) is the same batch and lr with the
   prediction text kept: whether dropping it still holds at the new batch.
-  ``no-pd-b32-lr2e-4-lora`` / ``-history-text`` (each with its ``-random-llm`` control) add a
-  LoRA adapter / each history item's description after its soft token to that preset; the
-  history-text pair is copied from ``no-pd-b32-lr2e-4`` and its control, so only stage 3
-  reruns.
+  ``no-pd-b32-lr2e-4-lora`` / ``-history-text`` / ``-history-first`` (each with its
+  ``-random-llm`` control) add to that preset a LoRA adapter / each history item's
+  description after its soft token / the descriptions of the ranking's fixed history sample
+  on a line of the leading text (``[user_item] history_text_first``: no gradient, kept
+  across epochs); the history pairs are copied from ``no-pd-b32-lr2e-4`` and its control,
+  so only stage 3 reruns.
 - ``lightgcn-softmax`` [baseline]: LightGCN with the project's sampled-softmax loss
   (``glta graph train``), early-stopped on valid, the fair baseline for GLTA's full-catalogue
   softmax objective.
@@ -125,7 +127,8 @@ ABLATIONS = ("full", "random-llm", "no-text", "no-pf", "no-pd", "fl", "ar", "no-
              "no-pd-b32-lr4e-4", "no-pd-b64-lr4e-4", "no-pd-b64-lr8e-4",
              "no-pd-b32-lr2e-4-random-llm", "b32-lr2e-4", "b32-lr2e-4-random-llm",
              "no-pd-b32-lr2e-4-lora", "no-pd-b32-lr2e-4-lora-random-llm",
-             "no-pd-b32-lr2e-4-history-text", "no-pd-b32-lr2e-4-history-text-random-llm")
+             "no-pd-b32-lr2e-4-history-text", "no-pd-b32-lr2e-4-history-text-random-llm",
+             "no-pd-b32-lr2e-4-history-first", "no-pd-b32-lr2e-4-history-first-random-llm")
 # The `lora` rows' adapter: peft's usual rank and targets (glta_align.llm.LoraSettings).
 _LORA = "{r = 8, alpha = 16, target_modules = ['q_proj', 'v_proj']}"
 # The larger-batch rows' overrides: no prediction text; 32 per stage-3 step at lr 2e-4.
@@ -194,6 +197,13 @@ EXTRA_ROWS = {
     "no-pd-b32-lr2e-4-history-text": [*_NO_PD, *_B32, "--user_item.history_text", "true"],
     "no-pd-b32-lr2e-4-history-text-random-llm": [*_NO_PD, *_B32, "--user_item.history_text",
                                                  "true", "--ablation", "random-llm"],
+    # the same descriptions (of the ranking's fixed sample) on a line of the leading text
+    # instead: read without gradient and kept across epochs
+    "no-pd-b32-lr2e-4-history-first": [*_NO_PD, *_B32, "--user_item.history_text_first",
+                                       "true"],
+    "no-pd-b32-lr2e-4-history-first-random-llm": [*_NO_PD, *_B32,
+                                                  "--user_item.history_text_first", "true",
+                                                  "--ablation", "random-llm"],
 }
 # Rows whose overrides leave the stage keys alone (execution settings): their copy of the
 # `full` run forgets stage 3 and the evaluation, so both run again under the override.
@@ -209,7 +219,9 @@ COPY_FROM = {"history-text-random-llm": "random-llm", "lr3e-4-random-llm": "rand
              "no-pd-b32-lr2e-4-lora-random-llm": "random-llm",
              # only stage 3 reruns: copied from the run of the same preset without the text
              "no-pd-b32-lr2e-4-history-text": "no-pd-b32-lr2e-4",
-             "no-pd-b32-lr2e-4-history-text-random-llm": "no-pd-b32-lr2e-4-random-llm"}
+             "no-pd-b32-lr2e-4-history-text-random-llm": "no-pd-b32-lr2e-4-random-llm",
+             "no-pd-b32-lr2e-4-history-first": "no-pd-b32-lr2e-4",
+             "no-pd-b32-lr2e-4-history-first-random-llm": "no-pd-b32-lr2e-4-random-llm"}
 # Every pipeline run of the grid pins what the default preset has changed since the grid's
 # first runs, so the rows stay comparable with the recorded ones: the paper's prompt order
 # (the default preset's until 2026-12-05, then text-first; the `text-first` row overrides it)

@@ -82,6 +82,39 @@ def test_prompter_history_text_follows_each_item_token(toy, tokenizer):
     assert len(plain.build([UserSample(0, [4, 5])])[0][0]) == len(s) - 2 * len(desc) - len(sep)
 
 
+def test_history_text_first_writes_the_fixed_sample_before_the_user_token(toy, tokenizer):
+    cfg = UserItemConfig(num_slots=3, history_items=2, description_tokens=4,
+                         prompt_order="text-first", history_text_first=True)
+    lay = user_item_layout(tokenizer, cfg)
+    assert "HISTORY_TOKEN" in lay.pieces
+    p = UserPrompter(lay, toy, tokenizer, cfg, {0: {"profile": "action fan"}})
+    fixed = eval_sample(toy, cfg, 0).history
+    desc = [tokenizer(" " + toy.item_text[i], add_special_tokens=False)["input_ids"][:4]
+            for i in fixed]
+    sep = tokenizer("; ", add_special_tokens=False)["input_ids"]
+    line = desc[0] + sep + desc[1]
+    seqs = [p.build([train_sample(toy, cfg, 0, epoch)])[0][0] for epoch in (0, 1, 2)]
+    for s in seqs:
+        lead = s.ids[:s.soft.index(1)]  # after the shared prefix, before the user token
+        assert all(r < 0 for r in s.soft[:len(lead)])
+        assert any(lead[i:i + len(line)] == line for i in range(len(lead)))
+        text = tokenizer.decode(lead)
+        assert text.startswith("action fan\nUser's potential interest:\nUser's items:")
+    # the leading text is the same every epoch (the soft tokens' items are redrawn)
+    assert len({tuple(s.ids[:s.soft.index(1)]) for s in seqs}) == 1
+    s = seqs[0]
+    assert p.length(train_sample(toy, cfg, 0, 0)) == len(s)
+    plain_cfg = UserItemConfig(num_slots=3, history_items=2, description_tokens=4,
+                               prompt_order="text-first")
+    plain = UserPrompter(user_item_layout(tokenizer, plain_cfg), toy, tokenizer, plain_cfg,
+                         {0: {"profile": "action fan"}})
+    extra = len(s) - len(plain.build([train_sample(toy, cfg, 0, 0)])[0][0])
+    line_ids = tokenizer("\nUser's items:", add_special_tokens=False)["input_ids"]
+    assert len(line) < extra <= len(line) + len(line_ids) + 1
+    with pytest.raises(ValueError, match="history_text_first = True needs prompt_order"):
+        UserItemConfig(history_text_first=True, prompt_order="paper")
+
+
 def test_prompter_text_filler_keeps_lengths_and_drops_words(toy, tokenizer):
     p, tok = _prompter(toy, tokenizer)
     f, _ = _prompter(toy, tokenizer, text_filler=True)

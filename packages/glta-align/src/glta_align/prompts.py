@@ -29,8 +29,10 @@ __all__ = [
     "USER_ITEM_SYSTEM",
     "USER_ITEM_TEMPLATE",
     "USER_ITEM_TEMPLATE_TEXT_FIRST",
+    "USER_ITEM_TEMPLATE_TEXT_FIRST_HISTORY",
     "USER_ITEM_USER",
     "USER_ITEM_USER_TEXT_FIRST",
+    "USER_ITEM_USER_TEXT_FIRST_HISTORY",
     "PromptLayout",
     "build_layout",
     "tokenize_texts",
@@ -69,6 +71,17 @@ USER_ITEM_TEMPLATE_TEXT_FIRST = (
 USER_ITEM_USER_TEXT_FIRST = (
     "User tags: {PROFILE_TOKEN}\nUser's potential interest:{PREDICT_TOKEN}\n"
     "User token: {USER_TOKEN}\nItem tokens: {ITEM_TOKEN}"
+)
+#: The text-first template with a line of the user's item descriptions before the user token
+#: [choice] (``history_text_first``).
+USER_ITEM_TEMPLATE_TEXT_FIRST_HISTORY = (
+    "[INST] <<SYS>> Select items interacted by the user from given items. <</SYS>>\n"
+    "User tags: {PROFILE_TOKEN}\nUser's potential interest:{PREDICT_TOKEN}\n"
+    "User's items:{HISTORY_TOKEN}\nUser token: {USER_TOKEN}\nItem tokens: {ITEM_TOKEN}[/INST]"
+)
+USER_ITEM_USER_TEXT_FIRST_HISTORY = (
+    "User tags: {PROFILE_TOKEN}\nUser's potential interest:{PREDICT_TOKEN}\n"
+    "User's items:{HISTORY_TOKEN}\nUser token: {USER_TOKEN}\nItem tokens: {ITEM_TOKEN}"
 )
 #: Profile and prediction prompts (``{k}`` tags / words, ``{descriptions}`` joined by "; ").
 PROFILE_PROMPT = (
@@ -147,7 +160,8 @@ def build_layout(
         (special tokens written in the text, e.g. ``<|im_start|>``, are recognised).
     """
     resolved = _resolve_style(tokenizer, style)
-    names = ["DESCRPTION_TOKEN", "ITEM_TOKEN", "USER_TOKEN", "PROFILE_TOKEN", "PREDICT_TOKEN"]
+    names = ["DESCRPTION_TOKEN", "ITEM_TOKEN", "USER_TOKEN", "PROFILE_TOKEN", "PREDICT_TOKEN",
+             "HISTORY_TOKEN"]
     marked = {n: _MARK.format(n) for n in names}
     if resolved == "paper":
         text = paper.format(**marked)

@@ -57,8 +57,10 @@ from glta_align.prompts import (
     USER_ITEM_SYSTEM,
     USER_ITEM_TEMPLATE,
     USER_ITEM_TEMPLATE_TEXT_FIRST,
+    USER_ITEM_TEMPLATE_TEXT_FIRST_HISTORY,
     USER_ITEM_USER,
     USER_ITEM_USER_TEXT_FIRST,
+    USER_ITEM_USER_TEXT_FIRST_HISTORY,
     PromptLayout,
     build_layout,
     tokenize_texts,
@@ -103,7 +105,11 @@ class UserSample:
 
 def user_item_layout(tokenizer, cfg: UserItemConfig) -> PromptLayout:
     """The stage-3 template rendered for ``tokenizer`` in ``cfg.prompt_style``, its lines in
-    ``cfg.prompt_order`` (the paper's, or the text first [choice])."""
+    ``cfg.prompt_order`` (the paper's, or the text first [choice]; with ``history_text_first``
+    a line of the user's item descriptions before the user token)."""
+    if cfg.history_text_first:
+        return build_layout(tokenizer, USER_ITEM_SYSTEM, USER_ITEM_USER_TEXT_FIRST_HISTORY,
+                            USER_ITEM_TEMPLATE_TEXT_FIRST_HISTORY, style=cfg.prompt_style)
     if cfg.prompt_order == "text-first":
         return build_layout(tokenizer, USER_ITEM_SYSTEM, USER_ITEM_USER_TEXT_FIRST,
                             USER_ITEM_TEMPLATE_TEXT_FIRST, style=cfg.prompt_style)
@@ -179,15 +185,22 @@ class UserPrompter:
         self.profiles = profiles
         self._text_cache: dict[tuple[str, int], list[int]] = {}
         self._sep = (tokenizer("; ", add_special_tokens=False)["input_ids"]
-                     if config.history_text else [])
+                     if config.history_text or config.history_text_first else [])
         self._filler = (tokenizer(".", add_special_tokens=False)["input_ids"][:1]
                         if config.text_filler else [])
 
     def _text(self, kind: str, index: int) -> list[int]:
         """Token ids of a user's id text, profile or prediction (``index``: the user) or of an
         item's description (``kind="item"``, ``index``: the catalogue index), cut to budget;
-        with ``text_filler`` a profile or prediction is as many '.' tokens instead."""
+        with ``text_filler`` a profile or prediction is as many '.' tokens instead;
+        ``kind="history"``: the descriptions of the user's fixed history sample (its ranking
+        sample, :func:`eval_sample`), each cut to budget, separated by '; '."""
         key = (kind, index)
+        if key not in self._text_cache and kind == "history":
+            joined: list[int] = []
+            for j, item in enumerate(eval_sample(self.data, self.cfg, index).history):
+                joined += (self._sep if j else []) + self._text("item", item)
+            self._text_cache[key] = joined
         if key not in self._text_cache:
             if kind == "user":
                 text = f"user {self.data.user_ids[index]}"
@@ -212,6 +225,8 @@ class UserPrompter:
         if self.cfg.history_text:
             n += sum(len(self._text("item", i)) for i in s.history)
             n += len(self._sep) * max(0, len(s.history) - 1)
+        if self.cfg.history_text_first:
+            n += len(self._text("history", s.user))
         n += 1 if self.cfg.user_token else len(self._text("user", s.user))
         if self.cfg.use_profile:
             n += len(self._text("profile", s.user))
@@ -260,6 +275,8 @@ class UserPrompter:
                 elif piece == "PREDICT_TOKEN":
                     if self.cfg.use_predict:
                         seq.add_text(self._text("predict", s.user))
+                elif piece == "HISTORY_TOKEN":
+                    seq.add_text(self._text("history", s.user))
                 else:
                     raise ValueError(f"stage-3 template has an unexpected placeholder {piece!r}")
             rows = [0]
