@@ -304,8 +304,11 @@ def _read(run: Path) -> dict:
     cfg = run / "user_projector" / "config.json"
     if cfg.is_file():
         ucfg = json.loads(cfg.read_text())
+        # model FLOPs and seconds of the training passes (not timings when runs shared the
+        # machine; the FLOPs per epoch compare the rows' costs)
         out["stage3"] = {k: ucfg.get(k) for k in ("best_epoch", "epochs_run", "stopped_early",
-                                                   "llm", "llm_precision")}
+                                                   "llm", "llm_precision", "model_flops",
+                                                   "train_seconds")}
         # stage 3's per-epoch valid N@10 (epochs 0-based, as best_epoch)
         out["stage3"]["valid_ndcg@10"] = [h.get("ndcg@10") for h in ucfg.get("valid_history", [])]
     state = run / "state" / "pipeline" / "stages.json"
