@@ -142,7 +142,8 @@ def table(runs: list[dict], what: dict[str, str] | None = None,
     Returns:
         ``{dataset: {row: {"seeds", "what", metric: stats, "delta": {metric: stats},
         "ratio": {"test P@10" | "test N@10": stats}, "sources": [row per seed],
-        "paper_ratio": [metric, value] | None}}}`` where stats is
+        "paper_ratio": [metric, value] | None, "stage3 TFLOP per epoch": stats (when
+        every seed's run recorded its FLOPs)}}}`` where stats is
         ``{"mean", "spread", "values"}`` over the row's seeds (``delta`` / ``ratio`` over
         the seeds whose source is recorded); ``"machines"``: each seed's CPU model (None
         where its run names none).
@@ -185,8 +186,19 @@ def table(runs: list[dict], what: dict[str, str] | None = None,
             entry["ratio"] = {k: spread_stats(v) for k, v in ratios.items()}
             entry["activity_delta"] = {k: spread_stats(v) for k, v in by_activity.items()}
             entry["paper_ratio"] = list(PAPER_RATIO[row]) if row in PAPER_RATIO else None
+            per_epoch = [_stage3_tflop_per_epoch(r) for r in mine]
+            if all(x is not None for x in per_epoch):
+                entry["stage3 TFLOP per epoch"] = spread_stats(per_epoch)
             out.setdefault(ds, {})[row] = entry
     return out
+
+
+def _stage3_tflop_per_epoch(run: dict) -> float | None:
+    """Stage 3's model FLOPs per trained epoch of a run, in TFLOP, rounded to 0.1 (recorded
+    since ablations.py reads ``model_flops``; None for older records)."""
+    s = run["result"].get("stage3") or {}
+    flops, epochs = s.get("model_flops"), s.get("epochs_run")
+    return round(flops / epochs / 1e12, 1) if flops and epochs else None
 
 
 def _tail_hits(run: dict) -> float | None:
