@@ -134,6 +134,8 @@ _LORA = "{r = 8, alpha = 16, target_modules = ['q_proj', 'v_proj']}"
 # The larger-batch rows' overrides: no prediction text; 32 per stage-3 step at lr 2e-4.
 _NO_PD = ["--user_item.use_predict", "false"]
 _B32 = ["--user_item.batch_size", "32", "--user_item.lr", "2e-4"]
+_HISTORY_FIRST = ["--user_item.prompt_order", "text-first", "--user_item.history_text_first",
+                  "true"]
 # Rows that are not the paper's ablations: the overrides they add to the full run's command.
 EXTRA_ROWS = {
     "no-text": ["--user_item.use_profile", "false", "--user_item.use_predict", "false"],
@@ -198,11 +200,10 @@ EXTRA_ROWS = {
     "no-pd-b32-lr2e-4-history-text-random-llm": [*_NO_PD, *_B32, "--user_item.history_text",
                                                  "true", "--ablation", "random-llm"],
     # the same descriptions (of the ranking's fixed sample) on a line of the leading text
-    # instead: read without gradient and kept across epochs
-    "no-pd-b32-lr2e-4-history-first": [*_NO_PD, *_B32, "--user_item.history_text_first",
-                                       "true"],
-    "no-pd-b32-lr2e-4-history-first-random-llm": [*_NO_PD, *_B32,
-                                                  "--user_item.history_text_first", "true",
+    # instead: read without gradient and kept across epochs (text-first order only: named
+    # here so the row also resolves behind GRID_BASE's paper order)
+    "no-pd-b32-lr2e-4-history-first": [*_NO_PD, *_B32, *_HISTORY_FIRST],
+    "no-pd-b32-lr2e-4-history-first-random-llm": [*_NO_PD, *_B32, *_HISTORY_FIRST,
                                                   "--ablation", "random-llm"],
 }
 # Rows whose overrides leave the stage keys alone (execution settings): their copy of the
