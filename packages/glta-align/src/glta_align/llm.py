@@ -1112,8 +1112,8 @@ def load_llm(
     if compiled:
         counts = install(model)
         compiled = any(counts.values())
-        layers = counts["decoder_layer"]
         if compiled:
+            layers = counts["decoder_layer"]
             emit(progress, ProgressEvent("llm", "info", message=(
                 f"compiled for training: {layers} decoder layers as two regions each, "
                 "element-wise parts (RMSNorm, SiLU x up, rotary)" if layers else

@@ -74,15 +74,9 @@ USER_ITEM_USER_TEXT_FIRST = (
 )
 #: The text-first template with a line of the user's item descriptions before the user token
 #: [choice] (``history_text_first``).
-USER_ITEM_TEMPLATE_TEXT_FIRST_HISTORY = (
-    "[INST] <<SYS>> Select items interacted by the user from given items. <</SYS>>\n"
-    "User tags: {PROFILE_TOKEN}\nUser's potential interest:{PREDICT_TOKEN}\n"
-    "User's items:{HISTORY_TOKEN}\nUser token: {USER_TOKEN}\nItem tokens: {ITEM_TOKEN}[/INST]"
-)
-USER_ITEM_USER_TEXT_FIRST_HISTORY = (
-    "User tags: {PROFILE_TOKEN}\nUser's potential interest:{PREDICT_TOKEN}\n"
-    "User's items:{HISTORY_TOKEN}\nUser token: {USER_TOKEN}\nItem tokens: {ITEM_TOKEN}"
-)
+USER_ITEM_TEMPLATE_TEXT_FIRST_HISTORY, USER_ITEM_USER_TEXT_FIRST_HISTORY = (
+    t.replace("User token:", "User's items:{HISTORY_TOKEN}\nUser token:", 1)
+    for t in (USER_ITEM_TEMPLATE_TEXT_FIRST, USER_ITEM_USER_TEXT_FIRST))
 #: Profile and prediction prompts (``{k}`` tags / words, ``{descriptions}`` joined by "; ").
 PROFILE_PROMPT = (
     "Use {k} tags to summarize descriptions of the user's interacted items as user profile: "

@@ -192,15 +192,8 @@ class UserPrompter:
     def _text(self, kind: str, index: int) -> list[int]:
         """Token ids of a user's id text, profile or prediction (``index``: the user) or of an
         item's description (``kind="item"``, ``index``: the catalogue index), cut to budget;
-        with ``text_filler`` a profile or prediction is as many '.' tokens instead;
-        ``kind="history"``: the descriptions of the user's fixed history sample (its ranking
-        sample, :func:`eval_sample`), each cut to budget, separated by '; '."""
+        with ``text_filler`` a profile or prediction is as many '.' tokens instead."""
         key = (kind, index)
-        if key not in self._text_cache and kind == "history":
-            joined: list[int] = []
-            for j, item in enumerate(eval_sample(self.data, self.cfg, index).history):
-                joined += (self._sep if j else []) + self._text("item", item)
-            self._text_cache[key] = joined
         if key not in self._text_cache:
             if kind == "user":
                 text = f"user {self.data.user_ids[index]}"
@@ -218,6 +211,18 @@ class UserPrompter:
             self._text_cache[key] = ids
         return self._text_cache[key]
 
+    def _history_text(self, user: int) -> list[int]:
+        """Token ids of the descriptions of ``user``'s fixed history sample (its ranking
+        sample, :func:`eval_sample`), each cut to budget, separated by '; '
+        (``history_text_first``)."""
+        key = ("history", user)
+        if key not in self._text_cache:
+            joined: list[int] = []
+            for j, item in enumerate(eval_sample(self.data, self.cfg, user).history):
+                joined += (self._sep if j else []) + self._text("item", item)
+            self._text_cache[key] = joined
+        return self._text_cache[key]
+
     def length(self, s: UserSample) -> int:
         """Token count of the sample after the prefix (for bucketing)."""
         n = sum(len(p) for p in self.layout.pieces if isinstance(p, tuple))
@@ -226,7 +231,7 @@ class UserPrompter:
             n += sum(len(self._text("item", i)) for i in s.history)
             n += len(self._sep) * max(0, len(s.history) - 1)
         if self.cfg.history_text_first:
-            n += len(self._text("history", s.user))
+            n += len(self._history_text(s.user))
         n += 1 if self.cfg.user_token else len(self._text("user", s.user))
         if self.cfg.use_profile:
             n += len(self._text("profile", s.user))
@@ -276,7 +281,7 @@ class UserPrompter:
                     if self.cfg.use_predict:
                         seq.add_text(self._text("predict", s.user))
                 elif piece == "HISTORY_TOKEN":
-                    seq.add_text(self._text("history", s.user))
+                    seq.add_text(self._history_text(s.user))
                 else:
                     raise ValueError(f"stage-3 template has an unexpected placeholder {piece!r}")
             rows = [0]
