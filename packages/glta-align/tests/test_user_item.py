@@ -82,6 +82,26 @@ def test_prompter_history_text_follows_each_item_token(toy, tokenizer):
     assert len(plain.build([UserSample(0, [4, 5])])[0][0]) == len(s) - 2 * len(desc) - len(sep)
 
 
+def test_history_text_tokens_cuts_only_the_history_descriptions(toy, tokenizer):
+    # history_text_tokens = 2 cuts each history description to 2 tokens; 0 keeps
+    # description_tokens; the profile text is not touched
+    short, tok = _prompter(toy, tokenizer, history_text=True, description_tokens=4,
+                           history_text_tokens=2)
+    full, _ = _prompter(toy, tokenizer, history_text=True, description_tokens=4)
+    same, _ = _prompter(toy, tokenizer, history_text=True, description_tokens=4,
+                        history_text_tokens=0)
+    sample = UserSample(0, [4, 5])
+    s, f = short.build([sample])[0][0], full.build([sample])[0][0]
+    assert same.build([sample])[0][0].ids == f.ids
+    assert len(f) - len(s) == 2 * 2 and short.length(sample) == len(s)
+    first, second = s.soft.index(2), s.soft.index(3)
+    desc = tok(" " + toy.item_text[4], add_special_tokens=False)["input_ids"][:2]
+    assert s.ids[first + 1:second] == desc + tok("; ", add_special_tokens=False)["input_ids"]
+    assert "User tags: action fan" in tok.decode(s.ids)
+    with pytest.raises(ValueError, match="history_text_tokens = -1"):
+        UserItemConfig(history_text_tokens=-1)
+
+
 def test_history_text_first_writes_the_fixed_sample_before_the_user_token(toy, tokenizer):
     cfg = UserItemConfig(num_slots=3, history_items=2, description_tokens=4,
                          prompt_order="text-first", history_text_first=True)

@@ -30,7 +30,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "history_text": False, "residual": False, "residual_init": "stage2", "mask_seen": False,
     "compile": False, "lr_schedule": "constant", "text_filler": False,
     "prompt_order": "paper", "profile_prompt": "paper", "item_text_features": False,
-    "item_text_dim": 64, "history_text_first": False,
+    "item_text_dim": 64, "history_text_first": False, "history_text_tokens": 0,
 }
 
 
@@ -170,17 +170,21 @@ class UserItemConfig(_StageConfig):
                               "one '.' token repeated, as many tokens as the user's text (the "
                               "control that tells the text's words from its length)", False)
     history_text: bool = _help("[choice] write each history item's text (its description, "
-                               "`description_tokens` at most) after its soft token, items "
+                               "`history_text_tokens` at most) after its soft token, items "
                                "separated by '; '", False)
     history_text_first: bool = _help("[choice] with prompt_order = text-first: write the "
                                      "descriptions of a fixed sample of the user's train "
                                      "items (the ranking's history sample, `history_items` "
-                                     "of them, `description_tokens` each, separated by '; ') "
+                                     "of them, `history_text_tokens` each, separated by '; ') "
                                      "on a line of the leading text, before the user token: "
                                      "the frozen LLM reads them without gradient and keeps "
                                      "their keys/values across epochs (`history_text` writes "
                                      "them after each soft token, inside the trained part)",
                                      False)
+    history_text_tokens: int = _help("[choice] token budget of each history description that "
+                                     "`history_text` / `history_text_first` write (8: about the "
+                                     "title and year); 0 = `description_tokens` (the profile "
+                                     "prompts keep `description_tokens` either way)", 0)
     train_item_projector: bool = _help("also train the item projector here ('w/o IA' when "
                                        "stage 2 was skipped)", False)
     ranking: str = _help("prediction: first_k (slot t gives rank t), first (FL: top-k of "
@@ -272,6 +276,10 @@ class UserItemConfig(_StageConfig):
         if self.prompt_order not in PROMPT_ORDERS:
             raise AlignConfigError(f"UserItemConfig.prompt_order = {self.prompt_order!r}: "
                                    f"expected one of {PROMPT_ORDERS}")
+        if self.history_text_tokens < 0:
+            raise AlignConfigError(f"UserItemConfig.history_text_tokens = "
+                                   f"{self.history_text_tokens!r}: must be >= 0 (0 = "
+                                   "description_tokens)")
         if self.history_text_first and self.prompt_order != "text-first":
             raise AlignConfigError(
                 "UserItemConfig.history_text_first = True needs prompt_order = 'text-first' "

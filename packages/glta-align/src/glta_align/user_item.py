@@ -203,7 +203,8 @@ class UserPrompter:
                 text = self.profiles.get(index, {}).get(kind, "")
                 text = (" " + text) if kind == "predict" and text else text
             ids = self.tok(text, add_special_tokens=False)["input_ids"] if text else []
-            budget = {"user": 16, "item": self.cfg.description_tokens}.get(
+            budget = {"user": 16, "item": (self.cfg.history_text_tokens
+                                           or self.cfg.description_tokens)}.get(
                 kind, self.cfg.profile_text_tokens)
             ids = list(ids[:budget])
             if self._filler and kind in ("profile", "predict"):  # words out, length kept
