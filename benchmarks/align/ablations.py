@@ -78,12 +78,14 @@ configuration, in the run's final evaluation. Extra rows:
   random-weight control (copied from ``random-llm``, so only stage 3 reruns).
   ``b32-lr2e-4`` (and its ``-random-llm`` control) is the same batch and lr with the
   prediction text kept: whether dropping it still holds at the new batch.
-  ``no-pd-b32-lr2e-4-lora`` / ``-history-text`` / ``-history-first`` (each with its
-  ``-random-llm`` control) add to that preset a LoRA adapter / each history item's
-  description after its soft token / the descriptions of the ranking's fixed history sample
-  on a line of the leading text (``[user_item] history_text_first``: no gradient, kept
-  across epochs); the history pairs are copied from ``no-pd-b32-lr2e-4`` and its control,
-  so only stage 3 reruns.
+  ``no-pd-b32-lr2e-4-lora`` / ``-history-text`` / ``-history-title`` / ``-history-first``
+  (each with its ``-random-llm`` control) add to that preset a LoRA adapter / each history
+  item's description after its soft token / the same cut to its first 8 tokens (about the
+  title and year; ``[user_item] history_text_tokens``) / the descriptions of the ranking's
+  fixed history sample on a line of the leading text (``[user_item] history_text_first``: no
+  gradient, kept across epochs); the history pairs are copied from ``no-pd-b32-lr2e-4`` and
+  its control, so only stage 3 reruns (at seeds without a ``full`` run, run those two
+  ``--from-scratch`` first).
 - ``lightgcn-softmax`` [baseline]: LightGCN with the project's sampled-softmax loss
   (``glta graph train``), early-stopped on valid, the fair baseline for GLTA's full-catalogue
   softmax objective.
