@@ -247,3 +247,37 @@ def test_from_scratch_runs_a_row_without_its_full_run(tmp_path, align_script, mo
     (run,) = json.loads(out.read_text())["runs"]
     assert run["from_scratch"] is True and run["row"] == row and run["seed"] == 1
     assert run["result"]["metrics"]["glta"]["test"]["ndcg@10"] == 0.2
+
+
+def test_a_row_copies_its_own_source_without_a_full_run(tmp_path, align_script, monkeypatch):
+    # at a seed with no `full` run, a row whose source (COPY_FROM) has finished is copied
+    # from that source and run with its overrides; without the source it is skipped
+    ablations = align_script("ablations")
+    calls: list[list[str]] = []
+
+    def fake_run(cmd, log):
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        (out / "metrics.json").write_text(json.dumps(
+            {"glta": {"valid": {"ndcg@10": 0.3}, "test": {"ndcg@10": 0.4}}}))
+        return 1.0
+
+    monkeypatch.setattr(ablations, "_run", fake_run)
+    row = "no-pd-b32-lr2e-4-history-title"
+    seed_dir = tmp_path / "runs" / "ml-100k" / "seed3"
+    common = ["--seeds", "3", "--rows", row, "--root", str(tmp_path / "runs")]
+    assert ablations.main([*common, "--out", str(tmp_path / "skipped.json")]) == 0
+    assert calls == [] and not (seed_dir / row).exists()
+    source = seed_dir / ablations.COPY_FROM[row]
+    source.mkdir(parents=True)
+    (source / "metrics.json").write_text("{}")
+    (source / "marker").write_text("stages 1-2 of the source")
+    out = tmp_path / "copied.json"
+    assert ablations.main([*common, "--out", str(out)]) == 0
+    assert (seed_dir / row / "marker").read_text() == "stages 1-2 of the source"
+    assert not (seed_dir / "full").exists() and len(calls) == 1
+    assert calls[0][-len(ablations.EXTRA_ROWS[row]):] == ablations.EXTRA_ROWS[row]
+    assert "--user_item.history_text_tokens" in calls[0]
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["row"] == row and "from_scratch" not in run
+    assert run["result"]["metrics"]["glta"]["test"]["ndcg@10"] == 0.4
