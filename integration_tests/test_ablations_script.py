@@ -18,6 +18,23 @@ def _run_entry(seed: int, row: str, ndcg: float) -> dict:
             "result": {"metrics": metrics}}
 
 
+def _fake_pipeline(ablations, monkeypatch, valid: float, test: float) -> list[list[str]]:
+    """Replace the driver's ``_run`` by one that records each command and writes a
+    metrics.json (GLTA's valid/test N@10) into the command's ``--out``; returns the record."""
+    calls: list[list[str]] = []
+
+    def fake_run(cmd, log):
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(
+            {"glta": {"valid": {"ndcg@10": valid}, "test": {"ndcg@10": test}}}))
+        return 1.0
+
+    monkeypatch.setattr(ablations, "_run", fake_run)
+    return calls
+
+
 def test_merge_joins_parallel_drivers_without_duplicates(tmp_path):
     a = tmp_path / "a.json"
     b = tmp_path / "b.json"
@@ -220,17 +237,7 @@ def test_from_scratch_runs_a_row_without_its_full_run(tmp_path, align_script, mo
     # then nothing is copied, the command carries the row's overrides after GRID_BASE, and
     # the recorded run says `from_scratch`
     ablations = align_script("ablations")
-    calls: list[list[str]] = []
-
-    def fake_run(cmd, log):
-        calls.append(cmd)
-        out = Path(cmd[cmd.index("--out") + 1])
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(
-            {"glta": {"valid": {"ndcg@10": 0.1}, "test": {"ndcg@10": 0.2}}}))
-        return 1.0
-
-    monkeypatch.setattr(ablations, "_run", fake_run)
+    calls = _fake_pipeline(ablations, monkeypatch, valid=0.1, test=0.2)
     row = "residual-lr1e-4-text-first-random-llm"
     common = ["--seeds", "1", "--rows", row, "--root", str(tmp_path / "runs")]
     skipped = tmp_path / "skipped.json"
@@ -253,16 +260,7 @@ def test_a_row_copies_its_own_source_without_a_full_run(tmp_path, align_script, 
     # at a seed with no `full` run, a row whose source (COPY_FROM) has finished is copied
     # from that source and run with its overrides; without the source it is skipped
     ablations = align_script("ablations")
-    calls: list[list[str]] = []
-
-    def fake_run(cmd, log):
-        calls.append(cmd)
-        out = Path(cmd[cmd.index("--out") + 1])
-        (out / "metrics.json").write_text(json.dumps(
-            {"glta": {"valid": {"ndcg@10": 0.3}, "test": {"ndcg@10": 0.4}}}))
-        return 1.0
-
-    monkeypatch.setattr(ablations, "_run", fake_run)
+    calls = _fake_pipeline(ablations, monkeypatch, valid=0.3, test=0.4)
     row = "no-pd-b32-lr2e-4-history-title"
     seed_dir = tmp_path / "runs" / "ml-100k" / "seed3"
     common = ["--seeds", "3", "--rows", row, "--root", str(tmp_path / "runs")]

@@ -83,13 +83,13 @@ def test_prompter_history_text_follows_each_item_token(toy, tokenizer):
 
 
 def test_history_text_tokens_cuts_only_the_history_descriptions(toy, tokenizer):
-    # history_text_tokens = 2 cuts each history description to 2 tokens; 0 keeps
-    # description_tokens; the profile text is not touched
+    # history_text_tokens = 2 cuts each history description to 2 tokens; 0 (the default)
+    # means description_tokens, as does naming it; the profile text is not touched
     short, tok = _prompter(toy, tokenizer, history_text=True, description_tokens=4,
                            history_text_tokens=2)
     full, _ = _prompter(toy, tokenizer, history_text=True, description_tokens=4)
     same, _ = _prompter(toy, tokenizer, history_text=True, description_tokens=4,
-                        history_text_tokens=0)
+                        history_text_tokens=4)
     sample = UserSample(0, [4, 5])
     s, f = short.build([sample])[0][0], full.build([sample])[0][0]
     assert same.build([sample])[0][0].ids == f.ids
