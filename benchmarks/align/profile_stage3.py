@@ -17,6 +17,11 @@ the achieved fraction of it, the share of each kind and the top operators.
 
     uv run python benchmarks/align/profile_stage3.py RUN --max-users 96 --json OUT.json
 
+``--dtype`` runs the LLM in another precision than the run's (``--pointwise`` likewise for
+the compiled element-wise parts), e.g. to compare bf16 with int8 on one run's inputs;
+``--activations bfloat16`` keeps an int8 LLM's other weights (norms, embeddings), and so its
+activations, attention and element-wise work, in bf16 instead of fp32.
+
 The profiler adds a little overhead per operator, so the profiled throughput is a lower
 bound of the unprofiled one; the shares are what to read.
 """
@@ -156,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
                          "comma-separated list measures each, the first is the reference")
     ap.add_argument("--pointwise", choices=("auto", "compiled", "eager"), default="auto",
                     help="the LLM's element-wise parts in training (load_llm's pointwise)")
+    ap.add_argument("--dtype", default=None,
+                    help="the LLM's precision (float32, bfloat16, int8, auto); default: the run's")
+    ap.add_argument("--activations", choices=("float32", "bfloat16"), default=None,
+                    help="with int8: the dtype of everything but the int8 products (the LLM's "
+                         "other weights and so its activations); default: as loaded (fp32)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.shapes and args.no_profiler:
@@ -184,9 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = profiled_config(config.user_item, args.max_users, args.batch_size)
     lc = config.llm
     load_before = round(os.getloadavg()[0], 2)
-    llm = load_llm(lc.model_name_or_path, dtype=lc.dtype, device=lc.device,
+    llm = load_llm(lc.model_name_or_path, dtype=args.dtype or lc.dtype, device=lc.device,
                    cache_dir=lc.cache_dir, init=lc.init, init_seed=cfg.seed,
                    pointwise=args.pointwise)
+    if args.activations:
+        if llm.precision != "int8":
+            ap.error("--activations applies to an int8 LLM only")
+        for param in llm.causal_lm.parameters():  # norms, embeddings: the int8 layers keep
+            param.data = param.data.to(getattr(torch, args.activations))  # their buffers
     caught: dict = {}
     run_loop = stage3.run_loop
 
@@ -224,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
            "load_before": load_before, "load_after": round(os.getloadavg()[0], 2),
            "run": str(args.run), "max_users": args.max_users, "batch_size": cfg.batch_size,
            "profiled": not args.no_profiler, "precision": llm.precision,
+           "activations": str(llm.dtype).removeprefix("torch."),
            "train_attention": llm.train_attention, "pointwise": llm.pointwise,
            "prompt_order": cfg.prompt_order,
            "residual": cfg.residual, "loop_seconds": caught["seconds"],
