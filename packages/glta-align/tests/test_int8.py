@@ -153,7 +153,8 @@ def test_quantized_tiny_llm_tracks_fp32_and_repeats(tiny):
     assert torch.equal(h8, h8b) and torch.equal(g8, g8b)
 
 
-def test_load_llm_int8(tiny, tiny_dir):
+def test_load_llm_int8(tiny, tiny_dir, monkeypatch):
+    monkeypatch.setenv("GLTA_INT8_ACTIVATIONS", "float32")
     llm = load_llm(tiny_dir, dtype="int8", device="cpu")
     layers = [m for m in llm.model.modules() if isinstance(m, Int8Linear)]
     assert len(layers) == 14 and llm.dtype == torch.float32 and llm.precision == "int8"
@@ -350,3 +351,57 @@ def test_gated_mlp_compiles_one_graph_for_every_row_count():
     finally:
         torch._dynamo.reset()
         int8.int8_mlp_kernel.cache_clear()
+
+
+def test_int8_activations_in_bf16(tiny, tiny_dir, monkeypatch):
+    # the int8 products' neighbours (norms, embeddings) in bf16: activations, attention and
+    # element-wise work in bf16 around the same int8 layers
+    monkeypatch.setenv("GLTA_INT8_ACTIVATIONS", "float32")
+    ref = load_llm(tiny_dir, dtype="int8", device="cpu")
+    monkeypatch.setenv("GLTA_INT8_ACTIVATIONS", "bfloat16")
+    llm = load_llm(tiny_dir, dtype="int8", device="cpu")
+    assert llm.precision == "int8" and llm.dtype == torch.bfloat16
+    layers = [m for m in llm.model.modules() if isinstance(m, Int8Linear)]
+    assert len(layers) == 14 and all(m.s_fwd.dtype == torch.float32 for m in layers)
+    # the int8 weights are quantised from the fp32 weights: the same as the fp32 model's
+    for a, b in zip(layers, [m for m in ref.model.modules() if isinstance(m, Int8Linear)],
+                    strict=True):
+        assert torch.equal(a.w_fwd, b.w_fwd) and torch.equal(a.s_fwd, b.s_fwd)
+    x = torch.randn(2, 6, 64)
+
+    def run(m):
+        xe = x.to(m.dtype).requires_grad_()
+        h = m.backbone(inputs_embeds=xe).last_hidden_state
+        h[:, -2:].float().sum().backward()
+        return h.float(), xe.grad.float()
+
+    h16, g16 = run(llm)
+    h32, g32 = run(ref)
+    assert h16.dtype == torch.float32 and torch.isfinite(g16).all()
+    assert F.cosine_similarity(h16, h32, dim=-1).min() > 0.99
+    assert F.cosine_similarity(g16.flatten(), g32.flatten(), dim=0) > 0.95
+    out = llm.causal_lm.generate(input_ids=torch.tensor([[1, 2, 3, 4]]), max_new_tokens=3,
+                                 do_sample=False, pad_token_id=llm.tokenizer.pad_token_id)
+    assert out.shape == (1, 7)
+
+
+def test_int8_activation_dtype_follows_the_cpu(monkeypatch):
+    from glta_align import llm as llm_mod
+    from glta_align.llm import LLMError, int8_activation_dtype
+
+    monkeypatch.delenv("GLTA_INT8_ACTIVATIONS", raising=False)
+    monkeypatch.setattr(llm_mod, "_cpu_supports", lambda name: name == "_is_avx512_bf16_supported")
+    assert int8_activation_dtype() == torch.bfloat16  # AVX512-BF16 (an AMD EPYC Zen 4)
+    monkeypatch.setattr(llm_mod, "_cpu_supports", lambda name: name == "_is_amx_tile_supported")
+    assert int8_activation_dtype() == torch.bfloat16
+    monkeypatch.setattr(llm_mod, "_cpu_supports", lambda name: False)
+    assert int8_activation_dtype() == torch.float32  # VNNI only: bf16 would be emulated
+    assert int8_activation_dtype("bfloat16") == torch.bfloat16
+    monkeypatch.setenv("GLTA_INT8_ACTIVATIONS", "bfloat16")
+    assert int8_activation_dtype() == torch.bfloat16
+    assert int8_activation_dtype("float32") == torch.float32  # an explicit choice wins
+    monkeypatch.setenv("GLTA_INT8_ACTIVATIONS", "fp16")
+    with pytest.raises(LLMError, match="GLTA_INT8_ACTIVATIONS"):
+        int8_activation_dtype()
+    with pytest.raises(LLMError, match="int8 activations"):
+        int8_activation_dtype("half")

@@ -40,6 +40,7 @@ __all__ = [
     "cache_root",
     "default_gguf_path",
     "grouped_eager_attention",
+    "int8_activation_dtype",
     "load_llm",
     "load_tokenizer",
     "precision_probe",
@@ -292,6 +293,38 @@ def _flag_rule(lora: object) -> str:
     if _auto_int8("auto", torch.device("cpu"), lora):
         return "int8"
     return "bfloat16" if _bf16_faster_on_cpu() else "float32"
+
+
+INT8_ACTIVATIONS = ("auto", "float32", "bfloat16")
+
+
+def int8_activation_dtype(choice: str = "auto") -> torch.dtype:
+    """The dtype of an int8 LLM's other weights (norms, embeddings) and so of its activations,
+    attention and element-wise work, around the int8 products.
+
+    ``"auto"``: bf16 on a CPU with bf16 vector instructions (AVX512-BF16 or AMX), where they
+    run at twice fp32's width; fp32 otherwise (bf16 there is emulated and slower than fp32).
+    On a 2-core AMD EPYC (Zen 4) stage 3's loop ran 1.15x faster with bf16 activations
+    (``benchmarks/RESULTS.md``). ``GLTA_INT8_ACTIVATIONS=float32|bfloat16`` overrides
+    ``"auto"``.
+
+    Raises:
+        LLMError: ``choice`` (or the environment variable) is not one of
+            :data:`INT8_ACTIVATIONS`.
+    """
+    if choice not in INT8_ACTIVATIONS:
+        raise LLMError(f"int8 activations must be one of {INT8_ACTIVATIONS}, got {choice!r}")
+    if choice == "auto":
+        env = os.environ.get("GLTA_INT8_ACTIVATIONS", "auto")
+        if env not in INT8_ACTIVATIONS:
+            raise LLMError(f"GLTA_INT8_ACTIVATIONS={env!r}: expected one of "
+                           f"{', '.join(INT8_ACTIVATIONS)}")
+        choice = env
+    if choice == "auto":
+        fast = (_cpu_supports("_is_avx512_bf16_supported")
+                or _cpu_supports("_is_amx_tile_supported"))
+        return torch.bfloat16 if fast else torch.float32
+    return getattr(torch, choice)
 
 
 # Format of a cached probe entry; entries of another version are measured again (version 1,
@@ -1004,7 +1037,8 @@ def load_llm(
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``, or ``"int8"``: fp32 weights
             loaded, then every decoder ``nn.Linear`` replaced by
             :class:`~glta_align.int8.Int8Linear` (int8 products, faster than fp32 ones
-            on VNNI CPUs without AMX; CPU only, not with LoRA). ``"auto"``: on CUDA bf16; on
+            on VNNI CPUs without AMX; CPU only, not with LoRA) and the other weights cast to
+            :func:`int8_activation_dtype` (bf16 where the CPU has bf16 instructions). ``"auto"``: on CUDA bf16; on
             the CPU the fastest of fp32 / bf16 / int8 measured by :func:`precision_probe`
             on the model's own layer shapes (once per machine, cached; ``GLTA_DTYPE_PROBE=0``
             or a failed probe: bf16 with AMX, else int8 with VNNI unless LoRA is on, else
@@ -1097,7 +1131,11 @@ def load_llm(
     if int8:
         from .int8 import quantize_linears_int8
 
-        quantize_linears_int8(model)
+        quantize_linears_int8(model)  # from the fp32 weights
+        act = int8_activation_dtype()
+        if act != torch.float32:
+            for param in model.parameters():  # norms, embeddings; the int8 layers' buffers stay
+                param.data = param.data.to(act)
     attn_probe = None
     if attention == "auto":
         attention = "sdpa"
