@@ -1038,11 +1038,11 @@ def load_llm(
             loaded, then every decoder ``nn.Linear`` replaced by
             :class:`~glta_align.int8.Int8Linear` (int8 products, faster than fp32 ones
             on VNNI CPUs without AMX; CPU only, not with LoRA) and the other weights cast to
-            :func:`int8_activation_dtype` (bf16 where the CPU has bf16 instructions). ``"auto"``: on CUDA bf16; on
-            the CPU the fastest of fp32 / bf16 / int8 measured by :func:`precision_probe`
-            on the model's own layer shapes (once per machine, cached; ``GLTA_DTYPE_PROBE=0``
-            or a failed probe: bf16 with AMX, else int8 with VNNI unless LoRA is on, else
-            fp32).
+            :func:`int8_activation_dtype` (bf16 where the CPU has bf16 instructions).
+            ``"auto"``: on CUDA bf16; on the CPU the fastest of fp32 / bf16 / int8 measured
+            by :func:`precision_probe` on the model's own layer shapes (once per machine,
+            cached; ``GLTA_DTYPE_PROBE=0`` or a failed probe: bf16 with AMX, else int8 with
+            VNNI unless LoRA is on, else fp32).
         device: ``None`` = CUDA when present, else CPU.
         cache_dir: root of the converted-GGUF cache (default :func:`cache_root`).
         lora: ``None`` (paper setting), :class:`LoraSettings` / a dict of its fields (a new
