@@ -145,9 +145,17 @@ class SourceIndex:
         self.files = {p.relative_to(root).as_posix(): p for p in files}
         self._numbers: dict[str, list[float]] = {}
         self._keys: dict[tuple[str, float, int], set[str]] = {}
+        self._resolved: dict[tuple[str, ...], list[str]] = {}
 
     def resolve(self, names: Iterable[str]) -> list[str]:
-        """Result files (repository-relative paths) that names or ``*`` patterns match."""
+        """Result files (repository-relative paths) that names or ``*`` patterns match
+        (each list of names matched once: every figure of a section asks with the same)."""
+        names = tuple(names)
+        if names not in self._resolved:
+            self._resolved[names] = self._match(names)
+        return list(self._resolved[names])
+
+    def _match(self, names: tuple[str, ...]) -> list[str]:
         out: list[str] = []
         for name in names:
             name = name.lstrip("./")

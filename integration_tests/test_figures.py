@@ -82,3 +82,20 @@ def test_history_section_is_skipped(tmp_path, heading):
     text = text.replace(heading, "## Later")
     missing, _ = check_figures.check(_tree(tmp_path / "b", text))
     assert [f.text for f in missing] == ["0.1852"]
+
+
+def test_source_names_resolve_by_path_file_name_or_pattern_once_per_list(tmp_path, monkeypatch):
+    folder = tmp_path / "benchmarks" / "a" / "results"
+    files = [folder / n for n in ("x_1.json", "x_2.json", "y.txt")]
+    index = check_figures.SourceIndex(tmp_path, files)
+    calls = []
+    real = check_figures.fnmatch.fnmatch
+    monkeypatch.setattr(check_figures.fnmatch, "fnmatch", lambda *a: calls.append(a) or real(*a))
+    names = ("results/x_*.json", "y.txt", "benchmarks/a/results/x_1.json")
+    first = index.resolve(names)
+    assert first == ["benchmarks/a/results/x_1.json", "benchmarks/a/results/x_2.json",
+                     "benchmarks/a/results/y.txt"]
+    matched = len(calls)
+    first.append("changed")  # a caller's list is its own
+    assert index.resolve(list(names)) == first[:3] and len(calls) == matched  # matched once
+    assert index.resolve(("missing.json",)) == []
