@@ -39,6 +39,7 @@ def test_stage2_trains_saves_and_checks_fingerprint(toy_run, toy, tiny):
         meta = json.loads((folder / "config.json").read_text())
         assert meta["timed_steps"] == meta["steps"] == 15 and meta["model_flops"] > 0
         assert meta["achieved_gflops"] > 0 and meta["llm_precision"] == "float32"
+        assert meta["llm_dtype"] == "float32"
         assert meta["llm_pointwise"] is False and meta["llm_compiled_layers"] == 0
     assert res.throughput["achieved_gflops"] == meta["achieved_gflops"]
     # a dataset with another split is refused

@@ -171,7 +171,7 @@ def test_bad_requests_and_artifacts(trained, toy, tiny, tmp_path):
 
 def test_precision_mismatch_with_training_warns(trained, tiny):
     cfg = json.loads((trained / "user_projector" / "config.json").read_text())
-    assert cfg["llm_precision"] == "float32"
+    assert cfg["llm_precision"] == "float32" and cfg["llm_dtype"] == "float32"
     assert cfg["llm_pointwise"] is False and cfg["llm_compiled_layers"] == 0
     int8_llm = copy.deepcopy(tiny)
     quantize_linears_int8(int8_llm.causal_lm)

@@ -80,6 +80,20 @@ def test_inspect_shows_the_precision_probe(runner, tmp_path):
 
 
 
+def test_inspect_names_an_int8_llms_activation_dtype(runner, tmp_path):
+    run = _run(tmp_path, {})
+    folder = run / "user_projector"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "llm_precision": "int8", "llm_dtype": "bfloat16",
+        "llm_precision_probe": {"choice": "int8", "source": "probe",
+                                "gflops": {"float32": 176.0, "int8": 566.0}}}))
+    result = runner.invoke(app, ["inspect", str(run)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert ("LLM precision int8 with bfloat16 activations (measured; GFLOP/s: float32 176, "
+            "int8 566)" in result.stdout)
+
+
 def test_inspect_shows_the_stages_speed(runner, tmp_path):
     run = _run(tmp_path, {})
     probe = {"choice": "bfloat16", "source": "probe",

@@ -1180,8 +1180,11 @@ def load_llm(
     llm = FrozenLLM(model=model, tokenizer=tok, source=source, lora=settings,
                     precision_probe=probe, train_attention=attention,
                     attention_probe=attn_probe, pointwise=compiled)
+    precision = llm.precision
+    if precision == "int8":
+        precision += f" with {str(llm.dtype).removeprefix('torch.')} activations"
     emit(progress, ProgressEvent("llm", "end", step=3, total=3,
-                                 message=f"{Path(source).name} ({llm.precision}, "
+                                 message=f"{Path(source).name} ({precision}, "
                                          f"{llm.train_attention} attention in training)"))
     return llm
 

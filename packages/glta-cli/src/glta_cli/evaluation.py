@@ -179,7 +179,8 @@ def stage3_selection(run_dir: Path) -> dict[str, Any]:
 _SELECTION_KEYS = ("best_epoch", "valid_metrics", "stopped_early", "epochs_run",
                    "valid_history")
 _SPEED_KEYS = ("achieved_gflops", "train_seconds", "model_flops", "timed_steps", "steps",
-               "llm_precision", "llm_precision_probe", "llm_attention", "llm_attention_probe",
+               "llm_precision", "llm_dtype", "llm_precision_probe", "llm_attention",
+               "llm_attention_probe",
                "llm_pointwise", "llm_compiled_layers")
 
 

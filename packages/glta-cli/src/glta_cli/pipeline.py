@@ -588,8 +588,20 @@ def _llm_summary(run_dir: Path, model: str) -> str | None:
     cfg_path = run_dir / "user_projector" / "config.json"
     if not cfg_path.is_file():
         return None
-    precision = json.loads(cfg_path.read_text(encoding="utf-8")).get("llm_precision")
+    saved = json.loads(cfg_path.read_text(encoding="utf-8"))
+    precision = _precision_text(saved)
     return f"`{model}`" + (f" ({precision})" if precision else "")
+
+
+def _precision_text(meta: dict[str, Any]) -> str | None:
+    """``"int8 with bfloat16 activations"`` / ``"bfloat16"`` from a stage's saved
+    ``llm_precision`` and ``llm_dtype`` (the activations named only for int8, whose products
+    and activations differ; ``None`` without a precision)."""
+    precision = meta.get("llm_precision")
+    if not precision:
+        return None
+    dtype = meta.get("llm_dtype")
+    return f"{precision} with {dtype} activations" if precision == "int8" and dtype else precision
 
 
 def _report_sections(run_dir: Path, config: GLTAConfig) -> str:
@@ -675,7 +687,9 @@ class _Run:
                 cache_dir=cfg.cache_dir, init=cfg.init, init_seed=self.config.user_item.seed,
                 progress=self.progress, attention=cfg.attention, pointwise=cfg.pointwise,
             )
-            self.log(f"loaded LLM {cfg.model} ({self.llm.precision}, {self.llm.train_attention} "
+            precision = _precision_text({"llm_precision": self.llm.precision,
+                                         "llm_dtype": str(self.llm.dtype).removeprefix("torch.")})
+            self.log(f"loaded LLM {cfg.model} ({precision}, {self.llm.train_attention} "
                      f"attention in training, on {self.llm.device}) in "
                      f"{time.perf_counter() - t:.1f} s")
         return self.llm
