@@ -19,8 +19,9 @@ the achieved fraction of it, the share of each kind and the top operators.
 
 ``--dtype`` runs the LLM in another precision than the run's (``--pointwise`` likewise for
 the compiled element-wise parts), e.g. to compare bf16 with int8 on one run's inputs;
-``--activations bfloat16`` keeps an int8 LLM's other weights (norms, embeddings), and so its
-activations, attention and element-wise work, in bf16 instead of fp32.
+``--activations float32|bfloat16`` sets the dtype of an int8 LLM's other weights (norms,
+embeddings), and so of its activations, attention and element-wise work
+(``GLTA_INT8_ACTIVATIONS``; by default what ``int8_activation_dtype`` picks on this CPU).
 
 The profiler adds a little overhead per operator, so the profiled throughput is a lower
 bound of the unprofiled one; the shares are what to read.
@@ -165,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the LLM's precision (float32, bfloat16, int8, auto); default: the run's")
     ap.add_argument("--activations", choices=("float32", "bfloat16"), default=None,
                     help="with int8: the dtype of everything but the int8 products (the LLM's "
-                         "other weights and so its activations); default: as loaded (fp32)")
+                         "other weights and so its activations; GLTA_INT8_ACTIVATIONS); "
+                         "default: what int8_activation_dtype picks on this CPU")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.shapes and args.no_profiler:
@@ -194,14 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = profiled_config(config.user_item, args.max_users, args.batch_size)
     lc = config.llm
     load_before = round(os.getloadavg()[0], 2)
+    if args.activations:  # load_llm casts an int8 LLM's other weights to this dtype
+        os.environ["GLTA_INT8_ACTIVATIONS"] = args.activations
     llm = load_llm(lc.model_name_or_path, dtype=args.dtype or lc.dtype, device=lc.device,
                    cache_dir=lc.cache_dir, init=lc.init, init_seed=cfg.seed,
                    pointwise=args.pointwise)
-    if args.activations:
-        if llm.precision != "int8":
-            ap.error("--activations applies to an int8 LLM only")
-        for param in llm.causal_lm.parameters():  # norms, embeddings: the int8 layers keep
-            param.data = param.data.to(getattr(torch, args.activations))  # their buffers
+    if args.activations and llm.precision != "int8":
+        ap.error("--activations applies to an int8 LLM only")
     caught: dict = {}
     run_loop = stage3.run_loop
 
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
            "load_before": load_before, "load_after": round(os.getloadavg()[0], 2),
            "run": str(args.run), "max_users": args.max_users, "batch_size": cfg.batch_size,
            "profiled": not args.no_profiler, "precision": llm.precision,
-           "activations": str(llm.dtype).removeprefix("torch."),
+           "activations": llm.dtype_name,
            "train_attention": llm.train_attention, "pointwise": llm.pointwise,
            "prompt_order": cfg.prompt_order,
            "residual": cfg.residual, "loop_seconds": caught["seconds"],

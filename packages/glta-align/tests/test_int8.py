@@ -361,6 +361,8 @@ def test_int8_activations_in_bf16(tiny, tiny_dir, monkeypatch):
     monkeypatch.setenv("GLTA_INT8_ACTIVATIONS", "bfloat16")
     llm = load_llm(tiny_dir, dtype="int8", device="cpu")
     assert llm.precision == "int8" and llm.dtype == torch.bfloat16
+    assert llm.precision_label == "int8 with bfloat16 activations"
+    assert ref.precision_label == "int8 with float32 activations"
     layers = [m for m in llm.model.modules() if isinstance(m, Int8Linear)]
     assert len(layers) == 14 and all(m.s_fwd.dtype == torch.float32 for m in layers)
     # the int8 weights are quantised from the fp32 weights: the same as the fp32 model's

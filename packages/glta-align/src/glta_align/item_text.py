@@ -229,7 +229,7 @@ def train_item_text(
     rank, _ = dist_info()
     throughput = throughput_record(model_flops[0], loop.train_seconds, loop.timed_steps)
     meta = {"llm_precision": llm.precision,
-            "llm_dtype": str(llm.dtype).removeprefix("torch."),
+            "llm_dtype": llm.dtype_name,
             "llm_precision_probe": getattr(llm, "precision_probe", None),
             "llm_attention": llm.train_attention,
             "llm_attention_probe": getattr(llm, "attention_probe", None),

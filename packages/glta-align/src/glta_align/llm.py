@@ -43,6 +43,7 @@ __all__ = [
     "int8_activation_dtype",
     "load_llm",
     "load_tokenizer",
+    "precision_label",
     "precision_probe",
     "probe_cache_path",
     "quiet_transformers",
@@ -198,7 +199,17 @@ class FrozenLLM:
 
         if any(isinstance(m, Int8Linear) for m in self.causal_lm.modules()):
             return "int8"
+        return self.dtype_name
+
+    @property
+    def dtype_name(self) -> str:
+        """:attr:`dtype` without ``torch.``, e.g. ``"bfloat16"`` (an int8 LLM's activations)."""
         return str(self.dtype).removeprefix("torch.")
+
+    @property
+    def precision_label(self) -> str:
+        """:func:`precision_label` of this LLM, e.g. ``"int8 with bfloat16 activations"``."""
+        return precision_label(self.precision, self.dtype_name)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings: (B, L) long -> (B, L, H) in the model's dtype."""
@@ -298,12 +309,19 @@ def _flag_rule(lora: object) -> str:
 INT8_ACTIVATIONS = ("auto", "float32", "bfloat16")
 
 
+def precision_label(precision: str, dtype: str | None = None) -> str:
+    """How a precision reads in logs and reports: ``"int8 with bfloat16 activations"`` for
+    int8 with its activation dtype (``FrozenLLM.dtype_name``, a stage's saved ``llm_dtype``),
+    the precision alone otherwise (and for int8 saved without a dtype)."""
+    return f"{precision} with {dtype} activations" if precision == "int8" and dtype else precision
+
+
 def int8_activation_dtype(choice: str = "auto") -> torch.dtype:
     """The dtype of an int8 LLM's other weights (norms, embeddings) and so of its activations,
     attention and element-wise work, around the int8 products.
 
     ``"auto"``: bf16 on a CPU with bf16 vector instructions (AVX512-BF16 or AMX), where they
-    run at twice fp32's width; fp32 otherwise (bf16 there is emulated and slower than fp32).
+    run at twice fp32's width; fp32 otherwise (bf16 would be emulated there; not measured).
     On a 2-core AMD EPYC (Zen 4) stage 3's loop ran 1.15x faster with bf16 activations
     (``benchmarks/RESULTS.md``). ``GLTA_INT8_ACTIVATIONS=float32|bfloat16`` overrides
     ``"auto"``.
@@ -1180,11 +1198,8 @@ def load_llm(
     llm = FrozenLLM(model=model, tokenizer=tok, source=source, lora=settings,
                     precision_probe=probe, train_attention=attention,
                     attention_probe=attn_probe, pointwise=compiled)
-    precision = llm.precision
-    if precision == "int8":
-        precision += f" with {str(llm.dtype).removeprefix('torch.')} activations"
     emit(progress, ProgressEvent("llm", "end", step=3, total=3,
-                                 message=f"{Path(source).name} ({precision}, "
+                                 message=f"{Path(source).name} ({llm.precision_label}, "
                                          f"{llm.train_attention} attention in training)"))
     return llm
 

@@ -594,14 +594,12 @@ def _llm_summary(run_dir: Path, model: str) -> str | None:
 
 
 def _precision_text(meta: dict[str, Any]) -> str | None:
-    """``"int8 with bfloat16 activations"`` / ``"bfloat16"`` from a stage's saved
-    ``llm_precision`` and ``llm_dtype`` (the activations named only for int8, whose products
-    and activations differ; ``None`` without a precision)."""
+    """``glta_align.llm.precision_label`` of a stage's saved ``llm_precision`` and
+    ``llm_dtype`` (``"int8 with bfloat16 activations"``); ``None`` without a precision."""
+    from glta_align.llm import precision_label
+
     precision = meta.get("llm_precision")
-    if not precision:
-        return None
-    dtype = meta.get("llm_dtype")
-    return f"{precision} with {dtype} activations" if precision == "int8" and dtype else precision
+    return precision_label(precision, meta.get("llm_dtype")) if precision else None
 
 
 def _report_sections(run_dir: Path, config: GLTAConfig) -> str:
@@ -687,9 +685,8 @@ class _Run:
                 cache_dir=cfg.cache_dir, init=cfg.init, init_seed=self.config.user_item.seed,
                 progress=self.progress, attention=cfg.attention, pointwise=cfg.pointwise,
             )
-            precision = _precision_text({"llm_precision": self.llm.precision,
-                                         "llm_dtype": str(self.llm.dtype).removeprefix("torch.")})
-            self.log(f"loaded LLM {cfg.model} ({precision}, {self.llm.train_attention} "
+            self.log(f"loaded LLM {cfg.model} ({self.llm.precision_label}, "
+                     f"{self.llm.train_attention} "
                      f"attention in training, on {self.llm.device}) in "
                      f"{time.perf_counter() - t:.1f} s")
         return self.llm
