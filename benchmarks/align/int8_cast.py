@@ -1,15 +1,16 @@
 """Where an int8 layer's output is rounded to bf16: inside the scale-back kernel or after it.
 
 With bf16 activations (``int8_activation_dtype``: CPUs with AVX512-BF16 or AMX) every
-:class:`glta_align.int8.Int8Linear` gets a bf16 input and returns a bf16 output. Until
-2026-12-07 its compiled graph (quantise the rows, ``torch._int_mm``, scale back) returned
-float32 and the layer cast that to bf16 in a separate pass; since then the graph rounds to
-the input's dtype in the scale-back kernel itself. This script times, in one process and
-in rotated order (every repeat runs every variant once):
+:class:`glta_align.int8.Int8Linear` gets a bf16 input and returns a bf16 output: its
+compiled graph (quantise the rows, ``torch._int_mm``, scale back) returns float32 and the
+layer casts that to bf16 in a separate pass. Rounding inside the graph instead saves that
+pass over the (M, N) output (tried 2026-12-07, not adopted: level with glta's malloc
+setting, ``benchmarks/RESULTS.md``). This script times, in one process and in rotated order
+(every repeat runs every variant once):
 
 * ``int_mm``: the int8 products alone, on inputs quantised beforehand (the floor);
-* ``cast_after``: the graph as it was (float32 out) and a separate ``.to(bfloat16)``;
-* ``cast_inside``: ``glta_align.int8.int8_kernels()``'s graph as the layers run it;
+* ``cast_after``: ``glta_align.int8.int8_kernels()``'s graph and the layers' ``.to(bfloat16)``;
+* ``cast_inside``: the same graph ending in ``.to(x.dtype)``, compiled the same way;
 * ``bf16_linear``: ``F.linear`` in bf16 (the precision int8 competes with).
 
 over SmolLM2-135M's int8 product shapes of one decoder layer, forward (q/k/v fused 576->960,
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import torch
 from glta_align.int8 import _rescale, _scale_row, int8_kernels, quantize_rows
+from glta_graph.malloc import keep_freed_memory
 from int8_torchao import time_interleaved  # this folder's benchmark helpers
 from profile_gen import cpu_model, git_commit
 
@@ -38,20 +40,20 @@ FORWARD = [(576, 960), (576, 576), (576, 3072), (1536, 576)]
 BACKWARD = [(n, k) for k, n in FORWARD]
 
 
-def _cast_after_graph(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor) -> torch.Tensor:
-    """The int8 layers' graph before 2026-12-07: (M, K) float -> (M, N) float32."""
+def _cast_inside_graph(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor) -> torch.Tensor:
+    """The int8 layers' graph rounding to x's dtype itself: (M, K) float -> (M, N) x.dtype."""
     xq, xscale = quantize_rows(x)
-    return _rescale(torch._int_mm(xq, wq), xscale, wscale)
+    return _rescale(torch._int_mm(xq, wq), xscale, wscale).to(x.dtype)
 
 
 def variants(shapes: list[tuple[int, int]], rows: int, seed: int = 0) -> dict:
     """The four variants over ``shapes`` ((in, out) pairs) at ``rows`` bf16 input rows."""
     gen = torch.Generator().manual_seed(seed)
-    inside, compiled = int8_kernels()
+    after, compiled = int8_kernels()
     if not compiled:
         raise SystemExit("int8_cast: the int8 graph is not compiled here (no C++ compiler or "
                          "GLTA_INT8_COMPILE=0); nothing to compare")
-    after = torch.compile(_cast_after_graph, dynamic=True)
+    inside = torch.compile(_cast_inside_graph, dynamic=True)
     work = []
     for k, n in shapes:
         x = torch.randn(rows, k, generator=gen).bfloat16()
@@ -81,14 +83,14 @@ def variants(shapes: list[tuple[int, int]], rows: int, seed: int = 0) -> dict:
 
 
 def check_outputs(rows: int = 64) -> dict[str, float]:
-    """Max abs difference between the two graphs' bf16 outputs (the cast after the graph
-    rounds the same float32 values the graph now rounds itself: expected 0)."""
+    """Max abs difference between the two graphs' bf16 outputs (both round the same float32
+    values: expected 0)."""
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(rows, 576, generator=gen).bfloat16()
     q, s = quantize_rows(torch.randn(960, 576, generator=gen))
     wq, ws = q.t().contiguous(), _scale_row(s.t().contiguous())
-    a = torch.compile(_cast_after_graph, dynamic=True)(x, wq, ws).to(x.dtype)
-    b = int8_kernels()[0](x, wq, ws)
+    a = int8_kernels()[0](x, wq, ws).to(x.dtype)
+    b = torch.compile(_cast_inside_graph, dynamic=True)(x, wq, ws)
     return {"max_abs": float((a.float() - b.float()).abs().max()), "dtype": str(b.dtype)}
 
 
@@ -98,13 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--min-sample-s", type=float, default=0.2)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--system-malloc", action="store_true",
+                   help="leave glibc's malloc as it is (glta's stages keep freed blocks)")
     args = p.parse_args(argv)
+    malloc = "system" if args.system_malloc else str(keep_freed_memory())
     torch.manual_seed(0)
     out = {"what": __doc__.split("\n", 1)[0], "command": " ".join(["python", *sys.argv]),
            "commit": git_commit(), "date": _dt.date.today().isoformat(),
            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                        "threads": torch.get_num_threads()},
-           "torch": torch.__version__, "check": check_outputs(), "results": []}
+           "torch": torch.__version__, "malloc": malloc, "check": check_outputs(), "results": []}
     for pass_name, shapes in (("forward", FORWARD), ("backward", BACKWARD)):
         for rows in (int(r) for r in args.rows.split(",")):
             times = time_interleaved(variants(shapes, rows), args.repeats, args.min_sample_s)

@@ -12,8 +12,7 @@ every ``nn.Linear`` of its decoder can be replaced by :class:`Int8Linear`:
   products contract over an unscaled axis);
 * activations (forward) and output gradients (backward): int8, symmetric, one scale per row
   (token), computed on the fly ("dynamic" W8A8 quantisation);
-* products accumulate exactly in int32, are scaled back in fp32 and rounded to the input's
-  dtype in the same kernel.
+* products accumulate exactly in int32 and are scaled back to fp32.
 
 Gradients flow to the layer input (soft tokens upstream); the weights get none (frozen).
 Quantise, product and scale-back are compiled into one graph by ``torch.compile`` when a C++
@@ -68,17 +67,10 @@ def _rescale(acc: torch.Tensor, row_scale: torch.Tensor, col_scale: torch.Tensor
     return acc.to(torch.float32) * row_scale * col_scale
 
 
-def _matmul_2d(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor,
-               bias: torch.Tensor | None = None) -> torch.Tensor:
-    """(M, K) float @ (K, N) int8 with (1, N) scales (+ (N,) float32 bias) -> (M, N) in x's
-    dtype (eager reference). The int32 accumulator is scaled (and the bias added) in float32
-    and rounded to x's dtype once, at the end: in the compiled graph the cast is part of the
-    scale-back kernel, so a bf16 caller never gets a float32 (M, N) to cast on its own."""
+def _matmul_2d(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor) -> torch.Tensor:
+    """(M, K) float @ (K, N) int8 with (1, N) scales -> (M, N) float32 (eager reference)."""
     xq, xscale = quantize_rows(x)
-    y = _rescale(torch._int_mm(xq, wq), xscale, wscale)
-    if bias is not None:
-        y = y + bias
-    return y.to(x.dtype)
+    return _rescale(torch._int_mm(xq, wq), xscale, wscale)
 
 
 def _scale_row(scale: torch.Tensor) -> torch.Tensor:
@@ -165,10 +157,8 @@ def int8_kernels() -> tuple[Callable, bool]:
     return _compiled(_matmul_2d, warm)
 
 
-def _int8_matmul(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor,
-                 bias: torch.Tensor | None = None) -> torch.Tensor:
-    """(..., K) float @ (K, N) int8 with (1, N) scales (+ (N,) bias) -> (..., N) in x's
-    dtype."""
+def _int8_matmul(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor) -> torch.Tensor:
+    """(..., K) float @ (K, N) int8 with (1, N) scales -> (..., N) float32."""
     matmul, _ = int8_kernels()
     # One compiled graph for every call: a view's base (q/k/v splits, transposed attention
     # outputs...), requires_grad, strides and the scales' layout would otherwise enter its
@@ -177,18 +167,15 @@ def _int8_matmul(x: torch.Tensor, wq: torch.Tensor, wscale: torch.Tensor,
     # scales with strides (1, 1), as quantize_rows(w).t() makes them (with strides (N, 1),
     # or 1-d, inductor compiles a slower kernel: benchmarks/RESULTS.md, "One compiled graph
     # for the int8 layers").
-    if bias is None:
-        return _on_rows(matmul, x, wq.shape[1], wq, _scale_row(wscale))
-    return _on_rows(matmul, x, wq.shape[1], wq, _scale_row(wscale), bias)
+    return _on_rows(matmul, x, wq.shape[1], wq, _scale_row(wscale))
 
 
 def _on_rows(fn: Callable, x: torch.Tensor, n_out: int, *args: torch.Tensor) -> torch.Tensor:
     """``fn(rows, *args)`` on ``x`` (..., K) as (M, K) rows, detached and contiguous (one
-    layout, one compiled graph), reshaped back -> (..., n_out) in x's dtype; no call for
-    M = 0."""
+    layout, one compiled graph), reshaped back -> (..., n_out) float32; no call for M = 0."""
     x2 = x.reshape(-1, x.shape[-1]).detach().contiguous()
     if x2.shape[0] == 0:
-        return x.new_zeros(*x.shape[:-1], n_out)
+        return x.new_zeros(*x.shape[:-1], n_out, dtype=torch.float32)
     return fn(x2, *args).reshape(*x.shape[:-1], n_out)
 
 
@@ -204,14 +191,17 @@ class _Int8LinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_fwd, s_fwd, w_bwd, s_bwd, bias):
         ctx.save_for_backward(w_bwd, s_bwd)
-        return _int8_matmul(x, w_fwd, s_fwd, bias)
+        y = _int8_matmul(x, w_fwd, s_fwd)
+        if bias is not None:
+            y = y + bias
+        return y.to(x.dtype)
 
     @staticmethod
     def backward(ctx, gy):
         w_bwd, s_bwd = ctx.saved_tensors
         gx = None
         if ctx.needs_input_grad[0]:
-            gx = _int8_matmul(gy, w_bwd, s_bwd)
+            gx = _int8_matmul(gy, w_bwd, s_bwd).to(gy.dtype)
         return gx, None, None, None, None, None
 
 
