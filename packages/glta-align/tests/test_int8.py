@@ -312,9 +312,14 @@ def test_gated_mlp_runs_as_one_block_and_matches_the_layers(monkeypatch, compile
         (gx,) = torch.autograd.grad(y.sum(), x)
         (gw,) = torch.autograd.grad(fp32(x).sum(), x)
         assert _rel(gx, gw) < 0.05
-        with torch.no_grad():  # other dtypes keep the layers' rounding
+        with torch.no_grad():  # bf16 activations: the fused block, rounded to bf16 once
             xb = torch.randn(4, 24, dtype=torch.bfloat16)
-            assert mlp(xb).dtype == torch.bfloat16 and len(ran) == 3
+            yb = mlp(xb)
+            assert yb.dtype == torch.bfloat16 and ran[-1] == (4, 24)
+            assert _rel(yb.float(), _layer_by_layer(mlp, xb).float()) < 0.02
+            assert _rel(yb.float(), fp32(xb.float())) < 0.05
+            xh = torch.randn(4, 24, dtype=torch.float16)  # other dtypes: the layers
+            assert mlp(xh).dtype == torch.float16 and len(ran) == 4
     finally:
         int8.int8_kernels.cache_clear()
         real_kernel.cache_clear()

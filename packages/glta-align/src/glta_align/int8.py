@@ -44,6 +44,9 @@ __all__ = ["Int8GatedMLP", "Int8Linear", "fusable_mlp", "int8_kernels", "int8_ml
            "quantize_linears_int8", "quantize_rows"]
 
 _QMAX = 127.0
+# input dtypes the gated MLP runs as one graph for (float32 activations, and the bf16 ones of
+# int8_activation_dtype on CPUs with bf16 instructions)
+_FUSED_MLP_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,8 +136,9 @@ def int8_mlp_kernel() -> tuple[Callable, bool]:
     def warm(fn: Callable) -> None:  # M, K, F, N all different: no size specialised equal
         w_gu, s_gu = quantize_rows(torch.randn(6, 5))
         w_dn, s_dn = quantize_rows(torch.randn(4, 3))
-        fn(torch.randn(7, 5), w_gu.t().contiguous(), _scale_row(s_gu),
-           w_dn.t().contiguous(), _scale_row(s_dn))
+        for dtype in _FUSED_MLP_DTYPES:  # one graph per input dtype
+            fn(torch.randn(7, 5).to(dtype), w_gu.t().contiguous(), _scale_row(s_gu),
+               w_dn.t().contiguous(), _scale_row(s_dn))
 
     return _compiled(_gated_mlp_2d, warm)
 
@@ -313,10 +317,12 @@ class Int8GatedMLP(nn.Module):
     Holds the original module's ``gate_proj`` / ``up_proj`` (members of one
     :class:`_SharedInput` group, gate first) and ``down_proj`` (:class:`Int8Linear`, no
     biases) and its ``act_fn`` under the same names, so parameter and buffer names do not
-    change. Where no gradient is needed (text generation, ranking) and the input is float32,
-    the whole block runs as one graph (:func:`int8_mlp_kernel`): the same arithmetic as the
-    layers one by one, with the intermediates fused away. Where a gradient flows to the
-    input (training the soft tokens) it runs the layers one by one, as before.
+    change. Where no gradient is needed (text generation, ranking) and the input is float32
+    or bfloat16, the whole block runs as one graph (:func:`int8_mlp_kernel`): for float32 the
+    same arithmetic as the layers one by one, with the intermediates fused away; for bfloat16
+    the intermediates stay in float32 inside the graph (the layers round the gate/up output
+    and silu times up to bf16) and the output is rounded to bf16 once. Where a gradient flows
+    to the input (training the soft tokens) it runs the layers one by one, as before.
 
     Shapes: forward (..., hidden) -> (..., hidden), in the input's dtype.
     """
@@ -330,11 +336,11 @@ class Int8GatedMLP(nn.Module):
         self.down_proj, self.act_fn = mlp.down_proj, mlp.act_fn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32 or (torch.is_grad_enabled() and x.requires_grad):
+        if x.dtype not in _FUSED_MLP_DTYPES or (torch.is_grad_enabled() and x.requires_grad):
             return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
         fused, down = self.gate_proj._group[0].fused, self.down_proj
         return _on_rows(int8_mlp_kernel()[0], x, down.out_features, fused.w_fwd,
-                        _scale_row(fused.s_fwd), down.w_fwd, _scale_row(down.s_fwd))
+                        _scale_row(fused.s_fwd), down.w_fwd, _scale_row(down.s_fwd)).to(x.dtype)
 
 
 def fusable_mlp(mlp: nn.Module) -> bool:
