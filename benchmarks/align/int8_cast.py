@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import sys
 from pathlib import Path
 
 import torch
 from glta_align.int8 import _rescale, _scale_row, int8_kernels, quantize_rows
+from glta_gllm.checkpoint import atomic_write_json
 from glta_graph.malloc import keep_freed_memory
 from int8_torchao import time_interleaved  # this folder's benchmark helpers
 from profile_gen import cpu_model, git_commit
@@ -125,10 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{v} {ms:.2f} ms" for v, ms in row["median_ms"].items())
                 + f"  after/inside {row['cast_after_over_inside']:.2f}x", flush=True)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(f".{args.json.name}.tmp")
-        tmp.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, args.json)
+        atomic_write_json(args.json, out)
     return 0
 
 

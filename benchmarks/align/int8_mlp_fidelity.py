@@ -34,6 +34,7 @@ from glta_align import int8
 from glta_align.config import UserItemConfig
 from glta_align.llm import load_llm
 from glta_align.profiles import user_prompts
+from glta_gllm.checkpoint import atomic_write_json
 from glta_graph.data import load_dataset
 from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
 
@@ -98,10 +99,7 @@ def main(argv: list[str] | None = None) -> int:
            "reference": "fp32 activations", "results": results}
     print(json.dumps(results))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(f".{args.json.name}.tmp")
-        tmp.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, args.json)
+        atomic_write_json(args.json, out)
     return 0
 
 
