@@ -448,10 +448,10 @@ def test_pipeline_bad_override_exit_2_nothing_written(runner, tmp_path):
 
 
 def test_precision_text_names_the_activations_of_int8_only():
-    from glta_cli.pipeline import _precision_text
+    from glta_cli.pipeline import precision_text
 
-    assert _precision_text({"llm_precision": "int8", "llm_dtype": "bfloat16"}) == (
+    assert precision_text({"llm_precision": "int8", "llm_dtype": "bfloat16"}) == (
         "int8 with bfloat16 activations")
-    assert _precision_text({"llm_precision": "int8"}) == "int8"  # runs saved before llm_dtype
-    assert _precision_text({"llm_precision": "bfloat16", "llm_dtype": "bfloat16"}) == "bfloat16"
-    assert _precision_text({}) is None
+    assert precision_text({"llm_precision": "int8"}) == "int8"  # runs saved before llm_dtype
+    assert precision_text({"llm_precision": "bfloat16", "llm_dtype": "bfloat16"}) == "bfloat16"
+    assert precision_text({}) is None

@@ -51,6 +51,7 @@ __all__ = [
     "STAGE_SECTIONS",
     "PipelineResult",
     "config_differences",
+    "precision_text",
     "prepare_dataset",
     "previous_dir",
     "resolve_pipeline_config",
@@ -589,11 +590,11 @@ def _llm_summary(run_dir: Path, model: str) -> str | None:
     if not cfg_path.is_file():
         return None
     saved = json.loads(cfg_path.read_text(encoding="utf-8"))
-    precision = _precision_text(saved)
+    precision = precision_text(saved)
     return f"`{model}`" + (f" ({precision})" if precision else "")
 
 
-def _precision_text(meta: dict[str, Any]) -> str | None:
+def precision_text(meta: dict[str, Any]) -> str | None:
     """``glta_align.llm.precision_label`` of a stage's saved ``llm_precision`` and
     ``llm_dtype`` (``"int8 with bfloat16 activations"``); ``None`` without a precision."""
     from glta_align.llm import precision_label

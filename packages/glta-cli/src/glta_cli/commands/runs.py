@@ -195,10 +195,10 @@ def inspect(
 def _llm_precision_line(artifacts: dict[str, Any]) -> str | None:
     """``"LLM precision bfloat16 (probe, GFLOP/s: float32 333, bfloat16 1961)"`` from
     ``user_projector/config.json`` (``llm_precision`` and ``llm_precision_probe``)."""
-    from glta_cli.pipeline import _precision_text
+    from glta_cli.pipeline import precision_text
 
     cfg = (artifacts.get("user_projector") or {}).get("config") or {}
-    precision = _precision_text(cfg)
+    precision = precision_text(cfg)
     if not precision:
         return None
     line = f"LLM precision {precision}"
