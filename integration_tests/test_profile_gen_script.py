@@ -122,6 +122,15 @@ def test_git_commit_of_another_folder(profile_gen, tmp_path):
     assert profile_gen.git_commit(tmp_path) == "unknown"
 
 
+def test_isa_limits_lists_the_variables_that_are_set(profile_gen, monkeypatch):
+    for name in profile_gen.ISA_LIMITS:
+        monkeypatch.delenv(name, raising=False)
+    assert profile_gen.isa_limits() == {}
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "")  # set but empty: no limit
+    assert profile_gen.isa_limits() == {"ATEN_CPU_CAPABILITY": "avx2"}
+
+
 def test_write_result_prints_and_writes_the_json(profile_gen, tmp_path, capsys):
     import json
 

@@ -61,6 +61,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# Environment variables that hold torch's kernels below what the CPU has: aten's vector kernels
+# and torch.compile's code (ATEN_CPU_CAPABILITY), oneDNN (bf16 and int8 products) and MKL (fp32
+# products). All three set to AVX2 make an AVX-512 CPU run the kernels of an AVX2 CPU.
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def isa_limits() -> dict[str, str]:
+    """The :data:`ISA_LIMITS` variables set in this process's environment (``{}`` when
+    torch's kernels use everything the CPU has)."""
+    return {k: os.environ[k] for k in ISA_LIMITS if os.environ.get(k)}
+
+
 def git_commit(root: Path | None = None) -> str:
     """HEAD of the repository at ``root`` (default: the one this script is in), ``+dirty``
     with local changes; ``"unknown"`` when git cannot tell."""

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     from glta_align.llm import _linear_shapes, _time_products
     from glta_cli.config import load_config
     from glta_cli.runs import load_dataset_dir
-    from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
+    from profile_gen import cpu_model, git_commit, isa_limits  # this folder's benchmark helpers
 
     config = load_config("default", args.run / "resolved-config.toml")
     data = load_dataset_dir(args.run / "dataset")
@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     achieved = res.throughput.get("achieved_gflops")
     out = {"command": "python " + " ".join([Path(__file__).name, *sys.argv[1:]]),
            "commit": git_commit(), "date": dt.date.today().isoformat(), "cpu": cpu_model(),
-           "threads": torch.get_num_threads(), "torch": torch.__version__,
+           "isa_limits": isa_limits(), "threads": torch.get_num_threads(),
+           "torch": torch.__version__,
            "load_before": load_before, "load_after": round(os.getloadavg()[0], 2),
            "run": str(args.run), "max_users": args.max_users, "batch_size": cfg.batch_size,
            "profiled": not args.no_profiler, "precision": llm.precision,

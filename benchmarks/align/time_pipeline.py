@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from glta_gllm.checkpoint import atomic_write_json
-from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
+from profile_gen import cpu_model, git_commit, isa_limits  # this folder's benchmark helpers
 
 REPORT_PATTERNS = ("Stage 3 kept", "prediction mode", "GFLOP/s", "attention")
 
@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         "commit": commit,
         "date": dt.date.today().isoformat(),
         "machine": {"cpu": cpu_model(), "flags": cpu_flags(), "cores": os.cpu_count(),
-                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                    "isa_limits": isa_limits()},
         "load_before": load_before, "load_after": list(os.getloadavg()),
         "note": args.note,
         "returncode": rc,

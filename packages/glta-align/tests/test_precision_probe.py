@@ -23,6 +23,11 @@ def _tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(llm_mod, "_busy_load", lambda: None)  # a quiet machine
     monkeypatch.setattr(llm_mod, "_others_share", lambda before, after=None: 0.0)
     monkeypatch.setattr(llm_mod, "PROBE_BUSY_PAUSE_S", 0.0)  # retries without the pause
+    # int8 a candidate by the VNNI flag only (tests below that time it without VNNI say so)
+    monkeypatch.setattr(llm_mod, "_int8_candidate", lambda: False)
+    # the AMX rule uncached, so that it follows each test's `_cpu_supports`
+    monkeypatch.setattr(llm_mod, "_bf16_faster_on_cpu",
+                        lambda: llm_mod._cpu_supports("_is_amx_tile_supported"))
 
 
 def test_cache_path_respects_xdg(tmp_path):
@@ -244,6 +249,78 @@ def test_probe_during_a_burst_of_other_work_is_not_cached(monkeypatch):
                         lambda before, after=None: llm_mod.OTHERS_SHARE_LIMIT)
     assert "busy_share" not in precision_probe(SHAPE, repeats=1)
     assert precision_probe(SHAPE)["source"] == "cache"
+
+
+def test_without_vnni_int8_is_timed_and_must_win_twice(monkeypatch):
+    # an x86 CPU without VNNI (an AVX2 CPU): int8 is measured, not ruled out by the flags,
+    # which predict fp32; int8 beating fp32 in both measurements is chosen
+    calls = []
+    monkeypatch.setattr(llm_mod, "_time_products", lambda s, p, r, n: calls.append(p) or
+                        {"float32": 90.0, "int8": 150.0}[p])
+    monkeypatch.setattr(llm_mod, "_cpu_supports", lambda name: False)
+    monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: False)
+    monkeypatch.setattr(llm_mod, "_int8_candidate", lambda: True)
+    out = precision_probe(SHAPE)
+    assert out["flag_rule"] == "float32" and out["choice"] == "int8"
+    assert out["gflops"] == {"float32": 90.0, "int8": 150.0} and len(calls) == 12
+    # with LoRA int8 is no candidate; off x86 neither
+    assert precision_probe(SHAPE, lora={"r": 2})["gflops"] == {"float32": 90.0}
+    monkeypatch.setattr(llm_mod, "_int8_candidate", lambda: False)
+    assert precision_probe(SHAPE, refresh=True)["gflops"] == {"float32": 90.0}
+
+
+def test_int8_candidate_is_the_x86_64_machines(monkeypatch):
+    import platform
+
+    monkeypatch.undo()
+    for machine, expected in (("x86_64", True), ("AMD64", True), ("aarch64", False),
+                              ("arm64", False)):
+        monkeypatch.setattr(platform, "machine", lambda m=machine: m)
+        assert llm_mod._int8_candidate() is expected
+
+
+def test_the_kernels_instruction_set_is_part_of_the_key(monkeypatch):
+    monkeypatch.setattr(llm_mod, "_time_products",
+                        lambda s, p, r, n: {"float32": 100.0, "int8": 300.0}[p])
+    monkeypatch.setattr(llm_mod, "_cpu_supports", lambda name: False)
+    monkeypatch.setattr(llm_mod, "_int8_faster_on_cpu", lambda: True)
+    monkeypatch.setattr(llm_mod, "aten_capability", lambda: "AVX512")
+    wide = precision_probe(SHAPE)
+    monkeypatch.setattr(llm_mod, "aten_capability", lambda: "AVX2")
+    narrow = precision_probe(SHAPE)
+    assert narrow["source"] == "probe" and narrow["key"] != wide["key"]
+    assert (wide["isa"], narrow["isa"]) == ("AVX512", "AVX2")
+    assert precision_probe(SHAPE)["source"] == "cache"
+
+
+def test_avx512_checks_follow_the_kernels_instruction_set(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True, raising=False)
+    monkeypatch.delenv("GLTA_INT8_ACTIVATIONS", raising=False)
+    monkeypatch.setattr(llm_mod, "aten_capability", lambda: "AVX512")
+    assert llm_mod._cpu_supports("_is_avx512_bf16_supported")
+    assert llm_mod.int8_activation_dtype() == torch.bfloat16
+    # torch's kernels limited to AVX2 (ATEN_CPU_CAPABILITY=avx2): the CPU's AVX-512 flags
+    # no longer count, so int8 keeps fp32 activations (bf16 would run emulated)
+    monkeypatch.setattr(llm_mod, "aten_capability", lambda: "AVX2")
+    assert not llm_mod._cpu_supports("_is_avx512_bf16_supported")
+    assert not llm_mod._cpu_supports("_is_vnni_supported")
+    assert llm_mod.int8_activation_dtype() == torch.float32
+
+
+def test_aten_capability_reads_torch_and_its_environment_variable(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    assert llm_mod.aten_capability() == torch.backends.cpu.get_cpu_capability()
+    code = ("from glta_align import llm; import torch; "
+            "print(llm.aten_capability(), llm._cpu_supports('_is_avx512_bf16_supported'), "
+            "llm.int8_activation_dtype())")
+    env = {k: v for k, v in os.environ.items() if k != "GLTA_INT8_ACTIVATIONS"}
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "ATEN_CPU_CAPABILITY": "avx2"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["AVX2", "False", "torch.float32"]
 
 
 def test_small_gains_keep_fp32(monkeypatch):

@@ -36,6 +36,7 @@ __all__ = [
     "FrozenLLM",
     "LLMError",
     "LoraSettings",
+    "aten_capability",
     "attention_probe",
     "cache_root",
     "default_gguf_path",
@@ -259,8 +260,31 @@ def default_gguf_path() -> Path:
     return path
 
 
+# torch.cpu checks of AVX-512-family instructions (bf16, AMX tiles, VNNI).
+_AVX512_CHECKS = ("_is_avx512_bf16_supported", "_is_amx_tile_supported", "_is_vnni_supported")
+
+
+def aten_capability() -> str:
+    """The vector instruction set torch's CPU kernels dispatch to: ``"AVX512"``, ``"AVX2"``,
+    ``"DEFAULT"``... (``torch.backends.cpu.get_cpu_capability()``; ``ATEN_CPU_CAPABILITY``
+    lowers it), ``"unknown"`` where torch cannot say."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        return "unknown"
+
+
 def _cpu_supports(probe: str) -> bool:
-    """Ask ``torch.cpu.<probe>()`` (a private capability check); ``False`` if it is absent."""
+    """Ask ``torch.cpu.<probe>()`` (a private capability check); ``False`` if it is absent.
+
+    The AVX-512-family checks (:data:`_AVX512_CHECKS`) answer ``False`` too where torch's
+    kernels run below AVX-512 (``ATEN_CPU_CAPABILITY=avx2``, or a build without them): glta
+    then treats the CPU as the AVX2 CPU its kernels see. There bf16 products run emulated
+    (2 GFLOP/s against fp32's 90 at 1 thread on an AMD EPYC limited to AVX2;
+    ``benchmarks/RESULTS.md``), so bf16 must not be picked from the CPU's own flags.
+    """
+    if probe in _AVX512_CHECKS and not aten_capability().startswith("AVX512"):
+        return False
     check = getattr(torch.cpu, probe, None)
     try:
         return bool(check()) if check is not None else False
@@ -289,6 +313,15 @@ def _int8_faster_on_cpu() -> bool:
     ``benchmarks/RESULTS.md``). With AMX, bf16 is the fast path.
     """
     return _cpu_supports("_is_vnni_supported")
+
+
+def _int8_candidate() -> bool:
+    """Whether the probe times int8 on a CPU without VNNI: on any x86-64 CPU, where oneDNN's
+    int8 products run on AVX2 too (1.5-1.8x fp32 at 1 thread on an AMD EPYC limited to AVX2,
+    ``benchmarks/RESULTS.md``); the measurement, not the flags, then decides."""
+    import platform
+
+    return platform.machine().lower() in ("x86_64", "amd64")
 
 
 def _auto_int8(dtype: str | torch.dtype, device: torch.device, lora: object) -> bool:
@@ -563,9 +596,10 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     """The CPU precision ``dtype="auto"`` uses for an LLM of ``config``'s shape, by measurement.
 
     Times the products of one decoder layer's linear shapes (``rows`` tokens) in fp32, bf16
-    (when the CPU has bf16 instructions) and int8 (with VNNI; not with LoRA, which needs
-    float weights), once per machine: the result is cached in :func:`probe_cache_path`,
-    keyed by CPU model, torch version, thread count and the shapes. The candidates are timed
+    (when the CPU has bf16 instructions) and int8 (on x86-64 CPUs, with VNNI or without; not
+    with LoRA, which needs float weights), once per machine: the result is cached in
+    :func:`probe_cache_path`, keyed by CPU model, torch version, thread count, the shapes and
+    the instruction set torch's kernels use (:func:`aten_capability`). The candidates are timed
     interleaved, each in windows of at least :data:`PROBE_WINDOW_S`; the fastest is chosen
     when it beats fp32 by at least 10% (else fp32). When that differs from what the CPU flags
     predict (bf16 with AMX, else int8 with VNNI), every candidate is measured again and each
@@ -595,10 +629,11 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     candidates = ["float32"]
     if _cpu_supports("_is_avx512_bf16_supported") or _bf16_faster_on_cpu():
         candidates.append("bfloat16")
-    if lora is None and _int8_faster_on_cpu():
+    if lora is None and (_int8_faster_on_cpu() or _int8_candidate()):
         candidates.append("int8")
     shapes = _linear_shapes(config)
-    key_parts = [_cpu_model(), torch.__version__, torch.get_num_threads(), shapes, candidates]
+    key_parts = [_cpu_model(), torch.__version__, torch.get_num_threads(), shapes, candidates,
+                 aten_capability()]
     key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
     path = probe_cache_path()
     cached = _read_cache(path)
@@ -636,7 +671,7 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
         # competed with through every retry: the figures are a slow spell's, the flags decide
         choice = expected
     entry = {"version": PROBE_CACHE_VERSION, "choice": choice, "gflops": gflops,
-             "cpu": key_parts[0], "torch": torch.__version__,
+             "cpu": key_parts[0], "isa": key_parts[5], "torch": torch.__version__,
              "threads": key_parts[2], "shapes": shapes, "rows": rows, "rounds": rounds,
              "flag_rule": expected, "attempts": attempts,
              "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
