@@ -171,8 +171,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     result: dict = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "commit": git_commit(), "cpu": cpu_model(), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "commit": git_commit(), "cpu": cpu_model(), "isa_limits": isa_limits(),
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "note": args.note, "loadavg_start": list(os.getloadavg()),
     }
     import transformers
