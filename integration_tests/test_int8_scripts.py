@@ -74,3 +74,45 @@ def test_layers_variant_is_the_layer_by_layer_mlp(fidelity):
     with torch.no_grad():
         want = mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
         torch.testing.assert_close(fidelity._layers(mlp, x), want, rtol=0, atol=0)
+
+
+@pytest.fixture
+def isa(align_script):
+    return align_script("isa_products")
+
+
+def test_isa_products_times_all_three_the_probes_way(isa, monkeypatch):
+    from glta_align import llm as llm_mod
+
+    calls = []
+    monkeypatch.setattr(llm_mod, "_time_products",
+                        lambda shapes, p, rows, n: calls.append((p, rows, n)) or
+                        {"float32": 90.0, "bfloat16": 2.0, "int8": 150.0}[p] + len(calls))
+    rates = isa.measure(isa.SMOLLM2_135M, rows=16, repeats=2)
+    # interleaved, one window each per round, each keeping its best
+    assert [c[0] for c in calls] == ["float32", "bfloat16", "int8"] * 2
+    assert all(c[1:] == (16, 1) for c in calls)
+    assert rates == {"float32": 94.0, "bfloat16": 7.0, "int8": 156.0}
+
+
+def test_isa_products_main_records_the_limits_and_the_rules(isa, tmp_path, monkeypatch):
+    from glta_align import llm as llm_mod
+
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # read by isa_limits, not by torch now
+    monkeypatch.setattr(llm_mod, "aten_capability", lambda: "AVX2")
+    monkeypatch.setattr(isa, "measure", lambda config, rows, repeats:
+                        {"float32": 90.0, "bfloat16": 2.0, "int8": 150.0})
+    out = tmp_path / "r.json"
+    assert isa.main(["--rows", "8", "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["isa_limits"] == {"ATEN_CPU_CAPABILITY": "avx2"}
+    assert doc["aten_capability"] == "AVX2" and doc["int8_activations"] == "float32"
+    assert not any(doc["flags_as_glta_reads_them"].values())
+    assert doc["ratio_to_float32"] == {"float32": 1.0, "bfloat16": 0.02, "int8": 1.67}
+
+
+def test_isa_products_real_shapes_time_positive_rates(isa):
+    tiny = isa.SimpleNamespace(hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                               intermediate_size=64)
+    rates = isa.measure(tiny, rows=4, repeats=1, precisions=("float32", "int8"))
+    assert set(rates) == {"float32", "int8"} and all(v > 0 for v in rates.values())
