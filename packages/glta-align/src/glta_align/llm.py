@@ -279,9 +279,10 @@ def _cpu_supports(probe: str) -> bool:
 
     The AVX-512-family checks (:data:`_AVX512_CHECKS`) answer ``False`` too where torch's
     kernels run below AVX-512 (``ATEN_CPU_CAPABILITY=avx2``, or a build without them): glta
-    then treats the CPU as the AVX2 CPU its kernels see. There bf16 products run emulated
-    (2 GFLOP/s against fp32's 90 at 1 thread on an AMD EPYC limited to AVX2;
-    ``benchmarks/RESULTS.md``), so bf16 must not be picked from the CPU's own flags.
+    then treats the CPU as the AVX2 CPU its kernels see. There bf16 products run without
+    bf16 instructions (the probe's products at 2 threads on an AMD EPYC held to AVX2: bf16
+    39-40 GFLOP/s against fp32's 157-170; ``benchmarks/RESULTS.md``), so bf16 must not be
+    picked from the CPU's own flags.
     """
     if probe in _AVX512_CHECKS and not aten_capability().startswith("AVX512"):
         return False
@@ -317,8 +318,9 @@ def _int8_faster_on_cpu() -> bool:
 
 def _int8_candidate() -> bool:
     """Whether the probe times int8 on a CPU without VNNI: on any x86-64 CPU, where oneDNN's
-    int8 products run on AVX2 too (1.5-1.8x fp32 at 1 thread on an AMD EPYC limited to AVX2,
-    ``benchmarks/RESULTS.md``); the measurement, not the flags, then decides."""
+    int8 products run on AVX2 too (on an AMD EPYC held to AVX2, 2 threads: the probe's
+    products 1.55x fp32, stage 3's loop 1.43x, the profile text 1.57x; ``benchmarks/RESULTS.md``);
+    the measurement, not the flags, then decides."""
     import platform
 
     return platform.machine().lower() in ("x86_64", "amd64")
