@@ -48,8 +48,10 @@ def _help(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
 class _StageConfig:
     llm: str | None = _help("LLM: None = SmolLM2-135M-Instruct (offline), a .gguf, a folder "
                             "or a hub id", None)
-    dtype: str = _help("LLM dtype: auto (CUDA: bf16; CPU: bf16 with AMX, int8 with VNNI, "
-                       "else fp32), float32, bfloat16, int8 (CPU: int8 linear layers)", "auto")
+    dtype: str = _help("LLM dtype: auto (CUDA: bf16; CPU: the fastest of fp32, bf16 and "
+                       "int8 in a probe of the LLM's layer shapes, cached per machine; int8 "
+                       "not with LoRA), float32, bfloat16, int8 (CPU: int8 linear layers)",
+                       "auto")
     device: str | None = _help("device: None = cuda when present, else cpu", None)
     attention: str = _help("attention kernels: auto (CPU: the fastest of eager, "
                            "eager_grouped and sdpa, measured once per machine; elsewhere "

@@ -1092,7 +1092,8 @@ def load_llm(
         dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``, or ``"int8"``: fp32 weights
             loaded, then every decoder ``nn.Linear`` replaced by
             :class:`~glta_align.int8.Int8Linear` (int8 products, faster than fp32 ones
-            on VNNI CPUs without AMX; CPU only, not with LoRA) and the other weights cast to
+            on VNNI CPUs without AMX and on AVX2 CPUs; CPU only, not with LoRA) and the
+            other weights cast to
             :func:`int8_activation_dtype` (bf16 where the CPU has bf16 instructions).
             ``"auto"``: on CUDA bf16; on the CPU the fastest of fp32 / bf16 / int8 measured
             by :func:`precision_probe` on the model's own layer shapes (once per machine,

@@ -152,8 +152,9 @@ class LLMConfig:
     )
     dtype: str = field(
         default="auto",
-        metadata={"help": "Weights dtype: auto (CUDA: bf16; CPU: bf16 with AMX, int8 with "
-                 "VNNI, else float32), float32, bfloat16, float16, or int8 (CPU: int8 "
+        metadata={"help": "Weights dtype: auto (CUDA: bf16; CPU: the fastest of float32, "
+                 "bfloat16 and int8 in a probe of the LLM's layer shapes, cached per machine; "
+                 "int8 not with LoRA), float32, bfloat16, float16, or int8 (CPU: int8 "
                  "products in the frozen linear layers)."},
     )
     device: str | None = field(
