@@ -98,7 +98,10 @@ def test_isa_products_times_all_three_the_probes_way(isa, monkeypatch):
 def test_isa_products_main_records_the_limits_and_the_rules(isa, tmp_path, monkeypatch):
     from glta_align import llm as llm_mod
 
-    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # read by isa_limits, not by torch now
+    for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"):
+        monkeypatch.delenv(name, raising=False)
+    # read by isa_limits; torch read the variable at start-up, so the capability is faked
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     monkeypatch.setattr(llm_mod, "aten_capability", lambda: "AVX2")
     monkeypatch.setattr(isa, "measure", lambda config, rows, repeats:
                         {"float32": 90.0, "bfloat16": 2.0, "int8": 150.0})

@@ -36,14 +36,20 @@ def test_sign_test_is_the_exact_two_sided_binomial(pvr):
 def test_pairs_differences_and_a_pair_recorded_twice_kept_with_its_larger_group(pvr):
     small = {"runs": [_run("full", 0, 0.20, 0.40), _run("random-llm", 0, 0.21, 0.38),
                       _run("no-pd", 0, 0.2, 0.4)]}  # no control: not a pair
-    large = {"runs": [_run("full", s, 0.20 + s, 0.40, ) for s in (0, 1)]
-             + [_run("random-llm", 0, 0.21, 0.38), _run("random-llm", 1, 1.19, 0.41)]}
-    large["runs"][0] = _run("full", 0, 0.20, 0.40)
+    large = {"runs": [_run("full", 0, 0.20, 0.40), _run("full", 1, 1.20, 0.40),
+                      _run("random-llm", 0, 0.21, 0.38), _run("random-llm", 1, 1.19, 0.41)]}
     found = pvr.pairs({"a.json": small, "b.json": large})
     assert [(p["file"], p["seed"]) for p in found] == [("b.json", 0), ("b.json", 1)]
     assert found[0]["valid"] == pytest.approx(-0.01) and found[0]["test"] == pytest.approx(0.02)
     assert found[1]["valid"] == pytest.approx(0.01) and found[1]["test"] == pytest.approx(-0.01)
     assert found[0]["config"] == "full" and found[0]["machine"] == "CPU X"
+
+
+def test_a_pair_recorded_in_two_groups_of_one_size_stays_in_the_first_file(pvr):
+    one = {"runs": [_run("full", 0, 0.20, 0.40), _run("random-llm", 0, 0.21, 0.38)]}
+    renamed = {"runs": [_run("x-full", 0, 0.20, 0.40), _run("x-full-random-llm", 0, 0.21, 0.38)]}
+    found = pvr.pairs({"b.json": renamed, "a.json": one})
+    assert [(p["file"], p["config"]) for p in found] == [("a.json", "full")]
 
 
 def test_main_counts_ahead_and_behind_per_configuration_and_overall(pvr, tmp_path):

@@ -4,8 +4,8 @@ Measures training samples/s (forward + backward into the soft tokens + Adam step
 projector and head) and inference users/s (no grad, slot hidden states + first-k ranking) on
 MovieLens-100K (embedded copy) with SmolLM2-135M-Instruct.
 
-- ours: ``--dtype`` (default "auto": on a CPU bf16 with AMX, int8 products in the frozen
-  linear layers with VNNI (see ``glta_align.int8``), fp32 otherwise), length-
+- ours: ``--dtype`` (default "auto": on a CPU the fastest of fp32, bf16 and int8 products
+  in the frozen linear layers (see ``glta_align.int8``) in the precision probe), length-
   bucketed batches, the instruction prefix's KV cache computed once and expanded to the
   batch, the decoder stack only (no vocabulary logits), no weight gradients.
 - plain: fp32, random batches padded to the longest prompt, the prefix re-run in every

@@ -52,9 +52,10 @@ def _metric(run: dict, split: str) -> float | None:
 def pairs(docs: dict[str, dict]) -> list[dict]:
     """Every (pretrained, random) pair of runs in ``docs`` (file name -> ablation JSON), one
     per (file, dataset, seed, configuration). A pair recorded in several files (the same
-    four metric values) is kept once, in the file that holds the most pairs of its
+    dataset, seed and four metric values; the row names may differ, as where a file renamed
+    the rows it merged) is kept once, in the file that holds the most pairs of its
     configuration (the first such file by name on a tie), so a configuration's seeds stay
-    together.
+    together; it then counts under that file's row name.
 
     Returns:
         ``[{"file", "dataset", "seed", "config", "machine", "valid", "test"}]`` with
@@ -107,8 +108,13 @@ def sign_test(ahead: int, behind: int) -> float:
 
 
 def summarise(items: list[dict]) -> dict:
-    """Count, seeds, and per split the pretrained lead's mean, spread, ahead / behind counts
-    and sign-test p-value over ``items`` (pairs of :func:`pairs`)."""
+    """The pretrained lead over ``items`` (a non-empty list of :func:`pairs`' pairs).
+
+    Returns:
+        ``{"pairs": n, "seeds": [...], "valid": {...}, "test": {...}}``, each split with
+        ``mean`` and ``spread`` (max - min) of the differences, ``ahead`` / ``behind`` (pairs
+        with a positive / negative difference) and ``sign_test_p`` (:func:`sign_test`).
+    """
     out: dict = {"pairs": len(items), "seeds": sorted({p["seed"] for p in items})}
     for split in ("valid", "test"):
         xs = [p[split] for p in items]

@@ -42,6 +42,7 @@ __all__ = [
     "default_gguf_path",
     "grouped_eager_attention",
     "int8_activation_dtype",
+    "kernel_isa",
     "load_llm",
     "load_tokenizer",
     "precision_label",
@@ -274,17 +275,46 @@ def aten_capability() -> str:
         return "unknown"
 
 
+# Values of ONEDNN_MAX_CPU_ISA that leave oneDNN its AVX-512 (and newer) kernels.
+_ONEDNN_WIDE = ("AVX512", "AVX10", "AMX", "ALL", "DEFAULT")
+
+
+def kernel_isa() -> str:
+    """The instruction sets torch's CPU kernels are held to, as one string for probe cache
+    keys and reports: :func:`aten_capability`, plus ``ONEDNN_MAX_CPU_ISA`` (oneDNN: the bf16
+    and int8 products) and ``MKL_ENABLE_INSTRUCTIONS`` (MKL: fp32) where they are set, e.g.
+    ``"AVX2; oneDNN AVX2; MKL AVX2"``; ``"AVX512"`` when nothing holds them back."""
+    parts = [aten_capability()]
+    for name, label in (("ONEDNN_MAX_CPU_ISA", "oneDNN"), ("MKL_ENABLE_INSTRUCTIONS", "MKL")):
+        if os.environ.get(name):
+            parts.append(f"{label} {os.environ[name]}")
+    return "; ".join(parts)
+
+
+def _below_avx512() -> bool:
+    """Whether torch's kernels are held below AVX-512 on this CPU: aten's
+    (``ATEN_CPU_CAPABILITY=avx2``, or a build without AVX-512 kernels; an ``"unknown"``
+    capability is no limit) or oneDNN's (``ONEDNN_MAX_CPU_ISA=AVX2`` and the like)."""
+    aten = aten_capability()
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    return ((aten != "unknown" and not aten.startswith("AVX512"))
+            or (bool(onednn) and not onednn.startswith(_ONEDNN_WIDE)))
+
+
 def _cpu_supports(probe: str) -> bool:
     """Ask ``torch.cpu.<probe>()`` (a private capability check); ``False`` if it is absent.
 
     The AVX-512-family checks (:data:`_AVX512_CHECKS`) answer ``False`` too where torch's
-    kernels run below AVX-512 (``ATEN_CPU_CAPABILITY=avx2``, or a build without them): glta
-    then treats the CPU as the AVX2 CPU its kernels see. There bf16 products run without
+    kernels are held below AVX-512 (:func:`_below_avx512`: ``ATEN_CPU_CAPABILITY=avx2``,
+    ``ONEDNN_MAX_CPU_ISA=AVX2``, a build without AVX-512 kernels): glta then treats the CPU
+    as the AVX2 CPU its kernels see. With all three limits set, bf16 products ran without
     bf16 instructions (the probe's products at 2 threads on an AMD EPYC held to AVX2: bf16
     39-40 GFLOP/s against fp32's 157-170; ``benchmarks/RESULTS.md``), so bf16 must not be
-    picked from the CPU's own flags.
+    picked from the CPU's own flags. (With aten alone held back oneDNN's bf16 products stay
+    fast, but the element-wise work around them runs in aten's AVX2 kernels; such a CPU is
+    treated as an AVX2 one too.)
     """
-    if probe in _AVX512_CHECKS and not aten_capability().startswith("AVX512"):
+    if probe in _AVX512_CHECKS and _below_avx512():
         return False
     check = getattr(torch.cpu, probe, None)
     try:
@@ -601,7 +631,7 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     (when the CPU has bf16 instructions) and int8 (on x86-64 CPUs, with VNNI or without; not
     with LoRA, which needs float weights), once per machine: the result is cached in
     :func:`probe_cache_path`, keyed by CPU model, torch version, thread count, the shapes and
-    the instruction set torch's kernels use (:func:`aten_capability`). The candidates are timed
+    the instruction sets torch's kernels are held to (:func:`kernel_isa`). The candidates are timed
     interleaved, each in windows of at least :data:`PROBE_WINDOW_S`; the fastest is chosen
     when it beats fp32 by at least 10% (else fp32). When that differs from what the CPU flags
     predict (bf16 with AMX, else int8 with VNNI), every candidate is measured again and each
@@ -611,7 +641,8 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     it), is repeated after a pause (:func:`_measure_until_quiet`); when the last attempt is
     still competed with, the flags' prediction is used (the measured winner kept as
     ``"measured_choice"``). A busy result (``"busy_load"`` / ``"busy_share"``) is not
-    cached, so a quiet run measures again. If the probe fails, the
+    cached, so a quiet run measures again. A bf16 or int8 candidate whose products fail on
+    this CPU is left out (its error under ``"failed"``); if fp32's fail, the
     CPU flag rule decides (bf16 with AMX, else int8 with VNNI, else fp32).
 
     Args:
@@ -635,7 +666,7 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
         candidates.append("int8")
     shapes = _linear_shapes(config)
     key_parts = [_cpu_model(), torch.__version__, torch.get_num_threads(), shapes, candidates,
-                 aten_capability()]
+                 kernel_isa()]
     key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
     path = probe_cache_path()
     cached = _read_cache(path)
@@ -647,12 +678,21 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     rounds = max(1, repeats)
     rates = {c: 0.0 for c in candidates}
 
+    failed: dict[str, str] = {}
+
     def measure() -> None:
         # candidates interleaved, best of `repeats` each: load from other processes then
         # slows every candidate alike instead of whichever ran while it lasted
         for _ in range(max(1, repeats)):
-            for c in candidates:
-                rates[c] = max(rates[c], _time_products(shapes, c, rows, 1))
+            for c in list(candidates):
+                try:
+                    rates[c] = max(rates[c], _time_products(shapes, c, rows, 1))
+                except Exception as exc:  # a candidate failing here is dropped, not the probe
+                    if c == "float32":
+                        raise
+                    failed[c] = f"{type(exc).__name__}: {exc}"
+                    candidates.remove(c)
+                    rates.pop(c, None)
 
     try:
         busy, attempts = _measure_until_quiet(measure)
@@ -676,6 +716,7 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
              "cpu": key_parts[0], "isa": key_parts[5], "torch": torch.__version__,
              "threads": key_parts[2], "shapes": shapes, "rows": rows, "rounds": rounds,
              "flag_rule": expected, "attempts": attempts,
+             **({"failed": failed} if failed else {}),
              "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
     if busy:  # measured on a busy machine: not cached, measured again next time
         return {**entry, "source": "probe", "key": key, **busy,
@@ -861,7 +902,7 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
     when it is at least 10% faster than sdpa, else sdpa (transformers' default). Cached
     once per machine like :func:`precision_probe`
     (``$XDG_CACHE_HOME/glta/attention-probe.json``, keyed by CPU model, torch and
-    transformers versions, thread count, head layout and dtype); a probe
+    transformers versions, thread count, head layout, dtype and :func:`kernel_isa`); a probe
     on a busy machine (load average above the CPU count, or other processes taking more
     than :data:`OTHERS_SHARE_LIMIT` of the CPU time while it ran) measures again after a
     pause (:func:`_measure_until_quiet`); if other processes still competed with its last
@@ -901,7 +942,8 @@ def attention_probe(model: nn.Module, *, batch: int = 8, queries: int = 128,
     if not dtype.is_floating_point:
         dtype = torch.float32
     key_parts = ["attention", _cpu_model(), torch.__version__, transformers.__version__,
-                 torch.get_num_threads(), [heads, kv, hd], str(dtype), [batch, queries, prefix]]
+                 torch.get_num_threads(), [heads, kv, hd], str(dtype), [batch, queries, prefix],
+                 kernel_isa()]
     key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
     path = probe_cache_path().with_name("attention-probe.json")
     hit = _read_cache(path).get(key)
@@ -988,9 +1030,9 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     ``"auto"``: bf16 on CUDA when supported (else fp16); on the CPU bf16 only with AMX
     (where oneDNN's bf16 kernels are fast), fp32 otherwise: on the AVX512-BF16 Xeon without
     AMX this was built on, bf16 measured slower than fp32 (on an AMD EPYC Zen 4 it is faster,
-    which :func:`precision_probe` measures). (On a CPU with VNNI, :func:`load_llm`'s
-    ``"auto"`` then also turns the linear layers into int8 ones; this function only names the
-    weight dtype, fp32 there.)
+    which :func:`precision_probe` measures). This is the CPU-flag rule only; :func:`load_llm`'s
+    ``"auto"`` runs the probe, which may pick int8 linear layers (this function only names the
+    weight dtype, fp32 there).
     """
     if isinstance(dtype, torch.dtype):
         return dtype
