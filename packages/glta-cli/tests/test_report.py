@@ -94,6 +94,12 @@ def test_throughput_line_against_the_probe_rate_of_the_precision_run():
             in throughput_line(busy))
     resumed = throughput_line({**meta, "timed_steps": 15})
     assert resumed.endswith("; over the last 15 of its 40 steps (the run was resumed).")
+    # kernels held below AVX-512 are named; AVX-512 (or no record) says nothing more
+    held = {**meta, "llm_precision_probe": {**PROBE, "isa": "AVX2; oneDNN AVX2"}}
+    assert throughput_line(held).endswith(
+        "(1961 GFLOP/s) with torch's kernels at AVX2; oneDNN AVX2.")
+    wide = {**meta, "llm_precision_probe": {**PROBE, "isa": "AVX512"}}
+    assert throughput_line(wide) == throughput_line(meta)
 
 
 def test_attention_text_names_the_training_kernels_and_the_probe():

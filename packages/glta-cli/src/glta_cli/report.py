@@ -83,9 +83,11 @@ def throughput_line(meta: Mapping[str, Any], stage: str = "Stage 3") -> str | No
         ``"Stage 3 trained at X GFLOP/s (model FLOPs / training time), Y% of the bfloat16
         GEMM rate the precision probe measured (Z GFLOP/s)."``: the ratio against the probe's
         rate for the precision the LLM ran in, only when the probe measured one (not with a
-        given dtype, the CPU-flag fallback or on a GPU); a note when the figure covers only
-        the steps of a resumed attempt; ``None`` without a figure (runs made before it
-        was recorded).
+        given dtype, the CPU-flag fallback or on a GPU), with the instruction sets torch's
+        kernels were held to when the probe saw them below AVX-512 (its ``isa``,
+        ``glta_align.llm.kernel_isa``: "with torch's kernels at AVX2; oneDNN AVX2"); a note
+        when the figure covers only the steps of a resumed attempt; ``None`` without a
+        figure (runs made before it was recorded).
     """
     rate = meta.get("achieved_gflops")
     if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
@@ -98,6 +100,9 @@ def throughput_line(meta: Mapping[str, Any], stage: str = "Stage 3") -> str | No
     if isinstance(gemm, int | float) and not isinstance(gemm, bool) and gemm > 0:
         line += (f", {100 * rate / gemm:.0f}% of the {precision} GEMM rate the precision "
                  f"probe measured ({_rate_text(gemm)} GFLOP/s)")
+        isa = probe.get("isa")
+        if isinstance(isa, str) and isa not in ("", "AVX512", "unknown"):
+            line += f" with torch's kernels at {isa}"
         if probe.get("measured_choice"):
             line += (f" on a machine that stayed busy (it measured "
                      f"{probe['measured_choice']} fastest; the CPU flags chose {precision})")
