@@ -37,12 +37,12 @@ PRECISIONS = ("float32", "bfloat16", "int8")
 def measure(config: SimpleNamespace, rows: int, repeats: int,
             precisions: tuple[str, ...] = PRECISIONS) -> dict[str, float]:
     """GFLOP/s per precision over ``config``'s linear shapes at ``rows`` tokens, the
-    precisions interleaved ``repeats`` times and each keeping its best (the probe's way)."""
-    shapes = llm_mod._linear_shapes(config)
-    rates = {p: 0.0 for p in precisions}
-    for _ in range(max(1, repeats)):
-        for p in precisions:
-            rates[p] = max(rates[p], llm_mod._time_products(shapes, p, rows, 1))
+    precisions interleaved ``repeats`` times and each keeping its best (the probe's own
+    ``_time_candidates``; a precision whose products fail on this CPU is left out)."""
+    rates: dict[str, float] = {}
+    failed: dict[str, str] = {}  # a precision whose products fail here is left out
+    llm_mod._time_candidates(llm_mod._linear_shapes(config), list(precisions), rows, repeats,
+                             rates, failed)
     return {p: round(v, 1) for p, v in rates.items()}
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from glta_align.config import UserItemConfig
-from glta_align.llm import load_llm, quiet_transformers
+from glta_align.llm import ISA_VARIABLES, load_llm, quiet_transformers
 from glta_align.profiles import (
     common_prefix_length,
     generate_profiles,
@@ -61,10 +61,8 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-# Environment variables that hold torch's kernels below what the CPU has: aten's vector kernels
-# and torch.compile's code (ATEN_CPU_CAPABILITY), oneDNN (bf16 and int8 products) and MKL (fp32
-# products). All three set to AVX2 make an AVX-512 CPU run the kernels of an AVX2 CPU.
-ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+# Environment variables that hold torch's kernels below what the CPU has (glta_align's list).
+ISA_LIMITS = tuple(ISA_VARIABLES)
 
 
 def isa_limits() -> dict[str, str]:

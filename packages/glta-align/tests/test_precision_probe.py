@@ -23,8 +23,8 @@ def _tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(llm_mod, "_busy_load", lambda: None)  # a quiet machine
     monkeypatch.setattr(llm_mod, "_others_share", lambda before, after=None: 0.0)
     monkeypatch.setattr(llm_mod, "PROBE_BUSY_PAUSE_S", 0.0)  # retries without the pause
-    # int8 a candidate by the VNNI flag only (tests below that time it without VNNI say so)
-    monkeypatch.setattr(llm_mod, "_int8_candidate", lambda: False)
+    # int8 a candidate where the tests give VNNI (those that time it without VNNI say so)
+    monkeypatch.setattr(llm_mod, "_int8_candidate", lambda: llm_mod._int8_faster_on_cpu())
     # the AMX rule uncached, so that it follows each test's `_cpu_supports`
     monkeypatch.setattr(llm_mod, "_bf16_faster_on_cpu",
                         lambda: llm_mod._cpu_supports("_is_amx_tile_supported"))

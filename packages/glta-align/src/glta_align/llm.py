@@ -32,6 +32,7 @@ __all__ = [
     "ATTENTION_CHOICES",
     "DEFAULT_GGUF_NAME",
     "GROUPED",
+    "ISA_VARIABLES",
     "LLM_INITS",
     "FrozenLLM",
     "LLMError",
@@ -277,6 +278,11 @@ def aten_capability() -> str:
 
 # Values of ONEDNN_MAX_CPU_ISA that leave oneDNN its AVX-512 (and newer) kernels.
 _ONEDNN_WIDE = ("AVX512", "AVX10", "AMX", "ALL", "DEFAULT")
+# Environment variables that hold torch's kernels below what the CPU has, with the library
+# each one limits: aten's vector kernels and torch.compile's code, oneDNN (bf16 and int8
+# products), MKL (fp32 products). All three at AVX2 make an AVX-512 CPU run an AVX2 CPU's.
+ISA_VARIABLES = {"ATEN_CPU_CAPABILITY": "aten", "ONEDNN_MAX_CPU_ISA": "oneDNN",
+                 "MKL_ENABLE_INSTRUCTIONS": "MKL"}
 
 
 def kernel_isa() -> str:
@@ -284,10 +290,9 @@ def kernel_isa() -> str:
     keys and reports: :func:`aten_capability`, plus ``ONEDNN_MAX_CPU_ISA`` (oneDNN: the bf16
     and int8 products) and ``MKL_ENABLE_INSTRUCTIONS`` (MKL: fp32) where they are set, e.g.
     ``"AVX2; oneDNN AVX2; MKL AVX2"``; ``"AVX512"`` when nothing holds them back."""
-    parts = [aten_capability()]
-    for name, label in (("ONEDNN_MAX_CPU_ISA", "oneDNN"), ("MKL_ENABLE_INSTRUCTIONS", "MKL")):
-        if os.environ.get(name):
-            parts.append(f"{label} {os.environ[name]}")
+    parts = [aten_capability()]  # ATEN_CPU_CAPABILITY shows in it
+    parts += [f"{label} {os.environ[name]}" for name, label in ISA_VARIABLES.items()
+              if label != "aten" and os.environ.get(name)]
     return "; ".join(parts)
 
 
@@ -347,7 +352,7 @@ def _int8_faster_on_cpu() -> bool:
 
 
 def _int8_candidate() -> bool:
-    """Whether the probe times int8 on a CPU without VNNI: on any x86-64 CPU, where oneDNN's
+    """Whether the probe times int8: on any x86-64 CPU, VNNI or not, where oneDNN's
     int8 products run on AVX2 too (on an AMD EPYC held to AVX2, 2 threads: the probe's
     products 1.55x fp32, stage 3's loop 1.43x, the profile text 1.57x; ``benchmarks/RESULTS.md``);
     the measurement, not the flags, then decides."""
@@ -503,6 +508,26 @@ def _time_products(shapes: list[tuple[int, int]], precision: str, rows: int,
     passes = _window_passes(one_pass())
     best = min(_window_seconds(one_pass, passes) for _ in range(max(1, repeats)))
     return flops / best / 1e9
+
+
+def _time_candidates(shapes: list[tuple[int, int]], candidates: list[str], rows: int,
+                     repeats: int, rates: dict[str, float], failed: dict[str, str]) -> None:
+    """Time ``candidates`` (precisions) over ``shapes`` at ``rows`` tokens, interleaved over
+    ``repeats`` rounds of one :func:`_time_products` window each, raising each one's best
+    GFLOP/s in ``rates``: load from other processes then slows every candidate alike instead
+    of whichever ran while it lasted. A candidate other than fp32 whose products fail is
+    removed from ``candidates`` and ``rates`` and its error kept in ``failed``; fp32's
+    failure propagates."""
+    for _ in range(max(1, repeats)):
+        for c in list(candidates):
+            try:
+                rates[c] = max(rates.get(c, 0.0), _time_products(shapes, c, rows, 1))
+            except Exception as exc:  # a candidate failing here is dropped, not the probe
+                if c == "float32":
+                    raise
+                failed[c] = f"{type(exc).__name__}: {exc}"
+                candidates.remove(c)
+                rates.pop(c, None)
 
 
 def _busy_load() -> float | None:
@@ -662,7 +687,7 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     candidates = ["float32"]
     if _cpu_supports("_is_avx512_bf16_supported") or _bf16_faster_on_cpu():
         candidates.append("bfloat16")
-    if lora is None and (_int8_faster_on_cpu() or _int8_candidate()):
+    if lora is None and _int8_candidate():
         candidates.append("int8")
     shapes = _linear_shapes(config)
     key_parts = [_cpu_model(), torch.__version__, torch.get_num_threads(), shapes, candidates,
@@ -681,18 +706,7 @@ def precision_probe(config: Any, *, lora: object = None, rows: int = 256, repeat
     failed: dict[str, str] = {}
 
     def measure() -> None:
-        # candidates interleaved, best of `repeats` each: load from other processes then
-        # slows every candidate alike instead of whichever ran while it lasted
-        for _ in range(max(1, repeats)):
-            for c in list(candidates):
-                try:
-                    rates[c] = max(rates[c], _time_products(shapes, c, rows, 1))
-                except Exception as exc:  # a candidate failing here is dropped, not the probe
-                    if c == "float32":
-                        raise
-                    failed[c] = f"{type(exc).__name__}: {exc}"
-                    candidates.remove(c)
-                    rates.pop(c, None)
+        _time_candidates(shapes, candidates, rows, repeats, rates, failed)
 
     try:
         busy, attempts = _measure_until_quiet(measure)
