@@ -78,3 +78,42 @@ def test_main_counts_ahead_and_behind_per_configuration_and_overall(pvr, tmp_pat
     listed = doc["configurations_ahead_beyond_spread"]
     assert [(c["config"], "test" in c, "valid" in c) for c in listed] == [("full", True, False)]
     assert listed[0]["test"] == pytest.approx(0.001)
+
+
+def _with_buckets(run, q1, tail_share):
+    run["result"]["breakdown"] = {"split": "test", "models": {"glta": {
+        "activity": {"Q1 (14-20 train items)": {"ndcg@10": q1, "users": 3},
+                     "Q5 (121-516 train items)": {"ndcg@10": 0.5, "users": 3}},
+        "popularity": {"head (> 5)": {"ndcg@10": 0.4, "share@10": 1 - tail_share},
+                       "tail (<= 5 train interactions)": {"ndcg@10": 0.0,
+                                                          "share@10": tail_share}}}}}
+    return run
+
+
+def test_bucket_names_and_the_pooled_differences_per_bucket(pvr, tmp_path):
+    assert pvr.bucket_name("Q1 (14-20 train items)") == "Q1"
+    assert pvr.bucket_name("tail (<= 5 train interactions)") == "tail"
+    assert pvr.bucket_name("head (> 5)") == "head"
+    runs = []
+    for seed, (lead, share) in enumerate(((0.03, 0.01), (0.01, 0.0), (-0.02, 0.02))):
+        runs += [_with_buckets(_run("full", seed, 0.2, 0.4), 0.3 + lead, 0.01 + share),
+                 _with_buckets(_run("random-llm", seed, 0.2, 0.4), 0.3, 0.01)]
+    runs.append(_run("lora", 0, 0.21, 0.41))  # no breakdown: pooled overall, not per bucket
+    runs.append(_run("lora-random-llm", 0, 0.2, 0.4))
+    path = tmp_path / "ablation_b.json"
+    path.write_text(json.dumps({"runs": runs}))
+    out = tmp_path / "pooled.json"
+    assert pvr.main([str(path), "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["overall"]["ml-100k"]["pairs"] == 4
+    buckets = doc["by_bucket"]["ml-100k"]
+    assert set(buckets) == {"activity/Q1/ndcg@10", "activity/Q5/ndcg@10",
+                            "popularity/head/ndcg@10", "popularity/tail/ndcg@10",
+                            "popularity/head/share@10", "popularity/tail/share@10"}
+    q1 = buckets["activity/Q1/ndcg@10"]
+    assert q1["pairs"] == 3 and q1["ahead"] == 2 and q1["behind"] == 1
+    assert q1["mean"] == pytest.approx(round((0.03 + 0.01 - 0.02) / 3, 5))
+    assert q1["spread"] == pytest.approx(0.05)
+    assert buckets["activity/Q5/ndcg@10"]["ahead"] == buckets["activity/Q5/ndcg@10"]["behind"] == 0
+    tail = buckets["popularity/tail/share@10"]
+    assert tail["ahead"] == 2 and tail["behind"] == 0 and tail["mean"] == pytest.approx(0.01)

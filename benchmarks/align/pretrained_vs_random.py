@@ -11,6 +11,12 @@ pretrained LLM is ahead on valid / test N@10, the mean and spread (max - min) of
 differences, and a two-sided sign test of "ahead at as many pairs as behind" (exact
 binomial). Runs nothing.
 
+Where, not only whether: each run's test breakdown (``glta evaluate --by activity`` /
+``--by popularity``, in the ablation JSON) gives the same paired differences per user-activity
+quintile (Q1 the lightest users) and per item-popularity bucket (``tail``: items with <= 5
+train interactions), with the tail's recommendation share (``share@10``: the fraction of
+top-10 slots given to tail items) beside its N@10; ``by_bucket`` pools them per dataset.
+
 The pairs are not independent (configurations share seeds, splits and LightGCN runs, and
 several configurations differ by one setting), so the pooled sign test overstates the
 evidence in either direction; the per-configuration rows are the ones to read.
@@ -32,6 +38,8 @@ from pathlib import Path
 from profile_gen import git_commit  # this folder's benchmark helpers
 
 METRIC = "ndcg@10"
+#: per-bucket figures pooled in ``by_bucket``: (breakdown, metric); the breakdowns are test's
+BUCKET_METRICS = (("activity", "ndcg@10"), ("popularity", "ndcg@10"), ("popularity", "share@10"))
 
 
 def control_of(row: str) -> str | None:
@@ -49,6 +57,25 @@ def _metric(run: dict, split: str) -> float | None:
     return run.get("result", {}).get("metrics", {}).get("glta", {}).get(split, {}).get(METRIC)
 
 
+def bucket_name(label: str) -> str:
+    """The short name of a breakdown bucket, the same across seeds and datasets:
+    ``"Q1 (14-20 train items)"`` -> ``"Q1"``, ``"tail (<= 5 train interactions)"`` ->
+    ``"tail"``, ``"head (> 5)"`` -> ``"head"``."""
+    return label.split(" ", 1)[0]
+
+
+def _buckets(run: dict) -> dict[str, float]:
+    """``{"activity/Q1/ndcg@10": value, ...}``: the GLTA model's test breakdown of ``run``
+    for :data:`BUCKET_METRICS` (empty where the run has none)."""
+    models = run.get("result", {}).get("breakdown", {}).get("models", {})
+    out = {}
+    for kind, metric in BUCKET_METRICS:
+        for label, values in models.get("glta", {}).get(kind, {}).items():
+            if isinstance(values, dict) and metric in values:
+                out[f"{kind}/{bucket_name(label)}/{metric}"] = values[metric]
+    return out
+
+
 def pairs(docs: dict[str, dict]) -> list[dict]:
     """Every (pretrained, random) pair of runs in ``docs`` (file name -> ablation JSON), one
     per (file, dataset, seed, configuration). A pair recorded in several files (the same
@@ -61,7 +88,8 @@ def pairs(docs: dict[str, dict]) -> list[dict]:
         ``[{"file", "dataset", "seed", "config", "machine", "valid", "test"}]`` with
         ``valid`` / ``test`` = pretrained minus random N@10 and ``machine`` the run's CPU
         (the file's where the run does not say), sorted by file, dataset, configuration,
-        seed.
+        seed; plus ``"buckets": {"activity/Q1/ndcg@10": difference, ...}`` (test split) for
+        the buckets both runs of the pair have.
     """
     found = []
     for name in sorted(docs):
@@ -77,10 +105,12 @@ def pairs(docs: dict[str, dict]) -> list[dict]:
             if any(v is None for v in values):
                 continue
             machine = pre.get("machine") or doc.get("machine")
+            bp, br = _buckets(pre), _buckets(rand)
             found.append({"file": name, "dataset": dataset, "seed": seed, "config": base,
                           "machine": machine.get("cpu") if isinstance(machine, dict)
                           else machine,
                           "valid": values[0] - values[2], "test": values[1] - values[3],
+                          "buckets": {k: bp[k] - br[k] for k in sorted(bp) if k in br},
                           "_key": (dataset, seed, *(round(v, 9) for v in values))})
     size: dict = {}
     for p in found:
@@ -125,6 +155,24 @@ def summarise(items: list[dict]) -> dict:
     return out
 
 
+def by_bucket(items: list[dict]) -> dict:
+    """Pretrained minus random per breakdown bucket over ``items`` (:func:`pairs`' pairs).
+
+    Returns:
+        ``{"activity/Q1/ndcg@10": {"pairs", "mean", "spread", "ahead", "behind",
+        "sign_test_p"}, ...}`` (test split), for each bucket at least one pair has.
+    """
+    keys = sorted({k for p in items for k in p.get("buckets", {})})
+    out = {}
+    for key in keys:
+        xs = [p["buckets"][key] for p in items if key in p.get("buckets", {})]
+        ahead, behind = sum(x > 0 for x in xs), sum(x < 0 for x in xs)
+        out[key] = {"pairs": len(xs), "mean": round(statistics.fmean(xs), 5),
+                    "spread": round(max(xs) - min(xs), 5), "ahead": ahead, "behind": behind,
+                    "sign_test_p": round(sign_test(ahead, behind), 4)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("ablations", type=Path, nargs="+", help="ablation JSONs (ablations.py)")
@@ -147,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": git_commit(), "date": dt.date.today().isoformat(), "metric": METRIC,
         "files": sorted(docs),
         "overall": {d: summarise([p for p in found if p["dataset"] == d]) for d in datasets},
+        "by_bucket": {d: by_bucket([p for p in found if p["dataset"] == d]) for d in datasets},
         "configurations_ahead_beyond_spread": [
             {k: c[k] for k in ("file", "dataset", "config", "pairs")} | {split: c[split]["mean"]}
             for c in by_config for split in ("valid", "test")
@@ -161,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{v['behind']} (mean {v['mean']:+.4f}, sign test p {v['sign_test_p']}); on test "
               f"ahead at {t['ahead']}, behind at {t['behind']} (mean {t['mean']:+.4f}, "
               f"p {t['sign_test_p']})")
+        for key, b in result["by_bucket"][d].items():
+            print(f"  {key} (test): {b['pairs']} pairs, ahead at {b['ahead']}, behind at "
+                  f"{b['behind']}, mean {b['mean']:+.4f}, p {b['sign_test_p']}")
     if args.out:
         from glta_gllm.checkpoint import atomic_write_json
 
