@@ -81,10 +81,17 @@ def test_main_reproduces_the_run_and_records_each_condition(tcf, finished_run, t
                 - entry["conditions"]["original"][split]["ndcg@10"], abs=1e-6)
     # the run is read, never written
     assert {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()} == files
-    # a second pass over the same run replaces its entry; another condition list is kept
-    assert tcf.main([str(finished_run), "--json", str(out), "--conditions", "blank"]) == 0
+    # a second pass over the same run and seed replaces its entry; another seed adds one
+    assert tcf.main([str(finished_run), "--json", str(out), "--conditions", "blank",
+                     "--seed", "2"]) == 0
     (again,) = json.loads(out.read_text())["runs"]
     assert set(again["conditions"]) == {"blank"} and "minus_original" not in again
+    assert tcf.main([str(finished_run), "--json", str(out), "--conditions", "original,shuffled",
+                     "--seed", "5"]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["seed"], sorted(r["conditions"])) for r in runs] == [
+        (2, ["blank"]), (5, ["original", "shuffled"])]
+    assert set(runs[1]["minus_original"]) == {"shuffled"}
 
 
 def test_main_refuses_an_unfinished_run_and_an_unknown_condition(tcf, tmp_path):

@@ -20,8 +20,9 @@ random LLM's own output, so its text is noise to begin with).
 
     uv run python benchmarks/align/text_counterfactual.py RUN [RUN ...] --json OUT.json
 
-An existing ``OUT.json`` is added to (a run analysed again replaces its entry), so a list of
-runs resumes where it stopped; each entry records its command, commit, machine and seconds.
+An existing ``OUT.json`` is added to (a run analysed again with the same ``--seed`` replaces
+its entry; another seed, another derangement, adds one), so a list of runs resumes where it
+stopped; each entry records its command, commit, machine and seconds.
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None, llm=None) -> int:
             entry["minus_original"] = {
                 c: {s: round(m[s]["ndcg@10"] - base[s]["ndcg@10"], 6) for s in ("valid", "test")}
                 for c, m in result["conditions"].items() if c != "original"}
-        doc["runs"] = [r for r in doc["runs"] if r["run"] != str(run)] + [entry]
+        doc["runs"] = [r for r in doc["runs"]
+                       if (r["run"], r.get("seed")) != (str(run), args.seed)] + [entry]
         from glta_gllm.checkpoint import atomic_write_json
 
         atomic_write_json(args.json, doc)
