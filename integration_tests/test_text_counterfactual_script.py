@@ -101,3 +101,23 @@ def test_main_refuses_an_unfinished_run_and_an_unknown_condition(tcf, tmp_path):
     with pytest.raises(SystemExit) as err:
         tcf.main([str(tmp_path), "--json", str(out), "--conditions", "original,swap"])
     assert err.value.code == 2
+
+
+def test_an_entry_written_by_another_process_meanwhile_is_kept(tcf, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"glta": {"valid": {"ndcg@10": 0.2},
+                                                           "test": {"ndcg@10": 0.4}}}))
+    out = tmp_path / "tcf.json"
+    split = {"ndcg@10": 0.2, "users": 3}
+
+    def ranking_while_another_writes(run_dir, conditions, seed, llm=None, progress=None):
+        out.write_text(json.dumps({"runs": [{"run": "other", "seed": 0}]}))
+        return {"ranking": "mean", "texts": 3,
+                "conditions": {c: {"valid": split, "test": split} for c in conditions}}
+
+    monkeypatch.setattr(tcf, "rank_under", ranking_while_another_writes)
+    assert tcf.main([str(run), "--json", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["run"] for r in runs] == ["other", str(run)]
+    assert runs[1]["minus_original"]["shuffled"] == {"valid": 0.0, "test": 0.0}

@@ -127,8 +127,6 @@ def main(argv: list[str] | None = None, llm=None) -> int:
     bad = [c for c in conditions if c not in CONDITIONS]
     if bad:
         ap.error(f"--conditions: unknown {', '.join(bad)} (one of {', '.join(CONDITIONS)})")
-    doc = json.loads(args.json.read_text()) if args.json.is_file() else {
-        "what": __doc__.split("\n", 1)[0], "runs": []}
     for run in args.runs:
         if not (run / "metrics.json").is_file():
             print(f"{run}: not a finished run (no metrics.json)", file=sys.stderr)
@@ -148,6 +146,10 @@ def main(argv: list[str] | None = None, llm=None) -> int:
             entry["minus_original"] = {
                 c: {s: round(m[s]["ndcg@10"] - base[s]["ndcg@10"], 6) for s in ("valid", "test")}
                 for c, m in result["conditions"].items() if c != "original"}
+        # read when writing, not when starting: another process may have added an entry
+        # during the minutes this run took
+        doc = json.loads(args.json.read_text()) if args.json.is_file() else {
+            "what": __doc__.split("\n", 1)[0], "runs": []}
         doc["runs"] = [r for r in doc["runs"]
                        if (r["run"], r.get("seed")) != (str(run), args.seed)] + [entry]
         from glta_gllm.checkpoint import atomic_write_json
