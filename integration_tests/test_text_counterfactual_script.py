@@ -43,20 +43,15 @@ def test_texts_for_each_condition_leaves_the_original_alone(tcf):
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_model_dir):
     from glta_cli.app import app
-    from glta_cli.testing import write_ratings_csv
+    from glta_cli.testing import tiny_pipeline_args, write_ratings_csv
 
     root = tmp_path_factory.mktemp("tcf")
     csv_path = write_ratings_csv(root / "ratings.csv")
     run = root / "run"
     result = CliRunner().invoke(app, [
-        "pipeline", "--out", str(run), "--quiet",
-        "--data.source", str(csv_path), "--data.format", "csv",
-        "--data.options", '{text_col = "text"}',
-        "--llm.model", str(tiny_model_dir), "--llm.dtype", "float32",
-        "--graph.epochs", "4", "--graph.dim", "16", "--item_text.epochs", "1",
-        "--user_item.epochs", "1", "--user_item.batch_size", "8",
+        "pipeline", *tiny_pipeline_args(csv_path, tiny_model_dir, run),
         "--user_item.use_profile", "true", "--user_item.use_predict", "true",
-        "--user_item.profile_new_tokens", "6", "--eval.ks", "5,10"])
+        "--user_item.profile_new_tokens", "6"])
     assert result.exit_code == 0, result.output
     return run
 

@@ -51,3 +51,15 @@ def test_save_tiny_llm_is_a_loadable_model_folder(tmp_path):
     assert (folder / "config.json").is_file()
     llm = load_llm(str(folder), dtype="float32", attention="sdpa")
     assert llm.hidden_size == 32 and llm.causal_lm.config.num_hidden_layers == 1
+
+
+def test_tiny_pipeline_args_name_the_files_and_the_tiny_budget(tmp_path):
+    # the pipeline runs with them in every test that takes the `tiny_pipeline_args` fixture
+    from glta_cli.testing import tiny_pipeline_args
+
+    args = tiny_pipeline_args(tmp_path / "r.csv", tmp_path / "llm", tmp_path / "run")
+    assert args[:2] == ["--out", str(tmp_path / "run")] and "--quiet" in args
+    assert args.index("--data.source") + 1 == args.index(str(tmp_path / "r.csv"))
+    assert args[args.index("--llm.model") + 1] == str(tmp_path / "llm")
+    assert args[args.index("--user_item.epochs") + 1] == "1"
+    assert args[args.index("--llm.dtype") + 1] == "float32"

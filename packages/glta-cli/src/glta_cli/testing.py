@@ -57,6 +57,28 @@ def save_tiny_llm(folder: str | os.PathLike[str], *, hidden_size: int = 64,
     return folder
 
 
+def tiny_pipeline_args(csv_path: str | os.PathLike[str], model_dir: str | os.PathLike[str],
+                       out: str | os.PathLike[str]) -> list[str]:
+    """``glta pipeline`` options that run the whole pipeline in seconds on
+    :func:`write_ratings_csv`'s CSV with :func:`save_tiny_llm`'s model, into ``out``.
+
+    Returns:
+        The options as a list of strings (append more to override; the last one given wins).
+    """
+    return [
+        "--out", str(out), "--quiet",
+        "--data.source", str(csv_path), "--data.format", "csv",
+        "--data.options", '{text_col = "text"}',
+        "--llm.model", str(model_dir), "--llm.dtype", "float32",
+        "--graph.epochs", "4", "--graph.eval_every", "2", "--graph.dim", "16",
+        "--graph.batch_size", "128", "--graph.lr", "0.01",
+        "--item_text.epochs", "1", "--item_text.batch_size", "8",
+        "--user_item.epochs", "1", "--user_item.batch_size", "8",
+        "--user_item.profile_new_tokens", "4", "--user_item.eval_batch_size", "16",
+        "--eval.ks", "5,10",
+    ]
+
+
 def metrics_from_recs(
     recs_path: str | os.PathLike[str],
     test_path: str | os.PathLike[str],
