@@ -116,3 +116,17 @@ def test_an_entry_written_by_another_process_meanwhile_is_kept(tcf, tmp_path, mo
     runs = json.loads(out.read_text())["runs"]
     assert [r["run"] for r in runs] == ["other", str(run)]
     assert runs[1]["minus_original"]["shuffled"] == {"valid": 0.0, "test": 0.0}
+
+
+def test_a_run_missing_some_users_text_is_refused_not_written(tcf, finished_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(finished_run, run)
+    profiles = run / "profiles.jsonl"
+    lines = profiles.read_text(encoding="utf-8").splitlines()
+    profiles.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")  # one user's text gone
+    before = profiles.read_bytes()
+    with pytest.raises(ValueError, match="no text for 1 ranked users"):
+        tcf.rank_under(run, ("original",), 0)
+    assert profiles.read_bytes() == before

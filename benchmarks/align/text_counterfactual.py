@@ -80,6 +80,10 @@ def rank_under(run_dir: Path, conditions: tuple[str, ...], seed: int, llm=None,
         llm: the LLM to rank with (default: the run's own, as ``glta evaluate`` loads it).
         progress: ProgressEvent receiver.
 
+    Raises:
+        ValueError: the run has no profile/prediction text, or none for some ranked user
+            (ranking would write their text into the run).
+
     Returns:
         ``{"ranking": mode, "texts": n, "conditions": {condition: {"valid": {metric: v},
         "test": {...}}}}`` with each split's metrics over its users (``users`` included).
@@ -100,6 +104,11 @@ def rank_under(run_dir: Path, conditions: tuple[str, ...], seed: int, llm=None,
         profiles = rec.prompter.profiles
         if len(profiles) < 2:
             raise ValueError(f"{run_dir}: {len(profiles)} users with text; nothing to swap")
+        ranked_users = {int(u) for split in ("valid", "test") for u in rec.data.users_with(split)}
+        without = sorted(ranked_users - set(profiles))
+        if without:  # ranking would generate their text into the run: refuse instead
+            raise ValueError(f"{run_dir}: profiles.jsonl has no text for {len(without)} ranked "
+                             f"users (first: {without[:3]}); finish the run first")
         rec.prompter.profiles = texts_for(profiles, condition, seed)
         rec.prompter._text_cache.clear()
         rec.ranking = chosen_ranking(run_dir) or rec.ranking
