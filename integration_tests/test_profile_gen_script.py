@@ -123,7 +123,7 @@ def test_git_commit_of_another_folder(profile_gen, tmp_path):
 
 
 def test_isa_limits_lists_the_variables_that_are_set(profile_gen, monkeypatch):
-    for name in profile_gen.ISA_LIMITS:
+    for name in profile_gen.ISA_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     assert profile_gen.isa_limits() == {}
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")

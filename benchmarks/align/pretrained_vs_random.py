@@ -147,12 +147,17 @@ def summarise(items: list[dict]) -> dict:
     """
     out: dict = {"pairs": len(items), "seeds": sorted({p["seed"] for p in items})}
     for split in ("valid", "test"):
-        xs = [p[split] for p in items]
-        ahead, behind = sum(x > 0 for x in xs), sum(x < 0 for x in xs)
-        out[split] = {"mean": round(statistics.fmean(xs), 5),
-                      "spread": round(max(xs) - min(xs), 5), "ahead": ahead,
-                      "behind": behind, "sign_test_p": round(sign_test(ahead, behind), 4)}
+        out[split] = _lead([p[split] for p in items])
     return out
+
+
+def _lead(xs: list[float]) -> dict:
+    """``mean`` and ``spread`` (max - min) of the differences ``xs`` (non-empty), ``ahead`` /
+    ``behind`` (positive / negative ones) and ``sign_test_p`` (:func:`sign_test`)."""
+    ahead, behind = sum(x > 0 for x in xs), sum(x < 0 for x in xs)
+    return {"mean": round(statistics.fmean(xs), 5), "spread": round(max(xs) - min(xs), 5),
+            "ahead": ahead, "behind": behind,
+            "sign_test_p": round(sign_test(ahead, behind), 4)}
 
 
 def by_bucket(items: list[dict]) -> dict:
@@ -166,10 +171,7 @@ def by_bucket(items: list[dict]) -> dict:
     out = {}
     for key in keys:
         xs = [p["buckets"][key] for p in items if key in p.get("buckets", {})]
-        ahead, behind = sum(x > 0 for x in xs), sum(x < 0 for x in xs)
-        out[key] = {"pairs": len(xs), "mean": round(statistics.fmean(xs), 5),
-                    "spread": round(max(xs) - min(xs), 5), "ahead": ahead, "behind": behind,
-                    "sign_test_p": round(sign_test(ahead, behind), 4)}
+        out[key] = {"pairs": len(xs), **_lead(xs)}
     return out
 
 

@@ -61,14 +61,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-# Environment variables that hold torch's kernels below what the CPU has (glta_align's list).
-ISA_LIMITS = tuple(ISA_VARIABLES)
 
 
 def isa_limits() -> dict[str, str]:
-    """The :data:`ISA_LIMITS` variables set in this process's environment (``{}`` when
+    """The ``glta_align.llm.ISA_VARIABLES`` (the variables that hold torch's kernels below
+    what the CPU has) set in this process's environment (``{}`` when
     torch's kernels use everything the CPU has)."""
-    return {k: os.environ[k] for k in ISA_LIMITS if os.environ.get(k)}
+    return {k: os.environ[k] for k in ISA_VARIABLES if os.environ.get(k)}
 
 
 def git_commit(root: Path | None = None) -> str:

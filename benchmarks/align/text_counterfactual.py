@@ -88,15 +88,14 @@ def rank_under(run_dir: Path, conditions: tuple[str, ...], seed: int, llm=None,
         ``{"ranking": mode, "texts": n, "conditions": {condition: {"valid": {metric: v},
         "test": {...}}}}`` with each split's metrics over its users (``users`` included).
     """
-    from glta_align import GLTARecommender
     from glta_cli.evaluation import ranked_lists
-    from glta_cli.runs import chosen_ranking
+    from glta_cli.runs import _glta_recommender
     from glta_gllm import ranking_metrics
     from glta_graph.evaluate import select_rows
 
     out: dict = {"conditions": {}}
     for condition in conditions:
-        rec = GLTARecommender.from_run(run_dir, llm=llm)
+        rec = _glta_recommender(run_dir, llm)  # as `glta evaluate`: the mode chosen on valid
         llm = rec.llm  # loaded once (with the run's adapter, where it has one)
         cfg = rec.config
         if not (cfg.use_profile or cfg.use_predict):
@@ -111,7 +110,6 @@ def rank_under(run_dir: Path, conditions: tuple[str, ...], seed: int, llm=None,
                              f"users (first: {without[:3]}); finish the run first")
         rec.prompter.profiles = texts_for(profiles, condition, seed)
         rec.prompter._text_cache.clear()
-        rec.ranking = chosen_ranking(run_dir) or rec.ranking
         out["ranking"], out["texts"] = rec.ranking, len(profiles)
         found = {}
         for split in ("valid", "test"):
