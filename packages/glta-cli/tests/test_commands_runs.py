@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -144,3 +145,29 @@ def test_chosen_ranking_reads_the_pipelines_valid_choice(tmp_path):
     record.write_text("{not json")
     with pytest.raises(RunError, match=r"breakdown\.json: not valid JSON"):
         chosen_ranking(tmp_path)
+
+
+def test_code_fingerprint_names_the_installed_sources(monkeypatch, tmp_path):
+    import glta_cli
+    from glta_cli import runs
+
+    first = runs.code_fingerprint()
+    assert len(first) == 16 and int(first, 16) >= 0
+    assert runs.code_fingerprint() == first  # cached, and stable within a process
+    # a changed source file gives another fingerprint: a fake glta_cli with one file edited
+    fake = tmp_path / "glta_cli"
+    fake.mkdir()
+    src = Path(glta_cli.__file__).parent
+    for path in src.rglob("*.py"):
+        target = fake / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    runs.code_fingerprint.cache_clear()
+    monkeypatch.setattr(glta_cli, "__file__", str(fake / "__init__.py"))
+    try:
+        assert runs.code_fingerprint() == first  # the same bytes, elsewhere on disk
+        (fake / "runs.py").write_text((src / "runs.py").read_text() + "\n# edited\n")
+        runs.code_fingerprint.cache_clear()
+        assert runs.code_fingerprint() != first
+    finally:
+        runs.code_fingerprint.cache_clear()

@@ -435,6 +435,23 @@ def test_pipeline_evaluation_ranks_from_the_slot_inputs_stage3_kept(
                                "--quiet"]).exit_code == 0
     again = json.loads((run / "metrics.json").read_text())["glta"]["valid"]
     assert again["ndcg@10"] == pytest.approx(breakdown["glta_ranking"]["valid"][other], abs=1e-6)
+    # the evaluation recorded which glta code wrote metrics.json; the same code ranks
+    # without a word, other code warns that the last digits may differ
+    import warnings
+
+    from glta_cli.runs import code_fingerprint
+
+    assert breakdown["glta_code"] == code_fingerprint()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert runner.invoke(app, ["evaluate", str(run), "--model", "glta", "--split", "valid",
+                                   "--quiet"]).exit_code == 0
+    assert not [w for w in seen if "other glta code" in str(w.message)]
+    breakdown["glta_code"] = "0123456789abcdef"
+    (run / "breakdown.json").write_text(json.dumps(breakdown))
+    with pytest.warns(UserWarning, match="other glta code.*0123456789abcdef"):
+        assert runner.invoke(app, ["evaluate", str(run), "--model", "glta", "--split", "valid",
+                                   "--quiet"]).exit_code == 0
 
 
 def test_pipeline_bad_override_exit_2_nothing_written(runner, tmp_path):

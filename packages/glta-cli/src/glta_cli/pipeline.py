@@ -883,6 +883,7 @@ def _evaluate_step(run: _Run, data: Any) -> None:
     from glta_graph.progress import ProgressEvent, emit
 
     from glta_cli.evaluation import BREAKDOWN_NAME, evaluate_run_models
+    from glta_cli.runs import code_fingerprint
 
     run_dir, config = run.run_dir, run.config
     run.begin("evaluate")
@@ -906,6 +907,7 @@ def _evaluate_step(run: _Run, data: Any) -> None:
     for model, per_split in evaluated.items():
         for split_name, values in per_split.items():
             update_metrics(run_dir, model, split_name, values)
+    breakdown["glta_code"] = code_fingerprint()  # what `glta evaluate` compares against
     atomic_write_json(run_dir / BREAKDOWN_NAME, breakdown)
     run.done("evaluate", time.perf_counter() - t0)
 

@@ -6,9 +6,13 @@ The commands in :mod:`glta_cli.commands` only parse options and call these.
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
+import importlib
 import io
 import json
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ __all__ = [
     "RunError",
     "available_models",
     "chosen_ranking",
+    "code_fingerprint",
     "evaluate_run",
     "inspect_run",
     "load_dataset_dir",
@@ -106,12 +111,44 @@ def _check_model(run_dir: Path, model: str) -> str:
 def _glta_recommender(run_dir: Path, llm: Any | None) -> Any:
     """``GLTARecommender.from_run``; without ``llm`` it loads the LLM the run was trained with.
     It ranks in the prediction mode the pipeline chose on valid (:func:`chosen_ranking`),
-    so ``glta evaluate`` / ``recommend`` give the model ``metrics.json`` reports."""
+    so ``glta evaluate`` / ``recommend`` give the model ``metrics.json`` reports. Warns when
+    the run's evaluation was made by other glta code (:func:`code_fingerprint` against the
+    ``glta_code`` of ``RUN/breakdown.json``): the figures may then differ in the last digits."""
     from glta_align import GLTARecommender
+
+    from glta_cli.evaluation import BREAKDOWN_NAME
 
     rec = GLTARecommender.from_run(run_dir, llm=llm)
     rec.ranking = chosen_ranking(run_dir) or rec.ranking
+    record = read_run_json(run_dir, BREAKDOWN_NAME)
+    made = record.get("glta_code") if isinstance(record, dict) else None
+    if made is not None and made != code_fingerprint():
+        warnings.warn(f"{run_dir}: metrics.json was written by other glta code (code "
+                      f"{made}, this glta: {code_fingerprint()}); rankings can differ from "
+                      "it in the last digits (kernels change rounding: int8 runs by up to "
+                      "about 0.002 N@10). Rank with the glta the run was made with to "
+                      "reproduce it", UserWarning, stacklevel=2)
     return rec
+
+
+GLTA_PACKAGES = ("glta_gllm", "glta_graph", "glta_align", "glta_cli")
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """16 hex digits naming the glta code installed here: the SHA-256 of the four packages'
+    Python sources (each file's path inside its package and its bytes, in sorted order).
+    Two installs give the same fingerprint when they run the same glta code; the pipeline's
+    evaluation records it in ``RUN/breakdown.json`` (``glta_code``), and ``glta evaluate`` /
+    ``recommend`` warn when a run's differs from theirs."""
+    digest = hashlib.sha256()
+    for name in GLTA_PACKAGES:
+        root = Path(importlib.import_module(name).__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(f"{name}/{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+            digest.update(b"\0")
+    return digest.hexdigest()[:16]
 
 
 def chosen_ranking(run_dir: str | os.PathLike[str]) -> str | None:
