@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+from glta_cli.testing import tiny_pipeline_args
 
 
 def _glta(*args: str) -> list[str]:
@@ -30,16 +31,9 @@ def _env() -> dict[str, str]:
 def test_pipeline_resumes_after_sigkill_mid_stage(tmp_path, tiny_model_dir, synthetic_csv):
     csv_path = synthetic_csv(tmp_path / "ratings.csv")
     run = tmp_path / "run"
-    args = _glta(
-        "pipeline", "--out", str(run),
-        "--data.source", str(csv_path), "--data.format", "csv",
-        "--data.options", '{text_col = "text"}',
-        "--llm.model", str(tiny_model_dir), "--llm.dtype", "float32",
-        "--graph.epochs", "150", "--graph.eval_every", "0", "--graph.dim", "16",
-        "--graph.batch_size", "512", "--graph.lr", "0.01",
-        "--item_text.epochs", "1", "--user_item.epochs", "1",
-        "--user_item.profile_new_tokens", "4", "--eval.ks", "5,10",
-    )
+    # the tiny pipeline with a LightGCN long enough to be killed in, printing its progress
+    args = _glta("pipeline", *tiny_pipeline_args(csv_path, tiny_model_dir, run, quiet=False),
+                 "--graph.epochs", "150", "--graph.eval_every", "0", "--graph.batch_size", "512")
     state = run / "state" / "graph" / "state.json"
     proc = subprocess.Popen(args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     while proc.poll() is None and not state.is_file():

@@ -83,6 +83,10 @@ def test_scale_zero_is_lightgcn_one_is_the_run_and_nothing_is_written(rs, residu
     assert summary["runs"] == 1 and summary["chosen"] == [chosen]
     assert summary["test_ndcg@10"]["chosen"] == pytest.approx(
         entry["test"][str(chosen)]["ndcg@10"], abs=1e-6)
+    lead = summary["chosen_minus_scale_1_test"]
+    assert lead["mean"] == pytest.approx(entry["test"][str(chosen)]["ndcg@10"]
+                                         - entry["test"]["1.0"]["ndcg@10"], abs=1e-5)
+    assert lead["spread"] == 0 and lead["ahead"] + lead["behind"] <= 1  # one run
     assert {p: p.read_bytes() for p in residual_run.rglob("*") if p.is_file()} == files
     # analysed again: its entry is replaced, not added
     assert rs.main([str(residual_run), "--json", str(out), "--scales", "1,0.5"]) == 0

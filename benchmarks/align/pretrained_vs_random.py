@@ -147,11 +147,11 @@ def summarise(items: list[dict]) -> dict:
     """
     out: dict = {"pairs": len(items), "seeds": sorted({p["seed"] for p in items})}
     for split in ("valid", "test"):
-        out[split] = _lead([p[split] for p in items])
+        out[split] = lead([p[split] for p in items])
     return out
 
 
-def _lead(xs: list[float]) -> dict:
+def lead(xs: list[float]) -> dict:
     """``mean`` and ``spread`` (max - min) of the differences ``xs`` (non-empty), ``ahead`` /
     ``behind`` (positive / negative ones) and ``sign_test_p`` (:func:`sign_test`)."""
     ahead, behind = sum(x > 0 for x in xs), sum(x < 0 for x in xs)
@@ -171,7 +171,7 @@ def by_bucket(items: list[dict]) -> dict:
     out = {}
     for key in keys:
         xs = [p["buckets"][key] for p in items if key in p.get("buckets", {})]
-        out[key] = {"pairs": len(xs), **_lead(xs)}
+        out[key] = {"pairs": len(xs), **lead(xs)}
     return out
 
 

@@ -61,12 +61,10 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-
-
 def isa_limits() -> dict[str, str]:
     """The ``glta_align.llm.ISA_VARIABLES`` (the variables that hold torch's kernels below
-    what the CPU has) set in this process's environment (``{}`` when
-    torch's kernels use everything the CPU has)."""
+    what the CPU has) set in this process's environment (``{}`` when torch's kernels use
+    everything the CPU has)."""
     return {k: os.environ[k] for k in ISA_VARIABLES if os.environ.get(k)}
 
 

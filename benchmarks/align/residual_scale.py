@@ -36,10 +36,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from profile_gen import cpu_model, git_commit  # this folder's benchmark helpers
+from pretrained_vs_random import lead  # this folder's benchmark helpers
+from profile_gen import cpu_model, git_commit
+from text_counterfactual import rank_split, refuse_missing_texts
 
 SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
-KS = (5, 10, 20)
 METRIC = "ndcg@10"
 
 
@@ -150,87 +151,62 @@ def scale_run(run_dir: Path, scales: Sequence[float] = SCALES, llm=None,
         "<chosen>": metrics}, "lightgcn": {"valid": metrics, "test": metrics}}``; metrics are
         ``ranking_metrics`` keys at :data:`KS` plus ``users``.
     """
-    from glta_cli.evaluation import ranked_lists
     from glta_cli.runs import _glta_recommender
-    from glta_gllm import ranking_metrics
     from glta_graph.evaluate import select_rows
 
     if 1.0 not in scales:
         raise ValueError(f"the grid must contain 1.0 (the run as trained), got {list(scales)}")
     rec = _glta_recommender(run_dir, llm)  # as `glta evaluate`: the mode chosen on valid
-    cfg = rec.config
-    if cfg.use_profile or cfg.use_predict:
-        ranked_users = {int(u) for s in ("valid", "test") for u in rec.data.users_with(s)}
-        without = sorted(ranked_users - set(rec.prompter.profiles))
-        if without:
-            raise ValueError(f"{run_dir}: profiles.jsonl has no text for {len(without)} ranked "
-                             f"users (first: {without[:3]}); finish the run first")
+    refuse_missing_texts(run_dir, rec)
     rec.keep_slots = True  # the LLM runs once per user; the scale acts after it
-
-    def metrics(model: str, split: str) -> dict[str, float]:
-        users, ranked = ranked_lists(model, run_dir, rec.data, split, max(KS),
-                                     recommender=rec, progress=progress)
-        rel = select_rows(rec.data.split(split), users)
-        out = {k: float(v) for k, v in ranking_metrics(ranked, rel, ks=KS).items()}
-        out["users"] = len(users)
-        return out
-
     valid, lists = {}, {}
     for s in scales:
         with scaled_correction(rec.head, s):
-            users, lists[float(s)] = ranked_lists("glta", run_dir, rec.data, "valid", max(KS),
-                                                  recommender=rec, progress=progress)
-        valid[float(s)] = {k: float(v) for k, v in ranking_metrics(
-            lists[float(s)], select_rows(rec.data.split("valid"), users), ks=KS).items()}
-        valid[float(s)]["users"] = len(users)
-    heldout = held_out_gain(lists, select_rows(rec.data.split("valid"), users))
+            lists[float(s)], valid[float(s)] = rank_split(rec, run_dir, "valid",
+                                                          progress=progress)
+    heldout = held_out_gain(lists, select_rows(rec.data.split("valid"),
+                                               rec.data.users_with("valid")))
     chosen = choose({s: m[METRIC] for s, m in valid.items()})
     test = {}
     for s in dict.fromkeys((1.0, chosen)):
         with scaled_correction(rec.head, s):
-            test[str(s)] = metrics("glta", "test")
+            test[str(s)] = rank_split(rec, run_dir, "test", progress=progress)[1]
     return {"ranking": rec.ranking, "alpha": float(rec.head.alpha.detach()),
             "valid": {str(s): m for s, m in valid.items()}, "chosen": chosen,
             "valid_held_out": heldout, "test": test,
-            "lightgcn": {sp: metrics("lightgcn", sp) for sp in ("valid", "test")}}
+            "lightgcn": {sp: rank_split(rec, run_dir, sp, "lightgcn", progress)[1]
+                         for sp in ("valid", "test")}}
+
+
+def _figure(entry: dict, split: str, which: str) -> float:
+    """An entry's N@10 on ``split`` at ``which``: ``scale_1``, ``chosen`` or ``lightgcn``."""
+    if which == "lightgcn":
+        return entry["lightgcn"][split][METRIC]
+    return entry[split][str(entry["chosen"]) if which == "chosen" else "1.0"][METRIC]
 
 
 def summarise(runs: list[dict]) -> dict:
     """Entries pooled by configuration (the run directory's name): per configuration the
-    seeds' test N@10 at scale 1, at the chosen scale and LightGCN's, their means, and the
-    chosen scale minus scale 1 (mean, how many runs ahead/behind)."""
+    chosen scales, the mean valid and test N@10 at scale 1, at the chosen scale and
+    LightGCN's, the mean held-out estimates, and the chosen scale's test lead over scale 1
+    and over LightGCN (:func:`pretrained_vs_random.lead`: mean, spread, ahead, behind, sign
+    test)."""
     groups: dict[str, list[dict]] = {}
     for r in runs:
         groups.setdefault(Path(r["run"]).name, []).append(r)
+    whos = ("scale_1", "chosen", "lightgcn")
     out = {}
     for name, rs in sorted(groups.items()):
-        one = [r["test"]["1.0"][METRIC] for r in rs]
-        picked = [r["test"][str(r["chosen"])][METRIC] for r in rs]
-        gcn = [r["lightgcn"]["test"][METRIC] for r in rs]
-        diff = [p - o for p, o in zip(picked, one, strict=True)]
         out[name] = {
             "runs": len(rs), "chosen": [r["chosen"] for r in rs],
-            "test_ndcg@10": {"scale_1": round(statistics.fmean(one), 6),
-                             "chosen": round(statistics.fmean(picked), 6),
-                             "lightgcn": round(statistics.fmean(gcn), 6)},
-            "valid_ndcg@10": {
-                "scale_1": round(statistics.fmean(r["valid"]["1.0"][METRIC] for r in rs), 6),
-                "chosen": round(statistics.fmean(r["valid"][str(r["chosen"])][METRIC]
-                                                 for r in rs), 6),
-                "lightgcn": round(statistics.fmean(r["lightgcn"]["valid"][METRIC]
-                                                   for r in rs), 6)},
-            "valid_held_out_chosen_minus_scale_1": round(statistics.fmean(
-                r["valid_held_out"]["chosen_minus_scale_1"] for r in rs), 6),
-            "valid_held_out_chosen_minus_scale_0": round(statistics.fmean(
-                r["valid_held_out"]["chosen_minus_scale_0"] for r in rs), 6),
-            "chosen_minus_scale_1_test": {"mean": round(statistics.fmean(diff), 6),
-                                          "ahead": sum(d > 0 for d in diff),
-                                          "behind": sum(d < 0 for d in diff)},
-            "chosen_minus_lightgcn_test": {
-                "mean": round(statistics.fmean(p - g for p, g in zip(picked, gcn, strict=True)),
-                              6),
-                "ahead": sum(p > g for p, g in zip(picked, gcn, strict=True)),
-                "behind": sum(p < g for p, g in zip(picked, gcn, strict=True))},
+            **{f"{split}_ndcg@10": {w: round(statistics.fmean(_figure(r, split, w) for r in rs),
+                                             6) for w in whos}
+               for split in ("test", "valid")},
+            **{f"valid_held_out_chosen_minus_scale_{k}": round(statistics.fmean(
+                r["valid_held_out"][f"chosen_minus_scale_{k}"] for r in rs), 6) for k in (1, 0)},
+            **{f"chosen_minus_{w}_test": lead([_figure(r, "test", "chosen")
+                                                - _figure(r, "test", w) for r in rs])
+               for w in ("scale_1", "lightgcn")},
         }
     return out
 

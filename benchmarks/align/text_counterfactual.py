@@ -69,6 +69,39 @@ def texts_for(profiles: dict[int, dict[str, str]], condition: str, seed: int
     raise ValueError(f"unknown condition {condition!r} (one of {', '.join(CONDITIONS)})")
 
 
+def rank_split(rec, run_dir: Path, split: str, model: str = "glta", progress=None
+               ) -> tuple:
+    """Rank every user with a relevant item in ``split`` (``glta``: with the recommender
+    ``rec``, as it is set up; ``lightgcn``: the run's graph embeddings) and score the lists.
+
+    Returns:
+        ``(ranked (n, max(KS)) int64, metrics)``: ``ranking_metrics`` keys at :data:`KS`
+        plus ``users`` (n).
+    """
+    from glta_cli.evaluation import ranked_lists
+    from glta_gllm import ranking_metrics
+    from glta_graph.evaluate import select_rows
+
+    users, ranked = ranked_lists(model, run_dir, rec.data, split, max(KS), recommender=rec,
+                                 progress=progress)
+    rel = select_rows(rec.data.split(split), users)
+    found = {k: float(v) for k, v in ranking_metrics(ranked, rel, ks=KS).items()}
+    found["users"] = len(users)
+    return ranked, found
+
+
+def refuse_missing_texts(run_dir: Path, rec) -> None:
+    """Raise ``ValueError`` when ``RUN/profiles.jsonl`` lacks the text of a valid or test user
+    the run's prompt needs (ranking would generate it and write it into the run)."""
+    if not (rec.config.use_profile or rec.config.use_predict):
+        return
+    ranked_users = {int(u) for split in ("valid", "test") for u in rec.data.users_with(split)}
+    without = sorted(ranked_users - set(rec.prompter.profiles))
+    if without:
+        raise ValueError(f"{run_dir}: profiles.jsonl has no text for {len(without)} ranked "
+                         f"users (first: {without[:3]}); finish the run first")
+
+
 def rank_under(run_dir: Path, conditions: tuple[str, ...], seed: int, llm=None,
                progress=None) -> dict:
     """Valid and test metrics of the run's GLTA model under each condition.
@@ -88,10 +121,7 @@ def rank_under(run_dir: Path, conditions: tuple[str, ...], seed: int, llm=None,
         ``{"ranking": mode, "texts": n, "conditions": {condition: {"valid": {metric: v},
         "test": {...}}}}`` with each split's metrics over its users (``users`` included).
     """
-    from glta_cli.evaluation import ranked_lists
     from glta_cli.runs import _glta_recommender
-    from glta_gllm import ranking_metrics
-    from glta_graph.evaluate import select_rows
 
     out: dict = {"conditions": {}}
     for condition in conditions:
@@ -103,21 +133,12 @@ def rank_under(run_dir: Path, conditions: tuple[str, ...], seed: int, llm=None,
         profiles = rec.prompter.profiles
         if len(profiles) < 2:
             raise ValueError(f"{run_dir}: {len(profiles)} users with text; nothing to swap")
-        ranked_users = {int(u) for split in ("valid", "test") for u in rec.data.users_with(split)}
-        without = sorted(ranked_users - set(profiles))
-        if without:  # ranking would generate their text into the run: refuse instead
-            raise ValueError(f"{run_dir}: profiles.jsonl has no text for {len(without)} ranked "
-                             f"users (first: {without[:3]}); finish the run first")
+        refuse_missing_texts(run_dir, rec)
         rec.prompter.profiles = texts_for(profiles, condition, seed)
         rec.prompter._text_cache.clear()
         out["ranking"], out["texts"] = rec.ranking, len(profiles)
-        found = {}
-        for split in ("valid", "test"):
-            users, ranked = ranked_lists("glta", run_dir, rec.data, split, max(KS),
-                                         recommender=rec, progress=progress)
-            rel = select_rows(rec.data.split(split), users)
-            found[split] = {k: float(v) for k, v in ranking_metrics(ranked, rel, ks=KS).items()}
-            found[split]["users"] = len(users)
+        found = {split: rank_split(rec, run_dir, split, progress=progress)[1]
+                 for split in ("valid", "test")}
         out["conditions"][condition] = found
     return out
 

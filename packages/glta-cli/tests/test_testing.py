@@ -63,3 +63,6 @@ def test_tiny_pipeline_args_name_the_files_and_the_tiny_budget(tmp_path):
     assert args[args.index("--llm.model") + 1] == str(tmp_path / "llm")
     assert args[args.index("--user_item.epochs") + 1] == "1"
     assert args[args.index("--llm.dtype") + 1] == "float32"
+    loud = tiny_pipeline_args(tmp_path / "r.csv", tmp_path / "llm", tmp_path / "run",
+                              quiet=False)
+    assert "--quiet" not in loud and [a for a in args if a != "--quiet"] == loud

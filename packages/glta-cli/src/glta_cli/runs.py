@@ -116,12 +116,9 @@ def _glta_recommender(run_dir: Path, llm: Any | None) -> Any:
     ``glta_code`` of ``RUN/breakdown.json``): the figures may then differ in the last digits."""
     from glta_align import GLTARecommender
 
-    from glta_cli.evaluation import BREAKDOWN_NAME
-
     rec = GLTARecommender.from_run(run_dir, llm=llm)
     rec.ranking = chosen_ranking(run_dir) or rec.ranking
-    record = read_run_json(run_dir, BREAKDOWN_NAME)
-    made = record.get("glta_code") if isinstance(record, dict) else None
+    made = _breakdown(run_dir).get("glta_code")
     if made is not None and made != code_fingerprint():
         warnings.warn(f"{run_dir}: metrics.json was written by other glta code (code "
                       f"{made}, this glta: {code_fingerprint()}); rankings can differ from "
@@ -159,11 +156,20 @@ def chosen_ranking(run_dir: str | os.PathLike[str]) -> str | None:
     Raises:
         RunError: ``breakdown.json`` is not valid JSON (named).
     """
+    choice = _breakdown(run_dir).get("glta_ranking")
+    return choice.get("chosen") if isinstance(choice, dict) else None
+
+
+def _breakdown(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``RUN/breakdown.json`` (the pipeline evaluation's record) as a dict, ``{}`` when absent.
+
+    Raises:
+        RunError: it is not valid JSON (named).
+    """
     from glta_cli.evaluation import BREAKDOWN_NAME
 
     record = read_run_json(run_dir, BREAKDOWN_NAME)
-    choice = record.get("glta_ranking") if isinstance(record, dict) else None
-    return choice.get("chosen") if isinstance(choice, dict) else None
+    return record if isinstance(record, dict) else {}
 
 
 def evaluate_run(

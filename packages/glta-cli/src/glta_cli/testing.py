@@ -58,15 +58,16 @@ def save_tiny_llm(folder: str | os.PathLike[str], *, hidden_size: int = 64,
 
 
 def tiny_pipeline_args(csv_path: str | os.PathLike[str], model_dir: str | os.PathLike[str],
-                       out: str | os.PathLike[str]) -> list[str]:
+                       out: str | os.PathLike[str], *, quiet: bool = True) -> list[str]:
     """``glta pipeline`` options that run the whole pipeline in seconds on
-    :func:`write_ratings_csv`'s CSV with :func:`save_tiny_llm`'s model, into ``out``.
+    :func:`write_ratings_csv`'s CSV with :func:`save_tiny_llm`'s model, into ``out``
+    (``quiet``: with ``--quiet``; without, the pipeline prints its progress lines).
 
     Returns:
         The options as a list of strings (append more to override; the last one given wins).
     """
     return [
-        "--out", str(out), "--quiet",
+        "--out", str(out), *(["--quiet"] if quiet else []),
         "--data.source", str(csv_path), "--data.format", "csv",
         "--data.options", '{text_col = "text"}',
         "--llm.model", str(model_dir), "--llm.dtype", "float32",
